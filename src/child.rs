@@ -1,0 +1,135 @@
+//! What a worker process does between `fork` and `serve`, and how it exits.
+//!
+//! Right after `fork` the child holds copies of everything the master had: the epoll fd,
+//! the signalfd, its siblings' pidfds, a blocked signal mask. Close-on-exec does not help
+//! without an exec, so the child closes them itself and restores the mask and the
+//! `SIGCHLD` disposition the process had before [`crate::Prefork::run`]. It then arranges to
+//! learn of the master's death and runs `serve`. It never returns into the caller's code: it
+//! leaves through [`std::process::exit`], which flushes std's buffered output.
+
+use std::any::Any;
+use std::os::fd::RawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::process::{ExitCode, Termination};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::Worker;
+use crate::builder::DeathHook;
+use crate::sys::{self, SigSet};
+
+/// Set in a worker process right after `fork`.
+pub(crate) static IS_CHILD: AtomicBool = AtomicBool::new(false);
+
+/// Exit code of a worker whose `serve` panicked (the code Rust gives a panicking `main`).
+pub const EXIT_PANIC: i32 = 101;
+
+pub(crate) struct ChildSetup<'a> {
+    pub(crate) slot: usize,
+    pub(crate) master_pid: u32,
+    /// The master's descriptors, to close.
+    pub(crate) close: Vec<RawFd>,
+    pub(crate) old_mask: SigSet,
+    pub(crate) saved_chld: Option<&'a sys::SavedAction>,
+    /// Read end of the master-death pipe and the user's callback.
+    pub(crate) death_watch: Option<(RawFd, DeathHook)>,
+}
+
+/// Runs in the child right after `fork`; never returns.
+pub(crate) fn run<F, T>(setup: ChildSetup<'_>, serve: &mut F) -> !
+where
+    F: FnMut(Worker) -> T,
+    T: Termination,
+{
+    IS_CHILD.store(true, Ordering::Relaxed);
+    let ChildSetup {
+        slot,
+        master_pid,
+        close,
+        old_mask,
+        saved_chld,
+        death_watch,
+    } = setup;
+    sys::close_raw(&close);
+    match death_watch {
+        None => die_with_master(master_pid),
+        Some((fd, hook)) => watch_master(fd, hook, master_pid),
+    }
+    if let Some(saved) = saved_chld {
+        let _ = sys::restore_disposition(saved);
+    }
+    let _ = sys::sigmask(libc::SIG_SETMASK, &old_mask);
+
+    let worker = Worker {
+        id: slot,
+        pid: sys::getpid(),
+        master_pid,
+    };
+    let code = match catch_unwind(AssertUnwindSafe(|| serve(worker).report())) {
+        Ok(code) => exit_code(code),
+        Err(payload) => {
+            log::error!(
+                "worker {slot} (pid {}) panicked: {}",
+                worker.pid,
+                panic_message(payload.as_ref())
+            );
+            EXIT_PANIC
+        }
+    };
+    std::process::exit(code)
+}
+
+/// `PR_SET_PDEATHSIG` with `SIGKILL`, then a `getppid()` check: a master that died before the
+/// `prctl` would not deliver the signal, and the child would have been reparented already.
+///
+/// The death signal is tied to the *thread* that forked us: the master's supervising thread,
+/// which lives exactly as long as the master's event loop.
+fn die_with_master(master_pid: u32) {
+    if let Err(e) = sys::set_parent_death_signal(libc::SIGKILL) {
+        log::error!("cannot set PR_SET_PDEATHSIG: {e}");
+    }
+    if sys::getppid() != master_pid {
+        sys::exit_now(1);
+    }
+}
+
+/// Starts a thread that blocks on the master-death pipe (readable, as end-of-file, only when
+/// the master's write end closes, i.e. when the master dies), then runs the user's callback
+/// and exits the worker.
+fn watch_master(fd: RawFd, mut hook: DeathHook, master_pid: u32) {
+    let watcher = std::thread::Builder::new()
+        .name("prefork-master-watch".to_owned())
+        .spawn(move || {
+            if let Err(e) = sys::wait_readable(fd) {
+                log::error!("watching the master: {e}");
+                return;
+            }
+            log::warn!("master {master_pid} died; running on_master_death");
+            hook();
+            std::process::exit(0);
+        });
+    if let Err(e) = watcher {
+        log::error!(
+            "cannot start the master watcher thread ({e}); the worker will be killed with the master instead"
+        );
+        die_with_master(master_pid);
+    }
+}
+
+/// The numeric code of an [`ExitCode`] (std keeps it opaque; the codes a worker can produce
+/// are 0..=255).
+fn exit_code(code: ExitCode) -> i32 {
+    (0..=255u8)
+        .find(|&c| ExitCode::from(c) == code)
+        .map_or(1, i32::from)
+}
+
+/// The message of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}

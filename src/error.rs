@@ -1,0 +1,128 @@
+//! The crate's error type.
+
+use std::fmt;
+use std::io;
+
+/// Why [`crate::Prefork::run`] failed.
+///
+/// Every variant's `Display` reads as a sentence naming what went wrong and, where it helps,
+/// what to do instead. OS errors are kept intact as the [`std::error::Error::source`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The process already runs more than one thread, so `fork` without `exec` is unsafe.
+    /// Nothing was forked.
+    NotSingleThreaded {
+        /// How many threads the process had.
+        threads: usize,
+    },
+    /// More than `recover_threshold` unexpected worker exits happened within
+    /// `recover_window`; every worker was killed.
+    OverRecovery,
+    /// A worker exited with [`crate::EXIT_FATAL`] (a fatal start-up failure it reported). It
+    /// was not respawned; every other worker was stopped.
+    WorkerFatal {
+        /// The worker's slot ([`crate::Worker::id`]).
+        slot: usize,
+        /// The worker's pid.
+        pid: u32,
+        /// Its exit code.
+        code: i32,
+    },
+    /// A builder option has a value that cannot work. Nothing was forked.
+    InvalidOption {
+        /// The option, as named by its builder method.
+        option: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An environment variable the crate reads has a malformed value.
+    InvalidEnv {
+        /// The variable's name.
+        var: &'static str,
+        /// Its value, as found.
+        value: String,
+        /// What was expected.
+        reason: String,
+    },
+    /// A hook returned an error or panicked. Every worker was killed.
+    Hook {
+        /// The hook's builder name (`on_child_spawn`, …).
+        hook: &'static str,
+        /// Whether it panicked (otherwise it returned this error).
+        panicked: bool,
+        /// The hook's error, or the panic message.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A worker could not be started (`fork` failed, e.g. with `EAGAIN` at the process limit).
+    Spawn {
+        /// The slot that could not be filled.
+        slot: usize,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A system call the master needs failed.
+    Sys {
+        /// What the master was doing.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn sys(op: &'static str) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::Sys { op, source }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotSingleThreaded { threads } => write!(
+                f,
+                "cannot fork workers: the process runs {threads} threads, and fork without exec \
+                 is only safe in a single-threaded process; call prefork before starting any \
+                 thread or async runtime, or use exec mode"
+            ),
+            Error::OverRecovery => write!(
+                f,
+                "workers exited unexpectedly more often than recover_threshold allows within \
+                 recover_window; all workers were stopped"
+            ),
+            Error::WorkerFatal { slot, pid, code } => write!(
+                f,
+                "worker {slot} (pid {pid}) reported a fatal start-up failure (exit code {code}); \
+                 all workers were stopped"
+            ),
+            Error::InvalidOption { option, reason } => {
+                write!(f, "invalid option {option}: {reason}")
+            }
+            Error::InvalidEnv { var, value, reason } => {
+                write!(f, "invalid environment variable {var}={value:?}: {reason}")
+            }
+            Error::Hook {
+                hook,
+                panicked: false,
+                source,
+            } => write!(f, "hook {hook} failed: {source}"),
+            Error::Hook {
+                hook,
+                panicked: true,
+                source,
+            } => write!(f, "hook {hook} panicked: {source}"),
+            Error::Spawn { slot, source } => write!(f, "cannot start worker {slot}: {source}"),
+            Error::Sys { op, source } => write!(f, "{op} failed: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Hook { source, .. } => Some(source.as_ref()),
+            Error::Spawn { source, .. } | Error::Sys { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

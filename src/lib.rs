@@ -1,0 +1,138 @@
+//! A pre-fork process supervisor for Linux servers.
+//!
+//! Bind your listening socket, then call [`fork_workers`] (or configure a [`Prefork`]) while
+//! the process is still single-threaded. The master `fork()`s N worker processes that run
+//! your `serve` closure directly (no re-exec: everything loaded before the fork is shared
+//! copy-on-write), then sleeps in one `epoll_wait` over a `signalfd` and one pidfd per
+//! worker. A worker's exit or a signal wakes it at once; an idle master makes no wake-ups.
+//!
+//! ```no_run
+//! use std::io::{Read, Write};
+//! use std::net::TcpListener;
+//!
+//! let listener = TcpListener::bind("127.0.0.1:8080")?;
+//! prefork::fork_workers(4, |worker| -> std::io::Result<()> {
+//!     for stream in listener.incoming() {
+//!         let mut stream = stream?;
+//!         let mut buf = [0; 1024];
+//!         let _ = stream.read(&mut buf)?;
+//!         write!(stream, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}\n", worker.id())?;
+//!     }
+//!     Ok(())
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # What the master does
+//!
+//! * **Respawns** a worker that exits or crashes, in the same slot ([`Worker::id`]), after
+//!   [`Prefork::recover_interval`]. Too many unexpected exits within
+//!   [`Prefork::recover_window`] (more than [`Prefork::recover_threshold`]) stop everything
+//!   with [`Error::OverRecovery`]. A worker that exits with [`EXIT_FATAL`] (a start-up failure
+//!   that a respawn cannot fix) stops everything with [`Error::WorkerFatal`].
+//! * **Stops gracefully** on `SIGTERM` or `SIGINT`: TERM to every worker, KILL after
+//!   [`Prefork::shutdown_grace`], reap all, and [`Prefork::run`] returns `Ok(())`.
+//! * **Never leaves orphans**: a worker is killed the moment the master dies
+//!   (`PR_SET_PDEATHSIG`), or runs [`Prefork::on_master_death`] instead.
+//!
+//! # Signals
+//!
+//! | Signal to the master | Effect |
+//! |---|---|
+//! | `TERM`, `INT` | Graceful stop: TERM to workers, KILL after the grace period; `run` returns `Ok(())`. |
+//! | second `TERM`/`INT` | KILL every worker at once. |
+//! | `HUP` | Rolling restart: for each slot, start a new worker, then TERM the old one. |
+//! | `TTIN` / `TTOU` | One worker more / one less. |
+//! | `USR1`, `USR2` | Forwarded to every worker. |
+//! | `KILL` | Workers die with the master (PDEATHSIG) or run `on_master_death`. |
+//!
+//! # Fork safety
+//!
+//! `fork` copies only the calling thread. A lock held by any other thread at that moment
+//! stays locked forever in the child, so [`Prefork::run`] refuses to fork when the process
+//! has more than one thread ([`Error::NotSingleThreaded`]): call it before starting threads,
+//! thread pools or async runtimes (start those inside `serve`, one per worker). Hooks run in
+//! the master and must not start threads either; the master checks after each one.
+//!
+//! Inside a worker, the signal mask and dispositions are those the process had before `run`
+//! (std's `SIGPIPE` ignore included), and none of the master's descriptors is open.
+//!
+//! # Backends
+//!
+//! On kernels before 5.3 (no pidfds) the same loop runs on `SIGCHLD` through the signalfd and
+//! `waitid(P_ALL, WNOHANG)`; [`Backend::Sigchld`] or `PREFORK_BACKEND=sigchld` selects it
+//! explicitly.
+
+#![warn(missing_docs)]
+
+mod builder;
+mod child;
+mod driver;
+mod error;
+#[doc(hidden)]
+pub mod supervisor;
+mod sys;
+
+use std::process::Termination;
+use std::sync::atomic::Ordering;
+
+pub use builder::{
+    BACKEND_ENV, Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, HookResult, Prefork,
+};
+pub use child::EXIT_PANIC;
+pub use error::Error;
+pub use supervisor::WorkerExit;
+
+/// Exit code by which a worker reports a fatal start-up failure (bad configuration, a port it
+/// cannot use): the master does not respawn it, stops every worker and returns
+/// [`Error::WorkerFatal`]. The same convention as gunicorn's exit code 3 for a worker that
+/// failed to boot. See [`Worker::exit_fatal`].
+pub const EXIT_FATAL: i32 = 3;
+
+/// Forks `n` workers that each run `serve`, and supervises them until `SIGTERM`/`SIGINT`.
+///
+/// Shorthand for `Prefork::new().workers(n).run(serve)`; see [`Prefork::run`].
+pub fn fork_workers<F, T>(n: usize, serve: F) -> Result<(), Error>
+where
+    F: FnMut(Worker) -> T,
+    T: Termination,
+{
+    Prefork::new().workers(n).run(serve)
+}
+
+/// Whether this process is a worker started by a prefork master.
+pub fn is_child() -> bool {
+    child::IS_CHILD.load(Ordering::Relaxed)
+}
+
+/// A worker's identity, handed to `serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Worker {
+    id: usize,
+    pid: u32,
+    master_pid: u32,
+}
+
+impl Worker {
+    /// The worker's slot, `0..n`; a respawned worker keeps the slot of the one it replaces.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// This worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The master's process id.
+    pub fn master_pid(&self) -> u32 {
+        self.master_pid
+    }
+
+    /// Reports a fatal start-up failure: logs `reason` and exits with [`EXIT_FATAL`], so the
+    /// master stops everything instead of respawning this worker.
+    pub fn exit_fatal(&self, reason: impl std::fmt::Display) -> ! {
+        eprintln!("worker {} (pid {}): fatal: {reason}", self.id, self.pid);
+        std::process::exit(EXIT_FATAL)
+    }
+}
