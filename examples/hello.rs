@@ -1,7 +1,7 @@
 //! A preforked HTTP/1.1 "hello" server on `std::net`.
 //!
 //! ```text
-//! cargo run --release --example hello -- --workers 4 --addr 127.0.0.1:8080
+//! cargo run --release --example hello -- --workers 4 --addr 127.0.0.1:8080 [--mode exec] [--reuseport]
 //! curl http://127.0.0.1:8080/      # Hello from worker 2 (pid 12345)
 //! ```
 //!
@@ -10,7 +10,7 @@
 //! master stops every worker and exits 0.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -20,27 +20,25 @@ fn main() -> ExitCode {
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(msg) => {
-            eprintln!("hello: {msg}\nusage: hello [--workers N] [--addr HOST:PORT]");
+            eprintln!(
+                "hello: {msg}\nusage: hello [--workers N] [--addr HOST:PORT] [--mode fork|exec|auto] [--network tcp|tcp4|tcp6] [--reuseport]"
+            );
             return ExitCode::from(2);
         }
     };
-    let listener = match TcpListener::bind(&args.addr) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("hello: cannot listen on {}: {e}", args.addr);
-            return ExitCode::from(1);
-        }
-    };
-    let addr = listener
-        .local_addr()
-        .map_or(args.addr.clone(), |a| a.to_string());
-    log::info!("listening on http://{addr}");
-
-    let mut prefork = prefork::Prefork::new();
+    let mut prefork = prefork::Prefork::new()
+        .mode(args.mode)
+        .network(args.network)
+        .reuseport(args.reuseport);
     if let Some(n) = args.workers {
         prefork = prefork.workers(n);
     }
-    let result = prefork.run(|worker| -> io::Result<()> {
+    if !prefork::is_child() {
+        log::info!("listening on http://{}", args.addr);
+    }
+    // In exec mode each worker re-runs this program and, inside listen_and_serve, takes its
+    // listener from fd 3 and serves: the same code path for master and worker.
+    let result = prefork.listen_and_serve(&args.addr, |listener, worker| -> io::Result<()> {
         for stream in listener.incoming() {
             match stream {
                 Ok(stream) => {
@@ -108,6 +106,9 @@ fn request_wants_close(head: &[u8]) -> bool {
 struct Args {
     workers: Option<usize>,
     addr: String,
+    mode: prefork::Mode,
+    network: prefork::Network,
+    reuseport: bool,
 }
 
 impl Args {
@@ -115,6 +116,9 @@ impl Args {
         let mut out = Args {
             workers: None,
             addr: "127.0.0.1:8080".to_owned(),
+            mode: prefork::Mode::Fork,
+            network: prefork::Network::Tcp4,
+            reuseport: false,
         };
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -127,6 +131,23 @@ impl Args {
                     );
                 }
                 "--addr" | "-a" => out.addr = value("--addr")?,
+                "--mode" => {
+                    out.mode = match value("--mode")?.as_str() {
+                        "fork" => prefork::Mode::Fork,
+                        "exec" => prefork::Mode::Exec,
+                        "auto" => prefork::Mode::Auto,
+                        v => return Err(format!("bad --mode value {v:?} (fork, exec or auto)")),
+                    }
+                }
+                "--network" => {
+                    out.network = match value("--network")?.as_str() {
+                        "tcp" => prefork::Network::Tcp,
+                        "tcp4" => prefork::Network::Tcp4,
+                        "tcp6" => prefork::Network::Tcp6,
+                        v => return Err(format!("bad --network value {v:?} (tcp, tcp4 or tcp6)")),
+                    }
+                }
+                "--reuseport" => out.reuseport = true,
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }

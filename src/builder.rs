@@ -1,11 +1,31 @@
 //! [`Prefork`]: the builder, its options and hooks, and their validation.
 
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::Termination;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::exec::{ExecSpec, REUSEPORT_ADDR_ENV};
+use crate::listen::{self, Network};
 use crate::supervisor::{Config, WorkerExit};
-use crate::{Worker, driver};
+use crate::{Worker, child, driver, sys};
+
+/// How workers are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Mode {
+    /// `fork()` without exec: workers run `serve` directly and share everything loaded before
+    /// the fork copy-on-write. The process must be single-threaded. The default.
+    #[default]
+    Fork,
+    /// Re-execute the current binary for every worker, with the fasthttp child protocol
+    /// (`FASTHTTP_PREFORK_CHILD=1`, listener on fd 3): works when threads already run, and
+    /// gives each worker a fresh image (fresh ASLR).
+    Exec,
+    /// `Fork` when the process is single-threaded, `Exec` otherwise; logs which.
+    Auto,
+}
 
 /// What a master-side hook returns: an error stops every worker and comes back from
 /// [`Prefork::run`].
@@ -107,6 +127,9 @@ pub struct Prefork {
     recover_interval: Duration,
     shutdown_grace: Duration,
     backend: Option<Backend>,
+    mode: Mode,
+    network: Network,
+    reuseport: bool,
     hooks: Hooks,
 }
 
@@ -125,6 +148,9 @@ impl std::fmt::Debug for Prefork {
             .field("recover_interval", &self.recover_interval)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("backend", &self.backend)
+            .field("mode", &self.mode)
+            .field("network", &self.network)
+            .field("reuseport", &self.reuseport)
             .finish_non_exhaustive()
     }
 }
@@ -139,8 +165,34 @@ impl Prefork {
             recover_interval: Duration::ZERO,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             backend: None,
+            mode: Mode::Fork,
+            network: Network::Tcp4,
+            reuseport: false,
             hooks: Hooks::default(),
         }
+    }
+
+    /// How workers are started. Default: [`Mode::Fork`].
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The address family [`Prefork::listen_and_serve`] binds. Default: [`Network::Tcp4`],
+    /// as fasthttp's prefork.
+    pub fn network(mut self, network: Network) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// One `SO_REUSEPORT` socket per worker instead of one shared listener, for
+    /// [`Prefork::listen_and_serve`]: the kernel spreads connections evenly over the workers.
+    /// In fork mode the master binds one socket per slot and keeps it, so connections queued
+    /// on a dead worker's socket wait for its replacement; in exec mode each worker binds its
+    /// own, as fasthttp does. Default: off (one shared listener).
+    pub fn reuseport(mut self, on: bool) -> Self {
+        self.reuseport = on;
+        self
     }
 
     /// Number of worker processes. Default: [`std::thread::available_parallelism`] (1 if it
@@ -235,19 +287,173 @@ impl Prefork {
     /// worker is reaped, with its signal mask and dispositions as before and every descriptor
     /// it opened closed, so `run` may be called again.
     ///
-    /// Must be called while the process is single-threaded: otherwise
-    /// [`Error::NotSingleThreaded`] is returned and nothing is forked.
+    /// In fork mode this must be called while the process is single-threaded: otherwise
+    /// [`Error::NotSingleThreaded`] is returned and nothing is forked. In exec mode, a process
+    /// started as a worker (`FASTHTTP_PREFORK_CHILD=1`) runs `serve` directly instead.
     pub fn run<F, T>(mut self, mut serve: F) -> Result<(), Error>
     where
         F: FnMut(Worker) -> T,
         T: Termination,
     {
+        if let Some(id) = listen::exec_child()? {
+            child::run_exec_child(id, serve);
+        }
+        let (cfg, backend, mode) = self.prepare()?;
+        let exec = (mode == Mode::Exec).then(|| ExecSpec::current_binary(None));
+        driver::run(cfg, backend, &mut self.hooks, &mut serve, exec)
+    }
+
+    /// Binds `addr` in the master, then supervises workers that each run
+    /// `serve(listener, worker)` (see [`Prefork::run`] for the rest).
+    ///
+    /// The address is `host:port`, `[v6]:port` or `:port` (every address of
+    /// [`Prefork::network`]'s family). A bad or busy address fails here, naming it, before
+    /// anything is forked. When the process was started by systemd socket activation
+    /// (`LISTEN_PID` is ours, `LISTEN_FDS` ≥ 1), the inherited socket on fd 3 is served
+    /// instead and `addr` is not bound.
+    ///
+    /// The listener is handed to `serve` in blocking mode, close-on-exec; call
+    /// `set_nonblocking(true)` for an async runtime (e.g. `tokio::net::TcpListener::from_std`).
+    /// Every worker gets its own descriptor for the shared socket (or its own
+    /// `SO_REUSEPORT` socket).
+    ///
+    /// In a process started as an exec-mode worker (`FASTHTTP_PREFORK_CHILD=1`), this takes
+    /// the listener from fd 3 (after checking it is a listening TCP socket) or, with
+    /// reuseport, binds its own, and runs `serve`: it never returns, except with an error if
+    /// fd 3 is unusable.
+    pub fn listen_and_serve<F, T>(mut self, addr: &str, mut serve: F) -> Result<(), Error>
+    where
+        F: FnMut(TcpListener, Worker) -> T,
+        T: Termination,
+    {
+        if let Some(id) = listen::exec_child()? {
+            let listener = if self.reuseport {
+                let resolved = match std::env::var(REUSEPORT_ADDR_ENV) {
+                    Ok(a) => a.parse().map_err(|_| Error::InvalidEnv {
+                        var: REUSEPORT_ADDR_ENV,
+                        value: a.clone(),
+                        reason: "expected a socket address such as 127.0.0.1:8080".to_owned(),
+                    })?,
+                    Err(_) => listen::resolve(addr, self.network)?,
+                };
+                listen::bind(resolved, self.network, true, addr)?
+            } else {
+                listen::inherited()?
+            };
+            child::run_exec_child(id, move |worker| serve(listener, worker));
+        }
+        let (cfg, backend, mode) = self.prepare()?;
+        let systemd = listen::systemd()?;
+        if let Some((_, name)) = &systemd {
+            log::info!("serving the socket passed by systemd (fd 3, name {name:?})");
+        }
+        match mode {
+            Mode::Exec => {
+                let (listener, spec) = match systemd {
+                    Some((l, _)) => {
+                        let spec = ExecSpec::current_binary(Some(l.as_raw_fd()));
+                        (Some(l), spec)
+                    }
+                    None if self.reuseport => {
+                        // Bind once to fail early and to fix the port, then let each worker
+                        // bind its own socket: a master's unserved socket in the group would
+                        // receive its share of connections.
+                        let resolved = listen::resolve(addr, self.network)?;
+                        let probe = listen::bind(resolved, self.network, true, addr)?;
+                        let actual = probe.local_addr().map_err(Error::sys("getsockname"))?;
+                        drop(probe);
+                        let spec = ExecSpec::current_binary(None)
+                            .env(REUSEPORT_ADDR_ENV, actual.to_string());
+                        (None, spec)
+                    }
+                    None => {
+                        let resolved = listen::resolve(addr, self.network)?;
+                        let l = listen::bind(resolved, self.network, false, addr)?;
+                        let spec = ExecSpec::current_binary(Some(l.as_raw_fd()));
+                        (Some(l), spec)
+                    }
+                };
+                let result = driver::run(
+                    cfg,
+                    backend,
+                    &mut self.hooks,
+                    &mut |_: Worker| {},
+                    Some(spec),
+                );
+                drop(listener);
+                result
+            }
+            _ => {
+                let listeners = match systemd {
+                    Some((l, _)) => vec![l],
+                    None => {
+                        let resolved = listen::resolve(addr, self.network)?;
+                        if self.reuseport {
+                            let first = listen::bind(resolved, self.network, true, addr)?;
+                            let actual = first.local_addr().map_err(Error::sys("getsockname"))?;
+                            let mut all = vec![first];
+                            for _ in 1..cfg.workers {
+                                all.push(listen::bind(actual, self.network, true, addr)?);
+                            }
+                            all
+                        } else {
+                            vec![listen::bind(resolved, self.network, false, addr)?]
+                        }
+                    }
+                };
+                let reuseport = self.reuseport && listeners.len() > 1;
+                let network = self.network;
+                let addr = addr.to_owned();
+                let raw: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+                let mut per_worker = |worker: Worker| {
+                    let mine = match listeners.get(worker.id()) {
+                        Some(l) if reuseport => l.try_clone(),
+                        // A slot added by TTIN beyond the initial ones binds its own.
+                        None if reuseport => listeners[0].local_addr().and_then(|a| {
+                            listen::bind(a, network, true, &addr).map_err(std::io::Error::other)
+                        }),
+                        _ => listeners[0].try_clone(),
+                    };
+                    // The master's copies: this worker keeps only its own descriptor.
+                    sys::close_raw(&raw);
+                    match mine {
+                        Ok(listener) => serve(listener, worker),
+                        Err(e) => {
+                            log::error!("worker {}: no listener: {e}", worker.id());
+                            std::process::exit(1)
+                        }
+                    }
+                };
+                driver::run(cfg, backend, &mut self.hooks, &mut per_worker, None)
+            }
+        }
+    }
+
+    /// Validates the options and resolves the backend and mode.
+    fn prepare(&self) -> Result<(Config, Backend, Mode), Error> {
         let cfg = self.config()?;
         let backend = match (self.backend, Backend::from_env()?) {
             (Some(b), _) | (None, Some(b)) => b,
             (None, None) => Backend::Pidfd,
         };
-        driver::run(cfg, backend, &mut self.hooks, &mut serve)
+        let mode = match self.mode {
+            Mode::Auto => match sys::thread_count() {
+                Ok(1) => {
+                    log::info!("mode auto: single-threaded, forking workers");
+                    Mode::Fork
+                }
+                Ok(threads) => {
+                    log::info!("mode auto: {threads} threads running, re-executing workers");
+                    Mode::Exec
+                }
+                Err(e) => {
+                    log::info!("mode auto: cannot count threads ({e}), re-executing workers");
+                    Mode::Exec
+                }
+            },
+            m => m,
+        };
+        Ok((cfg, backend, mode))
     }
 
     /// Validates the options into the supervisor's configuration.

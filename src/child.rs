@@ -35,9 +35,9 @@ pub(crate) struct ChildSetup<'a> {
 }
 
 /// Runs in the child right after `fork`; never returns.
-pub(crate) fn run<F, T>(setup: ChildSetup<'_>, serve: &mut F) -> !
+pub(crate) fn run<F, T>(setup: ChildSetup<'_>, serve: F) -> !
 where
-    F: FnMut(Worker) -> T,
+    F: FnOnce(Worker) -> T,
     T: Termination,
 {
     IS_CHILD.store(true, Ordering::Relaxed);
@@ -64,11 +64,37 @@ where
         pid: sys::getpid(),
         master_pid,
     };
+    finish(worker, serve)
+}
+
+/// Runs `serve` in an exec-mode worker (started by any master speaking the protocol); never
+/// returns.
+pub(crate) fn run_exec_child<F, T>(id: usize, serve: F) -> !
+where
+    F: FnOnce(Worker) -> T,
+    T: Termination,
+{
+    IS_CHILD.store(true, Ordering::Relaxed);
+    let worker = Worker {
+        id,
+        pid: sys::getpid(),
+        master_pid: sys::getppid(),
+    };
+    finish(worker, serve)
+}
+
+/// Runs `serve` and exits with its outcome: 0, 1 for an error, [`EXIT_PANIC`] for a panic.
+fn finish<F, T>(worker: Worker, serve: F) -> !
+where
+    F: FnOnce(Worker) -> T,
+    T: Termination,
+{
     let code = match catch_unwind(AssertUnwindSafe(|| serve(worker).report())) {
         Ok(code) => exit_code(code),
         Err(payload) => {
             log::error!(
-                "worker {slot} (pid {}) panicked: {}",
+                "worker {} (pid {}) panicked: {}",
+                worker.id,
                 worker.pid,
                 panic_message(payload.as_ref())
             );

@@ -16,6 +16,7 @@ use crate::Worker;
 use crate::builder::{Backend, HookResult, Hooks};
 use crate::child::{self, ChildSetup};
 use crate::error::Error;
+use crate::exec::ExecSpec;
 use crate::supervisor::{Action, Config, Failure, Supervisor, WorkerExit, sig, signal_name};
 use crate::sys::{self, Fork, Reaped, SigSet};
 
@@ -33,9 +34,19 @@ const HANDLED: &[i32] = &[
 
 /// The epoll token of the signalfd; pidfds use their worker's pid.
 const SIGNALFD_TOKEN: u64 = u64::MAX;
+/// The epoll token of the pipe fed by the signal handlers of exec mode.
+const FORWARD_TOKEN: u64 = u64::MAX - 1;
 
 struct Child {
     pidfd: Option<OwnedFd>,
+}
+
+/// The handlers that forward signals delivered to other threads (exec mode, where the
+/// process may run threads whose masks the master cannot change).
+struct Forwarding {
+    read: OwnedFd,
+    _write: OwnedFd,
+    saved: Vec<sys::SavedAction>,
 }
 
 /// The master's machinery. Dropping it puts the signal mask and the `SIGCHLD` disposition
@@ -52,25 +63,35 @@ struct Master {
     backend: Backend,
     adopts_orphans: bool,
     start: Instant,
+    /// Exec mode: how to start a worker. `None`: fork mode.
+    exec: Option<ExecSpec>,
+    /// Exec mode: signals caught by handlers on other threads arrive through this pipe.
+    forwarding: Option<Forwarding>,
     /// The first error that made the run fail; later ones are logged only.
     error: Option<Error>,
 }
 
+/// Supervises `cfg.workers` workers until a stop. Fork mode when `exec` is `None` (each
+/// worker runs `serve`), exec mode otherwise (`serve` is not called in the master).
 pub(crate) fn run<F, T>(
     cfg: Config,
     backend: Backend,
     hooks: &mut Hooks,
     serve: &mut F,
+    exec: Option<ExecSpec>,
 ) -> Result<(), Error>
 where
     F: FnMut(Worker) -> T,
     T: Termination,
 {
-    check_single_threaded()?;
+    if exec.is_none() {
+        check_single_threaded()?;
+    }
     let backend = resolve_backend(backend);
-    let mut master = Master::new(backend, hooks.on_master_death.is_some())?;
+    let mode = if exec.is_some() { "exec" } else { "fork" };
+    let mut master = Master::new(backend, hooks.on_master_death.is_some(), exec)?;
     log::info!(
-        "prefork master {} starting {} workers ({:?} backend)",
+        "prefork master {} starting {} workers ({mode} mode, {:?} backend)",
         sys::getpid(),
         cfg.workers,
         backend
@@ -102,7 +123,7 @@ fn resolve_backend(backend: Backend) -> Backend {
 }
 
 impl Master {
-    fn new(backend: Backend, watch_death: bool) -> Result<Master, Error> {
+    fn new(backend: Backend, watch_death: bool, exec: Option<ExecSpec>) -> Result<Master, Error> {
         let death_pipe = if watch_death {
             Some(sys::pipe().map_err(Error::sys("creating the master-death pipe"))?)
         } else {
@@ -143,7 +164,7 @@ impl Master {
         if let Err(e) = epoll.add(sigfd.as_fd(), SIGNALFD_TOKEN) {
             return Err(restore(Error::sys("epoll_ctl")(e)));
         }
-        Ok(Master {
+        let mut master = Master {
             epoll,
             sigfd,
             old_mask,
@@ -153,7 +174,32 @@ impl Master {
             backend,
             adopts_orphans: sys::adopts_orphans(),
             start: Instant::now(),
+            exec,
+            forwarding: None,
             error: None,
+        };
+        if master.exec.is_some() {
+            // From here on Drop restores everything, the handlers included.
+            master.forwarding = Some(master.forward_signals()?);
+        }
+        Ok(master)
+    }
+
+    /// Installs handlers that forward the handled signals through a pipe: in exec mode
+    /// other threads may run with these signals unblocked, and the kernel may pick any of
+    /// them to deliver a process-directed signal to.
+    fn forward_signals(&self) -> Result<Forwarding, Error> {
+        let (read, write) =
+            sys::pipe_nonblocking().map_err(Error::sys("creating the signal pipe"))?;
+        self.epoll
+            .add(read.as_fd(), FORWARD_TOKEN)
+            .map_err(Error::sys("epoll_ctl"))?;
+        let saved = sys::forward_signals(HANDLED, write.as_raw_fd())
+            .map_err(Error::sys("installing signal handlers"))?;
+        Ok(Forwarding {
+            read,
+            _write: write,
+            saved,
         })
     }
 
@@ -197,7 +243,15 @@ impl Master {
                 return self.abort(Error::sys("epoll_wait")(e));
             }
             for &token in &tokens {
-                if token == SIGNALFD_TOKEN {
+                if token == FORWARD_TOKEN {
+                    signals.clear();
+                    if let Some(fw) = &self.forwarding {
+                        sys::read_forwarded(fw.read.as_fd(), &mut signals);
+                    }
+                    for &signal in &signals {
+                        self.on_signal(signal, &mut sup, hooks);
+                    }
+                } else if token == SIGNALFD_TOKEN {
                     signals.clear();
                     if let Err(e) = sys::read_signals(self.sigfd.as_fd(), &mut signals) {
                         return self.abort(Error::sys("reading the signalfd")(e));
@@ -376,6 +430,9 @@ impl Master {
             self.fail(sup, e);
             return false;
         }
+        if self.exec.is_some() {
+            return true;
+        }
         if let Ok(threads @ 2..) = sys::thread_count() {
             self.fail(sup, Error::NotSingleThreaded { threads });
             return false;
@@ -389,6 +446,15 @@ impl Master {
         F: FnMut(Worker) -> T,
         T: Termination,
     {
+        if let Some(exec) = &self.exec {
+            let pid = exec.spawn(slot, self.old_mask)?;
+            let pidfd = match self.backend {
+                Backend::Pidfd => Some(self.watch(pid)?),
+                Backend::Sigchld => None,
+            };
+            self.children.insert(pid, Child { pidfd });
+            return Ok(pid);
+        }
         // Anything buffered now would otherwise be written twice, once by each process.
         let _ = io::stdout().flush();
         let _ = io::stderr().flush();
@@ -501,6 +567,9 @@ impl Drop for Master {
                 "{} arrived after the workers stopped; ignored",
                 signal_name(s)
             );
+        }
+        if let Some(fw) = &self.forwarding {
+            sys::stop_forwarding(&fw.saved);
         }
         let _ = sys::sigmask(libc::SIG_SETMASK, &self.old_mask);
         if let Some(saved) = &self.saved_chld {

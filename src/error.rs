@@ -61,6 +61,22 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
+    /// The listening socket could not be set up: the address does not resolve, is busy, or
+    /// is not ours to bind. Nothing was forked.
+    Listen {
+        /// The address as given.
+        addr: String,
+        /// The OS or resolver error.
+        source: io::Error,
+    },
+    /// An inherited listener (fd 3 of an exec-mode worker or of systemd socket activation) is
+    /// not a listening TCP socket.
+    InheritedListener {
+        /// The descriptor.
+        fd: i32,
+        /// What it is instead (not open, not a socket, not listening, …).
+        reason: String,
+    },
     /// A system call the master needs failed.
     Sys {
         /// What the master was doing.
@@ -112,6 +128,12 @@ impl fmt::Display for Error {
                 source,
             } => write!(f, "hook {hook} panicked: {source}"),
             Error::Spawn { slot, source } => write!(f, "cannot start worker {slot}: {source}"),
+            Error::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            Error::InheritedListener { fd, reason } => write!(
+                f,
+                "inherited listener on fd {fd} is unusable: {reason} (a prefork worker expects a \
+                 listening TCP socket there)"
+            ),
             Error::Sys { op, source } => write!(f, "{op} failed: {source}"),
         }
     }
@@ -121,7 +143,9 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Hook { source, .. } => Some(source.as_ref()),
-            Error::Spawn { source, .. } | Error::Sys { source, .. } => Some(source),
+            Error::Spawn { source, .. }
+            | Error::Sys { source, .. }
+            | Error::Listen { source, .. } => Some(source),
             _ => None,
         }
     }

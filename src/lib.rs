@@ -69,6 +69,10 @@ mod builder;
 mod child;
 mod driver;
 mod error;
+mod exec;
+mod listen;
+#[doc(hidden)]
+pub mod protocol;
 #[doc(hidden)]
 pub mod supervisor;
 mod sys;
@@ -77,10 +81,12 @@ use std::process::Termination;
 use std::sync::atomic::Ordering;
 
 pub use builder::{
-    BACKEND_ENV, Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, HookResult, Prefork,
+    BACKEND_ENV, Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, HookResult, Mode, Prefork,
 };
 pub use child::EXIT_PANIC;
 pub use error::Error;
+pub use exec::{CHILD_ENV, LISTENER_FD, REUSEPORT_ADDR_ENV, WORKER_ID_ENV};
+pub use listen::Network;
 pub use supervisor::WorkerExit;
 
 /// Exit code by which a worker reports a fatal start-up failure (bad configuration, a port it
@@ -100,9 +106,10 @@ where
     Prefork::new().workers(n).run(serve)
 }
 
-/// Whether this process is a worker started by a prefork master.
+/// Whether this process is a worker started by a prefork master: a forked worker, or an
+/// exec-mode worker (`FASTHTTP_PREFORK_CHILD=1` in its environment).
 pub fn is_child() -> bool {
-    child::IS_CHILD.load(Ordering::Relaxed)
+    child::IS_CHILD.load(Ordering::Relaxed) || std::env::var_os(CHILD_ENV).is_some_and(|v| v == "1")
 }
 
 /// A worker's identity, handed to `serve`.

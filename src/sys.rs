@@ -8,7 +8,7 @@
 use std::fs;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// `idtype_t` value for `waitid(P_PIDFD, …)` (Linux 5.4); spelled out because older `libc`
@@ -405,4 +405,276 @@ pub(crate) fn wait_blocking(pid: u32) {
             break;
         }
     }
+}
+
+/// Creates a listening TCP socket bound to `addr`: `SO_REUSEADDR` always, `SO_REUSEPORT` when
+/// asked, `IPV6_V6ONLY` set to `v6only` for IPv6 addresses. Close-on-exec.
+pub(crate) fn bind_tcp(
+    addr: std::net::SocketAddr,
+    reuseport: bool,
+    v6only: bool,
+    backlog: i32,
+) -> io::Result<std::net::TcpListener> {
+    use std::net::SocketAddr;
+    let domain = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: socket takes plain integers and returns a new descriptor or -1.
+    let fd = owned(cvt(unsafe {
+        libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+    })?);
+    setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if reuseport {
+        setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
+            unsafe { storage.as_mut_ptr().cast::<libc::sockaddr_in>().write(sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            setsockopt_int(
+                fd.as_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                v6only as i32,
+            )?;
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
+            unsafe {
+                storage
+                    .as_mut_ptr()
+                    .cast::<libc::sockaddr_in6>()
+                    .write(sin6)
+            };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    // SAFETY: `storage` holds an initialised sockaddr of `len` bytes for this family.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            storage.as_ptr().cast(),
+            len as libc::socklen_t,
+        )
+    })?;
+    // SAFETY: listen takes a valid descriptor and a backlog.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
+fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: the option value is one int, passed with its exact size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are writable and sized for one int; an invalid descriptor
+    // only makes the call fail with EBADF.
+    cvt(unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut i32).cast(), &mut len) })?;
+    Ok(value)
+}
+
+/// Checks that `fd` is an open, listening TCP socket (IPv4 or IPv6) and takes ownership of
+/// it. The error says which of those it is not.
+pub(crate) fn take_listener(fd: RawFd) -> Result<std::net::TcpListener, String> {
+    let describe = |e: io::Error| match e.raw_os_error() {
+        Some(libc::EBADF) => format!("fd {fd} is not open"),
+        Some(libc::ENOTSOCK) => format!("fd {fd} is not a socket"),
+        _ => format!("fd {fd}: {e}"),
+    };
+    let ty = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).map_err(describe)?;
+    let domain = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(describe)?;
+    let listening = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).map_err(describe)?;
+    if ty != libc::SOCK_STREAM || (domain != libc::AF_INET && domain != libc::AF_INET6) {
+        return Err(format!("fd {fd} is a socket but not a TCP socket"));
+    }
+    if listening == 0 {
+        return Err(format!("fd {fd} is a TCP socket that is not listening"));
+    }
+    // SAFETY: the descriptor is open (the getsockopt calls succeeded) and the caller hands
+    // over its ownership: nothing else in the process uses or closes it afterwards.
+    Ok(unsafe { std::net::TcpListener::from_raw_fd(fd) })
+}
+
+/// The pre-`exec` setup of an exec-mode worker, run between `fork` and `execve` by
+/// [`std::process::Command`]: death signal, the listener on fd 3, and every other
+/// descriptor above 2 marked close-on-exec. Only async-signal-safe calls.
+pub(crate) fn exec_child_setup(
+    listener: Option<RawFd>,
+    master_pid: u32,
+    mask: &SigSet,
+) -> io::Result<()> {
+    // The master's blocked signals would survive exec: put back the mask of before `run`.
+    sigmask(libc::SIG_SETMASK, mask)?;
+    set_parent_death_signal(libc::SIGKILL)?;
+    if getppid() != master_pid {
+        // The master died before the prctl: do not exec an orphan.
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    let first_closed = match listener {
+        Some(fd) => {
+            if fd == 3 {
+                // SAFETY: F_SETFD on an open descriptor; clearing FD_CLOEXEC keeps it
+                // across exec.
+                cvt(unsafe { libc::fcntl(3, libc::F_SETFD, 0) })?;
+            } else {
+                // SAFETY: dup2 onto 3 gives a descriptor without FD_CLOEXEC.
+                cvt(unsafe { libc::dup2(fd, 3) })?;
+            }
+            4
+        }
+        None => 3,
+    };
+    // Mark everything else close-on-exec (Linux 5.11); std's own error-reporting pipe is
+    // close-on-exec already, so it keeps working.
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range takes plain integers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first_closed as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == -1 {
+        // Older kernels: walk the descriptor table up to a bound.
+        for fd in first_closed..4096 {
+            // SAFETY: F_SETFD on a descriptor that may not be open just fails with EBADF.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+    Ok(())
+}
+
+/// Removes an environment variable.
+///
+/// # Safety
+///
+/// No other thread may read or write the environment at the same time.
+pub(crate) unsafe fn unsetenv(name: &str) {
+    // SAFETY: forwarded to the caller.
+    unsafe { std::env::remove_var(name) };
+}
+
+/// Write end of the pipe that [`forward_signal`] writes signal numbers to (-1: none).
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Signal handler used while the master shares its process with other threads: the kernel
+/// may deliver a process-directed signal to any thread that does not block it, so the
+/// handler forwards the number through a pipe the master's epoll watches. Only
+/// async-signal-safe calls; `errno` is preserved.
+extern "C" fn forward_signal(signal: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: __errno_location returns this thread's errno slot, always valid.
+    let errno = unsafe { *libc::__errno_location() };
+    let byte = signal as u8;
+    // SAFETY: one byte from a local; a full or closed pipe just makes write fail.
+    unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Installs [`forward_signal`] for `signals`, writing to `pipe_write`; returns the previous
+/// dispositions for [`stop_forwarding`].
+pub(crate) fn forward_signals(signals: &[i32], pipe_write: RawFd) -> io::Result<Vec<SavedAction>> {
+    SIGNAL_PIPE.store(pipe_write, std::sync::atomic::Ordering::Relaxed);
+    let mut saved = Vec::new();
+    for &signal in signals {
+        let mut new = MaybeUninit::<libc::sigaction>::zeroed();
+        // SAFETY: a zeroed sigaction is valid (empty mask, no flags); we then set the handler.
+        let new = unsafe { new.assume_init_mut() };
+        new.sa_sigaction = forward_signal as *const () as libc::sighandler_t;
+        new.sa_flags = libc::SA_RESTART;
+        let mut old = MaybeUninit::<libc::sigaction>::zeroed();
+        // SAFETY: both pointers refer to valid sigaction storage owned by this frame; the
+        // handler only makes async-signal-safe calls.
+        if let Err(e) = cvt(unsafe { libc::sigaction(signal, new, old.as_mut_ptr()) }) {
+            stop_forwarding(&saved);
+            return Err(e);
+        }
+        saved.push(SavedAction {
+            signal,
+            // SAFETY: filled in by the successful sigaction call above.
+            action: unsafe { old.assume_init() },
+        });
+    }
+    Ok(saved)
+}
+
+/// Puts back the dispositions replaced by [`forward_signals`] and stops forwarding.
+pub(crate) fn stop_forwarding(saved: &[SavedAction]) {
+    for s in saved {
+        let _ = restore_disposition(s);
+    }
+    SIGNAL_PIPE.store(-1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A non-blocking, close-on-exec pipe: `(read end, write end)`.
+pub(crate) fn pipe_nonblocking() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a writable array of two ints.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    Ok((owned(fds[0]), owned(fds[1])))
+}
+
+/// Reads the signal numbers [`forward_signal`] wrote.
+pub(crate) fn read_forwarded(fd: BorrowedFd<'_>, out: &mut Vec<i32>) {
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: `buf` is writable for its whole length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return;
+        }
+        out.extend(buf[..n as usize].iter().map(|&b| i32::from(b)));
+    }
+}
+
+/// Arranges for [`exec_child_setup`] to run in the child of `cmd` between fork and exec.
+pub(crate) fn set_exec_child_setup(
+    cmd: &mut std::process::Command,
+    listener: Option<RawFd>,
+    master_pid: u32,
+    mask: SigSet,
+) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: exec_child_setup makes only async-signal-safe calls (pthread_sigmask, prctl,
+    // getppid, fcntl, dup2, close_range) and allocates nothing, as pre_exec requires in a
+    // process that may run other threads.
+    unsafe { cmd.pre_exec(move || exec_child_setup(listener, master_pid, &mask)) };
 }

@@ -70,7 +70,10 @@ impl Harness {
     }
 
     fn spawns(&self) -> usize {
-        self.log.iter().filter(|a| matches!(a, Action::Spawn { .. })).count()
+        self.log
+            .iter()
+            .filter(|a| matches!(a, Action::Spawn { .. }))
+            .count()
     }
 }
 
@@ -87,9 +90,18 @@ fn spawns_every_slot_then_reports_ready_once() {
             })
             .collect::<Vec<_>>()
     );
-    assert_eq!(h.log[3], Action::Ready { pids: vec![100, 101, 102] });
+    assert_eq!(
+        h.log[3],
+        Action::Ready {
+            pids: vec![100, 101, 102]
+        }
+    );
     assert_eq!(h.log.len(), 4);
-    assert_eq!(h.sup.next_deadline(), None, "an idle supervisor has no timer");
+    assert_eq!(
+        h.sup.next_deadline(),
+        None,
+        "an idle supervisor has no timer"
+    );
 }
 
 #[test]
@@ -141,7 +153,10 @@ fn threshold_allows_k_respawns_then_over_recovery() {
     assert_eq!(h.spawns(), 5, "no fourth respawn");
     assert!(h.sup.outcome().is_none(), "not done while a worker lives");
     h.exit(101, WorkerExit::Signal(9));
-    assert_eq!(h.sup.outcome(), Some(&Err(Failure::OverRecovery { exits: 4 })));
+    assert_eq!(
+        h.sup.outcome(),
+        Some(&Err(Failure::OverRecovery { exits: 4 }))
+    );
 }
 
 #[test]
@@ -153,7 +168,10 @@ fn exits_outside_the_window_are_forgotten() {
         h.pump();
         h.advance(Duration::from_secs(30));
     }
-    assert!(h.sup.outcome().is_none(), "two exits per minute stay under threshold 3");
+    assert!(
+        h.sup.outcome().is_none(),
+        "two exits per minute stay under threshold 3"
+    );
     assert_eq!(h.sup.live_pids().len(), 1);
 }
 
@@ -164,7 +182,10 @@ fn threshold_zero_stops_at_first_exit() {
     let mut h = Harness::new(c);
     h.exit(100, WorkerExit::Code(1));
     h.pump();
-    assert_eq!(h.sup.outcome(), Some(&Err(Failure::OverRecovery { exits: 1 })));
+    assert_eq!(
+        h.sup.outcome(),
+        Some(&Err(Failure::OverRecovery { exits: 1 }))
+    );
 }
 
 #[test]
@@ -283,11 +304,23 @@ fn failure_kills_everything() {
 #[test]
 fn failure_during_initial_spawn_drops_queued_spawns() {
     let mut sup = Supervisor::new(cfg(3));
-    assert_eq!(sup.next_action(), Some(Action::Spawn { slot: 0, recovers: None }));
+    assert_eq!(
+        sup.next_action(),
+        Some(Action::Spawn {
+            slot: 0,
+            recovers: None
+        })
+    );
     sup.on_spawned(0, 100, Duration::ZERO);
     // A hook failed for the first worker.
     sup.fail(Duration::ZERO);
-    assert_eq!(sup.next_action(), Some(Action::Signal { pid: 100, signal: sig::KILL }));
+    assert_eq!(
+        sup.next_action(),
+        Some(Action::Signal {
+            pid: 100,
+            signal: sig::KILL
+        })
+    );
     assert_eq!(sup.next_action(), None, "queued spawns are dropped");
     sup.on_exit(100, WorkerExit::Signal(9), Duration::ZERO);
     assert_eq!(sup.outcome(), Some(&Err(Failure::External)));
@@ -300,7 +333,13 @@ fn initial_spawn_failure_fails_the_run() {
     sup.on_spawned(0, 100, Duration::ZERO);
     sup.next_action();
     sup.on_spawn_failed(1, Duration::ZERO);
-    assert_eq!(sup.next_action(), Some(Action::Signal { pid: 100, signal: sig::KILL }));
+    assert_eq!(
+        sup.next_action(),
+        Some(Action::Signal {
+            pid: 100,
+            signal: sig::KILL
+        })
+    );
     sup.on_exit(100, WorkerExit::Signal(9), Duration::ZERO);
     assert_eq!(sup.outcome(), Some(&Err(Failure::External)));
 }
@@ -312,12 +351,24 @@ fn later_spawn_failure_is_retried() {
     sup.on_spawned(0, 100, Duration::ZERO);
     sup.next_action(); // Ready
     sup.on_exit(100, WorkerExit::Code(1), Duration::ZERO);
-    assert_eq!(sup.next_action(), Some(Action::Spawn { slot: 0, recovers: Some(100) }));
+    assert_eq!(
+        sup.next_action(),
+        Some(Action::Spawn {
+            slot: 0,
+            recovers: Some(100)
+        })
+    );
     sup.on_spawn_failed(0, Duration::ZERO);
     assert_eq!(sup.next_action(), None);
     assert_eq!(sup.next_deadline(), Some(SPAWN_RETRY_DELAY));
     sup.on_timer(SPAWN_RETRY_DELAY);
-    assert_eq!(sup.next_action(), Some(Action::Spawn { slot: 0, recovers: Some(100) }));
+    assert_eq!(
+        sup.next_action(),
+        Some(Action::Spawn {
+            slot: 0,
+            recovers: Some(100)
+        })
+    );
 }
 
 #[test]
@@ -374,7 +425,10 @@ fn hup_restarts_one_slot_at_a_time() {
     live.sort();
     assert_eq!(live, vec![102, 103]);
     assert!(h.sup.outcome().is_none());
-    assert!(h.sup.recent.is_empty(), "restart exits are not counted as crashes");
+    assert!(
+        h.sup.recent.is_empty(),
+        "restart exits are not counted as crashes"
+    );
 }
 
 #[test]

@@ -1,0 +1,142 @@
+//! Listeners the crate owns: binding (shared or `SO_REUSEPORT`), the inherited fd 3 of an
+//! exec-mode worker, and systemd socket activation.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::unix::ffi::OsStrExt;
+
+use crate::error::Error;
+use crate::protocol;
+use crate::sys;
+
+/// The listen backlog: the kernel caps it at `net.core.somaxconn`.
+const BACKLOG: i32 = 4096;
+
+/// Which address family [`crate::Prefork::listen_and_serve`] binds, as Go's `net.Listen`
+/// networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Network {
+    /// IPv4 or IPv6, whichever the address resolves to first; an empty host (`":8080"`)
+    /// binds `[::]` dual-stack, accepting IPv4 as well.
+    Tcp,
+    /// IPv4 only (the default, as fasthttp's prefork).
+    #[default]
+    Tcp4,
+    /// IPv6 only (`IPV6_V6ONLY`).
+    Tcp6,
+}
+
+/// Resolves `addr` (`host:port`, `[v6]:port`, or `:port` for every address) for `network`.
+pub(crate) fn resolve(addr: &str, network: Network) -> Result<SocketAddr, Error> {
+    let bad = |reason: String| Error::Listen {
+        addr: addr.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, reason),
+    };
+    if let Some(port) = addr.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad(format!("{port:?} is not a port number")))?;
+        let ip = match network {
+            Network::Tcp4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Network::Tcp | Network::Tcp6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let candidates = addr.to_socket_addrs().map_err(|source| Error::Listen {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    let mut candidates = candidates.filter(|a| match network {
+        Network::Tcp => true,
+        Network::Tcp4 => a.is_ipv4(),
+        Network::Tcp6 => a.is_ipv6(),
+    });
+    candidates.next().ok_or_else(|| {
+        bad(format!(
+            "no {} address",
+            match network {
+                Network::Tcp => "IP",
+                Network::Tcp4 => "IPv4",
+                Network::Tcp6 => "IPv6",
+            }
+        ))
+    })
+}
+
+/// Binds one listening socket.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    network: Network,
+    reuseport: bool,
+    shown: &str,
+) -> Result<TcpListener, Error> {
+    // `tcp` on the unspecified IPv6 address is dual-stack; `tcp6` is IPv6 only.
+    let v6only = network == Network::Tcp6;
+    sys::bind_tcp(addr, reuseport, v6only, BACKLOG).map_err(|source| Error::Listen {
+        addr: shown.to_owned(),
+        source,
+    })
+}
+
+/// The listener of an exec-mode worker: fd 3, checked to be a listening TCP socket.
+pub(crate) fn inherited() -> Result<TcpListener, Error> {
+    sys::take_listener(crate::exec::LISTENER_FD)
+        .map_err(|reason| Error::InheritedListener { fd: 3, reason })
+}
+
+fn env_bytes(name: &str) -> Option<Vec<u8>> {
+    std::env::var_os(name).map(|v| v.as_bytes().to_vec())
+}
+
+/// systemd socket activation: when `LISTEN_PID` is our pid and `LISTEN_FDS` ≥ 1, the socket
+/// on fd 3 (named by `LISTEN_FDNAMES`). The variables are removed from the environment so
+/// workers do not misread them. `Ok(None)` when the variables are absent or meant for
+/// another process.
+///
+/// Must run while the process is single-threaded or no other thread touches the
+/// environment (it modifies it).
+pub(crate) fn systemd() -> Result<Option<(TcpListener, String)>, Error> {
+    let pid = env_bytes("LISTEN_PID");
+    let fds = env_bytes("LISTEN_FDS");
+    let names = env_bytes("LISTEN_FDNAMES");
+    let parsed = protocol::parse_listen_fds(
+        pid.as_deref(),
+        fds.as_deref(),
+        names.as_deref(),
+        sys::getpid(),
+    )?;
+    let Some(parsed) = parsed else {
+        return Ok(None);
+    };
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // SAFETY: the master reads the environment only here and in `run`, on this thread,
+        // before any worker starts; the documented requirement is that no other thread
+        // touches the environment concurrently.
+        unsafe { sys::unsetenv(var) };
+    }
+    if parsed.count > 1 {
+        log::warn!(
+            "systemd passed {} sockets; serving the first (fd 3) only",
+            parsed.count
+        );
+    }
+    let name = parsed
+        .names
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "unknown".to_owned());
+    let listener =
+        sys::take_listener(3).map_err(|reason| Error::InheritedListener { fd: 3, reason })?;
+    Ok(Some((listener, name)))
+}
+
+/// Whether this process is an exec-mode worker (`FASTHTTP_PREFORK_CHILD=1`), and its slot
+/// (`PREFORK_WORKER_ID`, 0 when absent, as under a fasthttp master).
+pub(crate) fn exec_child() -> Result<Option<usize>, Error> {
+    let flag = env_bytes(crate::exec::CHILD_ENV);
+    if !protocol::parse_child_flag(flag.as_deref())? {
+        return Ok(None);
+    }
+    let id = env_bytes(crate::exec::WORKER_ID_ENV);
+    Ok(Some(protocol::parse_worker_id(id.as_deref())?.unwrap_or(0)))
+}
