@@ -296,7 +296,7 @@ impl Prefork {
         T: Termination,
     {
         if let Some(id) = listen::exec_child()? {
-            child::run_exec_child(id, serve);
+            child::run_exec_child(id, self.hooks.on_master_death.take(), serve);
         }
         let (cfg, backend, mode) = self.prepare()?;
         let exec = (mode == Mode::Exec).then(|| ExecSpec::current_binary(None));
@@ -340,7 +340,9 @@ impl Prefork {
             } else {
                 listen::inherited()?
             };
-            child::run_exec_child(id, move |worker| serve(listener, worker));
+            child::run_exec_child(id, self.hooks.on_master_death.take(), move |worker| {
+                serve(listener, worker)
+            });
         }
         let (cfg, backend, mode) = self.prepare()?;
         let systemd = listen::systemd()?;

@@ -8,7 +8,7 @@
 //! leaves through [`std::process::exit`], which flushes std's buffered output.
 
 use std::any::Any;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{ExitCode, Termination};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,18 +69,64 @@ where
 
 /// Runs `serve` in an exec-mode worker (started by any master speaking the protocol); never
 /// returns.
-pub(crate) fn run_exec_child<F, T>(id: usize, serve: F) -> !
+///
+/// The master set `PR_SET_PDEATHSIG(SIGKILL)` before exec. With an `on_master_death` hook,
+/// the worker swaps that for a thread waiting on a pidfd of the master (Linux 5.3; on older
+/// kernels the death signal stays and the hook does not run).
+pub(crate) fn run_exec_child<F, T>(id: usize, on_master_death: Option<DeathHook>, serve: F) -> !
 where
     F: FnOnce(Worker) -> T,
     T: Termination,
 {
     IS_CHILD.store(true, Ordering::Relaxed);
+    let master_pid = sys::getppid();
+    if let Some(hook) = on_master_death {
+        watch_master_pidfd(hook, master_pid);
+    }
     let worker = Worker {
         id,
         pid: sys::getpid(),
-        master_pid: sys::getppid(),
+        master_pid,
     };
     finish(worker, serve)
+}
+
+/// Watches the master through a pidfd (readable when it exits) on a thread of its own.
+fn watch_master_pidfd(mut hook: DeathHook, master_pid: u32) {
+    let pidfd = match sys::pidfd_open(master_pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::warn!("cannot watch the master ({e}); the worker dies with it instead");
+            return;
+        }
+    };
+    // The pidfd refers to the master only if it was still our parent after opening it.
+    if sys::getppid() != master_pid {
+        hook();
+        std::process::exit(0);
+    }
+    let spawned = std::thread::Builder::new()
+        .name("prefork-master-watch".to_owned())
+        .spawn(move || {
+            if let Err(e) = sys::wait_readable(pidfd.as_raw_fd()) {
+                log::error!("watching the master: {e}");
+                return;
+            }
+            log::warn!("master {master_pid} died; running on_master_death");
+            hook();
+            std::process::exit(0);
+        });
+    match spawned {
+        // Only now that someone watches is the kernel's death signal dropped.
+        Ok(_) => {
+            if let Err(e) = sys::set_parent_death_signal(0) {
+                log::warn!("cannot clear PR_SET_PDEATHSIG: {e}");
+            }
+        }
+        Err(e) => log::warn!(
+            "cannot start the master watcher thread ({e}); the worker dies with the master instead"
+        ),
+    }
 }
 
 /// Runs `serve` and exits with its outcome: 0, 1 for an error, [`EXIT_PANIC`] for a panic.
