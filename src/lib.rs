@@ -70,6 +70,8 @@ mod child;
 mod driver;
 mod error;
 mod exec;
+#[doc(hidden)]
+pub mod fuzzing;
 mod listen;
 #[doc(hidden)]
 pub mod protocol;
