@@ -76,7 +76,7 @@ impl Opts {
 }
 
 // ---------------------------------------------------------------------------------------------
-// System helpers (the only place with `unsafe`)
+// System helpers
 // ---------------------------------------------------------------------------------------------
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process of the machine.
@@ -783,9 +783,9 @@ fn bench_spawn(o: &Opts) {
         "\n## spawn-to-ready: run() called -> every worker inside serve ({reps} samples each, interleaved)\n"
     );
     println!(
-        "| workers | prefork p50 µs | prefork p90 µs | floor p50 µs | floor p90 µs | ratio p50 | ratio p90 | prefork µs/worker |"
+        "| workers | prefork p50 µs | prefork p90 µs | floor p50 µs | floor p90 µs | ratio p50 | ratio p90 | ratio min | Δ p50 µs |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut worst: f64 = 0.0;
     for n in [1usize, 2, 8, 32, 64] {
         let mut samples = [Vec::new(), Vec::new()];
@@ -813,12 +813,13 @@ fn bench_spawn(o: &Opts) {
         let (r50, r90) = (pct(&p, 50.0) / pct(&f, 50.0), pct(&p, 90.0) / pct(&f, 90.0));
         worst = worst.max(r50);
         println!(
-            "| {n} | {:.0} | {:.0} | {:.0} | {:.0} | {r50:.2} | {r90:.2} | {:.1} |{}",
+            "| {n} | {:.0} | {:.0} | {:.0} | {:.0} | {r50:.2} | {r90:.2} | {:.2} | {:.0} |{}",
             pct(&p, 50.0),
             pct(&p, 90.0),
             pct(&f, 50.0),
             pct(&f, 90.0),
-            pct(&p, 50.0) / n as f64,
+            pct(&p, 0.0) / pct(&f, 0.0),
+            pct(&p, 50.0) - pct(&f, 50.0),
             if errors > 0 {
                 format!(" {errors} failed samples")
             } else {
@@ -1126,7 +1127,9 @@ fn bench_idle(o: &Opts) {
     sleep(window);
     let after: Vec<_> = running.iter().map(snapshot).collect();
     let per10 = 10.0 / window.as_secs_f64();
-    println!("| setup | process | threads | Δ voluntary | Δ involuntary | wake-ups per 10 s |");
+    println!(
+        "| setup | process | threads | Δ voluntary | Δ involuntary | wake-ups per 10 s, per process |"
+    );
     println!("|---|---|---:|---:|---:|---:|");
     let mut prefork_total = 0;
     let mut reference_total = 0;
@@ -1138,6 +1141,7 @@ fn bench_idle(o: &Opts) {
             let mut di = 0;
             let mut threads = 0;
             let mut missing = false;
+            let procs = range.len().max(1);
             for k in range {
                 match (before[i][k], after[i][k]) {
                     (Some((v0, i0, _)), Some((v1, i1, t))) => {
@@ -1157,7 +1161,7 @@ fn bench_idle(o: &Opts) {
             println!(
                 "| {} | {role} | {threads} | {dv} | {di} | {:.1}{} |",
                 s.name,
-                total as f64 * per10,
+                total as f64 * per10 / procs as f64,
                 if missing { " (process vanished!)" } else { "" }
             );
         }
@@ -1175,6 +1179,13 @@ fn bench_idle(o: &Opts) {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/// `/proc/loadavg`'s three averages: the machine is shared, so say how busy it was.
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
 
 fn main() {
     let opts = Opts::parse();
@@ -1211,6 +1222,7 @@ fn main() {
         kernel.trim(),
         std::env::var(prefork::BACKEND_ENV).unwrap_or_else(|_| "pidfd (default)".into())
     );
+    println!("load average at start: {}", loadavg());
     let started = Instant::now();
     if opts.selected("spawn") {
         bench_spawn(&opts);
@@ -1228,5 +1240,9 @@ fn main() {
     if strays > 0 {
         eprintln!("warning: {strays} stray child process(es) found at the end and killed");
     }
-    println!("\n(total {:.1} s)", started.elapsed().as_secs_f64());
+    println!(
+        "\n(total {:.1} s; load average at end: {})",
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    );
 }

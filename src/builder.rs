@@ -319,8 +319,9 @@ impl Prefork {
     ///
     /// In a process started as an exec-mode worker (`FASTHTTP_PREFORK_CHILD=1`), this takes
     /// the listener from fd 3 (after checking it is a listening TCP socket) or, with
-    /// reuseport, binds its own, and runs `serve`: it never returns, except with an error if
-    /// fd 3 is unusable.
+    /// reuseport, binds its own (unless the master set no `PREFORK_REUSEPORT_ADDR` and passed
+    /// a listening socket on fd 3, as ours does under systemd socket activation), and runs
+    /// `serve`: it never returns, except with an error if fd 3 is unusable.
     pub fn listen_and_serve<F, T>(mut self, addr: &str, mut serve: F) -> Result<(), Error>
     where
         F: FnMut(TcpListener, Worker) -> T,
@@ -328,15 +329,26 @@ impl Prefork {
     {
         if let Some(id) = listen::exec_child()? {
             let listener = if self.reuseport {
-                let resolved = match std::env::var(REUSEPORT_ADDR_ENV) {
-                    Ok(a) => a.parse().map_err(|_| Error::InvalidEnv {
-                        var: REUSEPORT_ADDR_ENV,
-                        value: a.clone(),
-                        reason: "expected a socket address such as 127.0.0.1:8080".to_owned(),
-                    })?,
-                    Err(_) => listen::resolve(addr, self.network)?,
-                };
-                listen::bind(resolved, self.network, true, addr)?
+                match std::env::var(REUSEPORT_ADDR_ENV) {
+                    Ok(a) => {
+                        let resolved = a.parse().map_err(|_| Error::InvalidEnv {
+                            var: REUSEPORT_ADDR_ENV,
+                            value: a.clone(),
+                            reason: "expected a socket address such as 127.0.0.1:8080".to_owned(),
+                        })?;
+                        listen::bind(resolved, self.network, true, addr)?
+                    }
+                    // No address from our master: under systemd socket activation it passes
+                    // the one activated socket on fd 3 instead, to be shared; a foreign
+                    // (fasthttp) master passes nothing and each worker binds `addr`.
+                    Err(_) => match listen::inherited() {
+                        Ok(listener) => listener,
+                        Err(_) => {
+                            let resolved = listen::resolve(addr, self.network)?;
+                            listen::bind(resolved, self.network, true, addr)?
+                        }
+                    },
+                }
             } else {
                 listen::inherited()?
             };

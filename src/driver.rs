@@ -87,7 +87,6 @@ where
     if exec.is_none() {
         check_single_threaded()?;
     }
-    let backend = resolve_backend(backend);
     let mode = if exec.is_some() { "exec" } else { "fork" };
     let mut master = Master::new(backend, hooks.on_master_death.is_some(), exec)?;
     log::info!(
@@ -109,17 +108,6 @@ fn check_single_threaded() -> Result<(), Error> {
             Ok(())
         }
     }
-}
-
-/// `Pidfd` falls back to `Sigchld` where the kernel has no `pidfd_open` (before 5.3).
-fn resolve_backend(backend: Backend) -> Backend {
-    if backend == Backend::Pidfd {
-        if let Err(e) = sys::pidfd_open(sys::getpid()) {
-            log::info!("pidfds unavailable ({e}); using the sigchld backend");
-            return Backend::Sigchld;
-        }
-    }
-    backend
 }
 
 impl Master {
@@ -448,17 +436,16 @@ impl Master {
     {
         if let Some(exec) = &self.exec {
             let pid = exec.spawn(slot, self.old_mask)?;
-            let pidfd = match self.backend {
-                Backend::Pidfd => Some(self.watch(pid)?),
-                Backend::Sigchld => None,
-            };
-            self.children.insert(pid, Child { pidfd });
+            self.adopt(pid)?;
             return Ok(pid);
         }
         // Anything buffered now would otherwise be written twice, once by each process.
         let _ = io::stdout().flush();
         let _ = io::stderr().flush();
         let master_pid = sys::getpid();
+        // Built before the fork so the child allocates nothing: every page it writes is a
+        // copy-on-write fault on the way to `serve`.
+        let close = self.inherited_fds();
         // SAFETY: the master is single-threaded: `run` checked it before the first fork, and
         // `after_hook` checks it again after every user hook, the only foreign code the master
         // runs; the master itself starts no threads.
@@ -467,7 +454,7 @@ impl Master {
                 let setup = ChildSetup {
                     slot,
                     master_pid,
-                    close: self.inherited_fds(),
+                    close,
                     old_mask: self.old_mask,
                     saved_chld: self.saved_chld.as_ref(),
                     death_watch: match (&self.death_pipe, hooks.on_master_death.take()) {
@@ -478,29 +465,42 @@ impl Master {
                 child::run(setup, serve)
             }
             Fork::Parent(pid) => {
-                let pidfd = match self.backend {
-                    Backend::Pidfd => Some(self.watch(pid)?),
-                    Backend::Sigchld => None,
-                };
-                self.children.insert(pid, Child { pidfd });
+                drop(close);
+                self.adopt(pid)?;
                 Ok(pid)
             }
         }
     }
 
-    /// Opens and registers the pidfd of a just-forked worker. A pid cannot be reused while
-    /// its process is our unreaped child, so `pidfd_open` after `fork` is race-free. On
-    /// failure the worker is killed and reaped, so nothing leaks.
-    fn watch(&mut self, pid: u32) -> io::Result<OwnedFd> {
-        let registered = sys::pidfd_open(pid).and_then(|fd| {
-            self.epoll.add(fd.as_fd(), u64::from(pid))?;
-            Ok(fd)
-        });
-        if registered.is_err() {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            sys::wait_blocking(pid);
+    /// Starts watching a just-started worker: with the pidfd backend, opens its pidfd and
+    /// adds it to the epoll set. A pid cannot be reused while its process is our unreaped
+    /// child, so `pidfd_open` after the start is race-free. A kernel without pidfds
+    /// (`ENOSYS`, before 5.3) switches this run to the sigchld backend. On any other failure
+    /// the worker is killed and reaped, so nothing leaks.
+    fn adopt(&mut self, pid: u32) -> io::Result<()> {
+        if self.backend == Backend::Pidfd {
+            let registered = sys::pidfd_open(pid).and_then(|fd| {
+                self.epoll.add(fd.as_fd(), u64::from(pid))?;
+                Ok(fd)
+            });
+            match registered {
+                Ok(fd) => {
+                    self.children.insert(pid, Child { pidfd: Some(fd) });
+                    return Ok(());
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) && self.children.is_empty() => {
+                    log::info!("pidfds unavailable ({e}); using the sigchld backend");
+                    self.backend = Backend::Sigchld;
+                }
+                Err(e) => {
+                    let _ = sys::kill(pid, libc::SIGKILL);
+                    sys::wait_blocking(pid);
+                    return Err(e);
+                }
+            }
         }
-        registered
+        self.children.insert(pid, Child { pidfd: None });
+        Ok(())
     }
 
     /// The master's descriptors a new worker must close.

@@ -39,19 +39,36 @@ fn owned(fd: libc::c_int) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// The number of threads of this process, from `/proc/self/status` (`Threads:`), falling back
-/// to counting `/proc/self/task`.
+/// The number of threads of this process: field 20 of `/proc/self/stat`, read into a stack
+/// buffer (this runs before every fork-mode `run` and after every hook, so it is kept
+/// cheap), falling back to counting `/proc/self/task`.
 pub(crate) fn thread_count() -> io::Result<usize> {
-    if let Ok(status) = fs::read_to_string("/proc/self/status") {
-        for line in status.lines() {
-            if let Some(rest) = line.strip_prefix("Threads:") {
-                if let Ok(n) = rest.trim().parse() {
-                    return Ok(n);
-                }
+    use std::io::Read;
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    if let Ok(mut f) = fs::File::open("/proc/self/stat") {
+        while len < buf.len() {
+            match f.read(&mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
             }
         }
     }
+    if let Some(n) = stat_threads(&buf[..len]) {
+        return Ok(n);
+    }
     Ok(fs::read_dir("/proc/self/task")?.count())
+}
+
+/// `num_threads` from the text of `/proc/PID/stat`. The command name (field 2) may contain
+/// spaces and parentheses, so fields are counted after its last `)`.
+fn stat_threads(stat: &[u8]) -> Option<usize> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    // After the name come field 3 (state) onwards; num_threads is field 20.
+    rest.split_ascii_whitespace().nth(20 - 3)?.parse().ok()
 }
 
 pub(crate) fn getpid() -> u32 {
@@ -395,6 +412,22 @@ pub(crate) fn close_raw(fds: &[RawFd]) {
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit has no preconditions.
     unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stat_threads_counts_after_the_command_name() {
+        let stat = b"42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 7 0 1234 0";
+        assert_eq!(super::stat_threads(stat), Some(7));
+        assert_eq!(super::stat_threads(b"42 (x) S 1"), None);
+        assert_eq!(super::stat_threads(b""), None);
+    }
+
+    #[test]
+    fn thread_count_sees_this_test_thread() {
+        assert!(super::thread_count().unwrap() >= 1);
+    }
 }
 
 /// Reaps `pid`, waiting for it to exit.

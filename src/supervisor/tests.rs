@@ -52,8 +52,7 @@ impl Harness {
     }
 
     fn exit(&mut self, pid: u32, exit: WorkerExit) -> Option<usize> {
-        let slot = self.sup.on_exit(pid, exit, self.now);
-        slot
+        self.sup.on_exit(pid, exit, self.now)
     }
 
     fn advance(&mut self, d: Duration) {
