@@ -1,8 +1,10 @@
 //! [`Prefork`]: the builder, its options and hooks, and their validation.
 
+use std::cell::RefCell;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::process::Termination;
+use std::rc::Rc;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -90,6 +92,8 @@ pub(crate) struct Hooks {
     pub(crate) on_child_recover: Option<RecoverHook>,
     pub(crate) on_child_exit: Option<ExitHook>,
     pub(crate) on_master_death: Option<DeathHook>,
+    /// Internal: a slot was taken out of service (TTOU), so what is held for it may go.
+    pub(crate) on_slot_closed: Option<Box<dyn FnMut(usize)>>,
 }
 
 /// The default window in which unexpected exits are counted against `recover_threshold`.
@@ -418,18 +422,40 @@ impl Prefork {
                 let reuseport = self.reuseport && listeners.len() > 1;
                 let network = self.network;
                 let addr = addr.to_owned();
-                let raw: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+                let group = listeners[0]
+                    .local_addr()
+                    .map_err(Error::sys("getsockname"))?;
+                let listeners = Rc::new(RefCell::new(
+                    listeners.into_iter().map(Some).collect::<Vec<_>>(),
+                ));
+                if reuseport {
+                    // A slot retired by TTOU must not keep a socket in the group: nobody
+                    // would accept the connections the kernel hands it.
+                    let held = Rc::clone(&listeners);
+                    self.hooks.on_slot_closed = Some(Box::new(move |slot| {
+                        if let Some(l) = held.borrow_mut().get_mut(slot) {
+                            *l = None;
+                        }
+                    }));
+                }
                 let mut per_worker = |worker: Worker| {
-                    let mine = match listeners.get(worker.id()) {
-                        Some(l) if reuseport => l.try_clone(),
-                        // A slot added by TTIN beyond the initial ones binds its own.
-                        None if reuseport => listeners[0].local_addr().and_then(|a| {
-                            listen::bind(a, network, true, &addr).map_err(std::io::Error::other)
-                        }),
-                        _ => listeners[0].try_clone(),
+                    let held = listeners.borrow();
+                    let mine = match held.get(worker.id()) {
+                        Some(Some(l)) if reuseport => l.try_clone(),
+                        // A slot added by TTIN (or reopened after TTOU) binds its own socket
+                        // in the group.
+                        _ if reuseport => {
+                            listen::bind(group, network, true, &addr).map_err(std::io::Error::other)
+                        }
+                        _ => match &held[0] {
+                            Some(l) => l.try_clone(),
+                            None => Err(std::io::Error::other("the shared listener is closed")),
+                        },
                     };
                     // The master's copies: this worker keeps only its own descriptor.
-                    sys::close_raw(&raw);
+                    for l in held.iter().flatten() {
+                        sys::close_raw(&[l.as_raw_fd()]);
+                    }
                     match mine {
                         Ok(listener) => serve(listener, worker),
                         Err(e) => {

@@ -401,6 +401,11 @@ impl Master {
                     );
                 }
             }
+            Action::Closed { slot } => {
+                if let Some(f) = hooks.on_slot_closed.as_mut() {
+                    f(slot);
+                }
+            }
             Action::Ready { pids } => {
                 log::info!("master ready: {} workers running", pids.len());
                 if let Some(f) = hooks.on_master_ready.as_mut() {

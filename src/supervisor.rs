@@ -124,6 +124,8 @@ pub enum Action {
     Signal { pid: u32, signal: i32 },
     /// Every initial worker runs: the `on_master_ready` moment.
     Ready { pids: Vec<u32> },
+    /// `slot` was taken out of service (TTOU): what the driver holds for it may go.
+    Closed { slot: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -443,6 +445,7 @@ impl Supervisor {
                     .rposition(|s| *s != Slot::Closed)
                     .expect("more than one active slot");
                 self.restart_queue.retain(|&s| s != slot);
+                self.actions.push_back(Action::Closed { slot });
                 match std::mem::replace(&mut self.slots[slot], Slot::Closed) {
                     Slot::Running { pid, .. } => self.retire(pid, slot, now),
                     Slot::Spawning { .. } => self

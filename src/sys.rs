@@ -414,22 +414,6 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn stat_threads_counts_after_the_command_name() {
-        let stat = b"42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 7 0 1234 0";
-        assert_eq!(super::stat_threads(stat), Some(7));
-        assert_eq!(super::stat_threads(b"42 (x) S 1"), None);
-        assert_eq!(super::stat_threads(b""), None);
-    }
-
-    #[test]
-    fn thread_count_sees_this_test_thread() {
-        assert!(super::thread_count().unwrap() >= 1);
-    }
-}
-
 /// Reaps `pid`, waiting for it to exit.
 pub(crate) fn wait_blocking(pid: u32) {
     // SAFETY: waitpid with a null status pointer only reaps the given child.
@@ -710,4 +694,20 @@ pub(crate) fn set_exec_child_setup(
     // getppid, fcntl, dup2, close_range) and allocates nothing, as pre_exec requires in a
     // process that may run other threads.
     unsafe { cmd.pre_exec(move || exec_child_setup(listener, master_pid, &mask)) };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stat_threads_counts_after_the_command_name() {
+        let stat = b"42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 7 0 1234 0";
+        assert_eq!(super::stat_threads(stat), Some(7));
+        assert_eq!(super::stat_threads(b"42 (x) S 1"), None);
+        assert_eq!(super::stat_threads(b""), None);
+    }
+
+    #[test]
+    fn thread_count_sees_this_test_thread() {
+        assert!(super::thread_count().unwrap() >= 1);
+    }
 }

@@ -138,6 +138,10 @@ fn tests() -> Vec<Test> {
             format!("reuseport::fork_no_reset::{}", backend.env()),
             move || reuseport_fork_no_reset(backend),
         ));
+        t.push(test(
+            format!("reuseport::ttou_closes_retired_socket::{}", backend.env()),
+            move || reuseport_ttou(backend),
+        ));
     }
     t.push(test(
         "reuseport::exec_each_worker_binds",
@@ -707,6 +711,46 @@ fn reuseport_fork_per_slot(backend: Backend) -> TestResult {
     })?;
     fx.stop(&pids(&now))?;
     Ok(String::new())
+}
+
+/// SIGTTOU retires the highest slot: the master must close that slot's socket too, or the
+/// kernel keeps handing it connections that nobody accepts.
+fn reuseport_ttou(backend: Backend) -> TestResult {
+    let n = 3;
+    let mut fx = spec(Mode::Fork, backend, n)
+        .env("FX_REUSEPORT", "1")
+        .start()?;
+    let serving = fx.ready_serving()?;
+    let port = serving[0].port;
+    let retired = serving[n - 1];
+    fx.signal(libc::SIGTTOU)?;
+    fx.wait_gone(&[retired.pid])?;
+    let kept: Vec<u64> = serving[..n - 1].iter().map(|s| s.inode).collect();
+    wait_until("the master to close the retired slot's socket", || {
+        procfs::listeners_of(fx.pid, port) == kept
+    })?;
+    let answered = AtomicUsize::new(0);
+    let total = 30;
+    let mut lost = Vec::new();
+    for _ in 0..total {
+        match one_request(drive::local(port), &answered) {
+            Outcome::Answered(a) => check(a.id < n - 1, || {
+                format!("answered by retired slot {}: {a:?}", a.id)
+            })?,
+            other => lost.push(format!("{other:?}")),
+        }
+    }
+    check(lost.is_empty(), || {
+        format!(
+            "{} of {total} requests not answered after TTOU: {lost:?}",
+            lost.len()
+        )
+    })?;
+    fx.stop(&pids(&serving[..n - 1]))?;
+    Ok(format!(
+        "{total} answered by the {} remaining workers",
+        n - 1
+    ))
 }
 
 #[derive(Debug)]

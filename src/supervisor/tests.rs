@@ -45,7 +45,7 @@ impl Harness {
                     self.sup.on_spawned(slot, pid, self.now);
                 }
                 Action::Signal { pid, signal } => signals.push((pid, signal)),
-                Action::Ready { .. } => {}
+                Action::Ready { .. } | Action::Closed { .. } => {}
             }
         }
         signals
@@ -385,6 +385,7 @@ fn ttin_adds_and_ttou_removes_a_worker() {
     assert_eq!(h.sup.slot_of(102), Some(2));
     h.sup.on_signal(sig::TTOU, h.now);
     assert_eq!(h.pump(), vec![(102, sig::TERM)]);
+    assert!(h.log.contains(&Action::Closed { slot: 2 }));
     h.exit(102, WorkerExit::Signal(sig::TERM));
     h.pump();
     assert_eq!(h.sup.active_slots(), 2);
