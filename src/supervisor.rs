@@ -248,6 +248,11 @@ impl Supervisor {
         pids
     }
 
+    /// Number of slots ever created (in service or not).
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Number of slots in service (not closed).
     pub fn active_slots(&self) -> usize {
         self.slots.iter().filter(|s| **s != Slot::Closed).count()
