@@ -333,8 +333,15 @@ impl Prefork {
     {
         if let Some(id) = listen::exec_child()? {
             let listener = if self.reuseport {
-                match std::env::var(REUSEPORT_ADDR_ENV) {
-                    Ok(a) => {
+                match std::env::var_os(REUSEPORT_ADDR_ENV).map(|v| v.into_string()) {
+                    Some(Err(v)) => {
+                        return Err(Error::InvalidEnv {
+                            var: REUSEPORT_ADDR_ENV,
+                            value: v.to_string_lossy().into_owned(),
+                            reason: "not valid UTF-8".to_owned(),
+                        });
+                    }
+                    Some(Ok(a)) => {
                         let resolved = a.parse().map_err(|_| Error::InvalidEnv {
                             var: REUSEPORT_ADDR_ENV,
                             value: a.clone(),
@@ -345,7 +352,7 @@ impl Prefork {
                     // No address from our master: under systemd socket activation it passes
                     // the one activated socket on fd 3 instead, to be shared; a foreign
                     // (fasthttp) master passes nothing and each worker binds `addr`.
-                    Err(_) => match listen::inherited() {
+                    None => match listen::inherited() {
                         Ok(listener) => listener,
                         Err(_) => {
                             let resolved = listen::resolve(addr, self.network)?;

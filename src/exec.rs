@@ -15,10 +15,7 @@ use std::process::Command;
 
 use crate::sys;
 
-/// Marks a process as a prefork worker (`1`); Go fasthttp's variable.
-pub const CHILD_ENV: &str = "FASTHTTP_PREFORK_CHILD";
-/// The worker's slot, `0..n` (this crate's addition to the protocol).
-pub const WORKER_ID_ENV: &str = "PREFORK_WORKER_ID";
+pub use crate::protocol::{CHILD_ENV, WORKER_ID_ENV};
 /// With reuseport in exec mode: the address the master resolved (so port 0 means the same
 /// port in every worker). This crate's addition to the protocol.
 pub const REUSEPORT_ADDR_ENV: &str = "PREFORK_REUSEPORT_ADDR";

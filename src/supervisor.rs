@@ -292,13 +292,15 @@ impl Supervisor {
         }
         if self.restarting.map(|(s, _)| s) == Some(slot) {
             let (_, old) = self.restarting.expect("checked just above");
-            if let Some(r) = self.retiring.get_mut(&old) {
+            // Told once: a replacement that crashed and came back does not restart the old
+            // worker's grace period.
+            if let Some(r) = self.retiring.get_mut(&old).filter(|r| r.kill_at.is_none()) {
                 r.kill_at = Some(now.saturating_add(self.cfg.shutdown_grace));
+                self.actions.push_back(Action::Signal {
+                    pid: old,
+                    signal: sig::TERM,
+                });
             }
-            self.actions.push_back(Action::Signal {
-                pid: old,
-                signal: sig::TERM,
-            });
         }
         if self.phase == Phase::Starting
             && self
@@ -584,9 +586,7 @@ impl Supervisor {
         for pid in self.live_pids() {
             self.actions.push_back(Action::Signal { pid, signal });
         }
-        for r in self.retiring.values_mut() {
-            r.kill_at = None;
-        }
+        // A retiring worker keeps an earlier KILL deadline; one not yet told gets the stop's.
         self.phase = Phase::Stopping {
             kill_at: if kill {
                 None

@@ -453,3 +453,35 @@ fn signal_names() {
     assert_eq!(WorkerExit::Code(101).to_string(), "exit code 101");
     assert_eq!(WorkerExit::Signal(11).to_string(), "signal SIGSEGV");
 }
+
+#[test]
+fn stop_keeps_a_retiring_workers_earlier_kill_deadline() {
+    let mut h = Harness::new(cfg(2));
+    h.advance(Duration::from_secs(10));
+    h.sup.on_signal(sig::TTOU, h.now);
+    assert_eq!(h.pump(), vec![(101, sig::TERM)]);
+    h.advance(Duration::from_secs(4));
+    h.sup.on_signal(sig::TERM, h.now);
+    h.pump();
+    // The retired worker's KILL stays due at 15 s, not at the stop's 19 s.
+    assert_eq!(h.sup.next_deadline(), Some(Duration::from_secs(15)));
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.pump(), vec![(101, sig::KILL)]);
+}
+
+#[test]
+fn restart_tells_the_old_worker_once() {
+    let mut h = Harness::new(cfg(1));
+    h.advance(Duration::from_secs(10));
+    h.sup.on_signal(sig::HUP, h.now);
+    assert_eq!(h.pump(), vec![(100, sig::TERM)]);
+    // The replacement crashes while the old worker drains, and is respawned.
+    h.advance(Duration::from_secs(2));
+    h.exit(101, WorkerExit::Signal(11));
+    let signals = h.pump();
+    assert!(
+        signals.is_empty(),
+        "the old worker is not told again: {signals:?}"
+    );
+    assert_eq!(h.sup.next_deadline(), Some(Duration::from_secs(15)));
+}

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Writes the hand-made seed corpora under fuzz/corpus/. Run from anywhere; rewrites them.
+
+The input formats are documented on prefork::fuzzing::env and prefork::fuzzing::supervisor
+(src/fuzzing.rs). Every seed here also runs under `cargo test` (fuzzing::tests).
+"""
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# ---- env_protocol: flag byte, then 0xFF-separated fields in this order.
+CHILD, WID, LPID, LFDS, LNAMES, OURPID = 1, 2, 4, 8, 16, 32
+
+
+def env(flags, *fields):
+    return bytes([flags]) + b"\xff".join(f if isinstance(f, bytes) else f.encode() for f in fields)
+
+
+ENV = {
+    "all_unset": env(0),
+    "child_with_id": env(CHILD | WID, "1", "3"),
+    "child_empty_is_not_child": env(CHILD | WID, "", "0"),
+    "child_typo": env(CHILD | WID, "true", "03"),
+    "worker_id_out_of_range": env(WID, "", "65536"),
+    "worker_id_signed": env(CHILD | WID, "1", "+7"),
+    "systemd_one_named": env(LPID | LFDS | LNAMES | OURPID, "", "", "1234", "1", "http"),
+    "systemd_three_named": env(LPID | LFDS | LNAMES | OURPID, "", "", "77", "3", "web:admin:metrics"),
+    "systemd_unnamed": env(LPID | LFDS | OURPID, "", "", "77", "2"),
+    "systemd_other_pid": env(LPID | LFDS, "", "", "1234", "1"),
+    "systemd_pid_with_plus": env(LPID | LFDS | OURPID, "", "", "+77", "1"),
+    "systemd_pid_zero": env(LPID | LFDS | OURPID, "", "", "0", "1"),
+    "systemd_fds_unset": env(LPID | OURPID, "", "", "77"),
+    "systemd_fds_too_many": env(LPID | LFDS | OURPID, "", "", "77", "1025"),
+    "systemd_fds_zero": env(LPID | LFDS | LNAMES | OURPID, "", "", "77", "0", "x"),
+    "systemd_names_count_mismatch": env(LPID | LFDS | LNAMES | OURPID, "", "", "77", "2", "only"),
+    "systemd_names_control_char": env(LPID | LFDS | LNAMES | OURPID, "", "", "77", "2", "ok:bad\tname"),
+    "systemd_names_empty_entry": env(LPID | LFDS | LNAMES | OURPID, "", "", "77", "3", "a::c"),
+    "systemd_name_too_long": env(LPID | LFDS | LNAMES | OURPID, "", "", "77", "1", "x" * 256),
+    "non_utf8_everywhere": env(0x3F, b"\xc3\x28", b"\xff\xfe", b"7\x80", b"\xe2\x82", b"a\xc0:b"),
+}
+
+# ---- supervisor: 6-byte header, then events (low nibble: event, high nibble: +50 ms each).
+ADV_S, DEADLINE, EXIT, UNKNOWN, TERM, INT, HUP, TTIN, TTOU, USR1, USR2, OTHER, FAIL, SPAWNCTL, EXIT_TERMED, EXIT_KILLED = range(16)
+# exit kinds (operand 2 of EXIT): 0 code 0, 1 code 1, 2 EXIT_FATAL, 3 code 101, 4 SIGKILL, 5 SIGTERM, 6 SIGSEGV
+
+
+def sup(workers=2, threshold=3, window_100ms=99, interval_10ms=0, grace_100ms=50, flags=0, events=()):
+    return bytes([workers - 1, threshold, window_100ms, interval_10ms, grace_100ms, flags, *events])
+
+
+SUP = {
+    "term_then_graceful_exits": sup(4, events=[TERM, 0x10 | EXIT_TERMED]),
+    "term_stubborn_workers": sup(2, grace_100ms=20, events=[TERM, DEADLINE, EXIT_KILLED]),
+    "double_term_kills_at_once": sup(3, events=[TERM, INT, EXIT_KILLED]),
+    "crash_loop": sup(2, threshold=3, interval_10ms=5, events=[EXIT, 0, 1, DEADLINE] * 6),
+    "crash_loop_zero_interval": sup(1, threshold=2, events=[0x20 | EXIT, 0, 6] * 4),
+    "fatal_exit": sup(3, events=[0x40 | EXIT, 1, 2, EXIT_TERMED, DEADLINE, EXIT_KILLED]),
+    "hup_graceful": sup(3, events=[HUP, EXIT_TERMED, EXIT_TERMED, EXIT_TERMED, TERM, EXIT_TERMED]),
+    "hup_stubborn": sup(2, grace_100ms=10, events=[HUP, DEADLINE, EXIT_KILLED, DEADLINE, EXIT_KILLED]),
+    "hup_spawn_fails_then_ttou": sup(2, events=[SPAWNCTL, 1, HUP, TTOU, TTIN, DEADLINE, EXIT_TERMED, EXIT_KILLED]),
+    "ttin_ttou": sup(1, events=[TTIN, TTIN, TTOU, EXIT_TERMED, TTOU, TTOU, DEADLINE, EXIT_KILLED, TTIN]),
+    "usr_and_other_signals": sup(2, events=[USR1, USR2, OTHER, 17, OTHER, 9, OTHER, 0xFF, OTHER, 0]),
+    "initial_spawn_fails": sup(3, flags=0b010),
+    "spawn_hook_fails": sup(3, flags=0b1000, events=[EXIT_KILLED]),
+    "ready_hook_fails": sup(2, flags=0b1, events=[EXIT_KILLED]),
+    "respawn_fails_then_retries": sup(2, events=[SPAWNCTL, 2, EXIT, 0, 0, DEADLINE, DEADLINE, DEADLINE]),
+    "fail_mid_run": sup(2, events=[EXIT, 0, 6, FAIL, EXIT_KILLED]),
+    "unknown_exits": sup(2, events=[UNKNOWN, 0, EXIT, 0, 0, UNKNOWN, 0, UNKNOWN, 200, UNKNOWN, 3]),
+    "time_jumps": sup(2, flags=0b10000, events=[ADV_S, 255, 0xF0 | DEADLINE, EXIT, 1, 4, ADV_S, 61, EXIT, 0, 5]),
+    "zero_grace": sup(3, grace_100ms=0, events=[TTIN, TTOU, HUP, TERM]),
+    "stop_with_exit_on_term": sup(4, flags=0b100000, events=[EXIT, 2, 0]),
+}
+
+
+def write(target, seeds):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    for name in os.listdir(d):
+        os.remove(os.path.join(d, name))
+    for name, data in seeds.items():
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+
+
+write("env_protocol", ENV)
+write("supervisor", SUP)
