@@ -118,8 +118,9 @@ impl Master {
             None
         };
         let epoll = sys::Epoll::new().map_err(Error::sys("epoll_create1"))?;
-        // Auto-reaping (SIGCHLD ignored) would make exited workers vanish without a trace.
-        let saved_chld = match sys::is_ignored(libc::SIGCHLD) {
+        // Auto-reaping (SIGCHLD ignored, or SA_NOCLDWAIT) would make exited workers vanish
+        // without a trace.
+        let saved_chld = match sys::children_auto_reaped() {
             Ok(true) => Some(
                 sys::set_default_disposition(libc::SIGCHLD)
                     .map_err(Error::sys("resetting SIGCHLD to its default"))?,

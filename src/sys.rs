@@ -258,13 +258,15 @@ pub(crate) struct SavedAction {
     action: libc::sigaction,
 }
 
-/// Whether `signal`'s disposition is `SIG_IGN`.
-pub(crate) fn is_ignored(signal: i32) -> io::Result<bool> {
+/// Whether the kernel reaps this process's exited children by itself: `SIGCHLD` is
+/// `SIG_IGN`, or its action carries `SA_NOCLDWAIT`.
+pub(crate) fn children_auto_reaped() -> io::Result<bool> {
     let mut old = MaybeUninit::<libc::sigaction>::zeroed();
     // SAFETY: a null new action only queries; `old` is writable memory for one sigaction.
-    cvt(unsafe { libc::sigaction(signal, std::ptr::null(), old.as_mut_ptr()) })?;
+    cvt(unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), old.as_mut_ptr()) })?;
     // SAFETY: filled in by the successful sigaction call above.
-    Ok(unsafe { old.assume_init() }.sa_sigaction == libc::SIG_IGN)
+    let old = unsafe { old.assume_init() };
+    Ok(old.sa_sigaction == libc::SIG_IGN || old.sa_flags & libc::SA_NOCLDWAIT != 0)
 }
 
 /// Sets `signal` to `SIG_DFL` and returns the previous disposition.

@@ -54,22 +54,22 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    println!("\nrunning {} tests", tests.len());
+    let plural = if tests.len() == 1 { "" } else { "s" };
+    println!("\nrunning {} test{plural}", tests.len());
     let started = Instant::now();
     let mut failed = Vec::new();
     for (name, backend, case) in &tests {
-        print!("test {name} ... ");
-        let _ = std::io::stdout().flush();
-        let t = Instant::now();
+        // The line is printed once the test is over, so that what a failing test prints
+        // (its panic message, its fixture's output; on stderr) does not split it.
         let outcome = catch_unwind(AssertUnwindSafe(|| case(*backend)));
-        let secs = t.elapsed().as_secs_f64();
         match outcome {
-            Ok(()) => println!("ok ({secs:.2}s)"),
+            Ok(()) => println!("test {name} ... ok"),
             Err(payload) => {
-                println!("FAILED ({secs:.2}s)");
+                println!("test {name} ... FAILED");
                 failed.push((name.clone(), panic_message(payload.as_ref())));
             }
         }
+        let _ = std::io::stdout().flush();
     }
     if !failed.is_empty() {
         println!("\nfailures:");
@@ -116,6 +116,11 @@ impl Args {
         let mut out = Args::default();
         while let Some(arg) = args.next() {
             match arg.as_str() {
+                "-h" | "--help" => {
+                    return Err(
+                        "usage: processes [FILTER…] [--exact] [--skip PATTERN] [--list]".to_owned(),
+                    );
+                }
                 "--list" => out.list = true,
                 "--exact" => out.exact = true,
                 "--ignored" => out.ignored = true,

@@ -1,0 +1,963 @@
+//! The test cases. Each takes the backend it runs under, starts a fixture master, drives it
+//! and asserts what happened; a failed assertion panics (the fixture is then killed, with
+//! its whole process group, and its output printed).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use super::driver::{
+    Backend, DEADLINE, Fixture, all_ids, ask, collect_ids, command, id_of, kill, request,
+    wait_until,
+};
+use super::procfs;
+
+/// A test case.
+pub type Case = fn(Backend);
+
+/// `(name, case)` pairs, each named after its function.
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        &[$((stringify!($case), $case as Case)),*]
+    };
+}
+
+/// Every case, each run under every backend, in this order.
+pub const ALL: &[(&str, Case)] = cases![
+    // Starting workers, and respawning them in their slot.
+    workers_answer_with_own_id_and_pid,
+    sigkill_worker_respawns_in_same_slot,
+    serve_panic_exits_101_and_respawns,
+    serve_err_exits_1_and_respawns,
+    serve_ok_exits_0_and_respawns,
+    crash_loop_of_panics_is_over_recovery,
+    crash_loop_of_clean_exits_is_over_recovery,
+    exit_fatal_stops_everything,
+    // Stopping.
+    sigterm_stops_all_workers,
+    sigint_stops_all_workers,
+    term_ignoring_worker_killed_after_grace,
+    second_sigterm_kills_at_once,
+    stop_cancels_delayed_respawn,
+    // The master's death.
+    master_sigkill_takes_workers_down,
+    on_master_death_runs_once_per_worker,
+    // Hooks that fail.
+    spawn_hook_error_fails_run,
+    spawn_hook_panic_fails_run,
+    ready_hook_error_fails_run,
+    ready_hook_panic_fails_run,
+    recover_hook_error_fails_run,
+    hook_starting_a_thread_fails_run,
+    // Refusals before any fork.
+    threads_before_run_are_refused,
+    zero_workers_refused,
+    bogus_backend_env_refused,
+    // What workers inherit, and what the master puts back.
+    worker_has_no_master_fds_and_clean_mask,
+    ignored_sigchld_handled_and_restored,
+    nocldwait_sigchld_handled_and_restored,
+    buffered_stdout_is_not_duplicated_by_fork,
+    run_twice_restores_fds_and_mask,
+    // Signals to the master.
+    sigttin_adds_and_sigttou_removes_workers,
+    usr1_usr2_forwarded_to_workers,
+    sighup_rolling_restart,
+    sighup_kills_term_ignoring_workers_after_grace,
+    // Reaping.
+    adopted_orphans_are_reaped,
+    respawn_churn_leaks_no_fds_or_zombies,
+];
+
+// ---- Helpers ---------------------------------------------------------------------------------
+
+/// A master with `n` workers that all answered; returns it, its port and slot → pid.
+fn started(
+    b: Backend,
+    n: usize,
+    opts: &[(&str, &str)],
+) -> (Fixture, u16, std::collections::BTreeMap<usize, u32>) {
+    let workers = n.to_string();
+    let mut all: Vec<(&str, &str)> = vec![("FX_WORKERS", &workers)];
+    all.extend_from_slice(opts);
+    let fx = Fixture::start(b, &all);
+    let port = fx.port();
+    let ids = all_ids(port, n);
+    (fx, port, ids)
+}
+
+/// Asserts that `pid` is a running child of the master, in its process group.
+fn assert_worker_of(fx: &Fixture, pid: u32) {
+    let stat = procfs::stat(pid).unwrap_or_else(|| panic!("worker {pid} does not exist"));
+    assert_eq!(stat.ppid, fx.pid, "parent of worker {pid}");
+    assert_eq!(stat.pgrp, fx.pid, "process group of worker {pid}");
+    assert!(!stat.is_dead(), "worker {pid} is a zombie");
+}
+
+fn assert_all_alive(fx: &Fixture, pids: impl IntoIterator<Item = u32>) {
+    for pid in pids {
+        assert_worker_of(fx, pid);
+    }
+}
+
+/// Asserts that every pid in `pids` has ended.
+fn assert_all_gone(fx: &Fixture, pids: impl IntoIterator<Item = u32>) {
+    let left: Vec<u32> = pids
+        .into_iter()
+        .filter(|&p| !procfs::is_gone(p, fx.pid))
+        .collect();
+    assert!(left.is_empty(), "workers still running: {left:?}");
+}
+
+/// The exit line of each pid in `pids`, asserting it says `how`.
+fn assert_exits(fx: &Fixture, pids: impl IntoIterator<Item = u32>, how: &str) {
+    let exits = fx.exits();
+    for pid in pids {
+        let exit = exits
+            .iter()
+            .find(|e| e.pid == pid)
+            .unwrap_or_else(|| panic!("no exit line for worker {pid} in {exits:?}"));
+        assert_eq!(exit.how, how, "how worker {pid} ended");
+    }
+}
+
+/// Checks a run that failed before forking anything.
+fn assert_nothing_forked(fx: &Fixture) {
+    assert!(
+        fx.spawns().is_empty(),
+        "workers were spawned: {:?}",
+        fx.spawns()
+    );
+    assert!(fx.ready_lines().is_empty(), "the master became ready");
+}
+
+/// A temporary directory, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("prefork-test-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("creating a temporary directory");
+        TempDir(path)
+    }
+
+    fn path_str(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary path")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---- Starting workers, and respawning them in their slot -------------------------------------
+
+fn workers_answer_with_own_id_and_pid(b: Backend) {
+    let (mut fx, port, ids) = started(b, 3, &[]);
+    let ready = fx.ready();
+    assert_eq!(ready.len(), 3, "pids reported by on_master_ready");
+    assert_eq!(
+        ids.keys().copied().collect::<Vec<_>>(),
+        [0, 1, 2],
+        "ids that answered"
+    );
+    let pids: BTreeSet<u32> = ids.values().copied().collect();
+    assert_eq!(pids.len(), 3, "every worker is its own process: {ids:?}");
+    for (&id, &pid) in &ids {
+        assert_eq!(ready[id], pid, "on_master_ready lists pids in slot order");
+        assert_worker_of(&fx, pid);
+    }
+    assert_eq!(fx.spawns(), ready, "one spawn line per initial worker");
+    let answer = ask(port, "id", DEADLINE).expect("an answer");
+    assert_eq!(answer.master, fx.pid, "Worker::master_pid");
+    assert!(answer.is_child, "prefork::is_child() in a worker");
+    let live: BTreeSet<u32> = procfs::live_children(fx.pid).into_iter().collect();
+    assert_eq!(live, pids, "the master's children are exactly the workers");
+    fx.stop_with(libc::SIGTERM);
+}
+
+fn sigkill_worker_respawns_in_same_slot(b: Backend) {
+    let (mut fx, port, ids) = started(b, 2, &[]);
+    let old = ids[&0];
+    kill(old, libc::SIGKILL);
+    let new = fx.wait_recover(old);
+    assert_ne!(new, old);
+    let exit = fx.wait_exit_line(old);
+    assert_eq!((exit.slot, exit.how.as_str()), (0, "Signal(9)"));
+    assert_eq!(id_of(port, new), 0, "the replacement's slot");
+    assert_worker_of(&fx, new);
+    assert!(procfs::is_gone(old, fx.pid), "the killed worker is reaped");
+    assert_eq!(fx.recovers(), [(old, new)], "one recovery");
+    assert_eq!(fx.spawns().len(), 3, "two initial workers and one respawn");
+    fx.stop_with(libc::SIGTERM);
+}
+
+/// Sends `cmd` to a worker, which acts on it and ends with `how`; checks it is replaced in
+/// its slot.
+fn respawn_after(b: Backend, cmd: &str, how: &str) {
+    let (mut fx, port, _ids) = started(b, 2, &[]);
+    let (slot, pid) = command(port, cmd);
+    let exit = fx.wait_exit_line(pid);
+    assert_eq!(
+        (exit.slot, exit.how.as_str()),
+        (slot, how),
+        "worker {pid}'s exit"
+    );
+    let new = fx.wait_recover(pid);
+    assert_eq!(id_of(port, new), slot, "the replacement's slot");
+    assert_worker_of(&fx, new);
+    fx.stop_with(libc::SIGTERM);
+}
+
+fn serve_panic_exits_101_and_respawns(b: Backend) {
+    respawn_after(b, "panic", &format!("Code({})", prefork::EXIT_PANIC));
+}
+
+fn serve_err_exits_1_and_respawns(b: Backend) {
+    respawn_after(b, "err", "Code(1)");
+}
+
+fn serve_ok_exits_0_and_respawns(b: Backend) {
+    respawn_after(b, "ok", "Code(0)");
+}
+
+/// One worker that keeps failing at start (`FX_START=start`, ending with `how`) under
+/// `recover_threshold(3)`. With a single worker the exits come one at a time, so exactly
+/// three respawns happen before the fourth exit goes over the threshold. (With more workers
+/// the fourth exit can arrive while the third respawn is still queued, and the stop then
+/// cancels it.)
+fn crash_loop(b: Backend, start: &str, how: &str) {
+    const THRESHOLD: usize = 3;
+    let mut fx = Fixture::start(
+        b,
+        &[
+            ("FX_WORKERS", "1"),
+            ("FX_START", start),
+            ("FX_THRESHOLD", &THRESHOLD.to_string()),
+        ],
+    );
+    let display = fx.assert_failed_exit();
+    assert!(
+        display.contains("more often than recover_threshold allows"),
+        "error: {display}"
+    );
+    assert_eq!(fx.debugs(), ["OverRecovery"]);
+    let spawns = fx.spawns();
+    assert_eq!(
+        spawns.len(),
+        THRESHOLD + 1,
+        "the first worker and {THRESHOLD} respawns: {spawns:?}"
+    );
+    let recovers = fx.recovers();
+    let chain: Vec<(u32, u32)> = spawns.windows(2).map(|w| (w[0], w[1])).collect();
+    assert_eq!(recovers, chain, "each respawn recovers the previous worker");
+    let exits = fx.exits();
+    assert_eq!(
+        exits.len(),
+        spawns.len(),
+        "every worker was reaped: {exits:?}"
+    );
+    for (exit, &pid) in exits.iter().zip(&spawns) {
+        assert_eq!((exit.slot, exit.pid, exit.how.as_str()), (0, pid, how));
+    }
+    assert_all_gone(&fx, spawns);
+}
+
+fn crash_loop_of_panics_is_over_recovery(b: Backend) {
+    crash_loop(b, "panic", "Code(101)");
+}
+
+fn crash_loop_of_clean_exits_is_over_recovery(b: Backend) {
+    crash_loop(b, "exit0", "Code(0)");
+}
+
+fn exit_fatal_stops_everything(b: Backend) {
+    let (mut fx, port, ids) = started(b, 2, &[]);
+    let (slot, pid) = command(port, "fatal");
+    let display = fx.assert_failed_exit();
+    assert!(
+        display.contains(&format!(
+            "worker {slot} (pid {pid}) reported a fatal start-up failure"
+        )),
+        "error: {display}"
+    );
+    assert_eq!(
+        fx.debugs(),
+        [format!(
+            "WorkerFatal {{ slot: {slot}, pid: {pid}, code: {} }}",
+            prefork::EXIT_FATAL
+        )]
+    );
+    assert!(fx.recovers().is_empty(), "the fatal worker was respawned");
+    assert_eq!(
+        fx.spawns().len(),
+        2,
+        "no worker was started after the fatal exit"
+    );
+    assert_exits(&fx, [pid], &format!("Code({})", prefork::EXIT_FATAL));
+    let others: Vec<u32> = ids.values().copied().filter(|&p| p != pid).collect();
+    assert_exits(&fx, others, "Signal(15)");
+}
+
+// ---- Stopping --------------------------------------------------------------------------------
+
+fn stops_all_workers_on(b: Backend, signal: i32) {
+    let (mut fx, _port, ids) = started(b, 2, &[]);
+    fx.stop_with(signal);
+    assert_exits(&fx, ids.values().copied(), "Signal(15)");
+    assert_all_gone(&fx, fx.spawns());
+    assert!(fx.recovers().is_empty(), "a stop is no recovery");
+}
+
+fn sigterm_stops_all_workers(b: Backend) {
+    stops_all_workers_on(b, libc::SIGTERM);
+}
+
+fn sigint_stops_all_workers(b: Backend) {
+    stops_all_workers_on(b, libc::SIGINT);
+}
+
+fn term_ignoring_worker_killed_after_grace(b: Backend) {
+    let grace = Duration::from_millis(1000);
+    let ms = grace.as_millis().to_string();
+    let (mut fx, _port, ids) = started(b, 2, &[("FX_TERM", "ignore"), ("FX_GRACE_MS", &ms)]);
+    let sent = Instant::now();
+    fx.signal(libc::SIGTERM);
+    fx.wait_exit();
+    let took = sent.elapsed();
+    fx.assert_clean_exit();
+    assert_exits(&fx, ids.values().copied(), "Signal(9)");
+    assert!(
+        took >= grace,
+        "the master exited {took:?} after TERM, before the {grace:?} grace period ended"
+    );
+}
+
+fn second_sigterm_kills_at_once(b: Backend) {
+    // A grace period no test run could sit out: only the second TERM can end the stop.
+    let (mut fx, _port, ids) = started(b, 2, &[("FX_TERM", "catch"), ("FX_GRACE_MS", "3600000")]);
+    fx.signal(libc::SIGTERM);
+    // The workers caught the TERM the master sent them: the first stop is under way.
+    for &pid in ids.values() {
+        fx.wait_line(&format!("worker {pid} to catch TERM"), |l| {
+            (l == format!("sig {} {pid}", libc::SIGTERM)).then_some(())
+        });
+    }
+    assert_all_alive(&fx, ids.values().copied());
+    fx.signal(libc::SIGTERM);
+    fx.assert_clean_exit();
+    assert_exits(&fx, ids.values().copied(), "Signal(9)");
+}
+
+fn stop_cancels_delayed_respawn(b: Backend) {
+    // A respawn delay no test run could sit out.
+    let (mut fx, _port, ids) = started(b, 2, &[("FX_INTERVAL_MS", "3600000")]);
+    let old = ids[&0];
+    kill(old, libc::SIGKILL);
+    assert_eq!(fx.wait_exit_line(old).how, "Signal(9)");
+    // Slot 0 now waits an hour for its respawn; the stop must not wait for it.
+    fx.stop_with(libc::SIGTERM);
+    assert_eq!(fx.spawns().len(), 2, "the delayed respawn never happened");
+    assert!(fx.recovers().is_empty());
+    assert_exits(&fx, [ids[&1]], "Signal(15)");
+}
+
+// ---- The master's death ----------------------------------------------------------------------
+
+fn master_sigkill_takes_workers_down(b: Backend) {
+    let (mut fx, _port, ids) = started(b, 2, &[]);
+    fx.signal(libc::SIGKILL);
+    let status = fx.wait_exit();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    let pgid = fx.pid;
+    wait_until("every worker to die with the master", || {
+        let left = procfs::group_members(pgid);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("left: {left:?}"))
+        }
+    });
+    assert_all_gone(&fx, ids.values().copied());
+}
+
+fn on_master_death_runs_once_per_worker(b: Backend) {
+    let dir = TempDir::new("death");
+    let (mut fx, port, mut ids) = started(b, 2, &[("FX_DEATH_DIR", dir.path_str())]);
+    // A respawned worker watches the master too.
+    let old = ids[&0];
+    kill(old, libc::SIGKILL);
+    let new = fx.wait_recover(old);
+    assert_eq!(id_of(port, new), 0);
+    ids.insert(0, new);
+    assert!(
+        std::fs::read_dir(&dir.0)
+            .expect("the directory")
+            .next()
+            .is_none(),
+        "on_master_death ran while the master lives"
+    );
+    fx.signal(libc::SIGKILL);
+    fx.wait_exit();
+    let pgid = fx.pid;
+    wait_until("every worker to run on_master_death and exit", || {
+        let missing: Vec<u32> = ids
+            .values()
+            .copied()
+            .filter(|pid| !dir.0.join(pid.to_string()).exists())
+            .collect();
+        let left = procfs::group_members(pgid);
+        if missing.is_empty() && left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("no report from {missing:?}; running: {left:?}"))
+        }
+    });
+    let mut reported: Vec<String> = std::fs::read_dir(&dir.0)
+        .expect("the directory")
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    reported.sort();
+    let mut expected: Vec<String> = ids.values().map(u32::to_string).collect();
+    expected.sort();
+    assert_eq!(
+        reported, expected,
+        "on_master_death ran in exactly the running workers"
+    );
+    for pid in ids.values() {
+        let text = std::fs::read_to_string(dir.0.join(pid.to_string())).expect("the report");
+        assert_eq!(text, "ran\n", "on_master_death ran once in worker {pid}");
+    }
+}
+
+// ---- Hooks that fail -------------------------------------------------------------------------
+
+/// Runs a master whose hook `hook` fails as `FX_FAIL_HOOK` says, after `trigger` (which gets
+/// the fixture and its port); checks the run failed with an error whose Display contains
+/// what `expected` returns (given the fixture and what `trigger` returned), and that every
+/// worker was killed.
+fn hook_failure<T>(
+    b: Backend,
+    fail: &str,
+    trigger: impl FnOnce(&Fixture, u16) -> T,
+    expected: impl FnOnce(&Fixture, T) -> String,
+) {
+    let mut fx = Fixture::start(b, &[("FX_WORKERS", "2"), ("FX_FAIL_HOOK", fail)]);
+    let port = fx.port();
+    let triggered = trigger(&fx, port);
+    let display = fx.assert_failed_exit();
+    let expected = expected(&fx, triggered);
+    assert!(
+        display.contains(&expected),
+        "error {display:?} does not contain {expected:?}"
+    );
+    let spawns = fx.spawns();
+    assert!(!spawns.is_empty(), "workers were started");
+    assert_exits(&fx, spawns.iter().copied(), "Signal(9)");
+    assert_all_gone(&fx, spawns);
+}
+
+fn second_spawn(fx: &Fixture) -> u32 {
+    let spawns = fx.spawns();
+    assert_eq!(spawns.len(), 2, "spawns: {spawns:?}");
+    spawns[1]
+}
+
+fn spawn_hook_error_fails_run(b: Backend) {
+    hook_failure(
+        b,
+        "spawn_err",
+        |_, _| {},
+        |fx, ()| {
+            format!(
+                "hook on_child_spawn failed: fixture: spawn hook refuses pid {}",
+                second_spawn(fx)
+            )
+        },
+    );
+}
+
+fn spawn_hook_panic_fails_run(b: Backend) {
+    hook_failure(
+        b,
+        "spawn_panic",
+        |_, _| {},
+        |fx, ()| {
+            format!(
+                "hook on_child_spawn panicked: fixture: spawn hook panics on pid {}",
+                second_spawn(fx)
+            )
+        },
+    );
+}
+
+fn ready_hook_error_fails_run(b: Backend) {
+    hook_failure(
+        b,
+        "ready_err",
+        |_, _| {},
+        |_, ()| "hook on_master_ready failed: fixture: ready hook refuses".to_owned(),
+    );
+}
+
+fn ready_hook_panic_fails_run(b: Backend) {
+    hook_failure(
+        b,
+        "ready_panic",
+        |_, _| {},
+        |_, ()| "hook on_master_ready panicked: fixture: ready hook panics".to_owned(),
+    );
+}
+
+fn recover_hook_error_fails_run(b: Backend) {
+    hook_failure(
+        b,
+        "recover_err",
+        |fx, port| {
+            let victim = all_ids(port, 2)[&0];
+            kill(victim, libc::SIGKILL);
+            (victim, fx.wait_recover(victim))
+        },
+        |_, (old, new)| {
+            format!("hook on_child_recover failed: fixture: recover hook refuses {old} {new}")
+        },
+    );
+}
+
+fn hook_starting_a_thread_fails_run(b: Backend) {
+    let mut fx = Fixture::start(b, &[("FX_WORKERS", "2"), ("FX_FAIL_HOOK", "ready_thread")]);
+    let display = fx.assert_failed_exit();
+    assert!(display.contains("runs 2 threads"), "error: {display}");
+    assert_eq!(fx.debugs(), ["NotSingleThreaded { threads: 2 }"]);
+    let spawns = fx.spawns();
+    assert_eq!(spawns.len(), 2, "no fork after the hook: {spawns:?}");
+    assert_exits(&fx, spawns.iter().copied(), "Signal(9)");
+}
+
+// ---- Refusals before any fork ----------------------------------------------------------------
+
+fn threads_before_run_are_refused(b: Backend) {
+    let mut fx = Fixture::start(b, &[("FX_WORKERS", "2"), ("FX_THREAD", "1")]);
+    let display = fx.assert_failed_exit();
+    assert!(display.contains("runs 2 threads"), "error: {display}");
+    assert_eq!(fx.debugs(), ["NotSingleThreaded { threads: 2 }"]);
+    assert_nothing_forked(&fx);
+    assert_eq!(
+        fx.state("before"),
+        fx.state("after1"),
+        "master state restored"
+    );
+}
+
+fn zero_workers_refused(b: Backend) {
+    let mut fx = Fixture::start(b, &[("FX_WORKERS", "0")]);
+    let display = fx.assert_failed_exit();
+    assert!(
+        display.contains("invalid option workers: at least one worker is needed"),
+        "error: {display}"
+    );
+    assert_nothing_forked(&fx);
+}
+
+fn bogus_backend_env_refused(b: Backend) {
+    let mut fx = Fixture::start(b, &[("FX_WORKERS", "2"), (prefork::BACKEND_ENV, "bogus")]);
+    let display = fx.assert_failed_exit();
+    assert!(
+        display.contains(&format!("{}=\"bogus\"", prefork::BACKEND_ENV)),
+        "error: {display}"
+    );
+    assert_nothing_forked(&fx);
+}
+
+// ---- What workers inherit, and what the master puts back -------------------------------------
+
+fn worker_has_no_master_fds_and_clean_mask(b: Backend) {
+    let (mut fx, _port, ids) = started(b, 2, &[]);
+    let before = fx.state("before");
+    assert_ne!(
+        before.sigign & procfs::sig_bit(libc::SIGPIPE),
+        0,
+        "std ignores SIGPIPE before main"
+    );
+    // The master holds what the workers must not: control that the checks can see it.
+    let master_fds = procfs::fd_targets(fx.pid);
+    let count = |fds: &[String], kind: &str| fds.iter().filter(|t| t.contains(kind)).count();
+    assert_eq!(
+        count(&master_fds, "eventpoll"),
+        1,
+        "master fds: {master_fds:?}"
+    );
+    assert_eq!(
+        count(&master_fds, "signalfd"),
+        1,
+        "master fds: {master_fds:?}"
+    );
+    let pidfds = match b {
+        Backend::Pidfd => ids.len(),
+        Backend::Sigchld => 0,
+    };
+    assert_eq!(
+        count(&master_fds, "pidfd"),
+        pidfds,
+        "master fds: {master_fds:?}"
+    );
+    let master_blocked = procfs::sigset_field(fx.pid, "SigBlk").expect("master SigBlk");
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGHUP] {
+        assert_ne!(
+            master_blocked & procfs::sig_bit(signal),
+            0,
+            "master blocks {signal}"
+        );
+    }
+    for &pid in ids.values() {
+        let fds = procfs::fd_targets(pid);
+        assert!(!fds.is_empty(), "worker {pid}'s fds are readable");
+        for kind in ["eventpoll", "signalfd", "pidfd"] {
+            assert_eq!(count(&fds, kind), 0, "worker {pid} holds a {kind}: {fds:?}");
+        }
+        assert_eq!(
+            procfs::sigset_field(pid, "SigBlk"),
+            Some(0),
+            "worker {pid} blocks signals"
+        );
+        assert_eq!(
+            procfs::sigset_field(pid, "SigIgn"),
+            Some(before.sigign),
+            "worker {pid} ignores the signals the master ignored before run"
+        );
+    }
+    fx.stop_with(libc::SIGTERM);
+    assert_eq!(
+        fx.state("after1"),
+        before,
+        "master state restored after run"
+    );
+}
+
+/// A master whose SIGCHLD action made the kernel reap children by itself before `run`
+/// (`option` sets it up; the fixture reports it as `action`): the master must still see its
+/// workers exit, and puts the action back, in workers and after the run.
+fn auto_reaping_sigchld(b: Backend, option: &str, action: &str) {
+    let (mut fx, port, ids) = started(b, 2, &[(option, "1")]);
+    let before = fx.state("before");
+    assert_eq!(
+        before.chld, action,
+        "the fixture's SIGCHLD action before run"
+    );
+    for &pid in ids.values() {
+        assert_eq!(
+            procfs::sigset_field(pid, "SigIgn"),
+            Some(before.sigign),
+            "worker {pid} ignores what the master ignored before run"
+        );
+    }
+    let (_, pid) = command(port, "chld");
+    let reported = fx.wait_line("a worker's SIGCHLD action", |l| {
+        l.strip_prefix(&format!("chld {pid} ")).map(str::to_owned)
+    });
+    assert_eq!(reported, action, "worker {pid}'s SIGCHLD action");
+    // Without auto-reaping in the master, a killed worker is seen and replaced...
+    let old = ids[&1];
+    kill(old, libc::SIGKILL);
+    let new = fx.wait_recover(old);
+    assert_eq!(fx.wait_exit_line(old).how, "Signal(9)");
+    assert_eq!(id_of(port, new), 1);
+    // ... and the workers' exits at the stop too.
+    fx.stop_with(libc::SIGTERM);
+    assert_exits(&fx, [ids[&0], new], "Signal(15)");
+    assert_eq!(
+        fx.state("after1"),
+        before,
+        "SIGCHLD action restored after run"
+    );
+}
+
+fn ignored_sigchld_handled_and_restored(b: Backend) {
+    auto_reaping_sigchld(b, "FX_IGNORE_CHLD", "ign");
+}
+
+fn nocldwait_sigchld_handled_and_restored(b: Backend) {
+    auto_reaping_sigchld(b, "FX_NOCLDWAIT", "dfl+nocldwait");
+}
+
+fn buffered_stdout_is_not_duplicated_by_fork(b: Backend) {
+    let (mut fx, port, ids) = started(b, 2, &[("FX_UNFLUSHED", "1")]);
+    // Had the master forked with bytes in its stdout buffer, a worker would hold a copy and
+    // write it when it exits normally (std::process::exit flushes stdout). So make both
+    // first workers exit normally: `ok` goes to whichever worker accepts, so send it until
+    // both are gone (their replacements may get some too, and respawn again).
+    let first: Vec<u32> = ids.values().copied().collect();
+    wait_until("both first workers to exit normally", || {
+        let left: Vec<u32> = first
+            .iter()
+            .copied()
+            .filter(|&p| !procfs::is_gone(p, fx.pid))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        let _ = request(port, "ok", Duration::from_secs(2));
+        Err(format!("still running: {left:?}"))
+    });
+    fx.stop_with(libc::SIGTERM);
+    let lines = fx.lines();
+    let copies: usize = lines
+        .iter()
+        .map(|l| l.matches("unflushed-marker").count())
+        .sum();
+    assert_eq!(
+        copies, 1,
+        "bytes buffered before run were written {copies} times"
+    );
+    for (slot, pid) in ids {
+        // Matched anywhere in the line: a stray copy of the marker would prefix it.
+        let exit = format!("exit {slot} {pid} Code(0)");
+        assert!(
+            lines.iter().any(|l| l.contains(&exit)),
+            "worker {pid} did not exit normally"
+        );
+    }
+}
+
+fn run_twice_restores_fds_and_mask(b: Backend) {
+    let mut fx = Fixture::start(
+        b,
+        &[("FX_WORKERS", "2"), ("FX_RUNS", "2"), ("FX_SELF_TERM", "1")],
+    );
+    fx.assert_clean_exit();
+    assert_eq!(fx.results(), ["ok", "ok"], "both runs returned Ok");
+    let ready = fx.ready_lines();
+    assert_eq!(ready.len(), 2, "each run became ready: {ready:?}");
+    assert!(ready.iter().all(|pids| pids.len() == 2), "{ready:?}");
+    assert!(
+        ready[0].iter().all(|p| !ready[1].contains(p)),
+        "the second run has workers of its own: {ready:?}"
+    );
+    assert_eq!(fx.children_reports(), [(0, 0), (0, 0)]);
+    let before = fx.state("before");
+    assert_eq!(fx.state("after1"), before, "state after the first run");
+    assert_eq!(fx.state("after2"), before, "state after the second run");
+    assert_exits(&fx, ready.concat(), "Signal(15)");
+}
+
+// ---- Signals to the master -------------------------------------------------------------------
+
+fn sigttin_adds_and_sigttou_removes_workers(b: Backend) {
+    let (mut fx, port, ids) = started(b, 2, &[]);
+    fx.ready();
+    fx.signal(libc::SIGTTIN);
+    let added = fx.wait_lines("a third spawn", |lines| {
+        let spawns: Vec<u32> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("spawn ")?.parse().ok())
+            .collect();
+        spawns.get(2).copied()
+    });
+    assert_eq!(id_of(port, added), 2, "the added worker's slot");
+    assert_worker_of(&fx, added);
+
+    fx.signal(libc::SIGTTOU);
+    let exit = fx.wait_exit_line(added);
+    assert_eq!(
+        (exit.slot, exit.how.as_str()),
+        (2, "Signal(15)"),
+        "the last slot goes first"
+    );
+    fx.signal(libc::SIGTTOU);
+    let exit = fx.wait_exit_line(ids[&1]);
+    assert_eq!((exit.slot, exit.how.as_str()), (1, "Signal(15)"));
+    // The last worker stays.
+    fx.signal(libc::SIGTTOU);
+    fx.wait_stderr_count("SIGTTOU", 3);
+    assert_eq!(all_ids(port, 1)[&0], ids[&0]);
+    assert_eq!(procfs::live_children(fx.pid), [ids[&0]]);
+    let before_stop = fx.lines().len();
+    fx.stop_with(libc::SIGTERM);
+    let lines = fx.lines();
+    let exit_at = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("exit 0 {} ", ids[&0])))
+        .expect("an exit line for the last worker");
+    assert!(
+        exit_at >= before_stop,
+        "the last worker was removed before the stop"
+    );
+    assert_exits(&fx, [ids[&0]], "Signal(15)");
+    assert_eq!(fx.spawns().len(), 3, "TTOU does not respawn");
+    assert!(fx.recovers().is_empty(), "TTOU exits are no crashes");
+}
+
+fn usr1_usr2_forwarded_to_workers(b: Backend) {
+    let (mut fx, _port, ids) = started(b, 2, &[("FX_USR", "1")]);
+    for signal in [libc::SIGUSR1, libc::SIGUSR2] {
+        fx.signal(signal);
+        for &pid in ids.values() {
+            fx.wait_line(&format!("worker {pid} to catch signal {signal}"), |l| {
+                (l == format!("sig {signal} {pid}")).then_some(())
+            });
+        }
+    }
+    assert!(fx.exits().is_empty(), "no worker exited: {:?}", fx.exits());
+    assert_all_alive(&fx, ids.values().copied());
+    fx.stop_with(libc::SIGTERM);
+}
+
+fn sighup_rolling_restart(b: Backend) {
+    let (mut fx, port, old) = started(b, 2, &[]);
+    fx.signal(libc::SIGHUP);
+    for (&slot, &pid) in &old {
+        let exit = fx.wait_exit_line(pid);
+        assert_eq!((exit.slot, exit.how.as_str()), (slot, "Signal(15)"));
+    }
+    let old_pids: BTreeSet<u32> = old.values().copied().collect();
+    let new = collect_ids(port, 2, |pid| !old_pids.contains(&pid));
+    let lines = fx.lines();
+    for (&slot, &pid) in &new {
+        assert_worker_of(&fx, pid);
+        let spawned = lines.iter().position(|l| *l == format!("spawn {pid}"));
+        let old_exit = lines
+            .iter()
+            .position(|l| l.starts_with(&format!("exit {slot} {} ", old[&slot])));
+        assert!(
+            matches!((spawned, old_exit), (Some(s), Some(e)) if s < e),
+            "slot {slot}: the new worker {pid} must start before the old one stops"
+        );
+    }
+    assert_eq!(fx.spawns().len(), 4, "one new worker per slot");
+    assert!(fx.recovers().is_empty(), "a restart is no recovery");
+    let live: BTreeSet<u32> = procfs::live_children(fx.pid).into_iter().collect();
+    assert_eq!(
+        live,
+        new.values().copied().collect(),
+        "only new workers run"
+    );
+    fx.stop_with(libc::SIGTERM);
+}
+
+fn sighup_kills_term_ignoring_workers_after_grace(b: Backend) {
+    let grace = Duration::from_millis(300);
+    let ms = grace.as_millis().to_string();
+    let (mut fx, port, old) = started(b, 2, &[("FX_TERM", "ignore"), ("FX_GRACE_MS", &ms)]);
+    let sent = Instant::now();
+    fx.signal(libc::SIGHUP);
+    for (&slot, &pid) in &old {
+        let exit = fx.wait_exit_line(pid);
+        assert_eq!((exit.slot, exit.how.as_str()), (slot, "Signal(9)"));
+    }
+    let took = sent.elapsed();
+    // One slot after the other, each old worker sits out its grace period.
+    assert!(
+        took >= grace * 2,
+        "both old workers were killed {took:?} after HUP, within less than two grace periods"
+    );
+    let old_pids: BTreeSet<u32> = old.values().copied().collect();
+    let new = collect_ids(port, 2, |pid| !old_pids.contains(&pid));
+    assert_eq!(fx.spawns().len(), 4, "one new worker per slot");
+    assert!(fx.recovers().is_empty(), "a restart is no recovery");
+    assert_all_alive(&fx, new.values().copied());
+    // The new workers ignore TERM too: the stop needs its grace period and KILL.
+    fx.stop_with(libc::SIGTERM);
+    assert_exits(&fx, new.values().copied(), "Signal(9)");
+}
+
+// ---- Reaping ---------------------------------------------------------------------------------
+
+fn adopted_orphans_are_reaped(b: Backend) {
+    let (mut fx, port, ids) = started(b, 2, &[("FX_SUBREAPER", "1")]);
+    let master = fx.pid;
+    command(port, "orphan");
+    let (orphan, parent) = fx.wait_line("the orphan's report", |l| {
+        let (pid, ppid) = l.strip_prefix("orphan ")?.split_once(' ')?;
+        Some((pid.parse::<u32>().ok()?, ppid.parse::<u32>().ok()?))
+    });
+    assert_eq!(parent, master, "the subreaper master adopted the orphan");
+    wait_until("the master to reap the orphan", || {
+        let zombies = procfs::zombie_children(master);
+        match procfs::stat(orphan) {
+            Some(s) if s.ppid == master => Err(format!(
+                "orphan {orphan} state {}; zombies {zombies:?}",
+                s.state
+            )),
+            _ if !zombies.is_empty() => Err(format!("zombies {zombies:?}")),
+            _ => Ok(()),
+        }
+    });
+    assert!(
+        fx.exits().is_empty(),
+        "the orphan was taken for a worker: {:?}",
+        fx.exits()
+    );
+    assert!(fx.recovers().is_empty(), "{:?}", fx.recovers());
+    assert_all_alive(&fx, ids.values().copied());
+    let live: BTreeSet<u32> = procfs::live_children(master).into_iter().collect();
+    assert_eq!(
+        live,
+        ids.values().copied().collect(),
+        "only the workers are left"
+    );
+    // An adopting master sees worker exits on both paths (its pidfd and SIGCHLD under the
+    // pidfd backend): the exit is still reported once and the slot respawned once.
+    let old = ids[&0];
+    kill(old, libc::SIGKILL);
+    let new = fx.wait_recover(old);
+    assert_eq!(id_of(port, new), 0);
+    fx.stop_with(libc::SIGTERM);
+    let exits: Vec<_> = fx.exits().into_iter().filter(|e| e.pid == old).collect();
+    assert_eq!(exits.len(), 1, "exit lines of the killed worker: {exits:?}");
+    assert_eq!(exits[0].how, "Signal(9)");
+    assert_eq!(fx.recovers(), [(old, new)]);
+}
+
+fn respawn_churn_leaks_no_fds_or_zombies(b: Backend) {
+    const RESPAWNS: usize = 200;
+    let (mut fx, _port, ids) = started(b, 2, &[("FX_THRESHOLD", "10000")]);
+    let master = fx.pid;
+    let fds_before = procfs::fd_count(master).expect("the master's fds");
+    assert_eq!(procfs::zombie_children(master), Vec::<u32>::new());
+    let mut current: Vec<u32> = ids.values().copied().collect();
+    let mut cursor = 0;
+    for i in 0..RESPAWNS {
+        let slot = i % current.len();
+        let old = current[slot];
+        kill(old, libc::SIGKILL);
+        let (at, new) = fx.wait_recover_from(cursor, old);
+        cursor = at + 1;
+        current[slot] = new;
+    }
+    wait_until(
+        "the master to settle with every replacement running",
+        || {
+            let fds = procfs::fd_count(master);
+            let zombies = procfs::zombie_children(master);
+            let live = procfs::live_children(master);
+            let mut expected = current.clone();
+            expected.sort_unstable();
+            if fds == Some(fds_before) && zombies.is_empty() && live == expected {
+                Ok(())
+            } else {
+                Err(format!(
+                    "fds {fds:?} (before: {fds_before}), zombies {zombies:?}, \
+                 live {live:?} (expected {expected:?})"
+                ))
+            }
+        },
+    );
+    let exits = fx.exits();
+    assert_eq!(exits.len(), RESPAWNS, "one exit line per kill");
+    assert!(exits.iter().all(|e| e.how == "Signal(9)"), "{exits:?}");
+    assert_eq!(fx.recovers().len(), RESPAWNS);
+    fx.stop_with(libc::SIGTERM);
+}
