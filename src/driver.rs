@@ -41,6 +41,12 @@ struct Child {
     pidfd: Option<OwnedFd>,
 }
 
+/// What one wake-up of the loop found, handled one at a time.
+enum Event {
+    Signal(i32),
+    Exited(u32, Reaped),
+}
+
 /// The handlers that forward signals delivered to other threads (exec mode, where the
 /// process may run threads whose masks the master cannot change).
 struct Forwarding {
@@ -218,10 +224,9 @@ impl Master {
         let mut sup = Supervisor::new(cfg);
         let mut tokens = Vec::new();
         let mut signals = Vec::new();
+        let mut events = Vec::new();
         loop {
-            while let Some(action) = sup.next_action() {
-                self.perform(action, &mut sup, hooks, serve);
-            }
+            self.drain(&mut sup, hooks, serve);
             if let Some(outcome) = sup.outcome() {
                 let outcome = outcome.clone();
                 return self.finish(outcome);
@@ -232,35 +237,51 @@ impl Master {
                 return self.abort(Error::sys("epoll_wait")(e));
             }
             for &token in &tokens {
+                signals.clear();
                 if token == FORWARD_TOKEN {
-                    signals.clear();
                     if let Some(fw) = &self.forwarding {
                         sys::read_forwarded(fw.read.as_fd(), &mut signals);
                     }
-                    for &signal in &signals {
-                        self.on_signal(signal, &mut sup, hooks);
-                    }
                 } else if token == SIGNALFD_TOKEN {
-                    signals.clear();
                     if let Err(e) = sys::read_signals(self.sigfd.as_fd(), &mut signals) {
                         return self.abort(Error::sys("reading the signalfd")(e));
                     }
-                    for &signal in &signals {
-                        self.on_signal(signal, &mut sup, hooks);
-                    }
-                } else {
-                    self.reap_worker(token as u32, &mut sup, hooks);
+                } else if let Some(how) = self.reap(token as u32) {
+                    events.push(Event::Exited(token as u32, how));
                 }
+                for &signal in &signals {
+                    if signal == libc::SIGCHLD {
+                        self.on_sigchld(&mut events);
+                    } else {
+                        events.push(Event::Signal(signal));
+                    }
+                }
+            }
+            // One event at a time, each followed by the actions it caused: a respawn is
+            // performed before the next exit of the batch is counted.
+            for event in events.drain(..) {
+                match event {
+                    Event::Signal(signal) => self.on_signal(signal, &mut sup),
+                    Event::Exited(pid, how) => self.on_worker_exit(pid, how, &mut sup, hooks),
+                }
+                self.drain(&mut sup, hooks, serve);
             }
             sup.on_timer(self.now());
         }
     }
 
-    fn on_signal(&mut self, signal: i32, sup: &mut Supervisor, hooks: &mut Hooks) {
-        if signal == libc::SIGCHLD {
-            self.on_sigchld(sup, hooks);
-            return;
+    /// Performs every action the supervisor has queued.
+    fn drain<F, T>(&mut self, sup: &mut Supervisor, hooks: &mut Hooks, serve: &mut F)
+    where
+        F: FnMut(Worker) -> T,
+        T: Termination,
+    {
+        while let Some(action) = sup.next_action() {
+            self.perform(action, sup, hooks, serve);
         }
+    }
+
+    fn on_signal(&mut self, signal: i32, sup: &mut Supervisor) {
         match signal {
             sig::TERM | sig::INT if sup.is_stopping() => {
                 log::warn!(
@@ -282,7 +303,7 @@ impl Master {
 
     /// `SIGCHLD`: the sigchld backend reaps every exited child here; the pidfd backend reaps
     /// only orphans it adopted as PID 1 or subreaper (its workers come through their pidfds).
-    fn on_sigchld(&mut self, sup: &mut Supervisor, hooks: &mut Hooks) {
+    fn on_sigchld(&mut self, events: &mut Vec<Event>) {
         if self.backend == Backend::Pidfd && !self.adopts_orphans {
             return;
         }
@@ -297,10 +318,9 @@ impl Master {
                 }
             };
             if self.children.contains_key(&pid) {
-                if peek {
-                    self.reap_worker(pid, sup, hooks);
-                } else {
-                    self.on_worker_exit(pid, how, sup, hooks);
+                let how = if peek { self.reap(pid) } else { Some(how) };
+                if let Some(how) = how {
+                    events.push(Event::Exited(pid, how));
                 }
             } else {
                 if peek {
@@ -311,19 +331,21 @@ impl Master {
         }
     }
 
-    /// A worker's pidfd is readable: reap it.
-    fn reap_worker(&mut self, pid: u32, sup: &mut Supervisor, hooks: &mut Hooks) {
-        let Some(child) = self.children.get(&pid) else {
-            return;
-        };
+    /// Reaps the worker `pid` if it has exited (its pidfd is readable).
+    fn reap(&mut self, pid: u32) -> Option<Reaped> {
+        let child = self.children.get(&pid)?;
         let how = match &child.pidfd {
             Some(fd) => sys::reap_pidfd(fd.as_fd(), pid),
             None => sys::reap_pid(pid),
         };
         match how {
-            Ok(Some(how)) => self.on_worker_exit(pid, how, sup, hooks),
-            Ok(None) => {}
-            Err(e) => log::error!("waitid for worker pid {pid}: {e}"),
+            Ok(how) => how,
+            // Already reaped through SIGCHLD in this batch (PID 1 or subreaper).
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => None,
+            Err(e) => {
+                log::error!("waitid for worker pid {pid}: {e}");
+                None
+            }
         }
     }
 

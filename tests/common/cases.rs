@@ -31,6 +31,7 @@ pub const ALL: &[(&str, Case)] = cases![
     serve_ok_exits_0_and_respawns,
     crash_loop_of_panics_is_over_recovery,
     crash_loop_of_clean_exits_is_over_recovery,
+    crash_loop_of_several_workers_respawns_threshold_times,
     exit_fatal_stops_everything,
     // Stopping.
     sigterm_stops_all_workers,
@@ -274,6 +275,38 @@ fn crash_loop_of_panics_is_over_recovery(b: Backend) {
 
 fn crash_loop_of_clean_exits_is_over_recovery(b: Backend) {
     crash_loop(b, "exit0", "Code(0)");
+}
+
+/// Several workers crashing at once: exits reaped in one wake-up are handled one at a time,
+/// each respawn performed before the next exit counts, so threshold k still means at least k
+/// respawns before OverRecovery.
+fn crash_loop_of_several_workers_respawns_threshold_times(b: Backend) {
+    const THRESHOLD: usize = 3;
+    const WORKERS: usize = 2;
+    for _ in 0..5 {
+        let mut fx = Fixture::start(
+            b,
+            &[
+                ("FX_WORKERS", &WORKERS.to_string()),
+                ("FX_START", "panic"),
+                ("FX_THRESHOLD", &THRESHOLD.to_string()),
+            ],
+        );
+        let display = fx.assert_failed_exit();
+        assert!(
+            display.contains("more often than recover_threshold allows"),
+            "error: {display}"
+        );
+        let spawns = fx.spawns();
+        let recovers = fx.recovers();
+        assert!(
+            recovers.len() >= THRESHOLD,
+            "only {} respawns before OverRecovery with threshold {THRESHOLD}: {recovers:?}",
+            recovers.len()
+        );
+        assert_eq!(spawns.len(), WORKERS + recovers.len(), "spawns {spawns:?}");
+        assert_all_gone(&fx, spawns);
+    }
 }
 
 fn exit_fatal_stops_everything(b: Backend) {
