@@ -237,7 +237,8 @@ impl Prefork {
 
     /// How the master learns of worker exits. Default: the `PREFORK_BACKEND` environment
     /// variable if set, else [`Backend::Pidfd`] (which falls back to [`Backend::Sigchld`] on
-    /// kernels without pidfds).
+    /// kernels without pidfds). A malformed `PREFORK_BACKEND` is an error even when this is
+    /// set, so an operator's typo is reported rather than ignored.
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = Some(backend);
         self
