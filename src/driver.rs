@@ -257,6 +257,10 @@ impl Master {
                     }
                 }
             }
+            // Signals first: when Ctrl-C reaches the whole process group, the workers' deaths
+            // by SIGINT arrive with the master's own SIGINT, and are then part of the stop
+            // rather than crashes to respawn.
+            events.sort_by_key(|e| matches!(e, Event::Exited(..)));
             // One event at a time, each followed by the actions it caused: a respawn is
             // performed before the next exit of the batch is counted.
             for event in events.drain(..) {
@@ -417,11 +421,14 @@ impl Master {
                     Some(fd) => sys::pidfd_send_signal(fd.as_fd(), signal),
                     None => sys::kill(pid, signal),
                 };
-                if let Err(e) = sent {
-                    log::warn!(
+                match sent {
+                    Ok(()) => {}
+                    // Already exited, not yet reaped: its exit is on its way.
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(e) => log::warn!(
                         "cannot send {} to worker pid {pid}: {e}",
                         signal_name(signal)
-                    );
+                    ),
                 }
             }
             Action::Closed { slot } => {
