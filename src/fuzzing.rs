@@ -680,7 +680,11 @@ impl Harness {
         self.pump();
         self.check();
         assert!(self.sup.is_stopping(), "TERM did not begin a stop");
-        for _ in 0..8 {
+        // A round either reaps killed workers or wakes at the next deadline, which KILLs at
+        // least one more. A retiring worker keeps its own (earlier) KILL deadline, so there
+        // are at most one deadline per live worker plus the stop's own: two rounds each.
+        let rounds = 2 * (self.live.len() + 2);
+        for _ in 0..rounds {
             if self.sup.outcome().is_some() {
                 return;
             }
