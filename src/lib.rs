@@ -57,6 +57,20 @@
 //! Inside a worker, the signal mask and dispositions are those the process had before `run`
 //! (std's `SIGPIPE` ignore included), and none of the master's descriptors is open.
 //!
+//! # Listeners, exec mode, systemd
+//!
+//! [`Prefork::listen_and_serve`] binds the address in the master (a busy port is an error
+//! before anything forks) and hands every worker its listener: one shared socket, or with
+//! [`Prefork::reuseport`] one `SO_REUSEPORT` socket per slot that the master keeps open, so
+//! connections queued on a dead worker's socket wait for its replacement. Under systemd
+//! socket activation (`LISTEN_PID`/`LISTEN_FDS`) it serves the inherited socket instead.
+//!
+//! [`Mode::Exec`] re-executes the binary for every worker with Go fasthttp's child protocol
+//! (`FASTHTTP_PREFORK_CHILD=1`, listener on fd 3, plus `PREFORK_WORKER_ID`): it works when
+//! the process already runs threads, and a worker built on this crate runs under a fasthttp
+//! master as well. In such a worker `listen_and_serve` (or `run`) serves directly.
+//! [`Mode::Auto`] forks when it can and execs otherwise.
+//!
 //! # Backends
 //!
 //! On kernels before 5.3 (no pidfds) the same loop runs on `SIGCHLD` through the signalfd and

@@ -2,7 +2,7 @@
 //!
 //! Events go in (a worker was spawned, a worker exited, a signal arrived, time passed) and
 //! [`Action`]s come out (spawn slot k, signal pid p, the master is ready). The driver
-//! ([`crate::driver`]) performs the actions against the kernel and feeds back what happened.
+//! (`driver.rs`) performs the actions against the kernel and feeds back what happened.
 //! Time is a [`Duration`] since an arbitrary epoch chosen by the caller, so tests and the fuzz
 //! target can drive it with any sequence of events and instants.
 //!
