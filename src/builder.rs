@@ -333,37 +333,7 @@ impl Prefork {
         T: Termination,
     {
         if let Some(id) = listen::exec_child()? {
-            let listener = if self.reuseport {
-                match std::env::var_os(REUSEPORT_ADDR_ENV).map(|v| v.into_string()) {
-                    Some(Err(v)) => {
-                        return Err(Error::InvalidEnv {
-                            var: REUSEPORT_ADDR_ENV,
-                            value: v.to_string_lossy().into_owned(),
-                            reason: "not valid UTF-8".to_owned(),
-                        });
-                    }
-                    Some(Ok(a)) => {
-                        let resolved = a.parse().map_err(|_| Error::InvalidEnv {
-                            var: REUSEPORT_ADDR_ENV,
-                            value: a.clone(),
-                            reason: "expected a socket address such as 127.0.0.1:8080".to_owned(),
-                        })?;
-                        listen::bind(resolved, self.network, true, addr)?
-                    }
-                    // No address from our master: under systemd socket activation it passes
-                    // the one activated socket on fd 3 instead, to be shared; a foreign
-                    // (fasthttp) master passes nothing and each worker binds `addr`.
-                    None => match listen::inherited() {
-                        Ok(listener) => listener,
-                        Err(_) => {
-                            let resolved = listen::resolve(addr, self.network)?;
-                            listen::bind(resolved, self.network, true, addr)?
-                        }
-                    },
-                }
-            } else {
-                listen::inherited()?
-            };
+            let listener = listen::exec_worker_listener(addr, self.network, self.reuseport)?;
             child::run_exec_child(id, self.hooks.on_master_death.take(), move |worker| {
                 serve(listener, worker)
             });
@@ -374,107 +344,132 @@ impl Prefork {
             log::info!("serving the socket passed by systemd (fd 3, name {name:?})");
         }
         match mode {
-            Mode::Exec => {
-                let (listener, spec) = match systemd {
-                    Some((l, _)) => {
-                        let spec = ExecSpec::current_binary(Some(l.as_raw_fd()));
-                        (Some(l), spec)
-                    }
-                    None if self.reuseport => {
-                        // Bind once to fail early and to fix the port, then let each worker
-                        // bind its own socket: a master's unserved socket in the group would
-                        // receive its share of connections.
-                        let resolved = listen::resolve(addr, self.network)?;
-                        let probe = listen::bind(resolved, self.network, true, addr)?;
-                        let actual = probe.local_addr().map_err(Error::sys("getsockname"))?;
-                        drop(probe);
-                        let spec = ExecSpec::current_binary(None)
-                            .env(REUSEPORT_ADDR_ENV, actual.to_string());
-                        (None, spec)
-                    }
-                    None => {
-                        let resolved = listen::resolve(addr, self.network)?;
-                        let l = listen::bind(resolved, self.network, false, addr)?;
-                        let spec = ExecSpec::current_binary(Some(l.as_raw_fd()));
-                        (Some(l), spec)
-                    }
-                };
-                let result = driver::run(
-                    cfg,
-                    backend,
-                    &mut self.hooks,
-                    &mut |_: Worker| {},
-                    Some(spec),
-                );
-                drop(listener);
-                result
-            }
-            _ => {
-                let listeners = match systemd {
-                    Some((l, _)) => vec![l],
-                    None => {
-                        let resolved = listen::resolve(addr, self.network)?;
-                        if self.reuseport {
-                            let first = listen::bind(resolved, self.network, true, addr)?;
-                            let actual = first.local_addr().map_err(Error::sys("getsockname"))?;
-                            let mut all = vec![first];
-                            for _ in 1..cfg.workers {
-                                all.push(listen::bind(actual, self.network, true, addr)?);
-                            }
-                            all
-                        } else {
-                            vec![listen::bind(resolved, self.network, false, addr)?]
-                        }
-                    }
-                };
-                let reuseport = self.reuseport && listeners.len() > 1;
-                let network = self.network;
-                let addr = addr.to_owned();
-                let group = listeners[0]
-                    .local_addr()
-                    .map_err(Error::sys("getsockname"))?;
-                let listeners = Rc::new(RefCell::new(
-                    listeners.into_iter().map(Some).collect::<Vec<_>>(),
-                ));
-                if reuseport {
-                    // A slot retired by TTOU must not keep a socket in the group: nobody
-                    // would accept the connections the kernel hands it.
-                    let held = Rc::clone(&listeners);
-                    self.hooks.on_slot_closed = Some(Box::new(move |slot| {
-                        if let Some(l) = held.borrow_mut().get_mut(slot) {
-                            *l = None;
-                        }
-                    }));
-                }
-                let mut per_worker = |worker: Worker| {
-                    let held = listeners.borrow();
-                    let mine = match held.get(worker.id()) {
-                        Some(Some(l)) if reuseport => l.try_clone(),
-                        // A slot added by TTIN (or reopened after TTOU) binds its own socket
-                        // in the group.
-                        _ if reuseport => {
-                            listen::bind(group, network, true, &addr).map_err(std::io::Error::other)
-                        }
-                        _ => match &held[0] {
-                            Some(l) => l.try_clone(),
-                            None => Err(std::io::Error::other("the shared listener is closed")),
-                        },
-                    };
-                    // The master's copies: this worker keeps only its own descriptor.
-                    for l in held.iter().flatten() {
-                        sys::close_raw(&[l.as_raw_fd()]);
-                    }
-                    match mine {
-                        Ok(listener) => serve(listener, worker),
-                        Err(e) => {
-                            log::error!("worker {}: no listener: {e}", worker.id());
-                            std::process::exit(1)
-                        }
-                    }
-                };
-                driver::run(cfg, backend, &mut self.hooks, &mut per_worker, None)
-            }
+            Mode::Exec => self.exec_master(cfg, backend, addr, systemd),
+            _ => self.fork_master(cfg, backend, addr, systemd, serve),
         }
+    }
+
+    /// The exec-mode master of `listen_and_serve`: the listener (or, with reuseport, only the
+    /// resolved address) goes to re-executed workers.
+    fn exec_master(
+        mut self,
+        cfg: Config,
+        backend: Backend,
+        addr: &str,
+        systemd: Option<(TcpListener, String)>,
+    ) -> Result<(), Error> {
+        let (listener, spec) = match systemd {
+            Some((l, _)) => {
+                let spec = ExecSpec::current_binary(Some(l.as_raw_fd()));
+                (Some(l), spec)
+            }
+            None if self.reuseport => {
+                // Bind once to fail early and to fix the port, then let each worker
+                // bind its own socket: a master's unserved socket in the group would
+                // receive its share of connections.
+                let resolved = listen::resolve(addr, self.network)?;
+                let probe = listen::bind(resolved, self.network, true, addr)?;
+                let actual = probe.local_addr().map_err(Error::sys("getsockname"))?;
+                drop(probe);
+                let spec =
+                    ExecSpec::current_binary(None).env(REUSEPORT_ADDR_ENV, actual.to_string());
+                (None, spec)
+            }
+            None => {
+                let resolved = listen::resolve(addr, self.network)?;
+                let l = listen::bind(resolved, self.network, false, addr)?;
+                let spec = ExecSpec::current_binary(Some(l.as_raw_fd()));
+                (Some(l), spec)
+            }
+        };
+        let result = driver::run(
+            cfg,
+            backend,
+            &mut self.hooks,
+            &mut |_: Worker| {},
+            Some(spec),
+        );
+        drop(listener);
+        result
+    }
+
+    /// The fork-mode master of `listen_and_serve`: one shared listener, or one reuseport
+    /// socket per slot, held by the master and handed to each forked worker.
+    fn fork_master<F, T>(
+        mut self,
+        cfg: Config,
+        backend: Backend,
+        addr: &str,
+        systemd: Option<(TcpListener, String)>,
+        mut serve: F,
+    ) -> Result<(), Error>
+    where
+        F: FnMut(TcpListener, Worker) -> T,
+        T: Termination,
+    {
+        let listeners = match systemd {
+            Some((l, _)) => vec![l],
+            None => {
+                let resolved = listen::resolve(addr, self.network)?;
+                if self.reuseport {
+                    let first = listen::bind(resolved, self.network, true, addr)?;
+                    let actual = first.local_addr().map_err(Error::sys("getsockname"))?;
+                    let mut all = vec![first];
+                    for _ in 1..cfg.workers {
+                        all.push(listen::bind(actual, self.network, true, addr)?);
+                    }
+                    all
+                } else {
+                    vec![listen::bind(resolved, self.network, false, addr)?]
+                }
+            }
+        };
+        let reuseport = self.reuseport && listeners.len() > 1;
+        let network = self.network;
+        let addr = addr.to_owned();
+        let group = listeners[0]
+            .local_addr()
+            .map_err(Error::sys("getsockname"))?;
+        let listeners = Rc::new(RefCell::new(
+            listeners.into_iter().map(Some).collect::<Vec<_>>(),
+        ));
+        if reuseport {
+            // A slot retired by TTOU must not keep a socket in the group: nobody
+            // would accept the connections the kernel hands it.
+            let held = Rc::clone(&listeners);
+            self.hooks.on_slot_closed = Some(Box::new(move |slot| {
+                if let Some(l) = held.borrow_mut().get_mut(slot) {
+                    *l = None;
+                }
+            }));
+        }
+        let mut per_worker = |worker: Worker| {
+            let held = listeners.borrow();
+            let mine = match held.get(worker.id()) {
+                Some(Some(l)) if reuseport => l.try_clone(),
+                // A slot added by TTIN (or reopened after TTOU) binds its own socket
+                // in the group.
+                _ if reuseport => {
+                    listen::bind(group, network, true, &addr).map_err(std::io::Error::other)
+                }
+                _ => match &held[0] {
+                    Some(l) => l.try_clone(),
+                    None => Err(std::io::Error::other("the shared listener is closed")),
+                },
+            };
+            // The master's copies: this worker keeps only its own descriptor.
+            for l in held.iter().flatten() {
+                sys::close_raw(&[l.as_raw_fd()]);
+            }
+            match mine {
+                Ok(listener) => serve(listener, worker),
+                Err(e) => {
+                    log::error!("worker {}: no listener: {e}", worker.id());
+                    std::process::exit(1)
+                }
+            }
+        };
+        driver::run(cfg, backend, &mut self.hooks, &mut per_worker, None)
     }
 
     /// Validates the options and resolves the backend and mode.

@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddr
 use std::os::unix::ffi::OsStrExt;
 
 use crate::error::Error;
+use crate::exec::REUSEPORT_ADDR_ENV;
 use crate::protocol;
 use crate::sys;
 
@@ -128,6 +129,39 @@ pub(crate) fn systemd() -> Result<Option<(TcpListener, String)>, Error> {
     let listener =
         sys::take_listener(3).map_err(|reason| Error::InheritedListener { fd: 3, reason })?;
     Ok(Some((listener, name)))
+}
+
+/// The listener of an exec-mode worker. Without reuseport: fd 3. With reuseport: its own
+/// `SO_REUSEPORT` socket, bound to `PREFORK_REUSEPORT_ADDR` when our master set it; when it
+/// did not but fd 3 is a listening socket (our master under systemd socket activation shares
+/// the activated socket), fd 3; otherwise (a fasthttp master) `addr`, resolved here.
+pub(crate) fn exec_worker_listener(
+    addr: &str,
+    network: Network,
+    reuseport: bool,
+) -> Result<TcpListener, Error> {
+    if !reuseport {
+        return inherited();
+    }
+    match std::env::var_os(REUSEPORT_ADDR_ENV).map(|v| v.into_string()) {
+        Some(Err(v)) => Err(Error::InvalidEnv {
+            var: REUSEPORT_ADDR_ENV,
+            value: v.to_string_lossy().into_owned(),
+            reason: "not valid UTF-8".to_owned(),
+        }),
+        Some(Ok(a)) => {
+            let resolved = a.parse().map_err(|_| Error::InvalidEnv {
+                var: REUSEPORT_ADDR_ENV,
+                value: a.clone(),
+                reason: "expected a socket address such as 127.0.0.1:8080".to_owned(),
+            })?;
+            bind(resolved, network, true, addr)
+        }
+        None => match inherited() {
+            Ok(listener) => Ok(listener),
+            Err(_) => bind(resolve(addr, network)?, network, true, addr),
+        },
+    }
 }
 
 /// Whether this process is an exec-mode worker (`FASTHTTP_PREFORK_CHILD=1`), and its slot
