@@ -1,6 +1,8 @@
-//! The TLS example serves HTTPS from every worker, with the certificate from files and from
-//! bytes in memory (fasthttp prefork's ListenAndServeTLS and ListenAndServeTLSEmbed).
-//! A throw-away certificate is generated with `openssl`; the client is Python's `ssl`.
+//! The examples that carry their own protocol stack, run as a user would and asked over the
+//! network: `tls` serves HTTPS from every worker, with the certificate from files and from
+//! bytes in memory (fasthttp prefork's ListenAndServeTLS and ListenAndServeTLSEmbed; a
+//! throw-away certificate is generated with `openssl`, the client is Python's `ssl`), and
+//! `tokio` runs one runtime per worker.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -66,13 +68,14 @@ impl Drop for Server {
     }
 }
 
-/// Starts the example and returns it with the address its workers announced.
+/// Starts the example and returns it with the address its workers announced
+/// (`worker N serving SCHEME://ADDR`), and the ids of the workers that announced it.
 fn start(cmd: &mut Command, workers: usize) -> (Server, String) {
     let mut child = cmd
         .args(["--addr", "127.0.0.1:0", "--workers", &workers.to_string()])
         .stdout(Stdio::piped())
         .spawn()
-        .expect("start the tls example");
+        .expect("start the example");
     let stdout = child.stdout.take().expect("piped stdout");
     let server = Server(child);
     let mut addr = String::new();
@@ -82,11 +85,7 @@ fn start(cmd: &mut Command, workers: usize) -> (Server, String) {
             .next()
             .expect("a worker announces itself")
             .expect("read stdout");
-        addr = line
-            .rsplit("https://")
-            .next()
-            .expect("an address")
-            .to_owned();
+        addr = line.rsplit("://").next().expect("an address").to_owned();
     }
     (server, addr)
 }
@@ -167,4 +166,36 @@ fn https_from_certificate_bytes() {
         );
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn tokio_runtime_per_worker() {
+    use std::io::{Read, Write};
+    let (_server, addr) = start(&mut Command::new(example("tokio")), 2);
+    let mut seen = std::collections::BTreeSet::new();
+    // The kernel spreads connections over both workers' accept calls; ask until both have
+    // answered (bounded, so a worker that never answers fails the test).
+    for _ in 0..200 {
+        let mut stream =
+            std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {addr:?}: {e}"));
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .expect("timeout");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "answer: {answer}");
+        let id = answer
+            .split("in worker ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("a worker id");
+        seen.insert(id.to_owned());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "answers came from workers {seen:?} only");
 }
