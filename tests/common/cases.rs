@@ -33,6 +33,9 @@ pub const ALL: &[(&str, Case)] = cases![
     crash_loop_of_clean_exits_is_over_recovery,
     crash_loop_of_several_workers_respawns_threshold_times,
     exit_fatal_stops_everything,
+    // fork failing with EAGAIN (a pids cgroup at its limit).
+    fork_eagain_at_start_kills_started_workers,
+    fork_eagain_on_respawn_is_retried,
     // Stopping.
     sigterm_stops_all_workers,
     sigint_stops_all_workers,
@@ -307,6 +310,114 @@ fn crash_loop_of_several_workers_respawns_threshold_times(b: Backend) {
         assert_eq!(spawns.len(), WORKERS + recovers.len(), "spawns {spawns:?}");
         assert_all_gone(&fx, spawns);
     }
+}
+
+/// A pids cgroup (v1 controller at `/sys/fs/cgroup/pids`) whose `pids.max` makes `fork`
+/// fail with `EAGAIN`: the one way to get that error from the kernel as root, where
+/// `RLIMIT_NPROC` is not enforced. Removed on drop.
+struct PidsCgroup(std::path::PathBuf);
+
+impl PidsCgroup {
+    fn new(tag: &str, max: usize) -> PidsCgroup {
+        let root = std::path::Path::new("/sys/fs/cgroup/pids");
+        let dir = root.join(format!("prefork-test-{}-{tag}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| {
+            panic!(
+                "this test needs a writable pids cgroup (creating {}: {e})",
+                dir.display()
+            )
+        });
+        let cg = PidsCgroup(dir);
+        cg.set_max(max);
+        cg
+    }
+
+    fn set_max(&self, max: usize) {
+        std::fs::write(self.0.join("pids.max"), max.to_string()).expect("writing pids.max");
+    }
+
+    fn current(&self) -> usize {
+        std::fs::read_to_string(self.0.join("pids.current"))
+            .expect("reading pids.current")
+            .trim()
+            .parse()
+            .expect("a number in pids.current")
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 path")
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        // The fixture's processes are gone (or killed by the fixture's own drop) by now; the
+        // directory can be removed once the kernel has let go of the last task.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `fork` fails with EAGAIN while the initial workers start: the ones already started are
+/// killed and reaped, and run names the slot and the OS error.
+fn fork_eagain_at_start_kills_started_workers(b: Backend) {
+    // The master and two workers fit; the third worker's fork fails.
+    let cg = PidsCgroup::new(&format!("start-{}", b.name()), 3);
+    let mut fx = Fixture::start(b, &[("FX_WORKERS", "4"), ("FX_PIDS_CGROUP", cg.path())]);
+    let display = fx.assert_failed_exit();
+    assert!(
+        display.contains("cannot start worker 2") && display.contains("os error 11"),
+        "error: {display}"
+    );
+    assert_eq!(
+        fx.spawns().len(),
+        2,
+        "two workers started before the failure"
+    );
+    wait_until("the cgroup to be empty", || {
+        if cg.current() == 0 {
+            Ok(())
+        } else {
+            Err(format!("{} tasks left in the cgroup", cg.current()))
+        }
+    });
+}
+
+/// `fork` fails with EAGAIN when a worker is respawned: the slot is retried until the fork
+/// succeeds again, and the replacement takes the slot.
+fn fork_eagain_on_respawn_is_retried(b: Backend) {
+    let cg = PidsCgroup::new(&format!("respawn-{}", b.name()), 3);
+    let (mut fx, _port, ids) = started(
+        b,
+        2,
+        &[("FX_THRESHOLD", "1000"), ("FX_PIDS_CGROUP", cg.path())],
+    );
+    // No room for a replacement: the master and the surviving worker fill the cgroup.
+    cg.set_max(2);
+    let victim = ids[&1];
+    kill(victim, libc::SIGKILL);
+    fx.wait_stderr_count("cannot start worker 1", 2);
+    assert!(
+        !fx.recovers().iter().any(|&(old, _)| old == victim),
+        "a replacement started although fork cannot succeed"
+    );
+    cg.set_max(3);
+    let new = fx.wait_recover(victim);
+    let (slot, pid) = wait_until("the replacement to answer", || {
+        let answer = request(fx.port(), "id", DEADLINE).map_err(|e| e.to_string())?;
+        if answer.1 == new {
+            Ok(answer)
+        } else {
+            Err(format!("answered by {answer:?}"))
+        }
+    });
+    assert_eq!((slot, pid), (1, new), "the replacement serves slot 1");
+    fx.stop_with(libc::SIGTERM);
+    fx.assert_clean_exit();
 }
 
 fn exit_fatal_stops_everything(b: Backend) {

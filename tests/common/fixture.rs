@@ -39,6 +39,8 @@
 //!   hook fails (`spawn_*` at the second spawn) or starts a thread;
 //! * `FX_THREAD=1`: a thread runs before `run`;
 //! * `FX_SUBREAPER=1`: the master is a child subreaper;
+//! * `FX_PIDS_CGROUP=DIR`: the master moves itself into that pids cgroup before `run`, so
+//!   the driver can make `fork` fail with `EAGAIN` (`pids.max`);
 //! * `FX_IGNORE_CHLD=1`, `FX_NOCLDWAIT=1`: SIGCHLD is ignored, or has `SA_NOCLDWAIT`, before
 //!   `run`;
 //! * `FX_RUNS=N`: `run` is called N times; with `FX_SELF_TERM=1` each run stops itself with
@@ -74,6 +76,7 @@ pub const OPTION_VARS: &[&str] = &[
     "FX_SELF_TERM",
     "FX_UNFLUSHED",
     "FX_NOCLDWAIT",
+    "FX_PIDS_CGROUP",
 ];
 
 /// Exit code of a fixture whose every run returned `Ok`.
@@ -114,6 +117,7 @@ struct Opts {
     self_term: bool,
     unflushed: bool,
     nocldwait: bool,
+    pids_cgroup: Option<PathBuf>,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -152,6 +156,7 @@ impl Opts {
             fail_hook: var("FX_FAIL_HOOK"),
             thread: var("FX_THREAD").is_some(),
             subreaper: var("FX_SUBREAPER").is_some(),
+            pids_cgroup: var("FX_PIDS_CGROUP").map(PathBuf::from),
             ignore_chld: var("FX_IGNORE_CHLD").is_some(),
             runs: parsed("FX_RUNS")?.unwrap_or(1),
             self_term: var("FX_SELF_TERM").is_some(),
@@ -230,6 +235,12 @@ fn master(opts: &Opts) -> i32 {
     };
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     say(format!("port {port}"));
+    if let Some(dir) = &opts.pids_cgroup {
+        if let Err(e) = std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()) {
+            eprintln!("fixture: joining the pids cgroup {}: {e}", dir.display());
+            return EXIT_BROKEN;
+        }
+    }
     if opts.subreaper {
         // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag.
         if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
