@@ -56,6 +56,8 @@ pub const ALL: &[(&str, Case)] = cases![
     threads_before_run_are_refused,
     zero_workers_refused,
     bogus_backend_env_refused,
+    // Kernels without pidfds.
+    no_pidfd_kernel_falls_back_to_sigchld,
     // What workers inherit, and what the master puts back.
     worker_has_no_master_fds_and_clean_mask,
     ignored_sigchld_handled_and_restored,
@@ -416,6 +418,29 @@ fn fork_eagain_on_respawn_is_retried(b: Backend) {
         }
     });
     assert_eq!((slot, pid), (1, new), "the replacement serves slot 1");
+    fx.stop_with(libc::SIGTERM);
+    fx.assert_clean_exit();
+}
+
+/// On a kernel without `pidfd_open` (ENOSYS, simulated with seccomp) the pidfd backend
+/// falls back to the sigchld loop by itself: workers start, a killed worker is replaced in
+/// its slot, TERM stops everything cleanly, and the master holds no pidfd.
+fn no_pidfd_kernel_falls_back_to_sigchld(b: Backend) {
+    let (mut fx, _port, ids) = started(b, 2, &[("FX_NO_PIDFD", "1")]);
+    if b == Backend::Pidfd {
+        fx.wait_stderr_count("pidfds unavailable", 1);
+    }
+    let fds = procfs::fd_targets(fx.pid);
+    assert!(
+        !fds.iter().any(|t| t.contains("pidfd")),
+        "master fds: {fds:?}"
+    );
+    let victim = ids[&0];
+    kill(victim, libc::SIGKILL);
+    let new = fx.wait_recover(victim);
+    let exit = fx.wait_exit_line(victim);
+    assert_eq!(exit.slot, 0, "the killed worker's slot");
+    assert_worker_of(&fx, new);
     fx.stop_with(libc::SIGTERM);
     fx.assert_clean_exit();
 }

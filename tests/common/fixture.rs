@@ -39,6 +39,8 @@
 //!   hook fails (`spawn_*` at the second spawn) or starts a thread;
 //! * `FX_THREAD=1`: a thread runs before `run`;
 //! * `FX_SUBREAPER=1`: the master is a child subreaper;
+//! * `FX_NO_PIDFD=1`: a seccomp filter makes `pidfd_open` fail with `ENOSYS`, as on a
+//!   kernel before 5.3;
 //! * `FX_PIDS_CGROUP=DIR`: the master moves itself into that pids cgroup before `run`, so
 //!   the driver can make `fork` fail with `EAGAIN` (`pids.max`);
 //! * `FX_IGNORE_CHLD=1`, `FX_NOCLDWAIT=1`: SIGCHLD is ignored, or has `SA_NOCLDWAIT`, before
@@ -77,6 +79,7 @@ pub const OPTION_VARS: &[&str] = &[
     "FX_UNFLUSHED",
     "FX_NOCLDWAIT",
     "FX_PIDS_CGROUP",
+    "FX_NO_PIDFD",
 ];
 
 /// Exit code of a fixture whose every run returned `Ok`.
@@ -118,6 +121,7 @@ struct Opts {
     unflushed: bool,
     nocldwait: bool,
     pids_cgroup: Option<PathBuf>,
+    no_pidfd: bool,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -157,6 +161,7 @@ impl Opts {
             thread: var("FX_THREAD").is_some(),
             subreaper: var("FX_SUBREAPER").is_some(),
             pids_cgroup: var("FX_PIDS_CGROUP").map(PathBuf::from),
+            no_pidfd: var("FX_NO_PIDFD").is_some(),
             ignore_chld: var("FX_IGNORE_CHLD").is_some(),
             runs: parsed("FX_RUNS")?.unwrap_or(1),
             self_term: var("FX_SELF_TERM").is_some(),
@@ -259,6 +264,12 @@ fn master(opts: &Opts) -> i32 {
         action.sa_flags = libc::SA_NOCLDWAIT;
         // SAFETY: `action` is a valid sigaction; the old one is not asked for.
         unsafe { libc::sigaction(libc::SIGCHLD, &action, std::ptr::null_mut()) };
+    }
+    if opts.no_pidfd {
+        if let Err(e) = deny_pidfd_open() {
+            eprintln!("fixture: installing the seccomp filter: {e}");
+            return EXIT_BROKEN;
+        }
     }
     if opts.thread {
         // A thread that lives until the process exits.
@@ -604,4 +615,52 @@ impl log::Log for StderrLogger {
     }
 
     fn flush(&self) {}
+}
+
+/// Makes `pidfd_open` fail with `ENOSYS` in this process and its children, as it does on a
+/// kernel before 5.3: a seccomp filter that returns that error for the one system call.
+fn deny_pidfd_open() -> std::io::Result<()> {
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let filter = [
+        // Load the system call number (offset 0 of struct seccomp_data).
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+        // pidfd_open? Fall through to ENOSYS; otherwise skip to ALLOW.
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_pidfd_open as u32,
+        },
+        stmt(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        ),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes an integer flag.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `prog` points to a valid filter program that outlives the call (the kernel
+    // copies it).
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
