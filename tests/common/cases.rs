@@ -314,14 +314,32 @@ fn crash_loop_of_several_workers_respawns_threshold_times(b: Backend) {
     }
 }
 
-/// A pids cgroup (v1 controller at `/sys/fs/cgroup/pids`) whose `pids.max` makes `fork`
-/// fail with `EAGAIN`: the one way to get that error from the kernel as root, where
-/// `RLIMIT_NPROC` is not enforced. Removed on drop.
+/// A pids cgroup whose `pids.max` makes `fork` fail with `EAGAIN`: the one way to get that
+/// error from the kernel as root, where `RLIMIT_NPROC` is not enforced. Made under the v1
+/// `pids` hierarchy (`/sys/fs/cgroup/pids`), or under a cgroup2 root that offers the `pids`
+/// controller. Removed on drop.
 struct PidsCgroup(std::path::PathBuf);
 
 impl PidsCgroup {
     fn new(tag: &str, max: usize) -> PidsCgroup {
-        let root = std::path::Path::new("/sys/fs/cgroup/pids");
+        let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
+        let v2 = std::path::Path::new("/sys/fs/cgroup");
+        let root = if v1.join("pids.max").exists() || v1.join("cgroup.procs").exists() {
+            v1
+        } else {
+            let controllers =
+                std::fs::read_to_string(v2.join("cgroup.controllers")).unwrap_or_default();
+            assert!(
+                controllers.split_whitespace().any(|c| c == "pids"),
+                "this test needs a pids cgroup: neither {} nor a cgroup2 root with the pids \
+                 controller at {}",
+                v1.display(),
+                v2.display()
+            );
+            // Children of the root get the controller only once it is enabled for them.
+            let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+pids");
+            v2
+        };
         let dir = root.join(format!("prefork-test-{}-{tag}", std::process::id()));
         std::fs::create_dir(&dir).unwrap_or_else(|e| {
             panic!(
