@@ -31,8 +31,11 @@
 
 #[path = "listeners/role.rs"]
 mod role;
+#[path = "shared/stats.rs"]
+mod stats;
 #[path = "listeners/sys.rs"]
 mod sys;
+use stats::{pct, sorted, verdict};
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -414,26 +417,8 @@ impl Ready {
 // Statistics and printing
 // ---------------------------------------------------------------------------------------------
 
-/// Nearest-rank percentile of an ascending slice.
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(f64::total_cmp);
-    v
-}
-
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "met" } else { "NOT met" }
 }
 
 fn failed(errors: usize) -> String {

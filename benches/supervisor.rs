@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 
 use prefork::Prefork;
 
+#[path = "shared/stats.rs"]
+mod stats;
+use stats::{now_ns, pct, sorted, verdict};
+
 // ---------------------------------------------------------------------------------------------
 // Options
 // ---------------------------------------------------------------------------------------------
@@ -78,17 +82,6 @@ impl Opts {
 // ---------------------------------------------------------------------------------------------
 // System helpers
 // ---------------------------------------------------------------------------------------------
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process of the machine.
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec owned by this frame.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 fn getpid() -> u32 {
     // SAFETY: getpid has no preconditions and cannot fail.
@@ -724,26 +717,8 @@ fn floor_child(
 // Statistics and printing
 // ---------------------------------------------------------------------------------------------
 
-/// Nearest-rank percentile of an ascending slice.
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(f64::total_cmp);
-    v
-}
-
 fn us(ns: u64) -> f64 {
     ns as f64 / 1e3
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "met" } else { "NOT met" }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,17 +6,7 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the machine, so
-/// timestamps taken in a master and in its workers compare directly.
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec owned by this frame.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::stats::now_ns;
 
 fn getppid() -> u32 {
     // SAFETY: getppid has no preconditions and cannot fail.
