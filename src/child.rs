@@ -13,9 +13,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{ExitCode, Termination};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::Worker;
 use crate::builder::DeathHook;
 use crate::sys::{self, SigSet};
+use crate::worker::Worker;
 
 /// Set in a worker process right after `fork`.
 pub(crate) static IS_CHILD: AtomicBool = AtomicBool::new(false);
@@ -58,6 +58,7 @@ where
         let _ = sys::restore_disposition(saved);
     }
     let _ = sys::sigmask(libc::SIG_SETMASK, &old_mask);
+    prepare_notice();
 
     let worker = Worker {
         id: slot,
@@ -83,6 +84,7 @@ where
     if let Some(hook) = on_master_death {
         watch_master_pidfd(hook, master_pid);
     }
+    prepare_notice();
     let worker = Worker {
         id,
         pid: sys::getpid(),
@@ -126,6 +128,15 @@ fn watch_master_pidfd(mut hook: DeathHook, master_pid: u32) {
         Err(e) => log::warn!(
             "cannot start the master watcher thread ({e}); the worker dies with the master instead"
         ),
+    }
+}
+
+/// Creates the shutdown notice's pipe before `serve`, so that [`Worker::shutdown`] cannot
+/// fail later. Without a descriptor to spare the worker cannot do its work anyway.
+fn prepare_notice() {
+    if let Err(e) = sys::notice::prepare() {
+        log::error!("worker cannot create its shutdown-notice pipe: {e}");
+        sys::exit_now(1);
     }
 }
 

@@ -12,13 +12,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::Termination;
 use std::time::{Duration, Instant};
 
-use crate::Worker;
 use crate::builder::{Backend, HookResult, Hooks};
 use crate::child::{self, ChildSetup};
 use crate::error::Error;
 use crate::exec::ExecSpec;
 use crate::supervisor::{Action, Config, Failure, Supervisor, WorkerExit, sig, signal_name};
 use crate::sys::{self, Fork, Reaped, SigSet};
+use crate::worker::Worker;
 
 /// The signals the master takes over while it runs.
 const HANDLED: &[i32] = &[

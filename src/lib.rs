@@ -92,6 +92,7 @@ pub mod protocol;
 #[doc(hidden)]
 pub mod supervisor;
 mod sys;
+mod worker;
 
 use std::process::Termination;
 use std::sync::atomic::Ordering;
@@ -104,6 +105,7 @@ pub use error::Error;
 pub use exec::{CHILD_ENV, LISTENER_FD, REUSEPORT_ADDR_ENV, WORKER_ID_ENV};
 pub use listen::Network;
 pub use supervisor::WorkerExit;
+pub use worker::{Incoming, Shutdown, Worker};
 
 /// Exit code by which a worker reports a fatal start-up failure (bad configuration, a port it
 /// cannot use): the master does not respawn it, stops every worker and returns
@@ -126,36 +128,4 @@ where
 /// exec-mode worker (`FASTHTTP_PREFORK_CHILD=1` in its environment).
 pub fn is_child() -> bool {
     child::IS_CHILD.load(Ordering::Relaxed) || std::env::var_os(CHILD_ENV).is_some_and(|v| v == "1")
-}
-
-/// A worker's identity, handed to `serve`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Worker {
-    id: usize,
-    pid: u32,
-    master_pid: u32,
-}
-
-impl Worker {
-    /// The worker's slot, `0..n`; a respawned worker keeps the slot of the one it replaces.
-    pub fn id(&self) -> usize {
-        self.id
-    }
-
-    /// This worker's process id.
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// The master's process id.
-    pub fn master_pid(&self) -> u32 {
-        self.master_pid
-    }
-
-    /// Reports a fatal start-up failure: logs `reason` and exits with [`EXIT_FATAL`], so the
-    /// master stops everything instead of respawning this worker.
-    pub fn exit_fatal(&self, reason: impl std::fmt::Display) -> ! {
-        eprintln!("worker {} (pid {}): fatal: {reason}", self.id, self.pid);
-        std::process::exit(EXIT_FATAL)
-    }
 }

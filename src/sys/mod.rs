@@ -5,6 +5,9 @@
 //! reports failures as [`io::Error`] with the OS error code intact. The calls are made through
 //! `libc` directly: it is the one syscall layer the crate uses (see `docs/design.md`).
 
+pub(crate) mod notice;
+pub(crate) mod signal;
+
 use std::fs;
 use std::io;
 use std::mem::MaybeUninit;
