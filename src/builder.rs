@@ -1,17 +1,18 @@
 //! [`Prefork`]: the builder, its options and hooks, and their validation.
 
-use std::cell::RefCell;
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::process::Termination;
-use std::rc::Rc;
 use std::time::Duration;
 
+use crate::config::{Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, HookResult, Hooks};
 use crate::error::Error;
-use crate::exec::{ExecSpec, REUSEPORT_ADDR_ENV};
 use crate::listen::{self, Network};
+use crate::master::listeners::Listeners;
+use crate::master::spawn::{ExecSpec, Spawn};
+use crate::master::{self, Plan};
 use crate::supervisor::{Config, WorkerExit};
-use crate::{Worker, child, driver, sys};
+use crate::worker::Worker;
+use crate::{child, sys};
 
 /// How workers are started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,78 +29,6 @@ pub enum Mode {
     /// `Fork` when the process is single-threaded, `Exec` otherwise; logs which.
     Auto,
 }
-
-/// What a master-side hook returns: an error stops every worker and comes back from
-/// [`Prefork::run`].
-pub type HookResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// The environment variable that selects the child-reaping backend: `pidfd` (the default) or
-/// `sigchld`.
-pub const BACKEND_ENV: &str = "PREFORK_BACKEND";
-
-/// How the master learns that a worker exited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Backend {
-    /// One pidfd per worker in the epoll set, reaped with `waitid(P_PIDFD)` (Linux 5.3+).
-    /// Where the kernel lacks pidfds this falls back to [`Backend::Sigchld`] by itself.
-    Pidfd,
-    /// `SIGCHLD` through the signalfd, then `waitid(P_ALL, WNOHANG)`: works on any kernel.
-    Sigchld,
-}
-
-impl Backend {
-    /// Parses a `PREFORK_BACKEND` value.
-    pub fn parse(value: &str) -> Result<Backend, Error> {
-        match value {
-            "pidfd" => Ok(Backend::Pidfd),
-            "sigchld" => Ok(Backend::Sigchld),
-            _ => Err(Error::InvalidEnv {
-                var: BACKEND_ENV,
-                value: value.to_owned(),
-                reason: "expected \"pidfd\" or \"sigchld\"".to_owned(),
-            }),
-        }
-    }
-
-    /// The backend named by `PREFORK_BACKEND`, if it is set and not empty.
-    pub fn from_env() -> Result<Option<Backend>, Error> {
-        match std::env::var_os(BACKEND_ENV) {
-            None => Ok(None),
-            Some(v) if v.is_empty() => Ok(None),
-            Some(v) => match v.to_str() {
-                Some(s) => Backend::parse(s).map(Some),
-                None => Err(Error::InvalidEnv {
-                    var: BACKEND_ENV,
-                    value: v.to_string_lossy().into_owned(),
-                    reason: "not valid UTF-8".to_owned(),
-                }),
-            },
-        }
-    }
-}
-
-type SpawnHook = Box<dyn FnMut(u32) -> HookResult>;
-type ReadyHook = Box<dyn FnMut(&[u32]) -> HookResult>;
-type RecoverHook = Box<dyn FnMut(u32, u32) -> HookResult>;
-type ExitHook = Box<dyn FnMut(usize, u32, WorkerExit) -> HookResult>;
-pub(crate) type DeathHook = Box<dyn FnMut() + Send>;
-
-#[derive(Default)]
-pub(crate) struct Hooks {
-    pub(crate) on_child_spawn: Option<SpawnHook>,
-    pub(crate) on_master_ready: Option<ReadyHook>,
-    pub(crate) on_child_recover: Option<RecoverHook>,
-    pub(crate) on_child_exit: Option<ExitHook>,
-    pub(crate) on_master_death: Option<DeathHook>,
-    /// Internal: a slot was taken out of service (TTOU), so what is held for it may go.
-    pub(crate) on_slot_closed: Option<Box<dyn FnMut(usize)>>,
-}
-
-/// The default window in which unexpected exits are counted against `recover_threshold`.
-pub const DEFAULT_RECOVER_WINDOW: Duration = Duration::from_secs(60);
-/// The default grace period between TERM and KILL at shutdown.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A pre-fork supervisor, configured by its builder methods and started by [`Prefork::run`].
 ///
@@ -244,23 +173,30 @@ impl Prefork {
         self
     }
 
-    /// Runs in the master after every worker start (initial ones and respawns), with the new
-    /// worker's pid.
-    pub fn on_child_spawn(mut self, f: impl FnMut(u32) -> HookResult + 'static) -> Self {
+    /// Runs in the master after every worker start (initial ones, respawns, replacements),
+    /// with the new worker's `(slot, pid)`.
+    pub fn on_child_spawn(mut self, f: impl FnMut(usize, u32) -> HookResult + 'static) -> Self {
         self.hooks.on_child_spawn = Some(Box::new(f));
         self
     }
 
-    /// Runs in the master once, when every initial worker has started, with their pids in
-    /// slot order.
-    pub fn on_master_ready(mut self, f: impl FnMut(&[u32]) -> HookResult + 'static) -> Self {
+    /// Runs in the master once, when every initial worker is inside `serve`, with their
+    /// `(slot, pid)` in slot order.
+    pub fn on_master_ready(
+        mut self,
+        f: impl FnMut(&[(usize, u32)]) -> HookResult + 'static,
+    ) -> Self {
         self.hooks.on_master_ready = Some(Box::new(f));
         self
     }
 
     /// Runs in the master after a worker that exited unexpectedly was replaced, with
-    /// `(old pid, new pid)`; it runs after [`Prefork::on_child_spawn`] for the new worker.
-    pub fn on_child_recover(mut self, f: impl FnMut(u32, u32) -> HookResult + 'static) -> Self {
+    /// `(slot, old pid, new pid)`; it runs after [`Prefork::on_child_spawn`] for the new
+    /// worker.
+    pub fn on_child_recover(
+        mut self,
+        f: impl FnMut(usize, u32, u32) -> HookResult + 'static,
+    ) -> Self {
         self.hooks.on_child_recover = Some(Box::new(f));
         self
     }
@@ -303,9 +239,14 @@ impl Prefork {
         if let Some(id) = listen::exec_child()? {
             child::run_exec_child(id, self.hooks.on_master_death.take(), serve);
         }
-        let (cfg, backend, mode) = self.prepare()?;
-        let exec = (mode == Mode::Exec).then(|| ExecSpec::current_binary(None));
-        driver::run(cfg, backend, &mut self.hooks, &mut serve, exec)
+        let (cfg, backend, spawn) = self.prepare()?;
+        let plan = Plan {
+            cfg,
+            backend,
+            spawn,
+            listeners: Listeners::Caller,
+        };
+        master::run(plan, &mut self.hooks, &mut |_, worker| serve(worker))
     }
 
     /// Binds `addr` in the master, then supervises workers that each run
@@ -317,16 +258,14 @@ impl Prefork {
     /// (`LISTEN_PID` is ours, `LISTEN_FDS` ≥ 1), the inherited socket on fd 3 is served
     /// instead and `addr` is not bound.
     ///
-    /// The listener is handed to `serve` in blocking mode, close-on-exec; call
-    /// `set_nonblocking(true)` for an async runtime (e.g. `tokio::net::TcpListener::from_std`).
-    /// Every worker gets its own descriptor for the shared socket (or its own
-    /// `SO_REUSEPORT` socket).
+    /// The listener is handed to `serve` close-on-exec and, unless a worker switched the
+    /// socket to non-blocking (which [`crate::Shutdown::incoming`] and async runtimes do, for
+    /// every process sharing it), in blocking mode.
     ///
     /// In a process started as an exec-mode worker (`FASTHTTP_PREFORK_CHILD=1`), this takes
     /// the listener from fd 3 (after checking it is a listening TCP socket) or, with
-    /// reuseport, binds its own (unless the master set no `PREFORK_REUSEPORT_ADDR` and passed
-    /// a listening socket on fd 3, as ours does under systemd socket activation), and runs
-    /// `serve`: it never returns, except with an error if fd 3 is unusable.
+    /// reuseport under a master that passes no socket (a fasthttp master), binds its own,
+    /// and runs `serve`: it never returns, except with an error if fd 3 is unusable.
     pub fn listen_and_serve<F, T>(mut self, addr: &str, mut serve: F) -> Result<(), Error>
     where
         F: FnMut(TcpListener, Worker) -> T,
@@ -338,142 +277,26 @@ impl Prefork {
                 serve(listener, worker)
             });
         }
-        let (cfg, backend, mode) = self.prepare()?;
-        let systemd = listen::systemd()?;
-        if let Some((_, name)) = &systemd {
-            log::info!("serving the socket passed by systemd (fd 3, name {name:?})");
-        }
-        match mode {
-            Mode::Exec => self.exec_master(cfg, backend, addr, systemd),
-            _ => self.fork_master(cfg, backend, addr, systemd, serve),
-        }
-    }
-
-    /// The exec-mode master of `listen_and_serve`: the listener (or, with reuseport, only the
-    /// resolved address) goes to re-executed workers.
-    fn exec_master(
-        mut self,
-        cfg: Config,
-        backend: Backend,
-        addr: &str,
-        systemd: Option<(TcpListener, String)>,
-    ) -> Result<(), Error> {
-        let (listener, spec) = match systemd {
-            Some((l, _)) => {
-                let spec = ExecSpec::current_binary(Some(l.as_raw_fd()));
-                (Some(l), spec)
-            }
-            None if self.reuseport => {
-                // Bind once to fail early and to fix the port, then let each worker
-                // bind its own socket: a master's unserved socket in the group would
-                // receive its share of connections.
-                let resolved = listen::resolve(addr, self.network)?;
-                let probe = listen::bind(resolved, self.network, true, addr)?;
-                let actual = probe.local_addr().map_err(Error::sys("getsockname"))?;
-                drop(probe);
-                let spec =
-                    ExecSpec::current_binary(None).env(REUSEPORT_ADDR_ENV, actual.to_string());
-                (None, spec)
-            }
-            None => {
-                let resolved = listen::resolve(addr, self.network)?;
-                let l = listen::bind(resolved, self.network, false, addr)?;
-                let spec = ExecSpec::current_binary(Some(l.as_raw_fd()));
-                (Some(l), spec)
-            }
-        };
-        let result = driver::run(
+        let (cfg, backend, spawn) = self.prepare()?;
+        let listeners = Listeners::open(addr, self.network, self.reuseport, cfg.workers)?;
+        let plan = Plan {
             cfg,
             backend,
+            spawn,
+            listeners,
+        };
+        master::run(
+            plan,
             &mut self.hooks,
-            &mut |_: Worker| {},
-            Some(spec),
-        );
-        drop(listener);
-        result
+            &mut |listener, worker| match listener {
+                Some(listener) => serve(listener, worker),
+                None => unreachable!("listen_and_serve always gives every worker a listener"),
+            },
+        )
     }
 
-    /// The fork-mode master of `listen_and_serve`: one shared listener, or one reuseport
-    /// socket per slot, held by the master and handed to each forked worker.
-    fn fork_master<F, T>(
-        mut self,
-        cfg: Config,
-        backend: Backend,
-        addr: &str,
-        systemd: Option<(TcpListener, String)>,
-        mut serve: F,
-    ) -> Result<(), Error>
-    where
-        F: FnMut(TcpListener, Worker) -> T,
-        T: Termination,
-    {
-        let listeners = match systemd {
-            Some((l, _)) => vec![l],
-            None => {
-                let resolved = listen::resolve(addr, self.network)?;
-                if self.reuseport {
-                    let first = listen::bind(resolved, self.network, true, addr)?;
-                    let actual = first.local_addr().map_err(Error::sys("getsockname"))?;
-                    let mut all = vec![first];
-                    for _ in 1..cfg.workers {
-                        all.push(listen::bind(actual, self.network, true, addr)?);
-                    }
-                    all
-                } else {
-                    vec![listen::bind(resolved, self.network, false, addr)?]
-                }
-            }
-        };
-        let reuseport = self.reuseport && listeners.len() > 1;
-        let network = self.network;
-        let addr = addr.to_owned();
-        let group = listeners[0]
-            .local_addr()
-            .map_err(Error::sys("getsockname"))?;
-        let listeners = Rc::new(RefCell::new(
-            listeners.into_iter().map(Some).collect::<Vec<_>>(),
-        ));
-        if reuseport {
-            // A slot retired by TTOU must not keep a socket in the group: nobody
-            // would accept the connections the kernel hands it.
-            let held = Rc::clone(&listeners);
-            self.hooks.on_slot_closed = Some(Box::new(move |slot| {
-                if let Some(l) = held.borrow_mut().get_mut(slot) {
-                    *l = None;
-                }
-            }));
-        }
-        let mut per_worker = |worker: Worker| {
-            let held = listeners.borrow();
-            let mine = match held.get(worker.id()) {
-                Some(Some(l)) if reuseport => l.try_clone(),
-                // A slot added by TTIN (or reopened after TTOU) binds its own socket
-                // in the group.
-                _ if reuseport => {
-                    listen::bind(group, network, true, &addr).map_err(std::io::Error::other)
-                }
-                _ => match &held[0] {
-                    Some(l) => l.try_clone(),
-                    None => Err(std::io::Error::other("the shared listener is closed")),
-                },
-            };
-            // The master's copies: this worker keeps only its own descriptor.
-            for l in held.iter().flatten() {
-                sys::close_raw(&[l.as_raw_fd()]);
-            }
-            match mine {
-                Ok(listener) => serve(listener, worker),
-                Err(e) => {
-                    log::error!("worker {}: no listener: {e}", worker.id());
-                    std::process::exit(1)
-                }
-            }
-        };
-        driver::run(cfg, backend, &mut self.hooks, &mut per_worker, None)
-    }
-
-    /// Validates the options and resolves the backend and mode.
-    fn prepare(&self) -> Result<(Config, Backend, Mode), Error> {
+    /// Validates the options and resolves the backend and how workers start.
+    fn prepare(&self) -> Result<(Config, Backend, Spawn), Error> {
         let cfg = self.config()?;
         let backend = match (self.backend, Backend::from_env()?) {
             (Some(b), _) | (None, Some(b)) => b,
@@ -496,7 +319,11 @@ impl Prefork {
             },
             m => m,
         };
-        Ok((cfg, backend, mode))
+        let spawn = match mode {
+            Mode::Exec => Spawn::Exec(ExecSpec::current_binary()),
+            _ => Spawn::Fork,
+        };
+        Ok((cfg, backend, spawn))
     }
 
     /// Validates the options into the supervisor's configuration.

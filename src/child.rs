@@ -8,12 +8,14 @@
 //! leaves through [`std::process::exit`], which flushes std's buffered output.
 
 use std::any::Any;
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::TcpListener;
+use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{ExitCode, Termination};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::builder::DeathHook;
+use crate::config::DeathHook;
+use crate::protocol::{self, READY_FD_ENV};
 use crate::sys::{self, SigSet};
 use crate::worker::Worker;
 
@@ -26,30 +28,32 @@ pub const EXIT_PANIC: i32 = 101;
 pub(crate) struct ChildSetup<'a> {
     pub(crate) slot: usize,
     pub(crate) master_pid: u32,
-    /// The master's descriptors, to close.
-    pub(crate) close: Vec<RawFd>,
+    /// This worker's listener (`None` for `run`).
+    pub(crate) listener: Option<TcpListener>,
+    /// The write end of the readiness pipe.
+    pub(crate) ready: OwnedFd,
     pub(crate) old_mask: SigSet,
     pub(crate) saved_chld: Option<&'a sys::SavedAction>,
     /// Read end of the master-death pipe and the user's callback.
-    pub(crate) death_watch: Option<(RawFd, DeathHook)>,
+    pub(crate) death_watch: Option<(OwnedFd, DeathHook)>,
 }
 
 /// Runs in the child right after `fork`; never returns.
 pub(crate) fn run<F, T>(setup: ChildSetup<'_>, serve: F) -> !
 where
-    F: FnOnce(Worker) -> T,
+    F: FnOnce(Option<TcpListener>, Worker) -> T,
     T: Termination,
 {
     IS_CHILD.store(true, Ordering::Relaxed);
     let ChildSetup {
         slot,
         master_pid,
-        close,
+        listener,
+        ready,
         old_mask,
         saved_chld,
         death_watch,
     } = setup;
-    sys::close_raw(&close);
     match death_watch {
         None => die_with_master(master_pid),
         Some((fd, hook)) => watch_master(fd, hook, master_pid),
@@ -58,14 +62,14 @@ where
         let _ = sys::restore_disposition(saved);
     }
     let _ = sys::sigmask(libc::SIG_SETMASK, &old_mask);
-    prepare_notice();
-
+    prepare_worker();
     let worker = Worker {
         id: slot,
         pid: sys::getpid(),
         master_pid,
     };
-    finish(worker, serve)
+    report_ready(ready, worker.pid);
+    finish(worker, |worker| serve(listener, worker))
 }
 
 /// Runs `serve` in an exec-mode worker (started by any master speaking the protocol); never
@@ -84,12 +88,23 @@ where
     if let Some(hook) = on_master_death {
         watch_master_pidfd(hook, master_pid);
     }
-    prepare_notice();
+    prepare_worker();
     let worker = Worker {
         id,
         pid: sys::getpid(),
         master_pid,
     };
+    let ready = std::env::var_os(READY_FD_ENV).map(|v| v.into_encoded_bytes());
+    match protocol::parse_ready_fd(ready.as_deref()) {
+        // Only a pipe: a stray variable must not make us write into some other file.
+        Ok(Some(fd)) if sys::is_pipe(fd) => match sys::take_inherited(fd) {
+            Some(fd) => report_ready(fd, worker.pid),
+            None => log::warn!("{READY_FD_ENV}={fd} was taken already"),
+        },
+        Ok(Some(fd)) => log::warn!("{READY_FD_ENV}={fd} is not a pipe; not reporting readiness"),
+        Ok(None) => {}
+        Err(e) => log::warn!("{e}; not reporting readiness"),
+    }
     finish(worker, serve)
 }
 
@@ -110,7 +125,7 @@ fn watch_master_pidfd(mut hook: DeathHook, master_pid: u32) {
     let spawned = std::thread::Builder::new()
         .name("prefork-master-watch".to_owned())
         .spawn(move || {
-            if let Err(e) = sys::wait_readable(pidfd.as_raw_fd()) {
+            if let Err(e) = sys::wait_readable(pidfd.as_fd()) {
                 log::error!("watching the master: {e}");
                 return;
             }
@@ -131,12 +146,23 @@ fn watch_master_pidfd(mut hook: DeathHook, master_pid: u32) {
     }
 }
 
-/// Creates the shutdown notice's pipe before `serve`, so that [`Worker::shutdown`] cannot
-/// fail later. Without a descriptor to spare the worker cannot do its work anyway.
-fn prepare_notice() {
+/// What every worker does before `serve`: creates the shutdown notice's pipe, so that
+/// [`Worker::shutdown`] cannot fail later (without a descriptor to spare the worker cannot
+/// do its work anyway), and makes `SIGUSR1` and `SIGUSR2` harmless where they still have
+/// their default action (terminate): the master forwards them to every worker.
+fn prepare_worker() {
     if let Err(e) = sys::notice::prepare() {
         log::error!("worker cannot create its shutdown-notice pipe: {e}");
         sys::exit_now(1);
+    }
+    sys::notice::tame_forwarded_signals();
+}
+
+/// Tells the master that this worker is about to enter `serve` (its pid on the readiness
+/// pipe, one atomic write), then closes the pipe.
+fn report_ready(fd: OwnedFd, pid: u32) {
+    if let Err(e) = sys::write_pid(fd.as_fd(), pid) {
+        log::warn!("cannot report readiness to the master: {e}");
     }
 }
 
@@ -178,11 +204,11 @@ fn die_with_master(master_pid: u32) {
 /// Starts a thread that blocks on the master-death pipe (readable, as end-of-file, only when
 /// the master's write end closes, i.e. when the master dies), then runs the user's callback
 /// and exits the worker.
-fn watch_master(fd: RawFd, mut hook: DeathHook, master_pid: u32) {
+fn watch_master(fd: OwnedFd, mut hook: DeathHook, master_pid: u32) {
     let watcher = std::thread::Builder::new()
         .name("prefork-master-watch".to_owned())
         .spawn(move || {
-            if let Err(e) = sys::wait_readable(fd) {
+            if let Err(e) = sys::wait_readable(fd.as_fd()) {
                 log::error!("watching the master: {e}");
                 return;
             }

@@ -16,9 +16,14 @@ pub enum Error {
         /// How many threads the process had.
         threads: usize,
     },
-    /// More than `recover_threshold` unexpected worker exits happened within
-    /// `recover_window`; every worker was killed.
-    OverRecovery,
+    /// More than `recover_threshold` workers failed to boot (exited before they were serving,
+    /// or by themselves just after) within `recover_window`; every worker was killed.
+    OverRecovery {
+        /// How many boot failures were counted within the window.
+        count: usize,
+        /// The latest of them (at most 16), oldest first.
+        exits: Vec<crate::CountedExit>,
+    },
     /// A worker exited with [`crate::EXIT_FATAL`] (a fatal start-up failure it reported). It
     /// was not respawned; every other worker was stopped.
     WorkerFatal {
@@ -101,11 +106,18 @@ impl fmt::Display for Error {
                  is only safe in a single-threaded process; call prefork before starting any \
                  thread or async runtime, or use exec mode"
             ),
-            Error::OverRecovery => write!(
-                f,
-                "workers exited unexpectedly more often than recover_threshold allows within \
-                 recover_window; all workers were stopped"
-            ),
+            Error::OverRecovery { count, exits } => {
+                write!(
+                    f,
+                    "{count} workers failed to boot (exited before they were serving, or by \
+                     themselves just after) within recover_window, more than recover_threshold \
+                     allows; all workers were stopped"
+                )?;
+                if let Some(last) = exits.last() {
+                    write!(f, "; the last: {last}")?;
+                }
+                Ok(())
+            }
             Error::WorkerFatal { slot, pid, code } => write!(
                 f,
                 "worker {slot} (pid {pid}) reported a fatal start-up failure (exit code {code}); \

@@ -78,33 +78,34 @@
 //! explicitly.
 
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 mod builder;
 mod child;
-mod driver;
+mod config;
 mod error;
-mod exec;
-#[doc(hidden)]
+#[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 mod listen;
-#[doc(hidden)]
-pub mod protocol;
-#[doc(hidden)]
-pub mod supervisor;
+mod master;
+mod protocol;
+mod supervisor;
+#[allow(unsafe_code)]
 mod sys;
 mod worker;
 
 use std::process::Termination;
 use std::sync::atomic::Ordering;
 
-pub use builder::{
-    BACKEND_ENV, Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, HookResult, Mode, Prefork,
-};
+pub use builder::{Mode, Prefork};
 pub use child::EXIT_PANIC;
+pub use config::{
+    BACKEND_ENV, Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, HookResult,
+};
 pub use error::Error;
-pub use exec::{CHILD_ENV, LISTENER_FD, REUSEPORT_ADDR_ENV, WORKER_ID_ENV};
-pub use listen::Network;
-pub use supervisor::WorkerExit;
+pub use listen::{LISTENER_FD, Network, REUSEPORT_ADDR_ENV};
+pub use protocol::{CHILD_ENV, READY_FD_ENV, WORKER_ID_ENV};
+pub use supervisor::{CountedExit, WorkerExit};
 pub use worker::{Incoming, Shutdown, Worker};
 
 /// Exit code by which a worker reports a fatal start-up failure (bad configuration, a port it

@@ -5,9 +5,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddr
 use std::os::unix::ffi::OsStrExt;
 
 use crate::error::Error;
-use crate::exec::REUSEPORT_ADDR_ENV;
 use crate::protocol;
 use crate::sys;
+
+/// With reuseport in exec mode under a master that does not pass each worker its socket:
+/// the address to bind (so port 0 means the same port in every worker). This crate's
+/// masters before 0.2 set it; a worker still honours it.
+pub const REUSEPORT_ADDR_ENV: &str = "PREFORK_REUSEPORT_ADDR";
+/// The descriptor an exec-mode worker finds its listener on.
+pub const LISTENER_FD: std::os::fd::RawFd = 3;
 
 /// The listen backlog: the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
@@ -79,10 +85,17 @@ pub(crate) fn bind(
     })
 }
 
-/// The listener of an exec-mode worker: fd 3, checked to be a listening TCP socket.
+/// Adopts an inherited listening socket: checks that `fd` is a listening TCP socket, then
+/// makes it close-on-exec (so programs a worker starts do not keep the port open) and
+/// blocking (a socket passed non-blocking, as systemd's `NonBlocking=yes` does, would make
+/// std's `accept` fail with `WouldBlock`). Every inherited listener comes through here.
+fn adopt(fd: std::os::fd::RawFd) -> Result<TcpListener, Error> {
+    sys::adopt_listener(fd).map_err(|reason| Error::InheritedListener { fd, reason })
+}
+
+/// The listener of an exec-mode worker: fd 3, adopted.
 pub(crate) fn inherited() -> Result<TcpListener, Error> {
-    sys::take_listener(crate::exec::LISTENER_FD)
-        .map_err(|reason| Error::InheritedListener { fd: 3, reason })
+    adopt(LISTENER_FD)
 }
 
 fn env_bytes(name: &str) -> Option<Vec<u8>> {
@@ -110,10 +123,9 @@ pub(crate) fn systemd() -> Result<Option<(TcpListener, String)>, Error> {
         return Ok(None);
     };
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        // SAFETY: the master reads the environment only here and in `run`, on this thread,
-        // before any worker starts; the documented requirement is that no other thread
-        // touches the environment concurrently.
-        unsafe { sys::unsetenv(var) };
+        // Left in place by a multi-threaded process, they are harmless: LISTEN_PID names
+        // this process, so no worker or other child takes them for its own.
+        sys::remove_env_if_single_threaded(var);
     }
     if parsed.count > 1 {
         log::warn!(
@@ -126,8 +138,7 @@ pub(crate) fn systemd() -> Result<Option<(TcpListener, String)>, Error> {
         .first()
         .cloned()
         .unwrap_or_else(|| "unknown".to_owned());
-    let listener =
-        sys::take_listener(3).map_err(|reason| Error::InheritedListener { fd: 3, reason })?;
+    let listener = adopt(protocol::LISTEN_FDS_START)?;
     Ok(Some((listener, name)))
 }
 
@@ -167,10 +178,10 @@ pub(crate) fn exec_worker_listener(
 /// Whether this process is an exec-mode worker (`FASTHTTP_PREFORK_CHILD=1`), and its slot
 /// (`PREFORK_WORKER_ID`, 0 when absent, as under a fasthttp master).
 pub(crate) fn exec_child() -> Result<Option<usize>, Error> {
-    let flag = env_bytes(crate::exec::CHILD_ENV);
+    let flag = env_bytes(protocol::CHILD_ENV);
     if !protocol::parse_child_flag(flag.as_deref())? {
         return Ok(None);
     }
-    let id = env_bytes(crate::exec::WORKER_ID_ENV);
+    let id = env_bytes(protocol::WORKER_ID_ENV);
     Ok(Some(protocol::parse_worker_id(id.as_deref())?.unwrap_or(0)))
 }

@@ -12,6 +12,11 @@ use crate::error::Error;
 pub const CHILD_ENV: &str = "FASTHTTP_PREFORK_CHILD";
 /// The worker's slot, set by our master in exec mode.
 pub const WORKER_ID_ENV: &str = "PREFORK_WORKER_ID";
+/// The descriptor on which an exec-mode worker of our master reports that it is ready (this
+/// crate's addition to the protocol; absent under a fasthttp master).
+pub const READY_FD_ENV: &str = "PREFORK_READY_FD";
+/// The descriptor our master puts the readiness pipe on.
+pub const READY_FD: i32 = 4;
 /// systemd socket activation: the pid the passed descriptors are meant for.
 pub const LISTEN_PID_ENV: &str = "LISTEN_PID";
 /// systemd socket activation: how many descriptors were passed, from fd 3 on.
@@ -91,6 +96,21 @@ pub fn parse_child_flag(value: Option<&[u8]>) -> Result<bool, Error> {
 /// Parses `PREFORK_WORKER_ID`: absent → `None`; a canonical decimal number (digits only, no
 /// sign, no whitespace, no leading zero except `0` itself) up to [`MAX_WORKER_ID`] →
 /// `Some(id)`. Anything else, the empty string included, is an error.
+/// Parses `PREFORK_READY_FD`: absent, or a descriptor number from 3 to 1023.
+pub fn parse_ready_fd(value: Option<&[u8]>) -> Result<Option<i32>, Error> {
+    let Some(v) = value else {
+        return Ok(None);
+    };
+    match parse_decimal(v, 1023) {
+        Some(n) if n >= 3 => Ok(i32::try_from(n).ok()),
+        _ => Err(invalid(
+            READY_FD_ENV,
+            v,
+            "expected a descriptor number from 3 to 1023, digits only".to_owned(),
+        )),
+    }
+}
+
 pub fn parse_worker_id(value: Option<&[u8]>) -> Result<Option<usize>, Error> {
     let Some(v) = value else {
         return Ok(None);

@@ -1,40 +1,70 @@
 //! The supervisor: a pure state machine with no system calls.
 //!
-//! Events go in (a worker was spawned, a worker exited, a signal arrived, time passed) and
-//! [`Action`]s come out (spawn slot k, signal pid p, the master is ready). The driver
-//! (`driver.rs`) performs the actions against the kernel and feeds back what happened.
-//! Time is a [`Duration`] since an arbitrary epoch chosen by the caller, so tests and the fuzz
-//! target can drive it with any sequence of events and instants.
+//! # Calling protocol
+//!
+//! Events go in, [`Action`]s come out; time is a [`Duration`] since an epoch the caller
+//! chooses, passed to every event. The driver:
+//!
+//! 1. creates the supervisor ([`Supervisor::new`]), which queues one spawn per slot;
+//! 2. performs every queued action ([`Supervisor::next_action`] until `None`), reporting each
+//!    spawn's outcome at once ([`Supervisor::on_spawned`] or [`Supervisor::on_spawn_failed`]);
+//! 3. sleeps until an event or [`Supervisor::next_deadline`], then feeds what happened: a
+//!    worker reported that it is inside `serve` ([`Supervisor::on_ready`]), a worker was
+//!    reaped ([`Supervisor::on_exit`]), a signal arrived ([`Supervisor::on_signal`]), a
+//!    deadline passed ([`Supervisor::on_timer`]), the driver itself failed
+//!    ([`Supervisor::fail`]); after each event it performs the queued actions again;
+//! 4. stops when [`Supervisor::outcome`] is `Some` (every worker is reaped).
+//!
+//! # The lifecycle of a worker
+//!
+//! spawning -> running (forked) -> ready (inside `serve`) -> retiring (asked to drain) ->
+//! exited. A worker is asked to drain (TERM) only when its replacement, if it has one, is
+//! ready, and is killed when the grace period ends.
 //!
 //! # Policies
 //!
-//! * Every exit the supervisor did not ask for is *unexpected* (exit code 0 included): the
-//!   slot is respawned, and the exit is counted. More than `recover_threshold` unexpected
-//!   exits within `recover_window` stops everything with [`Failure::OverRecovery`], so with
-//!   threshold k at least k respawns happen first.
-//! * The delay before a respawn is `recover_interval`, doubled for each further exit of the
-//!   same slot that comes less than [`FAST_CRASH`] after its start, up to 32 × the interval.
+//! * An exit the master caused is never a crash: a retired or stopped worker, or one that
+//!   died of a signal the master forwarded to it (USR1 left at its default action) is
+//!   replaced, or not, without being counted.
+//! * The crash-loop guard judges boot loops only: a worker that exits before it reported
+//!   ready, or by itself (an exit code, or a fault such as `SIGSEGV`) within [`FAST_CRASH`]
+//!   of being ready, is counted; more than `recover_threshold` such exits within
+//!   `recover_window` stop everything with [`Failure::OverRecovery`]. A worker that served and
+//!   was then killed from outside (an OOM kill, an operator's `kill`) is respawned without
+//!   being counted.
+//! * The delay before a respawn is `recover_interval`; each further exit of the same slot
+//!   less than [`FAST_CRASH`] after its start doubles it (from 10 ms when the interval is
+//!   zero), up to 32 times.
 //! * A worker that exits with [`crate::EXIT_FATAL`] is not respawned: everything stops
 //!   gracefully and the run fails with [`Failure::WorkerFatal`].
 //! * TERM/INT: TERM to every worker, KILL after `shutdown_grace`; a second TERM/INT kills at
-//!   once. HUP: rolling restart, one slot at a time, the new worker started before the old one
-//!   is told to stop. TTIN/TTOU: one worker more/less. USR1/USR2: forwarded to every worker.
+//!   once. HUP: rolling restart, one slot at a time; a HUP during one queues one more. TTIN
+//!   and TTOU: one slot more or less. USR1/USR2: forwarded to every worker.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-/// A worker that exits sooner than this after its start counts as crashing fast, which
-/// doubles the delay before its slot's next respawn.
-pub const FAST_CRASH: Duration = Duration::from_secs(1);
+use crate::sys::signal::{self, Signal};
+
+/// A worker that exits sooner than this after its start counts as crashing fast (its slot's
+/// respawn delay doubles), and one that exits by itself sooner than this after it reported
+/// ready counts as a boot failure.
+pub(crate) const FAST_CRASH: Duration = Duration::from_secs(1);
 
 /// Exit code by which a worker reports a fatal start-up failure (see [`crate::EXIT_FATAL`]).
 const EXIT_FATAL: i32 = crate::EXIT_FATAL;
 
-/// The most a respawn delay grows to, as a multiple of `recover_interval`.
+/// The most a respawn delay grows to, as a multiple of its base.
 const MAX_BACKOFF_FACTOR: u32 = 32;
+
+/// The base of the respawn backoff when `recover_interval` is zero.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
 
 /// A delay before retrying a failed `fork`, used when `recover_interval` is shorter.
 const SPAWN_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// How many counted exits a [`Failure::OverRecovery`] reports in detail (the latest ones).
+pub(crate) const REPORTED_EXITS: usize = 16;
 
 /// How a worker process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,118 +75,189 @@ pub enum WorkerExit {
     Signal(i32),
 }
 
-impl std::fmt::Display for WorkerExit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match *self {
-            WorkerExit::Code(c) => write!(f, "exit code {c}"),
-            WorkerExit::Signal(s) => write!(f, "signal {}", signal_name(s)),
+impl WorkerExit {
+    /// Whether the worker ended by its own doing: an exit code, or a fault signal.
+    fn self_inflicted(self) -> bool {
+        match self {
+            WorkerExit::Code(_) => true,
+            WorkerExit::Signal(s) => signal::is_fault(s),
         }
     }
 }
 
-/// The name of a signal (`SIGTERM`), or its number for the rare ones.
-pub fn signal_name(signal: i32) -> String {
-    let name = match signal {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        5 => "SIGTRAP",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        10 => "SIGUSR1",
-        11 => "SIGSEGV",
-        12 => "SIGUSR2",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
-        17 => "SIGCHLD",
-        18 => "SIGCONT",
-        19 => "SIGSTOP",
-        21 => "SIGTTIN",
-        22 => "SIGTTOU",
-        _ => return format!("signal {signal}"),
-    };
-    name.to_owned()
+impl std::fmt::Display for WorkerExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            WorkerExit::Code(c) => write!(f, "exit code {c}"),
+            WorkerExit::Signal(s) => write!(f, "signal {}", signal::name_of(s)),
+        }
+    }
 }
 
-/// Signal numbers the supervisor reacts to (Linux values on every architecture we support).
-pub mod sig {
-    pub const HUP: i32 = 1;
-    pub const INT: i32 = 2;
-    pub const KILL: i32 = 9;
-    pub const USR1: i32 = 10;
-    pub const USR2: i32 = 12;
-    pub const TERM: i32 = 15;
-    pub const TTIN: i32 = 21;
-    pub const TTOU: i32 = 22;
+/// A worker exit counted by the crash-loop guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CountedExit {
+    /// The worker's slot.
+    pub slot: usize,
+    /// Its pid.
+    pub pid: u32,
+    /// How it ended.
+    pub exit: WorkerExit,
+    /// Whether it had reported ready (it was inside `serve`).
+    pub was_ready: bool,
+}
+
+impl std::fmt::Display for CountedExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let when = if self.was_ready {
+            "just after it was ready"
+        } else {
+            "before it was ready"
+        };
+        write!(
+            f,
+            "worker {} (pid {}): {} {when}",
+            self.slot, self.pid, self.exit
+        )
+    }
 }
 
 /// The supervisor's settings, validated by the builder.
 #[derive(Debug, Clone)]
-pub struct Config {
-    pub workers: usize,
-    pub recover_threshold: usize,
-    pub recover_window: Duration,
-    pub recover_interval: Duration,
-    pub shutdown_grace: Duration,
+pub(crate) struct Config {
+    pub(crate) workers: usize,
+    pub(crate) recover_threshold: usize,
+    pub(crate) recover_window: Duration,
+    pub(crate) recover_interval: Duration,
+    pub(crate) shutdown_grace: Duration,
 }
 
 /// Why a run failed, as far as the supervisor knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// Too many unexpected exits within the window.
-    OverRecovery { exits: usize },
+pub(crate) enum Failure {
+    /// Too many boot failures within the window: how many, and the latest of them.
+    OverRecovery {
+        count: usize,
+        latest: Vec<CountedExit>,
+    },
     /// A worker reported a fatal start-up failure.
     WorkerFatal { slot: usize, pid: u32, code: i32 },
     /// The driver reported a failure of its own (a hook, a system call); it keeps the details.
     External,
 }
 
+/// Why the supervisor sends a signal: the driver logs accordingly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// The graceful stop of the whole run.
+    Stop,
+    /// The worker is retired: replaced by a rolling restart, or its slot closed (TTOU).
+    Retire,
+    /// A signal the master received, forwarded.
+    Forward,
+    /// The worker did not exit within the grace period.
+    GraceExpired,
+    /// A forced stop: a second TERM, or a failure.
+    Kill,
+}
+
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+#[must_use]
+pub(crate) enum Action {
     /// Start a worker in `slot`. `recovers` is the pid it replaces after an unexpected exit.
     Spawn { slot: usize, recovers: Option<u32> },
     /// Send `signal` to the worker `pid`.
-    Signal { pid: u32, signal: i32 },
-    /// Every initial worker runs: the `on_master_ready` moment.
+    Signal { pid: u32, signal: Signal, why: Why },
+    /// Every initial worker is ready: the `on_master_ready` moment (systemd `READY=1`).
     Ready { pids: Vec<u32> },
-    /// `slot` was taken out of service (TTOU): what the driver holds for it may go.
+    /// A rolling restart began (systemd `RELOADING=1`).
+    Reloading,
+    /// A rolling restart finished: every slot has a new, ready worker (`READY=1`).
+    Reloaded,
+    /// A graceful stop began (systemd `STOPPING=1`).
+    Stopping,
+    /// The number of slots in service changed to `active` (slots `0..active`, TTIN/TTOU):
+    /// new connections go to those slots only.
+    Steer { active: usize },
+    /// `slot` is out of service and its last worker is gone: what the driver holds for it
+    /// may go.
     Closed { slot: usize },
+}
+
+/// How the exit of a worker is judged, returned by [`Supervisor::on_exit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// The master asked it to stop (graceful stop, rolling restart, TTOU).
+    Requested,
+    /// It died of a signal the master forwarded to it; replaced, not counted.
+    Forwarded,
+    /// It served, then died from outside; replaced, not counted.
+    Crashed,
+    /// It exited before it was ready, or by itself just after: counted.
+    BootFailure,
+    /// It exited with [`crate::EXIT_FATAL`]: the run stops.
+    Fatal,
+}
+
+/// A reaped worker: its slot and how its exit is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Exited {
+    pub(crate) slot: usize,
+    pub(crate) cause: Cause,
+}
+
+/// The signals the master forwarded to one worker, as a bit set over [`Signal::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Forwarded(u16);
+
+impl Forwarded {
+    fn bit(signal: Signal) -> u16 {
+        let i = Signal::ALL.iter().position(|&s| s == signal).unwrap_or(0);
+        1 << i
+    }
+
+    fn add(&mut self, signal: Signal) {
+        self.0 |= Forwarded::bit(signal);
+    }
+
+    fn has(self, raw: i32) -> bool {
+        Signal::from_raw(raw).is_some_and(|s| self.0 & Forwarded::bit(s) != 0)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Slot {
     /// A spawn action is queued or being performed.
-    Spawning {
-        recovers: Option<u32>,
-    },
+    Spawning { recovers: Option<u32> },
     Running {
         pid: u32,
         started: Duration,
+        /// When it reported that it is inside `serve`.
+        ready: Option<Duration>,
+        forwarded: Forwarded,
     },
     /// Waiting for its respawn time.
-    Waiting {
-        at: Duration,
-        recovers: Option<u32>,
-    },
+    Waiting { at: Duration, recovers: Option<u32> },
     /// Taken out of service (TTOU, or the run is stopping).
     Closed,
 }
 
-/// A worker that was asked to stop (rolling restart, TTOU) while the run goes on.
+/// A worker asked to stop (rolling restart, TTOU) while the run goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Retiring {
     slot: usize,
+    /// When it will be killed; `None` while it has not been told yet (its replacement is
+    /// not ready) or after the KILL was sent.
     kill_at: Option<Duration>,
+    /// Whether it was told to drain.
+    told: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
-    /// Initial workers are being spawned.
+    /// Initial workers are being spawned and are not all ready yet.
     Starting,
     Running,
     Stopping {
@@ -166,27 +267,30 @@ enum Phase {
     Done(Result<(), Failure>),
 }
 
-/// The supervisor state machine. See the module docs for its policies.
+/// The supervisor state machine. See the module docs for its calling protocol and policies.
 #[derive(Debug)]
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     cfg: Config,
     slots: Vec<Slot>,
     /// Fast-crash streak per slot, for the respawn backoff.
     streak: Vec<u32>,
     retiring: BTreeMap<u32, Retiring>,
-    /// Times of recent unexpected exits, oldest first.
-    recent: VecDeque<Duration>,
+    /// Times and details of recent counted exits, oldest first; never longer than
+    /// `recover_threshold + 1`, and its capacity follows its length.
+    recent: VecDeque<(Duration, CountedExit)>,
     /// Slots still to restart in the current rolling restart.
     restart_queue: VecDeque<usize>,
     /// The slot being restarted and the pid it replaces.
     restarting: Option<(usize, u32)>,
+    /// A HUP arrived during a rolling restart: one more follows.
+    hup_pending: bool,
     phase: Phase,
     actions: VecDeque<Action>,
 }
 
 impl Supervisor {
     /// A supervisor that starts with every slot queued for spawning.
-    pub fn new(cfg: Config) -> Supervisor {
+    pub(crate) fn new(cfg: Config) -> Supervisor {
         let n = cfg.workers;
         let mut sup = Supervisor {
             slots: vec![Slot::Spawning { recovers: None }; n],
@@ -195,6 +299,7 @@ impl Supervisor {
             recent: VecDeque::new(),
             restart_queue: VecDeque::new(),
             restarting: None,
+            hup_pending: false,
             phase: Phase::Starting,
             actions: VecDeque::new(),
             cfg,
@@ -209,12 +314,12 @@ impl Supervisor {
     }
 
     /// The next action to perform, if any.
-    pub fn next_action(&mut self) -> Option<Action> {
+    pub(crate) fn next_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
 
     /// The outcome, once every worker is gone after a stop.
-    pub fn outcome(&self) -> Option<&Result<(), Failure>> {
+    pub(crate) fn outcome(&self) -> Option<&Result<(), Failure>> {
         match &self.phase {
             Phase::Done(r) => Some(r),
             _ => None,
@@ -222,12 +327,12 @@ impl Supervisor {
     }
 
     /// Whether a stop has begun.
-    pub fn is_stopping(&self) -> bool {
+    pub(crate) fn is_stopping(&self) -> bool {
         matches!(self.phase, Phase::Stopping { .. } | Phase::Done(_))
     }
 
     /// The worker slot a live pid belongs to.
-    pub fn slot_of(&self, pid: u32) -> Option<usize> {
+    pub(crate) fn slot_of(&self, pid: u32) -> Option<usize> {
         self.slots
             .iter()
             .position(|s| matches!(s, Slot::Running { pid: p, .. } if *p == pid))
@@ -235,31 +340,35 @@ impl Supervisor {
     }
 
     /// Pids of every live worker, retiring ones included.
-    pub fn live_pids(&self) -> Vec<u32> {
-        let mut pids: Vec<u32> = self
-            .slots
-            .iter()
-            .filter_map(|s| match s {
-                Slot::Running { pid, .. } => Some(*pid),
-                _ => None,
-            })
-            .collect();
+    pub(crate) fn live_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.slots.iter().filter_map(Slot::pid).collect();
         pids.extend(self.retiring.keys());
         pids
     }
 
     /// Number of slots ever created (in service or not).
-    pub fn slot_count(&self) -> usize {
+    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
+    pub(crate) fn slot_count(&self) -> usize {
         self.slots.len()
     }
 
     /// Number of slots in service (not closed).
-    pub fn active_slots(&self) -> usize {
+    pub(crate) fn active_slots(&self) -> usize {
         self.slots.iter().filter(|s| **s != Slot::Closed).count()
     }
 
+    /// How many of the live workers reported ready, and how many are live.
+    pub(crate) fn ready_count(&self) -> (usize, usize) {
+        let running = self.slots.iter().filter(|s| s.pid().is_some());
+        let ready = running
+            .clone()
+            .filter(|s| matches!(s, Slot::Running { ready: Some(_), .. }))
+            .count();
+        (ready, running.count() + self.retiring.len())
+    }
+
     /// The earliest instant at which [`Supervisor::on_timer`] has something to do.
-    pub fn next_deadline(&self) -> Option<Duration> {
+    pub(crate) fn next_deadline(&self) -> Option<Duration> {
         let waits = self.slots.iter().filter_map(|s| match s {
             Slot::Waiting { at, .. } => Some(*at),
             _ => None,
@@ -273,65 +382,82 @@ impl Supervisor {
     }
 
     /// The driver started the worker for `slot` as `pid`.
-    pub fn on_spawned(&mut self, slot: usize, pid: u32, now: Duration) {
+    pub(crate) fn on_spawned(&mut self, slot: usize, pid: u32, now: Duration) {
         let Some(state) = self.slots.get_mut(slot) else {
             return;
         };
         if !matches!(state, Slot::Spawning { .. }) {
             return;
         }
-        *state = Slot::Running { pid, started: now };
+        *state = Slot::Running {
+            pid,
+            started: now,
+            ready: None,
+            forwarded: Forwarded::default(),
+        };
         if self.is_stopping() {
             // Stop began while this spawn was in flight: stop the newcomer too.
-            let signal = match self.phase {
-                Phase::Stopping { kill_at: None, .. } => sig::KILL,
-                _ => sig::TERM,
+            let (signal, why) = match self.phase {
+                Phase::Stopping { kill_at: None, .. } => (Signal::Kill, Why::Kill),
+                _ => (Signal::Term, Why::Stop),
             };
-            self.actions.push_back(Action::Signal { pid, signal });
+            self.actions.push_back(Action::Signal { pid, signal, why });
+        }
+    }
+
+    /// The worker `pid` reported that it is inside `serve`.
+    pub(crate) fn on_ready(&mut self, pid: u32, now: Duration) {
+        let Some(slot) = self.slots.iter().position(|s| s.pid() == Some(pid)) else {
+            return;
+        };
+        let Slot::Running { ready, .. } = &mut self.slots[slot] else {
+            unreachable!("found by pid just above")
+        };
+        if ready.is_some() {
             return;
         }
-        if self.restarting.map(|(s, _)| s) == Some(slot) {
-            let (_, old) = self.restarting.expect("checked just above");
-            // Told once: a replacement that crashed and came back does not restart the old
-            // worker's grace period.
-            if let Some(r) = self.retiring.get_mut(&old).filter(|r| r.kill_at.is_none()) {
-                r.kill_at = Some(now.saturating_add(self.cfg.shutdown_grace));
-                self.actions.push_back(Action::Signal {
-                    pid: old,
-                    signal: sig::TERM,
-                });
+        *ready = Some(now);
+        if self.is_stopping() {
+            return;
+        }
+        if let Some((s, old)) = self.restarting {
+            if s == slot {
+                self.tell_retiring(old, now);
+                if self.restart_queue.is_empty() {
+                    self.actions.push_back(Action::Reloaded);
+                }
             }
         }
-        if self.phase == Phase::Starting
-            && self
-                .slots
-                .iter()
-                .all(|s| matches!(s, Slot::Running { .. } | Slot::Closed))
-        {
+        if self.phase == Phase::Starting && self.slots.iter().all(Slot::is_ready_or_closed) {
             self.phase = Phase::Running;
             self.actions.push_back(Action::Ready {
-                pids: self.live_pids(),
+                pids: self.slots.iter().filter_map(Slot::pid).collect(),
             });
         }
     }
 
     /// The driver could not start a worker for `slot` (fork failed). Before the master is
-    /// ready this fails the run; later it counts as an unexpected exit and is retried.
-    pub fn on_spawn_failed(&mut self, slot: usize, now: Duration) {
+    /// ready this fails the run; later it counts as a boot failure and is retried.
+    pub(crate) fn on_spawn_failed(&mut self, slot: usize, now: Duration) {
         let Some(Slot::Spawning { recovers }) = self.slots.get(slot).cloned() else {
             return;
         };
+        self.slots[slot] = Slot::Closed;
         if self.phase == Phase::Starting {
-            self.slots[slot] = Slot::Closed;
             self.stop(now, true, Err(Failure::External));
             return;
         }
-        self.slots[slot] = Slot::Closed;
         if self.is_stopping() {
             self.maybe_done();
             return;
         }
-        if self.count_unexpected(now) {
+        let counted = CountedExit {
+            slot,
+            pid: 0,
+            exit: WorkerExit::Code(-1),
+            was_ready: false,
+        };
+        if self.count_boot_failure(now, counted) {
             return;
         }
         let delay = self.cfg.recover_interval.max(SPAWN_RETRY_DELAY);
@@ -341,51 +467,80 @@ impl Supervisor {
         };
     }
 
-    /// A worker was reaped. Returns its slot, or `None` for a pid that is not a worker.
-    pub fn on_exit(&mut self, pid: u32, exit: WorkerExit, now: Duration) -> Option<usize> {
+    /// A worker was reaped. Returns its slot and how the exit is judged, or `None` for a pid
+    /// that is not a worker.
+    pub(crate) fn on_exit(&mut self, pid: u32, exit: WorkerExit, now: Duration) -> Option<Exited> {
         if let Some(r) = self.retiring.remove(&pid) {
             if self.restarting.map(|(_, old)| old) == Some(pid) {
                 self.restarting = None;
                 self.advance_restart();
             }
+            if self.slots[r.slot] == Slot::Closed && self.slot_unused(r.slot) {
+                self.actions.push_back(Action::Closed { slot: r.slot });
+            }
             self.maybe_done();
-            return Some(r.slot);
+            return Some(Exited {
+                slot: r.slot,
+                cause: Cause::Requested,
+            });
         }
-        let slot = self
-            .slots
-            .iter()
-            .position(|s| matches!(s, Slot::Running { pid: p, .. } if *p == pid))?;
-        let Slot::Running { started, .. } = self.slots[slot] else {
-            unreachable!("matched Running just above")
+        let slot = self.slots.iter().position(|s| s.pid() == Some(pid))?;
+        let Slot::Running {
+            started,
+            ready,
+            forwarded,
+            ..
+        } = self.slots[slot]
+        else {
+            unreachable!("found by pid just above")
         };
         self.slots[slot] = Slot::Closed;
+        let exited = |cause| Some(Exited { slot, cause });
         if self.is_stopping() {
             self.maybe_done();
-            return Some(slot);
+            return exited(Cause::Requested);
         }
         if exit == WorkerExit::Code(EXIT_FATAL) {
-            self.stop(
-                now,
-                false,
-                Err(Failure::WorkerFatal {
-                    slot,
-                    pid,
-                    code: EXIT_FATAL,
-                }),
-            );
-            return Some(slot);
+            let failure = Failure::WorkerFatal {
+                slot,
+                pid,
+                code: EXIT_FATAL,
+            };
+            self.stop(now, false, Err(failure));
+            return exited(Cause::Fatal);
         }
-        if self.count_unexpected(now) {
-            return Some(slot);
-        }
-        let lived = now.saturating_sub(started);
-        self.streak[slot] = if lived < FAST_CRASH {
-            self.streak[slot].saturating_add(1)
-        } else {
-            1
+        let cause = match exit {
+            WorkerExit::Signal(s) if forwarded.has(s) => Cause::Forwarded,
+            _ => match ready {
+                None => Cause::BootFailure,
+                Some(t) if now.saturating_sub(t) < FAST_CRASH && exit.self_inflicted() => {
+                    Cause::BootFailure
+                }
+                Some(_) => Cause::Crashed,
+            },
         };
-        let factor = 1u32 << (self.streak[slot] - 1).min(MAX_BACKOFF_FACTOR.trailing_zeros());
-        let delay = self.cfg.recover_interval.saturating_mul(factor);
+        if cause == Cause::BootFailure {
+            let counted = CountedExit {
+                slot,
+                pid,
+                exit,
+                was_ready: ready.is_some(),
+            };
+            if self.count_boot_failure(now, counted) {
+                return exited(cause);
+            }
+        }
+        let delay = if cause == Cause::Forwarded {
+            Duration::ZERO
+        } else {
+            let lived = now.saturating_sub(started);
+            self.streak[slot] = if lived < FAST_CRASH {
+                self.streak[slot].saturating_add(1)
+            } else {
+                1
+            };
+            self.backoff(self.streak[slot])
+        };
         self.slots[slot] = Slot::Waiting {
             at: now.saturating_add(delay),
             recovers: Some(pid),
@@ -393,44 +548,77 @@ impl Supervisor {
         if delay.is_zero() {
             self.on_timer(now);
         }
-        Some(slot)
+        exited(cause)
     }
 
-    /// Counts an unexpected exit; on going over the threshold, begins the fatal stop and
-    /// returns true.
-    fn count_unexpected(&mut self, now: Duration) -> bool {
-        self.recent.push_back(now);
-        while let Some(&t) = self.recent.front() {
+    /// The respawn delay after the `streak`-th fast exit in a row of one slot.
+    fn backoff(&self, streak: u32) -> Duration {
+        let interval = self.cfg.recover_interval;
+        if streak <= 1 {
+            return interval;
+        }
+        let base = if interval.is_zero() {
+            MIN_BACKOFF
+        } else {
+            interval
+        };
+        let factor = 1u32 << (streak - 1).min(MAX_BACKOFF_FACTOR.trailing_zeros());
+        base.saturating_mul(factor)
+    }
+
+    /// Counts a boot failure; on going over the threshold, begins the fatal stop and returns
+    /// true.
+    fn count_boot_failure(&mut self, now: Duration, exit: CountedExit) -> bool {
+        self.recent.push_back((now, exit));
+        while let Some(&(t, _)) = self.recent.front() {
             if now.saturating_sub(t) >= self.cfg.recover_window {
                 self.recent.pop_front();
             } else {
                 break;
             }
         }
+        if self.recent.capacity() > 2 * self.recent.len().max(8) {
+            self.recent.shrink_to(self.recent.len().max(8));
+        }
         if self.recent.len() > self.cfg.recover_threshold {
-            let exits = self.recent.len();
-            self.stop(now, true, Err(Failure::OverRecovery { exits }));
+            let count = self.recent.len();
+            let latest = self
+                .recent
+                .iter()
+                .rev()
+                .take(REPORTED_EXITS)
+                .rev()
+                .map(|&(_, e)| e)
+                .collect();
+            self.recent.clear();
+            self.stop(now, true, Err(Failure::OverRecovery { count, latest }));
             return true;
         }
         false
     }
 
     /// A signal reached the master.
-    pub fn on_signal(&mut self, signal: i32, now: Duration) {
+    pub(crate) fn on_signal(&mut self, signal: Signal, now: Duration) {
         match signal {
-            sig::TERM | sig::INT => match self.phase {
+            Signal::Term | Signal::Int => match self.phase {
                 Phase::Stopping {
                     kill_at: Some(_), ..
                 } => self.kill_all(),
                 Phase::Stopping { .. } | Phase::Done(_) => {}
                 _ => self.stop(now, false, Ok(())),
             },
-            sig::USR1 | sig::USR2 if !self.is_stopping() => {
+            Signal::Usr1 | Signal::Usr2 if !self.is_stopping() => {
+                for s in self.slots.iter_mut() {
+                    if let Slot::Running { forwarded, .. } = s {
+                        forwarded.add(signal);
+                    }
+                }
                 for pid in self.live_pids() {
-                    self.actions.push_back(Action::Signal { pid, signal });
+                    let why = Why::Forward;
+                    self.actions.push_back(Action::Signal { pid, signal, why });
                 }
             }
-            sig::TTIN if self.phase == Phase::Running => {
+            Signal::Ttin if self.phase == Phase::Running => {
                 let slot = match self.slots.iter().position(|s| *s == Slot::Closed) {
                     Some(slot) => slot,
                     None => {
@@ -444,47 +632,88 @@ impl Supervisor {
                     slot,
                     recovers: None,
                 });
+                self.actions.push_back(Action::Steer {
+                    active: self.active_slots(),
+                });
             }
-            sig::TTOU if self.phase == Phase::Running && self.active_slots() > 1 => {
-                let slot = self
-                    .slots
-                    .iter()
-                    .rposition(|s| *s != Slot::Closed)
-                    .expect("more than one active slot");
-                self.restart_queue.retain(|&s| s != slot);
-                self.actions.push_back(Action::Closed { slot });
-                match std::mem::replace(&mut self.slots[slot], Slot::Closed) {
-                    Slot::Running { pid, .. } => self.retire(pid, slot, now),
-                    Slot::Spawning { .. } => self
-                        .actions
-                        .retain(|a| !matches!(a, Action::Spawn { slot: s, .. } if *s == slot)),
-                    _ => {}
-                }
-                if let Some((s, old)) = self.restarting {
-                    if s == slot {
-                        // The slot was mid-restart: its old worker may not be told yet.
-                        self.restarting = None;
-                        if self.retiring.get(&old).is_some_and(|r| r.kill_at.is_none()) {
-                            self.retire(old, slot, now);
-                        }
-                        self.advance_restart();
-                    }
-                }
+            Signal::Ttou if self.phase == Phase::Running && self.active_slots() > 1 => {
+                self.close_last_slot(now);
             }
-            sig::HUP if self.phase == Phase::Running && self.restarting.is_none() => {
-                self.restart_queue = (0..self.slots.len())
-                    .filter(|&s| matches!(self.slots[s], Slot::Running { .. }))
-                    .collect();
-                self.advance_restart();
+            Signal::Hup if self.phase == Phase::Running => {
+                if self.restarting.is_some() {
+                    self.hup_pending = true;
+                } else {
+                    self.begin_restart();
+                }
             }
             _ => {}
         }
+    }
+
+    /// TTOU: takes the highest slot in service out of service and retires its worker.
+    fn close_last_slot(&mut self, now: Duration) {
+        let slot = self
+            .slots
+            .iter()
+            .rposition(|s| *s != Slot::Closed)
+            .expect("more than one active slot");
+        self.restart_queue.retain(|&s| s != slot);
+        let previous = std::mem::replace(&mut self.slots[slot], Slot::Closed);
+        self.actions.push_back(Action::Steer {
+            active: self.active_slots(),
+        });
+        match previous {
+            Slot::Running { pid, .. } => {
+                self.retiring.insert(
+                    pid,
+                    Retiring {
+                        slot,
+                        kill_at: None,
+                        told: false,
+                    },
+                );
+                self.tell_retiring(pid, now);
+            }
+            Slot::Spawning { .. } => self
+                .actions
+                .retain(|a| !matches!(a, Action::Spawn { slot: s, .. } if *s == slot)),
+            _ => {}
+        }
+        if let Some((s, old)) = self.restarting {
+            if s == slot {
+                // The slot was mid-restart: its old worker may not be told yet.
+                self.restarting = None;
+                self.tell_retiring(old, now);
+                self.advance_restart();
+            }
+        }
+        if self.slot_unused(slot) {
+            self.actions.push_back(Action::Closed { slot });
+        }
+    }
+
+    /// Whether no live worker (running or retiring) belongs to `slot`.
+    fn slot_unused(&self, slot: usize) -> bool {
+        self.slots[slot].pid().is_none() && self.retiring.values().all(|r| r.slot != slot)
+    }
+
+    /// HUP: queues every running slot for replacement and starts the first.
+    fn begin_restart(&mut self) {
+        self.restart_queue = (0..self.slots.len())
+            .filter(|&s| matches!(self.slots[s], Slot::Running { .. }))
+            .collect();
+        if self.restart_queue.is_empty() {
+            return;
+        }
+        self.actions.push_back(Action::Reloading);
+        self.advance_restart();
     }
 
     /// Starts the restart of the next slot in the rolling-restart queue.
     fn advance_restart(&mut self) {
         if self.is_stopping() {
             self.restart_queue.clear();
+            self.hup_pending = false;
             return;
         }
         while let Some(slot) = self.restart_queue.pop_front() {
@@ -494,6 +723,7 @@ impl Supervisor {
                     Retiring {
                         slot,
                         kill_at: None,
+                        told: false,
                     },
                 );
                 self.restarting = Some((slot, pid));
@@ -505,24 +735,27 @@ impl Supervisor {
                 return;
             }
         }
+        if self.restarting.is_none() && std::mem::take(&mut self.hup_pending) {
+            self.begin_restart();
+        }
     }
 
-    fn retire(&mut self, pid: u32, slot: usize, now: Duration) {
-        self.retiring.insert(
-            pid,
-            Retiring {
-                slot,
-                kill_at: Some(now.saturating_add(self.cfg.shutdown_grace)),
-            },
-        );
-        self.actions.push_back(Action::Signal {
-            pid,
-            signal: sig::TERM,
-        });
+    /// Tells a retiring worker to drain (once), with its KILL deadline.
+    fn tell_retiring(&mut self, pid: u32, now: Duration) {
+        let grace = self.cfg.shutdown_grace;
+        if let Some(r) = self.retiring.get_mut(&pid).filter(|r| !r.told) {
+            r.told = true;
+            r.kill_at = Some(now.saturating_add(grace));
+            self.actions.push_back(Action::Signal {
+                pid,
+                signal: Signal::Term,
+                why: Why::Retire,
+            });
+        }
     }
 
     /// Time has reached `now`: due respawns, and KILLs after a grace period.
-    pub fn on_timer(&mut self, now: Duration) {
+    pub(crate) fn on_timer(&mut self, now: Duration) {
         if !self.is_stopping() {
             for slot in 0..self.slots.len() {
                 if let Slot::Waiting { at, recovers } = self.slots[slot] {
@@ -545,7 +778,8 @@ impl Supervisor {
             }
             self.actions.push_back(Action::Signal {
                 pid,
-                signal: sig::KILL,
+                signal: Signal::Kill,
+                why: Why::GraceExpired,
             });
         }
         if let Phase::Stopping {
@@ -553,13 +787,13 @@ impl Supervisor {
         } = self.phase
         {
             if t <= now {
-                self.kill_all();
+                self.kill_remaining(Why::GraceExpired);
             }
         }
     }
 
     /// The driver failed (a hook returned an error, a system call failed): kill everything.
-    pub fn fail(&mut self, now: Duration) {
+    pub(crate) fn fail(&mut self, now: Duration) {
         match &mut self.phase {
             Phase::Stopping { result, .. } => {
                 *result = Err(Failure::External);
@@ -572,21 +806,37 @@ impl Supervisor {
 
     /// Begins a stop: TERM (or KILL when `kill`) to every live worker.
     fn stop(&mut self, now: Duration, kill: bool, result: Result<(), Failure>) {
-        self.actions
-            .retain(|a| !matches!(a, Action::Spawn { .. } | Action::Ready { .. }));
+        self.actions.retain(|a| {
+            !matches!(
+                a,
+                Action::Spawn { .. } | Action::Ready { .. } | Action::Reloaded
+            )
+        });
         self.restart_queue.clear();
         self.restarting = None;
+        self.hup_pending = false;
         for s in self.slots.iter_mut() {
             // A spawning slot's action was queued, and has just been dropped.
             if matches!(s, Slot::Waiting { .. } | Slot::Spawning { .. }) {
                 *s = Slot::Closed;
             }
         }
-        let signal = if kill { sig::KILL } else { sig::TERM };
+        let (signal, why) = if kill {
+            (Signal::Kill, Why::Kill)
+        } else {
+            self.actions.push_back(Action::Stopping);
+            (Signal::Term, Why::Stop)
+        };
         for pid in self.live_pids() {
-            self.actions.push_back(Action::Signal { pid, signal });
+            // A retiring worker already told keeps its earlier KILL deadline.
+            if !kill && self.retiring.get(&pid).is_some_and(|r| r.told) {
+                continue;
+            }
+            if let Some(r) = self.retiring.get_mut(&pid) {
+                r.told = true;
+            }
+            self.actions.push_back(Action::Signal { pid, signal, why });
         }
-        // A retiring worker keeps an earlier KILL deadline; one not yet told gets the stop's.
         self.phase = Phase::Stopping {
             kill_at: if kill {
                 None
@@ -599,13 +849,21 @@ impl Supervisor {
     }
 
     fn kill_all(&mut self) {
+        self.kill_remaining(Why::Kill);
+    }
+
+    fn kill_remaining(&mut self, why: Why) {
         if let Phase::Stopping { kill_at, .. } = &mut self.phase {
             *kill_at = None;
+        }
+        for r in self.retiring.values_mut() {
+            r.kill_at = None;
         }
         for pid in self.live_pids() {
             self.actions.push_back(Action::Signal {
                 pid,
-                signal: sig::KILL,
+                signal: Signal::Kill,
+                why,
             });
         }
     }
@@ -621,6 +879,19 @@ impl Supervisor {
         if !busy && self.retiring.is_empty() {
             self.phase = Phase::Done(result.clone());
         }
+    }
+}
+
+impl Slot {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Slot::Running { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
+
+    fn is_ready_or_closed(&self) -> bool {
+        matches!(self, Slot::Running { ready: Some(_), .. } | Slot::Closed)
     }
 }
 

@@ -6,6 +6,7 @@
 //! `libc` directly: it is the one syscall layer the crate uses (see `docs/design.md`).
 
 pub(crate) mod notice;
+pub(crate) mod reuseport;
 pub(crate) mod signal;
 
 use std::fs;
@@ -90,15 +91,19 @@ pub(crate) enum Fork {
     Child,
 }
 
-/// `fork(2)`.
-///
-/// # Safety
-///
-/// The process must be single-threaded, or the child must restrict itself to
-/// async-signal-safe calls until it execs: any lock held by another thread at the time of the
-/// fork stays locked forever in the child.
-pub(crate) unsafe fn fork() -> io::Result<Fork> {
-    // SAFETY: forwarded to the caller (see the function's contract).
+/// `fork(2)`, for a single-threaded process only: it checks the thread count first and
+/// refuses with `EDEADLK` when other threads run (any lock one of them held at the fork would
+/// stay locked forever in the child).
+pub(crate) fn fork() -> io::Result<Fork> {
+    match thread_count() {
+        Ok(1) => {}
+        Ok(_) => return Err(io::Error::from_raw_os_error(libc::EDEADLK)),
+        // Without /proc the count cannot be read; the master checked what it could at start.
+        Err(_) => {}
+    }
+    // SAFETY: the process is single-threaded (checked just above; a single thread cannot
+    // start another one between the check and the call), so the child inherits no lock
+    // held by some other thread.
     match cvt(unsafe { libc::fork() })? {
         0 => Ok(Fork::Child),
         pid => Ok(Fork::Parent(pid as u32)),
@@ -383,9 +388,9 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Blocks until `fd` is readable or hung up. (A descriptor number is enough: poll on a
 /// closed one reports `POLLNVAL` rather than misbehaving.)
-pub(crate) fn wait_readable(fd: RawFd) -> io::Result<()> {
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut pfd = libc::pollfd {
-        fd,
+        fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
@@ -399,17 +404,6 @@ pub(crate) fn wait_readable(fd: RawFd) -> io::Result<()> {
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
-    }
-}
-
-/// Closes descriptors by number. Used only in a freshly forked child, to drop its copies of
-/// the master's descriptors whose owning values live in the (never to be resumed) master
-/// stack frames.
-pub(crate) fn close_raw(fds: &[RawFd]) {
-    for &fd in fds {
-        // SAFETY: the caller passes descriptors this process inherited from the master and
-        // that no live value in the child will use or close again.
-        unsafe { libc::close(fd) };
     }
 }
 
@@ -527,9 +521,10 @@ fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
     Ok(value)
 }
 
-/// Checks that `fd` is an open, listening TCP socket (IPv4 or IPv6) and takes ownership of
-/// it. The error says which of those it is not.
-pub(crate) fn take_listener(fd: RawFd) -> Result<std::net::TcpListener, String> {
+/// Adopts an inherited listening socket ([`take_inherited`]): checks that `fd` is an open,
+/// listening TCP socket (IPv4 or IPv6), then sets close-on-exec and clears `O_NONBLOCK`. The
+/// error says which of those it is not.
+pub(crate) fn adopt_listener(fd: RawFd) -> Result<std::net::TcpListener, String> {
     let describe = |e: io::Error| match e.raw_os_error() {
         Some(libc::EBADF) => format!("fd {fd} is not open"),
         Some(libc::ENOTSOCK) => format!("fd {fd} is not a socket"),
@@ -544,16 +539,21 @@ pub(crate) fn take_listener(fd: RawFd) -> Result<std::net::TcpListener, String> 
     if listening == 0 {
         return Err(format!("fd {fd} is a TCP socket that is not listening"));
     }
-    // SAFETY: the descriptor is open (the getsockopt calls succeeded) and the caller hands
-    // over its ownership: nothing else in the process uses or closes it afterwards.
-    Ok(unsafe { std::net::TcpListener::from_raw_fd(fd) })
+    let listener = std::net::TcpListener::from(
+        take_inherited(fd).ok_or_else(|| format!("fd {fd} was adopted already"))?,
+    );
+    rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| describe(e.into()))?;
+    listener.set_nonblocking(false).map_err(describe)?;
+    Ok(listener)
 }
 
 /// The pre-`exec` setup of an exec-mode worker, run between `fork` and `execve` by
-/// [`std::process::Command`]: death signal, the listener on fd 3, and every other
-/// descriptor above 2 marked close-on-exec. Only async-signal-safe calls.
+/// [`std::process::Command`]: death signal, the listener on fd 3, the readiness pipe on fd 4,
+/// and every other descriptor above 2 marked close-on-exec. Only async-signal-safe calls.
 pub(crate) fn exec_child_setup(
     listener: Option<RawFd>,
+    ready: RawFd,
     master_pid: u32,
     mask: &SigSet,
 ) -> io::Result<()> {
@@ -564,35 +564,36 @@ pub(crate) fn exec_child_setup(
         // The master died before the prctl: do not exec an orphan.
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
-    let first_closed = match listener {
-        Some(fd) => {
-            if fd == 3 {
-                // SAFETY: F_SETFD on an open descriptor; clearing FD_CLOEXEC keeps it
-                // across exec.
-                cvt(unsafe { libc::fcntl(3, libc::F_SETFD, 0) })?;
-            } else {
-                // SAFETY: dup2 onto 3 gives a descriptor without FD_CLOEXEC.
-                cvt(unsafe { libc::dup2(fd, 3) })?;
-            }
-            4
-        }
-        None => 3,
-    };
+    let mut ready = ready;
+    if ready == 3 && listener.is_some_and(|l| l != 3) {
+        // Moving the listener onto 3 would close the readiness pipe: move it out of the way.
+        // SAFETY: F_DUPFD_CLOEXEC on an open descriptor returns a new one or fails.
+        ready = cvt(unsafe { libc::fcntl(3, libc::F_DUPFD_CLOEXEC, 5) })?;
+    }
+    if let Some(fd) = listener {
+        keep_at(fd, 3)?;
+    }
+    keep_at(ready, 4)?;
     // Mark everything else close-on-exec (Linux 5.11); std's own error-reporting pipe is
     // close-on-exec already, so it keeps working.
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    let first = 5;
+    if listener.is_none() {
+        // SAFETY: F_SETFD on a descriptor that may not be open just fails with EBADF.
+        unsafe { libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     // SAFETY: close_range takes plain integers.
     let r = unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            first_closed as libc::c_uint,
+            first as libc::c_uint,
             libc::c_uint::MAX,
             CLOSE_RANGE_CLOEXEC,
         )
     };
     if r == -1 {
         // Older kernels: walk the descriptor table up to a bound.
-        for fd in first_closed..4096 {
+        for fd in first..4096 {
             // SAFETY: F_SETFD on a descriptor that may not be open just fails with EBADF.
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }
@@ -600,14 +601,54 @@ pub(crate) fn exec_child_setup(
     Ok(())
 }
 
-/// Removes an environment variable.
-///
-/// # Safety
-///
-/// No other thread may read or write the environment at the same time.
-pub(crate) unsafe fn unsetenv(name: &str) {
-    // SAFETY: forwarded to the caller.
+/// Puts `fd` at `target` without close-on-exec, so the exec'd program finds it there.
+fn keep_at(fd: RawFd, target: RawFd) -> io::Result<()> {
+    if fd == target {
+        // SAFETY: F_SETFD on an open descriptor; clearing FD_CLOEXEC keeps it across exec.
+        cvt(unsafe { libc::fcntl(target, libc::F_SETFD, 0) })?;
+    } else {
+        // SAFETY: dup2 onto `target` gives a descriptor without FD_CLOEXEC.
+        cvt(unsafe { libc::dup2(fd, target) })?;
+    }
+    Ok(())
+}
+
+/// Removes an environment variable, if the process is single-threaded (so that no other
+/// thread can read the environment meanwhile); returns whether it did.
+pub(crate) fn remove_env_if_single_threaded(name: &str) -> bool {
+    if !matches!(thread_count(), Ok(1)) {
+        return false;
+    }
+    // SAFETY: the process has one thread (checked just above, and one thread cannot start
+    // another between the check and this call), so nothing reads the environment meanwhile.
     unsafe { std::env::remove_var(name) };
+    true
+}
+
+/// The descriptors below this number that [`take_inherited`] handed out already.
+const INHERITED_LIMIT: usize = 1024;
+static INHERITED: [std::sync::atomic::AtomicBool; INHERITED_LIMIT] =
+    [const { std::sync::atomic::AtomicBool::new(false) }; INHERITED_LIMIT];
+
+/// Takes ownership of a descriptor this process inherited by protocol (fd 3 of systemd
+/// socket activation or of an exec-mode worker, the readiness pipe on fd 4), at most once per
+/// number: a second call for the same number returns `None`, so no two owners can close it.
+/// Also `None` when `fd` is not open, or not in `3..1024`.
+pub(crate) fn take_inherited(fd: RawFd) -> Option<OwnedFd> {
+    let index = usize::try_from(fd)
+        .ok()
+        .filter(|&i| (3..INHERITED_LIMIT).contains(&i))?;
+    // SAFETY: only inspects the descriptor's flags; a number that is not open makes it fail.
+    if rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(fd) }).is_err() {
+        return None;
+    }
+    if INHERITED[index].swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: the descriptor is open (checked above), the protocol that passed it to this
+    // process gives it to the crate, and the flag just set guarantees that this is its only
+    // owner: no other call returns it again.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Write end of the pipe that [`forward_signal`] writes signal numbers to (-1: none).
@@ -674,6 +715,40 @@ pub(crate) fn pipe_nonblocking() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((owned(fds[0]), owned(fds[1])))
 }
 
+/// Writes a pid to the readiness pipe: 4 bytes, native order, one atomic `write(2)` (a pipe
+/// write of at most `PIPE_BUF` bytes is never split or interleaved).
+pub(crate) fn write_pid(fd: BorrowedFd<'_>, pid: u32) -> io::Result<()> {
+    let n = rustix::io::write(fd, &pid.to_ne_bytes())?;
+    if n != 4 {
+        return Err(io::Error::other("short write to the readiness pipe"));
+    }
+    Ok(())
+}
+
+/// Reads every pid the workers wrote to the readiness pipe (non-blocking).
+pub(crate) fn read_pids(fd: BorrowedFd<'_>, out: &mut Vec<u32>) {
+    let mut buf = [0u8; 256];
+    loop {
+        match rustix::io::read(fd, &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => out.extend(
+                buf[..n - n % 4]
+                    .chunks_exact(4)
+                    .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]])),
+            ),
+        }
+    }
+}
+
+/// Whether `fd` is an open pipe (FIFO).
+pub(crate) fn is_pipe(fd: RawFd) -> bool {
+    // SAFETY: fstat only inspects the descriptor; one that is not open makes it fail.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    rustix::fs::fstat(fd).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo
+    })
+}
+
 /// Reads the signal numbers [`forward_signal`] wrote.
 pub(crate) fn read_forwarded(fd: BorrowedFd<'_>, out: &mut Vec<i32>) {
     let mut buf = [0u8; 64];
@@ -690,15 +765,20 @@ pub(crate) fn read_forwarded(fd: BorrowedFd<'_>, out: &mut Vec<i32>) {
 /// Arranges for [`exec_child_setup`] to run in the child of `cmd` between fork and exec.
 pub(crate) fn set_exec_child_setup(
     cmd: &mut std::process::Command,
-    listener: Option<RawFd>,
+    listener: Option<BorrowedFd<'_>>,
+    ready: BorrowedFd<'_>,
     master_pid: u32,
     mask: SigSet,
 ) {
+    // Numbers only from here: the closure runs in the child, right after `Command::spawn`'s
+    // fork, while the caller still holds both descriptors open.
+    let listener = listener.map(|fd| fd.as_raw_fd());
+    let ready = ready.as_raw_fd();
     use std::os::unix::process::CommandExt;
     // SAFETY: exec_child_setup makes only async-signal-safe calls (pthread_sigmask, prctl,
     // getppid, fcntl, dup2, close_range) and allocates nothing, as pre_exec requires in a
     // process that may run other threads.
-    unsafe { cmd.pre_exec(move || exec_child_setup(listener, master_pid, &mask)) };
+    unsafe { cmd.pre_exec(move || exec_child_setup(listener, ready, master_pid, &mask)) };
 }
 
 #[cfg(test)]

@@ -94,3 +94,28 @@ extern "C" fn on_signal(_: libc::c_int) {
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
 }
+
+/// Gives `SIGUSR1` and `SIGUSR2` a handler that does nothing, where they have their default
+/// action (which terminates the process). A handler, unlike `SIG_IGN`, is reset by `exec`,
+/// so programs the worker starts get the default back. A handler the program installed
+/// before the fork, or installs later, takes precedence.
+pub(crate) fn tame_forwarded_signals() {
+    let noop = SigAction::new(
+        SigHandler::Handler(do_nothing),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::Usr1, Signal::Usr2] {
+        // SAFETY: `do_nothing` does nothing, which is async-signal-safe; the previous action
+        // is put back at once unless it was the default.
+        let previous = unsafe { nix::sys::signal::sigaction(signal.nix(), &noop) };
+        if let Ok(previous) = previous {
+            if previous.handler() != SigHandler::SigDfl {
+                // SAFETY: restores exactly what was installed before.
+                let _ = unsafe { nix::sys::signal::sigaction(signal.nix(), &previous) };
+            }
+        }
+    }
+}
+
+extern "C" fn do_nothing(_: libc::c_int) {}

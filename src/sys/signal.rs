@@ -97,6 +97,25 @@ pub(crate) fn name_of(raw: i32) -> String {
     }
 }
 
+/// Whether a process killed by signal `raw` brought it on itself: a fault of its own code
+/// (`SIGSEGV`, `SIGBUS`, `SIGILL`, `SIGFPE`, `SIGABRT` from a failed assertion or abort,
+/// `SIGSYS`, `SIGTRAP`) or a resource limit it ran into (`SIGXCPU`, `SIGXFSZ`), as opposed to
+/// a signal someone sent it (`SIGKILL` from the OOM killer or an operator, `SIGTERM`, …).
+pub(crate) fn is_fault(raw: i32) -> bool {
+    [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGABRT,
+        libc::SIGSYS,
+        libc::SIGTRAP,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+    ]
+    .contains(&raw)
+}
+
 #[cfg(test)]
 mod tests {
     use super::Signal;
@@ -125,5 +144,7 @@ mod tests {
         assert_eq!(Signal::from_raw(libc::SIGSEGV), None);
         assert_eq!(super::name_of(libc::SIGSEGV), "SIGSEGV");
         assert_eq!(Signal::Ttin.name(), "SIGTTIN");
+        assert!(super::is_fault(libc::SIGSEGV));
+        assert!(!super::is_fault(libc::SIGKILL));
     }
 }

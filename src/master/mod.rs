@@ -1,41 +1,63 @@
-//! The master's event loop: one `epoll` over a `signalfd` and one pidfd per worker, feeding
-//! the [`Supervisor`] and performing its actions.
+//! The master: one `epoll` over a `signalfd`, the workers' readiness pipe and one pidfd per
+//! worker, feeding the [`Supervisor`] and performing its actions.
 //!
 //! The master blocks the signals it handles, so they arrive only through the signalfd; it
 //! sleeps in `epoll_wait` with no timeout unless the supervisor has a deadline (a delayed
-//! respawn, a grace period), so an idle master makes no wake-ups at all.
+//! respawn, a grace period) or systemd asked for watchdog pings, so an idle master makes no
+//! wake-ups at all.
+//!
+//! It asks [`listeners::Listeners`] for each slot's socket and starts workers as
+//! [`spawn::Spawn`] says (fork or exec).
+
+pub(crate) mod listeners;
+mod notify;
+pub(crate) mod spawn;
 
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::Termination;
 use std::time::{Duration, Instant};
 
-use crate::builder::{Backend, HookResult, Hooks};
 use crate::child::{self, ChildSetup};
+use crate::config::{Backend, HookResult, Hooks};
 use crate::error::Error;
-use crate::exec::ExecSpec;
-use crate::supervisor::{Action, Config, Failure, Supervisor, WorkerExit, sig, signal_name};
+use crate::supervisor::{Action, Cause, Config, Exited, Failure, Supervisor, Why, WorkerExit};
+use crate::sys::signal::{self, Signal};
 use crate::sys::{self, Fork, Reaped, SigSet};
 use crate::worker::Worker;
+use listeners::Listeners;
+use notify::Notifier;
+use spawn::Spawn;
 
 /// The signals the master takes over while it runs.
-const HANDLED: &[i32] = &[
-    libc::SIGTERM,
-    libc::SIGINT,
-    libc::SIGHUP,
-    libc::SIGTTIN,
-    libc::SIGTTOU,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGCHLD,
+const HANDLED: [Signal; 8] = [
+    Signal::Term,
+    Signal::Int,
+    Signal::Hup,
+    Signal::Ttin,
+    Signal::Ttou,
+    Signal::Usr1,
+    Signal::Usr2,
+    Signal::Chld,
 ];
 
 /// The epoll token of the signalfd; pidfds use their worker's pid.
 const SIGNALFD_TOKEN: u64 = u64::MAX;
 /// The epoll token of the pipe fed by the signal handlers of exec mode.
 const FORWARD_TOKEN: u64 = u64::MAX - 1;
+/// The epoll token of the readiness pipe.
+const READY_TOKEN: u64 = u64::MAX - 2;
+
+/// Everything a run needs, validated by the builder.
+pub(crate) struct Plan {
+    pub(crate) cfg: Config,
+    pub(crate) backend: Backend,
+    pub(crate) spawn: Spawn,
+    pub(crate) listeners: Listeners,
+}
 
 struct Child {
     pidfd: Option<OwnedFd>,
@@ -43,8 +65,23 @@ struct Child {
 
 /// What one wake-up of the loop found, handled one at a time.
 enum Event {
-    Signal(i32),
+    Signal(Signal),
+    Ready(u32),
     Exited(u32, Reaped),
+}
+
+impl Event {
+    /// Signals first (when Ctrl-C reaches the whole process group, the workers' deaths by
+    /// SIGINT arrive with the master's own SIGINT and are then part of the stop rather than
+    /// crashes to respawn), then readiness (a worker that reported ready and died is judged
+    /// as ready), then exits.
+    fn order(&self) -> u8 {
+        match self {
+            Event::Signal(_) => 0,
+            Event::Ready(_) => 1,
+            Event::Exited(..) => 2,
+        }
+    }
 }
 
 /// The handlers that forward signals delivered to other threads (exec mode, where the
@@ -55,46 +92,63 @@ struct Forwarding {
     saved: Vec<sys::SavedAction>,
 }
 
-/// The master's machinery. Dropping it puts the signal mask and the `SIGCHLD` disposition
-/// back as they were and closes every descriptor it opened.
+/// The master's machinery. Dropping it kills and reaps every worker still alive (the loop
+/// unwound), puts the signal mask and the `SIGCHLD` disposition back as they were and closes
+/// every descriptor it opened.
 struct Master {
-    epoll: sys::Epoll,
-    sigfd: OwnedFd,
+    /// The descriptors of the loop, `None` only in a forked worker, which drops them.
+    fds: Option<Fds>,
     old_mask: SigSet,
     saved_chld: Option<sys::SavedAction>,
-    /// Pipe whose write end only the master holds: workers watch the read end to learn of
-    /// the master's death (used when `on_master_death` is set).
-    death_pipe: Option<(OwnedFd, OwnedFd)>,
     children: HashMap<u32, Child>,
     backend: Backend,
     adopts_orphans: bool,
     start: Instant,
-    /// Exec mode: how to start a worker. `None`: fork mode.
-    exec: Option<ExecSpec>,
-    /// Exec mode: signals caught by handlers on other threads arrive through this pipe.
-    forwarding: Option<Forwarding>,
+    spawn: Spawn,
+    listeners: Listeners,
+    notifier: Option<Notifier>,
+    /// When the next watchdog ping is due.
+    next_ping: Option<Duration>,
     /// The first error that made the run fail; later ones are logged only.
     error: Option<Error>,
 }
 
-/// Supervises `cfg.workers` workers until a stop. Fork mode when `exec` is `None` (each
-/// worker runs `serve`), exec mode otherwise (`serve` is not called in the master).
-pub(crate) fn run<F, T>(
-    cfg: Config,
-    backend: Backend,
-    hooks: &mut Hooks,
-    serve: &mut F,
-    exec: Option<ExecSpec>,
-) -> Result<(), Error>
+/// The master's own descriptors, none of which a worker keeps (close-on-exec does not help
+/// without an exec, so a forked worker drops them).
+struct Fds {
+    epoll: sys::Epoll,
+    sigfd: OwnedFd,
+    /// Workers write their pid here when they enter `serve`: `(read end, write end)`.
+    ready: (OwnedFd, OwnedFd),
+    /// Pipe whose write end only the master holds: workers watch the read end to learn of
+    /// the master's death (used when `on_master_death` is set).
+    death_pipe: Option<(OwnedFd, OwnedFd)>,
+    /// Exec mode: signals caught by handlers on other threads arrive through this pipe.
+    forwarding: Option<Forwarding>,
+}
+
+/// Supervises `plan.cfg.workers` workers until a stop. In fork mode each worker runs
+/// `serve` with its listener (`None` for `run`); in exec mode `serve` is not called here.
+pub(crate) fn run<F, T>(plan: Plan, hooks: &mut Hooks, serve: &mut F) -> Result<(), Error>
 where
-    F: FnMut(Worker) -> T,
+    F: FnMut(Option<TcpListener>, Worker) -> T,
     T: Termination,
 {
-    if exec.is_none() {
+    let Plan {
+        cfg,
+        backend,
+        spawn,
+        listeners,
+    } = plan;
+    if matches!(spawn, Spawn::Fork) {
         check_single_threaded()?;
     }
-    let mode = if exec.is_some() { "exec" } else { "fork" };
-    let mut master = Master::new(backend, hooks.on_master_death.is_some(), exec)?;
+    let mode = match spawn {
+        Spawn::Fork => "fork",
+        Spawn::Exec(_) => "exec",
+    };
+    let death = hooks.on_master_death.is_some();
+    let mut master = Master::new(backend, death, spawn, listeners)?;
     log::info!(
         "prefork master {} starting {} workers ({mode} mode, {:?} backend)",
         sys::getpid(),
@@ -116,24 +170,37 @@ fn check_single_threaded() -> Result<(), Error> {
     }
 }
 
+fn raw_signals(signals: &[Signal]) -> Vec<i32> {
+    signals.iter().map(|s| s.raw()).collect()
+}
+
 impl Master {
-    fn new(backend: Backend, watch_death: bool, exec: Option<ExecSpec>) -> Result<Master, Error> {
+    fn new(
+        backend: Backend,
+        watch_death: bool,
+        spawn: Spawn,
+        listeners: Listeners,
+    ) -> Result<Master, Error> {
         let death_pipe = if watch_death {
             Some(sys::pipe().map_err(Error::sys("creating the master-death pipe"))?)
         } else {
             None
         };
+        let ready = sys::pipe_nonblocking().map_err(Error::sys("creating the readiness pipe"))?;
         let epoll = sys::Epoll::new().map_err(Error::sys("epoll_create1"))?;
+        epoll
+            .add(ready.0.as_fd(), READY_TOKEN)
+            .map_err(Error::sys("epoll_ctl"))?;
         // Auto-reaping (SIGCHLD ignored, or SA_NOCLDWAIT) would make exited workers vanish
         // without a trace.
         let saved_chld = match sys::children_auto_reaped() {
             Ok(true) => Some(
-                sys::set_default_disposition(libc::SIGCHLD)
+                sys::set_default_disposition(Signal::Chld.raw())
                     .map_err(Error::sys("resetting SIGCHLD to its default"))?,
             ),
             _ => None,
         };
-        let mask = SigSet::of(HANDLED);
+        let mask = SigSet::of(&raw_signals(&HANDLED));
         let old_mask = match sys::sigmask(libc::SIG_BLOCK, &mask) {
             Ok(old) => old,
             Err(e) => {
@@ -147,7 +214,6 @@ impl Master {
             }
         };
         // From here on, `Master`'s Drop undoes the changes above.
-        let master_sigfd = sys::signalfd(&mask);
         let restore = |e| {
             let _ = sys::sigmask(libc::SIG_SETMASK, &old_mask);
             if let Some(saved) = &saved_chld {
@@ -155,29 +221,52 @@ impl Master {
             }
             e
         };
-        let sigfd = master_sigfd.map_err(|e| restore(Error::sys("signalfd")(e)))?;
+        let sigfd = sys::signalfd(&mask).map_err(|e| restore(Error::sys("signalfd")(e)))?;
         if let Err(e) = epoll.add(sigfd.as_fd(), SIGNALFD_TOKEN) {
             return Err(restore(Error::sys("epoll_ctl")(e)));
         }
+        let notifier = Notifier::from_env(sys::getpid());
         let mut master = Master {
-            epoll,
-            sigfd,
+            fds: Some(Fds {
+                epoll,
+                sigfd,
+                ready,
+                death_pipe,
+                forwarding: None,
+            }),
             old_mask,
             saved_chld,
-            death_pipe,
             children: HashMap::new(),
             backend,
             adopts_orphans: sys::adopts_orphans(),
             start: Instant::now(),
-            exec,
-            forwarding: None,
+            spawn,
+            listeners,
+            next_ping: None,
+            notifier,
             error: None,
         };
-        if master.exec.is_some() {
+        if let Some(every) = master.notifier.as_ref().and_then(|n| n.watchdog) {
+            master.next_ping = Some(every);
+        }
+        if matches!(master.spawn, Spawn::Exec(_)) {
             // From here on Drop restores everything, the handlers included.
-            master.forwarding = Some(master.forward_signals()?);
+            let forwarding = master.forward_signals()?;
+            master.fds_mut().forwarding = Some(forwarding);
         }
         Ok(master)
+    }
+
+    fn fds(&self) -> &Fds {
+        self.fds
+            .as_ref()
+            .expect("only a forked worker gives up the master's descriptors")
+    }
+
+    fn fds_mut(&mut self) -> &mut Fds {
+        self.fds
+            .as_mut()
+            .expect("only a forked worker gives up the master's descriptors")
     }
 
     /// Installs handlers that forward the handled signals through a pipe: in exec mode
@@ -186,10 +275,11 @@ impl Master {
     fn forward_signals(&self) -> Result<Forwarding, Error> {
         let (read, write) =
             sys::pipe_nonblocking().map_err(Error::sys("creating the signal pipe"))?;
-        self.epoll
+        self.fds()
+            .epoll
             .add(read.as_fd(), FORWARD_TOKEN)
             .map_err(Error::sys("epoll_ctl"))?;
-        let saved = sys::forward_signals(HANDLED, write.as_raw_fd())
+        let saved = sys::forward_signals(&raw_signals(&HANDLED), write.as_raw_fd())
             .map_err(Error::sys("installing signal handlers"))?;
         Ok(Forwarding {
             read,
@@ -218,12 +308,12 @@ impl Master {
         serve: &mut F,
     ) -> Result<(), Error>
     where
-        F: FnMut(Worker) -> T,
+        F: FnMut(Option<TcpListener>, Worker) -> T,
         T: Termination,
     {
         let mut sup = Supervisor::new(cfg);
         let mut tokens = Vec::new();
-        let mut signals = Vec::new();
+        let mut raw = Vec::new();
         let mut events = Vec::new();
         loop {
             self.drain(&mut sup, hooks, serve);
@@ -231,53 +321,80 @@ impl Master {
                 let outcome = outcome.clone();
                 return self.finish(outcome);
             }
-            let timeout = sup.next_deadline().map(|d| d.saturating_sub(self.now()));
+            let deadline = match (sup.next_deadline(), self.next_ping) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = deadline.map(|d| d.saturating_sub(self.now()));
             tokens.clear();
-            if let Err(e) = self.epoll.wait(timeout, &mut tokens) {
+            if let Err(e) = self.fds().epoll.wait(timeout, &mut tokens) {
                 return self.abort(Error::sys("epoll_wait")(e));
             }
             for &token in &tokens {
-                signals.clear();
-                if token == FORWARD_TOKEN {
-                    if let Some(fw) = &self.forwarding {
-                        sys::read_forwarded(fw.read.as_fd(), &mut signals);
+                raw.clear();
+                match token {
+                    FORWARD_TOKEN => {
+                        if let Some(fw) = &self.fds().forwarding {
+                            sys::read_forwarded(fw.read.as_fd(), &mut raw);
+                        }
                     }
-                } else if token == SIGNALFD_TOKEN {
-                    if let Err(e) = sys::read_signals(self.sigfd.as_fd(), &mut signals) {
-                        return self.abort(Error::sys("reading the signalfd")(e));
+                    SIGNALFD_TOKEN => {
+                        if let Err(e) = sys::read_signals(self.fds().sigfd.as_fd(), &mut raw) {
+                            return self.abort(Error::sys("reading the signalfd")(e));
+                        }
                     }
-                } else if let Some(how) = self.reap(token as u32) {
-                    events.push(Event::Exited(token as u32, how));
+                    READY_TOKEN => {
+                        let mut pids = Vec::new();
+                        sys::read_pids(self.fds().ready.0.as_fd(), &mut pids);
+                        events.extend(pids.into_iter().map(Event::Ready));
+                    }
+                    pid => {
+                        if let Some(how) = self.reap(pid as u32) {
+                            events.push(Event::Exited(pid as u32, how));
+                        }
+                    }
                 }
-                for &signal in &signals {
-                    if signal == libc::SIGCHLD {
-                        self.on_sigchld(&mut events);
-                    } else {
-                        events.push(Event::Signal(signal));
+                for &n in &raw {
+                    match Signal::from_raw(n) {
+                        Some(Signal::Chld) => self.on_sigchld(&mut events),
+                        Some(s) => events.push(Event::Signal(s)),
+                        None => {}
                     }
                 }
             }
-            // Signals first: when Ctrl-C reaches the whole process group, the workers' deaths
-            // by SIGINT arrive with the master's own SIGINT, and are then part of the stop
-            // rather than crashes to respawn.
-            events.sort_by_key(|e| matches!(e, Event::Exited(..)));
+            events.sort_by_key(Event::order);
             // One event at a time, each followed by the actions it caused: a respawn is
             // performed before the next exit of the batch is counted.
             for event in events.drain(..) {
                 match event {
                     Event::Signal(signal) => self.on_signal(signal, &mut sup),
+                    Event::Ready(pid) => sup.on_ready(pid, self.now()),
                     Event::Exited(pid, how) => self.on_worker_exit(pid, how, &mut sup, hooks),
                 }
                 self.drain(&mut sup, hooks, serve);
             }
+            #[cfg(test)]
+            tests::maybe_panic(&sup);
+            self.ping_watchdog();
             sup.on_timer(self.now());
+        }
+    }
+
+    fn ping_watchdog(&mut self) {
+        let (Some(due), Some(n)) = (self.next_ping, &self.notifier) else {
+            return;
+        };
+        let now = self.now();
+        if due <= now {
+            n.send("WATCHDOG=1");
+            self.next_ping = n.watchdog.map(|every| now + every);
         }
     }
 
     /// Performs every action the supervisor has queued.
     fn drain<F, T>(&mut self, sup: &mut Supervisor, hooks: &mut Hooks, serve: &mut F)
     where
-        F: FnMut(Worker) -> T,
+        F: FnMut(Option<TcpListener>, Worker) -> T,
         T: Termination,
     {
         while let Some(action) = sup.next_action() {
@@ -285,22 +402,18 @@ impl Master {
         }
     }
 
-    fn on_signal(&mut self, signal: i32, sup: &mut Supervisor) {
+    fn on_signal(&mut self, signal: Signal, sup: &mut Supervisor) {
         match signal {
-            sig::TERM | sig::INT if sup.is_stopping() => {
-                log::warn!(
-                    "{} during shutdown: killing workers now",
-                    signal_name(signal)
-                );
+            Signal::Term | Signal::Int if sup.is_stopping() => {
+                log::warn!("{signal} during shutdown: killing workers now");
             }
-            sig::TERM | sig::INT => log::info!(
-                "{}: stopping workers (grace period before KILL)",
-                signal_name(signal)
-            ),
-            sig::HUP => log::info!("SIGHUP: rolling restart of the workers"),
-            sig::TTIN => log::info!("SIGTTIN: adding a worker"),
-            sig::TTOU => log::info!("SIGTTOU: removing a worker"),
-            _ => log::info!("{}: forwarding to the workers", signal_name(signal)),
+            Signal::Term | Signal::Int => {
+                log::info!("{signal}: stopping workers (they drain; KILL after the grace period)")
+            }
+            Signal::Hup => log::info!("SIGHUP: rolling restart of the workers"),
+            Signal::Ttin => log::info!("SIGTTIN: adding a worker"),
+            Signal::Ttou => log::info!("SIGTTOU: removing a worker"),
+            _ => log::info!("{signal}: forwarding to the workers"),
         }
         sup.on_signal(signal, self.now());
     }
@@ -355,22 +468,35 @@ impl Master {
 
     fn on_worker_exit(&mut self, pid: u32, how: Reaped, sup: &mut Supervisor, hooks: &mut Hooks) {
         if let Some(Child { pidfd: Some(fd) }) = self.children.remove(&pid) {
-            let _ = self.epoll.delete(fd.as_fd());
+            let _ = self.fds().epoll.delete(fd.as_fd());
         }
         let exit = exit_of(how);
-        let expected = sup.is_stopping();
-        let Some(slot) = sup.on_exit(pid, exit, self.now()) else {
+        let Some(Exited { slot, cause }) = sup.on_exit(pid, exit, self.now()) else {
             return;
         };
-        if expected {
-            log::info!("worker {slot} (pid {pid}) stopped: {exit}");
-        } else {
-            log::warn!("worker {slot} (pid {pid}) exited: {exit}");
+        match cause {
+            Cause::Requested => log::info!("worker {slot} (pid {pid}) stopped: {exit}"),
+            Cause::Forwarded => log::info!(
+                "worker {slot} (pid {pid}) ended by the {exit} the master forwarded; replacing it"
+            ),
+            Cause::Crashed => log::warn!("worker {slot} (pid {pid}) exited: {exit}; replacing it"),
+            Cause::BootFailure => log::warn!(
+                "worker {slot} (pid {pid}) exited: {exit}, before it was serving or just after \
+                 (counted by the crash-loop guard)"
+            ),
+            Cause::Fatal => log::error!(
+                "worker {slot} (pid {pid}) reported a fatal start-up failure ({exit}): stopping"
+            ),
         }
         if let Some(f) = hooks.on_child_exit.as_mut() {
             let r = call_hook("on_child_exit", || f(slot, pid, exit));
             self.after_hook(r, sup);
         }
+    }
+
+    fn status(&self, sup: &Supervisor) -> String {
+        let (ready, live) = sup.ready_count();
+        format!("{ready} of {live} workers serving")
     }
 
     fn perform<F, T>(
@@ -380,7 +506,7 @@ impl Master {
         hooks: &mut Hooks,
         serve: &mut F,
     ) where
-        F: FnMut(Worker) -> T,
+        F: FnMut(Option<TcpListener>, Worker) -> T,
         T: Termination,
     {
         match action {
@@ -402,47 +528,82 @@ impl Master {
                     None => log::info!("worker {slot} started (pid {pid})"),
                 }
                 if let Some(f) = hooks.on_child_spawn.as_mut() {
-                    let r = call_hook("on_child_spawn", || f(pid));
+                    let r = call_hook("on_child_spawn", || f(slot, pid));
                     if !self.after_hook(r, sup) {
                         return;
                     }
                 }
                 if let (Some(old), Some(f)) = (recovers, hooks.on_child_recover.as_mut()) {
-                    let r = call_hook("on_child_recover", || f(old, pid));
+                    let r = call_hook("on_child_recover", || f(slot, old, pid));
                     self.after_hook(r, sup);
                 }
             }
-            Action::Signal { pid, signal } => {
-                let Some(child) = self.children.get(&pid) else {
-                    return;
-                };
-                log::debug!("sending {} to worker pid {pid}", signal_name(signal));
-                let sent = match &child.pidfd {
-                    Some(fd) => sys::pidfd_send_signal(fd.as_fd(), signal),
-                    None => sys::kill(pid, signal),
-                };
-                match sent {
-                    Ok(()) => {}
-                    // Already exited, not yet reaped: its exit is on its way.
-                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                    Err(e) => log::warn!(
-                        "cannot send {} to worker pid {pid}: {e}",
-                        signal_name(signal)
-                    ),
-                }
-            }
-            Action::Closed { slot } => {
-                if let Some(f) = hooks.on_slot_closed.as_mut() {
-                    f(slot);
-                }
-            }
+            Action::Signal { pid, signal, why } => self.signal(pid, signal, why, sup),
             Action::Ready { pids } => {
-                log::info!("master ready: {} workers running", pids.len());
+                log::info!("master ready: {} workers serving", pids.len());
+                if let Some(n) = &self.notifier {
+                    n.send(&format!("READY=1\nSTATUS={}", self.status(sup)));
+                }
                 if let Some(f) = hooks.on_master_ready.as_mut() {
-                    let r = call_hook("on_master_ready", || f(&pids));
+                    let workers: Vec<(usize, u32)> = pids
+                        .iter()
+                        .filter_map(|&p| Some((sup.slot_of(p)?, p)))
+                        .collect();
+                    let r = call_hook("on_master_ready", || f(&workers));
                     self.after_hook(r, sup);
                 }
             }
+            Action::Reloading => {
+                if let Some(n) = &self.notifier {
+                    n.reloading(&format!("rolling restart; {}", self.status(sup)));
+                }
+            }
+            Action::Reloaded => {
+                log::info!("rolling restart done: every slot has a new worker serving");
+                if let Some(n) = &self.notifier {
+                    n.send(&format!("READY=1\nSTATUS={}", self.status(sup)));
+                }
+            }
+            Action::Stopping => {
+                if let Some(n) = &self.notifier {
+                    n.send("STOPPING=1\nSTATUS=stopping: workers drain");
+                }
+            }
+            Action::Steer { active } => {
+                self.listeners.steer(active);
+                if let Some(n) = &self.notifier {
+                    n.send(&format!("STATUS={active} worker slots"));
+                }
+            }
+            Action::Closed { slot } => self.listeners.close_slot(slot),
+        }
+    }
+
+    fn signal(&mut self, pid: u32, signal: Signal, why: Why, sup: &Supervisor) {
+        let Some(child) = self.children.get(&pid) else {
+            return;
+        };
+        let slot = sup.slot_of(pid).map_or("?".to_owned(), |s| s.to_string());
+        match why {
+            Why::GraceExpired => log::warn!(
+                "worker {slot} (pid {pid}) did not finish draining within the grace period: \
+                 sending {signal}"
+            ),
+            Why::Kill => log::warn!("sending {signal} to worker {slot} (pid {pid})"),
+            Why::Retire => log::info!("worker {slot} (pid {pid}) retired: asked to drain"),
+            Why::Stop | Why::Forward => {
+                log::debug!("sending {signal} to worker {slot} (pid {pid})")
+            }
+        }
+        let sent = match &child.pidfd {
+            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), signal.raw()),
+            None => sys::kill(pid, signal.raw()),
+        };
+        match sent {
+            Ok(()) => {}
+            // Already exited, not yet reaped: its exit is on its way.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => log::warn!("cannot send {signal} to worker pid {pid}: {e}"),
         }
     }
 
@@ -453,7 +614,7 @@ impl Master {
             self.fail(sup, e);
             return false;
         }
-        if self.exec.is_some() {
+        if matches!(self.spawn, Spawn::Exec(_)) {
             return true;
         }
         if let Ok(threads @ 2..) = sys::thread_count() {
@@ -463,44 +624,51 @@ impl Master {
         true
     }
 
-    /// Forks one worker for `slot`. In the child this never returns.
+    /// Starts one worker for `slot`. In a forked child this never returns.
     fn spawn<F, T>(&mut self, slot: usize, hooks: &mut Hooks, serve: &mut F) -> io::Result<u32>
     where
-        F: FnMut(Worker) -> T,
+        F: FnMut(Option<TcpListener>, Worker) -> T,
         T: Termination,
     {
-        if let Some(exec) = &self.exec {
-            let pid = exec.spawn(slot, self.old_mask)?;
+        if let Spawn::Exec(exec) = &self.spawn {
+            let listener = self.listeners.for_slot(slot)?;
+            let fds = self.fds.as_ref().expect("the master's descriptors");
+            let ready = fds.ready.1.as_fd();
+            let pid = exec.spawn(slot, listener, ready, self.old_mask)?;
             self.adopt(pid)?;
             return Ok(pid);
         }
+        self.listeners.for_slot(slot)?;
         // Anything buffered now would otherwise be written twice, once by each process.
         let _ = io::stdout().flush();
         let _ = io::stderr().flush();
         let master_pid = sys::getpid();
-        // Built before the fork so the child allocates nothing: every page it writes is a
-        // copy-on-write fault on the way to `serve`.
-        let close = self.inherited_fds();
-        // SAFETY: the master is single-threaded: `run` checked it before the first fork, and
-        // `after_hook` checks it again after every user hook, the only foreign code the master
-        // runs; the master itself starts no threads.
-        match unsafe { sys::fork() }? {
+        match sys::fork()? {
             Fork::Child => {
+                // The master's values are this process's now, and it never returns into the
+                // master's frames: dropping them closes the worker's copies.
+                let Fds {
+                    ready: (_, ready),
+                    death_pipe,
+                    ..
+                } = self.fds.take().expect("the master's descriptors");
+                self.children.clear();
+                let listener = self.listeners.take_for_worker(slot);
                 let setup = ChildSetup {
                     slot,
                     master_pid,
-                    close,
+                    listener,
+                    ready,
                     old_mask: self.old_mask,
                     saved_chld: self.saved_chld.as_ref(),
-                    death_watch: match (&self.death_pipe, hooks.on_master_death.take()) {
-                        (Some((read, _)), Some(f)) => Some((read.as_raw_fd(), f)),
+                    death_watch: match (death_pipe, hooks.on_master_death.take()) {
+                        (Some((read, _)), Some(f)) => Some((read, f)),
                         _ => None,
                     },
                 };
                 child::run(setup, serve)
             }
             Fork::Parent(pid) => {
-                drop(close);
                 self.adopt(pid)?;
                 Ok(pid)
             }
@@ -515,7 +683,7 @@ impl Master {
     fn adopt(&mut self, pid: u32) -> io::Result<()> {
         if self.backend == Backend::Pidfd {
             let registered = sys::pidfd_open(pid).and_then(|fd| {
-                self.epoll.add(fd.as_fd(), u64::from(pid))?;
+                self.fds().epoll.add(fd.as_fd(), u64::from(pid))?;
                 Ok(fd)
             });
             match registered {
@@ -528,7 +696,7 @@ impl Master {
                     self.backend = Backend::Sigchld;
                 }
                 Err(e) => {
-                    let _ = sys::kill(pid, libc::SIGKILL);
+                    let _ = sys::kill(pid, Signal::Kill.raw());
                     sys::wait_blocking(pid);
                     return Err(e);
                 }
@@ -538,27 +706,16 @@ impl Master {
         Ok(())
     }
 
-    /// The master's descriptors a new worker must close.
-    fn inherited_fds(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.epoll.raw(), self.sigfd.as_raw_fd()];
-        fds.extend(
-            self.children
-                .values()
-                .filter_map(|c| c.pidfd.as_ref().map(|f| f.as_raw_fd())),
-        );
-        if let Some((_, write)) = &self.death_pipe {
-            fds.push(write.as_raw_fd());
-        }
-        fds
-    }
-
     fn finish(&mut self, outcome: Result<(), Failure>) -> Result<(), Error> {
         let result = match (outcome, self.error.take()) {
             (_, Some(e)) => Err(e),
             (Ok(()), None) => Ok(()),
-            (Err(Failure::OverRecovery { exits }), None) => {
-                log::error!("{exits} unexpected worker exits within the recover window: giving up");
-                Err(Error::OverRecovery)
+            (Err(Failure::OverRecovery { count, latest }), None) => {
+                log::error!("{count} workers failed to boot within the recover window: giving up");
+                Err(Error::OverRecovery {
+                    count,
+                    exits: latest,
+                })
             }
             (Err(Failure::WorkerFatal { slot, pid, code }), None) => {
                 Err(Error::WorkerFatal { slot, pid, code })
@@ -578,32 +735,48 @@ impl Master {
     /// Last resort when the event loop itself fails: KILL and reap every worker directly.
     fn abort(&mut self, err: Error) -> Result<(), Error> {
         log::error!("{err}; killing all workers");
+        self.kill_and_reap_all();
+        Err(self.error.take().unwrap_or(err))
+    }
+
+    fn kill_and_reap_all(&mut self) {
         for (&pid, child) in &self.children {
             let _ = match &child.pidfd {
-                Some(fd) => sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL),
-                None => sys::kill(pid, libc::SIGKILL),
+                Some(fd) => sys::pidfd_send_signal(fd.as_fd(), Signal::Kill.raw()),
+                None => sys::kill(pid, Signal::Kill.raw()),
             };
         }
         for (pid, _) in std::mem::take(&mut self.children) {
             sys::wait_blocking(pid);
         }
-        Err(self.error.take().unwrap_or(err))
     }
 }
 
 impl Drop for Master {
     fn drop(&mut self) {
+        if !self.children.is_empty() {
+            // Only an unwinding loop gets here with workers alive: none may run on
+            // unsupervised.
+            log::error!(
+                "the master's loop ended abnormally; killing {} workers",
+                self.children.len()
+            );
+            self.kill_and_reap_all();
+        }
         // Signals that arrived too late to matter would otherwise be delivered, with their
         // default actions, the moment they are unblocked.
+        let Some(fds) = &self.fds else {
+            return;
+        };
         let mut late = Vec::new();
-        let _ = sys::read_signals(self.sigfd.as_fd(), &mut late);
+        let _ = sys::read_signals(fds.sigfd.as_fd(), &mut late);
         for s in late {
             log::debug!(
                 "{} arrived after the workers stopped; ignored",
-                signal_name(s)
+                signal::name_of(s)
             );
         }
-        if let Some(fw) = &self.forwarding {
+        if let Some(fw) = &fds.forwarding {
             sys::stop_forwarding(&fw.saved);
         }
         let _ = sys::sigmask(libc::SIG_SETMASK, &self.old_mask);
@@ -636,3 +809,6 @@ fn call_hook(hook: &'static str, f: impl FnOnce() -> HookResult) -> Result<(), E
         }),
     }
 }
+
+#[cfg(test)]
+mod tests;

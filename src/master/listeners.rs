@@ -1,0 +1,179 @@
+//! The master's listening sockets, asked for one slot at a time.
+//!
+//! * [`Listeners::Caller`]: `run`, where the caller bound its own sockets before the fork.
+//! * [`Listeners::Shared`]: one socket every worker accepts on.
+//! * [`Listeners::PerSlot`]: one `SO_REUSEPORT` socket per slot, all in one group. The master
+//!   keeps every slot's socket open, so connections queued for a worker that dies or is
+//!   replaced wait for the next worker of that slot instead of being reset (the kernel resets
+//!   a reuseport socket's queue when its last descriptor closes). When slots are taken out of
+//!   service (TTOU), a classic BPF program attached to the group steers new connections to
+//!   the slots still in service, so the retired worker can drain its queue before its socket
+//!   closes.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use crate::error::Error;
+use crate::listen::{self, Network};
+use crate::sys;
+
+/// The listening sockets of one run.
+pub(crate) enum Listeners {
+    /// `run`: no socket of ours.
+    Caller,
+    /// One socket every worker shares.
+    Shared(TcpListener),
+    /// One `SO_REUSEPORT` socket per slot.
+    PerSlot(Group),
+}
+
+/// A reuseport group held by the master.
+pub(crate) struct Group {
+    /// The socket of each slot; `None` once the slot closed.
+    slots: Vec<Option<TcpListener>>,
+    /// The group's position of each slot's socket, as the kernel orders them: a socket joins
+    /// at the end, and closing one moves the last into its place.
+    order: Vec<usize>,
+    /// The address every socket of the group is bound to.
+    addr: SocketAddr,
+    network: Network,
+    /// The address as the user wrote it, for error messages.
+    shown: String,
+    /// The slots in service when a steering program was last attached (after the first
+    /// TTIN/TTOU); `None` before.
+    steered: Option<usize>,
+}
+
+impl Listeners {
+    /// The sockets of `listen_and_serve`: the one systemd passed, or `addr` bound once
+    /// (shared) or `workers` times in one reuseport group. Fails, naming the address, before
+    /// anything is forked.
+    pub(crate) fn open(
+        addr: &str,
+        network: Network,
+        reuseport: bool,
+        workers: usize,
+    ) -> Result<Listeners, Error> {
+        if let Some((listener, name)) = listen::systemd()? {
+            log::info!("serving the socket passed by systemd (fd 3, name {name:?})");
+            return Ok(Listeners::Shared(listener));
+        }
+        let resolved = listen::resolve(addr, network)?;
+        if !reuseport {
+            return Ok(Listeners::Shared(listen::bind(
+                resolved, network, false, addr,
+            )?));
+        }
+        // The first bind fixes the port (`:0` picks one), the others join its group.
+        let first = listen::bind(resolved, network, true, addr)?;
+        let actual = first.local_addr().map_err(Error::sys("getsockname"))?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(listen::bind(actual, network, true, addr)?);
+        }
+        Ok(Listeners::PerSlot(Group::new(sockets, network, addr)))
+    }
+
+    /// The socket slot `slot`'s worker serves, binding it first for a slot new to the group.
+    pub(crate) fn for_slot(&mut self, slot: usize) -> io::Result<Option<BorrowedFd<'_>>> {
+        match self {
+            Listeners::Caller => Ok(None),
+            Listeners::Shared(l) => Ok(Some(TcpListener::as_fd(l))),
+            Listeners::PerSlot(group) => group.for_slot(slot).map(Some),
+        }
+    }
+
+    /// In a forked worker: its own socket out of the master's copies; the others are
+    /// dropped (closed) with the rest.
+    pub(crate) fn take_for_worker(&mut self, slot: usize) -> Option<TcpListener> {
+        match std::mem::replace(self, Listeners::Caller) {
+            Listeners::Caller => None,
+            Listeners::Shared(l) => Some(l),
+            Listeners::PerSlot(mut group) => group.slots.get_mut(slot).and_then(Option::take),
+        }
+    }
+
+    /// Slots `0..active` are in service: steer new connections to their sockets only.
+    pub(crate) fn steer(&mut self, active: usize) {
+        if let Listeners::PerSlot(group) = self {
+            group.steer(active);
+        }
+    }
+
+    /// `slot` is out of service and its last worker is gone: close its socket.
+    pub(crate) fn close_slot(&mut self, slot: usize) {
+        if let Listeners::PerSlot(group) = self {
+            group.close(slot);
+        }
+    }
+}
+
+impl Group {
+    /// A group from sockets bound in slot order (each joined the group at `listen`).
+    fn new(sockets: Vec<TcpListener>, network: Network, shown: &str) -> Group {
+        let addr = sockets
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .expect("a group of bound sockets");
+        Group {
+            order: (0..sockets.len()).collect(),
+            slots: sockets.into_iter().map(Some).collect(),
+            addr,
+            network,
+            shown: shown.to_owned(),
+            steered: None,
+        }
+    }
+
+    fn for_slot(&mut self, slot: usize) -> io::Result<BorrowedFd<'_>> {
+        if self.slots.len() <= slot {
+            self.slots.resize_with(slot + 1, || None);
+            self.order.resize(slot + 1, usize::MAX);
+        }
+        if self.slots[slot].is_none() {
+            let socket = listen::bind(self.addr, self.network, true, &self.shown)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            self.order[slot] = self.slots.iter().flatten().count();
+            self.slots[slot] = Some(socket);
+        }
+        Ok(self.slots[slot].as_ref().expect("bound just above").as_fd())
+    }
+
+    fn steer(&mut self, active: usize) {
+        let targets: Vec<u32> = (0..active)
+            .filter_map(|slot| {
+                self.slots.get(slot)?.as_ref()?;
+                u32::try_from(self.order[slot]).ok()
+            })
+            .collect();
+        let Some(any) = self.slots.iter().flatten().next() else {
+            return;
+        };
+        match sys::reuseport::steer(any.as_fd(), &targets) {
+            Ok(()) => self.steered = Some(active),
+            Err(e) => log::warn!(
+                "cannot steer connections away from retired slots ({e}); \
+                 connections queued on a retired slot's socket may be reset when it closes"
+            ),
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        let Some(socket) = self.slots.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        let position = self.order[slot];
+        let last = self.slots.iter().flatten().count();
+        // The kernel moves the last socket of the group into the closed one's place.
+        if let Some(moved) = self.order.iter().position(|&p| p == last) {
+            self.order[moved] = position;
+        }
+        self.order[slot] = usize::MAX;
+        drop(socket);
+        // The positions moved: the program must name them anew.
+        if let Some(active) = self.steered {
+            self.steer(active);
+        }
+    }
+}

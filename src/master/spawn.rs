@@ -1,0 +1,70 @@
+//! How a worker process starts: a `fork` that runs `serve` directly, or an exec of the
+//! current binary speaking the fasthttp prefork child protocol (see `docs/protocol.md`).
+//!
+//! Exec mode starts workers with [`std::process::Command`], which forks and execs safely
+//! even when the process already runs other threads. Between fork and exec the child runs
+//! only async-signal-safe calls: it restores the signal mask, sets `PR_SET_PDEATHSIG`, puts
+//! the listener on fd 3 and the readiness pipe on fd 4, and marks every other descriptor
+//! close-on-exec. std resets `SIGPIPE` in the child; exec resets every handler.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use crate::protocol::{CHILD_ENV, READY_FD, READY_FD_ENV, WORKER_ID_ENV};
+use crate::sys;
+
+/// How workers start.
+pub(crate) enum Spawn {
+    /// `fork()` and run `serve` in the child.
+    Fork,
+    /// Re-execute the binary.
+    Exec(ExecSpec),
+}
+
+/// How to start one exec-mode worker.
+#[derive(Debug, Clone)]
+pub(crate) struct ExecSpec {
+    program: OsString,
+    arg0: OsString,
+    args: Vec<OsString>,
+}
+
+impl ExecSpec {
+    /// Re-executes this binary (`/proc/self/exe`) with this process's arguments.
+    pub(crate) fn current_binary() -> ExecSpec {
+        let mut args = std::env::args_os();
+        let arg0 = args
+            .next()
+            .unwrap_or_else(|| OsString::from("prefork-worker"));
+        ExecSpec {
+            program: OsString::from("/proc/self/exe"),
+            arg0,
+            args: args.collect(),
+        }
+    }
+
+    /// Starts the worker for `slot` with `listener` on its fd 3 and the readiness pipe's
+    /// write end `ready` on its fd 4; returns its pid. The child is not reaped by std: the
+    /// master reaps it through its pidfd like a forked worker.
+    pub(crate) fn spawn(
+        &self,
+        slot: usize,
+        listener: Option<BorrowedFd<'_>>,
+        ready: BorrowedFd<'_>,
+        mask: sys::SigSet,
+    ) -> io::Result<u32> {
+        let mut cmd = Command::new(&self.program);
+        cmd.arg0(&self.arg0)
+            .args(&self.args)
+            .env(CHILD_ENV, "1")
+            .env(WORKER_ID_ENV, slot.to_string())
+            .env(READY_FD_ENV, READY_FD.to_string())
+            .env_remove(crate::listen::REUSEPORT_ADDR_ENV);
+        sys::set_exec_child_setup(&mut cmd, listener, ready, sys::getpid(), mask);
+        let child = cmd.spawn()?;
+        Ok(child.id())
+    }
+}
