@@ -23,9 +23,16 @@ pub(crate) enum Listeners {
     /// `run`: no socket of ours.
     Caller,
     /// One socket every worker shares.
-    Shared(TcpListener),
+    Shared(Shared),
     /// One `SO_REUSEPORT` socket per slot.
     PerSlot(Group),
+}
+
+/// The socket every worker shares.
+pub(crate) struct Shared {
+    socket: TcpListener,
+    /// Bound here (not passed by systemd).
+    owned: bool,
 }
 
 /// A reuseport group held by the master.
@@ -57,13 +64,18 @@ impl Listeners {
     ) -> Result<Listeners, Error> {
         if let Some((listener, name)) = listen::systemd()? {
             log::info!("serving the socket passed by systemd (fd 3, name {name:?})");
-            return Ok(Listeners::Shared(listener));
+            return Ok(Listeners::Shared(Shared {
+                socket: listener,
+                owned: false,
+            }));
         }
         let resolved = listen::resolve(addr, network)?;
         if !reuseport {
-            return Ok(Listeners::Shared(listen::bind(
-                resolved, network, false, addr,
-            )?));
+            let socket = listen::bind(resolved, network, false, addr)?;
+            return Ok(Listeners::Shared(Shared {
+                socket,
+                owned: true,
+            }));
         }
         // The first bind fixes the port (`:0` picks one), the others join its group.
         let first = listen::bind(resolved, network, true, addr)?;
@@ -79,7 +91,7 @@ impl Listeners {
     pub(crate) fn for_slot(&mut self, slot: usize) -> io::Result<Option<BorrowedFd<'_>>> {
         match self {
             Listeners::Caller => Ok(None),
-            Listeners::Shared(l) => Ok(Some(TcpListener::as_fd(l))),
+            Listeners::Shared(shared) => Ok(Some(shared.socket.as_fd())),
             Listeners::PerSlot(group) => group.for_slot(slot).map(Some),
         }
     }
@@ -89,7 +101,7 @@ impl Listeners {
     pub(crate) fn take_for_worker(&mut self, slot: usize) -> Option<TcpListener> {
         match std::mem::replace(self, Listeners::Caller) {
             Listeners::Caller => None,
-            Listeners::Shared(l) => Some(l),
+            Listeners::Shared(shared) => Some(shared.socket),
             Listeners::PerSlot(mut group) => group.slots.get_mut(slot).and_then(Option::take),
         }
     }
@@ -98,6 +110,22 @@ impl Listeners {
     pub(crate) fn steer(&mut self, active: usize) {
         if let Listeners::PerSlot(group) = self {
             group.steer(active);
+        }
+    }
+
+    /// A graceful stop began: the sockets bound here take no new connection from now on, and
+    /// the draining workers accept what is queued, so closing them resets nothing. A socket
+    /// passed by systemd is left alone: systemd keeps it open and queues for the next start.
+    pub(crate) fn refuse_new_connections(&self) {
+        let sockets: Vec<&TcpListener> = match self {
+            Listeners::Caller | Listeners::Shared(Shared { owned: false, .. }) => Vec::new(),
+            Listeners::Shared(Shared { socket, .. }) => vec![socket],
+            Listeners::PerSlot(group) => group.slots.iter().flatten().collect(),
+        };
+        for socket in sockets {
+            if let Err(e) = sys::reuseport::refuse_new_connections(socket.as_fd()) {
+                log::warn!("cannot stop new connections before the workers drain ({e})");
+            }
         }
     }
 

@@ -565,6 +565,7 @@ impl Master {
                 }
             }
             Action::Stopping => {
+                self.listeners.refuse_new_connections();
                 if let Some(n) = &self.notifier {
                     n.send("STOPPING=1\nSTATUS=stopping: workers drain");
                 }

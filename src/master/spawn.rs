@@ -46,6 +46,16 @@ impl ExecSpec {
         }
     }
 
+    /// This binary with other arguments (the unit tests re-execute the test binary).
+    #[cfg(test)]
+    pub(crate) fn with_args(args: &[&str]) -> ExecSpec {
+        ExecSpec {
+            program: OsString::from("/proc/self/exe"),
+            arg0: OsString::from("prefork-test-worker"),
+            args: args.iter().map(OsString::from).collect(),
+        }
+    }
+
     /// Starts the worker for `slot` with `listener` on its fd 3 and the readiness pipe's
     /// write end `ready` on its fd 4; returns its pid. The child is not reaped by std: the
     /// master reaps it through its pidfd like a forked worker.

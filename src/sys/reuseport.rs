@@ -1,13 +1,20 @@
-//! Steering the connections of a `SO_REUSEPORT` group with a classic BPF program
-//! (`SO_ATTACH_REUSEPORT_CBPF`, Linux 4.5).
+//! Classic BPF programs on listening sockets, so that a socket can stop receiving new
+//! connections without closing (closing a listening socket resets every connection queued on
+//! it).
 //!
-//! The kernel runs the group's program for every new connection and hands the connection to
-//! the socket at the position the program returns. Ours picks, by the connection's flow hash,
-//! one of a list of positions, so a socket left out of the list gets no new connection while
-//! it stays open and its worker drains what is queued on it.
+//! * [`steer`]: `SO_ATTACH_REUSEPORT_CBPF` (Linux 4.5). The kernel runs the group's program for
+//!   every new connection and hands the connection to the socket at the position the program
+//!   returns. Ours picks, by the connection's flow hash, one of a list of positions, so a
+//!   socket left out of the list gets no new connection while it stays open and its worker
+//!   drains what is queued on it.
+//! * [`refuse_new_connections`]: `SO_ATTACH_FILTER` with a program that drops every packet
+//!   addressed to the listening socket itself: new connection requests (SYNs) are dropped, as
+//!   on a full queue, while the connections already queued stay, to be accepted and served.
+//!   A client's retransmitted SYN then finds the port closed (refused) or served by whatever
+//!   listens there by then (a restarted server).
 
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::sys::socket::{setsockopt, sockopt};
 
@@ -24,6 +31,36 @@ pub(crate) fn steer(socket: BorrowedFd<'_>, targets: &[u32]) -> io::Result<()> {
         filter: program.as_mut_ptr(),
     };
     setsockopt(&socket, sockopt::AttachReusePortCbpf, &fprog).map_err(io::Error::from)
+}
+
+/// Attaches to `socket` a filter that drops every new connection request (see the module
+/// docs). Connections already queued are not affected.
+pub(crate) fn refuse_new_connections(socket: BorrowedFd<'_>) -> io::Result<()> {
+    let mut drop_all = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let fprog = libc::sock_fprog {
+        len: 1,
+        filter: drop_all.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points to a one-instruction program that lives until the call returns
+    // (the kernel copies it); the option value is exactly one `sock_fprog`.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The program: `A = rxhash % n; return targets[A]`, the lookup as a chain of comparisons.
@@ -66,6 +103,24 @@ fn program(targets: &[u32]) -> io::Result<Vec<libc::sock_filter>> {
 
 #[cfg(test)]
 mod tests {
+    /// A queued connection survives the filter and is accepted; a new one is not answered.
+    #[test]
+    fn refused_listener_keeps_its_queue() {
+        let listener =
+            crate::sys::bind_tcp("127.0.0.1:0".parse().unwrap(), false, false, 128).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let queued = TcpStream::connect(addr).unwrap();
+        super::refuse_new_connections(listener.as_fd()).unwrap();
+        let late = TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300));
+        assert!(
+            late.is_err(),
+            "a connection request after the filter is dropped"
+        );
+        let (accepted, peer) = listener.accept().unwrap();
+        assert_eq!(peer, queued.local_addr().unwrap());
+        drop(accepted);
+    }
+
     use std::io::ErrorKind;
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsFd;
