@@ -142,17 +142,17 @@ pub(crate) fn systemd() -> Result<Option<(TcpListener, String)>, Error> {
     Ok(Some((listener, name)))
 }
 
-/// The listener of an exec-mode worker. Without reuseport: fd 3. With reuseport: its own
-/// `SO_REUSEPORT` socket, bound to `PREFORK_REUSEPORT_ADDR` when our master set it; when it
-/// did not but fd 3 is a listening socket (our master under systemd socket activation shares
-/// the activated socket), fd 3; otherwise (a fasthttp master) `addr`, resolved here.
+/// The listener of an exec-mode worker: fd 3, adopted. With reuseport, when fd 3 holds no
+/// listening socket (a fasthttp master passes none), its own `SO_REUSEPORT` socket, bound to
+/// `PREFORK_REUSEPORT_ADDR` when set (older masters of this crate), else to `addr`.
 pub(crate) fn exec_worker_listener(
     addr: &str,
     network: Network,
     reuseport: bool,
 ) -> Result<TcpListener, Error> {
-    if !reuseport {
-        return inherited();
+    let fd3 = inherited();
+    if !reuseport || fd3.is_ok() {
+        return fd3;
     }
     match std::env::var_os(REUSEPORT_ADDR_ENV).map(|v| v.into_string()) {
         Some(Err(v)) => Err(Error::InvalidEnv {
@@ -168,10 +168,7 @@ pub(crate) fn exec_worker_listener(
             })?;
             bind(resolved, network, true, addr)
         }
-        None => match inherited() {
-            Ok(listener) => Ok(listener),
-            Err(_) => bind(resolve(addr, network)?, network, true, addr),
-        },
+        None => bind(resolve(addr, network)?, network, true, addr),
     }
 }
 
