@@ -4,7 +4,10 @@ use std::net::TcpListener;
 use std::process::Termination;
 use std::time::Duration;
 
-use crate::config::{Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, HookResult, Hooks};
+use crate::config::{
+    Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPGRADE_TIMEOUT, HookResult,
+    Hooks,
+};
 use crate::error::Error;
 use crate::listen::{self, Network};
 use crate::master::listeners::Listeners;
@@ -63,6 +66,7 @@ pub struct Prefork {
     mode: Mode,
     network: Network,
     reuseport: bool,
+    upgrade_timeout: Duration,
     hooks: Hooks,
 }
 
@@ -84,6 +88,7 @@ impl std::fmt::Debug for Prefork {
             .field("mode", &self.mode)
             .field("network", &self.network)
             .field("reuseport", &self.reuseport)
+            .field("upgrade_timeout", &self.upgrade_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +106,7 @@ impl Prefork {
             mode: Mode::Fork,
             network: Network::Tcp4,
             reuseport: false,
+            upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
             hooks: Hooks::default(),
         }
     }
@@ -161,6 +167,13 @@ impl Prefork {
     /// How long workers get between TERM and KILL when the master stops. Default: 5 s.
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
         self.shutdown_grace = d;
+        self
+    }
+
+    /// How long a new master started by `SIGUSR2` (binary upgrade) gets to have every worker
+    /// inside `serve`; after that it is killed and this master keeps serving. Default: 60 s.
+    pub fn upgrade_timeout(mut self, d: Duration) -> Self {
+        self.upgrade_timeout = d;
         self
     }
 
@@ -245,6 +258,7 @@ impl Prefork {
             backend,
             spawn,
             listeners: Listeners::Caller,
+            upgrade_timeout: self.upgrade_timeout,
         };
         master::run(plan, &mut self.hooks, &mut |_, worker| serve(worker))
     }
@@ -284,6 +298,7 @@ impl Prefork {
             backend,
             spawn,
             listeners,
+            upgrade_timeout: self.upgrade_timeout,
         };
         master::run(
             plan,

@@ -81,3 +81,5 @@ pub(crate) struct Hooks {
 pub const DEFAULT_RECOVER_WINDOW: Duration = Duration::from_secs(60);
 /// The default grace period between TERM and KILL at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The default time a new master started by `SIGUSR2` gets to be ready.
+pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);

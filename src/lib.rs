@@ -100,11 +100,12 @@ use std::sync::atomic::Ordering;
 pub use builder::{Mode, Prefork};
 pub use child::EXIT_PANIC;
 pub use config::{
-    BACKEND_ENV, Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, HookResult,
+    BACKEND_ENV, Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPGRADE_TIMEOUT,
+    HookResult,
 };
 pub use error::Error;
 pub use listen::{LISTENER_FD, Network, REUSEPORT_ADDR_ENV};
-pub use protocol::{CHILD_ENV, READY_FD_ENV, WORKER_ID_ENV};
+pub use protocol::{CHILD_ENV, READY_FD_ENV, UPGRADE_FD_ENV, WORKER_ID_ENV};
 pub use supervisor::{CountedExit, WorkerExit};
 pub use worker::{Incoming, Shutdown, Worker};
 

@@ -102,14 +102,15 @@ fn env_bytes(name: &str) -> Option<Vec<u8>> {
     std::env::var_os(name).map(|v| v.as_bytes().to_vec())
 }
 
-/// systemd socket activation: when `LISTEN_PID` is our pid and `LISTEN_FDS` ≥ 1, the socket
-/// on fd 3 (named by `LISTEN_FDNAMES`). The variables are removed from the environment so
+/// systemd socket activation (or a binary upgrade, which passes sockets the same way): when
+/// `LISTEN_PID` is our pid and `LISTEN_FDS` ≥ 1, the sockets on fds 3.. with their names
+/// from `LISTEN_FDNAMES`, each adopted (checked to be a listening TCP socket). The variables are removed from the environment so
 /// workers do not misread them. `Ok(None)` when the variables are absent or meant for
 /// another process.
 ///
 /// Must run while the process is single-threaded or no other thread touches the
 /// environment (it modifies it).
-pub(crate) fn systemd() -> Result<Option<(TcpListener, String)>, Error> {
+pub(crate) fn systemd() -> Result<Option<Vec<(TcpListener, String)>>, Error> {
     let pid = env_bytes("LISTEN_PID");
     let fds = env_bytes("LISTEN_FDS");
     let names = env_bytes("LISTEN_FDNAMES");
@@ -127,19 +128,11 @@ pub(crate) fn systemd() -> Result<Option<(TcpListener, String)>, Error> {
         // this process, so no worker or other child takes them for its own.
         sys::remove_env_if_single_threaded(var);
     }
-    if parsed.count > 1 {
-        log::warn!(
-            "systemd passed {} sockets; serving the first (fd 3) only",
-            parsed.count
-        );
+    let mut sockets = Vec::with_capacity(parsed.count);
+    for (i, name) in parsed.names.into_iter().enumerate() {
+        sockets.push((adopt(protocol::LISTEN_FDS_START + i as i32)?, name));
     }
-    let name = parsed
-        .names
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "unknown".to_owned());
-    let listener = adopt(protocol::LISTEN_FDS_START)?;
-    Ok(Some((listener, name)))
+    Ok(Some(sockets))
 }
 
 /// The listener of an exec-mode worker: fd 3, adopted. With reuseport, when fd 3 holds no

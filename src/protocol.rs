@@ -17,6 +17,9 @@ pub const WORKER_ID_ENV: &str = "PREFORK_WORKER_ID";
 pub const READY_FD_ENV: &str = "PREFORK_READY_FD";
 /// The descriptor our master puts the readiness pipe on.
 pub const READY_FD: i32 = 4;
+/// The descriptor on which a new master started by a binary upgrade reports to the old one
+/// that all its workers are ready (this crate's).
+pub const UPGRADE_FD_ENV: &str = "PREFORK_UPGRADE_FD";
 /// systemd socket activation: the pid the passed descriptors are meant for.
 pub const LISTEN_PID_ENV: &str = "LISTEN_PID";
 /// systemd socket activation: how many descriptors were passed, from fd 3 on.
@@ -107,6 +110,23 @@ pub fn parse_ready_fd(value: Option<&[u8]>) -> Result<Option<i32>, Error> {
             READY_FD_ENV,
             v,
             "expected a descriptor number from 3 to 1023, digits only".to_owned(),
+        )),
+    }
+}
+
+/// Parses `PREFORK_UPGRADE_FD`: absent, or a descriptor number from 3 to 1027 (after at most
+/// `MAX_LISTEN_FDS` sockets).
+pub fn parse_upgrade_fd(value: Option<&[u8]>) -> Result<Option<i32>, Error> {
+    let Some(v) = value else {
+        return Ok(None);
+    };
+    let max = (LISTEN_FDS_START as u64) + MAX_LISTEN_FDS as u64;
+    match parse_decimal(v, max) {
+        Some(n) if n >= 3 => Ok(i32::try_from(n).ok()),
+        _ => Err(invalid(
+            UPGRADE_FD_ENV,
+            v,
+            format!("expected a descriptor number from 3 to {max}, digits only"),
         )),
     }
 }

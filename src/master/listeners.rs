@@ -28,11 +28,18 @@ pub(crate) enum Listeners {
     PerSlot(Group),
 }
 
+/// The `LISTEN_FDNAMES` name of each socket of a reuseport group handed to a new master.
+pub(crate) const SLOT_NAME: &str = "prefork-reuseport";
+/// The `LISTEN_FDNAMES` name of a shared socket this crate bound.
+pub(crate) const SHARED_NAME: &str = "prefork";
+
 /// The socket every worker shares.
 pub(crate) struct Shared {
     socket: TcpListener,
-    /// Bound here (not passed by systemd).
+    /// Bound here (not passed by systemd or an old master).
     owned: bool,
+    /// Its name for a new master.
+    name: String,
 }
 
 /// A reuseport group held by the master.
@@ -62,12 +69,8 @@ impl Listeners {
         reuseport: bool,
         workers: usize,
     ) -> Result<Listeners, Error> {
-        if let Some((listener, name)) = listen::systemd()? {
-            log::info!("serving the socket passed by systemd (fd 3, name {name:?})");
-            return Ok(Listeners::Shared(Shared {
-                socket: listener,
-                owned: false,
-            }));
+        if let Some(passed) = listen::systemd()? {
+            return Ok(Listeners::passed(passed, network, addr, workers));
         }
         let resolved = listen::resolve(addr, network)?;
         if !reuseport {
@@ -75,6 +78,7 @@ impl Listeners {
             return Ok(Listeners::Shared(Shared {
                 socket,
                 owned: true,
+                name: SHARED_NAME.to_owned(),
             }));
         }
         // The first bind fixes the port (`:0` picks one), the others join its group.
@@ -85,6 +89,54 @@ impl Listeners {
             sockets.push(listen::bind(actual, network, true, addr)?);
         }
         Ok(Listeners::PerSlot(Group::new(sockets, network, addr)))
+    }
+
+    /// Sockets passed in the socket-activation form: by an old master of this crate (a
+    /// reuseport group, each named [`SLOT_NAME`] and in group order, or its shared socket,
+    /// [`SHARED_NAME`]), which this master now owns; or by systemd, which keeps its socket
+    /// (the first is served).
+    fn passed(
+        mut passed: Vec<(TcpListener, String)>,
+        network: Network,
+        addr: &str,
+        workers: usize,
+    ) -> Listeners {
+        if passed.iter().all(|(_, name)| name == SLOT_NAME) {
+            log::info!(
+                "serving the {} reuseport sockets passed by the old master",
+                passed.len()
+            );
+            let sockets = passed.into_iter().map(|(socket, _)| socket).collect();
+            let mut group = Group::new(sockets, network, addr);
+            let extra = group.slots.len().saturating_sub(workers);
+            if extra > 0 {
+                // Fewer workers than sockets: new connections go to the slots served; the
+                // old master's workers drain the others, which close with it.
+                group.steer(workers);
+                for slot in workers..group.slots.len() {
+                    group.close(slot);
+                }
+            }
+            return Listeners::PerSlot(group);
+        }
+        if passed.len() > 1 {
+            log::warn!(
+                "{} sockets were passed; serving the first (fd 3) only",
+                passed.len()
+            );
+        }
+        let (socket, name) = passed.swap_remove(0);
+        let owned = name == SHARED_NAME;
+        if owned {
+            log::info!("serving the socket passed by the old master");
+        } else {
+            log::info!("serving the socket passed by systemd (fd 3, name {name:?})");
+        }
+        Listeners::Shared(Shared {
+            socket,
+            owned,
+            name,
+        })
     }
 
     /// The socket slot `slot`'s worker serves, binding it first for a slot new to the group.
@@ -125,6 +177,29 @@ impl Listeners {
         for socket in sockets {
             if let Err(e) = sys::reuseport::refuse_new_connections(socket.as_fd()) {
                 log::warn!("cannot stop new connections before the workers drain ({e})");
+            }
+        }
+    }
+
+    /// Every socket to hand to a new master (binary upgrade), with its name for
+    /// `LISTEN_FDNAMES`: a reuseport group's sockets in the kernel's group order, each named
+    /// [`SLOT_NAME`], so the new master rebuilds the group with the same positions.
+    pub(crate) fn handover(&self) -> Vec<(BorrowedFd<'_>, String)> {
+        match self {
+            Listeners::Caller => Vec::new(),
+            Listeners::Shared(shared) => vec![(shared.socket.as_fd(), shared.name.clone())],
+            Listeners::PerSlot(group) => {
+                let mut by_position: Vec<(usize, BorrowedFd<'_>)> = group
+                    .slots
+                    .iter()
+                    .zip(&group.order)
+                    .filter_map(|(s, &p)| Some((p, s.as_ref()?.as_fd())))
+                    .collect();
+                by_position.sort_by_key(|&(p, _)| p);
+                by_position
+                    .into_iter()
+                    .map(|(_, fd)| (fd, SLOT_NAME.to_owned()))
+                    .collect()
             }
         }
     }

@@ -12,6 +12,7 @@
 pub(crate) mod listeners;
 mod notify;
 pub(crate) mod spawn;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -31,6 +32,7 @@ use crate::worker::Worker;
 use listeners::Listeners;
 use notify::Notifier;
 use spawn::Spawn;
+use upgrade::{Program, Report, Upgrade};
 
 /// The signals the master takes over while it runs.
 const HANDLED: [Signal; 8] = [
@@ -50,6 +52,10 @@ const SIGNALFD_TOKEN: u64 = u64::MAX;
 const FORWARD_TOKEN: u64 = u64::MAX - 1;
 /// The epoll token of the readiness pipe.
 const READY_TOKEN: u64 = u64::MAX - 2;
+/// The epoll token of the readiness pipe of a new master (binary upgrade).
+const UPGRADE_READY_TOKEN: u64 = u64::MAX - 3;
+/// The epoll token of the pidfd of a new master (binary upgrade).
+const UPGRADE_PID_TOKEN: u64 = u64::MAX - 4;
 
 /// Everything a run needs, validated by the builder.
 pub(crate) struct Plan {
@@ -57,6 +63,8 @@ pub(crate) struct Plan {
     pub(crate) backend: Backend,
     pub(crate) spawn: Spawn,
     pub(crate) listeners: Listeners,
+    /// How long a new master started by `SIGUSR2` gets to be ready.
+    pub(crate) upgrade_timeout: Duration,
 }
 
 struct Child {
@@ -68,6 +76,10 @@ enum Event {
     Signal(Signal),
     Ready(u32),
     Exited(u32, Reaped),
+    /// The new master of an upgrade wrote to its readiness pipe (or closed it).
+    UpgradeReport,
+    /// The new master of an upgrade exited.
+    UpgradeExited(Reaped),
 }
 
 impl Event {
@@ -78,8 +90,8 @@ impl Event {
     fn order(&self) -> u8 {
         match self {
             Event::Signal(_) => 0,
-            Event::Ready(_) => 1,
-            Event::Exited(..) => 2,
+            Event::Ready(_) | Event::UpgradeReport => 1,
+            Event::Exited(..) | Event::UpgradeExited(_) => 2,
         }
     }
 }
@@ -107,6 +119,13 @@ struct Master {
     spawn: Spawn,
     listeners: Listeners,
     notifier: Option<Notifier>,
+    /// The program to start on `SIGUSR2`, resolved at start.
+    program: Option<Program>,
+    upgrade: Option<Upgrade>,
+    upgrade_timeout: Duration,
+    shutdown_grace: Duration,
+    /// The new master is ready: this one drains and leaves the sockets open for it.
+    handing_over: bool,
     /// When the next watchdog ping is due.
     next_ping: Option<Duration>,
     /// The first error that made the run fail; later ones are logged only.
@@ -125,6 +144,8 @@ struct Fds {
     death_pipe: Option<(OwnedFd, OwnedFd)>,
     /// Exec mode: signals caught by handlers on other threads arrive through this pipe.
     forwarding: Option<Forwarding>,
+    /// In a new master started by an upgrade: where to report that every worker is ready.
+    upgrade_report: Option<OwnedFd>,
 }
 
 /// Supervises `plan.cfg.workers` workers until a stop. In fork mode each worker runs
@@ -139,6 +160,7 @@ where
         backend,
         spawn,
         listeners,
+        upgrade_timeout,
     } = plan;
     if matches!(spawn, Spawn::Fork) {
         check_single_threaded()?;
@@ -149,6 +171,8 @@ where
     };
     let death = hooks.on_master_death.is_some();
     let mut master = Master::new(backend, death, spawn, listeners)?;
+    master.upgrade_timeout = upgrade_timeout;
+    master.shutdown_grace = cfg.shutdown_grace;
     log::info!(
         "prefork master {} starting {} workers ({mode} mode, {:?} backend)",
         sys::getpid(),
@@ -233,6 +257,7 @@ impl Master {
                 ready,
                 death_pipe,
                 forwarding: None,
+                upgrade_report: upgrade::inherited_report_fd(),
             }),
             old_mask,
             saved_chld,
@@ -242,6 +267,11 @@ impl Master {
             start: Instant::now(),
             spawn,
             listeners,
+            program: Program::current(),
+            upgrade: None,
+            upgrade_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
+            handing_over: false,
             next_ping: None,
             notifier,
             error: None,
@@ -321,10 +351,14 @@ impl Master {
                 let outcome = outcome.clone();
                 return self.finish(outcome);
             }
-            let deadline = match (sup.next_deadline(), self.next_ping) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let upgrade = self
+                .upgrade
+                .as_ref()
+                .map(|u| u.kill_at.unwrap_or(u.deadline));
+            let deadline = [sup.next_deadline(), self.next_ping, upgrade]
+                .into_iter()
+                .flatten()
+                .min();
             let timeout = deadline.map(|d| d.saturating_sub(self.now()));
             tokens.clear();
             if let Err(e) = self.fds().epoll.wait(timeout, &mut tokens) {
@@ -348,6 +382,12 @@ impl Master {
                         sys::read_pids(self.fds().ready.0.as_fd(), &mut pids);
                         events.extend(pids.into_iter().map(Event::Ready));
                     }
+                    UPGRADE_READY_TOKEN => events.push(Event::UpgradeReport),
+                    UPGRADE_PID_TOKEN => {
+                        if let Some(how) = self.reap_upgrade() {
+                            events.push(Event::UpgradeExited(how));
+                        }
+                    }
                     pid => {
                         if let Some(how) = self.reap(pid as u32) {
                             events.push(Event::Exited(pid as u32, how));
@@ -370,12 +410,15 @@ impl Master {
                     Event::Signal(signal) => self.on_signal(signal, &mut sup),
                     Event::Ready(pid) => sup.on_ready(pid, self.now()),
                     Event::Exited(pid, how) => self.on_worker_exit(pid, how, &mut sup, hooks),
+                    Event::UpgradeReport => self.on_upgrade_report(&mut sup),
+                    Event::UpgradeExited(how) => self.on_upgrade_exit(how),
                 }
                 self.drain(&mut sup, hooks, serve);
             }
             #[cfg(test)]
             tests::maybe_panic(&sup);
             self.ping_watchdog();
+            self.upgrade_timer();
             sup.on_timer(self.now());
         }
     }
@@ -413,7 +456,18 @@ impl Master {
             Signal::Hup => log::info!("SIGHUP: rolling restart of the workers"),
             Signal::Ttin => log::info!("SIGTTIN: adding a worker"),
             Signal::Ttou => log::info!("SIGTTOU: removing a worker"),
+            Signal::Usr2 => return self.begin_upgrade(sup),
             _ => log::info!("{signal}: forwarding to the workers"),
+        }
+        if matches!(signal, Signal::Term | Signal::Int) {
+            if let Some(u) = &mut self.upgrade {
+                if u.kill_at.is_none() {
+                    log::info!("stopping the new master {} too", u.pid);
+                    u.kill_at = Some(self.start.elapsed() + self.shutdown_grace);
+                    let (pid, pidfd) = (u.pid, u.pidfd.as_ref().map(|f| f.as_fd()));
+                    signal_process(pid, pidfd, Signal::Term);
+                }
+            }
         }
         sup.on_signal(signal, self.now());
     }
@@ -434,7 +488,12 @@ impl Master {
                     return;
                 }
             };
-            if self.children.contains_key(&pid) {
+            if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
+                let how = if peek { self.reap_upgrade() } else { Some(how) };
+                if let Some(how) = how {
+                    events.push(Event::UpgradeExited(how));
+                }
+            } else if self.children.contains_key(&pid) {
                 let how = if peek { self.reap(pid) } else { Some(how) };
                 if let Some(how) = how {
                     events.push(Event::Exited(pid, how));
@@ -541,6 +600,14 @@ impl Master {
             Action::Signal { pid, signal, why } => self.signal(pid, signal, why, sup),
             Action::Ready { pids } => {
                 log::info!("master ready: {} workers serving", pids.len());
+                if let Some(fd) = self.fds_mut().upgrade_report.take() {
+                    match rustix::io::write(&fd, upgrade::READY_MESSAGE) {
+                        Ok(_) => log::info!("told the old master that this one is ready"),
+                        Err(e) => {
+                            log::warn!("cannot tell the old master that this one is ready: {e}")
+                        }
+                    }
+                }
                 if let Some(n) = &self.notifier {
                     n.send(&format!("READY=1\nSTATUS={}", self.status(sup)));
                 }
@@ -564,6 +631,7 @@ impl Master {
                     n.send(&format!("READY=1\nSTATUS={}", self.status(sup)));
                 }
             }
+            Action::Stopping if self.handing_over => {}
             Action::Stopping => {
                 self.listeners.refuse_new_connections();
                 if let Some(n) = &self.notifier {
@@ -708,6 +776,7 @@ impl Master {
     }
 
     fn finish(&mut self, outcome: Result<(), Failure>) -> Result<(), Error> {
+        self.wait_for_stopped_upgrade();
         let result = match (outcome, self.error.take()) {
             (_, Some(e)) => Err(e),
             (Ok(()), None) => Ok(()),
@@ -738,6 +807,178 @@ impl Master {
         log::error!("{err}; killing all workers");
         self.kill_and_reap_all();
         Err(self.error.take().unwrap_or(err))
+    }
+
+    /// `SIGUSR2`: starts a binary upgrade, unless one is under way or the master stops.
+    fn begin_upgrade(&mut self, sup: &mut Supervisor) {
+        if sup.is_stopping() {
+            log::info!("SIGUSR2 during a stop: ignored");
+            return;
+        }
+        if let Some(u) = &self.upgrade {
+            log::info!(
+                "SIGUSR2: ignored, the upgrade to pid {} is under way",
+                u.pid
+            );
+            return;
+        }
+        let Some(program) = self.program.clone() else {
+            log::error!("SIGUSR2: cannot upgrade, the program's path is unknown");
+            return;
+        };
+        let sockets = self.listeners.handover();
+        log::info!(
+            "SIGUSR2: upgrading: starting {} with {} listening sockets",
+            program.path.display(),
+            sockets.len()
+        );
+        let now = self.now();
+        let started = Upgrade::start(
+            &program,
+            &sockets,
+            &self.old_mask,
+            now,
+            self.upgrade_timeout,
+        );
+        drop(sockets);
+        let mut upgrade = match started {
+            Ok(u) => u,
+            Err(e) => {
+                log::error!(
+                    "upgrade failed: cannot execute {}: {e}; the running workers keep serving",
+                    program.path.display()
+                );
+                return;
+            }
+        };
+        let fds = self.fds();
+        if let Err(e) = fds.epoll.add(upgrade.ready.as_fd(), UPGRADE_READY_TOKEN) {
+            log::error!("upgrade: cannot watch the new master's readiness ({e})");
+        }
+        if self.backend == Backend::Pidfd {
+            match sys::pidfd_open(upgrade.pid) {
+                Ok(fd) => {
+                    if let Err(e) = fds.epoll.add(fd.as_fd(), UPGRADE_PID_TOKEN) {
+                        log::error!("upgrade: cannot watch the new master ({e})");
+                    }
+                    upgrade.pidfd = Some(fd);
+                }
+                Err(e) => log::error!("upgrade: cannot open a pidfd of the new master ({e})"),
+            }
+        }
+        log::info!(
+            "upgrade: new master {} started; waiting up to {:?} for its workers to be ready",
+            upgrade.pid,
+            self.upgrade_timeout
+        );
+        self.upgrade = Some(upgrade);
+    }
+
+    fn on_upgrade_report(&mut self, sup: &mut Supervisor) {
+        let Some(u) = &self.upgrade else {
+            return;
+        };
+        match u.report() {
+            Report::Pending => {}
+            Report::Closed => {
+                let _ = self.fds().epoll.delete(u.ready.as_fd());
+            }
+            Report::Ready if u.kill_at.is_some() => {}
+            Report::Ready => {
+                let pid = u.pid;
+                log::info!("upgrade: new master {pid} is serving; draining the old workers");
+                if let Some(n) = &self.notifier {
+                    n.send(&format!(
+                        "MAINPID={pid}\nSTATUS=handed over to the new master {pid}"
+                    ));
+                }
+                // The new master owns the sockets now: nothing here may close or filter
+                // them before the old workers are gone.
+                let upgrade = self.upgrade.take().expect("checked above");
+                let fds = self.fds();
+                let _ = fds.epoll.delete(upgrade.ready.as_fd());
+                if let Some(fd) = &upgrade.pidfd {
+                    let _ = fds.epoll.delete(fd.as_fd());
+                }
+                self.handing_over = true;
+                sup.on_signal(Signal::Term, self.now());
+            }
+        }
+    }
+
+    /// Reaps the new master if it exited.
+    fn reap_upgrade(&mut self) -> Option<Reaped> {
+        let u = self.upgrade.as_ref()?;
+        let how = match &u.pidfd {
+            Some(fd) => sys::reap_pidfd(fd.as_fd(), u.pid),
+            None => sys::reap_pid(u.pid),
+        };
+        how.ok().flatten()
+    }
+
+    fn on_upgrade_exit(&mut self, how: Reaped) {
+        let Some(u) = self.upgrade.take() else {
+            return;
+        };
+        let fds = self.fds();
+        let _ = fds.epoll.delete(u.ready.as_fd());
+        if let Some(fd) = &u.pidfd {
+            let _ = fds.epoll.delete(fd.as_fd());
+        }
+        if u.kill_at.is_some() {
+            log::info!("upgrade: new master {} stopped ({})", u.pid, exit_of(how));
+        } else {
+            log::error!(
+                "upgrade failed: the new master {} exited ({}) before it was ready; the running \
+                 workers keep serving",
+                u.pid,
+                exit_of(how)
+            );
+        }
+    }
+
+    /// The new master missed its deadline (rollback: KILL), or its grace period after a TERM.
+    fn upgrade_timer(&mut self) {
+        let now = self.now();
+        let timeout = self.upgrade_timeout;
+        let Some(u) = &mut self.upgrade else {
+            return;
+        };
+        let due = match u.kill_at {
+            Some(t) => t <= now,
+            None => u.deadline <= now,
+        };
+        if !due {
+            return;
+        }
+        if u.kill_at.is_none() {
+            log::error!(
+                "upgrade failed: the new master {} was not ready within {timeout:?}; killing it, \
+                 the running workers keep serving",
+                u.pid
+            );
+        }
+        // KILL once; its exit is reaped through its pidfd or SIGCHLD.
+        u.kill_at = Some(Duration::MAX);
+        u.deadline = Duration::MAX;
+        signal_process(u.pid, u.pidfd.as_ref().map(|f| f.as_fd()), Signal::Kill);
+    }
+
+    /// At the end of a run: a new master told to stop with this one is waited for (KILLed
+    /// when its grace period ends), so that `run` returns with no process of its own left.
+    fn wait_for_stopped_upgrade(&mut self) {
+        let Some(u) = self.upgrade.take() else {
+            return;
+        };
+        let grace = self.shutdown_grace;
+        if let Some(fd) = &u.pidfd {
+            if sys::handover::wait_readable_timeout(fd.as_fd(), grace).unwrap_or(false) {
+                sys::wait_blocking(u.pid);
+                return;
+            }
+        }
+        signal_process(u.pid, u.pidfd.as_ref().map(|f| f.as_fd()), Signal::Kill);
+        sys::wait_blocking(u.pid);
     }
 
     fn kill_and_reap_all(&mut self) {
@@ -783,6 +1024,19 @@ impl Drop for Master {
         let _ = sys::sigmask(libc::SIG_SETMASK, &self.old_mask);
         if let Some(saved) = &self.saved_chld {
             let _ = sys::restore_disposition(saved);
+        }
+    }
+}
+
+/// Signals a child through its pidfd when there is one.
+fn signal_process(pid: u32, pidfd: Option<std::os::fd::BorrowedFd<'_>>, signal: Signal) {
+    let sent = match pidfd {
+        Some(fd) => sys::pidfd_send_signal(fd, signal.raw()),
+        None => sys::kill(pid, signal.raw()),
+    };
+    if let Err(e) = sent {
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            log::warn!("cannot send {signal} to pid {pid}: {e}");
         }
     }
 }

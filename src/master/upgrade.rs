@@ -1,0 +1,153 @@
+//! Binary upgrade (`SIGUSR2`): the master starts the program anew, from the path it was
+//! started from, handing it every listening socket in the systemd socket-activation form;
+//! once the new master reports that all its workers are inside `serve`, this one drains its
+//! own workers and exits. If the new master exits first, cannot be executed, or is not ready
+//! within the upgrade timeout, it is killed and this master keeps serving as if nothing
+//! happened.
+//!
+//! The new master reports readiness on a pipe whose write end it inherits, named by
+//! `PREFORK_UPGRADE_FD` (see `docs/protocol.md`).
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::protocol::{self, UPGRADE_FD_ENV};
+use crate::sys::{self, handover::Handover};
+
+/// The variables a new master must not inherit from this one.
+const NOT_INHERITED: [&str; 4] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", UPGRADE_FD_ENV];
+
+/// What the new master writes when every one of its workers is ready.
+pub(crate) const READY_MESSAGE: &[u8] = b"READY=1\n";
+
+/// The program this master was started as, resolved when it started: the path (not
+/// `/proc/self/exe`, which names the old file once a deploy replaced it), the arguments.
+#[derive(Debug, Clone)]
+pub(crate) struct Program {
+    pub(crate) path: PathBuf,
+    pub(crate) args: Vec<OsString>,
+}
+
+impl Program {
+    /// `argv[0]` as the shell found it: a path with a slash, taken relative to the working
+    /// directory at start (symlinks kept: a deploy often switches one); a bare name, looked
+    /// up in `PATH`; else `/proc/self/exe` resolved now.
+    pub(crate) fn current() -> Option<Program> {
+        let args: Vec<OsString> = std::env::args_os().collect();
+        let arg0 = PathBuf::from(args.first()?);
+        let path = if arg0.components().count() > 1 {
+            let joined = std::env::current_dir().ok()?.join(arg0);
+            joined
+                .components()
+                .filter(|c| *c != std::path::Component::CurDir)
+                .collect()
+        } else {
+            std::env::var_os("PATH")
+                .and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|dir| dir.join(&arg0))
+                        .find(|p| p.is_file())
+                })
+                .or_else(|| std::env::current_exe().ok())?
+        };
+        Some(Program { path, args })
+    }
+}
+
+/// An upgrade under way: the new master, until it is ready or gone.
+pub(crate) struct Upgrade {
+    pub(crate) pid: u32,
+    /// Its pidfd (pidfd backend), in the master's epoll set.
+    pub(crate) pidfd: Option<OwnedFd>,
+    /// The read end of its readiness pipe, in the master's epoll set.
+    pub(crate) ready: OwnedFd,
+    /// When it must be ready by.
+    pub(crate) deadline: Duration,
+    /// Whether it was told to stop (rollback or TERM) and when it gets KILL.
+    pub(crate) kill_at: Option<Duration>,
+}
+
+/// What the readiness pipe said.
+pub(crate) enum Report {
+    Ready,
+    /// Nothing complete yet.
+    Pending,
+    /// Closed without the message: the new master is failing.
+    Closed,
+}
+
+impl Upgrade {
+    /// Starts the new master with `sockets` (and their names) on fds 3.. and the readiness
+    /// pipe after them; `Ok` once it was executed.
+    pub(crate) fn start(
+        program: &Program,
+        sockets: &[(std::os::fd::BorrowedFd<'_>, String)],
+        mask: &sys::SigSet,
+        now: Duration,
+        timeout: Duration,
+    ) -> io::Result<Upgrade> {
+        let (read, write) = sys::pipe_nonblocking()?;
+        let env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| !NOT_INHERITED.iter().any(|n| k == n))
+            .collect();
+        let upgrade_fd = (3 + sockets.len()).to_string();
+        let names: Vec<String> = sockets.iter().map(|(_, n)| n.clone()).collect();
+        let mut handover = Handover::new(
+            program.path.as_os_str(),
+            &program.args,
+            &env,
+            &[(UPGRADE_FD_ENV, upgrade_fd)],
+            sockets.len(),
+            &names,
+        )?;
+        let fds: Vec<_> = sockets.iter().map(|(fd, _)| *fd).collect();
+        let pid = handover.spawn(&fds, write.as_fd(), mask)?;
+        drop(write);
+        Ok(Upgrade {
+            pid,
+            pidfd: None,
+            ready: read,
+            deadline: now.saturating_add(timeout),
+            kill_at: None,
+        })
+    }
+
+    /// Reads what the new master wrote so far.
+    pub(crate) fn report(&self) -> Report {
+        let mut buf = [0u8; 64];
+        match rustix::io::read(&self.ready, &mut buf) {
+            Ok(0) => Report::Closed,
+            Ok(n) if buf[..n].starts_with(READY_MESSAGE) => Report::Ready,
+            Ok(_) => Report::Closed,
+            Err(_) => Report::Pending,
+        }
+    }
+}
+
+/// In a new master started by an upgrade: the write end of the readiness pipe, taken from
+/// `PREFORK_UPGRADE_FD` (and made close-on-exec, so workers do not inherit it). `None` when
+/// the variable is absent or does not name a pipe.
+pub(crate) fn inherited_report_fd() -> Option<OwnedFd> {
+    let value = std::env::var_os(UPGRADE_FD_ENV)?;
+    sys::remove_env_if_single_threaded(UPGRADE_FD_ENV);
+    let fd = match protocol::parse_upgrade_fd(Some(value.as_encoded_bytes())) {
+        Ok(Some(fd)) => fd,
+        Ok(None) => return None,
+        Err(e) => {
+            log::warn!("{e}; not reporting readiness to the old master");
+            return None;
+        }
+    };
+    if !sys::is_pipe(fd) {
+        log::warn!("{UPGRADE_FD_ENV}={fd} is not a pipe; not reporting readiness");
+        return None;
+    }
+    let fd = sys::take_inherited(fd)?;
+    if let Err(e) = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC) {
+        log::warn!("cannot make the upgrade pipe close-on-exec: {e}");
+    }
+    Some(fd)
+}
