@@ -26,25 +26,41 @@
 //! # What the master does
 //!
 //! * **Respawns** a worker that exits or crashes, in the same slot ([`Worker::id`]), after
-//!   [`Prefork::recover_interval`]. Too many unexpected exits within
-//!   [`Prefork::recover_window`] (more than [`Prefork::recover_threshold`]) stop everything
-//!   with [`Error::OverRecovery`]. A worker that exits with [`EXIT_FATAL`] (a start-up failure
-//!   that a respawn cannot fix) stops everything with [`Error::WorkerFatal`].
-//! * **Stops gracefully** on `SIGTERM` or `SIGINT`: TERM to every worker, KILL after
-//!   [`Prefork::shutdown_grace`], reap all, and [`Prefork::run`] returns `Ok(())`.
+//!   [`Prefork::recover_interval`]. Workers that fail to boot (exit before they are inside
+//!   `serve`, or by themselves just after) more than [`Prefork::recover_threshold`] times
+//!   within [`Prefork::recover_window`] stop everything with [`Error::OverRecovery`]; a worker
+//!   that served and was then killed is always replaced. A worker that exits with
+//!   [`EXIT_FATAL`] (a start-up failure that a respawn cannot fix) stops everything with
+//!   [`Error::WorkerFatal`].
+//! * **Stops gracefully** on `SIGTERM` or `SIGINT`: every worker drains (see below), KILL
+//!   after [`Prefork::shutdown_grace`], reap all, and [`Prefork::run`] returns `Ok(())`.
 //! * **Never leaves orphans**: a worker is killed the moment the master dies
 //!   (`PR_SET_PDEATHSIG`), or runs [`Prefork::on_master_death`] instead.
+//!
+//! # Draining
+//!
+//! A worker that calls [`Worker::shutdown`] learns of the master's stop request (a graceful
+//! stop, its slot's turn in a rolling restart, a scale-down) and can drain: stop accepting,
+//! finish what it accepted, close idle keep-alive connections, return from `serve`.
+//! [`Shutdown::incoming`] is an accept loop that ends on the request, for std code; the
+//! [`Shutdown`] descriptor fits poll, epoll and async runtimes. The master asks a worker to
+//! drain only when its replacement, if any, is inside `serve`, and keeps the listening
+//! sockets open meanwhile, so no request the kernel accepted is lost.
 //!
 //! # Signals
 //!
 //! | Signal to the master | Effect |
 //! |---|---|
-//! | `TERM`, `INT` | Graceful stop: TERM to workers, KILL after the grace period; `run` returns `Ok(())`. |
+//! | `TERM`, `INT` | Graceful stop: workers drain, KILL after the grace period; `run` returns `Ok(())`. |
 //! | second `TERM`/`INT` | KILL every worker at once. |
-//! | `HUP` | Rolling restart: for each slot, start a new worker, then TERM the old one. |
+//! | `HUP` | Rolling restart: each slot's new worker starts, then the old one drains. |
 //! | `TTIN` / `TTOU` | One worker more / one less. |
-//! | `USR1`, `USR2` | Forwarded to every worker. |
+//! | `USR1` | Forwarded to every worker. |
+//! | `USR2` | Binary upgrade: a new master from the program's path takes over the sockets. |
 //! | `KILL` | Workers die with the master (PDEATHSIG) or run `on_master_death`. |
+//!
+//! Every detail is in the signal table of the operations guide, `docs/operations.md` in the
+//! source package.
 //!
 //! # Fork safety
 //!
