@@ -284,6 +284,8 @@ pub(crate) struct Supervisor {
     restarting: Option<(usize, u32)>,
     /// A HUP arrived during a rolling restart: one more follows.
     hup_pending: bool,
+    /// A rolling restart began (Reloading) and its Reloaded is still due.
+    reloading: bool,
     phase: Phase,
     actions: VecDeque<Action>,
 }
@@ -300,6 +302,7 @@ impl Supervisor {
             restart_queue: VecDeque::new(),
             restarting: None,
             hup_pending: false,
+            reloading: false,
             phase: Phase::Starting,
             actions: VecDeque::new(),
             cfg,
@@ -423,7 +426,7 @@ impl Supervisor {
         if let Some((s, old)) = self.restarting {
             if s == slot {
                 self.tell_retiring(old, now);
-                if self.restart_queue.is_empty() {
+                if self.restart_queue.is_empty() && std::mem::take(&mut self.reloading) {
                     self.actions.push_back(Action::Reloaded);
                 }
             }
@@ -706,6 +709,7 @@ impl Supervisor {
             return;
         }
         self.actions.push_back(Action::Reloading);
+        self.reloading = true;
         self.advance_restart();
     }
 
@@ -734,6 +738,11 @@ impl Supervisor {
                 });
                 return;
             }
+        }
+        // The queue ran out another way than by the last replacement being ready (a slot
+        // closed or waiting to respawn, an old worker gone early): the restart is over.
+        if self.restarting.is_none() && std::mem::take(&mut self.reloading) {
+            self.actions.push_back(Action::Reloaded);
         }
         if self.restarting.is_none() && std::mem::take(&mut self.hup_pending) {
             self.begin_restart();
