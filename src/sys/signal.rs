@@ -1,6 +1,21 @@
-//! Typed signals: the signals the crate sends or reacts to, numbered by the platform's own
+//! Signals: the typed signals the crate sends or reacts to, numbered by the platform's own
 //! definitions (MIPS and SPARC number `USR1`, `TTIN` and others differently from x86 and
-//! ARM, so no number is written by hand anywhere else).
+//! ARM, so no number is written by hand anywhere else); the signal mask and the signalfd the
+//! master reads them from; dispositions; and the handlers that forward them through a pipe
+//! in exec mode.
+//!
+//! Through nix (`pthread_sigmask`, `signalfd`, `sigaction`: rustix has no signalfd and
+//! offers the other two only behind its unstable `runtime` feature), with libc for querying
+//! a disposition (nix's `sigaction` always installs one) and for the forwarding handler's
+//! `write(2)` on a bare descriptor number.
+
+use std::io;
+use std::mem::offset_of;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigmaskHow};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 /// A signal the master handles, forwards or sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -116,6 +131,218 @@ pub(crate) fn is_fault(raw: i32) -> bool {
     .contains(&raw)
 }
 
+/// A signal set.
+#[derive(Clone, Copy)]
+pub(crate) struct SigSet(nix::sys::signal::SigSet);
+
+impl SigSet {
+    /// The set as libc spells it, for the async-signal-safe code between `fork` and `execve`.
+    pub(crate) fn as_raw(&self) -> &libc::sigset_t {
+        self.0.as_ref()
+    }
+
+    /// `sigemptyset(3)` and `sigaddset(3)`: the set of `signals`; numbers that are no signal
+    /// are left out.
+    pub(crate) fn of(signals: &[i32]) -> SigSet {
+        let mut set = nix::sys::signal::SigSet::empty();
+        for &raw in signals {
+            if let Ok(signal) = nix::sys::signal::Signal::try_from(raw) {
+                set.add(signal);
+            }
+        }
+        SigSet(set)
+    }
+}
+
+/// `pthread_sigmask(3)`: applies `how` (`SIG_BLOCK`, `SIG_UNBLOCK`, `SIG_SETMASK`) to the
+/// calling thread's signal mask and returns the previous mask. Async-signal-safe, no
+/// allocation (the pre-exec child calls it).
+pub(crate) fn sigmask(how: i32, set: &SigSet) -> io::Result<SigSet> {
+    let how = match how {
+        libc::SIG_BLOCK => SigmaskHow::SIG_BLOCK,
+        libc::SIG_UNBLOCK => SigmaskHow::SIG_UNBLOCK,
+        libc::SIG_SETMASK => SigmaskHow::SIG_SETMASK,
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    let mut old = nix::sys::signal::SigSet::empty();
+    nix::sys::signal::pthread_sigmask(how, Some(&set.0), Some(&mut old))?;
+    Ok(SigSet(old))
+}
+
+/// `signalfd(2)` for `mask`, non-blocking and close-on-exec.
+pub(crate) fn signalfd(mask: &SigSet) -> io::Result<OwnedFd> {
+    let flags = SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC;
+    Ok(SignalFd::with_flags(&mask.0, flags)?.into())
+}
+
+/// `read(2)` of every pending signal from a non-blocking signalfd (retried on `EINTR`, until
+/// `EAGAIN`).
+pub(crate) fn read_signals(fd: BorrowedFd<'_>, out: &mut Vec<i32>) -> io::Result<()> {
+    const SIZE: usize = size_of::<libc::signalfd_siginfo>();
+    const SIGNO: usize = offset_of!(libc::signalfd_siginfo, ssi_signo);
+    let mut buf = [0u8; SIZE * 8];
+    loop {
+        let n = match rustix::io::read(fd, &mut buf) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::AGAIN) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        // The kernel writes whole records; `ssi_signo` is a u32 in native order.
+        for info in buf[..n].chunks_exact(SIZE) {
+            let signo = &info[SIGNO..SIGNO + 4];
+            out.push(u32::from_ne_bytes([signo[0], signo[1], signo[2], signo[3]]) as i32);
+        }
+        if n == 0 || n % SIZE != 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// A signal disposition replaced by [`set_default_disposition`] or [`forward_signals`], to
+/// be put back later.
+pub(crate) struct SavedAction {
+    signal: nix::sys::signal::Signal,
+    action: SigAction,
+}
+
+/// What [`set_action`] installs: nothing else can be.
+enum Action<'a> {
+    /// `SIG_DFL`.
+    Default(nix::sys::signal::Signal),
+    /// [`forward_signal`].
+    Forward(nix::sys::signal::Signal),
+    /// A disposition saved earlier, put back.
+    Restore(&'a SavedAction),
+}
+
+/// `sigaction(2)`: installs `action` and returns the disposition it replaced.
+fn set_action(action: Action<'_>) -> io::Result<SavedAction> {
+    let (signal, new) = match action {
+        Action::Default(signal) => (
+            signal,
+            SigAction::new(
+                SigHandler::SigDfl,
+                SaFlags::empty(),
+                nix::sys::signal::SigSet::empty(),
+            ),
+        ),
+        Action::Forward(signal) => (
+            signal,
+            SigAction::new(
+                SigHandler::Handler(forward_signal),
+                SaFlags::SA_RESTART,
+                nix::sys::signal::SigSet::empty(),
+            ),
+        ),
+        Action::Restore(saved) => (saved.signal, saved.action),
+    };
+    // SAFETY: `Action` allows three dispositions, each sound to install: the default one;
+    // `forward_signal`, which makes only async-signal-safe calls (an atomic load, write(2)
+    // and errno's save and restore) and preserves errno; or one the kernel returned for this
+    // signal earlier, put back exactly as it was.
+    let old = unsafe { nix::sys::signal::sigaction(signal, &new) }?;
+    Ok(SavedAction {
+        signal,
+        action: old,
+    })
+}
+
+fn nix_signal(raw: i32) -> io::Result<nix::sys::signal::Signal> {
+    Ok(nix::sys::signal::Signal::try_from(raw)?)
+}
+
+/// `sigaction(2)` query of `SIGCHLD`: whether the kernel reaps this process's exited children
+/// by itself (`SIG_IGN`, or an action carrying `SA_NOCLDWAIT`).
+///
+/// Through libc: nix's `sigaction` always installs a new action, and swapping one in to
+/// read the old would briefly change how children are reaped.
+pub(crate) fn children_auto_reaped() -> io::Result<bool> {
+    // Any valid sigaction: the call overwrites it.
+    let mut old = libc::sigaction::from(SigAction::new(
+        SigHandler::SigDfl,
+        SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    ));
+    // SAFETY: a null new action only queries; `old` is a sigaction owned by this frame,
+    // writable for the kernel to fill in.
+    if unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(old.sa_sigaction == libc::SIG_IGN || old.sa_flags & libc::SA_NOCLDWAIT != 0)
+}
+
+/// `sigaction(2)`: sets `signal` to `SIG_DFL` and returns the previous disposition.
+pub(crate) fn set_default_disposition(signal: i32) -> io::Result<SavedAction> {
+    set_action(Action::Default(nix_signal(signal)?))
+}
+
+/// `sigaction(2)`: puts back a disposition saved by [`set_default_disposition`] or
+/// [`forward_signals`].
+pub(crate) fn restore_disposition(saved: &SavedAction) -> io::Result<()> {
+    set_action(Action::Restore(saved))?;
+    Ok(())
+}
+
+/// Write end of the pipe that [`forward_signal`] writes signal numbers to (-1: none).
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+/// `write(2)` of the signal number to the forwarding pipe: the signal handler used while the
+/// master shares its process with other threads (the kernel may deliver a process-directed
+/// signal to any thread that does not block it), so the master's epoll learns of it. Only
+/// async-signal-safe calls; `errno` is preserved.
+extern "C" fn forward_signal(signal: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd < 0 {
+        return;
+    }
+    let errno = nix::errno::Errno::last_raw();
+    let byte = signal as u8;
+    // SAFETY: one byte from a local; the number is the pipe's write end, kept open until
+    // stop_forwarding has put the old dispositions back; a full pipe just makes the write
+    // fail.
+    unsafe { libc::write(fd, (&raw const byte).cast(), 1) };
+    nix::errno::Errno::set_raw(errno);
+}
+
+/// `sigaction(2)`: installs [`forward_signal`] for `signals`, writing to `pipe_write`;
+/// returns the previous dispositions for [`stop_forwarding`]. On failure, puts back what it
+/// had installed.
+pub(crate) fn forward_signals(signals: &[i32], pipe_write: RawFd) -> io::Result<Vec<SavedAction>> {
+    SIGNAL_PIPE.store(pipe_write, Ordering::Relaxed);
+    let mut saved = Vec::new();
+    for &signal in signals {
+        match nix_signal(signal).and_then(|s| set_action(Action::Forward(s))) {
+            Ok(old) => saved.push(old),
+            Err(e) => {
+                stop_forwarding(&saved);
+                return Err(e);
+            }
+        }
+    }
+    Ok(saved)
+}
+
+/// `sigaction(2)`: puts back the dispositions replaced by [`forward_signals`] and stops
+/// forwarding.
+pub(crate) fn stop_forwarding(saved: &[SavedAction]) {
+    for s in saved {
+        let _ = restore_disposition(s);
+    }
+    SIGNAL_PIPE.store(-1, Ordering::Relaxed);
+}
+
+/// `read(2)` of the signal numbers [`forward_signal`] wrote, until the pipe is empty.
+pub(crate) fn read_forwarded(fd: BorrowedFd<'_>, out: &mut Vec<i32>) {
+    let mut buf = [0u8; 64];
+    loop {
+        match rustix::io::read(fd, &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => out.extend(buf[..n].iter().map(|&b| i32::from(b))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Signal;
@@ -146,5 +373,33 @@ mod tests {
         assert_eq!(Signal::Ttin.name(), "SIGTTIN");
         assert!(super::is_fault(libc::SIGSEGV));
         assert!(!super::is_fault(libc::SIGKILL));
+    }
+
+    /// A signal blocked in this thread and raised at it waits on the signalfd.
+    #[test]
+    fn signalfd_reads_a_blocked_signal() {
+        use std::os::fd::AsFd;
+        let set = super::SigSet::of(&[libc::SIGUSR2, 0]);
+        let old = super::sigmask(libc::SIG_BLOCK, &set).unwrap();
+        let fd = super::signalfd(&set).unwrap();
+        let mut got = Vec::new();
+        super::read_signals(fd.as_fd(), &mut got).unwrap();
+        assert_eq!(got, []);
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR2).unwrap();
+        super::read_signals(fd.as_fd(), &mut got).unwrap();
+        super::sigmask(libc::SIG_SETMASK, &old).unwrap();
+        assert_eq!(got, [libc::SIGUSR2]);
+        assert!(super::sigmask(12345, &set).is_err());
+        assert!(super::children_auto_reaped().is_ok());
+    }
+
+    #[test]
+    fn forwarded_numbers_are_read_back() {
+        use std::os::fd::AsFd;
+        let (read, write) = crate::sys::pipe_nonblocking().unwrap();
+        rustix::io::write(&write, &[libc::SIGHUP as u8, libc::SIGTERM as u8]).unwrap();
+        let mut got = Vec::new();
+        super::read_forwarded(read.as_fd(), &mut got);
+        assert_eq!(got, [libc::SIGHUP, libc::SIGTERM]);
     }
 }

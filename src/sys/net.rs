@@ -1,0 +1,178 @@
+//! Sockets and inherited descriptors: binding a listening TCP socket, and taking over the
+//! descriptors another process passed by number (systemd socket activation, an exec-mode
+//! worker's fd 3 and readiness pipe). Through rustix.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+
+/// `socket(2)`, `setsockopt(2)`, `bind(2)` and `listen(2)`: a listening TCP socket bound to
+/// `addr`, close-on-exec, with `SO_REUSEADDR` always, `SO_REUSEPORT` when asked, and
+/// `IPV6_V6ONLY` set to `v6only` for IPv6 addresses.
+pub(crate) fn bind_tcp(
+    addr: SocketAddr,
+    reuseport: bool,
+    v6only: bool,
+    backlog: i32,
+) -> io::Result<TcpListener> {
+    let domain = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let fd = rustix::net::socket_with(domain, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    if reuseport {
+        sockopt::set_socket_reuseport(&fd, true)?;
+    }
+    if addr.is_ipv6() {
+        sockopt::set_ipv6_v6only(&fd, v6only)?;
+    }
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, backlog)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// `getsockopt(2)` (`SO_TYPE`, `SO_DOMAIN`, `SO_ACCEPTCONN`), then `fcntl(2)`: adopts an
+/// inherited listening socket ([`take_inherited`]). Checks that `fd` is an open, listening
+/// TCP socket (IPv4 or IPv6), then sets close-on-exec and clears `O_NONBLOCK`. The error says
+/// which of those it is not.
+pub(crate) fn adopt_listener(fd: RawFd) -> Result<TcpListener, String> {
+    let describe = |e: io::Error| match e.raw_os_error() {
+        Some(libc::EBADF) => format!("fd {fd} is not open"),
+        Some(libc::ENOTSOCK) => format!("fd {fd} is not a socket"),
+        _ => format!("fd {fd}: {e}"),
+    };
+    let probe =
+        Unowned::new(fd).ok_or_else(|| describe(io::Error::from_raw_os_error(libc::EBADF)))?;
+    let (ty, domain, listening) = probe.socket().map_err(describe)?;
+    if ty != SocketType::STREAM || (domain != AddressFamily::INET && domain != AddressFamily::INET6)
+    {
+        return Err(format!("fd {fd} is a socket but not a TCP socket"));
+    }
+    if !listening {
+        return Err(format!("fd {fd} is a TCP socket that is not listening"));
+    }
+    let listener = TcpListener::from(
+        take_inherited(fd).ok_or_else(|| format!("fd {fd} was adopted already"))?,
+    );
+    rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| describe(e.into()))?;
+    listener.set_nonblocking(false).map_err(describe)?;
+    Ok(listener)
+}
+
+/// The descriptors below this number that [`take_inherited`] handed out already.
+const INHERITED_LIMIT: usize = 1024;
+static INHERITED: [AtomicBool; INHERITED_LIMIT] =
+    [const { AtomicBool::new(false) }; INHERITED_LIMIT];
+
+/// `fcntl(F_GETFD)`: takes ownership of a descriptor this process inherited by protocol
+/// (fd 3 of systemd socket activation or of an exec-mode worker, the readiness pipe on
+/// fd 4), at most once per number: a second call for the same number returns `None`, so no
+/// two owners can close it. Also `None` when `fd` is not open, or not in `3..1024`.
+pub(crate) fn take_inherited(fd: RawFd) -> Option<OwnedFd> {
+    let index = usize::try_from(fd)
+        .ok()
+        .filter(|&i| (3..INHERITED_LIMIT).contains(&i))?;
+    if !Unowned::new(fd)?.is_open() {
+        return None;
+    }
+    if INHERITED[index].swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: the descriptor is open (checked above), the protocol that passed it to this
+    // process gives it to the crate, and the flag just set guarantees that this is its only
+    // owner: no other call returns it again.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A descriptor number this process may have inherited but does not own (yet): it allows
+/// only queries that read the descriptor's state and change nothing, so using a number that
+/// is not open, or that some other part of the program owns, does no harm.
+#[derive(Clone, Copy)]
+pub(super) struct Unowned(RawFd);
+
+impl Unowned {
+    /// `None` for a negative number, which no descriptor has.
+    pub(super) fn new(fd: RawFd) -> Option<Unowned> {
+        (fd >= 0).then_some(Unowned(fd))
+    }
+
+    /// Borrows the number for one of the queries below, and for nothing else.
+    fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the number is not negative (checked by `new`). It may not be open: every
+        // use is one of the read-only queries below (fcntl F_GETFD, fstat, getsockopt), on
+        // which a closed number fails with EBADF, and none of which can close, change or
+        // hand out the descriptor.
+        unsafe { BorrowedFd::borrow_raw(self.0) }
+    }
+
+    /// `fcntl(F_GETFD)`: whether the number is an open descriptor.
+    pub(super) fn is_open(self) -> bool {
+        rustix::io::fcntl_getfd(self.fd()).is_ok()
+    }
+
+    /// `fstat(2)`: whether it is an open pipe (FIFO).
+    pub(super) fn is_fifo(self) -> bool {
+        rustix::fs::fstat(self.fd()).is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo
+        })
+    }
+
+    /// `getsockopt(SO_TYPE, SO_DOMAIN, SO_ACCEPTCONN)`: type, family, and whether it listens.
+    pub(super) fn socket(self) -> io::Result<(SocketType, AddressFamily, bool)> {
+        let fd = self.fd();
+        Ok((
+            sockopt::socket_type(fd)?,
+            sockopt::socket_domain(fd)?,
+            sockopt::socket_acceptconn(fd)?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn bound_sockets_listen_with_their_options() {
+        let v4 = super::bind_tcp("127.0.0.1:0".parse().unwrap(), true, false, 16).unwrap();
+        assert!(rustix::net::sockopt::socket_reuseaddr(&v4).unwrap());
+        assert!(rustix::net::sockopt::socket_reuseport(&v4).unwrap());
+        assert!(rustix::net::sockopt::socket_acceptconn(&v4).unwrap());
+        let flags = rustix::io::fcntl_getfd(&v4).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+        let port = v4.local_addr().unwrap().port();
+        // The same port without SO_REUSEPORT on the second socket: refused.
+        let taken = super::bind_tcp(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            false,
+            false,
+            16,
+        );
+        assert_eq!(taken.unwrap_err().raw_os_error(), Some(libc::EADDRINUSE));
+        if let Ok(v6) = super::bind_tcp("[::1]:0".parse().unwrap(), false, true, 16) {
+            assert!(rustix::net::sockopt::ipv6_v6only(&v6).unwrap());
+            assert!(!rustix::net::sockopt::socket_reuseport(&v6).unwrap());
+        }
+    }
+
+    #[test]
+    fn probes_say_what_a_number_is() {
+        let listener = super::bind_tcp("127.0.0.1:0".parse().unwrap(), false, false, 16).unwrap();
+        let probe = super::Unowned::new(listener.as_raw_fd()).unwrap();
+        assert!(probe.is_open());
+        assert!(!probe.is_fifo());
+        let (ty, domain, listening) = probe.socket().unwrap();
+        assert_eq!(ty, rustix::net::SocketType::STREAM);
+        assert_eq!(domain, rustix::net::AddressFamily::INET);
+        assert!(listening);
+        assert!(super::Unowned::new(-1).is_none());
+        // Out of the protocol's range: never taken.
+        assert!(super::take_inherited(2).is_none());
+        assert!(super::take_inherited(super::INHERITED_LIMIT as i32).is_none());
+    }
+}

@@ -1,0 +1,404 @@
+//! Processes: fork, pids and pidfds, signals to a process, reaping, the parent-death signal,
+//! and the pre-`exec` setup of an exec-mode worker.
+//!
+//! Through rustix where it wraps the call safely; through nix for `fork`; through libc for
+//! `waitid(P_ALL)` (rustix does not report which child it found), `_exit`, and the
+//! descriptor-table calls of the pre-`exec` child, which work on bare numbers.
+
+use std::fs;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use rustix::process::{Pid, WaitId, WaitIdOptions, WaitIdStatus, WaitOptions};
+
+use super::signal::{self, SigSet, Signal};
+
+/// `read(2)` of `/proc/self/stat`: the number of threads of this process, field 20, read into
+/// a stack buffer (this runs before every fork-mode `run` and after every hook, so it is kept
+/// cheap), falling back to counting `/proc/self/task`.
+pub(crate) fn thread_count() -> io::Result<usize> {
+    use std::io::Read;
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    if let Ok(mut f) = fs::File::open("/proc/self/stat") {
+        while len < buf.len() {
+            match f.read(&mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+    if let Some(n) = stat_threads(&buf[..len]) {
+        return Ok(n);
+    }
+    Ok(fs::read_dir("/proc/self/task")?.count())
+}
+
+/// `num_threads` from the text of `/proc/PID/stat`. The command name (field 2) may contain
+/// spaces and parentheses, so fields are counted after its last `)`.
+fn stat_threads(stat: &[u8]) -> Option<usize> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    // After the name come field 3 (state) onwards; num_threads is field 20.
+    rest.split_ascii_whitespace().nth(20 - 3)?.parse().ok()
+}
+
+/// The rustix `Pid` for a pid the crate holds as `u32`: `EINVAL` for 0 and for numbers above
+/// `i32::MAX`, which `kill(2)` would read as "my process group" or a negative group.
+fn to_pid(pid: u32) -> io::Result<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn from_pid(pid: Pid) -> u32 {
+    // A `Pid` is positive.
+    pid.as_raw_nonzero().get() as u32
+}
+
+/// The rustix signal for a signal number: ours first, then any other the platform names.
+fn to_signal(raw: i32) -> io::Result<rustix::process::Signal> {
+    Signal::from_raw(raw)
+        .map(Signal::rustix)
+        .or_else(|| rustix::process::Signal::from_named_raw(raw))
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `getpid(2)`.
+pub(crate) fn getpid() -> u32 {
+    from_pid(rustix::process::getpid())
+}
+
+/// `getppid(2)`; 0 when the parent is outside this process's pid namespace.
+pub(crate) fn getppid() -> u32 {
+    rustix::process::getppid().map_or(0, from_pid)
+}
+
+/// Result of [`fork`].
+pub(crate) enum Fork {
+    Parent(u32),
+    Child,
+}
+
+/// `fork(2)`, for a single-threaded process only: it checks the thread count first and
+/// refuses with `EDEADLK` when other threads run (any lock one of them held at the fork would
+/// stay locked forever in the child).
+pub(crate) fn fork() -> io::Result<Fork> {
+    match thread_count() {
+        Ok(1) => {}
+        Ok(_) => return Err(io::Error::from_raw_os_error(libc::EDEADLK)),
+        // Without /proc the count cannot be read; the master checked what it could at start.
+        Err(_) => {}
+    }
+    // SAFETY: the process is single-threaded (checked just above; a single thread cannot
+    // start another one between the check and the call), so the child inherits no lock
+    // held by some other thread, and may run any code, allocation included.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => Ok(Fork::Child),
+        nix::unistd::ForkResult::Parent { child } => Ok(Fork::Parent(child.as_raw() as u32)),
+    }
+}
+
+/// `pidfd_open(2)` (Linux 5.3). The descriptor is close-on-exec (the kernel always sets it).
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let fd = rustix::process::pidfd_open(to_pid(pid)?, rustix::process::PidfdFlags::empty())?;
+    Ok(fd)
+}
+
+/// `pidfd_send_signal(2)` (Linux 5.1): signals exactly the process the pidfd refers to.
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    rustix::process::pidfd_send_signal(pidfd, to_signal(signal)?)?;
+    Ok(())
+}
+
+/// `kill(2)`.
+pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
+    rustix::process::kill_process(to_pid(pid)?, to_signal(signal)?)?;
+    Ok(())
+}
+
+/// How a reaped child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reaped {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl Reaped {
+    /// From the `siginfo_t` fields of `waitid(WEXITED)`: `si_code` is `CLD_EXITED`,
+    /// `CLD_KILLED` or `CLD_DUMPED`, and `si_status` the exit code or the signal.
+    fn from_siginfo(code: i32, status: i32) -> Reaped {
+        match code {
+            libc::CLD_EXITED => Reaped::Exited(status),
+            _ => Reaped::Signaled(status),
+        }
+    }
+
+    fn from_status(status: &WaitIdStatus) -> Reaped {
+        let code = status.raw_code();
+        let value = status
+            .exit_status()
+            .or_else(|| status.terminating_signal())
+            .unwrap_or(0);
+        Reaped::from_siginfo(code, value)
+    }
+}
+
+/// `waitid(idtype, WEXITED | WNOHANG)` for one child. `Ok(None)` when it has not exited.
+fn reap(id: WaitId<'_>) -> io::Result<Option<Reaped>> {
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+    Ok(rustix::process::waitid(id, options)?.map(|status| Reaped::from_status(&status)))
+}
+
+/// `waitid(P_PIDFD, …)` reaps the child a pidfd refers to; on Linux 5.3, where `P_PIDFD` is
+/// not known (`EINVAL`), `waitid(P_PID, pid)` (a pid cannot be reused while its zombie is
+/// unreaped, so this is as race-free).
+pub(crate) fn reap_pidfd(pidfd: BorrowedFd<'_>, pid: u32) -> io::Result<Option<Reaped>> {
+    match reap(WaitId::PidFd(pidfd)) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => reap_pid(pid),
+        r => r,
+    }
+}
+
+/// `waitid(P_PID, pid)`: reaps one child by pid if it has exited.
+pub(crate) fn reap_pid(pid: u32) -> io::Result<Option<Reaped>> {
+    reap(WaitId::Pid(to_pid(pid)?))
+}
+
+/// `waitid(P_ALL, …)`: reports any exited child, reaping it unless `peek` is set
+/// (`WNOWAIT`). `Ok(None)` when no child has exited; `ECHILD` (no children at all) is also
+/// `Ok(None)`.
+///
+/// Through libc: rustix's `waitid` does not say which child it found, and nix's fails with
+/// `EINVAL`, after reaping, for a child killed by a signal it has no name for (a real-time
+/// one).
+pub(crate) fn wait_any(peek: bool) -> io::Result<Option<(u32, Reaped)>> {
+    let flags = libc::WEXITED | libc::WNOHANG | if peek { libc::WNOWAIT } else { 0 };
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: `info` is writable storage for one siginfo_t owned by this frame. It starts
+    // zero-filled, a valid siginfo_t, so it is initialised whether or not the kernel writes
+    // it (with WNOHANG and nothing to report it may not). The accessors read the SIGCHLD
+    // fields, which waitid(WEXITED) fills; si_pid stays 0 when nothing was reported.
+    let (ret, pid, code, status) = unsafe {
+        let ret = libc::waitid(libc::P_ALL, 0, info.as_mut_ptr(), flags);
+        let info = info.assume_init_ref();
+        (ret, info.si_pid(), info.si_code, info.si_status())
+    };
+    if ret == -1 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ECHILD) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some((pid as u32, Reaped::from_siginfo(code, status))))
+}
+
+/// `waitpid(2)`: reaps `pid`, waiting for it to exit (retried on `EINTR`).
+pub(crate) fn wait_blocking(pid: u32) {
+    let Ok(pid) = to_pid(pid) else { return };
+    while let Err(rustix::io::Errno::INTR) =
+        rustix::process::waitpid(Some(pid), WaitOptions::empty())
+    {}
+}
+
+/// `prctl(PR_SET_PDEATHSIG)`: the death of the calling thread's parent delivers `signal` to
+/// us (0 clears it).
+pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
+    let signal = match signal {
+        0 => None,
+        raw => Some(to_signal(raw)?),
+    };
+    rustix::process::set_parent_process_death_signal(signal)?;
+    Ok(())
+}
+
+/// `getpid(2)` and `prctl(PR_GET_CHILD_SUBREAPER)`: whether this process adopts orphaned
+/// descendants, being PID 1 of its namespace or a child subreaper.
+pub(crate) fn adopts_orphans() -> bool {
+    getpid() == 1 || rustix::process::child_subreaper().is_ok_and(|flag| flag.is_some())
+}
+
+/// `_exit(2)`: ends the process at once, without running atexit handlers or flushing
+/// anything.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions; it ends the process without returning.
+    unsafe { libc::_exit(code) }
+}
+
+/// `std::env::remove_var` (which rewrites `environ`): removes an environment variable if
+/// the process is single-threaded, so that no other thread can read the environment
+/// meanwhile; returns whether it did.
+pub(crate) fn remove_env_if_single_threaded(name: &str) -> bool {
+    if !matches!(thread_count(), Ok(1)) {
+        return false;
+    }
+    // SAFETY: the process has one thread (checked just above, and one thread cannot start
+    // another between the check and this call), so nothing reads the environment meanwhile.
+    unsafe { std::env::remove_var(name) };
+    true
+}
+
+/// `Command::pre_exec`: arranges for [`exec_child_setup`] to run in the child of `cmd`
+/// between fork and exec.
+pub(crate) fn set_exec_child_setup(
+    cmd: &mut std::process::Command,
+    listener: Option<BorrowedFd<'_>>,
+    ready: BorrowedFd<'_>,
+    master_pid: u32,
+    mask: SigSet,
+) {
+    // Numbers only from here: the closure runs in the child, right after `Command::spawn`'s
+    // fork, while the caller still holds both descriptors open.
+    let listener = listener.map(|fd| fd.as_raw_fd());
+    let ready = ready.as_raw_fd();
+    use std::os::unix::process::CommandExt;
+    // SAFETY: exec_child_setup makes only async-signal-safe calls (pthread_sigmask, prctl,
+    // getppid, fcntl, dup2, close_range), allocates nothing and takes no lock, as pre_exec
+    // requires in a process that may run other threads.
+    unsafe { cmd.pre_exec(move || exec_child_setup(listener, ready, master_pid, &mask)) };
+}
+
+/// `pthread_sigmask(2)`, `prctl(PR_SET_PDEATHSIG)`, `getppid(2)`, then `fcntl(2)`, `dup2(2)`
+/// and `close_range(2)`: the pre-`exec` setup of an exec-mode worker. Death signal, the
+/// listener on fd 3, the readiness pipe on fd 4, and every other descriptor above 2 marked
+/// close-on-exec. Only async-signal-safe calls, and no allocation.
+///
+/// Its one caller is the closure [`set_exec_child_setup`] gives `Command::pre_exec`: it runs
+/// in the child between fork and exec, where nothing else of this process runs and no
+/// owner of a descriptor ever runs again (exec replaces the program, and a failed exec ends
+/// the child), so it may rearrange the descriptor table by number.
+fn exec_child_setup(
+    listener: Option<RawFd>,
+    ready: RawFd,
+    master_pid: u32,
+    mask: &SigSet,
+) -> io::Result<()> {
+    /// A descriptor-table call on bare numbers.
+    enum FdCall {
+        /// `fcntl(fd, F_DUPFD_CLOEXEC, min)`.
+        DupAbove(RawFd, RawFd),
+        /// `fcntl(fd, F_SETFD, flags)`.
+        SetFlags(RawFd, libc::c_int),
+        /// `dup2(fd, target)`.
+        Dup2(RawFd, RawFd),
+        /// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)` (Linux 5.11).
+        CloexecFrom(RawFd),
+    }
+
+    fn call(op: FdCall) -> io::Result<libc::c_int> {
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+        // SAFETY: each call takes integers only and reads or writes no memory of ours, and
+        // each is async-signal-safe. They change which file sits at a descriptor number, or
+        // its close-on-exec flag; `call` is local to exec_child_setup, which runs only in
+        // the pre-exec child (see there), where no owner of those descriptors runs again.
+        let ret = unsafe {
+            match op {
+                FdCall::DupAbove(fd, min) => libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min),
+                FdCall::SetFlags(fd, flags) => libc::fcntl(fd, libc::F_SETFD, flags),
+                FdCall::Dup2(fd, target) => libc::dup2(fd, target),
+                FdCall::CloexecFrom(first) => libc::syscall(
+                    libc::SYS_close_range,
+                    first as libc::c_uint,
+                    libc::c_uint::MAX,
+                    CLOSE_RANGE_CLOEXEC,
+                ) as libc::c_int,
+            }
+        };
+        if ret == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
+    }
+
+    /// Puts `fd` at `target` without close-on-exec, so the exec'd program finds it there.
+    fn keep_at(fd: RawFd, target: RawFd) -> io::Result<()> {
+        if fd == target {
+            // Clearing FD_CLOEXEC keeps it across exec.
+            call(FdCall::SetFlags(target, 0))?;
+        } else {
+            // dup2 gives a descriptor without FD_CLOEXEC.
+            call(FdCall::Dup2(fd, target))?;
+        }
+        Ok(())
+    }
+
+    // The master's blocked signals would survive exec: put back the mask of before `run`.
+    signal::sigmask(libc::SIG_SETMASK, mask)?;
+    set_parent_death_signal(libc::SIGKILL)?;
+    if getppid() != master_pid {
+        // The master died before the prctl: do not exec an orphan.
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    let mut ready = ready;
+    if ready == 3 && listener.is_some_and(|l| l != 3) {
+        // Moving the listener onto 3 would close the readiness pipe: move it out of the way.
+        ready = call(FdCall::DupAbove(3, 5))?;
+    }
+    if let Some(fd) = listener {
+        keep_at(fd, 3)?;
+    }
+    keep_at(ready, 4)?;
+    // Mark everything else close-on-exec; std's own error-reporting pipe is close-on-exec
+    // already, so it keeps working.
+    let first = 5;
+    if listener.is_none() {
+        // Fd 3 may not be open: then this just fails with EBADF.
+        let _ = call(FdCall::SetFlags(3, libc::FD_CLOEXEC));
+    }
+    if call(FdCall::CloexecFrom(first)).is_err() {
+        // Older kernels: walk the descriptor table up to a bound (EBADF for the closed ones).
+        for fd in first..4096 {
+            let _ = call(FdCall::SetFlags(fd, libc::FD_CLOEXEC));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stat_threads_counts_after_the_command_name() {
+        let stat = b"42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 7 0 1234 0";
+        assert_eq!(super::stat_threads(stat), Some(7));
+        assert_eq!(super::stat_threads(b"42 (x) S 1"), None);
+        assert_eq!(super::stat_threads(b""), None);
+    }
+
+    #[test]
+    fn thread_count_sees_this_test_thread() {
+        assert!(super::thread_count().unwrap() >= 1);
+    }
+
+    #[test]
+    fn pids_and_signals_convert_at_the_boundary() {
+        assert!(super::to_pid(0).is_err());
+        assert!(super::to_pid(u32::MAX).is_err());
+        assert_eq!(super::from_pid(super::to_pid(42).unwrap()), 42);
+        assert_eq!(super::getpid(), std::process::id());
+        assert_eq!(
+            super::to_signal(libc::SIGTERM).unwrap().as_raw(),
+            libc::SIGTERM
+        );
+        assert_eq!(
+            super::to_signal(libc::SIGSEGV).unwrap().as_raw(),
+            libc::SIGSEGV
+        );
+        assert!(super::to_signal(0).is_err());
+    }
+
+    #[test]
+    fn no_pid_zero() {
+        // kill(0) would signal the whole process group.
+        assert!(super::reap_pid(0).is_err());
+        assert!(super::kill(0, libc::SIGTERM).is_err());
+    }
+}
