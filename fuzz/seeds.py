@@ -40,8 +40,21 @@ ENV = {
 }
 
 # ---- supervisor: 6-byte header, then events (low nibble: event, high nibble: +50 ms each).
-ADV_S, DEADLINE, EXIT, UNKNOWN, TERM, INT, HUP, TTIN, TTOU, USR1, USR2, OTHER, FAIL, SPAWNCTL, EXIT_TERMED, EXIT_KILLED = range(16)
-# exit kinds (operand 2 of EXIT): 0 code 0, 1 code 1, 2 EXIT_FATAL, 3 code 101, 4 SIGKILL, 5 SIGTERM, 6 SIGSEGV
+(ADV_S, DEADLINE, EXIT, UNKNOWN, TERM, INT, HUP, TTIN, TTOU, USR1, READY, SIGNAL, FAIL, SPAWNCTL,
+ EXIT_TERMED, EXIT_KILLED) = range(16)
+# exit kinds (operand 2 of EXIT): 0 code 0, 1 code 1, 2 EXIT_FATAL, 3 code 101, 4 SIGKILL,
+# 5 SIGTERM, 6 SIGSEGV, 7 SIGUSR1, 8 SIGUSR2, 9 SIGABRT, 10 SIGHUP
+CODE0, CODE1, FATAL, CODE101, KILLED, TERMED, SEGV, DIED_USR1 = range(8)
+# operand of SIGNAL: an index into Signal::ALL
+S_HUP, S_INT, S_QUIT, S_KILL, S_USR1, S_USR2, S_TERM, S_CHLD, S_TTIN, S_TTOU = range(10)
+# operand of READY: pick one of the workers not ready yet, or ALL of them
+ALL = 0xFF
+# header flags
+FAIL_AFTER_READY, FAIL_AFTER_SPAWN, SPAWN_COST, EXIT_ON_TERM, MANUAL_READY = 1, 8, 16, 32, 64
+
+
+def initial_spawn_failures(n):
+    return n << 1
 
 
 def sup(workers=2, threshold=3, window_100ms=99, interval_10ms=0, grace_100ms=50, flags=0, events=()):
@@ -52,23 +65,42 @@ SUP = {
     "term_then_graceful_exits": sup(4, events=[TERM, 0x10 | EXIT_TERMED]),
     "term_stubborn_workers": sup(2, grace_100ms=20, events=[TERM, DEADLINE, EXIT_KILLED]),
     "double_term_kills_at_once": sup(3, events=[TERM, INT, EXIT_KILLED]),
-    "crash_loop": sup(2, threshold=3, interval_10ms=5, events=[EXIT, 0, 1, DEADLINE] * 6),
-    "crash_loop_zero_interval": sup(1, threshold=2, events=[0x20 | EXIT, 0, 6] * 4),
-    "fatal_exit": sup(3, events=[0x40 | EXIT, 1, 2, EXIT_TERMED, DEADLINE, EXIT_KILLED]),
+    "crash_loop": sup(2, threshold=3, interval_10ms=5, events=[EXIT, 0, CODE1, DEADLINE] * 6),
+    "crash_loop_zero_interval": sup(1, threshold=2, events=[0x20 | EXIT, 0, SEGV] * 4),
+    "boot_loop_before_ready": sup(2, threshold=2, flags=MANUAL_READY,
+                                  events=[READY, ALL] + [EXIT, 1, KILLED, DEADLINE] * 4 + [EXIT_KILLED]),
+    "kills_after_ready_not_counted": sup(1, threshold=0, events=[DEADLINE, 0x10 | EXIT, 0, KILLED] * 8),
+    "forwarded_usr1_kills": sup(2, threshold=0, events=[USR1, EXIT, 0, DIED_USR1, USR1, EXIT, 1, DIED_USR1]),
+    "fatal_exit": sup(3, events=[0x40 | EXIT, 1, FATAL, EXIT_TERMED, DEADLINE, EXIT_KILLED]),
     "hup_graceful": sup(3, events=[HUP, EXIT_TERMED, EXIT_TERMED, EXIT_TERMED, TERM, EXIT_TERMED]),
     "hup_stubborn": sup(2, grace_100ms=10, events=[HUP, DEADLINE, EXIT_KILLED, DEADLINE, EXIT_KILLED]),
+    "hup_waits_for_ready": sup(2, flags=MANUAL_READY,
+                               events=[READY, ALL, HUP, ADV_S, 20, READY, 0, EXIT_TERMED, READY, 0]),
+    "hup_replacement_fails_to_boot": sup(1, flags=MANUAL_READY,
+                                         events=[READY, ALL, HUP, EXIT, 1, CODE1, DEADLINE, READY, 0,
+                                                 0x40 | EXIT, 1, SEGV, DEADLINE, READY, ALL, EXIT_TERMED]),
+    "hups_coalesce": sup(2, events=[HUP, HUP, HUP] + [EXIT_TERMED] * 4 + [HUP]),
     "hup_spawn_fails_then_ttou": sup(2, events=[SPAWNCTL, 1, HUP, TTOU, TTIN, DEADLINE, EXIT_TERMED, EXIT_KILLED]),
+    "ttou_mid_restart": sup(2, flags=MANUAL_READY,
+                            events=[READY, ALL, HUP, READY, 0, EXIT_TERMED, TTOU, EXIT_TERMED, EXIT_TERMED]),
     "ttin_ttou": sup(1, events=[TTIN, TTIN, TTOU, EXIT_TERMED, TTOU, TTOU, DEADLINE, EXIT_KILLED, TTIN]),
-    "usr_and_other_signals": sup(2, events=[USR1, USR2, OTHER, 17, OTHER, 9, OTHER, 0xFF, OTHER, 0]),
-    "initial_spawn_fails": sup(3, flags=0b010),
-    "spawn_hook_fails": sup(3, flags=0b1000, events=[EXIT_KILLED]),
-    "ready_hook_fails": sup(2, flags=0b1, events=[EXIT_KILLED]),
-    "respawn_fails_then_retries": sup(2, events=[SPAWNCTL, 2, EXIT, 0, 0, DEADLINE, DEADLINE, DEADLINE]),
-    "fail_mid_run": sup(2, events=[EXIT, 0, 6, FAIL, EXIT_KILLED]),
-    "unknown_exits": sup(2, events=[UNKNOWN, 0, EXIT, 0, 0, UNKNOWN, 0, UNKNOWN, 200, UNKNOWN, 3]),
-    "time_jumps": sup(2, flags=0b10000, events=[ADV_S, 255, 0xF0 | DEADLINE, EXIT, 1, 4, ADV_S, 61, EXIT, 0, 5]),
+    "ttin_reopens_closing_slot": sup(2, events=[TTOU, TTIN, EXIT_TERMED, TTOU, TTOU, EXIT_TERMED]),
+    "usr_and_other_signals": sup(2, events=[USR1, SIGNAL, S_USR2, SIGNAL, S_QUIT, SIGNAL, S_KILL,
+                                            SIGNAL, S_CHLD, SIGNAL, S_TTIN, SIGNAL, S_HUP]),
+    "initial_spawn_fails": sup(3, flags=initial_spawn_failures(1)),
+    "spawn_hook_fails": sup(3, flags=FAIL_AFTER_SPAWN, events=[EXIT_KILLED]),
+    "ttin_spawn_hook_fails": sup(2, events=[SPAWNCTL, 0x10, TTIN, EXIT_KILLED]),
+    "ready_hook_fails": sup(2, flags=FAIL_AFTER_READY, events=[EXIT_KILLED]),
+    "respawn_fails_then_retries": sup(2, events=[SPAWNCTL, 2, EXIT, 0, CODE0, DEADLINE, DEADLINE, DEADLINE]),
+    "fail_mid_run": sup(2, events=[EXIT, 0, SEGV, FAIL, EXIT_KILLED]),
+    "unknown_exits": sup(2, events=[UNKNOWN, 0, EXIT, 0, CODE0, UNKNOWN, 0, UNKNOWN, 200, UNKNOWN, 3]),
+    "time_jumps": sup(2, flags=SPAWN_COST,
+                      events=[ADV_S, 255, 0xF0 | DEADLINE, EXIT, 1, KILLED, ADV_S, 61, EXIT, 0, TERMED]),
     "zero_grace": sup(3, grace_100ms=0, events=[TTIN, TTOU, HUP, TERM]),
-    "stop_with_exit_on_term": sup(4, flags=0b100000, events=[EXIT, 2, 0]),
+    "stop_with_exit_on_term": sup(4, flags=EXIT_ON_TERM, events=[EXIT, 2, CODE0]),
+    # Found by fuzzing (many retiring workers, each with its own KILL deadline), kept verbatim.
+    "regression_many_retiring_deadlines": bytes.fromhex(
+        "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),
 }
 
 

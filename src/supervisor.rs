@@ -904,5 +904,7 @@ impl Slot {
     }
 }
 
+#[cfg(any(test, fuzzing))]
+pub(crate) mod model;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,15 @@
+//! Unit tests of the supervisor, each driven through the reference model (`model.rs`), which
+//! checks every step against its own account of the policies.
+
+use super::model::Model;
 use super::*;
 
 const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+
+const KILL: WorkerExit = WorkerExit::Signal(libc::SIGKILL);
+const TERM: WorkerExit = WorkerExit::Signal(libc::SIGTERM);
+const SEGV: WorkerExit = WorkerExit::Signal(libc::SIGSEGV);
 
 fn cfg(workers: usize) -> Config {
     Config {
@@ -12,179 +21,467 @@ fn cfg(workers: usize) -> Config {
     }
 }
 
-/// A supervisor plus a fake process table: spawns get fresh pids.
+/// The model, stepped one event at a time; each step returns the actions it caused.
 struct Harness {
-    sup: Supervisor,
-    next_pid: u32,
-    now: Duration,
-    /// Every action seen, in order.
-    log: Vec<Action>,
+    m: Model,
+    /// The actions of the latest step.
+    last: Vec<Action>,
 }
 
 impl Harness {
+    /// Workers report ready as soon as they are spawned.
     fn new(cfg: Config) -> Harness {
+        Harness::with(cfg, true)
+    }
+
+    /// Workers report ready only through [`Harness::ready`].
+    fn manual(cfg: Config) -> Harness {
+        Harness::with(cfg, false)
+    }
+
+    fn with(cfg: Config, auto_ready: bool) -> Harness {
+        let mut m = Model::new(cfg);
+        m.auto_ready = auto_ready;
         let mut h = Harness {
-            sup: Supervisor::new(cfg),
-            next_pid: 100,
-            now: Duration::ZERO,
-            log: Vec::new(),
+            m,
+            last: Vec::new(),
         };
-        h.pump();
+        h.settle();
         h
     }
 
-    /// Performs queued actions: spawns succeed with fresh pids; returns the signals sent.
-    fn pump(&mut self) -> Vec<(u32, i32)> {
-        let mut signals = Vec::new();
-        while let Some(a) = self.sup.next_action() {
-            self.log.push(a.clone());
-            match a {
-                Action::Spawn { slot, .. } => {
-                    let pid = self.next_pid;
-                    self.next_pid += 1;
-                    self.sup.on_spawned(slot, pid, self.now);
-                }
-                Action::Signal { pid, signal } => signals.push((pid, signal)),
-                Action::Ready { .. } | Action::Closed { .. } => {}
-            }
-        }
-        signals
+    fn settle(&mut self) -> Vec<Action> {
+        let start = self.m.log.len();
+        self.m.settle();
+        self.last = self.m.log[start..].to_vec();
+        self.last.clone()
     }
 
-    fn exit(&mut self, pid: u32, exit: WorkerExit) -> Option<usize> {
-        self.sup.on_exit(pid, exit, self.now)
+    fn signal(&mut self, signal: Signal) -> Vec<Action> {
+        self.m.signal(signal);
+        self.settle()
     }
 
-    fn advance(&mut self, d: Duration) {
-        self.now += d;
-        self.sup.on_timer(self.now);
+    fn ready(&mut self, pid: u32) -> Vec<Action> {
+        self.m.ready(pid);
+        self.settle()
     }
 
+    /// The worker `pid` exits: how the supervisor judged it (the actions are in `last`).
+    fn exit(&mut self, pid: u32, how: WorkerExit) -> Exited {
+        let exited = self.m.exit(pid, how);
+        self.settle();
+        exited
+    }
+
+    fn fail(&mut self) -> Vec<Action> {
+        self.m.fail();
+        self.settle()
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<Action> {
+        self.m.advance(d);
+        self.settle()
+    }
+
+    /// Sleeps until the next deadline.
+    fn wake(&mut self) -> Vec<Action> {
+        self.m.wake_at_deadline();
+        self.settle()
+    }
+
+    fn now(&self) -> Duration {
+        self.m.now
+    }
+
+    /// The signals sent in the latest step.
+    fn signals(&self) -> Vec<(u32, Signal, Why)> {
+        signals(&self.last)
+    }
+
+    /// The worker holding `slot`.
     fn pid_of(&self, slot: usize) -> u32 {
-        self.sup
-            .live_pids()
-            .into_iter()
-            .find(|&p| self.sup.slot_of(p) == Some(slot))
-            .expect("slot has a live worker")
+        match self.m.sup.slots[slot] {
+            Slot::Running { pid, .. } => pid,
+            ref s => panic!("slot {slot} has no worker: {s:?}"),
+        }
+    }
+
+    fn live(&self) -> Vec<u32> {
+        self.m.live.keys().copied().collect()
     }
 
     fn spawns(&self) -> usize {
-        self.log
-            .iter()
-            .filter(|a| matches!(a, Action::Spawn { .. }))
-            .count()
+        self.m.spawns()
+    }
+
+    fn outcome(&self) -> Option<&Result<(), Failure>> {
+        self.m.sup.outcome()
+    }
+
+    fn counted(&self) -> usize {
+        self.m.sup.recent.len()
     }
 }
 
+fn signals(actions: &[Action]) -> Vec<(u32, Signal, Why)> {
+    actions
+        .iter()
+        .filter_map(|a| match *a {
+            Action::Signal { pid, signal, why } => Some((pid, signal, why)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn spawn(slot: usize, recovers: Option<u32>) -> Action {
+    Action::Spawn { slot, recovers }
+}
+
+fn sig(pid: u32, signal: Signal, why: Why) -> Action {
+    Action::Signal { pid, signal, why }
+}
+
+fn exited(slot: usize, cause: Cause) -> Exited {
+    Exited { slot, cause }
+}
+
+// ---- Start-up.
+
 #[test]
-fn spawns_every_slot_then_reports_ready_once() {
-    let h = Harness::new(cfg(3));
-    let spawns: Vec<_> = h.log[..3].to_vec();
+fn spawns_every_slot_then_reports_ready_once_all_are_ready() {
+    let mut h = Harness::manual(cfg(3));
+    assert_eq!(h.last, vec![spawn(0, None), spawn(1, None), spawn(2, None)]);
+    assert!(h.ready(100).is_empty());
+    assert!(h.ready(101).is_empty());
     assert_eq!(
-        spawns,
-        (0..3)
-            .map(|slot| Action::Spawn {
-                slot,
-                recovers: None
-            })
-            .collect::<Vec<_>>()
-    );
-    assert_eq!(
-        h.log[3],
-        Action::Ready {
+        h.ready(102),
+        vec![Action::Ready {
             pids: vec![100, 101, 102]
-        }
+        }]
     );
-    assert_eq!(h.log.len(), 4);
+    // A second report changes nothing.
+    h.m.sup.on_ready(101, h.now());
+    assert_eq!(h.m.sup.next_action(), None);
     assert_eq!(
-        h.sup.next_deadline(),
+        h.m.sup.next_deadline(),
         None,
         "an idle supervisor has no timer"
     );
 }
 
 #[test]
-fn crashed_worker_is_respawned_in_its_slot() {
-    let mut h = Harness::new(cfg(2));
-    assert_eq!(h.exit(101, WorkerExit::Signal(9)), Some(1));
-    h.pump();
+fn ready_waits_for_the_replacement_of_a_worker_that_failed_to_boot() {
+    let mut h = Harness::manual(cfg(2));
+    h.ready(100);
     assert_eq!(
-        h.log.last(),
-        Some(&Action::Spawn {
-            slot: 1,
-            recovers: Some(101)
-        })
+        h.exit(101, WorkerExit::Code(1)),
+        exited(1, Cause::BootFailure)
     );
-    assert_eq!(h.pid_of(1), 102);
-    assert_eq!(h.sup.slot_of(102), Some(1));
+    assert_eq!(h.last, vec![spawn(1, Some(101))]);
+    assert_eq!(
+        h.ready(102),
+        vec![Action::Ready {
+            pids: vec![100, 102]
+        }]
+    );
 }
 
 #[test]
-fn clean_exit_zero_is_unexpected_and_respawned() {
+fn failure_during_initial_spawn_drops_queued_spawns() {
+    let mut sup = Supervisor::new(cfg(3));
+    assert_eq!(sup.next_action(), Some(spawn(0, None)));
+    sup.on_spawned(0, 100, Duration::ZERO);
+    // A hook failed for the first worker.
+    sup.fail(Duration::ZERO);
+    assert_eq!(sup.next_action(), Some(sig(100, Signal::Kill, Why::Kill)));
+    assert_eq!(sup.next_action(), None, "queued spawns are dropped");
+    sup.on_exit(100, KILL, Duration::ZERO);
+    assert_eq!(sup.outcome(), Some(&Err(Failure::External)));
+}
+
+#[test]
+fn initial_spawn_failure_fails_the_run() {
+    let mut m = Model::new(cfg(2));
+    m.spawn_failures = 1;
+    m.settle();
+    // Slot 0 failed; slot 1's spawn was dropped by the stop.
+    assert_eq!(m.log, vec![spawn(0, None)]);
+    assert_eq!(m.sup.outcome(), Some(&Err(Failure::External)));
+
+    let mut sup = Supervisor::new(cfg(2));
+    let _ = sup.next_action();
+    sup.on_spawned(0, 100, Duration::ZERO);
+    let _ = sup.next_action();
+    sup.on_spawn_failed(1, Duration::ZERO);
+    assert_eq!(sup.next_action(), Some(sig(100, Signal::Kill, Why::Kill)));
+    assert_eq!(
+        sup.next_action(),
+        None,
+        "no Stopping: it is no graceful stop"
+    );
+    sup.on_exit(100, KILL, Duration::ZERO);
+    assert_eq!(sup.outcome(), Some(&Err(Failure::External)));
+}
+
+// ---- Exits and respawns.
+
+#[test]
+fn crashed_worker_is_respawned_in_its_slot() {
+    let mut h = Harness::new(cfg(2));
+    h.advance(10 * SEC);
+    assert_eq!(h.exit(101, KILL), exited(1, Cause::Crashed));
+    assert_eq!(h.last, vec![spawn(1, Some(101))]);
+    assert_eq!(h.pid_of(1), 102);
+    assert_eq!(h.m.sup.slot_of(102), Some(1));
+    assert_eq!(h.counted(), 0, "a worker that served is not counted");
+}
+
+#[test]
+fn exit_code_zero_is_unexpected_and_respawned() {
     let mut h = Harness::new(cfg(1));
-    h.exit(100, WorkerExit::Code(0));
-    h.pump();
-    assert_eq!(h.sup.live_pids(), vec![101]);
+    // Right after it was ready: a boot failure.
+    assert_eq!(
+        h.exit(100, WorkerExit::Code(0)),
+        exited(0, Cause::BootFailure)
+    );
+    assert_eq!(h.live(), vec![101]);
+    // After serving: replaced, not counted.
+    h.advance(10 * SEC);
+    assert_eq!(h.exit(101, WorkerExit::Code(0)), exited(0, Cause::Crashed));
+    assert_eq!(h.live(), vec![102]);
+    assert_eq!(h.counted(), 1);
 }
 
 #[test]
 fn unknown_pid_is_ignored() {
     let mut h = Harness::new(cfg(1));
-    assert_eq!(h.exit(4242, WorkerExit::Code(0)), None);
-    assert!(h.pump().is_empty());
-    assert_eq!(h.sup.live_pids(), vec![100]);
+    h.m.unknown_exit(4242);
+    h.settle();
+    assert!(h.last.is_empty());
+    assert_eq!(h.live(), vec![100]);
+}
+
+#[test]
+fn exit_before_ready_is_a_boot_failure_and_counted() {
+    let mut c = cfg(1);
+    c.recover_threshold = 10;
+    let mut h = Harness::manual(c);
+    h.ready(100);
+    h.advance(10 * SEC);
+    assert_eq!(h.exit(100, KILL), exited(0, Cause::Crashed));
+    // Its replacement never reports ready: any exit is a boot failure, even a KILL from
+    // outside, even long after the start.
+    h.advance(10 * SEC);
+    assert_eq!(h.exit(101, KILL), exited(0, Cause::BootFailure));
+    assert_eq!(
+        h.exit(102, WorkerExit::Code(0)),
+        exited(0, Cause::BootFailure)
+    );
+    assert_eq!(h.counted(), 2);
+}
+
+#[test]
+fn self_inflicted_exit_right_after_ready_is_a_boot_failure() {
+    let mut c = cfg(1);
+    c.recover_threshold = 10;
+    c.recover_interval = 10 * MS;
+    let mut h = Harness::new(c);
+    assert_eq!(
+        h.exit(100, WorkerExit::Code(101)),
+        exited(0, Cause::BootFailure)
+    );
+    h.wake();
+    h.advance(500 * MS);
+    assert_eq!(h.exit(101, SEGV), exited(0, Cause::BootFailure));
+    h.wake();
+    h.advance(999 * MS);
+    let pid = h.pid_of(0);
+    assert_eq!(
+        h.exit(pid, WorkerExit::Code(101)),
+        exited(0, Cause::BootFailure)
+    );
+    // FAST_CRASH after ready, it served.
+    h.wake();
+    h.advance(FAST_CRASH);
+    let pid = h.pid_of(0);
+    assert_eq!(
+        h.exit(pid, WorkerExit::Code(101)),
+        exited(0, Cause::Crashed)
+    );
+    assert_eq!(h.counted(), 3);
+    let latest = h.m.sup.recent.back().map(|&(_, e)| e);
+    assert_eq!(
+        latest,
+        Some(CountedExit {
+            slot: 0,
+            pid: 102,
+            exit: WorkerExit::Code(101),
+            was_ready: true
+        })
+    );
+}
+
+#[test]
+fn killed_from_outside_after_serving_is_crashed_not_counted() {
+    let mut c = cfg(1);
+    c.recover_threshold = 0;
+    let mut h = Harness::new(c);
+    h.advance(FAST_CRASH + SEC);
+    assert_eq!(h.exit(100, KILL), exited(0, Cause::Crashed));
+    assert_eq!(h.last, vec![spawn(0, Some(100))], "respawned at once");
+    assert_eq!(h.outcome(), None);
+    assert_eq!(h.counted(), 0);
+}
+
+#[test]
+fn kills_from_outside_just_after_ready_never_stop_the_run() {
+    let mut c = cfg(1);
+    c.recover_threshold = 3;
+    let mut h = Harness::new(c);
+    for i in 0..200 {
+        if h.m.sup.slots[0].pid().is_none() {
+            h.wake();
+        }
+        h.advance(10 * MS);
+        let pid = h.pid_of(0);
+        assert_eq!(h.exit(pid, KILL), exited(0, Cause::Crashed), "kill {i}");
+        assert_eq!(h.outcome(), None);
+    }
+    assert_eq!(h.counted(), 0);
+    assert!(!h.m.sup.is_stopping());
 }
 
 #[test]
 fn threshold_allows_k_respawns_then_over_recovery() {
     let mut h = Harness::new(cfg(2));
+    let mut exits = Vec::new();
     for _ in 0..3 {
         let pid = h.pid_of(0);
-        h.exit(pid, WorkerExit::Code(1));
-        h.pump();
-        assert!(h.sup.outcome().is_none());
+        assert_eq!(
+            h.exit(pid, WorkerExit::Code(1)),
+            exited(0, Cause::BootFailure)
+        );
+        exits.push(pid);
+        assert_eq!(h.outcome(), None);
+        if h.m.sup.slots[0].pid().is_none() {
+            h.wake(); // backoff
+        }
     }
     assert_eq!(h.spawns(), 2 + 3, "three respawns with threshold 3");
     let pid = h.pid_of(0);
+    exits.push(pid);
     h.exit(pid, WorkerExit::Code(1));
-    let signals = h.pump();
-    assert_eq!(signals, vec![(101, sig::KILL)], "the survivor is killed");
-    assert_eq!(h.spawns(), 5, "no fourth respawn");
-    assert!(h.sup.outcome().is_none(), "not done while a worker lives");
-    h.exit(101, WorkerExit::Signal(9));
     assert_eq!(
-        h.sup.outcome(),
-        Some(&Err(Failure::OverRecovery { exits: 4 }))
+        h.last,
+        vec![sig(101, Signal::Kill, Why::Kill)],
+        "the survivor is killed, with no Stopping"
+    );
+    assert_eq!(h.spawns(), 5, "no fourth respawn");
+    assert_eq!(h.outcome(), None, "not done while a worker lives");
+    assert_eq!(h.exit(101, KILL), exited(1, Cause::Requested));
+    let latest: Vec<CountedExit> = exits
+        .iter()
+        .map(|&pid| CountedExit {
+            slot: 0,
+            pid,
+            exit: WorkerExit::Code(1),
+            was_ready: true,
+        })
+        .collect();
+    assert_eq!(
+        h.outcome(),
+        Some(&Err(Failure::OverRecovery { count: 4, latest }))
+    );
+}
+
+#[test]
+fn over_recovery_reports_the_latest_exits_only() {
+    let mut c = cfg(1);
+    c.recover_threshold = 2 * REPORTED_EXITS;
+    let mut h = Harness::new(c);
+    let mut pids = Vec::new();
+    while h.outcome().is_none() {
+        if h.m.sup.slots[0].pid().is_none() {
+            h.wake();
+        }
+        let pid = h.pid_of(0);
+        pids.push(pid);
+        h.exit(pid, WorkerExit::Code(1));
+    }
+    let count = 2 * REPORTED_EXITS + 1;
+    assert_eq!(pids.len(), count);
+    let Some(Err(Failure::OverRecovery { count: n, latest })) = h.outcome() else {
+        panic!("{:?}", h.outcome());
+    };
+    assert_eq!(*n, count);
+    let reported: Vec<u32> = latest.iter().map(|e| e.pid).collect();
+    assert_eq!(
+        reported,
+        pids[count - REPORTED_EXITS..],
+        "the latest, oldest first"
     );
 }
 
 #[test]
 fn exits_outside_the_window_are_forgotten() {
-    let mut h = Harness::new(cfg(1));
+    let mut h = Harness::manual(cfg(1));
+    h.ready(100);
     for _ in 0..10 {
         let pid = h.pid_of(0);
-        h.exit(pid, WorkerExit::Code(1));
-        h.pump();
-        h.advance(Duration::from_secs(30));
+        assert_eq!(
+            h.exit(pid, WorkerExit::Code(1)),
+            exited(0, Cause::BootFailure)
+        );
+        h.advance(30 * SEC);
     }
-    assert!(
-        h.sup.outcome().is_none(),
+    assert_eq!(
+        h.outcome(),
+        None,
         "two exits per minute stay under threshold 3"
     );
-    assert_eq!(h.sup.live_pids().len(), 1);
+    assert_eq!(h.live().len(), 1);
 }
 
 #[test]
-fn threshold_zero_stops_at_first_exit() {
+fn threshold_zero_stops_at_first_boot_failure() {
     let mut c = cfg(1);
     c.recover_threshold = 0;
     let mut h = Harness::new(c);
     h.exit(100, WorkerExit::Code(1));
-    h.pump();
+    let latest = vec![CountedExit {
+        slot: 0,
+        pid: 100,
+        exit: WorkerExit::Code(1),
+        was_ready: true,
+    }];
     assert_eq!(
-        h.sup.outcome(),
-        Some(&Err(Failure::OverRecovery { exits: 1 }))
+        h.outcome(),
+        Some(&Err(Failure::OverRecovery { count: 1, latest }))
     );
+}
+
+#[test]
+fn counted_exits_keep_a_small_deque() {
+    let mut c = cfg(1);
+    c.recover_threshold = 1_000_000_000;
+    c.recover_window = 10 * SEC;
+    let mut h = Harness::manual(c);
+    h.ready(100);
+    let mut widest = 0;
+    for _ in 0..10_000 {
+        h.advance(SEC);
+        let pid = h.pid_of(0);
+        h.exit(pid, WorkerExit::Code(1));
+        widest = widest.max(h.m.sup.recent.capacity());
+    }
+    assert_eq!(h.outcome(), None);
+    assert!(
+        h.counted() <= 10,
+        "{} counted within the window",
+        h.counted()
+    );
+    assert!(widest <= 64, "the deque grew to a capacity of {widest}");
 }
 
 #[test]
@@ -195,25 +492,20 @@ fn recover_interval_delays_and_backs_off_fast_crashes() {
     let mut h = Harness::new(c);
     // First fast crash: wait one interval.
     h.exit(100, WorkerExit::Code(1));
-    h.pump();
-    assert_eq!(h.sup.live_pids(), Vec::<u32>::new());
-    assert_eq!(h.sup.next_deadline(), Some(100 * MS));
-    h.advance(99 * MS);
-    h.pump();
-    assert_eq!(h.spawns(), 1);
-    h.advance(MS);
-    h.pump();
-    assert_eq!(h.spawns(), 2);
+    assert!(h.last.is_empty());
+    assert_eq!(h.live(), Vec::<u32>::new());
+    assert_eq!(h.m.sup.next_deadline(), Some(100 * MS));
+    assert!(h.advance(99 * MS).is_empty());
+    assert_eq!(h.advance(MS), vec![spawn(0, Some(100))]);
     // Second fast crash of the same slot: twice the interval.
     h.exit(101, WorkerExit::Code(1));
-    assert_eq!(h.sup.next_deadline(), Some(h.now + 200 * MS));
+    assert_eq!(h.m.sup.next_deadline(), Some(h.now() + 200 * MS));
     h.advance(200 * MS);
-    h.pump();
     // A worker that ran long resets the backoff.
-    h.advance(Duration::from_secs(10));
+    h.advance(10 * SEC);
     let pid = h.pid_of(0);
     h.exit(pid, WorkerExit::Code(1));
-    assert_eq!(h.sup.next_deadline(), Some(h.now + 100 * MS));
+    assert_eq!(h.m.sup.next_deadline(), Some(h.now() + 100 * MS));
 }
 
 #[test]
@@ -222,65 +514,72 @@ fn backoff_is_capped() {
     c.recover_interval = MS;
     c.recover_threshold = 1000;
     let mut h = Harness::new(c);
-    for _ in 0..20 {
+    let mut waits = Vec::new();
+    for _ in 0..10 {
         let pid = h.pid_of(0);
         h.exit(pid, WorkerExit::Code(1));
-        let wait = h.sup.next_deadline().unwrap() - h.now;
-        assert!(wait <= 32 * MS, "delay {wait:?} is capped at 32 intervals");
+        let wait = h.m.sup.next_deadline().unwrap() - h.now();
+        waits.push(wait.as_millis());
         h.advance(wait);
-        h.pump();
     }
+    assert_eq!(waits, [1, 2, 4, 8, 16, 32, 32, 32, 32, 32]);
 }
 
 #[test]
-fn term_stops_gracefully_then_kills_after_grace() {
-    let mut h = Harness::new(cfg(2));
-    h.sup.on_signal(sig::TERM, h.now);
-    assert_eq!(h.pump(), vec![(100, sig::TERM), (101, sig::TERM)]);
-    h.exit(100, WorkerExit::Signal(sig::TERM));
-    h.pump();
-    assert_eq!(h.sup.next_deadline(), Some(Duration::from_secs(5)));
-    h.advance(Duration::from_secs(5));
-    assert_eq!(h.pump(), vec![(101, sig::KILL)]);
-    assert!(h.sup.outcome().is_none());
-    h.exit(101, WorkerExit::Signal(sig::KILL));
-    assert_eq!(h.sup.outcome(), Some(&Ok(())));
-    assert_eq!(h.spawns(), 2, "nothing respawned during the stop");
-}
-
-#[test]
-fn second_term_kills_at_once() {
-    let mut h = Harness::new(cfg(1));
-    h.sup.on_signal(sig::INT, h.now);
-    assert_eq!(h.pump(), vec![(100, sig::TERM)]);
-    h.sup.on_signal(sig::TERM, h.now);
-    assert_eq!(h.pump(), vec![(100, sig::KILL)]);
-    assert_eq!(h.sup.next_deadline(), None);
-}
-
-#[test]
-fn term_during_pending_respawn_cancels_it() {
-    let mut c = cfg(2);
-    c.recover_interval = Duration::from_secs(1);
+fn zero_interval_respawns_at_once_then_backs_off_from_10ms() {
+    let mut c = cfg(1);
+    c.recover_threshold = 1000;
     let mut h = Harness::new(c);
     h.exit(100, WorkerExit::Code(1));
-    h.sup.on_signal(sig::TERM, h.now);
-    assert_eq!(h.pump(), vec![(101, sig::TERM)]);
-    h.exit(101, WorkerExit::Code(0));
-    assert_eq!(h.sup.outcome(), Some(&Ok(())));
-    h.advance(Duration::from_secs(2));
-    h.pump();
-    assert_eq!(h.spawns(), 2);
+    assert_eq!(
+        h.last,
+        vec![spawn(0, Some(100))],
+        "the first respawn is immediate"
+    );
+    let mut waits = Vec::new();
+    for _ in 0..7 {
+        let pid = h.pid_of(0);
+        h.exit(pid, WorkerExit::Code(1));
+        let wait = h.m.sup.next_deadline().unwrap() - h.now();
+        waits.push(wait.as_millis());
+        h.advance(wait);
+    }
+    assert_eq!(waits, [20, 40, 80, 160, 320, 320, 320]);
+    // A worker that lived FAST_CRASH resets the streak.
+    h.advance(FAST_CRASH);
+    let pid = h.pid_of(0);
+    h.exit(pid, SEGV);
+    assert_eq!(h.last, vec![spawn(0, Some(pid))]);
+}
+
+#[test]
+fn later_spawn_failure_is_counted_and_retried() {
+    let mut h = Harness::new(cfg(1));
+    h.advance(10 * SEC);
+    h.m.spawn_failures = 1;
+    h.exit(100, KILL);
+    assert_eq!(h.last, vec![spawn(0, Some(100))]);
+    assert_eq!(h.live(), Vec::<u32>::new());
+    assert_eq!(h.counted(), 1, "the failed fork is counted");
+    assert_eq!(h.m.sup.next_deadline(), Some(h.now() + SPAWN_RETRY_DELAY));
+    assert_eq!(h.advance(SPAWN_RETRY_DELAY), vec![spawn(0, Some(100))]);
+    assert_eq!(h.live(), vec![101]);
 }
 
 #[test]
 fn fatal_exit_code_stops_without_respawn() {
     let mut h = Harness::new(cfg(2));
-    h.exit(100, WorkerExit::Code(crate::EXIT_FATAL));
-    assert_eq!(h.pump(), vec![(101, sig::TERM)]);
+    assert_eq!(
+        h.exit(100, WorkerExit::Code(crate::EXIT_FATAL)),
+        exited(0, Cause::Fatal)
+    );
+    assert_eq!(
+        h.last,
+        vec![Action::Stopping, sig(101, Signal::Term, Why::Stop)]
+    );
     h.exit(101, WorkerExit::Code(0));
     assert_eq!(
-        h.sup.outcome(),
+        h.outcome(),
         Some(&Err(Failure::WorkerFatal {
             slot: 0,
             pid: 100,
@@ -290,198 +589,432 @@ fn fatal_exit_code_stops_without_respawn() {
     assert_eq!(h.spawns(), 2);
 }
 
-#[test]
-fn failure_kills_everything() {
-    let mut h = Harness::new(cfg(2));
-    h.sup.fail(h.now);
-    assert_eq!(h.pump(), vec![(100, sig::KILL), (101, sig::KILL)]);
-    h.exit(100, WorkerExit::Signal(9));
-    h.exit(101, WorkerExit::Signal(9));
-    assert_eq!(h.sup.outcome(), Some(&Err(Failure::External)));
-}
-
-#[test]
-fn failure_during_initial_spawn_drops_queued_spawns() {
-    let mut sup = Supervisor::new(cfg(3));
-    assert_eq!(
-        sup.next_action(),
-        Some(Action::Spawn {
-            slot: 0,
-            recovers: None
-        })
-    );
-    sup.on_spawned(0, 100, Duration::ZERO);
-    // A hook failed for the first worker.
-    sup.fail(Duration::ZERO);
-    assert_eq!(
-        sup.next_action(),
-        Some(Action::Signal {
-            pid: 100,
-            signal: sig::KILL
-        })
-    );
-    assert_eq!(sup.next_action(), None, "queued spawns are dropped");
-    sup.on_exit(100, WorkerExit::Signal(9), Duration::ZERO);
-    assert_eq!(sup.outcome(), Some(&Err(Failure::External)));
-}
-
-#[test]
-fn initial_spawn_failure_fails_the_run() {
-    let mut sup = Supervisor::new(cfg(2));
-    sup.next_action();
-    sup.on_spawned(0, 100, Duration::ZERO);
-    sup.next_action();
-    sup.on_spawn_failed(1, Duration::ZERO);
-    assert_eq!(
-        sup.next_action(),
-        Some(Action::Signal {
-            pid: 100,
-            signal: sig::KILL
-        })
-    );
-    sup.on_exit(100, WorkerExit::Signal(9), Duration::ZERO);
-    assert_eq!(sup.outcome(), Some(&Err(Failure::External)));
-}
-
-#[test]
-fn later_spawn_failure_is_retried() {
-    let mut sup = Supervisor::new(cfg(1));
-    sup.next_action();
-    sup.on_spawned(0, 100, Duration::ZERO);
-    sup.next_action(); // Ready
-    sup.on_exit(100, WorkerExit::Code(1), Duration::ZERO);
-    assert_eq!(
-        sup.next_action(),
-        Some(Action::Spawn {
-            slot: 0,
-            recovers: Some(100)
-        })
-    );
-    sup.on_spawn_failed(0, Duration::ZERO);
-    assert_eq!(sup.next_action(), None);
-    assert_eq!(sup.next_deadline(), Some(SPAWN_RETRY_DELAY));
-    sup.on_timer(SPAWN_RETRY_DELAY);
-    assert_eq!(
-        sup.next_action(),
-        Some(Action::Spawn {
-            slot: 0,
-            recovers: Some(100)
-        })
-    );
-}
+// ---- Forwarded signals.
 
 #[test]
 fn usr1_is_forwarded_to_every_worker() {
-    let mut h = Harness::new(cfg(2));
-    h.sup.on_signal(sig::USR1, h.now);
-    assert_eq!(h.pump(), vec![(100, sig::USR1), (101, sig::USR1)]);
+    let mut h = Harness::manual(cfg(2));
+    h.ready(100);
+    h.ready(101);
+    h.signal(Signal::Usr1);
+    assert_eq!(
+        h.signals(),
+        vec![
+            (100, Signal::Usr1, Why::Forward),
+            (101, Signal::Usr1, Why::Forward)
+        ]
+    );
+    // A retiring worker too.
+    h.signal(Signal::Hup);
+    h.signal(Signal::Usr2);
+    let mut to: Vec<u32> = h.signals().iter().map(|s| s.0).collect();
+    to.sort_unstable();
+    assert_eq!(to, vec![100, 101, 102]);
 }
 
 #[test]
-fn ttin_adds_and_ttou_removes_a_worker() {
+fn death_by_a_forwarded_signal_is_respawned_at_once_and_not_counted() {
+    let mut c = cfg(1);
+    c.recover_threshold = 0;
+    c.recover_interval = SEC;
+    let mut h = Harness::new(c);
+    let usr1 = WorkerExit::Signal(libc::SIGUSR1);
+    for _ in 0..10 {
+        h.signal(Signal::Usr1);
+        let pid = h.pid_of(0);
+        assert_eq!(h.exit(pid, usr1), exited(0, Cause::Forwarded));
+        assert_eq!(h.last, vec![spawn(0, Some(pid))], "no delay, no backoff");
+    }
+    assert_eq!(h.counted(), 0);
+    assert_eq!(h.outcome(), None);
+    // A worker started after the forward was not sent USR1 by the master.
+    h.advance(10 * SEC);
+    let pid = h.pid_of(0);
+    assert_eq!(h.exit(pid, usr1), exited(0, Cause::Crashed));
+}
+
+// ---- Stopping.
+
+#[test]
+fn term_stops_gracefully_then_kills_after_grace() {
     let mut h = Harness::new(cfg(2));
-    h.sup.on_signal(sig::TTIN, h.now);
-    h.pump();
-    assert_eq!(h.sup.slot_of(102), Some(2));
-    h.sup.on_signal(sig::TTOU, h.now);
-    assert_eq!(h.pump(), vec![(102, sig::TERM)]);
-    assert!(h.log.contains(&Action::Closed { slot: 2 }));
-    h.exit(102, WorkerExit::Signal(sig::TERM));
-    h.pump();
-    assert_eq!(h.sup.active_slots(), 2);
-    assert_eq!(h.spawns(), 3, "a retired worker is not respawned");
-    // Never below one worker.
-    h.sup.on_signal(sig::TTOU, h.now);
-    h.sup.on_signal(sig::TTOU, h.now);
-    h.sup.on_signal(sig::TTOU, h.now);
-    let signals = h.pump();
-    assert_eq!(signals.len(), 1);
-    assert_eq!(h.sup.active_slots(), 1);
+    assert_eq!(
+        h.signal(Signal::Term),
+        vec![
+            Action::Stopping,
+            sig(100, Signal::Term, Why::Stop),
+            sig(101, Signal::Term, Why::Stop)
+        ]
+    );
+    assert_eq!(h.exit(100, TERM), exited(0, Cause::Requested));
+    assert_eq!(h.m.sup.next_deadline(), Some(5 * SEC));
+    assert_eq!(
+        h.advance(5 * SEC),
+        vec![sig(101, Signal::Kill, Why::GraceExpired)]
+    );
+    assert_eq!(h.outcome(), None);
+    h.exit(101, KILL);
+    assert_eq!(h.outcome(), Some(&Ok(())));
+    assert_eq!(h.spawns(), 2, "nothing respawned during the stop");
 }
 
 #[test]
-fn retired_worker_ignoring_term_is_killed_after_grace() {
-    let mut h = Harness::new(cfg(2));
-    h.sup.on_signal(sig::TTOU, h.now);
-    assert_eq!(h.pump(), vec![(101, sig::TERM)]);
-    h.advance(Duration::from_secs(5));
-    assert_eq!(h.pump(), vec![(101, sig::KILL)]);
+fn second_term_kills_at_once() {
+    let mut h = Harness::new(cfg(1));
+    assert_eq!(
+        h.signal(Signal::Int),
+        vec![Action::Stopping, sig(100, Signal::Term, Why::Stop)]
+    );
+    assert_eq!(
+        h.signal(Signal::Term),
+        vec![sig(100, Signal::Kill, Why::Kill)]
+    );
+    assert_eq!(h.m.sup.next_deadline(), None);
 }
+
+#[test]
+fn term_during_pending_respawn_cancels_it() {
+    let mut c = cfg(2);
+    c.recover_interval = SEC;
+    let mut h = Harness::new(c);
+    h.exit(100, WorkerExit::Code(1));
+    h.signal(Signal::Term);
+    assert_eq!(h.signals(), vec![(101, Signal::Term, Why::Stop)]);
+    h.exit(101, WorkerExit::Code(0));
+    assert_eq!(h.outcome(), Some(&Ok(())));
+    assert!(h.advance(2 * SEC).is_empty());
+    assert_eq!(h.spawns(), 2);
+}
+
+#[test]
+fn failure_kills_everything() {
+    let mut h = Harness::new(cfg(2));
+    assert_eq!(
+        h.fail(),
+        vec![
+            sig(100, Signal::Kill, Why::Kill),
+            sig(101, Signal::Kill, Why::Kill)
+        ]
+    );
+    h.exit(100, KILL);
+    h.exit(101, KILL);
+    assert_eq!(h.outcome(), Some(&Err(Failure::External)));
+}
+
+#[test]
+fn run_ends_within_the_grace_period() {
+    for exit_on_term in [false, true] {
+        let mut h = Harness::new(cfg(3));
+        h.advance(10 * SEC);
+        h.signal(Signal::Ttou);
+        h.advance(2 * SEC);
+        h.signal(Signal::Hup);
+        let start = h.now();
+        h.m.finish(exit_on_term);
+        assert_eq!(h.outcome(), Some(&Ok(())));
+        let took = h.now() - start;
+        let want = if exit_on_term {
+            Duration::ZERO
+        } else {
+            5 * SEC
+        };
+        assert_eq!(took, want, "exit on TERM: {exit_on_term}");
+    }
+}
+
+// ---- Rolling restarts.
 
 #[test]
 fn hup_restarts_one_slot_at_a_time() {
-    let mut h = Harness::new(cfg(2));
-    h.sup.on_signal(sig::HUP, h.now);
-    // New worker for slot 0 first, then TERM to the old one.
-    assert_eq!(h.pump(), vec![(100, sig::TERM)]);
-    assert_eq!(h.sup.slot_of(102), Some(0));
-    assert_eq!(h.sup.live_pids().len(), 3, "old worker still draining");
-    h.exit(100, WorkerExit::Code(0));
-    assert_eq!(h.pump(), vec![(101, sig::TERM)]);
-    assert_eq!(h.sup.slot_of(103), Some(1));
-    h.exit(101, WorkerExit::Code(0));
-    assert!(h.pump().is_empty());
-    let mut live = h.sup.live_pids();
-    live.sort();
-    assert_eq!(live, vec![102, 103]);
-    assert!(h.sup.outcome().is_none());
-    assert!(
-        h.sup.recent.is_empty(),
-        "restart exits are not counted as crashes"
+    let mut h = Harness::manual(cfg(2));
+    h.ready(100);
+    h.ready(101);
+    assert_eq!(
+        h.signal(Signal::Hup),
+        vec![Action::Reloading, spawn(0, None)]
     );
+    assert_eq!(h.m.sup.slot_of(102), Some(0));
+    assert_eq!(h.live().len(), 3, "the old worker still serves");
+    // TERM to the old worker once its replacement is ready.
+    assert_eq!(h.ready(102), vec![sig(100, Signal::Term, Why::Retire)]);
+    // The next slot once the old worker is gone.
+    assert_eq!(
+        h.exit(100, WorkerExit::Code(0)),
+        exited(0, Cause::Requested)
+    );
+    assert_eq!(h.last, vec![spawn(1, None)]);
+    assert_eq!(
+        h.ready(103),
+        vec![sig(101, Signal::Term, Why::Retire), Action::Reloaded]
+    );
+    h.exit(101, TERM);
+    assert!(h.last.is_empty());
+    assert_eq!(h.live(), vec![102, 103]);
+    assert_eq!(h.outcome(), None);
+    assert_eq!(h.counted(), 0, "restart exits are not counted");
+}
+
+#[test]
+fn restart_terms_the_old_worker_only_after_its_replacement_is_ready() {
+    let mut h = Harness::manual(cfg(1));
+    h.ready(100);
+    h.signal(Signal::Hup);
+    // Long past any grace period: the old worker serves on, untold.
+    assert!(h.advance(60 * SEC).is_empty());
+    assert!(!h.m.live[&100].told());
+    assert_eq!(
+        h.ready(101),
+        vec![sig(100, Signal::Term, Why::Retire), Action::Reloaded]
+    );
+    assert_eq!(h.m.sup.next_deadline(), Some(h.now() + 5 * SEC));
+}
+
+#[test]
+fn replacement_failing_to_boot_is_respawned_and_the_old_worker_told_once() {
+    let mut h = Harness::manual(cfg(1));
+    h.ready(100);
+    h.advance(10 * SEC);
+    h.signal(Signal::Hup);
+    assert_eq!(
+        h.exit(101, WorkerExit::Code(1)),
+        exited(0, Cause::BootFailure)
+    );
+    assert_eq!(
+        h.last,
+        vec![spawn(0, Some(101))],
+        "no TERM to the old worker"
+    );
+    assert_eq!(
+        h.ready(102),
+        vec![sig(100, Signal::Term, Why::Retire), Action::Reloaded]
+    );
+    let deadline = h.now() + 5 * SEC;
+    // The ready replacement then crashes while the old worker drains: respawned, and the
+    // old worker is not told again.
+    h.advance(2 * SEC);
+    assert_eq!(h.exit(102, SEGV), exited(0, Cause::Crashed));
+    assert_eq!(h.last, vec![spawn(0, Some(102))]);
+    assert!(h.ready(103).is_empty(), "the old worker is not told again");
+    assert_eq!(h.m.sup.next_deadline(), Some(deadline));
+}
+
+#[test]
+fn hup_emits_reloading_then_reloaded() {
+    let mut h = Harness::new(cfg(2));
+    assert_eq!(
+        h.signal(Signal::Hup),
+        vec![
+            Action::Reloading,
+            spawn(0, None),
+            sig(100, Signal::Term, Why::Retire)
+        ]
+    );
+    h.exit(100, TERM);
+    assert_eq!(
+        h.last,
+        vec![
+            spawn(1, None),
+            sig(101, Signal::Term, Why::Retire),
+            Action::Reloaded
+        ]
+    );
+    h.exit(101, TERM);
+    assert!(h.last.is_empty());
+}
+
+#[test]
+fn hups_during_a_restart_queue_exactly_one_more() {
+    let mut h = Harness::new(cfg(2));
+    h.signal(Signal::Hup);
+    assert!(h.signal(Signal::Hup).is_empty());
+    assert!(h.signal(Signal::Hup).is_empty());
+    h.exit(100, TERM);
+    assert!(h.last.contains(&Action::Reloaded));
+    assert!(h.signal(Signal::Hup).is_empty(), "still draining 101");
+    h.exit(101, TERM);
+    // The second restart begins.
+    assert_eq!(
+        h.last,
+        vec![
+            Action::Reloading,
+            spawn(0, None),
+            sig(102, Signal::Term, Why::Retire)
+        ]
+    );
+    h.exit(102, TERM);
+    assert_eq!(
+        h.last,
+        vec![
+            spawn(1, None),
+            sig(103, Signal::Term, Why::Retire),
+            Action::Reloaded
+        ]
+    );
+    h.exit(103, TERM);
+    assert!(h.last.is_empty(), "no third restart");
+    assert_eq!(h.spawns(), 6);
+    assert_eq!(h.live(), vec![104, 105]);
+}
+
+#[test]
+fn restart_ends_with_reloaded_when_its_last_slot_waits_to_respawn() {
+    let mut c = cfg(2);
+    c.recover_interval = SEC;
+    let mut h = Harness::new(c);
+    h.advance(10 * SEC);
+    h.signal(Signal::Hup);
+    assert_eq!(h.exit(101, KILL), exited(1, Cause::Crashed));
+    assert!(h.last.is_empty(), "slot 1 waits for its respawn");
+    // Slot 1 is skipped: it gets a new worker anyway.
+    h.exit(100, TERM);
+    assert_eq!(h.last, vec![Action::Reloaded]);
+    assert_eq!(h.advance(SEC), vec![spawn(1, Some(101))]);
+}
+
+#[test]
+fn restart_ends_with_reloaded_when_the_old_worker_exits_untold() {
+    let mut h = Harness::manual(cfg(1));
+    h.ready(100);
+    h.signal(Signal::Hup);
+    assert_eq!(h.exit(100, SEGV), exited(0, Cause::Requested));
+    assert_eq!(h.last, vec![Action::Reloaded]);
+    assert!(h.ready(101).is_empty(), "no second Reloaded");
+    assert_eq!(h.counted(), 0);
 }
 
 #[test]
 fn term_during_rolling_restart_stops_old_and_new() {
-    let mut h = Harness::new(cfg(1));
-    h.sup.on_signal(sig::HUP, h.now);
-    assert_eq!(h.pump(), vec![(100, sig::TERM)]);
-    h.sup.on_signal(sig::TERM, h.now);
-    let mut signals = h.pump();
-    signals.sort();
-    assert_eq!(signals, vec![(100, sig::TERM), (101, sig::TERM)]);
+    let mut h = Harness::manual(cfg(1));
+    h.ready(100);
+    h.signal(Signal::Hup);
+    h.signal(Signal::Term);
+    let mut sent = h.signals();
+    sent.sort_unstable_by_key(|s| s.0);
+    assert_eq!(
+        sent,
+        vec![
+            (100, Signal::Term, Why::Stop),
+            (101, Signal::Term, Why::Stop)
+        ]
+    );
+    assert!(!h.last.contains(&Action::Reloaded));
     h.exit(100, WorkerExit::Code(0));
     h.exit(101, WorkerExit::Code(0));
-    assert_eq!(h.sup.outcome(), Some(&Ok(())));
-}
-
-#[test]
-fn signal_names() {
-    assert_eq!(signal_name(15), "SIGTERM");
-    assert_eq!(signal_name(9), "SIGKILL");
-    assert_eq!(signal_name(64), "signal 64");
-    assert_eq!(WorkerExit::Code(101).to_string(), "exit code 101");
-    assert_eq!(WorkerExit::Signal(11).to_string(), "signal SIGSEGV");
+    assert_eq!(h.outcome(), Some(&Ok(())));
 }
 
 #[test]
 fn stop_keeps_a_retiring_workers_earlier_kill_deadline() {
     let mut h = Harness::new(cfg(2));
-    h.advance(Duration::from_secs(10));
-    h.sup.on_signal(sig::TTOU, h.now);
-    assert_eq!(h.pump(), vec![(101, sig::TERM)]);
-    h.advance(Duration::from_secs(4));
-    h.sup.on_signal(sig::TERM, h.now);
-    h.pump();
+    h.advance(10 * SEC);
+    h.signal(Signal::Ttou);
+    assert_eq!(h.signals(), vec![(101, Signal::Term, Why::Retire)]);
+    h.advance(4 * SEC);
+    h.signal(Signal::Term);
+    assert_eq!(h.signals(), vec![(100, Signal::Term, Why::Stop)]);
     // The retired worker's KILL stays due at 15 s, not at the stop's 19 s.
-    assert_eq!(h.sup.next_deadline(), Some(Duration::from_secs(15)));
-    h.advance(Duration::from_secs(1));
-    assert_eq!(h.pump(), vec![(101, sig::KILL)]);
+    assert_eq!(h.m.sup.next_deadline(), Some(15 * SEC));
+    assert_eq!(
+        h.advance(SEC),
+        vec![sig(101, Signal::Kill, Why::GraceExpired)]
+    );
+}
+
+// ---- TTIN and TTOU.
+
+#[test]
+fn ttin_adds_and_ttou_removes_a_worker() {
+    let mut h = Harness::new(cfg(2));
+    assert_eq!(
+        h.signal(Signal::Ttin),
+        vec![spawn(2, None), Action::Steer { active: 3 }]
+    );
+    assert_eq!(h.m.sup.slot_of(102), Some(2));
+    assert_eq!(
+        h.signal(Signal::Ttou),
+        vec![
+            Action::Steer { active: 2 },
+            sig(102, Signal::Term, Why::Retire)
+        ]
+    );
+    assert_eq!(h.exit(102, TERM), exited(2, Cause::Requested));
+    assert_eq!(h.last, vec![Action::Closed { slot: 2 }]);
+    assert_eq!(h.m.sup.active_slots(), 2);
+    assert_eq!(h.spawns(), 3, "a retired worker is not respawned");
+    // Never below one worker.
+    h.signal(Signal::Ttou);
+    h.signal(Signal::Ttou);
+    h.signal(Signal::Ttou);
+    assert_eq!(signals(&h.m.log).len(), 2);
+    assert_eq!(h.m.sup.active_slots(), 1);
 }
 
 #[test]
-fn restart_tells_the_old_worker_once() {
-    let mut h = Harness::new(cfg(1));
-    h.advance(Duration::from_secs(10));
-    h.sup.on_signal(sig::HUP, h.now);
-    assert_eq!(h.pump(), vec![(100, sig::TERM)]);
-    // The replacement crashes while the old worker drains, and is respawned.
-    h.advance(Duration::from_secs(2));
-    h.exit(101, WorkerExit::Signal(11));
-    let signals = h.pump();
-    assert!(
-        signals.is_empty(),
-        "the old worker is not told again: {signals:?}"
+fn ttin_reopening_a_closing_slot_takes_back_its_closed() {
+    let mut h = Harness::new(cfg(2));
+    h.signal(Signal::Ttou);
+    assert_eq!(h.signals(), vec![(101, Signal::Term, Why::Retire)]);
+    assert_eq!(
+        h.signal(Signal::Ttin),
+        vec![spawn(1, None), Action::Steer { active: 2 }]
     );
-    assert_eq!(h.sup.next_deadline(), Some(Duration::from_secs(15)));
+    assert_eq!(h.exit(101, TERM), exited(1, Cause::Requested));
+    assert!(h.last.is_empty(), "slot 1 is in service again: no Closed");
+    assert_eq!(h.pid_of(1), 102);
+}
+
+#[test]
+fn retired_worker_ignoring_term_is_killed_after_grace() {
+    let mut h = Harness::new(cfg(2));
+    h.signal(Signal::Ttou);
+    assert_eq!(h.signals(), vec![(101, Signal::Term, Why::Retire)]);
+    assert_eq!(
+        h.advance(5 * SEC),
+        vec![sig(101, Signal::Kill, Why::GraceExpired)]
+    );
+    assert_eq!(h.exit(101, KILL), exited(1, Cause::Requested));
+    assert_eq!(h.last, vec![Action::Closed { slot: 1 }]);
+}
+
+#[test]
+fn ttou_of_the_slot_being_restarted_ends_the_restart() {
+    let mut h = Harness::manual(cfg(2));
+    h.ready(100);
+    h.ready(101);
+    h.signal(Signal::Hup);
+    h.ready(102);
+    h.exit(100, TERM);
+    assert_eq!(h.last, vec![spawn(1, None)]);
+    // Slot 1 is closed before its replacement (103) is ready: both go.
+    assert_eq!(
+        h.signal(Signal::Ttou),
+        vec![
+            Action::Steer { active: 1 },
+            sig(103, Signal::Term, Why::Retire),
+            sig(101, Signal::Term, Why::Retire),
+            Action::Reloaded
+        ]
+    );
+    h.exit(103, TERM);
+    assert!(h.last.is_empty());
+    h.exit(101, TERM);
+    assert_eq!(h.last, vec![Action::Closed { slot: 1 }]);
+}
+
+// ---- Display.
+
+#[test]
+fn exits_display() {
+    assert_eq!(WorkerExit::Code(101).to_string(), "exit code 101");
+    assert_eq!(SEGV.to_string(), "signal SIGSEGV");
+    let counted = CountedExit {
+        slot: 2,
+        pid: 77,
+        exit: WorkerExit::Code(1),
+        was_ready: false,
+    };
+    assert_eq!(
+        counted.to_string(),
+        "worker 2 (pid 77): exit code 1 before it was ready"
+    );
 }

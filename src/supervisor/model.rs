@@ -1,0 +1,895 @@
+//! A reference model of the driver and of the worker processes, shared by the unit tests
+//! (`tests.rs`) and the fuzz target (`crate::fuzzing::supervisor`).
+//!
+//! [`Model`] drives a [`Supervisor`] the way the master's loop does: every action is
+//! performed at once (a spawn is answered with a fresh pid, or a failure, before the next
+//! action), each event is followed by the actions it caused, then `on_timer`, and time only
+//! moves forward. It keeps its own table of the worker processes and its own account of the
+//! policies (how each exit is judged, the crash-loop guard, the respawn delays, when a retiring
+//! worker may be told, the outcome), and panics as soon as the supervisor disagrees with it or
+//! an invariant breaks.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use super::{
+    Action, Cause, Config, CountedExit, EXIT_FATAL, Exited, FAST_CRASH, Failure,
+    MAX_BACKOFF_FACTOR, MIN_BACKOFF, REPORTED_EXITS, SPAWN_RETRY_DELAY, Slot, Supervisor, Why,
+    WorkerExit,
+};
+use crate::sys::signal::{self, Signal};
+
+/// The pid of the first worker the model starts.
+pub(crate) const FIRST_PID: u32 = 100;
+
+/// A bound on the actions one burst may produce; more is an action storm.
+const MAX_ACTIONS_PER_PUMP: usize = 100_000;
+
+/// A live worker process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Proc {
+    pub(crate) slot: usize,
+    pub(crate) started: Duration,
+    /// When it reported ready.
+    pub(crate) ready: Option<Duration>,
+    /// It no longer holds its slot: replaced by a rolling restart, or its slot was closed.
+    pub(crate) retired: bool,
+    /// It was sent TERM.
+    pub(crate) term: bool,
+    /// It was sent KILL.
+    pub(crate) kill: bool,
+    /// The earliest and the latest time its KILL may be due (it is due a grace period after
+    /// its TERM, which the model knows within the burst of actions that carried it).
+    kill_due: Option<(Duration, Duration)>,
+    /// Signals forwarded to it.
+    pub(crate) forwarded: Vec<Signal>,
+}
+
+impl Proc {
+    /// Whether it was told to stop.
+    pub(crate) fn told(&self) -> bool {
+        self.term || self.kill
+    }
+}
+
+/// A stop the model expects: when it began and whether it is graceful (TERM first).
+#[derive(Debug, Clone, Copy)]
+struct Stop {
+    at: Duration,
+    graceful: bool,
+}
+
+/// A respawn the model expects for a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Respawn {
+    at: Duration,
+    recovers: Option<u32>,
+}
+
+/// The supervisor, the driver around it and the processes it starts. See the module docs.
+pub(crate) struct Model {
+    pub(crate) sup: Supervisor,
+    cfg: Config,
+    pub(crate) now: Duration,
+    /// The time of the latest `on_timer` call.
+    timer_at: Duration,
+    /// When the current burst of actions began.
+    burst_at: Duration,
+    pub(crate) next_pid: u32,
+    /// The process table: every spawned worker not yet reported exited.
+    pub(crate) live: BTreeMap<u32, Proc>,
+    /// Reported exited: pid → slot.
+    pub(crate) reaped: BTreeMap<u32, usize>,
+    /// Every action performed, in order.
+    pub(crate) log: Vec<Action>,
+
+    // How the driver and the processes behave.
+    /// How many of the next spawns fail.
+    pub(crate) spawn_failures: u32,
+    /// The next spawn is followed by a failure of the driver (a failing `on_child_spawn`).
+    pub(crate) fail_after_spawn: bool,
+    /// The Ready action is followed by a failure of the driver (a failing `on_master_ready`).
+    pub(crate) fail_after_ready: bool,
+    /// Every new worker reports ready at once, after its spawn.
+    pub(crate) auto_ready: bool,
+    /// How long performing a spawn takes.
+    pub(crate) spawn_cost: Duration,
+
+    // What the model expects.
+    /// Slots that exist: the initial ones plus those TTIN added.
+    pub(crate) slots_created: usize,
+    /// Slots in service: `0..active`.
+    active: usize,
+    /// TTIN signals not yet answered by a spawn.
+    ttin_pending: usize,
+    /// The Ready action was performed.
+    pub(crate) ready_seen: bool,
+    /// A Reloading action was not yet followed by Reloaded.
+    reloading: bool,
+    /// HUPs received while the run was going on.
+    hups: usize,
+    stop: Option<Stop>,
+    /// The outcome the model expects, once a stop began.
+    expected: Option<Result<(), Failure>>,
+    stopping_seen: bool,
+    /// Counted exits within the window, oldest first.
+    counted: VecDeque<(Duration, CountedExit)>,
+    /// Fast-exit streak per slot.
+    streak: Vec<u32>,
+    respawns: BTreeMap<usize, Respawn>,
+    /// Slots out of service whose Closed action is still due.
+    closing: BTreeSet<usize>,
+    /// A signal being forwarded, and the workers still to receive it.
+    forwarding: Option<(Signal, BTreeSet<u32>)>,
+}
+
+impl Model {
+    /// A supervisor with its initial spawns queued, nothing performed yet: set the driver's
+    /// behaviour, then [`Model::settle`].
+    pub(crate) fn new(cfg: Config) -> Model {
+        Model {
+            sup: Supervisor::new(cfg.clone()),
+            now: Duration::ZERO,
+            timer_at: Duration::ZERO,
+            burst_at: Duration::ZERO,
+            next_pid: FIRST_PID,
+            live: BTreeMap::new(),
+            reaped: BTreeMap::new(),
+            log: Vec::new(),
+            spawn_failures: 0,
+            fail_after_spawn: false,
+            fail_after_ready: false,
+            auto_ready: true,
+            spawn_cost: Duration::ZERO,
+            slots_created: cfg.workers,
+            active: cfg.workers,
+            ttin_pending: 0,
+            ready_seen: false,
+            reloading: false,
+            hups: 0,
+            stop: None,
+            expected: None,
+            stopping_seen: false,
+            counted: VecDeque::new(),
+            streak: vec![0; cfg.workers],
+            respawns: BTreeMap::new(),
+            closing: BTreeSet::new(),
+            forwarding: None,
+            cfg,
+        }
+    }
+
+    pub(crate) fn advance(&mut self, d: Duration) {
+        self.now = self.now.saturating_add(d);
+    }
+
+    /// Moves time to the next deadline, as the driver's `epoll_wait` timeout does.
+    pub(crate) fn wake_at_deadline(&mut self) {
+        if let Some(deadline) = self.sup.next_deadline() {
+            self.now = self.now.max(deadline);
+        }
+    }
+
+    // ---- Events. Each is followed by `settle`.
+
+    /// A signal reaches the master.
+    pub(crate) fn signal(&mut self, signal: Signal) {
+        let running = self.ready_seen && self.stop.is_none();
+        match signal {
+            Signal::Term | Signal::Int => self.expect_stop(true, Ok(())),
+            Signal::Usr1 | Signal::Usr2 if self.stop.is_none() => {
+                let pids = self.live.keys().copied().collect();
+                self.forwarding = Some((signal, pids));
+            }
+            Signal::Ttin if running => self.ttin_pending += 1,
+            Signal::Hup if running => self.hups += 1,
+            _ => {}
+        }
+        self.sup.on_signal(signal, self.now);
+        self.after_call();
+    }
+
+    /// The live worker `pid` reports that it is inside `serve`.
+    pub(crate) fn ready(&mut self, pid: u32) {
+        let now = self.now;
+        let proc = self.live.get_mut(&pid).expect("ready of a live worker");
+        assert!(proc.ready.is_none(), "{pid} reports ready twice");
+        proc.ready = Some(now);
+        self.sup.on_ready(pid, now);
+        self.after_call();
+    }
+
+    /// The live worker `pid` was reaped: checks how the supervisor judges the exit.
+    pub(crate) fn exit(&mut self, pid: u32, how: WorkerExit) -> Exited {
+        let proc = self.live.remove(&pid).expect("exit of a live worker");
+        self.reaped.insert(pid, proc.slot);
+        let cause = self.expected_cause(&proc, how);
+        let got = self.sup.on_exit(pid, how, self.now);
+        let want = Exited {
+            slot: proc.slot,
+            cause,
+        };
+        assert_eq!(
+            got,
+            Some(want),
+            "on_exit({pid}, {how:?}) of {proc:?} at {:?}",
+            self.now
+        );
+        self.after_exit(pid, &proc, how, cause);
+        self.after_call();
+        want
+    }
+
+    /// An exit the driver would never report for a worker (a pid reaped before, or an
+    /// orphan's): ignored, and nothing changes.
+    pub(crate) fn unknown_exit(&mut self, pid: u32) {
+        if self.live.contains_key(&pid) {
+            return;
+        }
+        let before = self.sup.live_pids();
+        let outcome = self.sup.outcome().cloned();
+        let got = self.sup.on_exit(pid, WorkerExit::Code(0), self.now);
+        assert_eq!(got, None, "on_exit of unknown pid {pid}");
+        assert_eq!(
+            self.sup.live_pids(),
+            before,
+            "an unknown exit changed the workers"
+        );
+        assert_eq!(self.sup.outcome().cloned(), outcome);
+        assert!(
+            self.sup.actions.is_empty(),
+            "an unknown exit made an action"
+        );
+    }
+
+    /// The driver fails (a hook returned an error, a system call failed).
+    pub(crate) fn fail(&mut self) {
+        self.expect_stop(false, Err(Failure::External));
+        self.expected = Some(Err(Failure::External));
+        self.sup.fail(self.now);
+        self.after_call();
+    }
+
+    /// Every live worker that `which` selects exits with `how`, one event at a time.
+    pub(crate) fn exit_all(&mut self, which: impl Fn(&Proc) -> bool, how: WorkerExit) {
+        let pids: Vec<u32> = self
+            .live
+            .iter()
+            .filter(|(_, p)| which(p))
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in pids {
+            self.exit(pid, how);
+            self.pump();
+        }
+    }
+
+    // ---- The driver's loop.
+
+    /// After an event: performs the queued actions, runs `on_timer`, performs again; with
+    /// `auto_ready`, new workers then report ready, each as an event. Checks the invariants.
+    pub(crate) fn settle(&mut self) {
+        loop {
+            self.pump();
+            self.timer_at = self.now;
+            self.sup.on_timer(self.now);
+            self.after_call();
+            self.pump();
+            if !self.auto_ready {
+                break;
+            }
+            let fresh: Vec<u32> = self
+                .live
+                .iter()
+                .filter(|(_, p)| p.ready.is_none() && !p.told())
+                .map(|(&pid, _)| pid)
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            for pid in fresh {
+                self.ready(pid);
+                self.pump();
+            }
+        }
+        if let Some((signal, missed)) = self.forwarding.take() {
+            assert!(
+                missed.is_empty(),
+                "{signal} was not forwarded to {missed:?}"
+            );
+        }
+        self.check();
+    }
+
+    /// Performs every queued action, checking each.
+    pub(crate) fn pump(&mut self) {
+        self.burst_at = self.now;
+        let mut n = 0;
+        while let Some(action) = self.sup.next_action() {
+            n += 1;
+            assert!(n <= MAX_ACTIONS_PER_PUMP, "action storm: {action:?}");
+            self.log.push(action.clone());
+            self.perform(action);
+        }
+        self.ttin_pending = 0;
+    }
+
+    fn perform(&mut self, action: Action) {
+        let stopping = self.sup.is_stopping();
+        match action {
+            Action::Spawn { slot, recovers } => self.spawn(slot, recovers),
+            Action::Signal { pid, signal, why } => self.deliver(pid, signal, why),
+            Action::Ready { ref pids } => {
+                assert!(!self.ready_seen, "a second {action:?}");
+                assert!(!stopping, "{action:?} after the stop began");
+                self.ready_seen = true;
+                let workers = self.cfg.workers;
+                assert_eq!(pids.len(), workers, "{action:?}");
+                let mut slots = BTreeSet::new();
+                for pid in pids {
+                    let Some(p) = self.live.get(pid) else {
+                        panic!("{action:?}: {pid} is not a live worker");
+                    };
+                    assert!(p.ready.is_some(), "{action:?}: {pid} did not report ready");
+                    slots.insert(p.slot);
+                }
+                assert_eq!(slots, (0..workers).collect(), "{action:?}");
+                if self.fail_after_ready {
+                    self.fail();
+                }
+            }
+            Action::Reloading => {
+                assert!(self.hups > 0, "{action:?} without a HUP");
+                assert!(!stopping, "{action:?} after the stop began");
+                assert!(!self.reloading, "{action:?} twice without Reloaded");
+                self.reloading = true;
+            }
+            Action::Reloaded => {
+                assert!(!stopping, "{action:?} after the stop began");
+                assert!(self.reloading, "{action:?} without Reloading");
+                self.reloading = false;
+            }
+            Action::Stopping => {
+                assert!(stopping, "{action:?} without a stop");
+                assert!(!self.stopping_seen, "a second {action:?}");
+                assert!(
+                    self.stop.is_some_and(|s| s.graceful),
+                    "{action:?} for a stop that is not graceful"
+                );
+                self.stopping_seen = true;
+            }
+            // (A Steer queued with its TTIN's spawn may still come after a failing spawn hook
+            // began the stop.)
+            Action::Steer { active } => {
+                if active > self.active {
+                    assert_eq!(active, self.active + 1, "{action:?} from {}", self.active);
+                    self.closing.remove(&self.active);
+                } else {
+                    assert!(
+                        active + 1 == self.active && active >= 1,
+                        "{action:?} from {}",
+                        self.active
+                    );
+                    self.closing.insert(active);
+                    self.respawns.remove(&active);
+                    for p in self.live.values_mut().filter(|p| p.slot == active) {
+                        p.retired = true;
+                    }
+                }
+                self.active = active;
+            }
+            Action::Closed { slot } => {
+                assert!(slot < self.slots_created, "{action:?}: no such slot");
+                assert!(
+                    slot >= self.active || stopping,
+                    "{action:?}: the slot is in service"
+                );
+                let left: Vec<u32> = self.pids_in(slot).collect();
+                assert!(left.is_empty(), "{action:?} while {left:?} live");
+                let was_closing = self.closing.remove(&slot);
+                assert!(
+                    was_closing || stopping,
+                    "{action:?}, but the slot was not closing"
+                );
+            }
+        }
+    }
+
+    fn spawn(&mut self, slot: usize, recovers: Option<u32>) {
+        let action = Action::Spawn { slot, recovers };
+        assert!(
+            !self.sup.is_stopping() && self.stop.is_none(),
+            "{action:?} after the stop began"
+        );
+        if slot >= self.active {
+            assert!(
+                slot == self.active && self.ttin_pending > 0,
+                "{action:?}: only {} slots are in service",
+                self.active
+            );
+            self.ttin_pending -= 1;
+            if slot == self.slots_created {
+                self.slots_created += 1;
+                self.streak.push(0);
+            }
+        }
+        match self.respawns.remove(&slot) {
+            Some(due) => {
+                assert_eq!(recovers, due.recovers, "{action:?}: expected {due:?}");
+                assert!(self.now >= due.at, "{action:?} before its time: {due:?}");
+            }
+            None => assert_eq!(recovers, None, "{action:?}: no respawn was due"),
+        }
+        if let Some(old) = recovers {
+            assert!(!self.live.contains_key(&old), "{action:?}: {old} is alive");
+            assert_eq!(
+                self.reaped.get(&old),
+                Some(&slot),
+                "{action:?}: {old} was no worker of this slot"
+            );
+        }
+        // A live worker still holding the slot is being replaced by a rolling restart.
+        let holders: Vec<u32> = self
+            .pids_in(slot)
+            .filter(|pid| !self.live[pid].retired)
+            .collect();
+        if !holders.is_empty() {
+            assert!(
+                holders.len() == 1 && recovers.is_none() && self.hups > 0,
+                "{action:?}: the slot runs {holders:?}"
+            );
+            self.live.get_mut(&holders[0]).expect("live").retired = true;
+        }
+        self.now = self.now.saturating_add(self.spawn_cost);
+        if self.spawn_failures > 0 {
+            self.spawn_failures -= 1;
+            self.sup.on_spawn_failed(slot, self.now);
+            if !self.ready_seen {
+                self.expect_stop(false, Err(Failure::External));
+            } else if self.stop.is_none() {
+                let counted = CountedExit {
+                    slot,
+                    pid: 0,
+                    exit: WorkerExit::Code(-1),
+                    was_ready: false,
+                };
+                if !self.count(counted) {
+                    let at = self.now + self.cfg.recover_interval.max(SPAWN_RETRY_DELAY);
+                    self.respawns.insert(slot, Respawn { at, recovers });
+                }
+            }
+            self.after_call();
+            return;
+        }
+        let pid = self.next_pid;
+        self.next_pid += 1;
+        self.live.insert(
+            pid,
+            Proc {
+                slot,
+                started: self.now,
+                ready: None,
+                retired: false,
+                term: false,
+                kill: false,
+                kill_due: None,
+                forwarded: Vec::new(),
+            },
+        );
+        self.sup.on_spawned(slot, pid, self.now);
+        self.after_call();
+        assert_eq!(
+            self.sup.slot_of(pid),
+            Some(slot),
+            "{action:?}: the new worker {pid} is not tracked (a leaked process)"
+        );
+        if self.fail_after_spawn {
+            self.fail_after_spawn = false;
+            self.fail();
+        }
+    }
+
+    fn deliver(&mut self, pid: u32, signal: Signal, why: Why) {
+        let action = Action::Signal { pid, signal, why };
+        let stopping = self.sup.is_stopping();
+        let stop = self.stop;
+        let grace = self.cfg.shutdown_grace;
+        let (burst_at, now) = (self.burst_at, self.now);
+        // Whether the worker's slot has a ready worker that replaces it.
+        let Some(p) = self.live.get(&pid) else {
+            panic!("{action:?}: {pid} is not a live worker");
+        };
+        let slot = p.slot;
+        let replaced = self.live.iter().any(|(&q, w)| {
+            q != pid && w.slot == slot && !w.retired && !w.told() && w.ready.is_some()
+        });
+        let closed = slot >= self.active;
+        let p = self.live.get_mut(&pid).expect("live");
+        match (signal, why) {
+            (Signal::Term, Why::Stop | Why::Retire) => {
+                assert!(!p.term, "{action:?}: a second TERM");
+                p.term = true;
+                p.kill_due = Some(if why == Why::Stop {
+                    let at = stop
+                        .filter(|s| s.graceful && stopping)
+                        .unwrap_or_else(|| panic!("{action:?} without a graceful stop"))
+                        .at;
+                    (at + grace, at + grace)
+                } else {
+                    assert!(!stopping, "{action:?} during the stop");
+                    assert!(
+                        closed || replaced,
+                        "{action:?} before the replacement in slot {slot} is ready"
+                    );
+                    p.retired = true;
+                    (burst_at + grace, now + grace)
+                });
+            }
+            (Signal::Kill, Why::GraceExpired) => {
+                let Some((due, _)) = p.kill_due else {
+                    panic!("{action:?}: no TERM was sent before");
+                };
+                assert!(
+                    now >= due,
+                    "{action:?} at {now:?}, before the grace ends at {due:?}"
+                );
+                p.kill = true;
+            }
+            (Signal::Kill, Why::Kill) => {
+                assert!(stopping, "{action:?} while the run goes on");
+                p.kill = true;
+            }
+            (Signal::Usr1 | Signal::Usr2, Why::Forward) => {
+                let Some((forwarding, to)) = &mut self.forwarding else {
+                    panic!("{action:?}: no signal to forward");
+                };
+                assert_eq!(*forwarding, signal, "{action:?}");
+                assert!(to.remove(&pid), "{action:?}: sent twice, or to a newcomer");
+                p.forwarded.push(signal);
+            }
+            _ => panic!("{action:?}: the supervisor sends no such signal"),
+        }
+    }
+
+    // ---- The policies, as the model sees them.
+
+    /// How the exit of `proc` must be judged.
+    fn expected_cause(&self, proc: &Proc, how: WorkerExit) -> Cause {
+        if self.stop.is_some() || proc.retired {
+            return Cause::Requested;
+        }
+        if how == WorkerExit::Code(EXIT_FATAL) {
+            return Cause::Fatal;
+        }
+        if let WorkerExit::Signal(s) = how {
+            if proc.forwarded.iter().any(|f| f.raw() == s) {
+                return Cause::Forwarded;
+            }
+        }
+        let self_inflicted = match how {
+            WorkerExit::Code(_) => true,
+            WorkerExit::Signal(s) => signal::is_fault(s),
+        };
+        match proc.ready {
+            None => Cause::BootFailure,
+            Some(t) if self.now.saturating_sub(t) < FAST_CRASH && self_inflicted => {
+                Cause::BootFailure
+            }
+            Some(_) => Cause::Crashed,
+        }
+    }
+
+    fn after_exit(&mut self, pid: u32, proc: &Proc, how: WorkerExit, cause: Cause) {
+        let slot = proc.slot;
+        let delay = match cause {
+            Cause::Requested => return,
+            Cause::Fatal => {
+                let failure = Failure::WorkerFatal {
+                    slot,
+                    pid,
+                    code: EXIT_FATAL,
+                };
+                self.expect_stop(true, Err(failure));
+                return;
+            }
+            Cause::Forwarded => Duration::ZERO,
+            Cause::BootFailure | Cause::Crashed => {
+                if cause == Cause::BootFailure {
+                    let counted = CountedExit {
+                        slot,
+                        pid,
+                        exit: how,
+                        was_ready: proc.ready.is_some(),
+                    };
+                    if self.count(counted) {
+                        return;
+                    }
+                }
+                let lived = self.now.saturating_sub(proc.started);
+                self.streak[slot] = if lived < FAST_CRASH {
+                    self.streak[slot].saturating_add(1)
+                } else {
+                    1
+                };
+                self.backoff(self.streak[slot])
+            }
+        };
+        let due = Respawn {
+            at: self.now.saturating_add(delay),
+            recovers: Some(pid),
+        };
+        self.respawns.insert(slot, due);
+    }
+
+    /// The respawn delay after the `streak`-th fast exit in a row: the interval, doubling
+    /// from the second on (from 10 ms when the interval is zero), up to 32 times.
+    fn backoff(&self, streak: u32) -> Duration {
+        let interval = self.cfg.recover_interval;
+        if streak <= 1 {
+            return interval;
+        }
+        let base = if interval.is_zero() {
+            MIN_BACKOFF
+        } else {
+            interval
+        };
+        let factor = 2u32.saturating_pow(streak - 1).min(MAX_BACKOFF_FACTOR);
+        base.saturating_mul(factor)
+    }
+
+    /// Counts a boot failure; returns whether it is one too many.
+    fn count(&mut self, exit: CountedExit) -> bool {
+        let now = self.now;
+        self.counted.push_back((now, exit));
+        let window = self.cfg.recover_window;
+        self.counted
+            .retain(|&(t, _)| now.saturating_sub(t) < window);
+        if self.counted.len() <= self.cfg.recover_threshold {
+            return false;
+        }
+        let count = self.counted.len();
+        let skip = count.saturating_sub(REPORTED_EXITS);
+        let latest = self.counted.iter().skip(skip).map(|&(_, e)| e).collect();
+        self.counted.clear();
+        self.expect_stop(false, Err(Failure::OverRecovery { count, latest }));
+        true
+    }
+
+    /// The model expects a stop to begin now, if none began before.
+    fn expect_stop(&mut self, graceful: bool, result: Result<(), Failure>) {
+        if self.stop.is_none() {
+            self.stop = Some(Stop {
+                at: self.now,
+                graceful,
+            });
+            self.expected = Some(result);
+            self.respawns.clear();
+        }
+    }
+
+    /// After every call into the supervisor: it stops when the model expects it to.
+    fn after_call(&mut self) {
+        assert_eq!(
+            self.sup.is_stopping(),
+            self.stop.is_some(),
+            "the supervisor's stop disagrees with the model (expected outcome {:?})",
+            self.expected
+        );
+    }
+
+    fn pids_in(&self, slot: usize) -> impl Iterator<Item = u32> + '_ {
+        self.live
+            .iter()
+            .filter(move |(_, p)| p.slot == slot)
+            .map(|(&pid, _)| pid)
+    }
+
+    /// The invariants that hold whenever every action has been performed.
+    pub(crate) fn check(&self) {
+        let sup = &self.sup;
+        let stopping = sup.is_stopping();
+        assert_eq!(stopping, self.stop.is_some(), "stop");
+
+        // The process table.
+        let mut live = sup.live_pids();
+        live.sort_unstable();
+        let n = live.len();
+        live.dedup();
+        assert_eq!(live.len(), n, "a pid is live twice: {:?}", sup.live_pids());
+        let model: Vec<u32> = self.live.keys().copied().collect();
+        assert_eq!(
+            live, model,
+            "the supervisor's workers differ from the processes"
+        );
+        for (&pid, p) in &self.live {
+            let in_slot = sup.slots.iter().filter(|s| s.pid() == Some(pid)).count();
+            let retiring = sup.retiring.get(&pid);
+            assert_eq!(
+                in_slot + usize::from(retiring.is_some()),
+                1,
+                "{pid} must have exactly one slot or retiring entry"
+            );
+            assert_eq!(sup.slot_of(pid), Some(p.slot), "slot of {pid}");
+            assert_eq!(
+                retiring.map(|r| r.slot),
+                p.retired.then_some(p.slot),
+                "{pid}"
+            );
+            if !p.retired && !stopping {
+                assert!(
+                    p.slot < self.active,
+                    "{pid} holds slot {} out of service",
+                    p.slot
+                );
+                assert!(!p.told(), "{pid} was told to stop but holds its slot");
+            }
+            if !p.told() {
+                assert!(!stopping, "{pid} was not told to stop during the stop");
+            }
+        }
+        for slot in 0..self.slots_created {
+            let holders = self.pids_in(slot).filter(|q| !self.live[q].retired).count();
+            assert!(holders <= 1, "{holders} workers hold slot {slot}");
+        }
+
+        // Retiring workers: told once their replacement is ready, one restart at a time.
+        let untold: Vec<u32> = self
+            .live
+            .iter()
+            .filter(|(_, p)| p.retired && !p.told())
+            .map(|(&pid, _)| pid)
+            .collect();
+        assert!(
+            untold.len() <= 1,
+            "several retiring workers wait: {untold:?}"
+        );
+        for pid in untold {
+            let slot = self.live[&pid].slot;
+            let ready = self
+                .pids_in(slot)
+                .any(|q| !self.live[&q].retired && self.live[&q].ready.is_some());
+            assert!(
+                !ready,
+                "{pid} was not told although its replacement in slot {slot} is ready"
+            );
+        }
+
+        // KILL deadlines.
+        for (&pid, p) in &self.live {
+            if let (Some((_, due)), false) = (p.kill_due, p.kill) {
+                assert!(
+                    self.timer_at < due,
+                    "{pid}: its KILL was due at {due:?}, it is {:?}",
+                    self.timer_at
+                );
+                assert!(
+                    sup.next_deadline().is_some_and(|d| d <= due),
+                    "{pid} was sent TERM, but no KILL is scheduled by {due:?}"
+                );
+            }
+        }
+        if let Some(d) = sup.next_deadline() {
+            assert!(
+                d > self.timer_at,
+                "on_timer({:?}) left {d:?} due",
+                self.timer_at
+            );
+        }
+
+        // Slots.
+        assert_eq!(sup.slot_count(), self.slots_created, "slots created");
+        if !stopping {
+            assert_eq!(sup.active_slots(), self.active, "slots in service");
+            for (i, s) in sup.slots.iter().enumerate() {
+                assert_eq!(*s == Slot::Closed, i >= self.active, "slot {i}: {s:?}");
+            }
+            for (&slot, due) in &self.respawns {
+                assert!(slot < self.active, "respawn of slot {slot}, out of service");
+                assert!(
+                    due.at > self.timer_at,
+                    "slot {slot} was due for respawn at {:?}; it is {:?}",
+                    due.at,
+                    self.timer_at
+                );
+                assert!(
+                    sup.next_deadline().is_some_and(|d| d <= due.at),
+                    "no timer for the respawn of slot {slot} at {:?}",
+                    due.at
+                );
+            }
+            for &slot in &self.closing {
+                assert!(
+                    self.pids_in(slot).next().is_some(),
+                    "slot {slot} was closed and its workers are gone, but no Closed action"
+                );
+            }
+            let all_ready = (0..self.cfg.workers).all(|slot| {
+                self.pids_in(slot)
+                    .any(|q| !self.live[&q].retired && self.live[&q].ready.is_some())
+            });
+            assert!(
+                self.ready_seen || !all_ready,
+                "every initial worker is ready, but no Ready action"
+            );
+            let restart_over =
+                sup.restarting.is_none() && sup.restart_queue.is_empty() && !sup.hup_pending;
+            assert!(
+                !(self.reloading && restart_over),
+                "the rolling restart is over, but no Reloaded action"
+            );
+        } else if self.stop.is_some_and(|s| s.graceful) {
+            assert!(
+                self.stopping_seen,
+                "a graceful stop without a Stopping action"
+            );
+        }
+
+        // The outcome.
+        match sup.outcome() {
+            Some(got) => {
+                assert!(
+                    self.live.is_empty(),
+                    "an outcome while {:?} live",
+                    self.live
+                );
+                assert_eq!(Some(got), self.expected.as_ref(), "outcome");
+            }
+            None => assert!(
+                !(stopping && self.live.is_empty()),
+                "every worker is gone after the stop, but no outcome"
+            ),
+        }
+    }
+
+    /// Ends the run as an operator does: TERM, then the workers exit when killed (and on
+    /// TERM too with `exit_on_term`). The outcome must come within the grace period.
+    pub(crate) fn finish(&mut self, exit_on_term: bool) {
+        if self.sup.outcome().is_some() {
+            return;
+        }
+        let start = self.now;
+        self.signal(Signal::Term);
+        self.settle();
+        // A round reaps the workers that obey, or wakes at the next deadline, which KILLs at
+        // least one more: a deadline per live worker plus the stop's own, two rounds each.
+        let rounds = 2 * (self.live.len() + 2);
+        for _ in 0..rounds {
+            if self.sup.outcome().is_some() {
+                break;
+            }
+            let before = self.live.len();
+            self.exit_all(|p| p.kill, WorkerExit::Signal(Signal::Kill.raw()));
+            if exit_on_term {
+                self.exit_all(|p| p.term, WorkerExit::Code(0));
+            }
+            if self.live.len() == before {
+                assert!(
+                    self.sup.next_deadline().is_some(),
+                    "workers {:?} live, none was killed, and no deadline",
+                    self.live
+                );
+                self.wake_at_deadline();
+            }
+            self.settle();
+        }
+        assert!(
+            self.sup.outcome().is_some(),
+            "no outcome after TERM and every exit: {:?}",
+            self.live
+        );
+        assert!(
+            self.now.saturating_sub(start) <= self.cfg.shutdown_grace,
+            "the stop took {:?}, more than the grace period",
+            self.now.saturating_sub(start)
+        );
+    }
+
+    /// How many Spawn actions were performed so far.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn spawns(&self) -> usize {
+        self.log
+            .iter()
+            .filter(|a| matches!(a, Action::Spawn { .. }))
+            .count()
+    }
+}
