@@ -1,15 +1,16 @@
-//! The test cases. Each takes the backend it runs under, starts a fixture master, drives it
-//! and asserts what happened; a failed assertion panics (the fixture is then killed, with
-//! its whole process group, and its output printed).
+//! The cases of `tests/processes.rs`. Each takes the backend it runs under, starts a
+//! fixture master (`processes/fixture.rs`), drives it and asserts what happened; a failed
+//! assertion panics (the fixture is then killed, with its whole process group, and its
+//! output shown).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use super::driver::{
-    Backend, DEADLINE, Fixture, all_ids, ask, collect_ids, command, id_of, kill, request,
-    wait_until,
-};
-use super::procfs;
+use crate::fixture::ROLE;
+use crate::support::backend::Backend;
+use crate::support::net::{all_ids, ask, collect_ids, id_of, try_ask};
+use crate::support::process::{DEADLINE, Fixture, Spec, TempDir, kill, wait_until};
+use crate::support::procfs;
 
 /// A test case.
 pub type Case = fn(Backend);
@@ -76,19 +77,70 @@ pub const ALL: &[(&str, Case)] = cases![
 
 // ---- Helpers ---------------------------------------------------------------------------------
 
+/// Starts a fixture master under `backend` with the given `FX_*` options (or other
+/// environment variables, which override `PREFORK_BACKEND` too).
+fn start(backend: Backend, opts: &[(&str, &str)]) -> Fixture {
+    Spec::new(ROLE).backend(backend).envs(opts).start()
+}
+
 /// A master with `n` workers that all answered; returns it, its port and slot → pid.
-fn started(
-    b: Backend,
-    n: usize,
-    opts: &[(&str, &str)],
-) -> (Fixture, u16, std::collections::BTreeMap<usize, u32>) {
+fn started(b: Backend, n: usize, opts: &[(&str, &str)]) -> (Fixture, u16, BTreeMap<usize, u32>) {
     let workers = n.to_string();
     let mut all: Vec<(&str, &str)> = vec![("FX_WORKERS", &workers)];
     all.extend_from_slice(opts);
-    let fx = Fixture::start(b, &all);
-    let port = fx.port();
+    let fx = start(b, &all);
+    let port = port(&fx);
     let ids = all_ids(port, n);
     (fx, port, ids)
+}
+
+/// The listener's port (the `port` line).
+fn port(fx: &Fixture) -> u16 {
+    fx.wait_line("the port line", |l| l.strip_prefix("port ")?.parse().ok())
+}
+
+/// Sends a command that is not idempotent (the worker acts on it once): one attempt, with
+/// the whole deadline to be answered. The answering worker's slot and pid.
+fn command(port: u16, command: &str) -> (usize, u32) {
+    let a = ask(port, command);
+    (a.id, a.pid)
+}
+
+/// The master's state as the fixture reported it before or after a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct State {
+    fds: usize,
+    sigblk: u64,
+    sigign: u64,
+    sigcgt: u64,
+    /// The `SIGCHLD` action: `dfl`, `ign`, `handler`, maybe with `+nocldwait`.
+    chld: String,
+}
+
+/// The state the fixture reported under `label` (`before`, `after1`, …).
+fn state(fx: &Fixture, label: &str) -> State {
+    let prefix = format!("state {label} ");
+    fx.wait_line(&format!("the {label} state line"), |l| {
+        let mut state = State {
+            fds: 0,
+            sigblk: 0,
+            sigign: 0,
+            sigcgt: 0,
+            chld: String::new(),
+        };
+        for field in l.strip_prefix(&prefix)?.split_whitespace() {
+            let (name, value) = field.split_once('=')?;
+            match name {
+                "fds" => state.fds = value.parse().ok()?,
+                "sigblk" => state.sigblk = u64::from_str_radix(value, 16).ok()?,
+                "sigign" => state.sigign = u64::from_str_radix(value, 16).ok()?,
+                "sigcgt" => state.sigcgt = u64::from_str_radix(value, 16).ok()?,
+                "chld" => state.chld = value.to_owned(),
+                _ => return None,
+            }
+        }
+        Some(state)
+    })
 }
 
 /// Asserts that `pid` is a running child of the master, in its process group.
@@ -136,31 +188,6 @@ fn assert_nothing_forked(fx: &Fixture) {
     assert!(fx.ready_lines().is_empty(), "the master became ready");
 }
 
-/// A temporary directory, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("prefork-test-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("creating a temporary directory");
-        TempDir(path)
-    }
-
-    fn path_str(&self) -> &str {
-        self.0.to_str().expect("a UTF-8 temporary path")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 // ---- Starting workers, and respawning them in their slot -------------------------------------
 
 fn workers_answer_with_own_id_and_pid(b: Backend) {
@@ -179,9 +206,14 @@ fn workers_answer_with_own_id_and_pid(b: Backend) {
         assert_worker_of(&fx, pid);
     }
     assert_eq!(fx.spawns(), ready, "one spawn line per initial worker");
-    let answer = ask(port, "id", DEADLINE).expect("an answer");
-    assert_eq!(answer.master, fx.pid, "Worker::master_pid");
-    assert!(answer.is_child, "prefork::is_child() in a worker");
+    let answer = ask(port, "id");
+    let (master, is_child) = answer
+        .rest
+        .split_once(' ')
+        .and_then(|(m, c)| Some((m.parse::<u32>().ok()?, c.parse::<bool>().ok()?)))
+        .unwrap_or_else(|| panic!("answer {answer:?}: not MASTER_PID IS_CHILD after the pid"));
+    assert_eq!(master, fx.pid, "Worker::master_pid");
+    assert!(is_child, "prefork::is_child() in a worker");
     let live: BTreeSet<u32> = procfs::live_children(fx.pid).into_iter().collect();
     assert_eq!(live, pids, "the master's children are exactly the workers");
     fx.stop_with(libc::SIGTERM);
@@ -232,18 +264,18 @@ fn serve_ok_exits_0_and_respawns(b: Backend) {
     respawn_after(b, "ok", "Code(0)");
 }
 
-/// One worker that keeps failing at start (`FX_START=start`, ending with `how`) under
+/// One worker that keeps failing at start (`FX_START=start_mode`, ending with `how`) under
 /// `recover_threshold(3)`. With a single worker the exits come one at a time, so exactly
 /// three respawns happen before the fourth exit goes over the threshold. (With more workers
 /// the fourth exit can arrive while the third respawn is still queued, and the stop then
 /// cancels it.)
-fn crash_loop(b: Backend, start: &str, how: &str) {
+fn crash_loop(b: Backend, start_mode: &str, how: &str) {
     const THRESHOLD: usize = 3;
-    let mut fx = Fixture::start(
+    let mut fx = start(
         b,
         &[
             ("FX_WORKERS", "1"),
-            ("FX_START", start),
+            ("FX_START", start_mode),
             ("FX_THRESHOLD", &THRESHOLD.to_string()),
         ],
     );
@@ -289,7 +321,7 @@ fn crash_loop_of_several_workers_respawns_threshold_times(b: Backend) {
     const THRESHOLD: usize = 3;
     const WORKERS: usize = 2;
     for _ in 0..5 {
-        let mut fx = Fixture::start(
+        let mut fx = start(
             b,
             &[
                 ("FX_WORKERS", &WORKERS.to_string()),
@@ -387,7 +419,7 @@ impl Drop for PidsCgroup {
 fn fork_eagain_at_start_kills_started_workers(b: Backend) {
     // The master and two workers fit; the third worker's fork fails.
     let cg = PidsCgroup::new(&format!("start-{}", b.name()), 3);
-    let mut fx = Fixture::start(b, &[("FX_WORKERS", "4"), ("FX_PIDS_CGROUP", cg.path())]);
+    let mut fx = start(b, &[("FX_WORKERS", "4"), ("FX_PIDS_CGROUP", cg.path())]);
     let display = fx.assert_failed_exit();
     assert!(
         display.contains("cannot start worker 2") && display.contains("os error 11"),
@@ -428,11 +460,11 @@ fn fork_eagain_on_respawn_is_retried(b: Backend) {
     cg.set_max(3);
     let new = fx.wait_recover(victim);
     let (slot, pid) = wait_until("the replacement to answer", || {
-        let answer = request(fx.port(), "id", DEADLINE).map_err(|e| e.to_string())?;
-        if answer.1 == new {
-            Ok(answer)
+        let a = try_ask(port(&fx), "id", DEADLINE)?;
+        if a.pid == new {
+            Ok((a.id, a.pid))
         } else {
-            Err(format!("answered by {answer:?}"))
+            Err(format!("answered by {a:?}"))
         }
     });
     assert_eq!((slot, pid), (1, new), "the replacement serves slot 1");
@@ -642,8 +674,8 @@ fn hook_failure<T>(
     trigger: impl FnOnce(&Fixture, u16) -> T,
     expected: impl FnOnce(&Fixture, T) -> String,
 ) {
-    let mut fx = Fixture::start(b, &[("FX_WORKERS", "2"), ("FX_FAIL_HOOK", fail)]);
-    let port = fx.port();
+    let mut fx = start(b, &[("FX_WORKERS", "2"), ("FX_FAIL_HOOK", fail)]);
+    let port = port(&fx);
     let triggered = trigger(&fx, port);
     let display = fx.assert_failed_exit();
     let expected = expected(&fx, triggered);
@@ -725,7 +757,7 @@ fn recover_hook_error_fails_run(b: Backend) {
 }
 
 fn hook_starting_a_thread_fails_run(b: Backend) {
-    let mut fx = Fixture::start(b, &[("FX_WORKERS", "2"), ("FX_FAIL_HOOK", "ready_thread")]);
+    let mut fx = start(b, &[("FX_WORKERS", "2"), ("FX_FAIL_HOOK", "ready_thread")]);
     let display = fx.assert_failed_exit();
     assert!(display.contains("runs 2 threads"), "error: {display}");
     assert_eq!(fx.debugs(), ["NotSingleThreaded { threads: 2 }"]);
@@ -737,20 +769,20 @@ fn hook_starting_a_thread_fails_run(b: Backend) {
 // ---- Refusals before any fork ----------------------------------------------------------------
 
 fn threads_before_run_are_refused(b: Backend) {
-    let mut fx = Fixture::start(b, &[("FX_WORKERS", "2"), ("FX_THREAD", "1")]);
+    let mut fx = start(b, &[("FX_WORKERS", "2"), ("FX_THREAD", "1")]);
     let display = fx.assert_failed_exit();
     assert!(display.contains("runs 2 threads"), "error: {display}");
     assert_eq!(fx.debugs(), ["NotSingleThreaded { threads: 2 }"]);
     assert_nothing_forked(&fx);
     assert_eq!(
-        fx.state("before"),
-        fx.state("after1"),
+        state(&fx, "before"),
+        state(&fx, "after1"),
         "master state restored"
     );
 }
 
 fn zero_workers_refused(b: Backend) {
-    let mut fx = Fixture::start(b, &[("FX_WORKERS", "0")]);
+    let mut fx = start(b, &[("FX_WORKERS", "0")]);
     let display = fx.assert_failed_exit();
     assert!(
         display.contains("invalid option workers: at least one worker is needed"),
@@ -760,7 +792,7 @@ fn zero_workers_refused(b: Backend) {
 }
 
 fn bogus_backend_env_refused(b: Backend) {
-    let mut fx = Fixture::start(b, &[("FX_WORKERS", "2"), (prefork::BACKEND_ENV, "bogus")]);
+    let mut fx = start(b, &[("FX_WORKERS", "2"), (prefork::BACKEND_ENV, "bogus")]);
     let display = fx.assert_failed_exit();
     assert!(
         display.contains(&format!("{}=\"bogus\"", prefork::BACKEND_ENV)),
@@ -773,7 +805,7 @@ fn bogus_backend_env_refused(b: Backend) {
 
 fn worker_has_no_master_fds_and_clean_mask(b: Backend) {
     let (mut fx, _port, ids) = started(b, 2, &[]);
-    let before = fx.state("before");
+    let before = state(&fx, "before");
     assert_ne!(
         before.sigign & procfs::sig_bit(libc::SIGPIPE),
         0,
@@ -828,7 +860,7 @@ fn worker_has_no_master_fds_and_clean_mask(b: Backend) {
     }
     fx.stop_with(libc::SIGTERM);
     assert_eq!(
-        fx.state("after1"),
+        state(&fx, "after1"),
         before,
         "master state restored after run"
     );
@@ -839,7 +871,7 @@ fn worker_has_no_master_fds_and_clean_mask(b: Backend) {
 /// workers exit, and puts the action back, in workers and after the run.
 fn auto_reaping_sigchld(b: Backend, option: &str, action: &str) {
     let (mut fx, port, ids) = started(b, 2, &[(option, "1")]);
-    let before = fx.state("before");
+    let before = state(&fx, "before");
     assert_eq!(
         before.chld, action,
         "the fixture's SIGCHLD action before run"
@@ -866,7 +898,7 @@ fn auto_reaping_sigchld(b: Backend, option: &str, action: &str) {
     fx.stop_with(libc::SIGTERM);
     assert_exits(&fx, [ids[&0], new], "Signal(15)");
     assert_eq!(
-        fx.state("after1"),
+        state(&fx, "after1"),
         before,
         "SIGCHLD action restored after run"
     );
@@ -896,7 +928,7 @@ fn buffered_stdout_is_not_duplicated_by_fork(b: Backend) {
         if left.is_empty() {
             return Ok(());
         }
-        let _ = request(port, "ok", Duration::from_secs(2));
+        let _ = try_ask(port, "ok", Duration::from_secs(2));
         Err(format!("still running: {left:?}"))
     });
     fx.stop_with(libc::SIGTERM);
@@ -920,7 +952,7 @@ fn buffered_stdout_is_not_duplicated_by_fork(b: Backend) {
 }
 
 fn run_twice_restores_fds_and_mask(b: Backend) {
-    let mut fx = Fixture::start(
+    let mut fx = start(
         b,
         &[("FX_WORKERS", "2"), ("FX_RUNS", "2"), ("FX_SELF_TERM", "1")],
     );
@@ -934,9 +966,9 @@ fn run_twice_restores_fds_and_mask(b: Backend) {
         "the second run has workers of its own: {ready:?}"
     );
     assert_eq!(fx.children_reports(), [(0, 0), (0, 0)]);
-    let before = fx.state("before");
-    assert_eq!(fx.state("after1"), before, "state after the first run");
-    assert_eq!(fx.state("after2"), before, "state after the second run");
+    let before = state(&fx, "before");
+    assert_eq!(state(&fx, "after1"), before, "state after the first run");
+    assert_eq!(state(&fx, "after2"), before, "state after the second run");
     assert_exits(&fx, ready.concat(), "Signal(15)");
 }
 

@@ -1,22 +1,18 @@
-//! The fixture role: this binary, started by the driver with `PREFORK_FIXTURE=master`, runs
-//! a prefork master configured by `FX_*` environment variables and reports what happens on
-//! stdout, one line per event, flushed at once:
+//! The `master` fixture of `tests/processes.rs`: this binary, started by a test with
+//! `PREFORK_FIXTURE=master`, runs a prefork master (`Prefork::run`) configured by `FX_*`
+//! environment variables and reports what happens on stdout, one line per event, flushed at
+//! once: the lines every fixture shares (`master`, `spawn`, `ready`, `recover`, `exit`,
+//! `result`/`debug`, `children`, `end`; see `support/report.rs`) and these:
 //!
 //! | line | printed by | when |
 //! |---|---|---|
-//! | `master PID` | master | at start |
 //! | `port PORT` | master | the listener's port, before `run` |
 //! | `state LABEL fds=N sigblk=X sigign=X sigcgt=X chld=ACTION` | master | before the first run (`before`), after run k (`afterK`) |
-//! | `spawn PID` | `on_child_spawn` | every worker start |
-//! | `ready PID…` | `on_master_ready` | pids in slot order |
-//! | `recover OLD NEW` | `on_child_recover` | |
-//! | `exit SLOT PID HOW` | `on_child_exit` | `HOW` is the `WorkerExit` debug form: `Code(101)`, `Signal(9)` |
-//! | `result ok` / `result err DISPLAY` + `debug DEBUG` | master | after each run |
-//! | `children N zombies Z` | master | the master's own children after each run |
-//! | `end CODE` | master | last line before it exits with CODE (0: every run Ok, 2: an Err) |
 //! | `sig SIGNO PID` | worker | its handler caught a signal (`FX_TERM=catch`, `FX_USR=1`) |
 //! | `orphan PID PPID` | grandchild | an orphan left by the `orphan` command, once adopted |
 //! | `chld PID ACTION` | worker | its `SIGCHLD` action (see `chld_action`) |
+//!
+//! It exits 0 when every run returned `Ok`, 2 when one returned `Err`.
 //!
 //! Workers serve a line protocol on the shared listener: the client sends one command line,
 //! the worker answers `ID PID MASTER_PID IS_CHILD` (from `Worker` and `prefork::is_child`),
@@ -42,7 +38,7 @@
 //! * `FX_NO_PIDFD=1`: a seccomp filter makes `pidfd_open` fail with `ENOSYS`, as on a
 //!   kernel before 5.3;
 //! * `FX_PIDS_CGROUP=DIR`: the master moves itself into that pids cgroup before `run`, so
-//!   the driver can make `fork` fail with `EAGAIN` (`pids.max`);
+//!   the test can make `fork` fail with `EAGAIN` (`pids.max`);
 //! * `FX_IGNORE_CHLD=1`, `FX_NOCLDWAIT=1`: SIGCHLD is ignored, or has `SA_NOCLDWAIT`, before
 //!   `run`;
 //! * `FX_RUNS=N`: `run` is called N times; with `FX_SELF_TERM=1` each run stops itself with
@@ -58,36 +54,13 @@ use std::time::{Duration, Instant};
 
 use prefork::{Prefork, Worker};
 
-use super::procfs;
+use crate::support::backend::deny_pidfd_open;
+use crate::support::fixture::{EXIT_BROKEN, EXIT_ERR, EXIT_OK, choice, flag, parsed, var};
+use crate::support::procfs;
+use crate::support::report::{self, complain, say, write_raw};
 
-/// Every option variable, so the driver can clear them from its own environment.
-pub const OPTION_VARS: &[&str] = &[
-    "FX_WORKERS",
-    "FX_GRACE_MS",
-    "FX_INTERVAL_MS",
-    "FX_THRESHOLD",
-    "FX_TERM",
-    "FX_USR",
-    "FX_START",
-    "FX_DEATH_DIR",
-    "FX_FAIL_HOOK",
-    "FX_THREAD",
-    "FX_SUBREAPER",
-    "FX_IGNORE_CHLD",
-    "FX_RUNS",
-    "FX_SELF_TERM",
-    "FX_UNFLUSHED",
-    "FX_NOCLDWAIT",
-    "FX_PIDS_CGROUP",
-    "FX_NO_PIDFD",
-];
-
-/// Exit code of a fixture whose every run returned `Ok`.
-pub const EXIT_OK: i32 = 0;
-/// Exit code of a fixture one of whose runs returned `Err`.
-pub const EXIT_ERR: i32 = 2;
-/// Exit code of a fixture that was misconfigured or saw the impossible.
-const EXIT_BROKEN: i32 = 98;
+/// The fixture's role (the value of `PREFORK_FIXTURE`).
+pub const ROLE: &str = "master";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum TermMode {
@@ -124,117 +97,58 @@ struct Opts {
     no_pidfd: bool,
 }
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn parsed<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
-    var(name)
-        .map(|v| v.parse().map_err(|_| format!("bad {name} value {v:?}")))
-        .transpose()
-}
-
 impl Opts {
     fn from_env() -> Result<Opts, String> {
-        let term = match var("FX_TERM").as_deref() {
-            None => TermMode::Default,
-            Some("ignore") => TermMode::Ignore,
-            Some("catch") => TermMode::Catch,
-            Some(other) => return Err(format!("bad FX_TERM {other:?}")),
-        };
-        let start = match var("FX_START").as_deref() {
-            None => StartMode::Serve,
-            Some("panic") => StartMode::Panic,
-            Some("exit0") => StartMode::Exit0,
-            Some(other) => return Err(format!("bad FX_START {other:?}")),
-        };
+        use {StartMode as S, TermMode as T};
         Ok(Opts {
             workers: parsed("FX_WORKERS")?,
             grace: parsed("FX_GRACE_MS")?.map(Duration::from_millis),
             interval: parsed("FX_INTERVAL_MS")?.map(Duration::from_millis),
             threshold: parsed("FX_THRESHOLD")?,
-            term,
-            usr: var("FX_USR").is_some(),
-            start,
+            term: choice(
+                "FX_TERM",
+                &[("ignore", T::Ignore), ("catch", T::Catch)],
+                T::Default,
+            )?,
+            usr: flag("FX_USR"),
+            start: choice(
+                "FX_START",
+                &[("panic", S::Panic), ("exit0", S::Exit0)],
+                S::Serve,
+            )?,
             death_dir: var("FX_DEATH_DIR").map(PathBuf::from),
             fail_hook: var("FX_FAIL_HOOK"),
-            thread: var("FX_THREAD").is_some(),
-            subreaper: var("FX_SUBREAPER").is_some(),
+            thread: flag("FX_THREAD"),
+            subreaper: flag("FX_SUBREAPER"),
             pids_cgroup: var("FX_PIDS_CGROUP").map(PathBuf::from),
-            no_pidfd: var("FX_NO_PIDFD").is_some(),
-            ignore_chld: var("FX_IGNORE_CHLD").is_some(),
+            no_pidfd: flag("FX_NO_PIDFD"),
+            ignore_chld: flag("FX_IGNORE_CHLD"),
             runs: parsed("FX_RUNS")?.unwrap_or(1),
-            self_term: var("FX_SELF_TERM").is_some(),
-            unflushed: var("FX_UNFLUSHED").is_some(),
-            nocldwait: var("FX_NOCLDWAIT").is_some(),
+            self_term: flag("FX_SELF_TERM"),
+            unflushed: flag("FX_UNFLUSHED"),
+            nocldwait: flag("FX_NOCLDWAIT"),
         })
     }
 }
 
-/// Prints one report line and flushes it, so the driver sees it at once and no buffered
-/// bytes are left to be duplicated by the next fork.
-fn say(line: impl AsRef<str>) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", line.as_ref());
-    let _ = out.flush();
-}
-
-/// Runs the fixture named by `PREFORK_FIXTURE` and exits. Must be the first thing `main`
-/// does, while the process is single-threaded.
-pub fn main(scenario: &str) -> ! {
-    log::set_logger(&LOGGER).expect("no logger installed yet");
-    log::set_max_level(log::LevelFilter::Debug);
-    die_with_driver();
-    let code = match scenario {
-        "master" => match Opts::from_env() {
-            Ok(opts) => master(&opts),
-            Err(e) => {
-                eprintln!("fixture: {e}");
-                EXIT_BROKEN
-            }
-        },
-        other => {
-            eprintln!("fixture: unknown scenario {other:?}");
+/// The `master` role: set up what the options ask for, run `Prefork` `runs` times, report.
+/// The exit code: `EXIT_OK` when every run returned `Ok`, `EXIT_ERR` otherwise.
+pub fn master() -> i32 {
+    match Opts::from_env() {
+        Ok(opts) => run_master(&opts),
+        Err(e) => {
+            complain(format!("fixture: {e}"));
             EXIT_BROKEN
         }
-    };
-    say(format!("end {code}"));
-    std::process::exit(code)
-}
-
-/// The driver's pid, passed to the fixture so that it can tie its life to the driver's.
-pub const DRIVER_PID_VAR: &str = "PREFORK_TEST_DRIVER_PID";
-
-/// A fixture must not outlive its driver (killed by a test runner's timeout, say): it gets
-/// SIGKILL when the driver dies, and its workers follow it as usual.
-fn die_with_driver() {
-    let Some(driver) = var(DRIVER_PID_VAR).and_then(|v| v.parse::<libc::pid_t>().ok()) else {
-        return;
-    };
-    // SAFETY: PR_SET_PDEATHSIG takes the signal number as an integer argument.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } != driver {
-        // The driver died before the prctl took effect.
-        std::process::exit(EXIT_BROKEN);
     }
 }
 
-/// The master: set up what the options ask for, run `Prefork` `runs` times, report.
-fn master(opts: &Opts) -> i32 {
-    say(format!("master {}", std::process::id()));
+fn run_master(opts: &Opts) -> i32 {
+    report::master();
     let listener = match TcpListener::bind("127.0.0.1:0") {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("fixture: bind: {e}");
+            complain(format!("fixture: bind: {e}"));
             return EXIT_BROKEN;
         }
     };
@@ -242,14 +156,17 @@ fn master(opts: &Opts) -> i32 {
     say(format!("port {port}"));
     if let Some(dir) = &opts.pids_cgroup {
         if let Err(e) = std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()) {
-            eprintln!("fixture: joining the pids cgroup {}: {e}", dir.display());
+            complain(format!(
+                "fixture: joining the pids cgroup {}: {e}",
+                dir.display()
+            ));
             return EXIT_BROKEN;
         }
     }
     if opts.subreaper {
         // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag.
         if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
-            eprintln!("fixture: PR_SET_CHILD_SUBREAPER failed");
+            complain("fixture: PR_SET_CHILD_SUBREAPER failed");
             return EXIT_BROKEN;
         }
     }
@@ -267,7 +184,7 @@ fn master(opts: &Opts) -> i32 {
     }
     if opts.no_pidfd {
         if let Err(e) = deny_pidfd_open() {
-            eprintln!("fixture: installing the seccomp filter: {e}");
+            complain(format!("fixture: installing the seccomp filter: {e}"));
             return EXIT_BROKEN;
         }
     }
@@ -290,24 +207,16 @@ fn master(opts: &Opts) -> i32 {
         let result = builder(opts).run(|worker| serve(worker, &listener, opts));
         if prefork::is_child() {
             // `run` must never return in a worker.
-            eprintln!(
+            complain(format!(
                 "fixture: BUG: run returned in worker {}",
                 std::process::id()
-            );
+            ));
             std::process::exit(EXIT_BROKEN);
         }
-        match result {
-            Ok(()) => say("result ok"),
-            Err(e) => {
-                say(format!("result err {e}"));
-                say(format!("debug {e:?}"));
-                code = EXIT_ERR;
-            }
+        if !report::result(&result) {
+            code = EXIT_ERR;
         }
-        let me = std::process::id();
-        let children = procfs::children(me);
-        let zombies = children.iter().filter(|(_, s)| s.is_dead()).count();
-        say(format!("children {} zombies {zombies}", children.len()));
+        report::children();
         report_state(&format!("after{run}"));
     }
     code
@@ -368,8 +277,8 @@ fn builder(opts: &Opts) -> Prefork {
 
     let spawn_fail = fail.clone();
     let mut spawns = 0;
-    p = p.on_child_spawn(move |pid| {
-        say(format!("spawn {pid}"));
+    p = p.on_child_spawn(move |_slot, pid| {
+        report::spawned(pid);
         spawns += 1;
         match spawn_fail.as_str() {
             "spawn_err" if spawns == 2 => {
@@ -381,9 +290,8 @@ fn builder(opts: &Opts) -> Prefork {
     });
 
     let ready_fail = fail.clone();
-    p = p.on_master_ready(move |pids| {
-        let list: Vec<String> = pids.iter().map(u32::to_string).collect();
-        say(format!("ready {}", list.join(" ")));
+    p = p.on_master_ready(move |workers| {
+        report::ready(workers);
         match ready_fail.as_str() {
             "ready_err" => return Err("fixture: ready hook refuses".into()),
             "ready_panic" => panic!("fixture: ready hook panics"),
@@ -405,8 +313,8 @@ fn builder(opts: &Opts) -> Prefork {
     });
 
     let recover_fail = fail;
-    p = p.on_child_recover(move |old, new| {
-        say(format!("recover {old} {new}"));
+    p = p.on_child_recover(move |_slot, old, new| {
+        report::recovered(old, new);
         if recover_fail == "recover_err" {
             return Err(format!("fixture: recover hook refuses {old} {new}").into());
         }
@@ -414,7 +322,7 @@ fn builder(opts: &Opts) -> Prefork {
     });
 
     p = p.on_child_exit(|slot, pid, how| {
-        say(format!("exit {slot} {pid} {how:?}"));
+        report::exited(slot, pid, how);
         Ok(())
     });
 
@@ -429,7 +337,7 @@ fn builder(opts: &Opts) -> Prefork {
                 Ok(mut f) => {
                     let _ = f.write_all(b"ran\n");
                 }
-                Err(e) => eprintln!("fixture: cannot write {}: {e}", path.display()),
+                Err(e) => complain(format!("fixture: cannot write {}: {e}", path.display())),
             }
         });
     }
@@ -472,14 +380,15 @@ fn serve(worker: Worker, listener: &TcpListener, opts: &Opts) -> Result<(), Stri
             "fatal" => worker.exit_fatal("fixture: fatal on request"),
             "orphan" => make_orphan(),
             "chld" => say(format!("chld {} {}", worker.pid(), chld_action())),
-            other => eprintln!("fixture: unknown command {other:?}"),
+            other => complain(format!("fixture: unknown command {other:?}")),
         }
     }
     Ok(())
 }
 
-/// Reads the command line, answers `ID PID MASTER_PID IS_CHILD` and closes the connection (before acting on
-/// the command, so the client sees the answer even if the worker then dies).
+/// Reads the command line, answers `ID PID MASTER_PID IS_CHILD` and closes the connection
+/// (before acting on the command, so the client sees the answer even if the worker then
+/// dies).
 fn answer(stream: TcpStream, worker: Worker) -> Option<String> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -530,12 +439,6 @@ fn make_orphan() {
         // SAFETY: waitpid with a null status pointer only reaps our own child.
         unsafe { libc::waitpid(middle, std::ptr::null_mut(), 0) };
     }
-}
-
-/// One `write(2)` to stdout, bypassing std's buffer.
-fn write_raw(bytes: &[u8]) {
-    // SAFETY: the pointer and length describe a live byte slice.
-    unsafe { libc::write(1, bytes.as_ptr().cast(), bytes.len()) };
 }
 
 /// Installs [`report_signal`] as the handler of `signal` (with `SA_RESTART`).
@@ -593,74 +496,4 @@ extern "C" fn report_signal(signal: libc::c_int) {
 enum Part {
     Text(&'static [u8]),
     Num(u32),
-}
-
-/// Logs to stderr as `[LEVEL pid] message`, for the driver to show when a test fails.
-struct StderrLogger;
-
-static LOGGER: StderrLogger = StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        eprintln!(
-            "[{} {}] {}",
-            record.level(),
-            std::process::id(),
-            record.args()
-        );
-    }
-
-    fn flush(&self) {}
-}
-
-/// Makes `pidfd_open` fail with `ENOSYS` in this process and its children, as it does on a
-/// kernel before 5.3: a seccomp filter that returns that error for the one system call.
-fn deny_pidfd_open() -> std::io::Result<()> {
-    let stmt = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let filter = [
-        // Load the system call number (offset 0 of struct seccomp_data).
-        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
-        // pidfd_open? Fall through to ENOSYS; otherwise skip to ALLOW.
-        libc::sock_filter {
-            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 1,
-            k: libc::SYS_pidfd_open as u32,
-        },
-        stmt(
-            libc::BPF_RET | libc::BPF_K,
-            libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
-        ),
-        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
-    ];
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: PR_SET_NO_NEW_PRIVS takes an integer flag.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `prog` points to a valid filter program that outlives the call (the kernel
-    // copies it).
-    let ret = unsafe {
-        libc::prctl(
-            libc::PR_SET_SECCOMP,
-            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-            &prog as *const libc::sock_fprog,
-        )
-    };
-    if ret != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }

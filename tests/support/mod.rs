@@ -1,0 +1,24 @@
+//! The support library of the process-test binaries (`tests/processes.rs`,
+//! `tests/listeners.rs`): each declares `mod support;` and uses what it needs.
+//!
+//! * [`runner`]: the libtest-compatible runner of a `harness = false` binary; a test fails
+//!   by panicking.
+//! * [`process`]: starting a fixture (the test binary itself, in a role) in a process group
+//!   of its own, reading its report lines, waiting for conditions with one generous
+//!   deadline, and cleaning up whatever happens.
+//! * [`net`]: asking a fixture's workers over TCP.
+//! * [`procfs`]: process, descriptor and socket state from `/proc`.
+//! * [`backend`]: the reaping backends every supervision case runs under.
+//! * [`fixture`] and [`report`]: what the fixture side shares: role, exit codes, logger,
+//!   options, and the report lines both sides speak.
+
+// Each binary uses a part of the library.
+#![allow(dead_code)]
+
+pub mod backend;
+pub mod fixture;
+pub mod net;
+pub mod process;
+pub mod procfs;
+pub mod report;
+pub mod runner;
