@@ -1,23 +1,19 @@
-//! The fixture role: this binary, started by the driver with `PREFORK_FIXTURE=listen`, runs
-//! `Prefork::listen_and_serve` configured by `FX_*` environment variables and reports what
-//! happens on stdout, one line per event, flushed at once.
-//!
-//! In exec mode the master re-executes this same binary (same arguments, same environment
-//! plus `FASTHTTP_PREFORK_CHILD=1` and `PREFORK_WORKER_ID`): the worker runs this same code,
-//! which reaches `listen_and_serve` and becomes a worker there.
+//! The `listen` fixture of `tests/listeners.rs`: this binary, started by a test with
+//! `PREFORK_FIXTURE=listen`, runs `Prefork::listen_and_serve` configured by `FX_*`
+//! environment variables and reports what happens on stdout, one line per event, flushed at
+//! once: the lines every fixture shares (`master`, `spawn`, `ready`, `recover`, `exit`,
+//! `result`/`debug`, `children`, `end`; see `support/report.rs`) and these:
 //!
 //! | line | printed by | when |
 //! |---|---|---|
-//! | `master PID` | master | at start |
-//! | `spawn PID` | `on_child_spawn` | every worker start |
-//! | `ready PID…` | `on_master_ready` | pids in slot order |
-//! | `recover OLD NEW` | `on_child_recover` | |
-//! | `exit SLOT PID HOW` | `on_child_exit` | `HOW`: `Code(0)`, `Signal(9)`, … |
 //! | `serving ID PID PORT INODE` | worker | `serve` starts: its slot, pid, the listener's port and socket inode |
-//! | `result ok` / `result err DISPLAY` + `debug DEBUG` | master | `listen_and_serve` returned |
-//! | `children N` | master | its children (zombies included) after `listen_and_serve` |
-//! | `end CODE` | master | last line before it exits with CODE |
 //! | `child-result err DISPLAY` + `child-debug DEBUG` | exec worker | `listen_and_serve` failed in a worker |
+//!
+//! In exec mode the master re-executes this same binary (same arguments, same environment
+//! plus `FASTHTTP_PREFORK_CHILD=1` and `PREFORK_WORKER_ID`): the worker runs this same code,
+//! which reaches `listen_and_serve` and becomes a worker there. A master exits 0 when
+//! `listen_and_serve` returned `Ok`, 2 when it returned `Err`; so does a worker whose
+//! `listen_and_serve` failed.
 //!
 //! Workers serve a line protocol: the client sends one command line, the worker answers
 //! `ID PID INODE[ EXTRA]`, then closes the connection. The command is `[hold] [env
@@ -37,23 +33,12 @@ use std::time::Duration;
 
 use prefork::{Mode, Network, Prefork, Worker};
 
-/// Every option variable, so the driver can clear them from the environment it passes on.
-pub const OPTION_VARS: &[&str] = &[
-    "FX_MODE",
-    "FX_NETWORK",
-    "FX_REUSEPORT",
-    "FX_WORKERS",
-    "FX_ADDR",
-    "FX_THREAD",
-    "FX_GRACE_MS",
-];
+use crate::support::fixture::{EXIT_BROKEN, EXIT_ERR, EXIT_OK, choice, flag, parsed, var};
+use crate::support::procfs;
+use crate::support::report::{self, complain, say};
 
-/// Exit code of a master whose `listen_and_serve` returned `Ok`.
-pub const EXIT_OK: i32 = 0;
-/// Exit code of a master (or worker) whose `listen_and_serve` returned `Err`.
-pub const EXIT_ERR: i32 = 2;
-/// Exit code of a fixture that was misconfigured.
-const EXIT_BROKEN: i32 = 98;
+/// The fixture's role (the value of `PREFORK_FIXTURE`).
+pub const ROLE: &str = "listen";
 
 struct Opts {
     mode: Mode,
@@ -65,81 +50,48 @@ struct Opts {
     grace: Option<Duration>,
 }
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 impl Opts {
     fn from_env() -> Result<Opts, String> {
-        let mode = match var("FX_MODE").as_deref() {
-            None | Some("fork") => Mode::Fork,
-            Some("exec") => Mode::Exec,
-            Some("auto") => Mode::Auto,
-            Some(other) => return Err(format!("bad FX_MODE {other:?}")),
-        };
-        let network = match var("FX_NETWORK").as_deref() {
-            None | Some("tcp4") => Network::Tcp4,
-            Some("tcp") => Network::Tcp,
-            Some("tcp6") => Network::Tcp6,
-            Some(other) => return Err(format!("bad FX_NETWORK {other:?}")),
-        };
-        let workers = var("FX_WORKERS")
-            .map(|v| v.parse().map_err(|_| format!("bad FX_WORKERS {v:?}")))
-            .transpose()?;
-        let grace = var("FX_GRACE_MS")
-            .map(|v| v.parse().map_err(|_| format!("bad FX_GRACE_MS {v:?}")))
-            .transpose()?
-            .map(Duration::from_millis);
         Ok(Opts {
-            mode,
-            network,
-            reuseport: var("FX_REUSEPORT").is_some(),
-            workers,
+            mode: choice(
+                "FX_MODE",
+                &[
+                    ("fork", Mode::Fork),
+                    ("exec", Mode::Exec),
+                    ("auto", Mode::Auto),
+                ],
+                Mode::Fork,
+            )?,
+            network: choice(
+                "FX_NETWORK",
+                &[
+                    ("tcp4", Network::Tcp4),
+                    ("tcp", Network::Tcp),
+                    ("tcp6", Network::Tcp6),
+                ],
+                Network::Tcp4,
+            )?,
+            reuseport: flag("FX_REUSEPORT"),
+            workers: parsed("FX_WORKERS")?,
             addr: var("FX_ADDR").unwrap_or_else(|| "127.0.0.1:0".to_owned()),
-            thread: var("FX_THREAD").is_some(),
-            grace,
+            thread: flag("FX_THREAD"),
+            grace: parsed("FX_GRACE_MS")?.map(Duration::from_millis),
         })
     }
 }
 
-/// Prints one report line with one `write`, so lines from the master and its workers (who
-/// share the pipe) never interleave, and nothing stays buffered across a fork.
-pub fn say(line: impl AsRef<str>) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(format!("{}\n", line.as_ref()).as_bytes());
-    let _ = out.flush();
-}
-
-/// Prints one line on stderr with one `write`, so lines from several processes do not
-/// interleave.
-fn complain(line: impl AsRef<str>) {
-    let _ = std::io::stderr().write_all(format!("{}\n", line.as_ref()).as_bytes());
-}
-
-/// Runs the fixture named by `scenario` and exits. Must be the first thing `main` does.
-pub fn main(scenario: &str) -> ! {
-    log::set_logger(&LOGGER).expect("no logger installed yet");
-    log::set_max_level(log::LevelFilter::Debug);
-    let code = match scenario {
-        "listen" => match Opts::from_env() {
-            Ok(opts) => listen(&opts),
-            Err(e) => {
-                complain(format!("fixture: {e}"));
-                EXIT_BROKEN
-            }
-        },
-        other => {
-            complain(format!("fixture: unknown scenario {other:?}"));
+/// The `listen` role: `listen_and_serve` as the options say; the exit code.
+pub fn listen() -> i32 {
+    match Opts::from_env() {
+        Ok(opts) => run(&opts),
+        Err(e) => {
+            complain(format!("fixture: {e}"));
             EXIT_BROKEN
         }
-    };
-    if !prefork::is_child() {
-        say(format!("end {code}"));
     }
-    std::process::exit(code)
 }
 
-fn listen(opts: &Opts) -> i32 {
+fn run(opts: &Opts) -> i32 {
     // Decided before listen_and_serve: in a worker it never returns unless it fails.
     let child = prefork::is_child();
     if opts.thread {
@@ -158,7 +110,7 @@ fn listen(opts: &Opts) -> i32 {
         let _ = running.recv();
     }
     if !child {
-        say(format!("master {}", std::process::id()));
+        report::master();
     }
     let result = builder(opts).listen_and_serve(&opts.addr, serve);
     if child || prefork::is_child() {
@@ -173,30 +125,12 @@ fn listen(opts: &Opts) -> i32 {
         }
         return EXIT_ERR;
     }
-    let code = match result {
-        Ok(()) => {
-            say("result ok");
-            EXIT_OK
-        }
-        Err(e) => {
-            say(format!("result err {e}"));
-            say(format!("debug {e:?}"));
-            complain(format!("fixture: {e}"));
-            EXIT_ERR
-        }
-    };
-    say(format!("children {}", children(std::process::id())));
-    code
-}
-
-/// How many children (zombies included) `pid` has, by scanning every process's parent.
-fn children(pid: u32) -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&p| crate::procfs::stat(p).is_some_and(|s| s.ppid == pid))
-        .count()
+    let ok = report::result(&result);
+    if let Err(e) = &result {
+        complain(format!("fixture: {e}"));
+    }
+    report::children();
+    if ok { EXIT_OK } else { EXIT_ERR }
 }
 
 /// The configured `Prefork`, its hooks reporting every event.
@@ -211,30 +145,14 @@ fn builder(opts: &Opts) -> Prefork {
     if let Some(g) = opts.grace {
         p = p.shutdown_grace(g);
     }
-    p.on_child_spawn(|pid| {
-        say(format!("spawn {pid}"));
-        Ok(())
-    })
-    .on_master_ready(|pids| {
-        let list: Vec<String> = pids.iter().map(u32::to_string).collect();
-        say(format!("ready {}", list.join(" ")));
-        Ok(())
-    })
-    .on_child_recover(|old, new| {
-        say(format!("recover {old} {new}"));
-        Ok(())
-    })
-    .on_child_exit(|slot, pid, how| {
-        say(format!("exit {slot} {pid} {how:?}"));
-        Ok(())
-    })
+    report::hooks(p)
 }
 
 /// The socket inode of `listener`, from `/proc/self/fd`.
 fn inode_of(listener: &TcpListener) -> u64 {
     std::fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd()))
         .ok()
-        .and_then(|t| crate::procfs::socket_inode(&t.to_string_lossy()))
+        .and_then(|t| procfs::socket_inode(&t.to_string_lossy()))
         .unwrap_or(0)
 }
 
@@ -283,27 +201,4 @@ fn answer(stream: TcpStream, worker: Worker, inode: u64) {
         let mut sink = [0u8; 64];
         while matches!((&stream).read(&mut sink), Ok(n) if n > 0) {}
     }
-}
-
-/// Logs to stderr as `[LEVEL pid] message`, for the driver to check and to show when a
-/// test fails.
-struct StderrLogger;
-
-static LOGGER: StderrLogger = StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        complain(format!(
-            "[{} {}] {}",
-            record.level(),
-            std::process::id(),
-            record.args()
-        ));
-    }
-
-    fn flush(&self) {}
 }
