@@ -217,6 +217,10 @@ fn tests() -> Vec<Test> {
         systemd_other_pid,
     ));
     t.push(runner::test(
+        "nonblocking_inherited_listener_served_blocking",
+        nonblocking_inherited_listener_served_blocking,
+    ));
+    t.push(runner::test(
         "foreign_master::hello_example",
         foreign_master,
     ));

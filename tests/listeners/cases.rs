@@ -61,6 +61,10 @@ pub struct Serving {
     pub pid: u32,
     pub port: u16,
     pub inode: u64,
+    /// The listener's descriptor in the worker.
+    pub fd: i32,
+    /// Whether `O_NONBLOCK` was set on the listener `serve` got.
+    pub nonblocking: bool,
 }
 
 fn parse_serving(line: &str) -> Option<Serving> {
@@ -70,6 +74,12 @@ fn parse_serving(line: &str) -> Option<Serving> {
         pid: f.next()?.parse().ok()?,
         port: f.next()?.parse().ok()?,
         inode: f.next()?.parse().ok()?,
+        fd: f.next()?.parse().ok()?,
+        nonblocking: match f.next()? {
+            "nonblocking" => true,
+            "blocking" => false,
+            _ => return None,
+        },
     })
 }
 
@@ -1039,7 +1049,124 @@ pub fn systemd_other_pid() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 8. A foreign master (Python) running the hello example as its child.
+// 8. The listener a worker gets.
+
+/// Checks that worker `s` was handed its listener in blocking mode: as the fixture saw it
+/// (`fcntl(F_GETFL)` in `serve`) and as `/proc/PID/fdinfo` shows it.
+fn expect_blocking(what: &str, s: &Serving) {
+    assert!(
+        !s.nonblocking,
+        "{what}: worker {} (pid {}) got its listener (fd {}) with O_NONBLOCK set",
+        s.id, s.pid, s.fd
+    );
+    let flags = procfs::fd_flags(s.pid, s.fd)
+        .unwrap_or_else(|| panic!("cannot read /proc/{}/fdinfo/{}", s.pid, s.fd));
+    assert!(
+        flags & libc::O_NONBLOCK == 0,
+        "{what}: worker {} (pid {}) serves fd {} with O_NONBLOCK set (fdinfo flags 0{flags:o})",
+        s.id,
+        s.pid,
+        s.fd
+    );
+}
+
+/// A listening socket of this process in non-blocking mode, as systemd passes it with
+/// `NonBlocking=yes`; its port and inode.
+fn nonblocking_listener() -> (TcpListener, u16, u64) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener
+        .set_nonblocking(true)
+        .expect("set the listener non-blocking");
+    let port = listener.local_addr().expect("local_addr").port();
+    let inode = own_socket_inode(listener.as_raw_fd());
+    (listener, port, inode)
+}
+
+/// A listener inherited non-blocking is handed to `serve` in blocking mode, and workers
+/// whose `serve` fails on an `accept` error (as `stream?` does; `FX_ACCEPT_ERRORS=fail`)
+/// serve without crash-looping: under systemd socket activation with `NonBlocking=yes` (fd 3
+/// with `O_NONBLOCK`, `LISTEN_PID`/`LISTEN_FDS=1`) in fork and exec mode, and in an exec-mode
+/// worker whose fd 3 a foreign master left non-blocking.
+pub fn nonblocking_inherited_listener_served_blocking() {
+    let n = 2;
+    for mode in Mode::ALL {
+        let what = format!("systemd, NonBlocking=yes, {mode:?} mode");
+        let (inherited, port, inode) = nonblocking_listener();
+        let mut fx = spec(mode, Backend::Pidfd, n)
+            .env("FX_ADDR", "192.0.2.1:9")
+            .env("LISTEN_FDS", "1")
+            .env("FX_ACCEPT_ERRORS", "fail")
+            .fd3(Fd3::Dup(inherited.as_raw_fd()))
+            .listen_pid_self()
+            .start();
+        let serving = ready_serving(&fx);
+        fx.expect_log("serving the socket passed by systemd (fd 3");
+        assert!(
+            serving.iter().all(|s| s.port == port && s.inode == inode),
+            "{what}: workers do not serve the inherited socket {inode}: {serving:?}"
+        );
+        for s in &serving {
+            expect_blocking(&what, s);
+        }
+        // Two rounds, each worker holding a connection: the same workers answer both, after
+        // going back to `accept` with nothing queued.
+        expect_each_serves(port, &serving);
+        expect_each_serves(port, &serving);
+        stop(&mut fx, &pids(&serving));
+        assert!(
+            fx.recovers().is_empty(),
+            "{what}: workers were respawned: {:?}",
+            fx.recovers()
+        );
+        assert_eq!(fx.spawns(), pids(&serving), "{what}: workers started");
+        let mut exits: Vec<(usize, u32, String)> = fx
+            .exits()
+            .into_iter()
+            .map(|e| (e.slot, e.pid, e.how))
+            .collect();
+        exits.sort();
+        let stopped: Vec<(usize, u32, String)> = serving
+            .iter()
+            .map(|s| (s.id, s.pid, "Signal(15)".to_owned()))
+            .collect();
+        assert_eq!(
+            exits, stopped,
+            "{what}: the workers' exits, all of them by the stop"
+        );
+        drop(inherited);
+    }
+
+    let what = "exec-mode worker of a foreign master, fd 3 non-blocking";
+    let (inherited, port, inode) = nonblocking_listener();
+    let mut fx = fixture()
+        .env("FASTHTTP_PREFORK_CHILD", "1")
+        .env("PREFORK_WORKER_ID", "0")
+        .env("FX_ACCEPT_ERRORS", "fail")
+        .fd3(Fd3::Dup(inherited.as_raw_fd()))
+        .start();
+    let s = wait_serving(&fx, &[fx.pid])[0];
+    assert!(
+        s.id == 0 && s.inode == inode,
+        "{what}: does not serve the inherited socket {inode} as worker 0: {s:?}"
+    );
+    expect_blocking(what, &s);
+    // One request after the other: between two, the worker waits in `accept`.
+    for _ in 0..3 {
+        let a = ask(port, "id");
+        assert!(a.pid == fx.pid && a.id == 0, "{what}: answer {a:?}");
+    }
+    fx.signal(libc::SIGTERM);
+    let status = fx.wait_exit();
+    assert!(
+        std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGTERM),
+        "{what}: the worker ended with {}, not by the SIGTERM sent after its requests",
+        describe(status)
+    );
+    drop(inherited);
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. A foreign master (Python) running the hello example as its child.
 
 pub fn foreign_master() {
     if Command::new("python3").arg("--version").output().is_err() {

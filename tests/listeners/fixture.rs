@@ -6,7 +6,7 @@
 //!
 //! | line | printed by | when |
 //! |---|---|---|
-//! | `serving ID PID PORT INODE` | worker | `serve` starts: its slot, pid, the listener's port and socket inode |
+//! | `serving ID PID PORT INODE FD BLOCKING` | worker | `serve` starts: its slot, pid, the listener's port, socket inode and descriptor, and `blocking` or `nonblocking` (`O_NONBLOCK` in `fcntl(F_GETFL)`) |
 //! | `child-result err DISPLAY` + `child-debug DEBUG` | exec worker | `listen_and_serve` failed in a worker |
 //!
 //! In exec mode the master re-executes this same binary (same arguments, same environment
@@ -24,7 +24,9 @@
 //!
 //! Options: `FX_MODE=fork|exec|auto`, `FX_NETWORK=tcp|tcp4|tcp6`, `FX_REUSEPORT=1`,
 //! `FX_WORKERS=N`, `FX_ADDR` (default `127.0.0.1:0`), `FX_THREAD=1` (a thread that does not
-//! block any signal runs before `listen_and_serve`), `FX_GRACE_MS`.
+//! block any signal runs before `listen_and_serve`), `FX_GRACE_MS`, `FX_ACCEPT_ERRORS=fail`
+//! (`serve` returns the first error of `accept` as its own, as a server that writes
+//! `stream?` does; by default a worker goes on accepting).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -48,6 +50,8 @@ struct Opts {
     addr: String,
     thread: bool,
     grace: Option<Duration>,
+    /// `serve` fails on the first `accept` error.
+    accept_errors_fail: bool,
 }
 
 impl Opts {
@@ -76,6 +80,11 @@ impl Opts {
             addr: var("FX_ADDR").unwrap_or_else(|| "127.0.0.1:0".to_owned()),
             thread: flag("FX_THREAD"),
             grace: parsed("FX_GRACE_MS")?.map(Duration::from_millis),
+            accept_errors_fail: choice(
+                "FX_ACCEPT_ERRORS",
+                &[("fail", true), ("skip", false)],
+                false,
+            )?,
         })
     }
 }
@@ -112,7 +121,9 @@ fn run(opts: &Opts) -> i32 {
     if !child {
         report::master();
     }
-    let result = builder(opts).listen_and_serve(&opts.addr, serve);
+    let fail = opts.accept_errors_fail;
+    let result = builder(opts)
+        .listen_and_serve(&opts.addr, |listener, worker| serve(listener, worker, fail));
     if child || prefork::is_child() {
         // Only a failing worker gets here (a forked worker never returns).
         match result {
@@ -156,18 +167,35 @@ fn inode_of(listener: &TcpListener) -> u64 {
         .unwrap_or(0)
 }
 
-/// The worker: report, then serve the line protocol.
-fn serve(listener: TcpListener, worker: Worker) -> Result<(), String> {
+/// `blocking` or `nonblocking`: whether `O_NONBLOCK` is set on `listener`
+/// (`fcntl(F_GETFL)`), or `unknown`.
+fn blocking_of(listener: &TcpListener) -> &'static str {
+    // SAFETY: F_GETFL on a descriptor the listener owns; it takes no argument.
+    let flags = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_GETFL) };
+    match flags {
+        -1 => "unknown",
+        f if f & libc::O_NONBLOCK != 0 => "nonblocking",
+        _ => "blocking",
+    }
+}
+
+/// The worker: report, then serve the line protocol; with `fail`, until `accept` fails.
+fn serve(listener: TcpListener, worker: Worker, fail: bool) -> Result<(), String> {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let inode = inode_of(&listener);
     say(format!(
-        "serving {} {} {port} {inode}",
+        "serving {} {} {port} {inode} {} {}",
         worker.id(),
-        worker.pid()
+        worker.pid(),
+        listener.as_raw_fd(),
+        blocking_of(&listener),
     ));
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        answer(stream, worker, inode);
+        match stream {
+            Ok(stream) => answer(stream, worker, inode),
+            Err(e) if fail => return Err(format!("fixture: worker {}: accept: {e}", worker.id())),
+            Err(_) => {}
+        }
     }
     Ok(())
 }
