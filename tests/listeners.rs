@@ -217,6 +217,10 @@ fn tests() -> Vec<Test> {
         systemd_other_pid,
     ));
     t.push(runner::test(
+        "exec_worker_listener_is_cloexec",
+        exec_worker_listener_is_cloexec,
+    ));
+    t.push(runner::test(
         "nonblocking_inherited_listener_served_blocking",
         nonblocking_inherited_listener_served_blocking,
     ));

@@ -1051,6 +1051,52 @@ pub fn systemd_other_pid() {
 // ---------------------------------------------------------------------------------------
 // 8. The listener a worker gets.
 
+/// `O_CLOEXEC` in a `/proc/PID/fdinfo/FD` `flags:` field: the descriptor is close-on-exec.
+const FDINFO_CLOEXEC: i32 = libc::O_CLOEXEC;
+
+/// The listener `serve` gets is close-on-exec, so that a program a worker starts does not
+/// inherit the listening socket: in exec mode without reuseport (the worker finds it on fd
+/// 3, which had to survive its own exec, so the worker must set `FD_CLOEXEC` again), and in
+/// fork mode. Every descriptor of the worker that refers to the listening socket is checked,
+/// through `/proc/PID/fdinfo`; both modes are reported.
+pub fn exec_worker_listener_is_cloexec() {
+    let n = 2;
+    let mut problems = Vec::new();
+    for mode in [Mode::Exec, Mode::Fork] {
+        let mut fx = spec(mode, Backend::Pidfd, n).start();
+        let serving = ready_serving(&fx);
+        expect_mode_log(&fx, mode, Backend::Pidfd);
+        for s in &serving {
+            let fds = procfs::fds_of_socket(s.pid, s.inode);
+            assert!(
+                fds.contains(&s.fd),
+                "{mode:?} mode: worker {} reports its listener on fd {}, but its descriptors \
+                 of the listening socket {} are {fds:?}",
+                s.pid,
+                s.fd,
+                s.inode
+            );
+            for fd in fds {
+                let flags = procfs::fd_flags(s.pid, fd)
+                    .unwrap_or_else(|| panic!("cannot read /proc/{}/fdinfo/{fd}", s.pid));
+                if flags & FDINFO_CLOEXEC == 0 {
+                    problems.push(format!(
+                        "{mode:?} mode: worker {} (pid {}) holds the listening socket on fd \
+                         {fd} without FD_CLOEXEC (fdinfo flags 0{flags:o}; serve got fd {})",
+                        s.id, s.pid, s.fd
+                    ));
+                }
+            }
+        }
+        stop(&mut fx, &pids(&serving));
+    }
+    assert!(
+        problems.is_empty(),
+        "a program started by a worker would inherit the listening socket:\n{}",
+        problems.join("\n")
+    );
+}
+
 /// Checks that worker `s` was handed its listener in blocking mode: as the fixture saw it
 /// (`fcntl(F_GETFL)` in `serve`) and as `/proc/PID/fdinfo` shows it.
 fn expect_blocking(what: &str, s: &Serving) {
