@@ -10,7 +10,8 @@
 //! | `child-result err DISPLAY` + `child-debug DEBUG` | exec worker | `listen_and_serve` failed in a worker |
 //!
 //! In exec mode the master re-executes this same binary (same arguments, same environment
-//! plus `FASTHTTP_PREFORK_CHILD=1` and `PREFORK_WORKER_ID`): the worker runs this same code,
+//! plus the child protocol's variables, `FASTHTTP_PREFORK_CHILD=1` among them; see
+//! `docs/protocol.md`): the worker runs this same code,
 //! which reaches `listen_and_serve` and becomes a worker there. A master exits 0 when
 //! `listen_and_serve` returned `Ok`, 2 when it returned `Err`; so does a worker whose
 //! `listen_and_serve` failed.

@@ -280,16 +280,31 @@ fn crash_loop(b: Backend, start_mode: &str, how: &str) {
         ],
     );
     let display = fx.assert_failed_exit();
-    assert!(
-        display.contains("more often than recover_threshold allows"),
-        "error: {display}"
-    );
-    assert_eq!(fx.debugs(), ["OverRecovery"]);
     let spawns = fx.spawns();
     assert_eq!(
         spawns.len(),
         THRESHOLD + 1,
         "the first worker and {THRESHOLD} respawns: {spawns:?}"
+    );
+    assert_over_recovery(&display, THRESHOLD + 1);
+    let last = spawns[THRESHOLD];
+    let last_exit = format!("the last: worker 0 (pid {last}): {}", exit_text(how));
+    assert!(display.contains(&last_exit), "error: {display}");
+    let counted: Vec<(usize, u32, &str)> = spawns.iter().map(|&pid| (0, pid, how)).collect();
+    // Whether a worker that failed at once had reported ready depends on which the master
+    // read first.
+    let debugs: Vec<String> = fx
+        .debugs()
+        .iter()
+        .map(|d| {
+            d.replace("was_ready: true", "was_ready: _")
+                .replace("was_ready: false", "was_ready: _")
+        })
+        .collect();
+    assert_eq!(
+        debugs,
+        [over_recovery_debug(THRESHOLD + 1, &counted)],
+        "the error's Debug form (was_ready shown as _)"
     );
     let recovers = fx.recovers();
     let chain: Vec<(u32, u32)> = spawns.windows(2).map(|w| (w[0], w[1])).collect();
@@ -304,6 +319,38 @@ fn crash_loop(b: Backend, start_mode: &str, how: &str) {
         assert_eq!((exit.slot, exit.pid, exit.how.as_str()), (0, pid, how));
     }
     assert_all_gone(&fx, spawns);
+}
+
+/// Checks the Display of `Error::OverRecovery` after `count` boot failures.
+fn assert_over_recovery(display: &str, count: usize) {
+    assert!(
+        display.contains(&format!("{count} workers failed to boot"))
+            && display.contains("more than recover_threshold allows"),
+        "error: {display}"
+    );
+}
+
+/// `Code(N)` or `Signal(N)` (an exit line's HOW) as `WorkerExit`'s Display says it.
+fn exit_text(how: &str) -> String {
+    match how.strip_prefix("Code(").and_then(|c| c.strip_suffix(')')) {
+        Some(code) => format!("exit code {code}"),
+        None => panic!("not an exit code: {how}"),
+    }
+}
+
+/// The Debug form of `Error::OverRecovery` with `count` failures and the counted exits
+/// `(slot, pid, HOW)`, oldest first, with each `was_ready` written `_`.
+fn over_recovery_debug(count: usize, counted: &[(usize, u32, &str)]) -> String {
+    let exits: Vec<String> = counted
+        .iter()
+        .map(|(slot, pid, how)| {
+            format!("CountedExit {{ slot: {slot}, pid: {pid}, exit: {how}, was_ready: _ }}")
+        })
+        .collect();
+    format!(
+        "OverRecovery {{ count: {count}, exits: [{}] }}",
+        exits.join(", ")
+    )
 }
 
 fn crash_loop_of_panics_is_over_recovery(b: Backend) {
@@ -330,10 +377,7 @@ fn crash_loop_of_several_workers_respawns_threshold_times(b: Backend) {
             ],
         );
         let display = fx.assert_failed_exit();
-        assert!(
-            display.contains("more often than recover_threshold allows"),
-            "error: {display}"
-        );
+        assert_over_recovery(&display, THRESHOLD + 1);
         let spawns = fx.spawns();
         let recovers = fx.recovers();
         assert!(
