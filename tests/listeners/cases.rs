@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use crate::fixture::ROLE;
 use crate::support::backend::Backend;
-use crate::support::fixture::{EXIT_ERR, EXIT_OK};
+use crate::support::fixture::EXIT_ERR;
 use crate::support::net::{Answer, ask, ask_at, ask_until_all, hold_all, local};
 use crate::support::process::{
     DEADLINE, Fd3, Fixture, Spec, describe, kill, run_captured, wait_for, wait_until,
 };
-use crate::support::{procfs, report, runner};
+use crate::support::{procfs, runner};
 
 /// How `listen_and_serve` starts workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,39 +139,18 @@ fn exit_how(fx: &Fixture, slot: usize, pid: u32) -> String {
     fx.wait_field(&format!("exit {slot} {pid}"))
 }
 
-/// Stops the master with SIGTERM and checks a clean stop: `result ok`, exit 0, every worker
-/// in `pids` gone.
-fn stop(fx: &mut Fixture, pids: &[u32]) {
-    fx.signal(libc::SIGTERM);
-    fx.expect_exit(EXIT_OK);
-    if let Err(e) = fx.result() {
-        panic!("listen_and_serve failed: {e}");
-    }
-    fx.wait_gone(pids);
-}
-
-/// Expects `listen_and_serve` to have failed before any worker was started; its error's
-/// `Display` and `Debug` forms.
+/// Expects `listen_and_serve` to have failed before any worker was started (see
+/// `Fixture::assert_failed_exit`); its error's `Display` and `Debug` forms.
 fn expect_early_error(fx: &mut Fixture) -> (String, String) {
-    fx.expect_exit(EXIT_ERR);
-    let display = match fx.result() {
-        Ok(()) => panic!("listen_and_serve returned Ok, expected an error"),
-        Err(d) => d,
-    };
-    let debug = fx.wait_field("debug");
+    let display = fx.assert_failed_exit();
     let lines = fx.lines();
-    if let Some(s) = lines.iter().find(|l| l.starts_with("spawn ")) {
-        panic!("a worker was started before the error: {s:?}");
-    }
     assert!(
-        !lines.iter().any(|l| l.starts_with("serving ")),
-        "a worker served before the error"
+        !lines
+            .iter()
+            .any(|l| l.starts_with("spawn ") || l.starts_with("serving ")),
+        "a worker was started before the error: {lines:?}"
     );
-    let (children, _) = fx.wait_line("the children line", report::parse_children);
-    assert_eq!(
-        children, 0,
-        "the master had {children} children after the error"
-    );
+    let debug = fx.debugs().concat();
     (display, debug)
 }
 
@@ -311,7 +290,7 @@ pub fn shared_listener(mode: Mode, backend: Backend) {
             }
         }
     }
-    stop(&mut fx, &pids(&serving));
+    fx.stop_with(libc::SIGTERM);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -327,7 +306,7 @@ pub fn threaded_exec_serves() {
     for s in &serving {
         expect_exec_worker(&fx, &args, s.pid, s.id, Some(s.inode));
     }
-    stop(&mut fx, &pids(&serving));
+    fx.stop_with(libc::SIGTERM);
 }
 
 pub fn threaded_auto_exec() {
@@ -344,7 +323,7 @@ pub fn threaded_auto_exec() {
     for s in &serving {
         expect_exec_worker(&fx, &args, s.pid, s.id, Some(s.inode));
     }
-    stop(&mut fx, &pids(&serving));
+    fx.stop_with(libc::SIGTERM);
 }
 
 pub fn auto_single_threaded_forks() {
@@ -359,7 +338,7 @@ pub fn auto_single_threaded_forks() {
     for s in &serving {
         expect_not_exec_worker(s.pid);
     }
-    stop(&mut fx, &pids(&serving));
+    fx.stop_with(libc::SIGTERM);
 }
 
 pub fn threaded_fork_refused() {
@@ -400,7 +379,7 @@ pub fn threaded_sigterm(backend: Backend) {
                     .any(|&(_, blk)| blk & procfs::sig_bit(libc::SIGTERM) == 0),
             "round {round}: expected a thread not blocking SIGTERM, got {threads:?}"
         );
-        stop(&mut fx, &pids(&serving));
+        fx.stop_with(libc::SIGTERM);
         let stopped = fx.lines().iter().filter(|l| l.starts_with("exit ")).count();
         assert!(
             stopped == 2,
@@ -433,7 +412,7 @@ pub fn exec_respawn(backend: Backend) {
     expect_exec_worker(&fx, &args, new, 1, Some(victim.inode));
     let now = [serving[0], replacement];
     expect_each_serves(victim.port, &now);
-    stop(&mut fx, &pids(&now));
+    fx.stop_with(libc::SIGTERM);
     for s in now {
         let how = exit_how(&fx, s.id, s.pid);
         assert!(how == "Signal(15)", "stop reported as {how}");
@@ -508,7 +487,7 @@ pub fn reuseport_fork_per_slot(backend: Backend) {
         master == inodes,
         "after the respawn the master holds {master:?}"
     );
-    stop(&mut fx, &pids(&now));
+    fx.stop_with(libc::SIGTERM);
 }
 
 /// SIGTTOU retires the highest slot: the master must close that slot's socket too, or the
@@ -543,7 +522,7 @@ pub fn reuseport_ttou(backend: Backend) {
         "{} of {total} requests not answered after TTOU: {lost:?}",
         lost.len()
     );
-    stop(&mut fx, &pids(&serving[..n - 1]));
+    fx.stop_with(libc::SIGTERM);
     runner::note(format!(
         "{total} answered by the {} remaining workers",
         n - 1
@@ -661,8 +640,9 @@ fn stop_then_kill(mode: Mode, backend: Backend) -> StopKill {
             Outcome::Timeout => r.timeouts += 1,
         }
     }
-    let now = wait_serving(&fx, &[new]);
-    stop(&mut fx, &[serving[0].pid, now[0].pid, serving[2].pid]);
+    // The replacement serves before the stop.
+    wait_serving(&fx, &[new]);
+    fx.stop_with(libc::SIGTERM);
     r
 }
 
@@ -740,7 +720,7 @@ pub fn reuseport_exec_binds() {
         );
     }
     ask_until_all(port, &slots(&serving));
-    stop(&mut fx, &pids(&serving));
+    fx.stop_with(libc::SIGTERM);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -835,7 +815,7 @@ pub fn network_tcp6() {
     let serving = ready_serving(&fx);
     let a = ask_at(SocketAddr::from((LOOPBACK6, serving[0].port)), "id");
     assert!(serving.iter().any(|s| s.pid == a.pid), "answer from {a:?}");
-    stop(&mut fx, &pids(&serving));
+    fx.stop_with(libc::SIGTERM);
 }
 
 pub fn network_dual_stack() {
@@ -852,7 +832,7 @@ pub fn network_dual_stack() {
     // `[::]` without IPV6_V6ONLY: reachable over IPv4 and IPv6.
     ask(port, "id");
     ask_at(SocketAddr::from((LOOPBACK6, port)), "id");
-    stop(&mut fx, &pids(&serving));
+    fx.stop_with(libc::SIGTERM);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1038,7 +1018,7 @@ pub fn systemd_serves(mode: Mode, reuseport: bool) {
             );
         }
     }
-    stop(&mut fx, &pids(&serving));
+    fx.stop_with(libc::SIGTERM);
     drop(inherited);
 }
 
@@ -1074,7 +1054,7 @@ pub fn systemd_other_pid() {
         "the master took LISTEN_PID=1 for itself: {lines:?}"
     );
     ask(serving[0].port, "id");
-    stop(&mut fx, &pids(&serving));
+    fx.stop_with(libc::SIGTERM);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1117,7 +1097,7 @@ pub fn exec_worker_listener_is_cloexec() {
                 }
             }
         }
-        stop(&mut fx, &pids(&serving));
+        fx.stop_with(libc::SIGTERM);
     }
     assert!(
         problems.is_empty(),
@@ -1187,7 +1167,7 @@ pub fn nonblocking_inherited_listener_served_blocking() {
         // going back to `accept` with nothing queued.
         expect_each_serves(port, &serving);
         expect_each_serves(port, &serving);
-        stop(&mut fx, &pids(&serving));
+        fx.stop_with(libc::SIGTERM);
         assert!(
             fx.recovers().is_empty(),
             "{what}: workers were respawned: {:?}",
