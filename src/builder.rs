@@ -44,8 +44,8 @@ pub enum Mode {
 /// prefork::Prefork::new()
 ///     .workers(4)
 ///     .shutdown_grace(Duration::from_secs(10))
-///     .on_child_spawn(|pid| {
-///         log::info!("worker pid {pid} started");
+///     .on_child_spawn(|slot, pid| {
+///         log::info!("worker {slot} started as pid {pid}");
 ///         Ok(())
 ///     })
 ///     .run(|worker| -> std::io::Result<()> {

@@ -129,14 +129,13 @@ mod tests {
     #[test]
     fn steered_group_leaves_a_socket_out() {
         let bind = |port: u16| {
-            let fd = crate::sys::bind_tcp(
+            crate::sys::bind_tcp(
                 format!("127.0.0.1:{port}").parse().unwrap(),
                 true,
                 false,
                 128,
             )
-            .unwrap();
-            fd
+            .unwrap()
         };
         let first: TcpListener = bind(0);
         let port = first.local_addr().unwrap().port();

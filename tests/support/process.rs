@@ -348,6 +348,12 @@ impl Fixture {
             .wait("stdout", what, |lines| lines.iter().find_map(|l| probe(l)))
     }
 
+    /// Waits for a stderr line (the fixture's log) that `probe` accepts.
+    pub fn wait_stderr_line<T>(&self, what: &str, mut probe: impl FnMut(&str) -> Option<T>) -> T {
+        self.err
+            .wait("stderr", what, |lines| lines.iter().find_map(|l| probe(l)))
+    }
+
     /// Waits for a stdout line at index `from` or later that `probe` accepts; returns its
     /// index and what `probe` returned.
     pub fn wait_line_from<T>(
