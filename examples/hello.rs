@@ -1,17 +1,32 @@
-//! A preforked HTTP/1.1 "hello" server on `std::net`.
+//! A preforked HTTP/1.1 "hello" server on `std::net`, with a graceful drain.
 //!
 //! ```text
 //! cargo run --release --example hello -- --workers 4 --addr 127.0.0.1:8080 [--mode exec] [--reuseport]
-//! curl http://127.0.0.1:8080/      # Hello from worker 2 (pid 12345)
+//! curl http://127.0.0.1:8080/              # Hello from worker 2 (pid 12345)
+//! curl http://127.0.0.1:8080/slow?ms=1500  # answers after 1.5 s
 //! ```
 //!
-//! Every worker accepts on the one listening socket bound before the fork, and answers each
-//! request (keep-alive included) with its slot and pid. Ctrl-C (SIGINT) or SIGTERM to the
-//! master stops every worker and exits 0.
+//! Every worker accepts on the listener `listen_and_serve` hands it and serves each connection
+//! on a thread of its own, so one worker serves many keep-alive connections at once. Each
+//! answer names the worker's slot and pid.
+//!
+//! Ctrl-C (SIGINT) or SIGTERM to the master stops every worker gracefully: each worker takes
+//! its shutdown notice ([`prefork::Worker::shutdown`]), stops accepting, serves the
+//! connections already queued, lets in-flight requests finish (answered with
+//! `connection: close`), closes idle keep-alive connections, and exits 0; the master then
+//! exits 0.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown as Direction, TcpStream};
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long a connection may wait for the rest of a request once the drain has begun.
+const DRAIN_READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a connection closed by the drain waits for the client to close its side.
+const LINGER: Duration = Duration::from_millis(500);
+/// Stack of a connection thread: the handler needs little.
+const THREAD_STACK: usize = 64 * 1024;
 
 fn main() -> ExitCode {
     log::set_logger(&StderrLogger).expect("no other logger is installed");
@@ -39,16 +54,37 @@ fn main() -> ExitCode {
     // In exec mode each worker re-runs this program and, inside listen_and_serve, takes its
     // listener from fd 3 and serves: the same code path for master and worker.
     let result = prefork.listen_and_serve(&args.addr, |listener, worker| -> io::Result<()> {
-        for stream in listener.incoming() {
-            match stream {
-                Ok(stream) => {
-                    if let Err(e) = serve_connection(stream, worker) {
-                        log::debug!("connection: {e}");
+        // From here on TERM starts a drain instead of ending the worker at once.
+        let shutdown = worker.shutdown();
+        println!(
+            "worker {} serving http://{}",
+            worker.id(),
+            listener.local_addr()?
+        );
+        // The scope joins every connection thread: the worker returns once the last
+        // connection is done.
+        std::thread::scope(|scope| {
+            // Ends on the notice, after the connections already queued.
+            for stream in shutdown.incoming(&listener) {
+                let stream = match stream {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        log::warn!("accept: {e}");
+                        continue;
                     }
+                };
+                let spawned = std::thread::Builder::new()
+                    .stack_size(THREAD_STACK)
+                    .spawn_scoped(scope, move || {
+                        if let Err(e) = serve_connection(stream, worker, shutdown) {
+                            log::debug!("connection: {e}");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    log::warn!("cannot start a connection thread: {e}");
                 }
-                Err(e) => log::warn!("accept: {e}"),
             }
-        }
+        });
         Ok(())
     });
     match result {
@@ -60,24 +96,60 @@ fn main() -> ExitCode {
     }
 }
 
-/// Answers every request on one connection until the client closes it.
-fn serve_connection(mut stream: TcpStream, worker: prefork::Worker) -> io::Result<()> {
-    let body = format!("Hello from worker {} (pid {})\n", worker.id(), worker.pid());
-    let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
+/// Answers every request on one connection until the client closes it, or until the drain
+/// finds it idle.
+fn serve_connection(
+    mut stream: TcpStream,
+    worker: prefork::Worker,
+    shutdown: prefork::Shutdown,
+) -> io::Result<()> {
+    let hello = format!("Hello from worker {} (pid {})\n", worker.id(), worker.pid());
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
+    let mut answered = 0u64;
     loop {
         // Answer every complete request head already received (pipelining included).
         while let Some(end) = find(&buf, b"\r\n\r\n") {
-            let close = request_wants_close(&buf[..end]);
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             buf.drain(..end + 4);
+            let body = match target(&head) {
+                ("/slow", query) => {
+                    let ms = slow_ms(query);
+                    println!("worker {}: slow request, {ms} ms", worker.id());
+                    std::thread::sleep(Duration::from_millis(ms));
+                    format!("slept {ms} ms in worker {}\n", worker.id())
+                }
+                _ => hello.clone(),
+            };
+            // Once the drain has begun, this is the connection's last answer.
+            let close = request_wants_close(&head) || shutdown.is_requested();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{body}",
+                body.len(),
+                if close { "connection: close\r\n" } else { "" },
+            );
             stream.write_all(response.as_bytes())?;
+            answered += 1;
             if close {
                 return Ok(());
             }
+        }
+        if !shutdown.is_requested() {
+            // Wait for bytes or for the drain, whichever comes first.
+            if !shutdown.readable(&stream)? {
+                continue;
+            }
+        } else if buf.is_empty() && answered > 0 {
+            // Idle keep-alive connection, and the drain has begun: close it, unless the next
+            // request has already arrived.
+            if !request_waiting(&stream) {
+                linger_close(stream);
+                return Ok(());
+            }
+        } else {
+            // A request under way (or the first one of a connection taken from the queue):
+            // it gets a short while to arrive.
+            stream.set_read_timeout(Some(DRAIN_READ_TIMEOUT))?;
         }
         let n = stream.read(&mut chunk)?;
         if n == 0 {
@@ -93,14 +165,54 @@ fn serve_connection(mut stream: TcpStream, worker: prefork::Worker) -> io::Resul
     }
 }
 
+/// Whether bytes are waiting on the connection, without blocking.
+fn request_waiting(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let waiting = stream.set_nonblocking(true).is_ok() && matches!(stream.peek(&mut byte), Ok(1));
+    let _ = stream.set_nonblocking(false);
+    waiting
+}
+
+/// Closes a connection the client may still write to: send our FIN first, then read and
+/// discard until the client closes its side (or briefly), so that a request crossing the
+/// close is met by end-of-file, which a client retries, rather than a reset.
+fn linger_close(mut stream: TcpStream) {
+    let _ = stream.shutdown(Direction::Write);
+    let _ = stream.set_read_timeout(Some(LINGER));
+    let mut sink = [0u8; 1024];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+/// The request target of a head, split into path and query.
+fn target(head: &str) -> (&str, Option<&str>) {
+    let target = head.split(' ').nth(1).unwrap_or("/");
+    match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    }
+}
+
+/// The `ms` parameter of `/slow?ms=N` (default 1000, at most 60 000).
+fn slow_ms(query: Option<&str>) -> u64 {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        .min(60_000)
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn request_wants_close(head: &[u8]) -> bool {
-    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
-    head.starts_with("get / http/1.0") && !head.contains("connection: keep-alive")
-        || head.contains("connection: close")
+/// Whether the client asked for the connection to end after this answer (HTTP/1.0 without
+/// keep-alive, or `connection: close`).
+fn request_wants_close(head: &str) -> bool {
+    let head = head.to_ascii_lowercase();
+    let http10 = head.lines().next().is_some_and(|l| l.ends_with("http/1.0"));
+    http10 && !head.contains("connection: keep-alive") || head.contains("connection: close")
 }
 
 struct Args {
