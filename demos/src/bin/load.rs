@@ -25,7 +25,8 @@
 //! is sent again, once, on a new connection (`retried`). That is correct HTTP: the server never
 //! started processing it. A request sent on a fresh connection and never answered is a failure.
 //!
-//! The result is one JSON line on stdout: counts per outcome, latency percentiles of the
+//! Once every client has had its first request answered (or failed), a line says so on
+//! stderr: from then on the server is under the full load. The result is one JSON line on stdout: counts per outcome, latency percentiles of the
 //! `ok` requests in µs (from the first write, or the connect in `--conn new` mode, to the last
 //! byte), the statuses seen, and how many responses carried each distinct first body line
 //! (capped at `--bodies` distinct lines; the rest are counted in `bodies_other`), which shows
@@ -37,7 +38,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: prefork-load --addr HOST:PORT [--path /] [--conn new|keepalive] \
@@ -336,10 +337,11 @@ fn run(config: &Config) -> Report {
     let started = Instant::now();
     let deadline = started + config.duration;
     let budget = Arc::new(AtomicU64::new(config.requests.unwrap_or(u64::MAX)));
+    let answered = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..config.clients)
         .map(|_| {
-            let (config, budget) = (config.clone(), budget.clone());
-            std::thread::spawn(move || Client::new(&config).run(deadline, &budget))
+            let (config, budget, answered) = (config.clone(), budget.clone(), answered.clone());
+            std::thread::spawn(move || Client::new(&config, &answered).run(deadline, &budget))
         })
         .collect();
     let mut report = Report::default();
@@ -362,6 +364,8 @@ struct Conn {
 
 struct Client<'a> {
     config: &'a Config,
+    /// How many clients have had their first request answered (or failed).
+    started: &'a AtomicUsize,
     request: Vec<u8>,
     conn: Option<Conn>,
     report: Report,
@@ -376,7 +380,7 @@ enum Attempt {
 }
 
 impl<'a> Client<'a> {
-    fn new(config: &'a Config) -> Self {
+    fn new(config: &'a Config, started: &'a AtomicUsize) -> Self {
         let host = match config.addr {
             SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
             SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
@@ -391,6 +395,7 @@ impl<'a> Client<'a> {
         );
         Client {
             config,
+            started,
             request: request.into_bytes(),
             conn: None,
             report: Report::default(),
@@ -399,6 +404,7 @@ impl<'a> Client<'a> {
     }
 
     fn run(mut self, deadline: Instant, budget: &AtomicU64) -> Report {
+        let mut first = true;
         while Instant::now() < deadline
             && budget
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -425,6 +431,15 @@ impl<'a> Client<'a> {
             }
             if matches!(self.config.conn, ConnMode::New) {
                 self.conn = None;
+            }
+            if first {
+                first = false;
+                if self.started.fetch_add(1, Ordering::Relaxed) + 1 == self.config.clients {
+                    eprintln!(
+                        "prefork-load: all {} clients have had a first answer",
+                        self.config.clients
+                    );
+                }
             }
         }
         self.report
