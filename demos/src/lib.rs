@@ -149,3 +149,52 @@ pub fn slow_ms(query: Option<&str>) -> u64 {
         .unwrap_or(1000)
         .min(60_000)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        Args::parse(args.iter().map(|s| s.to_string()), |arg, _| {
+            Ok(arg == "--extra")
+        })
+    }
+
+    #[test]
+    fn common_options() {
+        let a = parse(&[
+            "--workers",
+            "3",
+            "--reuseport",
+            "--mode",
+            "exec",
+            "--grace",
+            "2.5",
+        ])
+        .expect("valid");
+        assert_eq!(a.workers, Some(3));
+        assert!(a.reuseport);
+        assert_eq!(a.mode, prefork::Mode::Exec);
+        assert_eq!(a.grace, Duration::from_millis(2500));
+        assert!(a.drain_limit() < a.grace);
+        assert!(parse(&["--extra"]).is_ok());
+        for bad in [
+            &["--workers", "0"][..],
+            &["--workers"],
+            &["--mode", "spawn"],
+            &["--grace", "-1"],
+            &["--nope"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn slow_parameter() {
+        assert_eq!(slow_ms(None), 1000);
+        assert_eq!(slow_ms(Some("ms=1500")), 1500);
+        assert_eq!(slow_ms(Some("a=b&ms=20")), 20);
+        assert_eq!(slow_ms(Some("ms=x")), 1000);
+        assert_eq!(slow_ms(Some("ms=99999999")), 60_000);
+    }
+}
