@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# HTTP benchmark on loopback: the same hyper "hello" handler served five ways, measured
+# with wrk, several rounds, medians reported with the core count beside every figure.
+#
+#   a  prefork, fork mode, n = cores workers, one shared listener
+#   b  prefork, fork mode, n = cores workers, one SO_REUSEPORT socket per worker
+#   c  one process, tokio multi-thread runtime with `cores` threads (`hyper --single`): the
+#      baseline every ratio is taken against
+#   d  prefork, exec mode, n = cores workers, shared listener
+#   e  nginx, `cores` workers, `return 200` with a body of the same length
+#
+# Then a perf profile of one worker of (a) under the same load, to show where a request's
+# time goes (and that no prefork code is on the request path).
+#
+# usage: benches/http.sh [--rounds N] [--duration SECS] [--connections N] [--threads N]
+#                        [--port PORT] [--no-perf] [--out DIR]
+#
+# Needs: cargo, wrk, nginx (nginx-light), perf (linux-perf) for the profile, awk. Missing
+# wrk/nginx/perf are installed with apt-get where it is available (as root). Results go to
+# DIR (default target/bench-http): wrk outputs, server logs, summary.md, perf report.
+# Measure on an otherwise idle machine: wrk, the servers and anything else share the cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=3
+duration=5
+connections=64
+threads=""
+port=18480
+perf=1
+out=target/bench-http
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) rounds="$2"; shift 2 ;;
+    --duration) duration="$2"; shift 2 ;;
+    --connections) connections="$2"; shift 2 ;;
+    --threads) threads="$2"; shift 2 ;;
+    --port) port="$2"; shift 2 ;;
+    --no-perf) perf=0; shift ;;
+    --out) out="$2"; shift 2 ;;
+    *) echo "http.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+cores=$(nproc)
+# wrk runs on the same machine: give it half the cores (at least one thread).
+threads=${threads:-$(( cores / 2 > 0 ? cores / 2 : 1 ))}
+addr="127.0.0.1:$port"
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+# --- tools -----------------------------------------------------------------------------
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ "$perf" = 1 ] && ! command -v perf >/dev/null 2>&1; then missing+=(linux-perf); fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "http.sh: installing ${missing[*]}"
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+
+echo "http.sh: building (release)"
+cargo build --release --quiet -p prefork-demos --example hyper
+hyper="${CARGO_TARGET_DIR:-target}/release/examples/hyper"
+
+# --- processes ---------------------------------------------------------------------------
+server_pid=""
+cleanup() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+
+# Waits (bounded) until a GET / is answered.
+wait_ready() {
+  for _ in $(seq 200); do
+    if { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; then
+      printf 'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3
+      if head -c 12 <&3 | grep -q '200'; then exec 3<&- 3>&-; return 0; fi
+      exec 3<&- 3>&-
+    fi
+    sleep 0.05
+  done
+  echo "http.sh: the server did not come up on $addr" >&2
+  exit 1
+}
+
+# start SETUP LOG: starts the server of one setup in the background.
+start() {
+  local setup=$1 log=$2
+  case "$setup" in
+    a) "$hyper" --workers "$cores" --addr "$addr" >"$log" 2>&1 & ;;
+    b) "$hyper" --workers "$cores" --addr "$addr" --reuseport >"$log" 2>&1 & ;;
+    c) "$hyper" --single --workers "$cores" --addr "$addr" >"$log" 2>&1 & ;;
+    d) "$hyper" --workers "$cores" --addr "$addr" --mode exec >"$log" 2>&1 & ;;
+    e)
+      local dir="$out/nginx"
+      mkdir -p "$dir"
+      cat >"$dir/nginx.conf" <<EOF
+worker_processes $cores;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $dir;
+    proxy_temp_path $dir;
+    server {
+        listen $addr;
+        location / {
+            default_type text/plain;
+            return 200 "Hello from worker 0 (pid 1234567)\n";
+        }
+    }
+}
+EOF
+      "$nginx_bin" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$log" 2>&1 &
+      ;;
+  esac
+  server_pid=$!
+  wait_ready
+}
+
+stop() {
+  kill -TERM "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+}
+
+# Latency percentiles (µs) and errors, from wrk's own histogram.
+cat >"$out/report.lua" <<'EOF'
+done = function(summary, latency, requests)
+  io.write(string.format("LATENCY_US %d %d %d %d\n", latency:percentile(50),
+    latency:percentile(99), latency:percentile(99.9), latency.max))
+  local e = summary.errors
+  io.write(string.format("ERRORS %d %d %d %d %d\n", e.connect, e.read, e.write, e.status,
+    e.timeout))
+end
+EOF
+
+wrk_run() {
+  wrk -t "$threads" -c "$connections" -d "${1}s" --latency -s "$out/report.lua" "http://$addr/"
+}
+
+# --- rounds ------------------------------------------------------------------------------
+results="$out/results.tsv"
+printf 'round\tsetup\trps\tp50\tp99\tp999\tmax\terrors\tbalance\n' >"$results"
+echo "http.sh: $rounds rounds of ${duration}s per setup, wrk -t$threads -c$connections, $cores cores"
+for round in $(seq "$rounds"); do
+  for setup in a b c d e; do
+    log="$out/server-$setup-$round.log"
+    start "$setup" "$log"
+    wrk_run 1 >/dev/null # warm-up
+    wrk_run "$duration" >"$out/wrk-$setup-$round.txt"
+    stop
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out/wrk-$setup-$round.txt")
+    read -r p50 p99 p999 max < <(awk '/^LATENCY_US/ {print $2, $3, $4, $5}' "$out/wrk-$setup-$round.txt")
+    errors=$(awk '/^ERRORS/ {print $2 + $3 + $4 + $5 + $6}' "$out/wrk-$setup-$round.txt")
+    # Requests served per worker (the hyper example prints its count when it drains):
+    # the busiest worker's count over the idlest one's.
+    balance=$(awk '/ served [0-9]+ requests/ {
+        for (i = 1; i <= NF; i++) if ($i == "served") n = $(i + 1)
+        if (min == "" || n < min) min = n; if (n > max) max = n; w++ }
+      END { if (w > 1 && min > 0) printf "%.2f", max / min; else print "-" }' "$log")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$setup" "$rps" "$p50" "$p99" "$p999" \
+      "$max" "$errors" "$balance" >>"$results"
+    printf '  round %s setup %s: %s req/s, p50 %s µs, p99 %s µs, p99.9 %s µs, errors %s, balance %s\n' \
+      "$round" "$setup" "$rps" "$p50" "$p99" "$p999" "$errors" "$balance"
+  done
+done
+
+# --- summary -----------------------------------------------------------------------------
+summary="$out/summary.md"
+awk -F'\t' -v cores="$cores" -v rounds="$rounds" -v dur="$duration" -v c="$connections" -v t="$threads" '
+  NR == 1 { next }
+  { s = $2; n[s]++; rps[s, n[s]] = $3; p50[s, n[s]] = $4; p99[s, n[s]] = $5; p999[s, n[s]] = $6
+    err[s] += $8; bal[s, n[s]] = $9 }
+  function median(arr, s, k,   i, j, v, tmp, m) {
+    m = 0
+    for (i = 1; i <= k; i++) if (arr[s, i] != "-") { m++; v[m] = arr[s, i] + 0 }
+    if (m == 0) return "-"
+    for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (v[j] < v[i]) { tmp = v[i]; v[i] = v[j]; v[j] = tmp }
+    return (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+  }
+  END {
+    name["a"] = "a. prefork fork, shared listener, n = " cores
+    name["b"] = "b. prefork fork, reuseport, n = " cores
+    name["c"] = "c. one process, tokio multi-thread, " cores " threads"
+    name["d"] = "d. prefork exec, shared listener, n = " cores
+    name["e"] = "e. nginx, " cores " workers"
+    for (s in n) { R[s] = median(rps, s, n[s]); P50[s] = median(p50, s, n[s]);
+      P99[s] = median(p99, s, n[s]); P999[s] = median(p999, s, n[s]); B[s] = median(bal, s, n[s]) }
+    printf "wrk -t%s -c%s -d%ss --latency, %s rounds, medians; %s cores (server and wrk share them)\n\n", t, c, dur, rounds, cores
+    printf "| setup | cores | req/s | vs c | p50 µs | vs c | p99 µs | vs c | p99.9 µs | vs c | balance max/min | errors |\n"
+    printf "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    split("a b c d e", order, " ")
+    for (i = 1; i <= 5; i++) {
+      s = order[i]; if (!(s in n)) continue
+      printf "| %s | %s | %.0f | %.2f | %d | %.2f | %d | %.2f | %d | %.2f | %s | %d |\n", name[s], cores, R[s], R[s] / R["c"],
+        P50[s], P50[s] / P50["c"], P99[s], P99[s] / P99["c"], P999[s], P999[s] / P999["c"], B[s], err[s]
+    }
+  }' "$results" >"$summary"
+echo
+cat "$summary"
+
+# --- profile -----------------------------------------------------------------------------
+if [ "$perf" = 1 ]; then
+  echo
+  echo "http.sh: perf profile of one worker of setup a under load"
+  start a "$out/server-perf.log"
+  worker=$(pgrep -P "$server_pid" | head -n 1)
+  wrk_run $((duration + 2)) >"$out/wrk-perf.txt" &
+  wrk_pid=$!
+  sleep 1
+  if perf record -F 499 --call-graph dwarf,16384 -p "$worker" -o "$out/perf.data" -- sleep "$duration" \
+    >"$out/perf-record.log" 2>&1; then
+    wait "$wrk_pid" || true
+    stop
+    report() {
+      perf report -i "$out/perf.data" --stdio --no-children -g none --percent-limit 1 "$@" 2>/dev/null |
+        grep -v -e '^#' -e '^$' | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//'
+    }
+    report --sort dso >"$out/perf-dso.txt" || true
+    report --sort dso,symbol >"$out/perf-report.txt" || true
+    perf script -i "$out/perf.data" -F comm,tid,ip,sym >"$out/perf-script.txt" 2>/dev/null || true
+    # Each sample's stack, leaf first. prefork calls the worker's `serve` closure, so its
+    # frames sit at the root of every stack (fork_master -> child::run -> serve); what counts
+    # is whether a prefork frame appears between a sample's leaf and the example's
+    # `serve_worker`, the request path.
+    read -r samples rooted on_path < <(awk '
+      function end_sample() { if (n) { total++; if (seen) rooted++; if (hit) path++ } n = 0; seen = 0; hit = 0 }
+      NF == 0 { end_sample(); next }
+      /^[^ \t]/ { end_sample(); next }
+      { n++; if ($0 ~ /hyper::serve_worker/) seen = 1; else if (!seen && $0 ~ /[^_]prefork::/) hit = 1 }
+      END { end_sample(); print total + 0, rooted + 0, path + 0 }' "$out/perf-script.txt")
+    {
+      echo "perf: worker pid $worker of setup a, ${duration}s at 499 Hz, dwarf call graphs, $cores cores"
+      echo "samples: $samples; stacks unwound down to serve_worker: $rooted;" \
+        "samples with a prefork:: frame between the leaf and serve_worker: $on_path"
+      echo "self time by object, then by symbol (1 % and above):"
+      cat "$out/perf-dso.txt"
+      echo
+      head -n 30 "$out/perf-report.txt"
+    } >"$out/perf-summary.txt"
+    cat "$out/perf-summary.txt"
+  else
+    wait "$wrk_pid" || true
+    stop
+    echo "perf record failed (see $out/perf-record.log): $(tail -n 1 "$out/perf-record.log")"
+  fi
+fi
+echo
+echo "http.sh: results in $out"
