@@ -85,17 +85,31 @@ pub(crate) fn bind(
     })
 }
 
+/// The `LISTEN_FDNAMES` name of each socket of a reuseport group that a master of this crate
+/// hands to a new master (binary upgrade), in the group's order.
+pub(crate) const SLOT_NAME: &str = "prefork-reuseport";
+/// The `LISTEN_FDNAMES` name of a shared socket a master of this crate hands on.
+pub(crate) const SHARED_NAME: &str = "prefork";
+
 /// Adopts an inherited listening socket: checks that `fd` is a listening TCP socket, then
-/// makes it close-on-exec (so programs a worker starts do not keep the port open) and
-/// blocking (a socket passed non-blocking, as systemd's `NonBlocking=yes` does, would make
-/// std's `accept` fail with `WouldBlock`). Every inherited listener comes through here.
-fn adopt(fd: std::os::fd::RawFd) -> Result<TcpListener, Error> {
-    sys::adopt_listener(fd).map_err(|reason| Error::InheritedListener { fd, reason })
+/// makes it close-on-exec (so programs a worker starts do not keep the port open) and, with
+/// `blocking`, blocking (a socket passed non-blocking, as systemd's `NonBlocking=yes` does,
+/// would make std's `accept` fail with `WouldBlock`). Every inherited listener comes through
+/// here.
+///
+/// `blocking` is false for a socket that workers of this crate may be serving at the same
+/// moment (an exec-mode worker's fd 3 under our master, a socket an old master hands on):
+/// the blocking mode belongs to the socket, shared by every process holding it, and a
+/// sibling's `Shutdown::incoming` relies on the non-blocking mode it set.
+fn adopt(fd: std::os::fd::RawFd, blocking: bool) -> Result<TcpListener, Error> {
+    sys::adopt_listener(fd, blocking).map_err(|reason| Error::InheritedListener { fd, reason })
 }
 
-/// The listener of an exec-mode worker: fd 3, adopted.
+/// The listener of an exec-mode worker: fd 3, adopted; made blocking only under a master
+/// other than ours (ours sets `PREFORK_READY_FD`, and its workers share the socket).
 pub(crate) fn inherited() -> Result<TcpListener, Error> {
-    adopt(LISTENER_FD)
+    let under_our_master = std::env::var_os(protocol::READY_FD_ENV).is_some();
+    adopt(LISTENER_FD, !under_our_master)
 }
 
 fn env_bytes(name: &str) -> Option<Vec<u8>> {
@@ -104,8 +118,8 @@ fn env_bytes(name: &str) -> Option<Vec<u8>> {
 
 /// systemd socket activation (or a binary upgrade, which passes sockets the same way): when
 /// `LISTEN_PID` is our pid and `LISTEN_FDS` ≥ 1, the sockets on fds 3.. with their names
-/// from `LISTEN_FDNAMES`, each adopted (checked to be a listening TCP socket). The variables are removed from the environment so
-/// workers do not misread them. `Ok(None)` when the variables are absent or meant for
+/// from `LISTEN_FDNAMES`, each adopted (checked to be a listening TCP socket). The variables
+/// are removed from the environment so workers do not misread them. `Ok(None)` when the variables are absent or meant for
 /// another process.
 ///
 /// Must run while the process is single-threaded or no other thread touches the
@@ -130,7 +144,10 @@ pub(crate) fn systemd() -> Result<Option<Vec<(TcpListener, String)>>, Error> {
     }
     let mut sockets = Vec::with_capacity(parsed.count);
     for (i, name) in parsed.names.into_iter().enumerate() {
-        sockets.push((adopt(protocol::LISTEN_FDS_START + i as i32)?, name));
+        // An old master's sockets are still served by its draining workers.
+        let from_systemd = name != SLOT_NAME && name != SHARED_NAME;
+        let fd = protocol::LISTEN_FDS_START + i as i32;
+        sockets.push((adopt(fd, from_systemd)?, name));
     }
     Ok(Some(sockets))
 }

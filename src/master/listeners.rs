@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::error::Error;
-use crate::listen::{self, Network};
+use crate::listen::{self, Network, SHARED_NAME, SLOT_NAME};
 use crate::sys;
 
 /// The listening sockets of one run.
@@ -27,11 +27,6 @@ pub(crate) enum Listeners {
     /// One `SO_REUSEPORT` socket per slot.
     PerSlot(Group),
 }
-
-/// The `LISTEN_FDNAMES` name of each socket of a reuseport group handed to a new master.
-pub(crate) const SLOT_NAME: &str = "prefork-reuseport";
-/// The `LISTEN_FDNAMES` name of a shared socket this crate bound.
-pub(crate) const SHARED_NAME: &str = "prefork";
 
 /// The socket every worker shares.
 pub(crate) struct Shared {

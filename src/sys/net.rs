@@ -37,9 +37,9 @@ pub(crate) fn bind_tcp(
 
 /// `getsockopt(2)` (`SO_TYPE`, `SO_DOMAIN`, `SO_ACCEPTCONN`), then `fcntl(2)`: adopts an
 /// inherited listening socket ([`take_inherited`]). Checks that `fd` is an open, listening
-/// TCP socket (IPv4 or IPv6), then sets close-on-exec and clears `O_NONBLOCK`. The error says
-/// which of those it is not.
-pub(crate) fn adopt_listener(fd: RawFd) -> Result<TcpListener, String> {
+/// TCP socket (IPv4 or IPv6), then sets close-on-exec and, with `blocking`, clears
+/// `O_NONBLOCK`. The error says which of those it is not.
+pub(crate) fn adopt_listener(fd: RawFd, blocking: bool) -> Result<TcpListener, String> {
     let describe = |e: io::Error| match e.raw_os_error() {
         Some(libc::EBADF) => format!("fd {fd} is not open"),
         Some(libc::ENOTSOCK) => format!("fd {fd} is not a socket"),
@@ -60,7 +60,9 @@ pub(crate) fn adopt_listener(fd: RawFd) -> Result<TcpListener, String> {
     );
     rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::CLOEXEC)
         .map_err(|e| describe(e.into()))?;
-    listener.set_nonblocking(false).map_err(describe)?;
+    if blocking {
+        listener.set_nonblocking(false).map_err(describe)?;
+    }
     Ok(listener)
 }
 
