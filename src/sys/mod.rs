@@ -15,10 +15,14 @@
 //! * [`event`]: epoll, pipes, `poll`, the readiness pipe;
 //! * [`net`]: listening sockets and descriptors inherited by number;
 //! * [`notice`]: the worker's shutdown notice; [`reuseport`]: socket filters on listeners;
-//!   [`handover`]: the binary upgrade's fork + exec of a new master.
+//!   [`handover`]: the binary upgrade's fork + exec of a new master;
+//! * [`heartbeat`]: the shared table of worker heartbeats (memfd, `mmap`);
+//! * [`identity`]: thread names, CPU affinity, and the credentials a worker drops to.
 
 pub(crate) mod event;
 pub(crate) mod handover;
+pub(crate) mod heartbeat;
+pub(crate) mod identity;
 pub(crate) mod net;
 pub(crate) mod notice;
 pub(crate) mod process;
