@@ -5,8 +5,8 @@ use std::process::Termination;
 use std::time::Duration;
 
 use crate::config::{
-    Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPGRADE_TIMEOUT, HookResult,
-    Hooks,
+    Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPGRADE_TIMEOUT, HealthChecks,
+    HookResult, Hooks, Status, WorkerSetup,
 };
 use crate::error::Error;
 use crate::listen::{self, Network};
@@ -16,6 +16,9 @@ use crate::master::{self, Plan};
 use crate::supervisor::{Config, WorkerExit};
 use crate::worker::Worker;
 use crate::{child, sys};
+
+/// The shortest [`Prefork::worker_timeout`] accepted.
+const MIN_WORKER_TIMEOUT: Duration = Duration::from_millis(10);
 
 /// How workers are started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,6 +70,11 @@ pub struct Prefork {
     network: Network,
     reuseport: bool,
     upgrade_timeout: Duration,
+    health: HealthChecks,
+    cpu_affinity: bool,
+    user: Option<String>,
+    group: Option<String>,
+    worker_names: bool,
     hooks: Hooks,
 }
 
@@ -89,6 +97,11 @@ impl std::fmt::Debug for Prefork {
             .field("network", &self.network)
             .field("reuseport", &self.reuseport)
             .field("upgrade_timeout", &self.upgrade_timeout)
+            .field("health", &self.health)
+            .field("cpu_affinity", &self.cpu_affinity)
+            .field("user", &self.user)
+            .field("group", &self.group)
+            .field("worker_names", &self.worker_names)
             .finish_non_exhaustive()
     }
 }
@@ -107,6 +120,11 @@ impl Prefork {
             network: Network::Tcp4,
             reuseport: false,
             upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
+            health: HealthChecks::default(),
+            cpu_affinity: false,
+            user: None,
+            group: None,
+            worker_names: true,
             hooks: Hooks::default(),
         }
     }
@@ -177,6 +195,87 @@ impl Prefork {
         self
     }
 
+    /// Kills and replaces a worker that stopped calling [`Worker::heartbeat`] for longer
+    /// than `d` (a hung event loop, a deadlock). Only a worker that is inside `serve`, holds
+    /// its slot and has called `heartbeat` at least once is judged, so workers that never
+    /// call it are never killed. The kill is logged as `stuck`, with how long the worker was
+    /// silent; it is replaced at once and not counted by the crash-loop guard.
+    ///
+    /// The master then wakes about once per `d` to look (never more often than the
+    /// heartbeats of the silent-most worker require); without this option it has no such
+    /// timer. Heartbeats are read in milliseconds of a clock that advances in scheduler
+    /// ticks, so `d` must be at least 10 ms ([`Prefork::run`] refuses shorter); a second
+    /// or more suits real servers. Default: off.
+    pub fn worker_timeout(mut self, d: Duration) -> Self {
+        self.health.worker_timeout = Some(d);
+        self
+    }
+
+    /// Recycles each worker once it has run for `d` plus a random jitter, uniform in
+    /// `[0, d/10]` and drawn per worker, so that workers started together do not recycle
+    /// together. A recycled worker is replaced as a rolling restart replaces it (its
+    /// replacement is inside `serve` before it is asked to drain) and is not counted as a
+    /// crash. Default: off (no timer).
+    pub fn max_worker_lifetime(mut self, d: Duration) -> Self {
+        self.health.max_lifetime = Some(d);
+        self
+    }
+
+    /// Recycles a worker whose resident set size (`/proc/PID/statm`) exceeds `bytes`, as
+    /// [`Prefork::max_worker_lifetime`] recycles. The master reads the workers' sizes once a
+    /// second while this is set. Default: off (no timer).
+    pub fn max_worker_rss(mut self, bytes: u64) -> Self {
+        self.health.max_rss = Some(bytes);
+        self
+    }
+
+    /// Pins worker k to one CPU: the k-th (modulo their number) of the CPUs the master may
+    /// run on, in ascending order (its `sched_getaffinity` set, which already honours the
+    /// cgroup's cpuset, so this need not be CPUs `0..n`). Each worker pins itself, every
+    /// thread it has at that moment included, before `serve`; threads it starts later
+    /// inherit the setting. Default: off (workers run wherever the scheduler puts them).
+    pub fn cpu_affinity(mut self, on: bool) -> Self {
+        self.cpu_affinity = on;
+        self
+    }
+
+    /// Runs every worker as this user, with its primary group (or the one named by
+    /// [`Prefork::group`]) and its supplementary groups from the group database. The master
+    /// keeps its own credentials, and binds the listening sockets before any worker starts,
+    /// so a master started as root serves port 80 with unprivileged workers.
+    ///
+    /// The name is resolved by [`Prefork::run`] before any worker starts; an unknown user is
+    /// [`Error::InvalidOption`] naming it. Each worker then calls `setgroups`, `setgid` and
+    /// `setuid` in that order, sets `PR_SET_NO_NEW_PRIVS`, and checks that root cannot be
+    /// regained; if any step fails it refuses to serve and exits with [`crate::EXIT_FATAL`],
+    /// which stops the master. The kernel then also makes the worker non-dumpable: no core
+    /// dumps, and processes of the same user cannot `ptrace` it (the worker may call
+    /// `prctl(PR_SET_DUMPABLE, 1)` itself to allow core dumps again). Exec-mode workers drop
+    /// in their own process, from their own builder. Default: workers keep the master's
+    /// credentials.
+    pub fn user(mut self, name: &str) -> Self {
+        self.user = Some(name.to_owned());
+        self
+    }
+
+    /// Runs every worker with this group (see [`Prefork::user`]). Without a user, the
+    /// worker's user stays the master's and this group becomes its only group.
+    pub fn group(mut self, name: &str) -> Self {
+        self.group = Some(name.to_owned());
+        self
+    }
+
+    /// Whether to name the processes: each worker's name (`/proc/PID/comm`, what `ps`,
+    /// `top`, `pgrep NAME` and `killall NAME` show and match) becomes `prefork wK` (`K` its
+    /// slot), and the master's `prefork master` while [`Prefork::run`] runs (its earlier
+    /// name comes back when `run` returns). The command line (`/proc/PID/cmdline`, which
+    /// `pgrep -f` matches) is left as it was. Turn this off where scripts find the processes
+    /// by their program name. Default: on.
+    pub fn worker_names(mut self, on: bool) -> Self {
+        self.worker_names = on;
+        self
+    }
+
     /// How the master learns of worker exits. Default: the `PREFORK_BACKEND` environment
     /// variable if set, else [`Backend::Pidfd`] (which falls back to [`Backend::Sigchld`] on
     /// kernels without pidfds). A malformed `PREFORK_BACKEND` is an error even when this is
@@ -224,6 +323,17 @@ impl Prefork {
         self
     }
 
+    /// Runs in the master with a snapshot of the workers ([`Status`]: per slot, the pid,
+    /// start time, restarts and last exit with its cause) whenever it changed: at most once
+    /// per wake-up of the master, after the events of that wake-up are handled, and once
+    /// more when the last worker is gone. The master also logs the status's short form at
+    /// INFO whenever it changes, and sends it to systemd as `STATUS=` when `NOTIFY_SOCKET`
+    /// is set.
+    pub fn on_status(mut self, f: impl FnMut(&Status) -> HookResult + 'static) -> Self {
+        self.hooks.on_status = Some(Box::new(f));
+        self
+    }
+
     /// Runs in every worker, on a thread of its own, as soon as the master dies; when it
     /// returns the worker exits. Without it a worker is killed (`SIGKILL`) at once when the
     /// master dies.
@@ -250,7 +360,8 @@ impl Prefork {
         T: Termination,
     {
         if let Some(id) = listen::exec_child()? {
-            child::run_exec_child(id, self.hooks.on_master_death.take(), serve);
+            let setup = self.worker_setup()?;
+            child::run_exec_child(id, self.hooks.on_master_death.take(), &setup, serve);
         }
         let (cfg, backend, spawn) = self.prepare()?;
         let plan = Plan {
@@ -259,6 +370,8 @@ impl Prefork {
             spawn,
             listeners: Listeners::Caller,
             upgrade_timeout: self.upgrade_timeout,
+            health: self.health,
+            setup: self.worker_setup()?,
         };
         master::run(plan, &mut self.hooks, &mut |_, worker| serve(worker))
     }
@@ -286,12 +399,13 @@ impl Prefork {
         T: Termination,
     {
         if let Some(id) = listen::exec_child()? {
+            let setup = self.worker_setup()?;
             let listener = listen::exec_worker_listener(addr, self.network, self.reuseport)?;
-            child::run_exec_child(id, self.hooks.on_master_death.take(), move |worker| {
-                serve(listener, worker)
-            });
+            let death = self.hooks.on_master_death.take();
+            child::run_exec_child(id, death, &setup, move |worker| serve(listener, worker));
         }
         let (cfg, backend, spawn) = self.prepare()?;
+        let setup = self.worker_setup()?;
         let listeners = Listeners::open(addr, self.network, self.reuseport, cfg.workers)?;
         let plan = Plan {
             cfg,
@@ -299,6 +413,8 @@ impl Prefork {
             spawn,
             listeners,
             upgrade_timeout: self.upgrade_timeout,
+            health: self.health,
+            setup,
         };
         master::run(
             plan,
@@ -341,6 +457,23 @@ impl Prefork {
         Ok((cfg, backend, spawn))
     }
 
+    /// What each worker does for itself before `serve`; resolves the user and group names
+    /// (an unknown one is an error naming it).
+    fn worker_setup(&self) -> Result<WorkerSetup, Error> {
+        let credentials = match (&self.user, &self.group) {
+            (None, None) => None,
+            (user, group) => Some(
+                sys::identity::resolve(user.as_deref(), group.as_deref())
+                    .map_err(|(option, reason)| Error::InvalidOption { option, reason })?,
+            ),
+        };
+        Ok(WorkerSetup {
+            names: self.worker_names,
+            affinity: self.cpu_affinity,
+            credentials,
+        })
+    }
+
     /// Validates the options into the supervisor's configuration.
     fn config(&self) -> Result<Config, Error> {
         let workers = match self.workers {
@@ -357,6 +490,31 @@ impl Prefork {
             return Err(Error::InvalidOption {
                 option: "recover_window",
                 reason: "the window must be longer than zero".to_owned(),
+            });
+        }
+        if self
+            .health
+            .worker_timeout
+            .is_some_and(|d| d < MIN_WORKER_TIMEOUT)
+        {
+            return Err(Error::InvalidOption {
+                option: "worker_timeout",
+                reason: format!(
+                    "the timeout must be at least {MIN_WORKER_TIMEOUT:?} (heartbeats are read \
+                     in milliseconds of a clock that advances in scheduler ticks)"
+                ),
+            });
+        }
+        if self.health.max_lifetime.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidOption {
+                option: "max_worker_lifetime",
+                reason: "the lifetime must be longer than zero".to_owned(),
+            });
+        }
+        if self.health.max_rss == Some(0) {
+            return Err(Error::InvalidOption {
+                option: "max_worker_rss",
+                reason: "the ceiling must be more than zero bytes".to_owned(),
             });
         }
         Ok(Config {

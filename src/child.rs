@@ -3,9 +3,12 @@
 //! Right after `fork` the child holds copies of everything the master had: the epoll fd,
 //! the signalfd, its siblings' pidfds, a blocked signal mask. Close-on-exec does not help
 //! without an exec, so the child closes them itself and restores the mask and the
-//! `SIGCHLD` disposition the process had before [`crate::Prefork::run`]. It then arranges to
-//! learn of the master's death and runs `serve`. It never returns into the caller's code: it
-//! leaves through [`std::process::exit`], which flushes std's buffered output.
+//! `SIGCHLD` disposition the process had before [`crate::Prefork::run`]. Before that, it
+//! becomes a worker of its own: it takes its name (`prefork wK`), pins itself to its CPU
+//! and drops its credentials, as the builder asks. It then arranges to learn of the
+//! master's death, keeps its heartbeat cell, and runs `serve`. It never returns into the
+//! caller's code: it leaves through [`std::process::exit`], which flushes std's buffered
+//! output.
 
 use std::any::Any;
 use std::net::TcpListener;
@@ -14,8 +17,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{ExitCode, Termination};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::config::DeathHook;
+use crate::config::{DeathHook, WorkerSetup};
 use crate::protocol::{self, READY_FD_ENV};
+use crate::sys::heartbeat::Heartbeats;
 use crate::sys::{self, SigSet};
 use crate::worker::Worker;
 
@@ -24,6 +28,14 @@ pub(crate) static IS_CHILD: AtomicBool = AtomicBool::new(false);
 
 /// Exit code of a worker whose `serve` panicked (the code Rust gives a panicking `main`).
 pub const EXIT_PANIC: i32 = 101;
+
+/// The environment variable that names, in an exec-mode worker, the descriptor of the
+/// master's heartbeat table (set only when the master has a `worker_timeout`); see
+/// `docs/protocol.md`.
+pub const HEARTBEAT_FD_ENV: &str = "PREFORK_HEARTBEAT_FD";
+
+/// The descriptor on which this crate's master passes the heartbeat table.
+pub(crate) const HEARTBEAT_FD: i32 = 5;
 
 pub(crate) struct ChildSetup<'a> {
     pub(crate) slot: usize,
@@ -36,6 +48,10 @@ pub(crate) struct ChildSetup<'a> {
     pub(crate) saved_chld: Option<&'a sys::SavedAction>,
     /// Read end of the master-death pipe and the user's callback.
     pub(crate) death_watch: Option<(OwnedFd, DeathHook)>,
+    /// The master's heartbeat table, of which the worker keeps its own cell.
+    pub(crate) heartbeat: Option<Heartbeats>,
+    /// Name, CPU, credentials.
+    pub(crate) setup: &'a WorkerSetup,
 }
 
 /// Runs in the child right after `fork`; never returns.
@@ -53,7 +69,11 @@ where
         old_mask,
         saved_chld,
         death_watch,
+        heartbeat,
+        setup,
     } = setup;
+    // First, since changing credentials clears the parent-death signal.
+    become_worker(slot, setup);
     match death_watch {
         None => die_with_master(master_pid),
         Some((fd, hook)) => watch_master(fd, hook, master_pid),
@@ -62,6 +82,9 @@ where
         let _ = sys::restore_disposition(saved);
     }
     let _ = sys::sigmask(libc::SIG_SETMASK, &old_mask);
+    if let Some(table) = heartbeat {
+        table.into_worker(slot);
+    }
     prepare_worker();
     let worker = Worker {
         id: slot,
@@ -77,17 +100,27 @@ where
 ///
 /// The master set `PR_SET_PDEATHSIG(SIGKILL)` before exec. With an `on_master_death` hook,
 /// the worker swaps that for a thread waiting on a pidfd of the master (Linux 5.3; on older
-/// kernels the death signal stays and the hook does not run).
-pub(crate) fn run_exec_child<F, T>(id: usize, on_master_death: Option<DeathHook>, serve: F) -> !
+/// kernels the death signal stays and the hook does not run). Dropping credentials clears
+/// the death signal, so a worker that drops them sets it again.
+pub(crate) fn run_exec_child<F, T>(
+    id: usize,
+    on_master_death: Option<DeathHook>,
+    setup: &WorkerSetup,
+    serve: F,
+) -> !
 where
     F: FnOnce(Worker) -> T,
     T: Termination,
 {
     IS_CHILD.store(true, Ordering::Relaxed);
     let master_pid = sys::getppid();
-    if let Some(hook) = on_master_death {
-        watch_master_pidfd(hook, master_pid);
+    become_worker(id, setup);
+    match on_master_death {
+        Some(hook) => watch_master_pidfd(hook, master_pid),
+        None if setup.credentials.is_some() => die_with_master(master_pid),
+        None => {}
     }
+    adopt_heartbeat(id);
     prepare_worker();
     let worker = Worker {
         id,
@@ -144,6 +177,78 @@ fn watch_master_pidfd(mut hook: DeathHook, master_pid: u32) {
             "cannot start the master watcher thread ({e}); the worker dies with the master instead"
         ),
     }
+}
+
+/// What every worker does for itself first, as its builder asks: takes its name
+/// (`prefork wK`), pins itself to its CPU, drops its credentials. A worker that cannot drop
+/// its credentials must not serve: it exits with [`crate::EXIT_FATAL`], which stops the
+/// master. A name or CPU that cannot be set is logged only.
+fn become_worker(slot: usize, setup: &WorkerSetup) {
+    if setup.names {
+        if let Err(e) = sys::identity::set_thread_name(&format!("prefork w{slot}")) {
+            log::warn!("worker {slot} cannot name itself: {e}");
+        }
+    }
+    if setup.affinity {
+        let pinned = sys::identity::allowed_cpus().and_then(|cpus| match cpus.len() {
+            0 => Err(std::io::Error::other("no CPU is allowed")),
+            n => sys::identity::pin_process(cpus[slot % n]).map(|()| cpus[slot % n]),
+        });
+        match pinned {
+            Ok(cpu) => log::debug!("worker {slot} pinned to CPU {cpu}"),
+            Err(e) => log::warn!("worker {slot} cannot pin itself to a CPU: {e}"),
+        }
+    }
+    if let Some(c) = &setup.credentials {
+        if let Err(e) = sys::identity::drop_privileges(c) {
+            let who = match &c.user {
+                Some((user, _)) => format!("user {user}, group {}", c.group.0),
+                None => format!("group {}", c.group.0),
+            };
+            let pid = sys::getpid();
+            log::error!("worker {slot} (pid {pid}) cannot drop its privileges ({who}): {e}");
+            eprintln!("worker {slot} (pid {pid}): fatal: cannot drop privileges to {who}: {e}");
+            std::process::exit(crate::EXIT_FATAL);
+        }
+    }
+}
+
+/// In an exec-mode worker: keeps its heartbeat cell from the table on the descriptor
+/// `PREFORK_HEARTBEAT_FD` names, if set. A malformed value or an unusable descriptor is
+/// logged; the worker then serves without a cell (its `heartbeat` does nothing, and the
+/// master never judges it).
+fn adopt_heartbeat(id: usize) {
+    let Some(value) = std::env::var_os(HEARTBEAT_FD_ENV) else {
+        return;
+    };
+    let Some(fd) = parse_fd(value.as_encoded_bytes()) else {
+        log::warn!(
+            "{HEARTBEAT_FD_ENV}={value:?} is not a descriptor number from 3 to 1023; \
+             no heartbeat"
+        );
+        return;
+    };
+    let Some(owned) = sys::take_inherited(fd) else {
+        log::warn!("{HEARTBEAT_FD_ENV}={fd} is not open, or was taken already; no heartbeat");
+        return;
+    };
+    if let Err(why) = sys::heartbeat::adopt(owned, id) {
+        log::warn!("{HEARTBEAT_FD_ENV}={fd} is unusable: {why}; no heartbeat");
+    }
+}
+
+/// A descriptor number as the protocol writes it: canonical decimal, 3 to 1023.
+fn parse_fd(value: &[u8]) -> Option<i32> {
+    let canonical = !value.is_empty()
+        && value.len() <= 4
+        && value.iter().all(u8::is_ascii_digit)
+        && (value[0] != b'0');
+    let n: i32 = std::str::from_utf8(value)
+        .ok()
+        .filter(|_| canonical)?
+        .parse()
+        .ok()?;
+    (3..=1023).contains(&n).then_some(n)
 }
 
 /// What every worker does before `serve`: creates the shutdown notice's pipe, so that
@@ -240,5 +345,27 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
         s.clone()
     } else {
         "a panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn heartbeat_fds_are_canonical_decimals_from_3_to_1023() {
+        assert_eq!(super::parse_fd(b"5"), Some(5));
+        assert_eq!(super::parse_fd(b"1023"), Some(1023));
+        for bad in [
+            &b""[..],
+            b"2",
+            b"05",
+            b"+5",
+            b" 5",
+            b"5\n",
+            b"1024",
+            b"99999",
+            b"x",
+        ] {
+            assert_eq!(super::parse_fd(bad), None, "{bad:?}");
+        }
     }
 }

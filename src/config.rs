@@ -1,10 +1,14 @@
-//! What the builder hands down to the master: the reaping backend and the hooks. These types
-//! live below the master so that it never reaches back up into the public builder.
+//! What the builder hands down to the master: the reaping backend, the hooks, the health
+//! checks and what each worker does for itself before `serve`; and the status the master
+//! hands back to its hooks. These types live below the master so that it never reaches back
+//! up into the public builder.
 
-use std::time::Duration;
+use std::fmt;
+use std::time::{Duration, SystemTime};
 
 use crate::error::Error;
 use crate::supervisor::WorkerExit;
+use crate::sys::identity::Credentials;
 
 /// What a master-side hook returns: an error stops every worker and comes back from
 /// [`Prefork::run`].
@@ -66,6 +70,8 @@ pub(crate) type RecoverHook = Box<dyn FnMut(usize, u32, u32) -> HookResult>;
 pub(crate) type ExitHook = Box<dyn FnMut(usize, u32, WorkerExit) -> HookResult>;
 /// `on_master_death()`, in a worker.
 pub(crate) type DeathHook = Box<dyn FnMut() + Send>;
+/// `on_status(&status)`.
+pub(crate) type StatusHook = Box<dyn FnMut(&Status) -> HookResult>;
 
 /// The user's hooks. Every master-side hook gets the worker's slot first, then its pid.
 #[derive(Default)]
@@ -75,6 +81,184 @@ pub(crate) struct Hooks {
     pub(crate) on_child_recover: Option<RecoverHook>,
     pub(crate) on_child_exit: Option<ExitHook>,
     pub(crate) on_master_death: Option<DeathHook>,
+    pub(crate) on_status: Option<StatusHook>,
+}
+
+/// The master's health checks; each one unset costs nothing (no timer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct HealthChecks {
+    /// Kill and replace a ready worker whose heartbeat is older than this.
+    pub(crate) worker_timeout: Option<Duration>,
+    /// Recycle a worker after this long (plus its jitter).
+    pub(crate) max_lifetime: Option<Duration>,
+    /// Recycle a worker whose resident set is larger than this many bytes.
+    pub(crate) max_rss: Option<u64>,
+}
+
+impl HealthChecks {
+    /// Whether any check is set (and the master needs a timer).
+    pub(crate) fn any(&self) -> bool {
+        self.worker_timeout.is_some() || self.max_lifetime.is_some() || self.max_rss.is_some()
+    }
+}
+
+/// What every worker does for itself between its start and `serve`, in fork and exec mode
+/// alike (an exec-mode worker reads it from its own builder).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WorkerSetup {
+    /// Name the worker `prefork wK` (and the master `prefork master`).
+    pub(crate) names: bool,
+    /// Pin worker k to the k-th CPU the master may run on.
+    pub(crate) affinity: bool,
+    /// Drop to these credentials.
+    pub(crate) credentials: Option<Credentials>,
+}
+
+/// How a worker's exit was judged, in a [`Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExitCause {
+    /// It served, then died of a signal from outside or exited by itself: replaced, not
+    /// counted by the crash-loop guard.
+    Crash,
+    /// It exited before it was serving, or by itself just after: replaced, and counted by
+    /// the crash-loop guard.
+    BootFailure,
+    /// Its heartbeat stopped for longer than `worker_timeout`: killed by the master and
+    /// replaced.
+    Stuck,
+    /// Past `max_worker_lifetime` or over `max_worker_rss`: replaced like a rolling restart
+    /// replaces it.
+    Recycled,
+    /// Its slot was taken out of service by `TTOU`.
+    Retired,
+    /// Replaced by a rolling restart (`HUP`).
+    Replaced,
+    /// It died of a signal the master forwarded to it (`USR1`): replaced, not counted.
+    Forwarded,
+    /// Stopped with the master (`TERM`, `INT`, a failure, a binary upgrade's hand-over).
+    Stopped,
+    /// It exited with [`crate::EXIT_FATAL`]: the master stops.
+    Fatal,
+}
+
+impl fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExitCause::Crash => "crash",
+            ExitCause::BootFailure => "boot failure",
+            ExitCause::Stuck => "stuck",
+            ExitCause::Recycled => "recycled",
+            ExitCause::Retired => "retired by TTOU",
+            ExitCause::Replaced => "replaced by HUP",
+            ExitCause::Forwarded => "forwarded signal",
+            ExitCause::Stopped => "stopped",
+            ExitCause::Fatal => "fatal",
+        })
+    }
+}
+
+/// The latest exit of a worker of one slot, in a [`Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LastExit {
+    /// The worker's pid.
+    pub pid: u32,
+    /// How it ended.
+    pub exit: WorkerExit,
+    /// How the master judged it.
+    pub cause: ExitCause,
+    /// When the master reaped it.
+    pub at: SystemTime,
+}
+
+/// One worker slot, in a [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SlotStatus {
+    /// The slot ([`crate::Worker::id`] of its workers).
+    pub slot: usize,
+    /// Whether the slot is in service (`TTOU` takes the highest one out, `TTIN` puts one
+    /// back).
+    pub in_service: bool,
+    /// The pid of the worker that holds the slot; `None` while its next worker is not
+    /// started yet, or when the slot is out of service. During a rolling restart or a
+    /// recycling this is the new worker; the old one drains on.
+    pub pid: Option<u32>,
+    /// When that worker was started.
+    pub started: Option<SystemTime>,
+    /// Whether that worker is inside `serve`.
+    pub ready: bool,
+    /// How many workers were started in this slot after its first one: respawns, rolling
+    /// restarts, recyclings.
+    pub restarts: u64,
+    /// How the latest worker of this slot that was reaped ended.
+    pub last_exit: Option<LastExit>,
+}
+
+/// A snapshot of the master's workers, for operators: per slot, the worker's pid, start
+/// time, restarts and last exit. Handed to [`crate::Prefork::on_status`] whenever it
+/// changes; its [`Display`](fmt::Display) form is the short one the master logs and sends
+/// to systemd as `STATUS=`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Status {
+    pub(crate) slots: Vec<SlotStatus>,
+    /// The slot of the latest exit, if any.
+    pub(crate) latest: Option<usize>,
+}
+
+impl Status {
+    /// Every slot ever created, in slot order, those out of service included.
+    pub fn slots(&self) -> &[SlotStatus] {
+        &self.slots
+    }
+
+    /// How many slots are in service.
+    pub fn in_service(&self) -> usize {
+        self.slots.iter().filter(|s| s.in_service).count()
+    }
+
+    /// How many slots in service have a worker inside `serve`.
+    pub fn serving(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.in_service && s.ready)
+            .count()
+    }
+
+    /// The restarts of every slot together.
+    pub fn restarts(&self) -> u64 {
+        self.slots.iter().map(|s| s.restarts).sum()
+    }
+
+    /// The latest exit of any worker, with its slot.
+    pub fn last_exit(&self) -> Option<(usize, &LastExit)> {
+        let slot = self.latest?;
+        Some((slot, self.slots.get(slot)?.last_exit.as_ref()?))
+    }
+}
+
+/// The short form: `3 of 4 workers serving, 7 restarts; last exit: worker 2 (pid 4242)
+/// stuck, signal SIGKILL`.
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let restarts = self.restarts();
+        write!(
+            f,
+            "{} of {} workers serving, {restarts} restart{}",
+            self.serving(),
+            self.in_service(),
+            if restarts == 1 { "" } else { "s" }
+        )?;
+        if let Some((slot, e)) = self.last_exit() {
+            write!(
+                f,
+                "; last exit: worker {slot} (pid {}) {}, {}",
+                e.pid, e.cause, e.exit
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// The default window in which unexpected exits are counted against `recover_threshold`.

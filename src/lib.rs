@@ -114,10 +114,10 @@ use std::process::Termination;
 use std::sync::atomic::Ordering;
 
 pub use builder::{Mode, Prefork};
-pub use child::EXIT_PANIC;
+pub use child::{EXIT_PANIC, HEARTBEAT_FD_ENV};
 pub use config::{
     BACKEND_ENV, Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPGRADE_TIMEOUT,
-    HookResult,
+    ExitCause, HookResult, LastExit, SlotStatus, Status,
 };
 pub use error::Error;
 pub use listen::{LISTENER_FD, Network, REUSEPORT_ADDR_ENV};

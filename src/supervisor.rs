@@ -40,6 +40,11 @@
 //! * TERM/INT: TERM to every worker, KILL after `shutdown_grace`; a second TERM/INT kills at
 //!   once. HUP: rolling restart, one slot at a time; a HUP during one queues one more. TTIN
 //!   and TTOU: one slot more or less. USR1/USR2: forwarded to every worker.
+//! * Recycling ([`Supervisor::recycle`], for a worker past its lifetime or memory ceiling):
+//!   that one slot is replaced as a rolling restart replaces it, through the same queue (the
+//!   new worker is ready before the old one drains); never counted.
+//! * A stuck worker ([`Supervisor::kill_stuck`], silent past its heartbeat timeout) is
+//!   killed and respawned at once; never counted.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -160,6 +165,8 @@ pub(crate) enum Why {
     GraceExpired,
     /// A forced stop: a second TERM, or a failure.
     Kill,
+    /// The worker is stuck (its heartbeat stopped): it is killed and replaced.
+    Stuck,
 }
 
 /// What the driver must do next.
@@ -189,8 +196,16 @@ pub(crate) enum Action {
 /// How the exit of a worker is judged, returned by [`Supervisor::on_exit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cause {
-    /// The master asked it to stop (graceful stop, rolling restart, TTOU).
+    /// The master stopped it: the graceful (or forced) stop of the run.
     Requested,
+    /// It was replaced by a rolling restart (HUP).
+    Replaced,
+    /// Its slot was taken out of service (TTOU).
+    Retired,
+    /// It was recycled ([`Supervisor::recycle`]): replaced like a rolling restart does.
+    Recycled,
+    /// It was killed as stuck ([`Supervisor::kill_stuck`]); replaced at once, not counted.
+    Stuck,
     /// It died of a signal the master forwarded to it; replaced, not counted.
     Forwarded,
     /// It served, then died from outside; replaced, not counted.
@@ -237,6 +252,8 @@ enum Slot {
         /// When it reported that it is inside `serve`.
         ready: Option<Duration>,
         forwarded: Forwarded,
+        /// It was killed as stuck; its exit is [`Cause::Stuck`].
+        stuck: bool,
     },
     /// Waiting for its respawn time.
     Waiting { at: Duration, recovers: Option<u32> },
@@ -244,15 +261,29 @@ enum Slot {
     Closed,
 }
 
-/// A worker asked to stop (rolling restart, TTOU) while the run goes on.
+/// A worker asked to stop (rolling restart, recycling, TTOU) while the run goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Retiring {
     slot: usize,
     /// When it will be killed; `None` while it has not been told yet (its replacement is
     /// not ready) or after the KILL was sent.
     kill_at: Option<Duration>,
-    /// Whether it was told to drain.
+    /// Whether it was told to drain (or was killed as stuck before it was retired).
     told: bool,
+    /// How its exit will be judged: [`Cause::Replaced`], [`Cause::Retired`],
+    /// [`Cause::Recycled`], or [`Cause::Stuck`] for a stuck worker retired before its
+    /// death was reaped.
+    cause: Cause,
+}
+
+/// One slot to replace in a rolling restart (HUP) or a recycling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Restart {
+    slot: usize,
+    /// Replace only this worker (a recycling); `None` replaces whichever holds the slot.
+    pid: Option<u32>,
+    /// [`Cause::Replaced`] or [`Cause::Recycled`].
+    cause: Cause,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,8 +309,8 @@ pub(crate) struct Supervisor {
     /// Times and details of recent counted exits, oldest first; never longer than
     /// `recover_threshold + 1`, and its capacity follows its length.
     recent: VecDeque<(Duration, CountedExit)>,
-    /// Slots still to restart in the current rolling restart.
-    restart_queue: VecDeque<usize>,
+    /// Slots still to replace: the current rolling restart, then queued recyclings.
+    restart_queue: VecDeque<Restart>,
     /// The slot being restarted and the pid it replaces.
     restarting: Option<(usize, u32)>,
     /// A HUP arrived during a rolling restart: one more follows.
@@ -361,6 +392,7 @@ impl Supervisor {
     }
 
     /// How many of the live workers reported ready, and how many are live.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn ready_count(&self) -> (usize, usize) {
         let running = self.slots.iter().filter(|s| s.pid().is_some());
         let ready = running
@@ -397,6 +429,7 @@ impl Supervisor {
             started: now,
             ready: None,
             forwarded: Forwarded::default(),
+            stuck: false,
         };
         if self.is_stopping() {
             // Stop began while this spawn was in flight: stop the newcomer too.
@@ -426,7 +459,11 @@ impl Supervisor {
         if let Some((s, old)) = self.restarting {
             if s == slot {
                 self.tell_retiring(old, now);
-                if self.restart_queue.is_empty() && std::mem::take(&mut self.reloading) {
+                let rolling = self
+                    .restart_queue
+                    .iter()
+                    .any(|r| r.cause == Cause::Replaced);
+                if !rolling && std::mem::take(&mut self.reloading) {
                     self.actions.push_back(Action::Reloaded);
                 }
             }
@@ -484,7 +521,7 @@ impl Supervisor {
             self.maybe_done();
             return Some(Exited {
                 slot: r.slot,
-                cause: Cause::Requested,
+                cause: r.cause,
             });
         }
         let slot = self.slots.iter().position(|s| s.pid() == Some(pid))?;
@@ -492,6 +529,7 @@ impl Supervisor {
             started,
             ready,
             forwarded,
+            stuck,
             ..
         } = self.slots[slot]
         else {
@@ -501,7 +539,20 @@ impl Supervisor {
         let exited = |cause| Some(Exited { slot, cause });
         if self.is_stopping() {
             self.maybe_done();
-            return exited(Cause::Requested);
+            return exited(if stuck {
+                Cause::Stuck
+            } else {
+                Cause::Requested
+            });
+        }
+        if stuck {
+            // The master killed it: replaced at once, not counted, its backoff untouched.
+            self.slots[slot] = Slot::Waiting {
+                at: now,
+                recovers: Some(pid),
+            };
+            self.on_timer(now);
+            return exited(Cause::Stuck);
         }
         if exit == WorkerExit::Code(EXIT_FATAL) {
             let failure = Failure::WorkerFatal {
@@ -660,21 +711,14 @@ impl Supervisor {
             .iter()
             .rposition(|s| *s != Slot::Closed)
             .expect("more than one active slot");
-        self.restart_queue.retain(|&s| s != slot);
+        self.restart_queue.retain(|r| r.slot != slot);
         let previous = std::mem::replace(&mut self.slots[slot], Slot::Closed);
         self.actions.push_back(Action::Steer {
             active: self.active_slots(),
         });
         match previous {
-            Slot::Running { pid, .. } => {
-                self.retiring.insert(
-                    pid,
-                    Retiring {
-                        slot,
-                        kill_at: None,
-                        told: false,
-                    },
-                );
+            Slot::Running { pid, stuck, .. } => {
+                self.retire(pid, slot, Cause::Retired, stuck);
                 self.tell_retiring(pid, now);
             }
             Slot::Spawning { .. } => self
@@ -700,10 +744,27 @@ impl Supervisor {
         self.slots[slot].pid().is_none() && self.retiring.values().all(|r| r.slot != slot)
     }
 
+    /// Moves the worker `pid` of `slot` to the retiring ones, to be judged as `cause` (as
+    /// [`Cause::Stuck`], and counted as told, when it was killed as stuck already).
+    fn retire(&mut self, pid: u32, slot: usize, cause: Cause, stuck: bool) {
+        let retiring = Retiring {
+            slot,
+            kill_at: None,
+            told: stuck,
+            cause: if stuck { Cause::Stuck } else { cause },
+        };
+        self.retiring.insert(pid, retiring);
+    }
+
     /// HUP: queues every running slot for replacement and starts the first.
     fn begin_restart(&mut self) {
         self.restart_queue = (0..self.slots.len())
             .filter(|&s| matches!(self.slots[s], Slot::Running { .. }))
+            .map(|slot| Restart {
+                slot,
+                pid: None,
+                cause: Cause::Replaced,
+            })
             .collect();
         if self.restart_queue.is_empty() {
             return;
@@ -720,16 +781,14 @@ impl Supervisor {
             self.hup_pending = false;
             return;
         }
-        while let Some(slot) = self.restart_queue.pop_front() {
-            if let Slot::Running { pid, .. } = self.slots[slot] {
-                self.retiring.insert(
-                    pid,
-                    Retiring {
-                        slot,
-                        kill_at: None,
-                        told: false,
-                    },
-                );
+        while let Some(next) = self.restart_queue.pop_front() {
+            let slot = next.slot;
+            if let Slot::Running { pid, stuck, .. } = self.slots[slot] {
+                if next.pid.is_some_and(|p| p != pid) {
+                    // The worker to recycle is gone already.
+                    continue;
+                }
+                self.retire(pid, slot, next.cause, stuck);
                 self.restarting = Some((slot, pid));
                 self.slots[slot] = Slot::Spawning { recovers: None };
                 self.actions.push_back(Action::Spawn {
@@ -761,6 +820,101 @@ impl Supervisor {
                 why: Why::Retire,
             });
         }
+    }
+
+    /// Recycles the worker `pid` (past its lifetime, or over its memory ceiling): its slot is
+    /// replaced as a rolling restart replaces it, after the slots already queued. Only a
+    /// ready worker that holds its slot, is not stuck, and whose slot is not being replaced
+    /// already is recycled, and only while the run goes on and the master is ready. Returns
+    /// whether the worker will be replaced (`true` also when its slot is queued already).
+    pub(crate) fn recycle(&mut self, pid: u32) -> bool {
+        if self.phase != Phase::Running {
+            return false;
+        }
+        let Some(slot) = self.slots.iter().position(|s| {
+            matches!(s, Slot::Running { pid: p, ready: Some(_), stuck: false, .. } if *p == pid)
+        }) else {
+            return false;
+        };
+        if self.restarting.is_some_and(|(s, _)| s == slot) {
+            // Its predecessor is still draining: later.
+            return false;
+        }
+        if self.restart_queue.iter().any(|r| r.slot == slot) {
+            return true;
+        }
+        self.restart_queue.push_back(Restart {
+            slot,
+            pid: Some(pid),
+            cause: Cause::Recycled,
+        });
+        if self.restarting.is_none() {
+            self.advance_restart();
+        }
+        true
+    }
+
+    /// Kills the worker `pid` as stuck (its heartbeat stopped): KILL now; its exit is
+    /// [`Cause::Stuck`] and its slot is respawned at once. Only a ready worker that holds its
+    /// slot is judged, and only while the run goes on. Returns whether it is killed.
+    pub(crate) fn kill_stuck(&mut self, pid: u32) -> bool {
+        if self.is_stopping() {
+            return false;
+        }
+        let found = self.slots.iter_mut().find_map(|s| match s {
+            Slot::Running {
+                pid: p,
+                ready: Some(_),
+                stuck,
+                ..
+            } if *p == pid && !*stuck => Some(stuck),
+            _ => None,
+        });
+        let Some(stuck) = found else {
+            return false;
+        };
+        *stuck = true;
+        self.actions.push_back(Action::Signal {
+            pid,
+            signal: Signal::Kill,
+            why: Why::Stuck,
+        });
+        true
+    }
+
+    /// The workers the master watches for health: `(slot, pid, alone)` for every ready
+    /// worker that holds its slot and is not stuck, while the run goes on; `alone` is false
+    /// while an older worker of the same slot is still draining.
+    pub(crate) fn serving(&self) -> Vec<(usize, u32, bool)> {
+        if self.is_stopping() {
+            return Vec::new();
+        }
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| match *s {
+                Slot::Running {
+                    pid,
+                    ready: Some(_),
+                    stuck: false,
+                    ..
+                } => {
+                    let alone = self.retiring.values().all(|r| r.slot != slot);
+                    Some((slot, pid, alone))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Per slot (every slot ever created): the pid of the worker that holds it, if any, and
+    /// whether that worker is ready; `None` for a slot out of service.
+    pub(crate) fn holders(&self) -> impl Iterator<Item = Option<(Option<u32>, bool)>> + '_ {
+        self.slots.iter().map(|s| match *s {
+            Slot::Closed => None,
+            Slot::Running { pid, ready, .. } => Some((Some(pid), ready.is_some())),
+            Slot::Spawning { .. } | Slot::Waiting { .. } => Some((None, false)),
+        })
     }
 
     /// Time has reached `now`: due respawns, and KILLs after a grace period.

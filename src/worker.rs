@@ -39,6 +39,18 @@ impl Worker {
         self.master_pid
     }
 
+    /// Tells the master that this worker is alive, for [`crate::Prefork::worker_timeout`]:
+    /// a worker whose latest heartbeat is older than the timeout is killed as stuck and
+    /// replaced. Call it from the loop that must not hang (once per request, or per turn of
+    /// an event loop); a worker is judged only from its first call on.
+    ///
+    /// It costs one clock reading from the vDSO and one atomic store into shared memory, no
+    /// system call. Without a `worker_timeout` (or under a master that is not this crate's)
+    /// it does nothing.
+    pub fn heartbeat(&self) {
+        crate::sys::heartbeat::beat(self.pid);
+    }
+
     /// Reports a fatal start-up failure: logs `reason` and exits with [`crate::EXIT_FATAL`],
     /// so the master stops everything instead of respawning this worker.
     pub fn exit_fatal(&self, reason: impl std::fmt::Display) -> ! {

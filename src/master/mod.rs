@@ -9,6 +9,7 @@
 //! It asks [`listeners::Listeners`] for each slot's socket and starts workers as
 //! [`spawn::Spawn`] says (fork or exec).
 
+mod health;
 pub(crate) mod listeners;
 mod notify;
 pub(crate) mod spawn;
@@ -23,12 +24,13 @@ use std::process::Termination;
 use std::time::{Duration, Instant};
 
 use crate::child::{self, ChildSetup};
-use crate::config::{Backend, HookResult, Hooks};
+use crate::config::{Backend, HealthChecks, HookResult, Hooks, WorkerSetup};
 use crate::error::Error;
 use crate::supervisor::{Action, Cause, Config, Exited, Failure, Supervisor, Why, WorkerExit};
 use crate::sys::signal::{self, Signal};
 use crate::sys::{self, Fork, Reaped, SigSet};
 use crate::worker::Worker;
+use health::Health;
 use listeners::Listeners;
 use notify::Notifier;
 use spawn::Spawn;
@@ -65,6 +67,10 @@ pub(crate) struct Plan {
     pub(crate) listeners: Listeners,
     /// How long a new master started by `SIGUSR2` gets to be ready.
     pub(crate) upgrade_timeout: Duration,
+    /// The health checks (heartbeat timeout, recycling).
+    pub(crate) health: HealthChecks,
+    /// What each worker does for itself before `serve`.
+    pub(crate) setup: WorkerSetup,
 }
 
 struct Child {
@@ -130,6 +136,10 @@ struct Master {
     next_ping: Option<Duration>,
     /// The first error that made the run fail; later ones are logged only.
     error: Option<Error>,
+    /// Health checks and the workers' status.
+    health: Health,
+    /// What each forked worker does for itself before `serve`.
+    setup: WorkerSetup,
 }
 
 /// The master's own descriptors, none of which a worker keeps (close-on-exec does not help
@@ -161,6 +171,8 @@ where
         spawn,
         listeners,
         upgrade_timeout,
+        health,
+        setup,
     } = plan;
     if matches!(spawn, Spawn::Fork) {
         check_single_threaded()?;
@@ -170,9 +182,14 @@ where
         Spawn::Exec(_) => "exec",
     };
     let death = hooks.on_master_death.is_some();
-    let mut master = Master::new(backend, death, spawn, listeners)?;
+    let _name = setup
+        .names
+        .then(|| sys::identity::Renamed::set("prefork master"));
+    let health = Health::new(health)?;
+    let mut master = Master::new(backend, death, spawn, listeners, health)?;
     master.upgrade_timeout = upgrade_timeout;
     master.shutdown_grace = cfg.shutdown_grace;
+    master.setup = setup;
     log::info!(
         "prefork master {} starting {} workers ({mode} mode, {:?} backend)",
         sys::getpid(),
@@ -204,6 +221,7 @@ impl Master {
         watch_death: bool,
         spawn: Spawn,
         listeners: Listeners,
+        health: Health,
     ) -> Result<Master, Error> {
         let death_pipe = if watch_death {
             Some(sys::pipe().map_err(Error::sys("creating the master-death pipe"))?)
@@ -275,6 +293,8 @@ impl Master {
             next_ping: None,
             notifier,
             error: None,
+            health,
+            setup: WorkerSetup::default(),
         };
         if let Some(every) = master.notifier.as_ref().and_then(|n| n.watchdog) {
             master.next_ping = Some(every);
@@ -347,6 +367,15 @@ impl Master {
         let mut events = Vec::new();
         loop {
             self.drain(&mut sup, hooks, serve);
+            let notifier = self.notifier.as_ref();
+            if let Err(e) = self
+                .health
+                .publish(&sup, hooks.on_status.as_mut(), notifier)
+            {
+                // Performs the stop it causes before sleeping.
+                self.fail(&mut sup, e);
+                continue;
+            }
             if let Some(outcome) = sup.outcome() {
                 let outcome = outcome.clone();
                 return self.finish(outcome);
@@ -355,7 +384,8 @@ impl Master {
                 .upgrade
                 .as_ref()
                 .map(|u| u.kill_at.unwrap_or(u.deadline));
-            let deadline = [sup.next_deadline(), self.next_ping, upgrade]
+            let checks = self.health.next_deadline();
+            let deadline = [sup.next_deadline(), self.next_ping, upgrade, checks]
                 .into_iter()
                 .flatten()
                 .min();
@@ -419,6 +449,7 @@ impl Master {
             tests::maybe_panic(&sup);
             self.ping_watchdog();
             self.upgrade_timer();
+            self.health.tick(self.now(), &mut sup);
             sup.on_timer(self.now());
         }
     }
@@ -533,8 +564,16 @@ impl Master {
         let Some(Exited { slot, cause }) = sup.on_exit(pid, exit, self.now()) else {
             return;
         };
+        self.health.on_exit(slot, pid, exit, cause);
         match cause {
             Cause::Requested => log::info!("worker {slot} (pid {pid}) stopped: {exit}"),
+            Cause::Replaced | Cause::Retired | Cause::Recycled => log::info!(
+                "worker {slot} (pid {pid}) stopped: {exit} ({})",
+                health::exit_cause(cause)
+            ),
+            Cause::Stuck => {
+                log::warn!("worker {slot} (pid {pid}) killed as stuck: {exit}; replacing it")
+            }
             Cause::Forwarded => log::info!(
                 "worker {slot} (pid {pid}) ended by the {exit} the master forwarded; replacing it"
             ),
@@ -551,11 +590,6 @@ impl Master {
             let r = call_hook("on_child_exit", || f(slot, pid, exit));
             self.after_hook(r, sup);
         }
-    }
-
-    fn status(&self, sup: &Supervisor) -> String {
-        let (ready, live) = sup.ready_count();
-        format!("{ready} of {live} workers serving")
     }
 
     fn perform<F, T>(
@@ -582,6 +616,7 @@ impl Master {
                     }
                 };
                 sup.on_spawned(slot, pid, self.now());
+                self.health.on_spawned(slot, pid, self.now());
                 match recovers {
                     Some(old) => log::info!("worker {slot} respawned (pid {pid}, was {old})"),
                     None => log::info!("worker {slot} started (pid {pid})"),
@@ -609,7 +644,7 @@ impl Master {
                     }
                 }
                 if let Some(n) = &self.notifier {
-                    n.send(&format!("READY=1\nSTATUS={}", self.status(sup)));
+                    n.send(&format!("READY=1\nSTATUS={}", self.health.status(sup)));
                 }
                 if let Some(f) = hooks.on_master_ready.as_mut() {
                     let workers: Vec<(usize, u32)> = pids
@@ -622,13 +657,13 @@ impl Master {
             }
             Action::Reloading => {
                 if let Some(n) = &self.notifier {
-                    n.reloading(&format!("rolling restart; {}", self.status(sup)));
+                    n.reloading(&format!("rolling restart; {}", self.health.status(sup)));
                 }
             }
             Action::Reloaded => {
                 log::info!("rolling restart done: every slot has a new worker serving");
                 if let Some(n) = &self.notifier {
-                    n.send(&format!("READY=1\nSTATUS={}", self.status(sup)));
+                    n.send(&format!("READY=1\nSTATUS={}", self.health.status(sup)));
                 }
             }
             Action::Stopping if self.handing_over => {}
@@ -660,7 +695,7 @@ impl Master {
             ),
             Why::Kill => log::warn!("sending {signal} to worker {slot} (pid {pid})"),
             Why::Retire => log::info!("worker {slot} (pid {pid}) retired: asked to drain"),
-            Why::Stop | Why::Forward => {
+            Why::Stop | Why::Forward | Why::Stuck => {
                 log::debug!("sending {signal} to worker {slot} (pid {pid})")
             }
         }
@@ -699,11 +734,13 @@ impl Master {
         F: FnMut(Option<TcpListener>, Worker) -> T,
         T: Termination,
     {
+        self.health.before_spawn(slot);
         if let Spawn::Exec(exec) = &self.spawn {
             let listener = self.listeners.for_slot(slot)?;
             let fds = self.fds.as_ref().expect("the master's descriptors");
             let ready = fds.ready.1.as_fd();
-            let pid = exec.spawn(slot, listener, ready, self.old_mask)?;
+            let heartbeat = self.health.table().map(|t| t.fd());
+            let pid = exec.spawn(slot, listener, ready, heartbeat, self.old_mask)?;
             self.adopt(pid)?;
             return Ok(pid);
         }
@@ -734,6 +771,8 @@ impl Master {
                         (Some((read, _)), Some(f)) => Some((read, f)),
                         _ => None,
                     },
+                    heartbeat: self.health.take_table(),
+                    setup: &self.setup,
                 };
                 child::run(setup, serve)
             }

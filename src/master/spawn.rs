@@ -4,8 +4,9 @@
 //! Exec mode starts workers with [`std::process::Command`], which forks and execs safely
 //! even when the process already runs other threads. Between fork and exec the child runs
 //! only async-signal-safe calls: it restores the signal mask, sets `PR_SET_PDEATHSIG`, puts
-//! the listener on fd 3 and the readiness pipe on fd 4, and marks every other descriptor
-//! close-on-exec. std resets `SIGPIPE` in the child; exec resets every handler.
+//! the listener on fd 3, the readiness pipe on fd 4 and the heartbeat table on fd 5, and
+//! marks every other descriptor close-on-exec. std resets `SIGPIPE` in the child; exec
+//! resets every handler.
 
 use std::ffi::OsString;
 use std::io;
@@ -13,6 +14,7 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+use crate::child::{HEARTBEAT_FD, HEARTBEAT_FD_ENV};
 use crate::protocol::{CHILD_ENV, READY_FD, READY_FD_ENV, WORKER_ID_ENV};
 use crate::sys;
 
@@ -56,14 +58,16 @@ impl ExecSpec {
         }
     }
 
-    /// Starts the worker for `slot` with `listener` on its fd 3 and the readiness pipe's
-    /// write end `ready` on its fd 4; returns its pid. The child is not reaped by std: the
-    /// master reaps it through its pidfd like a forked worker.
+    /// Starts the worker for `slot` with `listener` on its fd 3, the readiness pipe's
+    /// write end `ready` on its fd 4 and the heartbeat table's memfd, if any, on its fd 5;
+    /// returns its pid. The child is not reaped by std: the master reaps it through its
+    /// pidfd like a forked worker.
     pub(crate) fn spawn(
         &self,
         slot: usize,
         listener: Option<BorrowedFd<'_>>,
         ready: BorrowedFd<'_>,
+        heartbeat: Option<BorrowedFd<'_>>,
         mask: sys::SigSet,
     ) -> io::Result<u32> {
         let mut cmd = Command::new(&self.program);
@@ -73,7 +77,11 @@ impl ExecSpec {
             .env(WORKER_ID_ENV, slot.to_string())
             .env(READY_FD_ENV, READY_FD.to_string())
             .env_remove(crate::listen::REUSEPORT_ADDR_ENV);
-        sys::set_exec_child_setup(&mut cmd, listener, ready, sys::getpid(), mask);
+        match heartbeat {
+            Some(_) => cmd.env(HEARTBEAT_FD_ENV, HEARTBEAT_FD.to_string()),
+            None => cmd.env_remove(HEARTBEAT_FD_ENV),
+        };
+        sys::set_exec_child_setup(&mut cmd, listener, ready, heartbeat, sys::getpid(), mask);
         let child = cmd.spawn()?;
         Ok(child.id())
     }

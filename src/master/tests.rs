@@ -73,6 +73,8 @@ fn unwinding_master_kills_and_reaps_every_worker() {
         ])),
         listeners: Listeners::Caller,
         upgrade_timeout: Duration::from_secs(60),
+        health: Default::default(),
+        setup: Default::default(),
     };
     PANIC_WHEN_READY.store(true, Ordering::SeqCst);
     let result = catch_unwind(AssertUnwindSafe(|| run(plan, &mut hooks, &mut |_, _| ())));

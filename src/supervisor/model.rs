@@ -43,6 +43,11 @@ pub(crate) struct Proc {
     kill_due: Option<(Duration, Duration)>,
     /// Signals forwarded to it.
     pub(crate) forwarded: Vec<Signal>,
+    /// It was killed as stuck.
+    pub(crate) stuck: bool,
+    /// How its exit will be judged since it was retired (replaced, recycled, its slot
+    /// closed, or stuck).
+    pub(crate) retire_cause: Option<Cause>,
 }
 
 impl Proc {
@@ -121,6 +126,8 @@ pub(crate) struct Model {
     closing: BTreeSet<usize>,
     /// A signal being forwarded, and the workers still to receive it.
     forwarding: Option<(Signal, BTreeSet<u32>)>,
+    /// Workers queued for recycling, not replaced yet: pid → slot.
+    recycling: BTreeMap<u32, usize>,
 }
 
 impl Model {
@@ -155,6 +162,7 @@ impl Model {
             respawns: BTreeMap::new(),
             closing: BTreeSet::new(),
             forwarding: None,
+            recycling: BTreeMap::new(),
             cfg,
         }
     }
@@ -202,6 +210,7 @@ impl Model {
     /// The live worker `pid` was reaped: checks how the supervisor judges the exit.
     pub(crate) fn exit(&mut self, pid: u32, how: WorkerExit) -> Exited {
         let proc = self.live.remove(&pid).expect("exit of a live worker");
+        self.recycling.remove(&pid);
         self.reaped.insert(pid, proc.slot);
         let cause = self.expected_cause(&proc, how);
         let got = self.sup.on_exit(pid, how, self.now);
@@ -248,6 +257,64 @@ impl Model {
         self.expected = Some(Err(Failure::External));
         self.sup.fail(self.now);
         self.after_call();
+    }
+
+    /// The master recycles `pid` (past its lifetime or memory ceiling): checks whether the
+    /// supervisor takes it, and returns that.
+    pub(crate) fn recycle(&mut self, pid: u32) -> bool {
+        let eligible = self.ready_seen && self.serving(pid);
+        let slot = self.live.get(&pid).map(|p| p.slot);
+        let busy = slot.is_some_and(|slot| self.sup.restarting.is_some_and(|(s, _)| s == slot));
+        let queued = slot.is_some_and(|slot| self.sup.restart_queue.iter().any(|r| r.slot == slot));
+        let before = self.sup.live_pids();
+        let took = self.sup.recycle(pid);
+        assert_eq!(
+            took,
+            eligible && !busy,
+            "recycle({pid}): eligible {eligible}, its slot being replaced {busy}"
+        );
+        if took && !queued {
+            self.recycling.insert(pid, slot.expect("a live worker"));
+        }
+        if !took {
+            assert_eq!(
+                self.sup.live_pids(),
+                before,
+                "a refused recycling changed the workers"
+            );
+            assert!(
+                self.sup.actions.is_empty(),
+                "a refused recycling made an action"
+            );
+        }
+        self.after_call();
+        took
+    }
+
+    /// The master finds `pid` stuck: checks whether the supervisor kills it, and returns
+    /// that.
+    pub(crate) fn kill_stuck(&mut self, pid: u32) -> bool {
+        let eligible = self.serving(pid);
+        let took = self.sup.kill_stuck(pid);
+        assert_eq!(took, eligible, "kill_stuck({pid})");
+        if !took {
+            assert!(
+                self.sup.actions.is_empty(),
+                "a refused stuck kill made an action"
+            );
+        }
+        self.after_call();
+        took
+    }
+
+    /// Whether `pid` is a live worker the master's health checks may judge: ready, holding
+    /// its slot, not told to stop, not stuck, and the run is not stopping.
+    fn serving(&self, pid: u32) -> bool {
+        self.stop.is_none()
+            && self
+                .live
+                .get(&pid)
+                .is_some_and(|p| p.ready.is_some() && !p.retired && !p.told() && !p.stuck)
     }
 
     /// Every live worker that `which` selects exits with `how`, one event at a time.
@@ -372,8 +439,16 @@ impl Model {
                     );
                     self.closing.insert(active);
                     self.respawns.remove(&active);
-                    for p in self.live.values_mut().filter(|p| p.slot == active) {
-                        p.retired = true;
+                    for (pid, p) in self.live.iter_mut().filter(|(_, p)| p.slot == active) {
+                        if !p.retired {
+                            p.retired = true;
+                            p.retire_cause = Some(if p.stuck {
+                                Cause::Stuck
+                            } else {
+                                Cause::Retired
+                            });
+                        }
+                        self.recycling.remove(pid);
                     }
                 }
                 self.active = active;
@@ -434,11 +509,21 @@ impl Model {
             .filter(|pid| !self.live[pid].retired)
             .collect();
         if !holders.is_empty() {
+            let holder = holders[0];
+            let recycled = self.recycling.remove(&holder).is_some();
             assert!(
-                holders.len() == 1 && recovers.is_none() && self.hups > 0,
+                holders.len() == 1 && recovers.is_none() && (self.hups > 0 || recycled),
                 "{action:?}: the slot runs {holders:?}"
             );
-            self.live.get_mut(&holders[0]).expect("live").retired = true;
+            let p = self.live.get_mut(&holder).expect("live");
+            p.retired = true;
+            p.retire_cause = Some(if p.stuck {
+                Cause::Stuck
+            } else if recycled {
+                Cause::Recycled
+            } else {
+                Cause::Replaced
+            });
         }
         self.now = self.now.saturating_add(self.spawn_cost);
         if self.spawn_failures > 0 {
@@ -474,6 +559,8 @@ impl Model {
                 kill: false,
                 kill_due: None,
                 forwarded: Vec::new(),
+                stuck: false,
+                retire_cause: None,
             },
         );
         self.sup.on_spawned(slot, pid, self.now);
@@ -525,6 +612,18 @@ impl Model {
                     (burst_at + grace, now + grace)
                 });
             }
+            // A stuck worker killed before the stop and retired unTERMed: the stop's grace
+            // period ends for it too.
+            (Signal::Kill, Why::GraceExpired) if p.kill_due.is_none() && p.stuck => {
+                let at = stop
+                    .filter(|_| stopping)
+                    .unwrap_or_else(|| panic!("{action:?} while the run goes on"))
+                    .at;
+                assert!(
+                    now >= at + grace,
+                    "{action:?} at {now:?}, before the stop's grace ends"
+                );
+            }
             (Signal::Kill, Why::GraceExpired) => {
                 let Some((due, _)) = p.kill_due else {
                     panic!("{action:?}: no TERM was sent before");
@@ -538,6 +637,15 @@ impl Model {
             (Signal::Kill, Why::Kill) => {
                 assert!(stopping, "{action:?} while the run goes on");
                 p.kill = true;
+            }
+            (Signal::Kill, Why::Stuck) => {
+                assert!(!stopping, "{action:?} during the stop");
+                assert!(
+                    p.ready.is_some() && !p.retired && !p.told() && !p.stuck,
+                    "{action:?}: {p:?} is not a serving worker"
+                );
+                p.kill = true;
+                p.stuck = true;
             }
             (Signal::Usr1 | Signal::Usr2, Why::Forward) => {
                 let Some((forwarding, to)) = &mut self.forwarding else {
@@ -555,7 +663,13 @@ impl Model {
 
     /// How the exit of `proc` must be judged.
     fn expected_cause(&self, proc: &Proc, how: WorkerExit) -> Cause {
-        if self.stop.is_some() || proc.retired {
+        if let Some(cause) = proc.retire_cause {
+            return cause;
+        }
+        if proc.stuck {
+            return Cause::Stuck;
+        }
+        if self.stop.is_some() {
             return Cause::Requested;
         }
         if how == WorkerExit::Code(EXIT_FATAL) {
@@ -582,7 +696,10 @@ impl Model {
     fn after_exit(&mut self, pid: u32, proc: &Proc, how: WorkerExit, cause: Cause) {
         let slot = proc.slot;
         let delay = match cause {
-            Cause::Requested => return,
+            Cause::Requested | Cause::Replaced | Cause::Retired | Cause::Recycled => return,
+            // Killed as stuck after its slot got a replacement, or during the stop.
+            Cause::Stuck if self.stop.is_some() || proc.retired => return,
+            Cause::Stuck => Duration::ZERO,
             Cause::Fatal => {
                 let failure = Failure::WorkerFatal {
                     slot,
@@ -664,6 +781,7 @@ impl Model {
             });
             self.expected = Some(result);
             self.respawns.clear();
+            self.recycling.clear();
         }
     }
 
@@ -721,7 +839,10 @@ impl Model {
                     "{pid} holds slot {} out of service",
                     p.slot
                 );
-                assert!(!p.told(), "{pid} was told to stop but holds its slot");
+                assert!(
+                    !p.told() || p.stuck,
+                    "{pid} was told to stop but holds its slot"
+                );
             }
             if !p.told() {
                 assert!(!stopping, "{pid} was not told to stop during the stop");
@@ -731,6 +852,20 @@ impl Model {
             let holders = self.pids_in(slot).filter(|q| !self.live[q].retired).count();
             assert!(holders <= 1, "{holders} workers hold slot {slot}");
         }
+
+        // The workers the health checks judge, and whether each is alone in its slot.
+        let mut judged = sup.serving();
+        judged.sort_unstable_by_key(|&(_, pid, _)| pid);
+        let want: Vec<(usize, u32, bool)> = self
+            .live
+            .iter()
+            .filter(|&(&pid, _)| self.serving(pid))
+            .map(|(&pid, p)| {
+                let alone = self.pids_in(p.slot).all(|q| q == pid);
+                (p.slot, pid, alone)
+            })
+            .collect();
+        assert_eq!(judged, want, "the workers the health checks judge");
 
         // Retiring workers: told once their replacement is ready, one restart at a time.
         let untold: Vec<u32> = self

@@ -79,6 +79,20 @@ impl Harness {
         self.settle()
     }
 
+    /// The master recycles `pid`: whether the supervisor took it (actions in `last`).
+    fn recycle(&mut self, pid: u32) -> bool {
+        let took = self.m.recycle(pid);
+        self.settle();
+        took
+    }
+
+    /// The master finds `pid` stuck: whether the supervisor kills it (actions in `last`).
+    fn stuck(&mut self, pid: u32) -> bool {
+        let took = self.m.kill_stuck(pid);
+        self.settle();
+        took
+    }
+
     fn advance(&mut self, d: Duration) -> Vec<Action> {
         self.m.advance(d);
         self.settle()
@@ -738,10 +752,7 @@ fn hup_restarts_one_slot_at_a_time() {
     // TERM to the old worker once its replacement is ready.
     assert_eq!(h.ready(102), vec![sig(100, Signal::Term, Why::Retire)]);
     // The next slot once the old worker is gone.
-    assert_eq!(
-        h.exit(100, WorkerExit::Code(0)),
-        exited(0, Cause::Requested)
-    );
+    assert_eq!(h.exit(100, WorkerExit::Code(0)), exited(0, Cause::Replaced));
     assert_eq!(h.last, vec![spawn(1, None)]);
     assert_eq!(
         h.ready(103),
@@ -876,7 +887,7 @@ fn restart_ends_with_reloaded_when_the_old_worker_exits_untold() {
     let mut h = Harness::manual(cfg(1));
     h.ready(100);
     h.signal(Signal::Hup);
-    assert_eq!(h.exit(100, SEGV), exited(0, Cause::Requested));
+    assert_eq!(h.exit(100, SEGV), exited(0, Cause::Replaced));
     assert_eq!(h.last, vec![Action::Reloaded]);
     assert!(h.ready(101).is_empty(), "no second Reloaded");
     assert_eq!(h.counted(), 0);
@@ -937,7 +948,7 @@ fn ttin_adds_and_ttou_removes_a_worker() {
             sig(102, Signal::Term, Why::Retire)
         ]
     );
-    assert_eq!(h.exit(102, TERM), exited(2, Cause::Requested));
+    assert_eq!(h.exit(102, TERM), exited(2, Cause::Retired));
     assert_eq!(h.last, vec![Action::Closed { slot: 2 }]);
     assert_eq!(h.m.sup.active_slots(), 2);
     assert_eq!(h.spawns(), 3, "a retired worker is not respawned");
@@ -958,7 +969,7 @@ fn ttin_reopening_a_closing_slot_takes_back_its_closed() {
         h.signal(Signal::Ttin),
         vec![spawn(1, None), Action::Steer { active: 2 }]
     );
-    assert_eq!(h.exit(101, TERM), exited(1, Cause::Requested));
+    assert_eq!(h.exit(101, TERM), exited(1, Cause::Retired));
     assert!(h.last.is_empty(), "slot 1 is in service again: no Closed");
     assert_eq!(h.pid_of(1), 102);
 }
@@ -972,7 +983,7 @@ fn retired_worker_ignoring_term_is_killed_after_grace() {
         h.advance(5 * SEC),
         vec![sig(101, Signal::Kill, Why::GraceExpired)]
     );
-    assert_eq!(h.exit(101, KILL), exited(1, Cause::Requested));
+    assert_eq!(h.exit(101, KILL), exited(1, Cause::Retired));
     assert_eq!(h.last, vec![Action::Closed { slot: 1 }]);
 }
 
@@ -999,6 +1010,308 @@ fn ttou_of_the_slot_being_restarted_ends_the_restart() {
     assert!(h.last.is_empty());
     h.exit(101, TERM);
     assert_eq!(h.last, vec![Action::Closed { slot: 1 }]);
+}
+
+// ---- Recycling and stuck workers.
+
+#[test]
+fn recycling_replaces_one_slot_like_a_rolling_restart() {
+    let mut h = Harness::manual(cfg(2));
+    h.ready(100);
+    h.ready(101);
+    h.advance(10 * SEC);
+    assert!(h.recycle(100));
+    assert_eq!(h.last, vec![spawn(0, None)], "no Reloading for a recycling");
+    assert_eq!(
+        h.m.sup.serving(),
+        vec![(1, 101, true)],
+        "the newcomer is not ready"
+    );
+    // The old worker serves on, untold, until its replacement is ready.
+    assert!(h.advance(60 * SEC).is_empty());
+    assert_eq!(h.ready(102), vec![sig(100, Signal::Term, Why::Retire)]);
+    assert_eq!(
+        h.m.sup.serving(),
+        vec![(0, 102, false), (1, 101, true)],
+        "102 shares its slot with the draining 100"
+    );
+    assert_eq!(h.exit(100, WorkerExit::Code(0)), exited(0, Cause::Recycled));
+    assert!(h.last.is_empty(), "no respawn, no Reloaded");
+    assert_eq!(h.live(), vec![101, 102]);
+    assert_eq!(h.counted(), 0);
+}
+
+#[test]
+fn recycling_is_refused_for_a_worker_not_serving() {
+    let mut h = Harness::manual(cfg(2));
+    assert!(!h.recycle(100), "not ready, and the master is not ready");
+    h.ready(100);
+    assert!(!h.recycle(100), "the master is not ready yet");
+    h.ready(101);
+    assert!(!h.recycle(4242), "no such worker");
+    assert!(h.recycle(100));
+    assert!(!h.recycle(102), "the replacement is not ready");
+    h.ready(102);
+    assert!(!h.recycle(100), "already retired");
+    assert!(
+        !h.recycle(102),
+        "its slot is being replaced: 100 still drains"
+    );
+    h.exit(100, TERM);
+    assert!(h.recycle(102), "100 is gone");
+    h.signal(Signal::Term);
+    assert!(!h.recycle(101), "the run stops");
+}
+
+#[test]
+fn recyclings_queue_and_replace_one_slot_at_a_time() {
+    let mut h = Harness::new(cfg(3));
+    assert!(h.recycle(100));
+    assert_eq!(
+        h.last,
+        vec![spawn(0, None), sig(100, Signal::Term, Why::Retire)]
+    );
+    assert!(h.recycle(101));
+    assert!(h.recycle(102));
+    assert!(h.last.is_empty(), "queued behind slot 0");
+    assert!(h.recycle(101), "queued already");
+    h.exit(100, TERM);
+    assert_eq!(
+        h.last,
+        vec![spawn(1, None), sig(101, Signal::Term, Why::Retire)]
+    );
+    h.exit(101, TERM);
+    assert_eq!(
+        h.last,
+        vec![spawn(2, None), sig(102, Signal::Term, Why::Retire)]
+    );
+    assert_eq!(h.exit(102, TERM), exited(2, Cause::Recycled));
+    assert!(h.last.is_empty());
+    assert_eq!(h.spawns(), 6);
+}
+
+#[test]
+fn a_worker_gone_before_its_recycling_is_not_replaced_twice() {
+    let mut h = Harness::new(cfg(2));
+    assert!(h.recycle(100));
+    assert!(h.recycle(101));
+    h.advance(10 * SEC);
+    // 101 crashes while queued: respawned at once, as any crash.
+    assert_eq!(h.exit(101, KILL), exited(1, Cause::Crashed));
+    assert_eq!(h.last, vec![spawn(1, Some(101))]);
+    let fresh = h.pid_of(1);
+    h.exit(100, TERM);
+    assert!(
+        h.last.is_empty(),
+        "the fresh worker of slot 1 is not recycled"
+    );
+    assert_eq!(h.pid_of(1), fresh);
+}
+
+#[test]
+fn a_hup_during_a_recycling_restarts_every_slot_after_it() {
+    let mut h = Harness::new(cfg(2));
+    assert!(h.recycle(101));
+    assert!(
+        h.signal(Signal::Hup).is_empty(),
+        "queued behind the recycling"
+    );
+    assert_eq!(h.exit(101, TERM), exited(1, Cause::Recycled));
+    assert_eq!(
+        h.last,
+        vec![
+            Action::Reloading,
+            spawn(0, None),
+            sig(100, Signal::Term, Why::Retire)
+        ]
+    );
+    h.exit(100, TERM);
+    // 102 replaced the recycled 101; 103 replaced 100.
+    assert_eq!(
+        h.last,
+        vec![
+            spawn(1, None),
+            sig(102, Signal::Term, Why::Retire),
+            Action::Reloaded
+        ]
+    );
+}
+
+#[test]
+fn a_recycling_during_a_hup_waits_and_the_hup_ends_first() {
+    let mut h = Harness::new(cfg(2));
+    h.signal(Signal::Hup);
+    // Slot 0 is being replaced; slot 1 is queued by the HUP already.
+    assert!(h.recycle(101), "queued by the HUP");
+    h.exit(100, TERM);
+    assert_eq!(h.exit(101, TERM), exited(1, Cause::Replaced));
+    // The new worker of slot 0 is recycled after the rolling restart.
+    let new0 = h.pid_of(0);
+    assert!(h.recycle(new0));
+    assert_eq!(
+        h.last,
+        vec![spawn(0, None), sig(new0, Signal::Term, Why::Retire)]
+    );
+    assert_eq!(h.exit(new0, TERM), exited(0, Cause::Recycled));
+}
+
+#[test]
+fn reloaded_comes_when_the_rolling_restart_ends_even_with_a_recycling_queued() {
+    let mut h = Harness::manual(cfg(2));
+    h.ready(100);
+    h.ready(101);
+    h.signal(Signal::Hup);
+    h.ready(102);
+    h.exit(100, TERM);
+    // Slot 1 is being replaced by the HUP; the new worker of slot 0 is recycled after it.
+    assert!(h.recycle(102));
+    assert_eq!(
+        h.ready(103),
+        vec![sig(101, Signal::Term, Why::Retire), Action::Reloaded]
+    );
+    h.exit(101, TERM);
+    assert_eq!(h.last, vec![spawn(0, None)]);
+}
+
+#[test]
+fn a_stuck_worker_is_killed_and_respawned_at_once_without_counting() {
+    let mut c = cfg(2);
+    c.recover_interval = 5 * SEC;
+    c.recover_threshold = 0;
+    let mut h = Harness::new(c);
+    assert!(h.stuck(101));
+    assert_eq!(h.last, vec![sig(101, Signal::Kill, Why::Stuck)]);
+    assert_eq!(h.m.sup.serving(), vec![(0, 100, true)], "no longer judged");
+    assert!(!h.stuck(101), "killed once");
+    // Dies within a second of its start: no backoff, no count, no recover_interval.
+    assert_eq!(h.exit(101, KILL), exited(1, Cause::Stuck));
+    assert_eq!(h.last, vec![spawn(1, Some(101))]);
+    assert_eq!(h.counted(), 0);
+    assert_eq!(h.outcome(), None);
+}
+
+#[test]
+fn only_serving_workers_are_killed_as_stuck() {
+    let mut h = Harness::manual(cfg(1));
+    assert!(!h.stuck(100), "not ready");
+    h.ready(100);
+    assert!(!h.stuck(4242), "no such worker");
+    h.signal(Signal::Hup);
+    assert!(!h.stuck(101), "the replacement is not ready");
+    h.ready(101);
+    assert!(!h.stuck(100), "retired");
+    h.signal(Signal::Term);
+    assert!(!h.stuck(101), "the run stops");
+}
+
+#[test]
+fn a_stuck_worker_whose_slot_is_replaced_before_it_dies_is_not_told_again() {
+    let mut h = Harness::new(cfg(2));
+    assert!(h.stuck(100));
+    // A HUP before the stuck worker's death is reaped: its slot gets a new worker, and the
+    // stuck one, killed already, is not sent TERM.
+    assert_eq!(
+        h.signal(Signal::Hup),
+        vec![Action::Reloading, spawn(0, None)]
+    );
+    assert_eq!(h.exit(100, KILL), exited(0, Cause::Stuck));
+    assert_eq!(
+        h.last,
+        vec![
+            spawn(1, None),
+            sig(101, Signal::Term, Why::Retire),
+            Action::Reloaded
+        ]
+    );
+    // TTOU of a stuck worker's slot: retired as stuck, no TERM either.
+    let mut h = Harness::new(cfg(2));
+    assert!(h.stuck(101));
+    assert_eq!(h.signal(Signal::Ttou), vec![Action::Steer { active: 1 }]);
+    assert_eq!(h.exit(101, KILL), exited(1, Cause::Stuck));
+    assert_eq!(h.last, vec![Action::Closed { slot: 1 }]);
+}
+
+#[test]
+fn a_stuck_worker_dying_during_the_stop_is_still_stuck() {
+    let mut h = Harness::new(cfg(2));
+    assert!(h.stuck(100));
+    h.signal(Signal::Term);
+    assert_eq!(h.exit(100, KILL), exited(0, Cause::Stuck));
+    assert!(h.last.is_empty(), "no respawn during the stop");
+    assert_eq!(h.exit(101, TERM), exited(1, Cause::Requested));
+    assert_eq!(h.outcome(), Some(&Ok(())));
+}
+
+/// Many runs of pseudo-random events, recyclings and stuck kills included, each checked
+/// step by step by the model (the fuzz target's events, plus these two).
+#[test]
+fn random_runs_with_recycling_and_stuck_kills_agree_with_the_model() {
+    for seed in 1..=1000u64 {
+        let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut c = cfg(1 + next(4) as usize);
+        c.recover_threshold = next(12) as usize;
+        c.recover_interval = Duration::from_millis(10 * next(20));
+        c.shutdown_grace = Duration::from_millis(100 * (1 + next(30)));
+        let mut m = Model::new(c);
+        m.auto_ready = next(3) != 0;
+        m.settle();
+        for _ in 0..80 {
+            if m.sup.outcome().is_some() {
+                break;
+            }
+            let live: Vec<u32> = m.live.keys().copied().collect();
+            let pick = |r: u64| live.get(r as usize % live.len().max(1)).copied();
+            m.advance(Duration::from_millis(50 * next(8)));
+            match next(20) {
+                0 => m.advance(Duration::from_secs(next(3))),
+                1 => m.wake_at_deadline(),
+                2 | 3 => {
+                    let how = [KILL, TERM, SEGV, WorkerExit::Code(0), WorkerExit::Code(1)]
+                        [next(5) as usize];
+                    if let Some(pid) = pick(next(64)) {
+                        m.exit(pid, how);
+                    }
+                }
+                4 => m.signal(Signal::Hup),
+                5 if m.sup.active_slots() < 8 => m.signal(Signal::Ttin),
+                6 => m.signal(Signal::Ttou),
+                7 => m.signal(Signal::Usr1),
+                8 if next(8) == 0 => m.signal(Signal::Term),
+                9 | 10 => {
+                    let waiting: Vec<u32> = m
+                        .live
+                        .iter()
+                        .filter(|(_, p)| p.ready.is_none())
+                        .map(|(&pid, _)| pid)
+                        .collect();
+                    if let Some(&pid) = waiting.get(next(8) as usize % waiting.len().max(1)) {
+                        m.ready(pid);
+                    }
+                }
+                11..=13 => {
+                    if let Some(pid) = pick(next(64)) {
+                        m.recycle(pid);
+                    }
+                }
+                14 | 15 => {
+                    if let Some(pid) = pick(next(64)) {
+                        m.kill_stuck(pid);
+                    }
+                }
+                16 => m.exit_all(|p| p.term, WorkerExit::Code(0)),
+                17 => m.exit_all(|p| p.kill, KILL),
+                _ => {}
+            }
+            m.settle();
+        }
+        m.finish(next(2) == 0);
+    }
 }
 
 // ---- Display.

@@ -68,6 +68,18 @@ fn to_signal(raw: i32) -> io::Result<rustix::process::Signal> {
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
+/// `read(2)` of `/proc/PID/statm`: the resident set size of `pid` in bytes (the second
+/// field, in pages).
+pub(crate) fn rss_bytes(pid: u32) -> io::Result<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/statm"))?;
+    let pages: u64 = text
+        .split_ascii_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed statm"))?;
+    Ok(pages.saturating_mul(rustix::param::page_size() as u64))
+}
+
 /// `getpid(2)`.
 pub(crate) fn getpid() -> u32 {
     from_pid(rustix::process::getpid())
@@ -252,35 +264,44 @@ pub(crate) fn set_exec_child_setup(
     cmd: &mut std::process::Command,
     listener: Option<BorrowedFd<'_>>,
     ready: BorrowedFd<'_>,
+    heartbeat: Option<BorrowedFd<'_>>,
     master_pid: u32,
     mask: SigSet,
 ) {
     // Numbers only from here: the closure runs in the child, right after `Command::spawn`'s
-    // fork, while the caller still holds both descriptors open.
-    let listener = listener.map(|fd| fd.as_raw_fd());
-    let ready = ready.as_raw_fd();
+    // fork, while the caller still holds every descriptor open.
+    let fds = ExecFds {
+        listener: listener.map(|fd| fd.as_raw_fd()),
+        ready: ready.as_raw_fd(),
+        heartbeat: heartbeat.map(|fd| fd.as_raw_fd()),
+    };
     use std::os::unix::process::CommandExt;
     // SAFETY: exec_child_setup makes only async-signal-safe calls (pthread_sigmask, prctl,
     // getppid, fcntl, dup2, close_range), allocates nothing and takes no lock, as pre_exec
     // requires in a process that may run other threads.
-    unsafe { cmd.pre_exec(move || exec_child_setup(listener, ready, master_pid, &mask)) };
+    unsafe { cmd.pre_exec(move || exec_child_setup(fds, master_pid, &mask)) };
+}
+
+/// The descriptors an exec-mode worker inherits, by number in the master: the listener
+/// goes to fd 3, the readiness pipe to fd 4, the heartbeat memfd to fd 5.
+#[derive(Debug, Clone, Copy)]
+struct ExecFds {
+    listener: Option<RawFd>,
+    ready: RawFd,
+    heartbeat: Option<RawFd>,
 }
 
 /// `pthread_sigmask(2)`, `prctl(PR_SET_PDEATHSIG)`, `getppid(2)`, then `fcntl(2)`, `dup2(2)`
 /// and `close_range(2)`: the pre-`exec` setup of an exec-mode worker. Death signal, the
-/// listener on fd 3, the readiness pipe on fd 4, and every other descriptor above 2 marked
-/// close-on-exec. Only async-signal-safe calls, and no allocation.
+/// listener on fd 3, the readiness pipe on fd 4, the heartbeat memfd on fd 5, and every
+/// other descriptor above 2 marked close-on-exec. Only async-signal-safe calls, and no
+/// allocation.
 ///
 /// Its one caller is the closure [`set_exec_child_setup`] gives `Command::pre_exec`: it runs
 /// in the child between fork and exec, where nothing else of this process runs and no
 /// owner of a descriptor ever runs again (exec replaces the program, and a failed exec ends
 /// the child), so it may rearrange the descriptor table by number.
-fn exec_child_setup(
-    listener: Option<RawFd>,
-    ready: RawFd,
-    master_pid: u32,
-    mask: &SigSet,
-) -> io::Result<()> {
+fn exec_child_setup(fds: ExecFds, master_pid: u32, mask: &SigSet) -> io::Result<()> {
     /// A descriptor-table call on bare numbers.
     enum FdCall {
         /// `fcntl(fd, F_DUPFD_CLOEXEC, min)`.
@@ -338,22 +359,30 @@ fn exec_child_setup(
         // The master died before the prctl: do not exec an orphan.
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
-    let mut ready = ready;
-    if ready == 3 && listener.is_some_and(|l| l != 3) {
-        // Moving the listener onto 3 would close the readiness pipe: move it out of the way.
-        ready = call(FdCall::DupAbove(3, 5))?;
+    // Each descriptor and where it goes: (number now, target).
+    let mut moves = [(fds.listener, 3), (Some(fds.ready), 4), (fds.heartbeat, 5)];
+    // A descriptor sitting on another one's target would be closed by that one's dup2:
+    // move it above the targets first.
+    for (fd, target) in moves.iter_mut() {
+        if let Some(n) = fd {
+            if (3..=5).contains(n) && *n != *target {
+                *n = call(FdCall::DupAbove(*n, 6))?;
+            }
+        }
     }
-    if let Some(fd) = listener {
-        keep_at(fd, 3)?;
+    for (fd, target) in moves {
+        match fd {
+            Some(fd) => keep_at(fd, target)?,
+            // A target without a descriptor may hold anything: it must not leak. (It may
+            // not be open: then this just fails with EBADF.)
+            None => {
+                let _ = call(FdCall::SetFlags(target, libc::FD_CLOEXEC));
+            }
+        }
     }
-    keep_at(ready, 4)?;
     // Mark everything else close-on-exec; std's own error-reporting pipe is close-on-exec
     // already, so it keeps working.
-    let first = 5;
-    if listener.is_none() {
-        // Fd 3 may not be open: then this just fails with EBADF.
-        let _ = call(FdCall::SetFlags(3, libc::FD_CLOEXEC));
-    }
+    let first = 6;
     if call(FdCall::CloexecFrom(first)).is_err() {
         // Older kernels: walk the descriptor table up to a bound (EBADF for the closed ones).
         for fd in first..4096 {
@@ -393,6 +422,12 @@ mod tests {
             libc::SIGSEGV
         );
         assert!(super::to_signal(0).is_err());
+    }
+
+    #[test]
+    fn rss_of_this_process_is_at_least_a_page() {
+        let rss = super::rss_bytes(std::process::id()).expect("statm");
+        assert!(rss >= rustix::param::page_size() as u64, "{rss}");
     }
 
     #[test]

@@ -1,0 +1,439 @@
+//! The master's health checks and the workers' status.
+//!
+//! * **Heartbeats** (`worker_timeout`): a ready worker that holds its slot and has called
+//!   `Worker::heartbeat` at least once is killed as stuck when its latest heartbeat is older
+//!   than the timeout. The heartbeats live in a shared table (`sys::heartbeat`) made before
+//!   the first worker starts, and only when the option is set.
+//! * **Recycling** (`max_worker_lifetime`, `max_worker_rss`): a worker past its lifetime
+//!   (plus a per-worker jitter, uniform in `[0, lifetime/10]`) or over the memory ceiling
+//!   (`/proc/PID/statm`, read once a second) is handed to `Supervisor::recycle`, which
+//!   replaces it as a rolling restart does.
+//! * **Status**: per slot, the worker's pid, start time, restarts and last exit. The master
+//!   publishes it (log line, `on_status` hook, systemd `STATUS=`) when it changed, once per
+//!   wake-up.
+//!
+//! Every check runs on one timer, the earliest of their deadlines; with no check set there is
+//! no timer at all.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use super::call_hook;
+use super::notify::Notifier;
+use crate::config::{ExitCause, HealthChecks, LastExit, SlotStatus, Status, StatusHook};
+use crate::error::Error;
+use crate::supervisor::{Cause, Supervisor, WorkerExit};
+use crate::sys::{self, heartbeat::Heartbeats};
+
+/// How often the resident set sizes are read when `max_worker_rss` is set.
+pub(crate) const RSS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How soon a recycling the supervisor could not take yet (its slot is being replaced, or
+/// the master is not ready yet) is asked for again.
+const RECYCLE_RETRY: Duration = Duration::from_secs(1);
+
+/// Added to a heartbeat deadline: the heartbeat clock advances in scheduler ticks, so a wake
+/// right at the deadline could find the worker a tick short of it and need a second one.
+const TICK_SLACK: Duration = Duration::from_millis(10);
+
+/// What the master watches of one live worker.
+#[derive(Debug)]
+struct Watch {
+    /// When its lifetime (with jitter) ends, with `max_worker_lifetime`.
+    recycle_at: Option<Duration>,
+    /// The jitter drawn for it, for the log line.
+    jitter: Duration,
+    started: Duration,
+    /// Its latest heartbeat the master saw (heartbeat clock, ms); `None` before its first.
+    last_beat: Option<u32>,
+    /// Handed to the supervisor for recycling, or killed as stuck: no more checks.
+    done: bool,
+}
+
+/// The health checks and the status book. See the module docs.
+pub(crate) struct Health {
+    checks: HealthChecks,
+    table: Option<Heartbeats>,
+    watches: HashMap<u32, Watch>,
+    /// When the checks run next.
+    next: Option<Duration>,
+    /// When the resident set sizes are read next.
+    next_rss: Option<Duration>,
+    /// The state of the jitter generator.
+    seed: u64,
+    /// Per slot: whether a worker was ever started in it.
+    ever: Vec<bool>,
+    /// Start times of live workers.
+    starts: HashMap<u32, SystemTime>,
+    current: Status,
+    published: Option<Status>,
+}
+
+impl Health {
+    /// The checks `checks` asks for; makes the heartbeat table when `worker_timeout` is set.
+    pub(crate) fn new(checks: HealthChecks) -> Result<Health, Error> {
+        let table = match checks.worker_timeout {
+            Some(_) => {
+                Some(Heartbeats::create().map_err(Error::sys("creating the heartbeat table"))?)
+            }
+            None => None,
+        };
+        let clock = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(Health {
+            checks,
+            table,
+            watches: HashMap::new(),
+            next: None,
+            next_rss: None,
+            seed: (u64::from(sys::getpid()) << 32) ^ clock,
+            ever: Vec::new(),
+            starts: HashMap::new(),
+            current: Status::default(),
+            published: None,
+        })
+    }
+
+    /// The heartbeat table, whose memfd an exec-mode worker inherits.
+    pub(crate) fn table(&self) -> Option<&Heartbeats> {
+        self.table.as_ref()
+    }
+
+    /// In a forked worker: the heartbeat table, to keep its own cell of.
+    pub(crate) fn take_table(&mut self) -> Option<Heartbeats> {
+        self.table.take()
+    }
+
+    /// Before a worker starts in `slot`: its cell is emptied, so that no earlier value can
+    /// pass for the new worker's heartbeat.
+    pub(crate) fn before_spawn(&self, slot: usize) {
+        if let Some(t) = &self.table {
+            t.clear(slot);
+        }
+    }
+
+    /// A worker started in `slot` as `pid`, at `now`.
+    pub(crate) fn on_spawned(&mut self, slot: usize, pid: u32, now: Duration) {
+        self.grow(slot);
+        if std::mem::replace(&mut self.ever[slot], true) {
+            self.current.slots[slot].restarts += 1;
+        }
+        self.starts.insert(pid, SystemTime::now());
+        if !self.checks.any() {
+            return;
+        }
+        let (recycle_at, jitter) = match self.checks.max_lifetime {
+            Some(d) => {
+                let jitter = self.jitter(d);
+                (Some(now.saturating_add(d).saturating_add(jitter)), jitter)
+            }
+            None => (None, Duration::ZERO),
+        };
+        self.watches.insert(
+            pid,
+            Watch {
+                recycle_at,
+                jitter,
+                started: now,
+                last_beat: None,
+                done: false,
+            },
+        );
+        if self.checks.max_rss.is_some() && self.next_rss.is_none() {
+            self.next_rss = Some(now.saturating_add(RSS_INTERVAL));
+        }
+        // The first look at the newcomer: after the timeout (it is judged only from its
+        // first heartbeat on, which the master notices there), at its next size reading,
+        // or when its lifetime ends.
+        let first = self.checks.worker_timeout.map(|t| now.saturating_add(t));
+        for due in [first, self.next_rss, recycle_at].into_iter().flatten() {
+            self.next = Some(self.next.map_or(due, |n| n.min(due)));
+        }
+    }
+
+    /// The worker `pid` of `slot` was reaped.
+    pub(crate) fn on_exit(&mut self, slot: usize, pid: u32, exit: WorkerExit, cause: Cause) {
+        self.watches.remove(&pid);
+        self.starts.remove(&pid);
+        self.grow(slot);
+        self.current.slots[slot].last_exit = Some(LastExit {
+            pid,
+            exit,
+            cause: exit_cause(cause),
+            at: SystemTime::now(),
+        });
+        self.current.latest = Some(slot);
+    }
+
+    /// When [`Health::tick`] has something to do; `None` when no check is set or no worker
+    /// is watched.
+    pub(crate) fn next_deadline(&self) -> Option<Duration> {
+        self.next
+    }
+
+    /// A uniform draw from `[0, lifetime / 10]` (splitmix64 over a seed taken from the
+    /// master's pid and the clock).
+    fn jitter(&mut self, lifetime: Duration) -> Duration {
+        self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let span = (lifetime / 10).as_nanos().min(u128::from(u64::MAX - 1)) as u64;
+        Duration::from_nanos(z % (span + 1))
+    }
+
+    /// Runs the checks that are due at `now`: kills stuck workers, recycles old and large
+    /// ones, through the supervisor (whose actions the master performs next).
+    pub(crate) fn tick(&mut self, now: Duration, sup: &mut Supervisor) {
+        if self.next.is_none_or(|n| n > now) {
+            return;
+        }
+        self.next = None;
+        if sup.is_stopping() {
+            return;
+        }
+        let rss_due = self.next_rss.is_some_and(|t| t <= now);
+        if rss_due {
+            self.next_rss = Some(now.saturating_add(RSS_INTERVAL));
+        }
+        let now_ms = sys::heartbeat::now_ms();
+        let mut next: Option<Duration> = None;
+        let mut at = |d: Duration| next = Some(next.map_or(d, |n: Duration| n.min(d)));
+        if let Some(t) = self.checks.worker_timeout {
+            at(now.saturating_add(t));
+        }
+        if let Some(t) = self.next_rss {
+            at(t);
+        }
+        for (slot, pid, alone) in sup.serving() {
+            let Some(w) = self.watches.get_mut(&pid) else {
+                continue;
+            };
+            if w.done {
+                continue;
+            }
+            if let (Some(timeout), Some(table)) = (self.checks.worker_timeout, &self.table) {
+                if let Some(beat) = table.load(slot).filter(|b| b.pid == pid) {
+                    w.last_beat = Some(match w.last_beat {
+                        Some(seen) if !is_after(beat.ms, seen) => seen,
+                        _ => beat.ms,
+                    });
+                }
+                if !alone && w.last_beat.is_some() {
+                    // An older worker of the slot still drains and writes the same cell:
+                    // judge again once it is gone, counting from then.
+                    w.last_beat = Some(now_ms);
+                }
+                if let Some(seen) = w.last_beat {
+                    let silent = Duration::from_millis(u64::from(elapsed(seen, now_ms)));
+                    if silent > timeout {
+                        log::warn!(
+                            "worker {slot} (pid {pid}) is stuck: no heartbeat for {silent:.1?} \
+                             (worker_timeout {timeout:?}); killing it"
+                        );
+                        w.done = sup.kill_stuck(pid);
+                        if w.done {
+                            continue;
+                        }
+                    } else {
+                        at(now + (timeout - silent) + TICK_SLACK);
+                    }
+                }
+            }
+            if let Some(due) = w.recycle_at {
+                if due <= now {
+                    if sup.recycle(pid) {
+                        w.done = true;
+                        log::info!(
+                            "worker {slot} (pid {pid}) recycled: it ran for {:.1?} \
+                             (max_worker_lifetime {:?} + jitter {:.1?})",
+                            now.saturating_sub(w.started),
+                            self.checks.max_lifetime.unwrap_or_default(),
+                            w.jitter
+                        );
+                        continue;
+                    }
+                    at(now.saturating_add(RECYCLE_RETRY));
+                } else {
+                    at(due);
+                }
+            }
+            if let (true, Some(max)) = (rss_due, self.checks.max_rss) {
+                match sys::rss_bytes(pid) {
+                    Ok(rss) if rss > max => {
+                        if sup.recycle(pid) {
+                            w.done = true;
+                            log::info!(
+                                "worker {slot} (pid {pid}) recycled: resident set {} over \
+                                 max_worker_rss {}",
+                                Bytes(rss),
+                                Bytes(max)
+                            );
+                        }
+                    }
+                    Ok(_) => {}
+                    // Exited meanwhile: its exit is on its way.
+                    Err(e) => log::debug!("cannot read the memory of worker pid {pid}: {e}"),
+                }
+            }
+        }
+        // A worker not serving yet (started, not ready) is recycled once it serves: look
+        // again at its deadline, or a little later when that has passed.
+        for w in self.watches.values().filter(|w| !w.done) {
+            if let Some(due) = w.recycle_at {
+                at(if due > now {
+                    due
+                } else {
+                    now.saturating_add(RECYCLE_RETRY)
+                });
+            }
+        }
+        if self.watches.is_empty() {
+            self.next_rss = None;
+            next = None;
+        }
+        self.next = next;
+    }
+
+    /// The status as the supervisor has it now.
+    pub(crate) fn status(&mut self, sup: &Supervisor) -> &Status {
+        for (slot, holder) in sup.holders().enumerate() {
+            self.grow(slot);
+            let s = &mut self.current.slots[slot];
+            s.in_service = holder.is_some();
+            let (pid, ready) = holder.unwrap_or((None, false));
+            s.pid = pid;
+            s.ready = ready;
+            s.started = pid.and_then(|p| self.starts.get(&p).copied());
+        }
+        &self.current
+    }
+
+    /// Publishes the status if it changed since it was last published: one log line, the
+    /// `on_status` hook, and `STATUS=` to systemd. Returns the hook's failure.
+    pub(crate) fn publish(
+        &mut self,
+        sup: &Supervisor,
+        hook: Option<&mut StatusHook>,
+        notifier: Option<&Notifier>,
+    ) -> Result<(), Error> {
+        self.status(sup);
+        if self.published.as_ref() == Some(&self.current) {
+            return Ok(());
+        }
+        let status = self.current.clone();
+        log::info!("status: {status}");
+        if let Some(n) = notifier {
+            n.send(&format!("STATUS={status}"));
+        }
+        let result = match hook {
+            Some(f) => call_hook("on_status", || f(&status)),
+            None => Ok(()),
+        };
+        self.published = Some(status);
+        result
+    }
+
+    fn grow(&mut self, slot: usize) {
+        while self.current.slots.len() <= slot {
+            let n = self.current.slots.len();
+            self.current.slots.push(SlotStatus {
+                slot: n,
+                in_service: false,
+                pid: None,
+                started: None,
+                ready: false,
+                restarts: 0,
+                last_exit: None,
+            });
+            self.ever.push(false);
+        }
+    }
+}
+
+/// Milliseconds from `from` to `to` on the heartbeat clock (modulo 2^32); 0 when `to` is
+/// earlier.
+fn elapsed(from: u32, to: u32) -> u32 {
+    let d = to.wrapping_sub(from);
+    if d > u32::MAX / 2 { 0 } else { d }
+}
+
+/// Whether heartbeat-clock reading `a` is later than `b`.
+fn is_after(a: u32, b: u32) -> bool {
+    elapsed(b, a) > 0
+}
+
+/// How a [`Cause`] reads in a [`Status`].
+pub(crate) fn exit_cause(cause: Cause) -> ExitCause {
+    match cause {
+        Cause::Requested => ExitCause::Stopped,
+        Cause::Replaced => ExitCause::Replaced,
+        Cause::Retired => ExitCause::Retired,
+        Cause::Recycled => ExitCause::Recycled,
+        Cause::Stuck => ExitCause::Stuck,
+        Cause::Forwarded => ExitCause::Forwarded,
+        Cause::Crashed => ExitCause::Crash,
+        Cause::BootFailure => ExitCause::BootFailure,
+        Cause::Fatal => ExitCause::Fatal,
+    }
+}
+
+/// A byte count in words: `512 MiB`, `1.5 GiB`, `900 B`.
+struct Bytes(u64);
+
+impl std::fmt::Display for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+        let mut v = self.0 as f64;
+        let mut unit = 0;
+        while v >= 1024.0 && unit < UNITS.len() - 1 {
+            v /= 1024.0;
+            unit += 1;
+        }
+        if unit == 0 || v.fract() == 0.0 {
+            write!(f, "{v:.0} {}", UNITS[unit])
+        } else {
+            write!(f, "{v:.1} {}", UNITS[unit])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_clock_differences_wrap() {
+        assert_eq!(elapsed(10, 30), 20);
+        assert_eq!(elapsed(u32::MAX - 5, 4), 10);
+        assert_eq!(elapsed(30, 10), 0, "a reading from before is no silence");
+        assert!(is_after(5, u32::MAX));
+        assert!(!is_after(7, 7));
+        assert!(!is_after(6, 7));
+    }
+
+    #[test]
+    fn jitter_stays_within_a_tenth_and_varies() {
+        let mut h = Health::new(HealthChecks::default()).expect("no table needed");
+        let d = Duration::from_secs(100);
+        let draws: Vec<Duration> = (0..1000).map(|_| h.jitter(d)).collect();
+        assert!(draws.iter().all(|j| *j <= Duration::from_secs(10)));
+        let distinct: std::collections::BTreeSet<_> = draws.iter().collect();
+        assert!(distinct.len() > 900, "{} distinct draws", distinct.len());
+        let mean = draws.iter().sum::<Duration>() / 1000;
+        assert!(
+            mean > Duration::from_secs(4) && mean < Duration::from_secs(6),
+            "mean {mean:?}"
+        );
+        assert_eq!(h.jitter(Duration::from_nanos(5)), Duration::ZERO);
+    }
+
+    #[test]
+    fn bytes_read_as_words() {
+        assert_eq!(Bytes(900).to_string(), "900 B");
+        assert_eq!(Bytes(512 << 20).to_string(), "512 MiB");
+        assert_eq!(Bytes(3 << 29).to_string(), "1.5 GiB");
+    }
+}
