@@ -11,7 +11,7 @@ use crate::supervisor::WorkerExit;
 use crate::sys::identity::Credentials;
 
 /// What a master-side hook returns: an error stops every worker and comes back from
-/// [`Prefork::run`].
+/// [`Prefork::run`](crate::Prefork::run).
 pub type HookResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 /// The environment variable that selects the child-reaping backend: `pidfd` (the default) or

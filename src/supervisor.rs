@@ -33,8 +33,10 @@
 //!   was then killed from outside (an OOM kill, an operator's `kill`) is respawned without
 //!   being counted.
 //! * The delay before a respawn is `recover_interval`; each further exit of the same slot
-//!   less than [`FAST_CRASH`] after its start doubles it (from 10 ms when the interval is
-//!   zero), up to 32 times.
+//!   less than [`FAST_CRASH`] after its start doubles it, up to 32 times. With the default
+//!   interval of zero, respawns are immediate, as nginx's: no tight loop can follow, since a
+//!   worker that keeps failing by itself is a counted boot failure, and one killed from
+//!   outside is respawned at the killer's pace.
 //! * A worker that exits with [`crate::EXIT_FATAL`] is not respawned: everything stops
 //!   gracefully and the run fails with [`Failure::WorkerFatal`].
 //! * TERM/INT: TERM to every worker, KILL after `shutdown_grace`; a second TERM/INT kills at
@@ -61,9 +63,6 @@ const EXIT_FATAL: i32 = crate::EXIT_FATAL;
 
 /// The most a respawn delay grows to, as a multiple of its base.
 const MAX_BACKOFF_FACTOR: u32 = 32;
-
-/// The base of the respawn backoff when `recover_interval` is zero.
-const MIN_BACKOFF: Duration = Duration::from_millis(10);
 
 /// A delay before retrying a failed `fork`, used when `recover_interval` is shorter.
 const SPAWN_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -607,17 +606,11 @@ impl Supervisor {
 
     /// The respawn delay after the `streak`-th fast exit in a row of one slot.
     fn backoff(&self, streak: u32) -> Duration {
-        let interval = self.cfg.recover_interval;
-        if streak <= 1 {
-            return interval;
-        }
-        let base = if interval.is_zero() {
-            MIN_BACKOFF
-        } else {
-            interval
-        };
-        let factor = 1u32 << (streak - 1).min(MAX_BACKOFF_FACTOR.trailing_zeros());
-        base.saturating_mul(factor)
+        let factor = 1u32
+            << streak
+                .saturating_sub(1)
+                .min(MAX_BACKOFF_FACTOR.trailing_zeros());
+        self.cfg.recover_interval.saturating_mul(factor)
     }
 
     /// Counts a boot failure; on going over the threshold, begins the fatal stop and returns

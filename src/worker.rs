@@ -90,18 +90,21 @@ impl Worker {
 
 /// The master's request that a worker stop: see [`Worker::shutdown`].
 ///
-/// Cheap to clone and to share between threads. Its descriptor ([`AsFd`]) becomes readable
+/// Cheap to copy and to share between threads. Its descriptor ([`AsFd`]) becomes readable
 /// when the stop is requested and stays readable, so it can sit in any `poll`/`epoll` set or
-/// in a `tokio::io::unix::AsyncFd`:
+/// in an async runtime's reactor. The descriptor is opened once per worker process, before
+/// `serve`, and stays open, referring to the same pipe, for the rest of the process's life:
+/// registering it with a reactor (which requires that it outlive the registration) is sound.
+/// With tokio:
 ///
 /// ```ignore
-/// // with tokio (`net` feature), inside the worker's runtime:
-/// # async fn demo(worker: prefork::Worker) -> std::io::Result<()> {
-/// let notice = tokio::io::unix::AsyncFd::new(worker.shutdown())?;
+/// // tokio 1.54 or newer with the `net` feature, inside the worker's runtime:
+/// // SAFETY: the notice's descriptor stays open, and the same, for the whole process.
+/// let notice = unsafe { AsyncFd::register_with_interest(worker.shutdown(), Interest::READABLE) }?;
 /// let _ = notice.readable().await?; // the drain begins
-/// # Ok(())
-/// # }
 /// ```
+///
+/// (`demos/examples/tokio.rs` in the repository shows it in a whole server.)
 #[derive(Debug, Clone, Copy)]
 pub struct Shutdown {
     fd: BorrowedFd<'static>,

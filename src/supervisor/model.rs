@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use super::{
     Action, Cause, Config, CountedExit, EXIT_FATAL, Exited, FAST_CRASH, Failure,
-    MAX_BACKOFF_FACTOR, MIN_BACKOFF, REPORTED_EXITS, SPAWN_RETRY_DELAY, Slot, Supervisor, Why,
-    WorkerExit,
+    MAX_BACKOFF_FACTOR, REPORTED_EXITS, SPAWN_RETRY_DELAY, Slot, Supervisor, Why, WorkerExit,
 };
 use crate::sys::signal::{self, Signal};
 
@@ -739,19 +738,12 @@ impl Model {
     }
 
     /// The respawn delay after the `streak`-th fast exit in a row: the interval, doubling
-    /// from the second on (from 10 ms when the interval is zero), up to 32 times.
+    /// from the second on, up to 32 times (zero stays zero).
     fn backoff(&self, streak: u32) -> Duration {
-        let interval = self.cfg.recover_interval;
-        if streak <= 1 {
-            return interval;
-        }
-        let base = if interval.is_zero() {
-            MIN_BACKOFF
-        } else {
-            interval
-        };
-        let factor = 2u32.saturating_pow(streak - 1).min(MAX_BACKOFF_FACTOR);
-        base.saturating_mul(factor)
+        let factor = 2u32
+            .saturating_pow(streak.saturating_sub(1))
+            .min(MAX_BACKOFF_FACTOR);
+        self.cfg.recover_interval.saturating_mul(factor)
     }
 
     /// Counts a boot failure; returns whether it is one too many.
