@@ -7,20 +7,29 @@
 //! worker. A worker's exit or a signal wakes it at once; an idle master makes no wake-ups.
 //!
 //! ```no_run
-//! use std::io::{Read, Write};
+//! use std::io::Write;
 //! use std::net::TcpListener;
 //!
-//! let listener = TcpListener::bind("127.0.0.1:8080")?;
-//! prefork::fork_workers(4, |worker| -> std::io::Result<()> {
-//!     for stream in listener.incoming() {
-//!         let mut stream = stream?;
-//!         let mut buf = [0; 1024];
-//!         let _ = stream.read(&mut buf)?;
-//!         write!(stream, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}\n", worker.id())?;
-//!     }
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let listener = TcpListener::bind("127.0.0.1:8080")?;
+//!     prefork::Prefork::new()
+//!         .workers(4)                                        // default: available_parallelism()
+//!         .recover_threshold(20)                             // crash-loop guard (default 2 × workers, ≥ 10)
+//!         .recover_window(std::time::Duration::from_secs(60)) // window the threshold counts in
+//!         .recover_interval(std::time::Duration::from_millis(100)) // pause before a respawn (default 0)
+//!         .shutdown_grace(std::time::Duration::from_secs(10)) // TERM -> KILL (default 5 s)
+//!         .on_child_spawn(|slot, pid| { log::info!("worker {slot} is pid {pid}"); Ok(()) })
+//!         .on_child_recover(|slot, old, new| { log::warn!("worker {slot}: {old} replaced by {new}"); Ok(()) })
+//!         .run(|worker| -> std::io::Result<()> {
+//!             // Drain on the master's TERM: stop accepting, finish, return.
+//!             let shutdown = worker.shutdown();
+//!             for stream in shutdown.incoming(&listener) {
+//!                 writeln!(stream?, "worker {} (pid {})", worker.id(), worker.pid())?;
+//!             }
+//!             Ok(())
+//!         })?;
 //!     Ok(())
-//! })?;
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! }
 //! ```
 //!
 //! # What the master does
@@ -87,6 +96,29 @@
 //! master as well. In such a worker `listen_and_serve` (or `run`) serves directly.
 //! [`Mode::Auto`] forks when it can and execs otherwise.
 //!
+//! # Which mode?
+//!
+//! | | fork ([`Mode::Fork`], the default) | exec ([`Mode::Exec`]) |
+//! |---|---|---|
+//! | start of a worker | `fork()`, then `serve` runs at once | `fork()` + `execve` of the binary: `main` runs again, `listen_and_serve`/`run` see `FASTHTTP_PREFORK_CHILD=1` and call `serve` |
+//! | memory | everything loaded before the fork (configuration, caches, code) is shared copy-on-write | each worker loads its own copy |
+//! | address-space layout | the same in every worker (one ASLR draw for all) | re-randomised per worker |
+//! | threads before `run` | refused ([`Error::NotSingleThreaded`]): start runtimes inside `serve` | allowed: the master may already run threads |
+//! | start-up cost | a fork | a fork, an exec and the program's own start-up |
+//! | foreign masters | no | a worker runs under Go fasthttp's master, and a fasthttp child under ours |
+//!
+//! [`Mode::Auto`] forks when the process is single-threaded and execs otherwise.
+//!
+//! | | one shared listener (the default) | [`Prefork::reuseport`]: one `SO_REUSEPORT` socket per slot |
+//! |---|---|---|
+//! | balance across workers | whoever accepts first: uneven with keep-alive connections (the busiest worker can serve several times the idlest's share) | the kernel hashes each connection to a slot: even |
+//! | a worker dies or is replaced | the queue is shared: the other workers take its connections | the master keeps the slot's socket open: its queue waits for the replacement, nothing is reset |
+//! | a slot is removed (TTOU) | nothing to move | new connections are steered away first, then the worker drains its queue |
+//! | accept contention | every worker polls the one socket | none |
+//!
+//! Both keep every queued connection through restarts, scale-downs, stops and upgrades.
+//! `docs/benchmarks.md` in the source package has throughput, latency and balance figures.
+//!
 //! # Backends
 //!
 //! On kernels before 5.3 (no pidfds) the same loop runs on `SIGCHLD` through the signalfd and
@@ -95,6 +127,27 @@
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
+
+#[cfg(test)]
+mod readme {
+    /// The crate docs' first example is the README's "The API in brief": one text, checked.
+    #[test]
+    fn crate_example_is_the_readme_one() {
+        let readme = include_str!("../README.md");
+        let section = &readme[readme.find("## The API in brief").expect("the section")..];
+        let start = section.find("```rust\n").expect("a rust block") + "```rust\n".len();
+        let from_readme = &section[start..start + section[start..].find("```").unwrap()];
+        let lib = include_str!("lib.rs");
+        let docs: String = lib
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .map(|l| format!("{}\n", l.strip_prefix("//! ").unwrap_or(&l[3..])))
+            .collect();
+        let start = docs.find("```no_run\n").expect("a no_run block") + "```no_run\n".len();
+        let from_docs = &docs[start..start + docs[start..].find("```").unwrap()];
+        assert_eq!(from_docs, from_readme);
+    }
+}
 
 mod builder;
 mod child;
