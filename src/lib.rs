@@ -119,6 +119,30 @@
 //! Both keep every queued connection through restarts, scale-downs, stops and upgrades.
 //! `docs/benchmarks.md` in the source package has throughput, latency and balance figures.
 //!
+//! # Long-running fleets
+//!
+//! Options that cost nothing while unset (no thread, no timer):
+//!
+//! * [`Prefork::worker_timeout`] with [`Worker::heartbeat`]: a worker whose heartbeat stops
+//!   (a hung event loop) is killed, logged as stuck, and replaced. A heartbeat is one atomic
+//!   store of a vDSO clock reading into memory shared with the master; only workers that
+//!   beat at least once are judged.
+//! * [`Prefork::max_worker_lifetime`] (with a per-worker jitter of up to a tenth) and
+//!   [`Prefork::max_worker_rss`]: recycling, as a rolling restart replaces a worker (the new
+//!   one serves first), never counted as a crash.
+//! * [`Prefork::cpu_affinity`]: worker k pinned to the k-th CPU the master may run on.
+//! * [`Prefork::user`] and [`Prefork::group`]: workers drop to an unprivileged user after
+//!   the master bound the sockets, with `PR_SET_NO_NEW_PRIVS`; a worker that cannot drop
+//!   refuses to serve and stops the master.
+//! * Process names `prefork wK` and `prefork master` ([`Prefork::worker_names`] turns them
+//!   off).
+//! * A [`Status`] per slot (pid, start time, restarts, last exit and its [`ExitCause`]),
+//!   handed to [`Prefork::on_status`], logged, and sent to systemd as `STATUS=` whenever it
+//!   changes.
+//!
+//! The operations guide (`docs/operations.md`) has the details, and `docs/security.md` what a
+//! compromised worker can and cannot do, with and without `user`.
+//!
 //! # Backends
 //!
 //! On kernels before 5.3 (no pidfds) the same loop runs on `SIGCHLD` through the signalfd and
