@@ -8,7 +8,13 @@
 //!
 //! Every worker accepts on the listener `listen_and_serve` hands it and serves each connection
 //! on a thread of its own, so one worker serves many keep-alive connections at once. Each
-//! answer names the worker's slot and pid.
+//! answer names the worker's slot and pid, after a greeting taken from the `HELLO_GREETING`
+//! environment variable (default `Hello`): a deploy that sets it shows, answer by answer,
+//! when a binary upgrade (`kill -USR2 <master>`) has handed over to the new program.
+//!
+//! `--grace SECS` sets how long the master waits for a draining worker before KILL (default
+//! 5 s), `--upgrade-timeout SECS` how long a new master started by `USR2` gets to be ready
+//! (default 60 s).
 //!
 //! Ctrl-C (SIGINT) or SIGTERM to the master stops every worker gracefully: each worker takes
 //! its shutdown notice ([`prefork::Worker::shutdown`]), stops accepting, serves the
@@ -36,7 +42,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(msg) => {
             eprintln!(
-                "hello: {msg}\nusage: hello [--workers N] [--addr HOST:PORT] [--mode fork|exec|auto] [--network tcp|tcp4|tcp6] [--reuseport]"
+                "hello: {msg}\nusage: hello [--workers N] [--addr HOST:PORT] [--mode fork|exec|auto] [--network tcp|tcp4|tcp6] [--reuseport] [--grace SECS] [--upgrade-timeout SECS]"
             );
             return ExitCode::from(2);
         }
@@ -45,6 +51,12 @@ fn main() -> ExitCode {
         .mode(args.mode)
         .network(args.network)
         .reuseport(args.reuseport);
+    if let Some(grace) = args.grace {
+        prefork = prefork.shutdown_grace(grace);
+    }
+    if let Some(timeout) = args.upgrade_timeout {
+        prefork = prefork.upgrade_timeout(timeout);
+    }
     if let Some(n) = args.workers {
         prefork = prefork.workers(n);
     }
@@ -56,6 +68,8 @@ fn main() -> ExitCode {
     let result = prefork.listen_and_serve(&args.addr, |listener, worker| -> io::Result<()> {
         // From here on TERM starts a drain instead of ending the worker at once.
         let shutdown = worker.shutdown();
+        let greeting = std::env::var("HELLO_GREETING").unwrap_or_else(|_| "Hello".to_owned());
+        let greeting = greeting.as_str();
         println!(
             "worker {} serving http://{}",
             worker.id(),
@@ -76,7 +90,7 @@ fn main() -> ExitCode {
                 let spawned = std::thread::Builder::new()
                     .stack_size(THREAD_STACK)
                     .spawn_scoped(scope, move || {
-                        if let Err(e) = serve_connection(stream, worker, shutdown) {
+                        if let Err(e) = serve_connection(stream, worker, shutdown, greeting) {
                             log::debug!("connection: {e}");
                         }
                     });
@@ -102,8 +116,13 @@ fn serve_connection(
     mut stream: TcpStream,
     worker: prefork::Worker,
     shutdown: prefork::Shutdown,
+    greeting: &str,
 ) -> io::Result<()> {
-    let hello = format!("Hello from worker {} (pid {})\n", worker.id(), worker.pid());
+    let hello = format!(
+        "{greeting} from worker {} (pid {})\n",
+        worker.id(),
+        worker.pid()
+    );
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     let mut answered = 0u64;
@@ -221,6 +240,8 @@ struct Args {
     mode: prefork::Mode,
     network: prefork::Network,
     reuseport: bool,
+    grace: Option<Duration>,
+    upgrade_timeout: Option<Duration>,
 }
 
 impl Args {
@@ -231,6 +252,8 @@ impl Args {
             mode: prefork::Mode::Fork,
             network: prefork::Network::Tcp4,
             reuseport: false,
+            grace: None,
+            upgrade_timeout: None,
         };
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -260,6 +283,11 @@ impl Args {
                     }
                 }
                 "--reuseport" => out.reuseport = true,
+                "--grace" => out.grace = Some(seconds("--grace", &value("--grace")?)?),
+                "--upgrade-timeout" => {
+                    let v = value("--upgrade-timeout")?;
+                    out.upgrade_timeout = Some(seconds("--upgrade-timeout", &v)?);
+                }
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -267,7 +295,15 @@ impl Args {
     }
 }
 
-/// A minimal logger: level, pid and message on stderr.
+/// A duration in seconds (fractions allowed), from 0 to one hour.
+fn seconds(name: &str, v: &str) -> Result<Duration, String> {
+    match v.parse::<f64>() {
+        Ok(secs) if (0.0..=3600.0).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!("bad {name} value {v:?} (seconds, 0 to 3600)")),
+    }
+}
+
+/// A minimal logger: level, pid and message on stderr, a line at a time.
 struct StderrLogger;
 
 impl log::Log for StderrLogger {
@@ -277,12 +313,15 @@ impl log::Log for StderrLogger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
-            eprintln!(
-                "[{} {}] {}",
+            // One write per line: the master, its workers (and, during a binary upgrade, a
+            // second master) share stderr, and a line written in pieces would interleave.
+            let line = format!(
+                "[{} {}] {}\n",
                 record.level(),
                 std::process::id(),
                 record.args()
             );
+            let _ = io::stderr().write_all(line.as_bytes());
         }
     }
 
