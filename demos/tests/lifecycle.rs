@@ -1,0 +1,254 @@
+//! Zero-downtime lifecycle: no lifecycle event of a master loses a request, shown with the
+//! real examples under loopback load from `prefork-load` (one client mode opening a
+//! connection per request and one keeping connections alive, at the same time):
+//!
+//! * `hello` in fork mode (one shared listener, and one `SO_REUSEPORT` socket per worker) and
+//!   in exec mode (both listener kinds), and `tokio` in fork mode (both kinds): three rolling
+//!   restarts (HUP), one worker less (TTOU) and one more (TTIN) answer every request; TERM
+//!   under load refuses new connections once the port closes, and answers every request it
+//!   took. The master logs each retirement at INFO, no crash, and exits 0.
+//! * USR1 is forwarded, and every worker keeps serving: the same processes before and after.
+//! * A slow request in flight when HUP arrives, and one when TERM arrives, completes.
+//!
+//! A keep-alive connection the server closes between two requests is no failure (the
+//! client sends the next request on a new connection); a request sent and never answered is.
+//! Every wait is on something observable (a log line, an answer, `/proc`) and bounded; the
+//! pauses between signals only spread them over the load.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{
+    Hello, Load, Server, all_ok, bodies, children, connect, example, hello_example, ok_or_refused,
+    read_response, send_get,
+};
+
+/// Workers of every server here.
+const WORKERS: usize = 3;
+
+/// Clients of each load mode.
+const CLIENTS: &str = "3";
+
+/// The pause between two signals, so that each lands on a server under load.
+fn pace() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Load from new connections and from keep-alive connections at once, for `secs` seconds,
+/// once every client has had its first answer.
+fn start_loads(addr: &str, secs: &str) -> [Load; 2] {
+    ["new", "keepalive"].map(|conn| {
+        Load::start(
+            addr,
+            &["--conn", conn, "--clients", CLIENTS, "--duration", secs],
+        )
+    })
+}
+
+/// The lines the master `pid` logged at `level`.
+fn master_lines(log: &str, level: &str, pid: u32) -> Vec<String> {
+    let prefix = format!("[{level} {pid}] ");
+    log.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// HUP three times, TTOU, TTIN, all under load, then TERM under load of its own.
+fn survives_the_lifecycle(program: &Path, args: &[&str]) {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let mut server = Server::start(&mut cmd, WORKERS);
+    let master = server.pid();
+    let info = format!("[INFO {master}] ");
+
+    let mut loads = start_loads(&server.addr, "6");
+    for _ in 0..3 {
+        pace();
+        server.signal("HUP");
+        server.log_line(|l| l.starts_with(&info) && l.contains("rolling restart done"));
+    }
+    let last = WORKERS - 1;
+    pace();
+    server.signal("TTOU");
+    let slot = format!("worker {last} (pid ");
+    server.log_line(|l| l.starts_with(&info) && l.contains(&slot) && l.contains(" stopped: "));
+    server.skip_lines();
+    pace();
+    server.signal("TTIN");
+    server.log_line(|l| l.starts_with(&format!("{info}worker {last} started (pid ")));
+    server.line(|l| l.starts_with(&format!("worker {last} serving ")));
+    for load in &mut loads {
+        assert!(
+            load.running(),
+            "the load ended before the lifecycle did; log:\n{}",
+            server.log()
+        );
+    }
+    let [new, keepalive] = loads.map(Load::finish);
+    let during = [all_ok(&new), all_ok(&keepalive)];
+
+    // The stop, under load of its own: every request the server took is answered, and the
+    // rest are refused once the port closes.
+    let loads = start_loads(&server.addr, "2");
+    pace();
+    server.signal("TERM");
+    let [new, keepalive] = loads.map(Load::finish);
+    let stop = [ok_or_refused(&new), ok_or_refused(&keepalive)];
+    let (status, log) = server.wait_exit();
+    assert!(status.success(), "master: {status}\n{log}");
+
+    // Retired by the three rolling restarts and the TTOU, each logged at INFO; every worker
+    // (those retired and those stopped by TERM) exited 0; no crash, no warning.
+    let info_lines = master_lines(&log, "INFO", master);
+    let retired = info_lines
+        .iter()
+        .filter(|l| l.contains(") retired: asked to drain"))
+        .count();
+    assert_eq!(retired, 3 * WORKERS + 1, "retirements:\n{log}");
+    let stopped: Vec<_> = info_lines
+        .iter()
+        .filter(|l| l.contains(" stopped: "))
+        .collect();
+    assert!(
+        stopped.iter().all(|l| l.contains(" stopped: exit code 0")),
+        "a worker did not exit 0:\n{log}"
+    );
+    assert_eq!(stopped.len(), 4 * WORKERS + 1, "worker exits:\n{log}");
+    let warnings = master_lines(&log, "WARN", master);
+    assert!(warnings.is_empty(), "warnings: {warnings:#?}\n{log}");
+    assert!(
+        !log.contains("exited:"),
+        "a worker exited by itself:\n{log}"
+    );
+    println!(
+        "{} {args:?}: lifecycle under load: {} + {} answered (new, keep-alive); stop under load: {:?} + {:?} (answered, refused)",
+        program.file_name().unwrap_or_default().to_string_lossy(),
+        during[0],
+        during[1],
+        stop[0],
+        stop[1],
+    );
+}
+
+#[test]
+fn hello_fork_shared_loses_no_request() {
+    survives_the_lifecycle(&hello_example(), &[]);
+}
+
+#[test]
+fn hello_fork_reuseport_loses_no_request() {
+    survives_the_lifecycle(&hello_example(), &["--reuseport"]);
+}
+
+#[test]
+fn hello_exec_shared_loses_no_request() {
+    survives_the_lifecycle(&hello_example(), &["--mode", "exec"]);
+}
+
+#[test]
+fn hello_exec_reuseport_loses_no_request() {
+    survives_the_lifecycle(&hello_example(), &["--mode", "exec", "--reuseport"]);
+}
+
+#[test]
+fn tokio_fork_shared_loses_no_request() {
+    survives_the_lifecycle(&example("tokio"), &[]);
+}
+
+#[test]
+fn tokio_fork_reuseport_loses_no_request() {
+    survives_the_lifecycle(&example("tokio"), &["--reuseport"]);
+}
+
+/// Whether `pid` has a handler for SIGUSR1 (`SigCgt` in `/proc/PID/status`).
+fn catches_usr1(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let caught = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("a SigCgt line");
+    caught & (1 << (10 - 1)) != 0
+}
+
+#[test]
+fn usr1_keeps_every_worker_serving() {
+    let mut server = Server::start(&mut Command::new(hello_example()), WORKERS);
+    let master = server.pid();
+    let before = children(master);
+    assert_eq!(before.len(), WORKERS, "workers: {before:?}");
+    for &pid in &before {
+        assert!(catches_usr1(pid), "worker {pid} has no SIGUSR1 handler");
+    }
+    let loads = start_loads(&server.addr, "4");
+    pace();
+    server.signal("USR1");
+    server.log_line(|l| l == format!("[INFO {master}] SIGUSR1: forwarding to the workers"));
+    let reports = loads.map(Load::finish);
+    let answered = reports.each_ref().map(all_ok);
+    assert_eq!(children(master), before, "the workers changed");
+    for report in &reports {
+        for body in bodies(report).keys() {
+            let hello = Hello::parse(body).unwrap_or_else(|| panic!("answer {body:?}"));
+            assert!(before.contains(&hello.pid), "answer from {hello:?}");
+        }
+    }
+    server.signal("TERM");
+    let (status, log) = server.wait_exit();
+    assert!(status.success(), "master: {status}\n{log}");
+    assert!(
+        !log.contains("ended by the"),
+        "a worker died of USR1:\n{log}"
+    );
+    let warnings = master_lines(&log, "WARN", master);
+    assert!(warnings.is_empty(), "warnings: {warnings:#?}\n{log}");
+    println!(
+        "USR1 under load: {} + {} answered (new, keep-alive)",
+        answered[0], answered[1]
+    );
+}
+
+/// `GET /slow?ms=1500` is in flight when HUP arrives, and another when TERM arrives: both
+/// complete with 200.
+fn slow_request_completes(program: &Path) {
+    let mut server = Server::start(&mut Command::new(program), 2);
+    let master = server.pid();
+    for signal in ["HUP", "TERM"] {
+        let mut slow = connect(&server.addr);
+        send_get(&mut slow, "/slow?ms=1500");
+        server.line(|l| l.contains("slow request"));
+        server.signal(signal);
+        let (status, head, body) = read_response(&mut slow);
+        assert_eq!(status, 200, "after {signal}: {head}{body}");
+        assert!(body.starts_with("slept 1500 ms"), "after {signal}: {body}");
+        if signal == "HUP" {
+            server.log_line(|l| {
+                l == format!(
+                    "[INFO {master}] rolling restart done: every slot has a new worker serving"
+                )
+            });
+        }
+    }
+    let (status, log) = server.wait_exit();
+    assert!(status.success(), "master: {status}\n{log}");
+    let stopped: Vec<_> = log.lines().filter(|l| l.contains(" stopped: ")).collect();
+    assert_eq!(stopped.len(), 4, "worker exits:\n{log}");
+    assert!(
+        stopped.iter().all(|l| l.contains(" stopped: exit code 0")),
+        "a worker did not exit 0:\n{log}"
+    );
+}
+
+#[test]
+fn hello_slow_request_survives_hup_and_term() {
+    slow_request_completes(&hello_example());
+}
+
+#[test]
+fn tokio_slow_request_survives_hup_and_term() {
+    slow_request_completes(&example("tokio"));
+}
