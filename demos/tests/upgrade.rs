@@ -1,0 +1,472 @@
+//! Binary upgrade (`USR2`) of the `hello` example, deployed as a user would: the program is
+//! `server` in a directory of its own, started from there; a deploy writes the new program
+//! next to it and renames it over `server`, then sends USR2 to the master.
+//!
+//! * An upgrade under loopback load (new connections and keep-alive connections at once)
+//!   loses no request and refuses or resets none: every answer comes from the old program or
+//!   the new one (the new one greets differently), and the answers change to the new one.
+//!   The old master and its workers are gone at the end; the new master serves with workers of
+//!   its own in slots 0..n-1, and holds nothing but its standard streams, the listening
+//!   sockets it was handed and descriptors of its own making (the readiness channel to the
+//!   old master is closed once it reported). In fork mode with one shared listener and with
+//!   one `SO_REUSEPORT` socket per worker, in exec mode, and with the socket passed by socket
+//!   activation to the first master.
+//! * Rollback: a new program that exits at once, one that hangs before it is ready, and one
+//!   that cannot be executed leave the old master serving with the same workers, without a
+//!   failed request; the failure is logged.
+//! * A second USR2 during an upgrade is ignored (logged), and TERM during an upgrade stops
+//!   both masters and every worker of either.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{
+    Hello, Load, Server, TempDir, alive, all_ok, bodies, children, fds, get, hello_example,
+    ok_or_refused, require, send_signal, socket_inodes, started_workers, wait_until,
+};
+
+/// Workers of every server here.
+const WORKERS: usize = 3;
+
+/// How the old program greets (the example's default) and how the new one does.
+const OLD_GREETING: &str = "Hello";
+const NEW_GREETING: &str = "Howdy";
+
+/// The pause before a deploy, so that the old program serves under load first.
+fn pace() {
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// Load from new connections and from keep-alive connections at once, for `secs` seconds,
+/// once every client has had its first answer.
+fn start_loads(addr: &str, secs: &str) -> [Load; 2] {
+    ["new", "keepalive"].map(|conn| {
+        Load::start(
+            addr,
+            &["--conn", conn, "--clients", "3", "--duration", secs],
+        )
+    })
+}
+
+/// A deploy directory: `server`, a copy of the `hello` example, and the next program, staged
+/// beside it until it is renamed over `server`.
+struct Deploy {
+    dir: TempDir,
+    server: PathBuf,
+}
+
+impl Deploy {
+    fn new(tag: &str) -> Deploy {
+        let dir = TempDir::new(&format!("upgrade-{tag}"));
+        let server = dir.path().join("server");
+        let hello = hello_example();
+        // A hard link is a copy that nobody writes, so it cannot be busy when executed.
+        if std::fs::hard_link(&hello, &server).is_err() {
+            std::fs::copy(&hello, &server).expect("copy the hello example");
+        }
+        Deploy { dir, server }
+    }
+
+    /// Writes the next program (before anything runs from this directory, so that no
+    /// process forked meanwhile holds it open for writing when it is executed).
+    fn stage(&self, script: &str, mode: u32) -> PathBuf {
+        let path = self.dir.path().join("server.next");
+        std::fs::write(&path, script).expect("write the next program");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .expect("set its mode");
+        path
+    }
+
+    /// Renames the staged program over `server`, as a deploy does.
+    fn replace(&self, staged: &Path) {
+        std::fs::rename(staged, &self.server).expect("rename the new program over the old");
+    }
+}
+
+/// `path` quoted for `sh`.
+fn quoted(path: &Path) -> String {
+    format!(
+        "'{}'",
+        path.to_str().expect("UTF-8 path").replace('\'', r"'\''")
+    )
+}
+
+/// The new program: the same build, greeting differently.
+fn greeting_differently() -> String {
+    format!(
+        "#!/bin/sh\nHELLO_GREETING={NEW_GREETING} exec {} \"$@\"\n",
+        quoted(&hello_example())
+    )
+}
+
+/// Binds a listening socket on a free loopback port, puts it on fd 3 and executes the
+/// program (`argv[1]`, with the rest of the arguments) with `LISTEN_FDS=1` and `LISTEN_PID`
+/// set to its own pid, as systemd's socket activation does.
+const SOCKET_ACTIVATION: &str = r#"import os, socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(128)
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ["LISTEN_FDS"] = "1"
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+
+/// The pid in `... new master PID started; ...`, logged by the old master.
+fn new_master_pid(line: &str) -> u32 {
+    line.split("new master ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
+/// Starts `hello` from a deploy directory with `args` (through the socket-activation helper
+/// when `activated`), loads it, deploys a new program and sends USR2; checks everything
+/// listed in the module docs.
+fn upgrades_under_load(tag: &str, args: &[&str], activated: bool) {
+    let deploy = Deploy::new(tag);
+    let staged = deploy.stage(&greeting_differently(), 0o755);
+    let mut cmd = if activated {
+        require("python3");
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", SOCKET_ACTIVATION]).arg(&deploy.server);
+        cmd
+    } else {
+        Command::new(&deploy.server)
+    };
+    cmd.args(args);
+    let mut server = Server::start(&mut cmd, WORKERS);
+    let old = server.pid();
+    let old_workers = children(old);
+    assert_eq!(old_workers.len(), WORKERS, "workers: {old_workers:?}");
+    let listeners = socket_inodes(old);
+    let expected = if args.contains(&"--reuseport") {
+        WORKERS
+    } else {
+        1
+    };
+    assert_eq!(listeners.len(), expected, "listeners: {listeners:?}");
+
+    let loads = start_loads(&server.addr, "5");
+    pace();
+    deploy.replace(&staged);
+    server.signal("USR2");
+    let started = format!("[INFO {old}] upgrade: new master ");
+    let line = server.log_line(|l| l.starts_with(&started) && l.contains(" started;"));
+    let new = new_master_pid(&line);
+    server.adopt(new);
+    // The readiness channel, as the new master got it: the write end of a pipe, on the
+    // descriptor after the sockets. It may be closed already, if the new master was quick.
+    let channel_fd = 3 + listeners.len() as u32;
+    let channel = fds(new)
+        .into_iter()
+        .find(|f| f.fd == channel_fd && f.target.starts_with("pipe:") && f.write_only())
+        .map(|f| f.target);
+
+    let serving = format!("[INFO {old}] upgrade: new master {new} is serving");
+    server.log_line(|l| l.starts_with(&serving));
+    // Once it reported, it closes the channel (right after it logs that it did).
+    if let Some(channel) = &channel {
+        wait_until("the new master closes its readiness channel", || {
+            fds(new).iter().all(|f| &f.target != channel)
+        });
+    }
+    let held = fds(new);
+    let status = server.wait_master();
+    assert!(status.success(), "old master: {status}\n{}", server.log());
+    wait_until("the old workers exit", || {
+        old_workers.iter().all(|&pid| !alive(pid))
+    });
+
+    let mut loads = loads;
+    for load in &mut loads {
+        assert!(
+            load.running(),
+            "the load ended before the upgrade did; log:\n{}",
+            server.log()
+        );
+    }
+    let reports = loads.map(Load::finish);
+    let answered = reports.each_ref().map(all_ok);
+
+    // The new master's workers: fresh processes, slots 0..n-1, as its log says.
+    let new_workers = children(new);
+    assert_eq!(new_workers.len(), WORKERS, "new workers: {new_workers:?}");
+    assert!(
+        new_workers.is_disjoint(&old_workers),
+        "old {old_workers:?}, new {new_workers:?}"
+    );
+    let slots = started_workers(&server.log_lines(), new);
+    assert_eq!(
+        slots.keys().copied().collect::<Vec<_>>(),
+        (0..WORKERS).collect::<Vec<_>>(),
+        "slots of the new master:\n{}",
+        server.log()
+    );
+    assert_eq!(
+        slots.values().copied().collect::<BTreeSet<_>>(),
+        new_workers,
+        "workers of the new master:\n{}",
+        server.log()
+    );
+
+    // Every answer came from the old program or from the new one, and both answered.
+    let mut from = [0u64; 2];
+    for report in &reports {
+        for (body, n) in bodies(report) {
+            let hello = Hello::parse(&body).unwrap_or_else(|| panic!("answer {body:?}"));
+            let (i, workers) = match hello.greeting.as_str() {
+                OLD_GREETING => (0, &old_workers),
+                NEW_GREETING => (1, &new_workers),
+                _ => panic!("answer from neither program: {body:?}"),
+            };
+            assert!(workers.contains(&hello.pid), "answer {body:?}");
+            from[i] += n;
+        }
+    }
+    assert!(from[0] > 0 && from[1] > 0, "answers (old, new): {from:?}");
+    // Only the new program answers now.
+    for _ in 0..2 * WORKERS {
+        let (status, _, body) = get(&server.addr, "/");
+        assert_eq!(status, 200, "{body}");
+        let hello = Hello::parse(&body).unwrap_or_else(|| panic!("answer {body:?}"));
+        assert_eq!(hello.greeting, NEW_GREETING, "{body}");
+        assert!(new_workers.contains(&hello.pid), "{body}");
+    }
+
+    // What the new master held once it took over.
+    for fd in held.iter().filter(|f| f.fd > 2) {
+        assert!(
+            fd.close_on_exec(),
+            "inheritable descriptor: {fd:?}\n{held:#?}"
+        );
+        let target = fd.target.as_str();
+        if target.starts_with("socket:") {
+            assert!(listeners.contains(target), "socket {fd:?}\n{held:#?}");
+        } else if target.starts_with("pipe:") {
+            // Its own: the readiness pipe of its workers.
+            assert_ne!(
+                channel.as_deref(),
+                Some(target),
+                "the readiness channel is open"
+            );
+        } else {
+            let own = [
+                "anon_inode:[eventpoll]",
+                "anon_inode:[signalfd]",
+                "anon_inode:[pidfd]",
+                "anon_inode:[timerfd]",
+            ];
+            assert!(
+                own.contains(&target) || target.starts_with("pidfd:"),
+                "unexpected descriptor {fd:?}\n{held:#?}"
+            );
+        }
+    }
+    let sockets: BTreeSet<String> = held
+        .iter()
+        .filter(|f| f.target.starts_with("socket:"))
+        .map(|f| f.target.clone())
+        .collect();
+    assert_eq!(sockets, listeners, "sockets of the new master:\n{held:#?}");
+
+    send_signal(new, "TERM");
+    let (_, log) = server.wait_exit();
+    // Its log ended as it exited; it is gone (or a zombie of an init that does not reap).
+    wait_until("the new master exits", || !alive(new));
+    wait_until("the new workers exit", || {
+        new_workers.iter().all(|&pid| !alive(pid))
+    });
+    assert!(
+        log.contains(&format!(
+            "[INFO {new}] all workers stopped; master exiting cleanly"
+        )),
+        "{log}"
+    );
+    assert!(
+        !log.contains("exited:"),
+        "a worker exited by itself:\n{log}"
+    );
+    println!(
+        "upgrade {tag}: {} + {} answered (new, keep-alive), {} by the old program, {} by the new one",
+        answered[0], answered[1], from[0], from[1]
+    );
+}
+
+#[test]
+fn upgrade_fork_shared() {
+    upgrades_under_load("fork-shared", &[], false);
+}
+
+#[test]
+fn upgrade_fork_reuseport() {
+    upgrades_under_load("fork-reuseport", &["--reuseport"], false);
+}
+
+#[test]
+fn upgrade_exec() {
+    upgrades_under_load("exec", &["--mode", "exec"], false);
+}
+
+#[test]
+fn upgrade_socket_activated() {
+    upgrades_under_load("activated", &[], true);
+}
+
+/// Deploys `program` (a script, with `mode`) and sends USR2 under load: the upgrade fails
+/// with a log line containing `why`, and the old master keeps serving with the same workers
+/// and without a failed request.
+fn rolls_back(tag: &str, program: &str, mode: u32, upgrade_timeout: &str, why: &str) {
+    let deploy = Deploy::new(tag);
+    let staged = deploy.stage(program, mode);
+    let mut cmd = Command::new(&deploy.server);
+    cmd.args(["--upgrade-timeout", upgrade_timeout]);
+    let mut server = Server::start(&mut cmd, WORKERS);
+    let master = server.pid();
+    let workers = children(master);
+    assert_eq!(workers.len(), WORKERS, "workers: {workers:?}");
+
+    let mut loads = start_loads(&server.addr, "4");
+    pace();
+    deploy.replace(&staged);
+    server.signal("USR2");
+    let failed = server.log_line(|l| l.starts_with(&format!("[ERROR {master}] upgrade failed: ")));
+    assert!(failed.contains(why), "{failed}");
+    // A new master that was started is gone.
+    let started = format!("[INFO {master}] upgrade: new master ");
+    let new = server
+        .log_lines()
+        .iter()
+        .find(|l| l.starts_with(&started) && l.contains(" started;"))
+        .map(|l| new_master_pid(l));
+    if let Some(new) = new {
+        wait_until("the failed new master is gone", || !alive(new));
+    }
+    for load in &mut loads {
+        assert!(
+            load.running(),
+            "the load ended before the rollback; log:\n{}",
+            server.log()
+        );
+    }
+    let reports = loads.map(Load::finish);
+    let answered = reports.each_ref().map(all_ok);
+    assert_eq!(children(master), workers, "the workers changed");
+    for report in &reports {
+        for body in bodies(report).keys() {
+            let hello = Hello::parse(body).unwrap_or_else(|| panic!("answer {body:?}"));
+            assert_eq!(hello.greeting, OLD_GREETING, "{body}");
+            assert!(workers.contains(&hello.pid), "{body}");
+        }
+    }
+    server.signal("TERM");
+    let (status, log) = server.wait_exit();
+    assert!(status.success(), "master: {status}\n{log}");
+    assert!(
+        !log.contains("exited:"),
+        "a worker exited by itself:\n{log}"
+    );
+    println!(
+        "rollback {tag}: {} + {} answered (new, keep-alive); {failed}",
+        answered[0], answered[1]
+    );
+}
+
+#[test]
+fn rollback_when_the_new_program_exits() {
+    rolls_back(
+        "exits",
+        "#!/bin/sh\nexit 1\n",
+        0o755,
+        "30",
+        "exited (exit code 1) before it was ready",
+    );
+}
+
+#[test]
+fn rollback_when_the_new_program_hangs() {
+    rolls_back(
+        "hangs",
+        "#!/bin/sh\nexec sleep 60\n",
+        0o755,
+        "1",
+        "was not ready within 1s",
+    );
+}
+
+#[test]
+fn rollback_when_the_new_program_is_not_executable() {
+    rolls_back(
+        "not-executable",
+        "#!/bin/sh\nexit 0\n",
+        0o644,
+        "30",
+        "cannot execute",
+    );
+}
+
+/// A new master that serves but never reports ready (it drops the channel's name) keeps the
+/// upgrade under way: a second USR2 is ignored, and TERM to the old master stops both.
+#[test]
+fn second_usr2_ignored_and_term_stops_both_masters() {
+    let deploy = Deploy::new("term");
+    let never_ready = format!(
+        "#!/bin/sh\nunset PREFORK_UPGRADE_FD\nHELLO_GREETING={NEW_GREETING} exec {} \"$@\"\n",
+        quoted(&hello_example())
+    );
+    let staged = deploy.stage(&never_ready, 0o755);
+    let mut cmd = Command::new(&deploy.server);
+    cmd.args(["--upgrade-timeout", "30"]);
+    let mut server = Server::start(&mut cmd, WORKERS);
+    let old = server.pid();
+    let old_workers = children(old);
+
+    let loads = start_loads(&server.addr, "3");
+    pace();
+    deploy.replace(&staged);
+    server.signal("USR2");
+    let started = format!("[INFO {old}] upgrade: new master ");
+    let line = server.log_line(|l| l.starts_with(&started) && l.contains(" started;"));
+    let new = new_master_pid(&line);
+    server.adopt(new);
+    server.log_line(|l| l.starts_with(&format!("[INFO {new}] master ready: ")));
+    let new_workers = children(new);
+    assert_eq!(new_workers.len(), WORKERS, "new workers: {new_workers:?}");
+
+    server.signal("USR2");
+    server.log_line(|l| {
+        l == format!("[INFO {old}] SIGUSR2: ignored, the upgrade to pid {new} is under way")
+    });
+    server.signal("TERM");
+    server.log_line(|l| l == format!("[INFO {old}] stopping the new master {new} too"));
+    let reports = loads.map(Load::finish);
+    let counts = reports.each_ref().map(ok_or_refused);
+    let (status, log) = server.wait_exit();
+    assert!(status.success(), "old master: {status}\n{log}");
+    let all: Vec<u32> = [old, new]
+        .into_iter()
+        .chain(old_workers)
+        .chain(new_workers)
+        .collect();
+    wait_until("every process of either master exits", || {
+        all.iter().all(|&pid| !alive(pid))
+    });
+    assert!(
+        log.contains(&format!(
+            "[INFO {new}] all workers stopped; master exiting cleanly"
+        )),
+        "{log}"
+    );
+    println!(
+        "TERM during an upgrade: {:?} + {:?} (answered, refused; new, keep-alive)",
+        counts[0], counts[1]
+    );
+}
