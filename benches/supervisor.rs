@@ -9,16 +9,19 @@
 //! Sections: `spawn` (run() to every worker inside serve), `respawn` (SIGKILL a worker to its
 //! replacement inside serve), `death` (SIGKILL the master to the worker noticing), `idle`
 //! (context switches of an idle master and idle workers). `BENCH_QUICK=1` is `--quick`;
-//! `BENCH_IDLE_SECS` sets the idle window. See `docs/benchmarks.md`.
+//! `BENCH_IDLE_SECS` sets the idle window; `BENCH_WORKER_NAMES=0` runs the prefork masters
+//! with `worker_names(false)` (the library names every worker `prefork wK` by default). See
+//! `docs/benchmarks.md`.
 //!
 //! Every measured process is a descendant of this one: for each sample the bench forks a
 //! "master" process that calls `Prefork::run` (or runs the bare floor loop), and the workers
 //! report to the bench over an inherited pipe with 16-byte records carrying a
 //! `CLOCK_MONOTONIC` timestamp taken in the reporting process. Writes of 16 bytes to a pipe
 //! are atomic, and `CLOCK_MONOTONIC` is one clock for every process of the machine, so the
-//! timestamps compare directly. Every wait has a timeout; every master has
-//! `PR_SET_PDEATHSIG` tied to the bench, and the bench is a child subreaper, so nothing
-//! outlives it.
+//! timestamps compare directly. A prefork worker reports its readiness to its master (the
+//! library's own pipe) before `serve` starts, so READY, sent from `serve`, comes after it.
+//! Every wait has a timeout; every master has `PR_SET_PDEATHSIG` tied to the bench, and the
+//! bench is a child subreaper, so nothing outlives it.
 
 use std::fs;
 use std::io::{self, Write};
@@ -549,14 +552,24 @@ enum DeathMode {
     Callback,
 }
 
+/// Whether prefork workers name themselves (`BENCH_WORKER_NAMES`, default: the library's
+/// default, on).
+fn worker_names() -> bool {
+    std::env::var("BENCH_WORKER_NAMES").map_or(true, |v| v != "0")
+}
+
 /// Body of a prefork master: reports START, then `Prefork::run` with `n` workers whose
 /// `serve` reports READY and blocks.
 fn prefork_master(n: usize, report: RawFd, death: DeathMode) -> i32 {
     let mut pf = Prefork::new()
         .workers(n)
         .shutdown_grace(Duration::from_secs(2))
-        // The respawn bench kills hundreds of workers within the recover window.
-        .recover_threshold(usize::MAX);
+        // The respawn bench kills hundreds of workers, 2 ms after each one's READY. A worker
+        // killed from outside after it reported ready is not counted by the crash-loop
+        // guard; one whose readiness the master had not read yet would be, so the guard is
+        // kept out of the way. With the default `recover_interval` of zero nothing waits.
+        .recover_threshold(usize::MAX)
+        .worker_names(worker_names());
     if death == DeathMode::Callback {
         pf = pf.on_master_death(move || {
             let ts = now_ns();
@@ -762,6 +775,8 @@ fn bench_spawn(o: &Opts) {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut worst: f64 = 0.0;
+    // p50 of (prefork, floor) at the smallest and the largest n, for the per-worker cost.
+    let mut ends: Vec<(usize, f64, f64)> = Vec::new();
     for n in [1usize, 2, 8, 32, 64] {
         let mut samples = [Vec::new(), Vec::new()];
         let mut errors = 0;
@@ -787,6 +802,7 @@ fn bench_spawn(o: &Opts) {
         let [p, f] = samples.map(sorted);
         let (r50, r90) = (pct(&p, 50.0) / pct(&f, 50.0), pct(&p, 90.0) / pct(&f, 90.0));
         worst = worst.max(r50);
+        ends.push((n, pct(&p, 50.0), pct(&f, 50.0)));
         println!(
             "| {n} | {:.0} | {:.0} | {:.0} | {:.0} | {r50:.2} | {r90:.2} | {:.2} | {:.0} |{}",
             pct(&p, 50.0),
@@ -801,6 +817,15 @@ fn bench_spawn(o: &Opts) {
                 String::new()
             }
         );
+    }
+    if let (Some(&(n0, p0, f0)), Some(&(n1, p1, f1))) = (ends.first(), ends.last()) {
+        if n1 > n0 {
+            let (dp, df) = ((p1 - p0) / (n1 - n0) as f64, (f1 - f0) / (n1 - n0) as f64);
+            println!(
+                "\nper additional worker (p50, n = {n0} to {n1}): prefork {dp:.0} µs, floor {df:.0} µs ({:.2}x); fixed cost at n = {n0}: prefork {p0:.0} µs, floor {f0:.0} µs",
+                dp / df
+            );
+        }
     }
     println!(
         "\ntarget: prefork within 1.5x of the floor (median): worst ratio {worst:.2} -> {}",
@@ -887,6 +912,11 @@ fn bench_respawn(o: &Opts) {
         "| ratio | | {r50:.2} | {:.2} | {r99:.2} | |",
         pct(&p, 90.0) / pct(&f, 90.0)
     );
+    if pct(&p, 50.0) > 20_000.0 {
+        println!(
+            "\nprefork's median respawn is over 20 ms: the replacement waited (a respawn delay or the crash-loop guard), which this bench assumes it does not"
+        );
+    }
     println!(
         "\ntarget: prefork within 1.5x of the floor (p50): {r50:.2} -> {}",
         verdict(r50 <= 1.5)
@@ -1192,10 +1222,15 @@ fn main() {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(
-        "# prefork supervisor benchmarks ({} mode; {cpus} CPUs; kernel {}; backend {})",
+        "# prefork supervisor benchmarks ({} mode; {cpus} CPUs; kernel {}; backend {}; worker names {})",
         if opts.quick { "quick" } else { "full" },
         kernel.trim(),
-        std::env::var(prefork::BACKEND_ENV).unwrap_or_else(|_| "pidfd (default)".into())
+        std::env::var(prefork::BACKEND_ENV).unwrap_or_else(|_| "pidfd (default)".into()),
+        if worker_names() {
+            "on (default)"
+        } else {
+            "off"
+        }
     );
     println!("load average at start: {}", loadavg());
     let started = Instant::now();
