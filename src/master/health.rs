@@ -190,6 +190,10 @@ impl Health {
         if self.next.is_none_or(|n| n > now) {
             return;
         }
+        // A master that wakes late was most likely held up with everything else (a paused
+        // VM, CPU throttling, a suspend): its workers had no more time to beat than it had
+        // to look, so that much more silence is forgiven.
+        let late = now.saturating_sub(self.next.unwrap_or(now));
         self.next = None;
         if sup.is_stopping() {
             return;
@@ -228,7 +232,7 @@ impl Health {
                 }
                 if let Some(seen) = w.last_beat {
                     let silent = Duration::from_millis(u64::from(elapsed(seen, now_ms)));
-                    if silent > timeout {
+                    if silent > timeout.saturating_add(late) {
                         log::warn!(
                             "worker {slot} (pid {pid}) is stuck: no heartbeat for {silent:.1?} \
                              (worker_timeout {timeout:?}); killing it"
@@ -238,7 +242,7 @@ impl Health {
                             continue;
                         }
                     } else {
-                        at(now + (timeout - silent) + TICK_SLACK);
+                        at(now.saturating_add(timeout.saturating_sub(silent) + TICK_SLACK));
                     }
                 }
             }
@@ -403,6 +407,114 @@ impl std::fmt::Display for Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::supervisor::{Action, Config, Why};
+    use crate::sys::heartbeat::Beat;
+    use crate::sys::signal::Signal;
+
+    const PID: u32 = 4242;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A supervisor with one ready worker, and the health checks watching it with a
+    /// `timeout_ms` heartbeat timeout; both started at time zero.
+    fn watching(timeout_ms: u64) -> (Supervisor, Health) {
+        let mut sup = Supervisor::new(Config {
+            workers: 1,
+            recover_threshold: 10,
+            recover_window: Duration::from_secs(60),
+            recover_interval: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(5),
+        });
+        while sup.next_action().is_some() {}
+        sup.on_spawned(0, PID, Duration::ZERO);
+        sup.on_ready(PID, Duration::ZERO);
+        while sup.next_action().is_some() {}
+        let checks = HealthChecks {
+            worker_timeout: Some(ms(timeout_ms)),
+            ..HealthChecks::default()
+        };
+        let mut health = Health::new(checks).expect("heartbeat table");
+        health.on_spawned(0, PID, Duration::ZERO);
+        (sup, health)
+    }
+
+    /// Stores a heartbeat of `pid` in slot 0, `ago_ms` ago on the heartbeat clock.
+    fn beat(health: &Health, pid: u32, ago_ms: u32) {
+        let ms = sys::heartbeat::now_ms().wrapping_sub(ago_ms);
+        health.table().expect("a table").store(0, Beat { pid, ms });
+    }
+
+    fn actions(sup: &mut Supervisor) -> Vec<Action> {
+        std::iter::from_fn(|| sup.next_action()).collect()
+    }
+
+    fn stuck_kill() -> Vec<Action> {
+        vec![Action::Signal {
+            pid: PID,
+            signal: Signal::Kill,
+            why: Why::Stuck,
+        }]
+    }
+
+    #[test]
+    fn a_silent_worker_is_killed_and_a_beating_one_is_not() {
+        let (mut sup, mut health) = watching(100);
+        assert_eq!(
+            health.next_deadline(),
+            Some(ms(100)),
+            "a first look after the timeout"
+        );
+        beat(&health, PID, 0);
+        health.tick(ms(100), &mut sup);
+        assert!(actions(&mut sup).is_empty(), "it just beat");
+        let next = health.next_deadline().expect("the next look");
+        assert!(next > ms(100) && next <= ms(100 + 100 + 10), "{next:?}");
+        beat(&health, PID, 300);
+        // The stored beat is older than the one seen: the newest seen counts.
+        health.tick(next, &mut sup);
+        assert!(
+            actions(&mut sup).is_empty(),
+            "the newer beat seen before counts"
+        );
+        let (mut sup, mut health) = watching(100);
+        beat(&health, PID, 300);
+        health.tick(ms(100), &mut sup);
+        assert_eq!(actions(&mut sup), stuck_kill());
+        assert_eq!(sup.serving(), Vec::new(), "killed once, judged no more");
+    }
+
+    #[test]
+    fn a_worker_that_never_beat_is_not_judged() {
+        let (mut sup, mut health) = watching(100);
+        health.tick(ms(100), &mut sup);
+        assert!(actions(&mut sup).is_empty());
+        // Another pid in the cell (an older worker of the slot) is not this one's beat.
+        beat(&health, PID + 1, 5000);
+        let next = health
+            .next_deadline()
+            .expect("looks again after the timeout");
+        assert_eq!(next, ms(200));
+        health.tick(next, &mut sup);
+        assert!(actions(&mut sup).is_empty());
+    }
+
+    #[test]
+    fn a_master_that_wakes_late_forgives_as_much_silence() {
+        let (mut sup, mut health) = watching(100);
+        beat(&health, PID, 300);
+        // Woken 250 ms after its deadline: 300 ms of silence is within 100 + 250.
+        health.tick(ms(100 + 250), &mut sup);
+        assert!(actions(&mut sup).is_empty(), "forgiven");
+        let next = health.next_deadline().expect("the next look");
+        health.tick(next, &mut sup);
+        assert_eq!(
+            actions(&mut sup),
+            stuck_kill(),
+            "on time, the silence is judged"
+        );
+    }
 
     #[test]
     fn heartbeat_clock_differences_wrap() {

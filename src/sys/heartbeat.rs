@@ -154,6 +154,14 @@ impl Heartbeats {
         Beat::unpack(self.cell(slot)?.load(Ordering::Relaxed))
     }
 
+    /// Stores `beat` in `slot`'s cell, as a worker of that slot would.
+    #[cfg(test)]
+    pub(crate) fn store(&self, slot: usize, beat: Beat) {
+        if let Some(cell) = self.cell(slot) {
+            cell.store(beat.pack(), Ordering::Relaxed);
+        }
+    }
+
     /// Empties `slot`'s cell (before a new worker starts in it).
     pub(crate) fn clear(&self, slot: usize) {
         if let Some(cell) = self.cell(slot) {

@@ -281,8 +281,10 @@ fn system_user(name: &str) -> (u32, u32) {
 
 // ---- Heartbeats -------------------------------------------------------------------------------
 
-const TIMEOUT_MS: u64 = 400;
-const BEAT_MS: u64 = 40;
+/// Forty heartbeats per timeout: a beating worker stays safe even when a busy machine
+/// leaves its heartbeat thread unscheduled for a long while.
+const TIMEOUT_MS: u64 = 2000;
+const BEAT_MS: u64 = 50;
 
 /// Hangs the worker of `slot` (it stops beating and blocks for good); returns its pid.
 fn hang(port: u16, slot: usize) -> u32 {
