@@ -47,6 +47,7 @@ impl Worker {
     /// It costs one clock reading from the vDSO and one atomic store into shared memory, no
     /// system call. Without a `worker_timeout` (or under a master that is not this crate's)
     /// it does nothing.
+    #[inline]
     pub fn heartbeat(&self) {
         crate::sys::heartbeat::beat(self.pid);
     }

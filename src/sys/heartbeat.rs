@@ -43,6 +43,7 @@ fn stride() -> usize {
 }
 
 /// `clock_gettime(CLOCK_MONOTONIC_COARSE)` in milliseconds, modulo 2^32 (from the vDSO).
+#[inline]
 pub(crate) fn now_ms() -> u32 {
     let t = clock_gettime(ClockId::MonotonicCoarse);
     (t.tv_sec as u64)
@@ -72,6 +73,7 @@ impl Beat {
 
 /// Stores this worker's heartbeat, if it has a cell: one clock reading from the vDSO and one
 /// atomic store.
+#[inline]
 pub(crate) fn beat(pid: u32) {
     let cell = CELL.load(Ordering::Acquire);
     if cell.is_null() {
