@@ -316,26 +316,23 @@ impl Health {
     }
 
     /// Publishes the status if it changed since it was last published: one log line, the
-    /// `on_status` hook, and `STATUS=` to systemd. Returns the hook's failure.
+    /// `on_status` hook, and `STATUS=` to systemd. Returns the hook's outcome when it ran.
     pub(crate) fn publish(
         &mut self,
         sup: &Supervisor,
         hook: Option<&mut StatusHook>,
         notifier: Option<&Notifier>,
-    ) -> Result<(), Error> {
+    ) -> Option<Result<(), Error>> {
         self.status(sup);
         if self.published.as_ref() == Some(&self.current) {
-            return Ok(());
+            return None;
         }
         let status = self.current.clone();
         log::info!("status: {status}");
         if let Some(n) = notifier {
             n.send(&format!("STATUS={status}"));
         }
-        let result = match hook {
-            Some(f) => call_hook("on_status", || f(&status)),
-            None => Ok(()),
-        };
+        let result = hook.map(|f| call_hook("on_status", || f(&status)));
         self.published = Some(status);
         result
     }

@@ -368,13 +368,12 @@ impl Master {
         loop {
             self.drain(&mut sup, hooks, serve);
             let notifier = self.notifier.as_ref();
-            if let Err(e) = self
-                .health
-                .publish(&sup, hooks.on_status.as_mut(), notifier)
-            {
-                // Performs the stop it causes before sleeping.
-                self.fail(&mut sup, e);
-                continue;
+            let hook = hooks.on_status.as_mut();
+            if let Some(r) = self.health.publish(&sup, hook, notifier) {
+                if !self.after_hook(r, &mut sup) {
+                    // Performs the stop it causes before sleeping.
+                    continue;
+                }
             }
             if let Some(outcome) = sup.outcome() {
                 let outcome = outcome.clone();
