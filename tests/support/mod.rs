@@ -9,6 +9,8 @@
 //! * [`net`]: asking a fixture's workers over TCP.
 //! * [`procfs`]: process, descriptor and socket state from `/proc`.
 //! * [`backend`]: the reaping backends every supervision case runs under.
+//! * [`notify`]: systemd's side of the notification protocol, a datagram socket the test
+//!   binds.
 //! * [`fixture`] and [`report`]: what the fixture side shares: role, exit codes, logger,
 //!   options, and the report lines both sides speak.
 
@@ -18,6 +20,7 @@
 pub mod backend;
 pub mod fixture;
 pub mod net;
+pub mod notify;
 pub mod process;
 pub mod procfs;
 pub mod report;

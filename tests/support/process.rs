@@ -80,6 +80,10 @@ const PROTOCOL_VARS: &[&str] = &[
     "LISTEN_PID",
     "LISTEN_FDS",
     "LISTEN_FDNAMES",
+    // systemd's notification protocol: a test run under systemd must not notify it.
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
 ];
 
 /// What goes on the fixture's descriptor 3.
@@ -100,7 +104,8 @@ pub struct Spec {
     env: Vec<(String, String)>,
     args: Vec<String>,
     fd3: Fd3,
-    listen_pid_self: bool,
+    /// Variables set to the fixture's own pid (by `sh`, which the fixture replaces).
+    self_pid_vars: Vec<String>,
 }
 
 impl Spec {
@@ -113,7 +118,7 @@ impl Spec {
             env: Vec::new(),
             args: vec!["fixture-arg".to_owned(), "with space".to_owned()],
             fd3: Fd3::Inherit,
-            listen_pid_self: false,
+            self_pid_vars: Vec::new(),
         }
     }
 
@@ -143,8 +148,19 @@ impl Spec {
 
     /// Starts the fixture through `sh`, which exports `LISTEN_PID=$$` (its own pid, which
     /// the fixture keeps across `exec`) before exec'ing it: systemd's socket activation.
-    pub fn listen_pid_self(mut self) -> Spec {
-        self.listen_pid_self = true;
+    pub fn listen_pid_self(self) -> Spec {
+        self.self_pid_env("LISTEN_PID")
+    }
+
+    /// Starts the fixture through `sh`, which exports `name=$$` (its own pid, which the
+    /// fixture keeps across `exec`) before exec'ing it: for variables that must name the
+    /// fixture itself (`LISTEN_PID`, `WATCHDOG_PID`). `name` must be a shell identifier.
+    pub fn self_pid_env(mut self, name: &str) -> Spec {
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "not a variable name: {name:?}"
+        );
+        self.self_pid_vars.push(name.to_owned());
         self
     }
 
@@ -156,10 +172,15 @@ impl Spec {
     /// Starts the fixture in a process group of its own; panics if it cannot.
     pub fn start(self) -> Fixture {
         let exe = std::env::current_exe().expect("the test binary's path");
-        let mut cmd = if self.listen_pid_self {
+        let mut cmd = if !self.self_pid_vars.is_empty() {
+            let exports: String = self
+                .self_pid_vars
+                .iter()
+                .map(|v| format!("{v}=$$; export {v}; "))
+                .collect();
             let mut c = Command::new("/bin/sh");
             c.arg("-c")
-                .arg("LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\"")
+                .arg(format!("{exports}exec \"$0\" \"$@\""))
                 .arg(&exe);
             c
         } else {

@@ -260,6 +260,28 @@ pub fn listeners_of(pid: u32, port: u16) -> Vec<u64> {
         .collect()
 }
 
+// ---- Unix sockets -------------------------------------------------------------------------
+
+/// The inodes of every unix socket in this network namespace (`/proc/net/unix`).
+pub fn unix_socket_inodes() -> Vec<u64> {
+    let Ok(text) = fs::read_to_string("/proc/net/unix") else {
+        return Vec::new();
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(6)?.parse().ok())
+        .collect()
+}
+
+/// The inodes of the unix sockets `pid` holds, in descriptor order.
+pub fn unix_sockets_of(pid: u32) -> Vec<u64> {
+    let unix = unix_socket_inodes();
+    socket_inodes(pid)
+        .into_iter()
+        .filter(|i| unix.contains(i))
+        .collect()
+}
+
 // ---- Environment and command line ---------------------------------------------------------
 
 /// The `NAME=VALUE` entries of `/proc/PID/environ` (the environment the process was
