@@ -11,6 +11,10 @@
 //! | `sig SIGNO PID` | worker | its handler caught a signal (`FX_TERM=catch`, `FX_USR=1`) |
 //! | `orphan PID PPID` | grandchild | an orphan left by the `orphan` command, once adopted |
 //! | `chld PID ACTION` | worker | its `SIGCHLD` action (see `chld_action`) |
+//! | `serving SLOT PID` | worker | in `serve` (the library reported it ready before), its signals set up as asked (with `FX_DRAIN`, the shutdown notice taken) |
+//! | `drain PID` | worker | `FX_DRAIN`: the accept loop ended on the master's stop request |
+//! | `drained PID` | worker | `FX_DRAIN`: the drain is over; `serve` returns `Ok` |
+//! | `held PID` / `missed PID` | `on_child_spawn` | `FX_HOLD_NEW`: a worker started after the master was ready is stopped before it reported ready / was too late to stop |
 //!
 //! It exits 0 when every run returned `Ok`, 2 when one returned `Err`.
 //!
@@ -22,12 +26,18 @@
 //! * `panic`, `err`, `ok`: `serve` panics, returns `Err`, returns `Ok`;
 //! * `fatal`: `Worker::exit_fatal`;
 //! * `orphan`: leaves an orphan grandchild behind;
-//! * `chld`: reports its `SIGCHLD` action.
+//! * `chld`: reports its `SIGCHLD` action;
+//! * `hold`: keeps the connection open (the worker, single-threaded, is busy) until the
+//!   client closes it; the test holds a worker's drain back this way.
 //!
 //! Options (unset means the library's default, or nothing done):
 //!
 //! * `FX_WORKERS`, `FX_GRACE_MS`, `FX_INTERVAL_MS`, `FX_THRESHOLD`: builder options;
 //! * `FX_TERM=ignore|catch`: the workers' SIGTERM disposition;
+//! * `FX_DRAIN=1`: workers ask for the shutdown notice (`Worker::shutdown`) and accept
+//!   through `Shutdown::incoming`, so they drain on TERM and exit 0; with `FX_DRAIN_MS=N`
+//!   the drain then takes N ms more (work still in progress: longer than the grace period,
+//!   it is cut short by KILL);
 //! * `FX_USR=1`: workers report USR1 and USR2;
 //! * `FX_START=panic|exit0`: `serve` panics or returns at once;
 //! * `FX_DEATH_DIR=DIR`: `on_master_death` appends a line to `DIR/PID`;
@@ -44,11 +54,20 @@
 //! * `FX_RUNS=N`: `run` is called N times; with `FX_SELF_TERM=1` each run stops itself with
 //!   a SIGTERM sent from `on_master_ready`;
 //! * `FX_UNFLUSHED=1`: `unflushed-marker ` is left in stdout's buffer before `run` (so it
-//!   prefixes the first `spawn` line).
+//!   prefixes the first `spawn` line);
+//! * `FX_HOLD_NEW=1`: the spawn hook stops (SIGSTOP) every worker started after the master
+//!   was ready, and reports `held PID` when it provably stopped it before it reported ready
+//!   (the test resumes it with SIGCONT), `missed PID` otherwise (resumed at once); see
+//!   [`hold_before_ready`];
+//! * `FX_MASTER_FIRST=1`: the master (and so every worker) runs on one CPU only, and the
+//!   master with real-time priority (workers start without it): a just-forked worker cannot
+//!   run before the master sleeps, so `FX_HOLD_NEW` stops it before any of its code ran.
 
-use std::io::{BufRead, BufReader, Write};
+use std::cell::Cell;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -82,6 +101,8 @@ struct Opts {
     interval: Option<Duration>,
     threshold: Option<usize>,
     term: TermMode,
+    drain: bool,
+    drain_time: Option<Duration>,
     usr: bool,
     start: StartMode,
     death_dir: Option<PathBuf>,
@@ -95,6 +116,8 @@ struct Opts {
     nocldwait: bool,
     pids_cgroup: Option<PathBuf>,
     no_pidfd: bool,
+    hold_new: bool,
+    master_first: bool,
 }
 
 impl Opts {
@@ -110,6 +133,8 @@ impl Opts {
                 &[("ignore", T::Ignore), ("catch", T::Catch)],
                 T::Default,
             )?,
+            drain: flag("FX_DRAIN"),
+            drain_time: parsed("FX_DRAIN_MS")?.map(Duration::from_millis),
             usr: flag("FX_USR"),
             start: choice(
                 "FX_START",
@@ -127,6 +152,8 @@ impl Opts {
             self_term: flag("FX_SELF_TERM"),
             unflushed: flag("FX_UNFLUSHED"),
             nocldwait: flag("FX_NOCLDWAIT"),
+            hold_new: flag("FX_HOLD_NEW"),
+            master_first: flag("FX_MASTER_FIRST"),
         })
     }
 }
@@ -185,6 +212,12 @@ fn run_master(opts: &Opts) -> i32 {
     if opts.no_pidfd {
         if let Err(e) = deny_pidfd_open() {
             complain(format!("fixture: installing the seccomp filter: {e}"));
+            return EXIT_BROKEN;
+        }
+    }
+    if opts.master_first {
+        if let Err(e) = run_before_children() {
+            complain(format!("fixture: one CPU, real-time priority: {e}"));
             return EXIT_BROKEN;
         }
     }
@@ -275,10 +308,20 @@ fn builder(opts: &Opts) -> Prefork {
     let fail = opts.fail_hook.clone().unwrap_or_default();
     let self_term = opts.self_term;
 
+    // Set once the master is ready: the workers started after that are replacements.
+    let master_ready = Rc::new(Cell::new(false));
+    let hold_new = opts.hold_new;
+    // What this process held before `run`: never the library's.
+    let before_run = procfs::fd_targets(std::process::id());
+    let spawn_ready = Rc::clone(&master_ready);
     let spawn_fail = fail.clone();
     let mut spawns = 0;
     p = p.on_child_spawn(move |_slot, pid| {
         report::spawned(pid);
+        if hold_new && spawn_ready.get() {
+            let held = hold_before_ready(pid, &before_run);
+            say(format!("{} {pid}", if held { "held" } else { "missed" }));
+        }
         spawns += 1;
         match spawn_fail.as_str() {
             "spawn_err" if spawns == 2 => {
@@ -292,6 +335,7 @@ fn builder(opts: &Opts) -> Prefork {
     let ready_fail = fail.clone();
     p = p.on_master_ready(move |workers| {
         report::ready(workers);
+        master_ready.set(true);
         match ready_fail.as_str() {
             "ready_err" => return Err("fixture: ready hook refuses".into()),
             "ready_panic" => panic!("fixture: ready hook panics"),
@@ -344,10 +388,96 @@ fn builder(opts: &Opts) -> Prefork {
     p
 }
 
+/// `FX_HOLD_NEW`: stops the just-forked worker `pid` (SIGSTOP, from the spawn hook, in the
+/// master) and tells whether it was stopped before it reported ready. Proof, read while the
+/// master is still in this hook (so it has read nothing from its readiness pipe since the
+/// fork): the stopped worker still holds an end of a pipe that `run` opened and whose two
+/// ends the master holds (the readiness pipe; a worker closes it right after writing its
+/// pid), and that pipe is empty.
+/// Otherwise the worker is resumed at once and the answer is `false`.
+fn hold_before_ready(pid: u32, before_run: &[String]) -> bool {
+    let resume = || {
+        // SAFETY: kill takes plain integers; `pid` is our unreaped child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    };
+    // SAFETY: kill takes plain integers; `pid` is our unreaped child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    // The stop takes effect when the child next runs (before any of its code, if it never
+    // ran yet).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match procfs::stat(pid) {
+            Some(s) if s.state == 'T' => break,
+            Some(s) if !s.is_dead() && Instant::now() < deadline => {}
+            _ => {
+                resume();
+                return false;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The library's pipes: both ends held here, opened by `run` (not inherited).
+    let fds = procfs::fds(std::process::id());
+    let ends = |target: &String| fds.iter().filter(|(_, t)| t == target).count();
+    let child = procfs::fd_targets(pid);
+    let shared: Vec<i32> = fds
+        .iter()
+        .filter(|(_, t)| t.starts_with("pipe:") && !before_run.contains(t))
+        .filter(|(_, t)| ends(t) == 2 && child.contains(t))
+        .map(|(fd, _)| *fd)
+        .collect();
+    let empty = |fd: i32| {
+        let mut n: libc::c_int = -1;
+        // SAFETY: FIONREAD writes one int to the pointer given; `fd` is open in this process.
+        let ret = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n as *mut libc::c_int) };
+        ret == 0 && n == 0
+    };
+    let held = !shared.is_empty() && shared.iter().all(|&fd| empty(fd));
+    if !held {
+        resume();
+    }
+    held
+}
+
+/// `FX_MASTER_FIRST`: restricts this process (and the children it forks later) to the first
+/// CPU it may run on, and gives it `SCHED_FIFO` priority 1 with `SCHED_RESET_ON_FORK`, so
+/// that its children start with the normal policy: on that one CPU a child runs only when
+/// the master sleeps.
+fn run_before_children() -> std::io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is an empty set.
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `allowed` is a writable cpu_set_t of `size` bytes.
+    if unsafe { libc::sched_getaffinity(0, size, &mut allowed) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let max = libc::CPU_SETSIZE as usize;
+    // SAFETY: CPU_ISSET reads the set for a CPU number below CPU_SETSIZE.
+    let Some(cpu) = (0..max).find(|&c| unsafe { libc::CPU_ISSET(c, &allowed) }) else {
+        return Err(std::io::Error::other("no CPU is allowed"));
+    };
+    // SAFETY: as above.
+    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes the set for a CPU number below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut one) };
+    // SAFETY: `one` is a valid cpu_set_t of `size` bytes.
+    if unsafe { libc::sched_setaffinity(0, size, &one) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let param = libc::sched_param { sched_priority: 1 };
+    let policy = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
+    // SAFETY: `param` is a valid sched_param for SCHED_FIFO.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The worker's pid, for the signal handler.
 static WORKER_PID: AtomicU32 = AtomicU32::new(0);
 
-/// The worker: set up signals as asked, then serve the line protocol.
+/// The worker: sets up signals as asked, reports that it serves, then serves the line
+/// protocol (through the shutdown notice's accept loop with `FX_DRAIN`).
 fn serve(worker: Worker, listener: &TcpListener, opts: &Opts) -> Result<(), String> {
     WORKER_PID.store(worker.pid(), Ordering::Relaxed);
     match opts.term {
@@ -362,34 +492,83 @@ fn serve(worker: Worker, listener: &TcpListener, opts: &Opts) -> Result<(), Stri
         catch(libc::SIGUSR1);
         catch(libc::SIGUSR2);
     }
+    // Before the `serving` line: from then on, TERM means drain.
+    let shutdown = opts.drain.then(|| worker.shutdown());
+    say(format!("serving {} {}", worker.id(), worker.pid()));
     match opts.start {
         StartMode::Serve => {}
         StartMode::Panic => panic!("fixture: worker {} panics at start", worker.id()),
         StartMode::Exit0 => return Ok(()),
     }
+    if let Some(shutdown) = shutdown {
+        for stream in shutdown.incoming(listener) {
+            let Ok(stream) = stream else { continue };
+            if let Some(done) = act(stream, worker) {
+                return done;
+            }
+        }
+        say(format!("drain {}", worker.pid()));
+        if let Some(work) = opts.drain_time {
+            // Work still in progress when the stop came (a slow request, say).
+            std::thread::sleep(work);
+        }
+        say(format!("drained {}", worker.pid()));
+        return Ok(());
+    }
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        let Some(command) = answer(stream, worker) else {
-            continue;
-        };
-        match command.as_str() {
-            "" | "id" => {}
-            "panic" => panic!("fixture: worker {} panics on request", worker.id()),
-            "err" => return Err(format!("fixture: worker {} fails on request", worker.id())),
-            "ok" => return Ok(()),
-            "fatal" => worker.exit_fatal("fixture: fatal on request"),
-            "orphan" => make_orphan(),
-            "chld" => say(format!("chld {} {}", worker.pid(), chld_action())),
-            other => complain(format!("fixture: unknown command {other:?}")),
+        if let Some(done) = act(stream, worker) {
+            return done;
         }
     }
     Ok(())
 }
 
-/// Reads the command line, answers `ID PID MASTER_PID IS_CHILD` and closes the connection
-/// (before acting on the command, so the client sees the answer even if the worker then
-/// dies).
-fn answer(stream: TcpStream, worker: Worker) -> Option<String> {
+/// Answers one connection and acts on its command; `Some` when `serve` is to return that.
+fn act(stream: TcpStream, worker: Worker) -> Option<Result<(), String>> {
+    let (stream, command) = answer(stream, worker)?;
+    if command == "hold" {
+        hold(stream);
+        return None;
+    }
+    // Closed before acting, so the client sees the answer even if the worker then dies.
+    drop(stream);
+    match command.as_str() {
+        "" | "id" => {}
+        "panic" => panic!("fixture: worker {} panics on request", worker.id()),
+        "err" => {
+            return Some(Err(format!(
+                "fixture: worker {} fails on request",
+                worker.id()
+            )));
+        }
+        "ok" => return Some(Ok(())),
+        "fatal" => worker.exit_fatal("fixture: fatal on request"),
+        "orphan" => make_orphan(),
+        "chld" => say(format!("chld {} {}", worker.pid(), chld_action())),
+        other => complain(format!("fixture: unknown command {other:?}")),
+    }
+    None
+}
+
+/// Keeps a connection until the client closes it (signals that interrupt the read, such as
+/// the master's TERM caught by the shutdown notice, do not end it).
+fn hold(mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(None);
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Reads the command line and answers `ID PID MASTER_PID IS_CHILD`; returns the connection
+/// and the command.
+fn answer(stream: TcpStream, worker: Worker) -> Option<(TcpStream, String)> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
@@ -405,8 +584,7 @@ fn answer(stream: TcpStream, worker: Worker) -> Option<String> {
         prefork::is_child()
     );
     (&stream).write_all(answer.as_bytes()).ok()?;
-    drop(stream);
-    Some(line.trim().to_owned())
+    Some((stream, line.trim().to_owned()))
 }
 
 /// Leaves an orphan behind: forks a child that forks a grandchild and exits at once. The
