@@ -4,13 +4,15 @@
 //! output shown).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::fixture::ROLE;
 use crate::support::backend::Backend;
-use crate::support::net::{all_ids, ask, collect_ids, id_of, try_ask};
+use crate::support::net::{all_ids, ask, collect_ids, hold, id_of, try_ask};
 use crate::support::process::{DEADLINE, Fixture, Spec, TempDir, kill, wait_until};
-use crate::support::procfs;
+use crate::support::report::parse_exit;
+use crate::support::{procfs, runner};
 
 /// A test case.
 pub type Case = fn(Backend);
@@ -73,6 +75,14 @@ pub const ALL: &[(&str, Case)] = cases![
     // Reaping.
     adopted_orphans_are_reaped,
     respawn_churn_leaks_no_fds_or_zombies,
+    // The zero-downtime lifecycle: kills from outside, drains, rolling restarts.
+    sigkill_storm_of_serving_workers_is_never_counted,
+    slow_drain_is_killed_at_grace_and_logged,
+    sighup_old_worker_drains_only_after_replacement_is_ready,
+    sigttou_during_restart_old_worker_waits_for_replacement,
+    sighups_during_rolling_restart_coalesce_into_one_more,
+    sigterm_during_rolling_restart_drains_second_kills,
+    retirements_by_hup_and_ttou_are_logged_at_info,
 ];
 
 // ---- Helpers ---------------------------------------------------------------------------------
@@ -91,6 +101,23 @@ fn started(b: Backend, n: usize, opts: &[(&str, &str)]) -> (Fixture, u16, BTreeM
     let fx = start(b, &all);
     let port = port(&fx);
     let ids = all_ids(port, n);
+    (fx, port, ids)
+}
+
+/// [`started`], and the master ready (its `on_master_ready` ran): signals such as HUP and
+/// TTOU are only acted on from then on.
+fn ready_master(
+    b: Backend,
+    n: usize,
+    opts: &[(&str, &str)],
+) -> (Fixture, u16, BTreeMap<usize, u32>) {
+    let (fx, port, ids) = started(b, n, opts);
+    let ready = fx.ready();
+    let pids: Vec<u32> = ids.values().copied().collect();
+    assert_eq!(
+        ready, pids,
+        "the ready line lists the workers that answered"
+    );
     (fx, port, ids)
 }
 
@@ -599,6 +626,13 @@ fn term_ignoring_worker_killed_after_grace(b: Backend) {
         took >= grace,
         "the master exited {took:?} after TERM, before the {grace:?} grace period ended"
     );
+    for (&slot, &pid) in &ids {
+        assert_logged(
+            &fx,
+            "WARN",
+            &format!("worker {slot} (pid {pid}) did not finish draining within the grace period"),
+        );
+    }
 }
 
 fn second_sigterm_kills_at_once(b: Backend) {
@@ -1089,7 +1123,7 @@ fn usr1_forwarded_usr2_upgrades(b: Backend) {
 }
 
 fn sighup_rolling_restart(b: Backend) {
-    let (mut fx, port, old) = started(b, 2, &[]);
+    let (mut fx, port, old) = ready_master(b, 2, &[]);
     fx.signal(libc::SIGHUP);
     for (&slot, &pid) in &old {
         let exit = fx.wait_exit_line(pid);
@@ -1123,7 +1157,7 @@ fn sighup_rolling_restart(b: Backend) {
 fn sighup_kills_term_ignoring_workers_after_grace(b: Backend) {
     let grace = Duration::from_millis(300);
     let ms = grace.as_millis().to_string();
-    let (mut fx, port, old) = started(b, 2, &[("FX_TERM", "ignore"), ("FX_GRACE_MS", &ms)]);
+    let (mut fx, port, old) = ready_master(b, 2, &[("FX_TERM", "ignore"), ("FX_GRACE_MS", &ms)]);
     let sent = Instant::now();
     fx.signal(libc::SIGHUP);
     for (&slot, &pid) in &old {
@@ -1233,4 +1267,563 @@ fn respawn_churn_leaks_no_fds_or_zombies(b: Backend) {
     assert!(exits.iter().all(|e| e.how == "Signal(9)"), "{exits:?}");
     assert_eq!(fx.recovers().len(), RESPAWNS);
     fx.stop_with(libc::SIGTERM);
+}
+
+// ---- The zero-downtime lifecycle -------------------------------------------------------------
+
+/// The `serving SLOT PID` lines so far: `(line index, slot, pid)`, in order.
+fn serving(lines: &[String]) -> Vec<(usize, usize, u32)> {
+    lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let (slot, pid) = l.strip_prefix("serving ")?.split_once(' ')?;
+            Some((i, slot.parse().ok()?, pid.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The index of the `exit` line of `pid` in `lines`.
+fn exit_index(lines: &[String], pid: u32) -> Option<usize> {
+    lines
+        .iter()
+        .position(|l| parse_exit(l).is_some_and(|e| e.pid == pid))
+}
+
+/// Holds one connection per worker (`hold`: a held worker is busy, so the next connection
+/// goes to another): slot → (the held connection, the worker's pid). Dropping a connection
+/// lets its worker go on.
+fn hold_each(port: u16, n: usize) -> BTreeMap<usize, (TcpStream, u32)> {
+    let mut held = BTreeMap::new();
+    for _ in 0..n {
+        let (stream, answer) = hold(port, "hold");
+        let previous = held.insert(answer.id, (stream, answer.pid));
+        assert!(previous.is_none(), "slot {} answered twice", answer.id);
+    }
+    held
+}
+
+/// The fixture's log lines (stderr) that name the worker `pid` (`… (pid PID) …`).
+fn logs_about(fx: &Fixture, pid: u32) -> Vec<String> {
+    let needle = format!("(pid {pid})");
+    fx.stderr()
+        .into_iter()
+        .filter(|l| l.contains(&needle))
+        .collect()
+}
+
+/// Waits for the log line with `message` and asserts that it is at `level` (`INFO`,
+/// `WARN`, …).
+fn assert_logged(fx: &Fixture, level: &str, message: &str) {
+    let line = fx.wait_stderr_line(&format!("a log line with {message:?}"), |l| {
+        l.contains(message).then(|| l.to_owned())
+    });
+    assert!(
+        line.starts_with(&format!("[{level} ")),
+        "logged at another level than {level}: {line}"
+    );
+}
+
+/// Waits for the master's last log line: every line it logged before is read then.
+fn wait_last_log(fx: &Fixture) {
+    fx.expect_log("master exiting cleanly");
+}
+
+/// Waits until at least `n` `spawn` lines were read; returns every one read so far.
+fn wait_spawns(fx: &Fixture, n: usize) -> Vec<u32> {
+    fx.wait_lines(&format!("{n} spawn lines"), |lines| {
+        let spawns: Vec<u32> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("spawn ")?.parse().ok())
+            .collect();
+        (spawns.len() >= n).then_some(spawns)
+    })
+}
+
+/// How many log lines contain `needle`.
+fn log_count(fx: &Fixture, needle: &str) -> usize {
+    fx.stderr().iter().filter(|l| l.contains(needle)).count()
+}
+
+/// 200 SIGKILLs from outside, 20 per second, each at a worker that is serving: every one is
+/// a crash to replace (logged at WARN), none a boot failure the crash-loop guard counts
+/// (the default threshold for 4 workers is 10), so the master ends with 4 serving workers
+/// and stops cleanly on TERM.
+fn sigkill_storm_of_serving_workers_is_never_counted(b: Backend) {
+    const WORKERS: usize = 4;
+    const KILLS: usize = 200;
+    const PACE: Duration = Duration::from_millis(50);
+    let (mut fx, port, first) = ready_master(b, WORKERS, &[]);
+    let master = fx.pid;
+    // The `serving` lines (by index: pids are reused) of the workers killed so far, and
+    // their pids.
+    let mut killed: BTreeSet<usize> = BTreeSet::new();
+    let mut victims: Vec<u32> = Vec::new();
+    // Slot → its latest worker that reported serving, unless it was killed already.
+    let current_at = |killed: &BTreeSet<usize>| -> BTreeMap<usize, (usize, u32)> {
+        let latest: BTreeMap<usize, (usize, u32)> = serving(&fx.lines())
+            .into_iter()
+            .map(|(at, slot, pid)| (slot, (at, pid)))
+            .collect();
+        latest
+            .into_iter()
+            .filter(|(_, (at, _))| !killed.contains(at))
+            .collect()
+    };
+    let current = |killed: &BTreeSet<usize>| -> BTreeMap<usize, u32> {
+        current_at(killed)
+            .into_iter()
+            .map(|(slot, (_, pid))| (slot, pid))
+            .collect()
+    };
+    assert_eq!(current(&killed), first, "the first workers serve");
+    let began = Instant::now();
+    for i in 0..KILLS {
+        // The pace of the killer, not a wait for the master.
+        if let Some(wait) = (began + PACE * i as u32).checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let slot = i % WORKERS;
+        // A replacement not yet inside `serve` would be a boot failure: kill only workers
+        // that reported serving.
+        let (at, victim) = wait_until(&format!("a serving worker in slot {slot}"), || {
+            current_at(&killed)
+                .get(&slot)
+                .copied()
+                .ok_or_else(|| format!("serving: {:?}", current(&killed)))
+        });
+        // SAFETY: kill takes plain integers.
+        if unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) } != 0 {
+            panic!(
+                "kill {}: worker {victim} of slot {slot}, serving, is gone: {}; the master's \
+                 results: {:?}; crash-loop guard log lines: {}",
+                i + 1,
+                std::io::Error::last_os_error(),
+                fx.results(),
+                log_count(&fx, "crash-loop guard")
+            );
+        }
+        killed.insert(at);
+        victims.push(victim);
+    }
+    let rate = KILLS as f64 / began.elapsed().as_secs_f64();
+    let workers = wait_until("four serving workers and no zombie", || {
+        let workers = current(&killed);
+        let live = procfs::live_children(master);
+        let zombies = procfs::zombie_children(master);
+        let mut expected: Vec<u32> = workers.values().copied().collect();
+        expected.sort_unstable();
+        if workers.len() == WORKERS && live == expected && zombies.is_empty() {
+            Ok(workers)
+        } else {
+            Err(format!(
+                "serving {workers:?}, live children {live:?}, zombies {zombies:?}"
+            ))
+        }
+    });
+    let answered = collect_ids(port, WORKERS, |pid| workers.values().any(|&p| p == pid));
+    assert_eq!(answered, workers, "every slot's worker answers");
+    assert!(fx.results().is_empty(), "the run ended: {:?}", fx.results());
+    fx.stop_with(libc::SIGTERM);
+    wait_last_log(&fx);
+    let exits = fx.exits();
+    assert_eq!(
+        exits.len(),
+        KILLS + WORKERS,
+        "one exit line per kill, and one per worker stopped"
+    );
+    let (crashed, stopped) = exits.split_at(KILLS);
+    assert!(crashed.iter().all(|e| e.how == "Signal(9)"), "{crashed:?}");
+    let last: BTreeMap<usize, u32> = stopped.iter().map(|e| (e.slot, e.pid)).collect();
+    assert_eq!(last, workers, "the workers stopped by TERM");
+    let mut exited: Vec<u32> = crashed.iter().map(|e| e.pid).collect();
+    exited.sort_unstable();
+    victims.sort_unstable();
+    assert_eq!(
+        exited, victims,
+        "the killed workers are the ones that exited"
+    );
+    assert_eq!(fx.recovers().len(), KILLS, "one respawn per kill");
+    let warned = fx
+        .stderr()
+        .iter()
+        .filter(|l| l.starts_with("[WARN ") && l.contains("exited: signal SIGKILL; replacing it"))
+        .count();
+    assert_eq!(warned, KILLS, "crash lines at WARN");
+    assert_eq!(
+        log_count(&fx, "crash-loop guard"),
+        0,
+        "a kill of a serving worker was counted"
+    );
+    runner::note(format!("{KILLS} kills at {rate:.1}/s"));
+}
+
+/// A worker that got the notice but whose drain outlives the grace period is killed when it
+/// ends, and the master says so at WARN.
+fn slow_drain_is_killed_at_grace_and_logged(b: Backend) {
+    let grace = Duration::from_millis(300);
+    let ms = grace.as_millis().to_string();
+    let (mut fx, _port, ids) = ready_master(
+        b,
+        2,
+        &[
+            ("FX_DRAIN", "1"),
+            ("FX_DRAIN_MS", "3600000"),
+            ("FX_GRACE_MS", &ms),
+        ],
+    );
+    let sent = Instant::now();
+    fx.signal(libc::SIGTERM);
+    for &pid in ids.values() {
+        fx.wait_line(&format!("worker {pid} to begin its drain"), |l| {
+            (l == format!("drain {pid}")).then_some(())
+        });
+    }
+    fx.wait_exit();
+    let took = sent.elapsed();
+    fx.assert_clean_exit();
+    assert_exits(&fx, ids.values().copied(), "Signal(9)");
+    assert!(
+        took >= grace,
+        "the master exited {took:?} after TERM, before the {grace:?} grace period ended"
+    );
+    for (&slot, &pid) in &ids {
+        assert_logged(
+            &fx,
+            "WARN",
+            &format!("worker {slot} (pid {pid}) did not finish draining within the grace period"),
+        );
+        assert!(
+            !fx.lines().contains(&format!("drained {pid}")),
+            "worker {pid} finished a drain it had an hour for"
+        );
+    }
+}
+
+/// Sends HUP until the fixture (`FX_HOLD_NEW`) holds slot 0's replacement stopped before it
+/// reported ready; `current` is slot → worker of the `n` slots. A restart whose slot-0
+/// replacement was too late to hold runs to its end (the later slots' replacements, if
+/// held, are resumed at once) and the next HUP tries again. Returns the workers of that
+/// restart's slots before it, the held replacement and the number of HUPs sent.
+fn hup_until_slot0_held(
+    fx: &Fixture,
+    n: usize,
+    mut current: BTreeMap<usize, u32>,
+) -> (BTreeMap<usize, u32>, u32, usize) {
+    const ATTEMPTS: usize = 10;
+    let mut cursor = fx.lines().len();
+    for attempt in 1..=ATTEMPTS {
+        fx.signal(libc::SIGHUP);
+        let mut replaced = BTreeMap::new();
+        for slot in 0..n {
+            let (at, (held, new)) = fx.wait_line_from(cursor, "a replacement's hold report", |l| {
+                let (word, pid) = l.split_once(' ')?;
+                let held = match word {
+                    "held" => true,
+                    "missed" => false,
+                    _ => return None,
+                };
+                Some((held, pid.parse::<u32>().ok()?))
+            });
+            cursor = at + 1;
+            if slot == 0 && held {
+                return (current, new, attempt);
+            }
+            if held {
+                kill(new, libc::SIGCONT);
+            }
+            replaced.insert(slot, new);
+        }
+        fx.wait_stderr_count("rolling restart done", attempt);
+        current = replaced;
+    }
+    panic!("no replacement of slot 0 was stopped before it reported ready in {ATTEMPTS} restarts");
+}
+
+/// Asserts that the worker `old` was not asked to drain, and still serves: everything the
+/// master logged before the line with `barrier` (which the caller awaited) is read.
+fn assert_untouched(fx: &Fixture, port: u16, old: u32, new: u32, barrier: &str) {
+    fx.expect_log(barrier);
+    assert_eq!(
+        log_count(fx, &format!("(pid {old}) retired")),
+        0,
+        "the old worker {old} was asked to drain before its replacement {new} was ready"
+    );
+    assert!(
+        exit_index(&fx.lines(), old).is_none(),
+        "the old worker {old} ended before its replacement {new} was ready"
+    );
+    assert_eq!(
+        ask(port, "id").pid,
+        old,
+        "the old worker serves while its replacement starts"
+    );
+}
+
+/// HUP: the old worker is asked to drain only once its replacement is ready. The fixture
+/// stops the replacement (SIGSTOP, from the spawn hook) and reports whether it provably did
+/// so before the replacement reported ready; the old worker must then stay untouched, and
+/// serving, for as long as the replacement is held, and retire as soon as it is resumed.
+/// (One worker: TTOU then changes nothing, and its log line shows that the master has
+/// handled everything before it.)
+fn sighup_old_worker_drains_only_after_replacement_is_ready(b: Backend) {
+    let (mut fx, port, ids) = ready_master(b, 1, &[("FX_HOLD_NEW", "1"), ("FX_MASTER_FIRST", "1")]);
+    let (current, new, attempt) = hup_until_slot0_held(&fx, 1, ids);
+    let old = current[&0];
+    fx.signal(libc::SIGTTOU);
+    assert_untouched(&fx, port, old, new, "SIGTTOU");
+    kill(new, libc::SIGCONT);
+    assert_eq!(
+        fx.wait_exit_line(old).how,
+        "Signal(15)",
+        "the old worker's end"
+    );
+    assert_logged(
+        &fx,
+        "INFO",
+        &format!("worker 0 (pid {old}) retired: asked to drain"),
+    );
+    assert_eq!(id_of(port, new), 0, "the replacement serves slot 0");
+    fx.stop_with(libc::SIGTERM);
+    runner::note(format!("held at HUP {attempt}"));
+}
+
+/// TTOU during a rolling restart closes the highest slot, not yet replaced: its worker is
+/// retired at once (there is no replacement to wait for), while slot 0's old worker still
+/// waits for its own replacement to be ready; the restart then ends with that slot.
+fn sigttou_during_restart_old_worker_waits_for_replacement(b: Backend) {
+    let (mut fx, port, ids) = ready_master(b, 2, &[("FX_HOLD_NEW", "1"), ("FX_MASTER_FIRST", "1")]);
+    let (current, new, attempt) = hup_until_slot0_held(&fx, 2, ids);
+    let (old0, old1) = (current[&0], current[&1]);
+    fx.signal(libc::SIGTTOU);
+    let exit = fx.wait_exit_line(old1);
+    assert_eq!(
+        (exit.slot, exit.how.as_str()),
+        (1, "Signal(15)"),
+        "the closed slot's worker"
+    );
+    // Logged after the TTOU was handled, in a later wake-up.
+    assert_untouched(
+        &fx,
+        port,
+        old0,
+        new,
+        &format!("worker 1 (pid {old1}) stopped"),
+    );
+    kill(new, libc::SIGCONT);
+    assert_eq!(
+        fx.wait_exit_line(old0).how,
+        "Signal(15)",
+        "slot 0's old worker"
+    );
+    fx.wait_stderr_count("rolling restart done", attempt);
+    assert_eq!(id_of(port, new), 0, "the replacement serves slot 0");
+    assert_eq!(procfs::live_children(fx.pid), [new], "the master's workers");
+    fx.stop_with(libc::SIGTERM);
+    wait_last_log(&fx);
+    let spawns = fx.spawns();
+    assert_eq!(
+        spawns.last(),
+        Some(&new),
+        "nothing started after slot 0's replacement: {spawns:?}"
+    );
+    assert_logged(
+        &fx,
+        "INFO",
+        &format!("worker 1 (pid {old1}) retired: asked to drain"),
+    );
+    runner::note(format!("held at HUP {attempt}"));
+}
+
+/// HUPs that arrive while a rolling restart waits for an old worker's drain (held back by a
+/// connection the test keeps open) queue exactly one more full restart: three generations of
+/// workers in all, each replaced slot by slot, every one ending with exit code 0.
+fn sighups_during_rolling_restart_coalesce_into_one_more(b: Backend) {
+    let (mut fx, port, gen0) = ready_master(b, 2, &[("FX_DRAIN", "1"), ("FX_GRACE_MS", "60000")]);
+    let held = hold_each(port, 2);
+    fx.signal(libc::SIGHUP);
+    fx.expect_log(&format!(
+        "worker 0 (pid {}) retired: asked to drain",
+        gen0[&0]
+    ));
+    for k in 2..=4 {
+        fx.signal(libc::SIGHUP);
+        fx.wait_stderr_count("SIGHUP: rolling restart", k);
+    }
+    assert_eq!(
+        wait_spawns(&fx, 3).len(),
+        3,
+        "the restart is at its first slot"
+    );
+    assert!(
+        fx.exits().is_empty(),
+        "a worker exited while the restart was held: {:?}",
+        fx.exits()
+    );
+    drop(held);
+    fx.wait_stderr_count("rolling restart done", 2);
+    // Each generation's workers, in the order they started, with the slot they serve.
+    let (spawns, slots) = fx.wait_lines("six workers serving", |lines| {
+        let spawns: Vec<u32> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("spawn ")?.parse().ok())
+            .collect();
+        let slots: BTreeMap<u32, usize> = serving(lines)
+            .into_iter()
+            .map(|(_, slot, pid)| (pid, slot))
+            .collect();
+        (spawns.len() >= 6 && spawns.iter().all(|p| slots.contains_key(p)))
+            .then_some((spawns, slots))
+    });
+    let generations: Vec<Vec<(usize, u32)>> = spawns[..6]
+        .chunks(2)
+        .map(|g| g.iter().map(|pid| (slots[pid], *pid)).collect())
+        .collect();
+    let first: Vec<(usize, u32)> = gen0.iter().map(|(&s, &p)| (s, p)).collect();
+    assert_eq!(generations[0], first, "the first generation");
+    for (k, generation) in generations.iter().enumerate() {
+        let in_slots: Vec<usize> = generation.iter().map(|&(slot, _)| slot).collect();
+        assert_eq!(
+            in_slots,
+            [0, 1],
+            "generation {k} replaces slot 0, then slot 1: {generations:?}"
+        );
+    }
+    let last: BTreeMap<usize, u32> = generations[2].iter().copied().collect();
+    assert_eq!(
+        collect_ids(port, 2, |pid| last.values().any(|&p| p == pid)),
+        last,
+        "the third generation serves"
+    );
+    fx.stop_with(libc::SIGTERM);
+    wait_last_log(&fx);
+    assert_eq!(
+        log_count(&fx, "rolling restart done"),
+        2,
+        "restarts completed"
+    );
+    assert_eq!(fx.spawns(), spawns[..6], "no third restart");
+    // The first and last generations drained. A worker of the second may have been asked
+    // to drain so soon after it reported ready that it had not taken the shutdown notice
+    // yet, and TERM then ended it.
+    assert_exits(
+        &fx,
+        spawns[..2].iter().chain(&spawns[4..6]).copied(),
+        "Code(0)",
+    );
+    let second: Vec<String> = fx
+        .exits()
+        .into_iter()
+        .filter(|e| spawns[2..4].contains(&e.pid))
+        .map(|e| e.how)
+        .collect();
+    assert!(
+        second.len() == 2 && second.iter().all(|h| h == "Code(0)" || h == "Signal(15)"),
+        "how the second generation ended: {second:?}"
+    );
+    assert!(fx.recovers().is_empty(), "a restart is no recovery");
+}
+
+/// TERM while a rolling restart waits for an old worker's drain: the restart ends there, the
+/// new worker and the old ones drain and exit 0 (as their connections let them); a second
+/// TERM kills the worker still draining at once, long before the grace period ends.
+fn sigterm_during_rolling_restart_drains_second_kills(b: Backend) {
+    // A grace period no test run could sit out: only the second TERM can end the stop.
+    let (mut fx, port, old) = ready_master(b, 2, &[("FX_DRAIN", "1"), ("FX_GRACE_MS", "3600000")]);
+    let mut held = hold_each(port, 2);
+    fx.signal(libc::SIGHUP);
+    fx.expect_log(&format!(
+        "worker 0 (pid {}) retired: asked to drain",
+        old[&0]
+    ));
+    let spawns = wait_spawns(&fx, 3);
+    assert_eq!(spawns.len(), 3, "slot 0's new worker started: {spawns:?}");
+    let new = spawns[2];
+    // Its `serving` line says it took the shutdown notice: TERM now means drain for it (a
+    // worker TERMed before it asks for the notice is ended by TERM).
+    fx.wait_line(&format!("worker {new} to serve"), |l| {
+        (l == format!("serving 0 {new}")).then_some(())
+    });
+    fx.signal(libc::SIGTERM);
+    // The new worker is idle: it drains at once.
+    assert_eq!(
+        fx.wait_exit_line(new).how,
+        "Code(0)",
+        "the new worker's exit"
+    );
+    assert_all_alive(&fx, old.values().copied());
+    // Slot 1's old worker finishes its connection, then its drain.
+    let (stream, pid) = held.remove(&1).expect("a held connection to slot 1");
+    assert_eq!(pid, old[&1]);
+    drop(stream);
+    assert_eq!(fx.wait_exit_line(old[&1]).how, "Code(0)");
+    assert_all_alive(&fx, [old[&0]]);
+    fx.signal(libc::SIGTERM);
+    fx.assert_clean_exit();
+    wait_last_log(&fx);
+    assert_exits(&fx, [old[&0]], "Signal(9)");
+    assert_logged(&fx, "WARN", "during shutdown: killing workers now");
+    assert_eq!(fx.spawns().len(), 3, "no slot was restarted after TERM");
+    assert_eq!(
+        log_count(&fx, "rolling restart done"),
+        0,
+        "the restart cannot complete"
+    );
+    assert_eq!(
+        log_count(&fx, "did not finish draining"),
+        0,
+        "the grace period did not end"
+    );
+    drop(held);
+}
+
+/// Workers retired by HUP and TTOU drain and exit 0, and the master logs both steps at INFO,
+/// never anything about them at WARN or ERROR.
+fn retirements_by_hup_and_ttou_are_logged_at_info(b: Backend) {
+    let (mut fx, port, old) = ready_master(b, 3, &[("FX_DRAIN", "1")]);
+    let old_pids: BTreeSet<u32> = old.values().copied().collect();
+    fx.signal(libc::SIGHUP);
+    for (&slot, &pid) in &old {
+        let exit = fx.wait_exit_line(pid);
+        assert_eq!((exit.slot, exit.how.as_str()), (slot, "Code(0)"));
+    }
+    fx.expect_log("rolling restart done");
+    let new = collect_ids(port, 3, |pid| !old_pids.contains(&pid));
+    fx.signal(libc::SIGTTOU);
+    let exit = fx.wait_exit_line(new[&2]);
+    assert_eq!(
+        (exit.slot, exit.how.as_str()),
+        (2, "Code(0)"),
+        "the highest slot's worker drained"
+    );
+    let rest: BTreeMap<usize, u32> = [(0, new[&0]), (1, new[&1])].into();
+    assert_eq!(
+        collect_ids(port, 2, |pid| pid != new[&2]),
+        rest,
+        "the other workers serve on"
+    );
+    let mut expected: Vec<u32> = rest.values().copied().collect();
+    expected.sort_unstable();
+    assert_eq!(
+        procfs::live_children(fx.pid),
+        expected,
+        "the master's workers"
+    );
+    fx.stop_with(libc::SIGTERM);
+    wait_last_log(&fx);
+    let mut retired: Vec<(usize, u32)> = old.iter().map(|(&s, &p)| (s, p)).collect();
+    retired.push((2, new[&2]));
+    for (slot, pid) in retired {
+        let about = logs_about(&fx, pid);
+        for step in ["retired: asked to drain", "stopped: exit code 0"] {
+            assert_logged(&fx, "INFO", &format!("worker {slot} (pid {pid}) {step}"));
+        }
+        let loud: Vec<&String> = about
+            .iter()
+            .filter(|l| l.starts_with("[WARN ") || l.starts_with("[ERROR "))
+            .collect();
+        assert!(loud.is_empty(), "worker {pid} retired with: {loud:?}");
+    }
+    assert!(fx.recovers().is_empty(), "a retirement is no recovery");
+    assert_eq!(fx.spawns().len(), 6, "TTOU starts nothing");
 }
