@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::fixture::ROLE;
 use crate::support::backend::Backend;
 use crate::support::net::{all_ids, ask, collect_ids, hold, id_of, try_ask};
+use crate::support::notify::{Notification, NotifySocket};
 use crate::support::process::{DEADLINE, Fixture, Spec, TempDir, kill, wait_until};
 use crate::support::report::parse_exit;
 use crate::support::{procfs, runner};
@@ -83,6 +84,11 @@ pub const ALL: &[(&str, Case)] = cases![
     sighups_during_rolling_restart_coalesce_into_one_more,
     sigterm_during_rolling_restart_drains_second_kills,
     retirements_by_hup_and_ttou_are_logged_at_info,
+    // systemd's notification protocol.
+    notify_lifecycle_on_path_socket,
+    notify_lifecycle_on_abstract_socket,
+    notify_watchdog_pings_every_half_period,
+    notify_silent_without_watchdog_or_socket,
 ];
 
 // ---- Helpers ---------------------------------------------------------------------------------
@@ -1826,4 +1832,224 @@ fn retirements_by_hup_and_ttou_are_logged_at_info(b: Backend) {
     }
     assert!(fx.recovers().is_empty(), "a retirement is no recovery");
     assert_eq!(fx.spawns().len(), 6, "TTOU starts nothing");
+}
+
+// ---- systemd's notification protocol ---------------------------------------------------------
+
+/// `CLOCK_MONOTONIC` in microseconds, the clock of `MONOTONIC_USEC=`.
+fn monotonic_usec() -> u64 {
+    // SAFETY: an all-zero timespec is a valid value to be overwritten.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is writable.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(ret, 0, "clock_gettime");
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+fn texts(notifications: &[Notification]) -> Vec<&str> {
+    notifications.iter().map(|n| n.text.as_str()).collect()
+}
+
+/// Asserts that `status` (a `STATUS=` value) says `n` of `n` workers serve.
+fn assert_all_serving(status: Option<&str>, n: usize) {
+    let expected = format!("{n} of {n} workers serving");
+    assert!(
+        status.is_some_and(|s| s.starts_with(&expected)),
+        "STATUS={status:?}, expected it to begin with {expected:?}"
+    );
+}
+
+/// The life of a master under `Type=notify`: `READY=1` once both workers serve; at HUP
+/// `RELOADING=1` with the monotonic time, and `READY=1` only when the last slot has a new
+/// worker (not while slot 0's old worker still drains, held back by the test);
+/// `STOPPING=1` at TERM, and nothing after it.
+fn notify_lifecycle(b: Backend, socket: NotifySocket) {
+    let (mut fx, port, old) = ready_master(
+        b,
+        2,
+        &[
+            ("FX_DRAIN", "1"),
+            ("FX_GRACE_MS", "60000"),
+            ("NOTIFY_SOCKET", &socket.name),
+        ],
+    );
+    let (before, ready) = socket.wait_for("READY=1", |n| n.has("READY", "1"));
+    assert_all_serving(ready.get("STATUS"), 2);
+    let loud = ["READY", "RELOADING", "STOPPING", "WATCHDOG"];
+    assert!(
+        before
+            .iter()
+            .all(|n| loud.iter().all(|k| n.get(k).is_none())),
+        "before READY=1: {:?}",
+        texts(&before)
+    );
+    let held = hold_each(port, 2);
+    let t0 = monotonic_usec();
+    fx.signal(libc::SIGHUP);
+    let (between, reloading) = socket.wait_for("RELOADING=1", |n| n.has("RELOADING", "1"));
+    let t1 = monotonic_usec();
+    assert!(
+        between.iter().all(|n| n.get("READY").is_none()),
+        "a second READY=1 before the HUP: {:?}",
+        texts(&between)
+    );
+    let usec: u64 = reloading
+        .get("MONOTONIC_USEC")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MONOTONIC_USEC= in {:?}", reloading.text));
+    assert!(
+        (t0..=t1).contains(&usec),
+        "MONOTONIC_USEC={usec} is not between the HUP ({t0}) and its receipt ({t1})"
+    );
+    // Slot 0's new worker serves; its old one drains for as long as the test holds it.
+    fx.expect_log(&format!(
+        "worker 0 (pid {}) retired: asked to drain",
+        old[&0]
+    ));
+    // Everything the master sent for that is on the socket once it has logged a later
+    // signal (USR1 is forwarded to the workers, which ignore it).
+    fx.signal(libc::SIGUSR1);
+    fx.expect_log("SIGUSR1: forwarding");
+    let early = socket.pending();
+    assert!(
+        early.iter().all(|n| n.get("READY").is_none()),
+        "READY=1 while slot 0's old worker drains and slot 1 is not replaced: {:?}",
+        texts(&early)
+    );
+    drop(held);
+    let (_, reloaded) = socket.wait_for("READY=1 after the restart", |n| n.has("READY", "1"));
+    assert_all_serving(reloaded.get("STATUS"), 2);
+    fx.expect_log("rolling restart done");
+    fx.signal(libc::SIGTERM);
+    socket.wait_for("STOPPING=1", |n| n.has("STOPPING", "1"));
+    fx.assert_clean_exit();
+    assert_eq!(fx.spawns().len(), 4, "both slots have a new worker");
+    let after = socket.pending();
+    assert!(
+        after
+            .iter()
+            .all(|n| n.get("READY").is_none() && n.get("RELOADING").is_none()),
+        "after STOPPING=1: {:?}",
+        texts(&after)
+    );
+}
+
+fn notify_lifecycle_on_path_socket(b: Backend) {
+    notify_lifecycle(b, NotifySocket::at_path("notify"));
+}
+
+fn notify_lifecycle_on_abstract_socket(b: Backend) {
+    notify_lifecycle(b, NotifySocket::abstract_name("notify"));
+}
+
+/// With `WATCHDOG_USEC=200000`, and `WATCHDOG_PID` unset or the master's own pid, the
+/// master pings `WATCHDOG=1` every 100 ms (half the period).
+fn notify_watchdog_pings_every_half_period(b: Backend) {
+    const PINGS: usize = 8;
+    let mut seen = Vec::new();
+    for own_pid in [false, true] {
+        let socket = NotifySocket::at_path("watchdog");
+        let mut spec = Spec::new(ROLE).backend(b).envs(&[
+            ("FX_WORKERS", "1"),
+            ("NOTIFY_SOCKET", &socket.name),
+            ("WATCHDOG_USEC", "200000"),
+        ]);
+        if own_pid {
+            spec = spec.self_pid_env("WATCHDOG_PID");
+        }
+        let mut fx = spec.start();
+        // Once it runs (and `sh` has exec'd it), its environment is the master's.
+        fx.wait_field("master");
+        let env = procfs::environ(fx.pid).expect("the master's environment");
+        let expected = own_pid.then(|| fx.pid.to_string());
+        assert_eq!(
+            procfs::environ_var(&env, "WATCHDOG_PID"),
+            expected,
+            "the master's WATCHDOG_PID"
+        );
+        let pings: Vec<Instant> = (0..PINGS)
+            .map(|_| {
+                socket
+                    .wait_for("WATCHDOG=1", |n| n.has("WATCHDOG", "1"))
+                    .1
+                    .at
+            })
+            .collect();
+        let every = (pings[PINGS - 1] - pings[0]) / (PINGS as u32 - 1);
+        assert!(
+            (Duration::from_millis(70)..=Duration::from_millis(190)).contains(&every),
+            "WATCHDOG=1 every {every:?} on average (WATCHDOG_PID set: {own_pid}), expected \
+             about 100 ms"
+        );
+        seen.push(format!("{every:?}"));
+        fx.stop_with(libc::SIGTERM);
+    }
+    runner::note(format!("pings every {}", seen.join(", ")));
+}
+
+/// No watchdog without `WATCHDOG_USEC`, nor when `WATCHDOG_PID` names another process: no
+/// ping in an idle second. Without `NOTIFY_SOCKET` the master holds no unix socket at all,
+/// through a start, a rolling restart and a stop (a master with one holds exactly one).
+fn notify_silent_without_watchdog_or_socket(b: Backend) {
+    let quiet = NotifySocket::at_path("quiet");
+    let other = NotifySocket::abstract_name("other");
+    let mut fx_quiet = start(b, &[("FX_WORKERS", "1"), ("NOTIFY_SOCKET", &quiet.name)]);
+    let mut fx_other = start(
+        b,
+        &[
+            ("FX_WORKERS", "1"),
+            ("NOTIFY_SOCKET", &other.name),
+            ("WATCHDOG_USEC", "200000"),
+            ("WATCHDOG_PID", "1"),
+        ],
+    );
+    let mut fx_none = start(b, &[("FX_WORKERS", "1"), ("WATCHDOG_USEC", "200000")]);
+    for socket in [&quiet, &other] {
+        let (before, _) = socket.wait_for("READY=1", |n| n.has("READY", "1"));
+        assert!(
+            before.iter().all(|n| n.get("WATCHDOG").is_none()),
+            "{:?}",
+            texts(&before)
+        );
+    }
+    for fx in [&fx_quiet, &fx_other, &fx_none] {
+        fx.ready();
+    }
+    assert_eq!(
+        procfs::unix_sockets_of(fx_quiet.pid).len(),
+        1,
+        "a notifying master holds its notification socket"
+    );
+    assert_eq!(
+        procfs::unix_sockets_of(fx_none.pid),
+        Vec::<u64>::new(),
+        "the master without NOTIFY_SOCKET holds a unix socket"
+    );
+    // The idle second, for both at once.
+    let idle = Instant::now() + Duration::from_secs(1);
+    let mut heard = Vec::new();
+    while let Some(n) = quiet.recv_within(idle.saturating_duration_since(Instant::now())) {
+        heard.push(n);
+    }
+    let heard_other = other.pending();
+    for (what, heard) in [
+        ("no WATCHDOG_USEC", &heard),
+        ("another WATCHDOG_PID", &heard_other),
+    ] {
+        assert!(
+            heard.iter().all(|n| n.get("WATCHDOG").is_none()),
+            "{what}: pinged in an idle second: {:?}",
+            texts(heard)
+        );
+    }
+    fx_none.signal(libc::SIGHUP);
+    fx_none.expect_log("rolling restart done");
+    assert_eq!(
+        procfs::unix_sockets_of(fx_none.pid),
+        Vec::<u64>::new(),
+        "the master without NOTIFY_SOCKET holds a unix socket after HUP"
+    );
+    for fx in [&mut fx_quiet, &mut fx_other, &mut fx_none] {
+        fx.stop_with(libc::SIGTERM);
+    }
 }
