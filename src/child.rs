@@ -253,14 +253,16 @@ fn parse_fd(value: &[u8]) -> Option<i32> {
 
 /// What every worker does before `serve`: creates the shutdown notice's pipe, so that
 /// [`Worker::shutdown`] cannot fail later (without a descriptor to spare the worker cannot
-/// do its work anyway), and makes `SIGUSR1` and `SIGUSR2` harmless where they still have
-/// their default action (terminate): the master forwards them to every worker.
+/// do its work anyway), makes `SIGUSR1` and `SIGUSR2` harmless where they still have their
+/// default action (terminate: the master forwards them to every worker), and arms the
+/// notice's TERM handler before the readiness report (see `sys::notice`).
 fn prepare_worker() {
     if let Err(e) = sys::notice::prepare() {
         log::error!("worker cannot create its shutdown-notice pipe: {e}");
         sys::exit_now(1);
     }
     sys::notice::tame_forwarded_signals();
+    sys::notice::arm();
 }
 
 /// Tells the master that this worker is about to enter `serve` (its pid on the readiness

@@ -1,16 +1,29 @@
 //! The worker's shutdown notice: a `SIGTERM`/`SIGINT` handler that sets a flag and makes a
 //! pipe readable.
 //!
-//! The handler is installed only when the worker first asks for the notice
-//! ([`crate::Worker::shutdown`]); until then TERM has its default action and ends the worker,
-//! as it always did. The pipe is never read: once the handler wrote its byte, the read end
-//! stays readable for good, which is what `poll`, `epoll` and tokio's `AsyncFd` want from a
-//! level-triggered "it happened" descriptor.
+//! A worker reports that it is ready right before `serve`, and `serve` asks for the notice
+//! ([`crate::Worker::shutdown`]) a moment later; a TERM from the master in between must not
+//! end a worker that was about to drain. So the handler is armed before the report ([`arm`],
+//! where TERM and INT still have their default action) and decides when a signal comes:
+//!
+//! * the worker asked for the notice: the flag is set and the pipe made readable (the drain);
+//! * it did not, and `serve` has been running for [`DECISION_WINDOW`] or more: it never
+//!   will; the default action is put back and the signal raised again, so TERM ends the
+//!   worker as it always did;
+//! * it did not yet, within the window: the request is kept (a later `shutdown` call sees it
+//!   at once), and a one-shot timer (`setitimer`, `SIGALRM`) fires when the window ends: a
+//!   worker that has not asked by then gets the signal's default action after all. (A
+//!   program that uses `SIGALRM` itself should ask for the notice at the start of `serve`,
+//!   which cancels that timer.)
+//!
+//! The pipe is never read: once the handler wrote its byte, the read end stays readable for
+//! good, which is what `poll`, `epoll` and tokio's `AsyncFd` want from a level-triggered "it
+//! happened" descriptor.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet};
 
@@ -24,6 +37,18 @@ static WRITE_FD: AtomicI32 = AtomicI32::new(-1);
 static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 /// Whether the handler is installed.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// Whether the worker asked for the notice.
+static SUBSCRIBED: AtomicBool = AtomicBool::new(false);
+/// Whether the handler set a timer for a worker that has not asked yet.
+static ALARMED: AtomicBool = AtomicBool::new(false);
+/// The signal kept for a worker that has not asked yet, for [`on_window_end`].
+static PENDING: AtomicI32 = AtomicI32::new(0);
+/// `CLOCK_MONOTONIC` in nanoseconds when the handler was armed (right before `serve`).
+static ARMED_AT: AtomicU64 = AtomicU64::new(0);
+
+/// How long after the start of `serve` a worker that has not asked for the notice may still
+/// ask: a TERM within it is kept for the worker instead of ending it at once.
+pub(crate) const DECISION_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The signals that request a drain: what the master sends (TERM), and what Ctrl-C sends
 /// to a whole process group (INT).
@@ -47,7 +72,15 @@ pub(crate) fn prepare() -> io::Result<()> {
     Ok(())
 }
 
-/// Installs the handler (the first call in a process) and returns the notice descriptor.
+/// Arms the handler right before `serve`, where TERM and INT have their default action (a
+/// handler the program installed itself is left alone). See the module docs.
+pub(crate) fn arm() {
+    ARMED_AT.store(monotonic_ns(), Ordering::Release);
+    install_handler(true);
+}
+
+/// Asks for the notice: installs the handler if it is not armed yet (the first call in a
+/// process) and returns the notice descriptor. A TERM kept for the worker is already on it.
 ///
 /// # Panics
 ///
@@ -57,21 +90,86 @@ pub(crate) fn install() -> BorrowedFd<'static> {
         panic!("prefork: cannot create the shutdown-notice pipe: {e}");
     }
     let (read, _) = PIPE.get().expect("prepared just above");
-    if !INSTALLED.swap(true, Ordering::AcqRel) {
-        let action = SigAction::new(
-            SigHandler::Handler(on_signal),
-            SaFlags::SA_RESTART,
-            SigSet::empty(),
-        );
-        for signal in SIGNALS {
-            // SAFETY: `on_signal` makes only async-signal-safe calls (atomic operations and
-            // `write(2)`) and preserves `errno`; replacing the default disposition of
-            // TERM/INT is what asking for the notice means. sigaction cannot fail for these
-            // valid, catchable signals.
-            let _ = unsafe { nix::sys::signal::sigaction(signal.nix(), &action) };
+    SUBSCRIBED.store(true, Ordering::Release);
+    install_handler(false);
+    if ALARMED.swap(false, Ordering::AcqRel) {
+        set_timer(0);
+        // SAFETY: puts SIGALRM back to its default, as it was before the handler took it.
+        unsafe {
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(libc::SIGALRM, &default, std::ptr::null_mut());
         }
     }
     borrow(read)
+}
+
+/// Installs `on_signal` for TERM and INT, once; with `only_over_default`, only where the
+/// disposition is still the default.
+fn install_handler(only_over_default: bool) {
+    if INSTALLED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in SIGNALS {
+        // SAFETY: `on_signal` makes only async-signal-safe calls (atomic operations,
+        // `clock_gettime`, `write`, `sigaction`, `raise`, `alarm`) and preserves `errno`; it
+        // replaces the default disposition of TERM/INT (or, when asked for the notice
+        // explicitly, whatever was there), which is the point. sigaction cannot fail for
+        // these valid, catchable signals.
+        let previous = unsafe { nix::sys::signal::sigaction(signal.nix(), &action) };
+        if let Ok(previous) = previous {
+            if only_over_default && previous.handler() != SigHandler::SigDfl {
+                // SAFETY: puts back exactly the handler the program installed.
+                let _ = unsafe { nix::sys::signal::sigaction(signal.nix(), &previous) };
+            }
+        }
+    }
+}
+
+/// `setitimer(ITIMER_REAL)`: one `SIGALRM` in `micros` microseconds (0: none).
+fn set_timer(micros: u64) {
+    let timer = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: libc::timeval {
+            tv_sec: (micros / 1_000_000) as libc::time_t,
+            tv_usec: (micros % 1_000_000) as libc::suseconds_t,
+        },
+    };
+    // SAFETY: setitimer reads one itimerval from this frame; a null old value is allowed. It
+    // is a plain system call, safe in a signal handler.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
+}
+
+/// The decision window ended with a signal kept for a worker: if it has not asked for the
+/// notice, the signal gets its default action now.
+extern "C" fn on_window_end(_: libc::c_int) {
+    if SUBSCRIBED.load(Ordering::Acquire) {
+        return;
+    }
+    let signal = PENDING.load(Ordering::Acquire);
+    // SAFETY: sigaction with SIG_DFL and raise are async-signal-safe.
+    unsafe {
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(signal, &default, std::ptr::null_mut());
+        libc::raise(signal);
+    }
+}
+
+/// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds; async-signal-safe.
+fn monotonic_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
 }
 
 fn borrow(fd: &'static OwnedFd) -> BorrowedFd<'static> {
@@ -79,7 +177,35 @@ fn borrow(fd: &'static OwnedFd) -> BorrowedFd<'static> {
     fd.as_fd()
 }
 
-extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_signal(signal: libc::c_int) {
+    if !SUBSCRIBED.load(Ordering::Acquire) {
+        let running = monotonic_ns().saturating_sub(ARMED_AT.load(Ordering::Acquire));
+        if running >= DECISION_WINDOW.as_nanos() as u64 {
+            // A worker that does not drain: TERM ends it, as by default.
+            // SAFETY: sigaction with SIG_DFL and raise are async-signal-safe; the signal is
+            // blocked while this handler runs, so it is delivered, with its default action,
+            // when the handler returns.
+            unsafe {
+                let mut default: libc::sigaction = std::mem::zeroed();
+                default.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+                libc::raise(signal);
+            }
+            return;
+        }
+        PENDING.store(signal, Ordering::Release);
+        if !ALARMED.swap(true, Ordering::AcqRel) {
+            // SAFETY: a zeroed sigaction with `on_window_end` as its handler (which makes
+            // only async-signal-safe calls) is valid; sigaction is async-signal-safe.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_window_end as *const () as libc::sighandler_t;
+                libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut());
+            }
+            let left = (DECISION_WINDOW.as_nanos() as u64).saturating_sub(running);
+            set_timer(left / 1_000 + 1);
+        }
+    }
     REQUESTED.store(true, Ordering::Release);
     let fd = WRITE_FD.load(Ordering::Acquire);
     if fd < 0 {
