@@ -1709,24 +1709,9 @@ fn sighups_during_rolling_restart_coalesce_into_one_more(b: Backend) {
         "restarts completed"
     );
     assert_eq!(fx.spawns(), spawns[..6], "no third restart");
-    // The first and last generations drained. A worker of the second may have been asked
-    // to drain so soon after it reported ready that it had not taken the shutdown notice
-    // yet, and TERM then ended it.
-    assert_exits(
-        &fx,
-        spawns[..2].iter().chain(&spawns[4..6]).copied(),
-        "Code(0)",
-    );
-    let second: Vec<String> = fx
-        .exits()
-        .into_iter()
-        .filter(|e| spawns[2..4].contains(&e.pid))
-        .map(|e| e.how)
-        .collect();
-    assert!(
-        second.len() == 2 && second.iter().all(|h| h == "Code(0)" || h == "Signal(15)"),
-        "how the second generation ended: {second:?}"
-    );
+    // Every generation drained, the second too, although its workers may have been asked
+    // to drain right after they reported ready, before they took the shutdown notice.
+    assert_exits(&fx, spawns, "Code(0)");
     assert!(fx.recovers().is_empty(), "a restart is no recovery");
 }
 
@@ -1745,11 +1730,6 @@ fn sigterm_during_rolling_restart_drains_second_kills(b: Backend) {
     let spawns = wait_spawns(&fx, 3);
     assert_eq!(spawns.len(), 3, "slot 0's new worker started: {spawns:?}");
     let new = spawns[2];
-    // Its `serving` line says it took the shutdown notice: TERM now means drain for it (a
-    // worker TERMed before it asks for the notice is ended by TERM).
-    fx.wait_line(&format!("worker {new} to serve"), |l| {
-        (l == format!("serving 0 {new}")).then_some(())
-    });
     fx.signal(libc::SIGTERM);
     // The new worker is idle: it drains at once.
     assert_eq!(
