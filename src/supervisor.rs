@@ -472,6 +472,9 @@ impl Supervisor {
             self.actions.push_back(Action::Ready {
                 pids: self.slots.iter().filter_map(Slot::pid).collect(),
             });
+            if std::mem::take(&mut self.hup_pending) {
+                self.begin_restart();
+            }
         }
     }
 
@@ -693,6 +696,8 @@ impl Supervisor {
                     self.begin_restart();
                 }
             }
+            // Before every initial worker is ready: the restart follows once they are.
+            Signal::Hup if self.phase == Phase::Starting => self.hup_pending = true,
             _ => {}
         }
     }

@@ -758,6 +758,12 @@ impl Master {
                     ..
                 } = self.fds.take().expect("the master's descriptors");
                 self.children.clear();
+                self.notifier = None;
+                self.upgrade = None;
+                for var in notify::VARIABLES {
+                    // The master's to use: a worker must not speak for the service.
+                    sys::remove_env_if_single_threaded(var);
+                }
                 let listener = self.listeners.take_for_worker(slot);
                 let setup = ChildSetup {
                     slot,

@@ -77,6 +77,9 @@ impl ExecSpec {
             .env(WORKER_ID_ENV, slot.to_string())
             .env(READY_FD_ENV, READY_FD.to_string())
             .env_remove(crate::listen::REUSEPORT_ADDR_ENV);
+        for var in super::notify::VARIABLES {
+            cmd.env_remove(var);
+        }
         match heartbeat {
             Some(_) => cmd.env(HEARTBEAT_FD_ENV, HEARTBEAT_FD.to_string()),
             None => cmd.env_remove(HEARTBEAT_FD_ENV),

@@ -189,7 +189,7 @@ impl Model {
                 self.forwarding = Some((signal, pids));
             }
             Signal::Ttin if running => self.ttin_pending += 1,
-            Signal::Hup if running => self.hups += 1,
+            Signal::Hup if self.stop.is_none() => self.hups += 1,
             _ => {}
         }
         self.sup.on_signal(signal, self.now);

@@ -755,6 +755,17 @@ fn hup_restarts_one_slot_at_a_time() {
 }
 
 #[test]
+fn hup_before_every_worker_is_ready_restarts_once_they_are() {
+    let mut h = Harness::manual(cfg(2));
+    h.ready(100);
+    assert!(h.signal(Signal::Hup).is_empty(), "nothing to restart yet");
+    let ready = Action::Ready {
+        pids: vec![100, 101],
+    };
+    assert_eq!(h.ready(101), vec![ready, Action::Reloading, spawn(0, None)]);
+}
+
+#[test]
 fn restart_terms_the_old_worker_only_after_its_replacement_is_ready() {
     let mut h = Harness::manual(cfg(1));
     h.ready(100);

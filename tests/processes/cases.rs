@@ -2000,6 +2000,15 @@ fn notify_silent_without_watchdog_or_socket(b: Backend) {
         1,
         "a notifying master holds its notification socket"
     );
+    let workers = procfs::live_children(fx_quiet.pid);
+    assert!(!workers.is_empty(), "the notifying master has a worker");
+    for worker in workers {
+        assert_eq!(
+            procfs::unix_sockets_of(worker),
+            Vec::<u64>::new(),
+            "worker {worker} holds the master's notification socket"
+        );
+    }
     assert_eq!(
         procfs::unix_sockets_of(fx_none.pid),
         Vec::<u64>::new(),
