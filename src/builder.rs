@@ -144,9 +144,10 @@ impl Prefork {
 
     /// One `SO_REUSEPORT` socket per worker instead of one shared listener, for
     /// [`Prefork::listen_and_serve`]: the kernel spreads connections evenly over the workers.
-    /// In fork mode the master binds one socket per slot and keeps it, so connections queued
-    /// on a dead worker's socket wait for its replacement; in exec mode each worker binds its
-    /// own, as fasthttp does. Default: off (one shared listener).
+    /// The master binds one socket per slot and keeps it (in exec mode worker k gets socket k
+    /// on its fd 3), so connections queued on a dead or replaced worker's socket wait for the
+    /// next worker of the slot; TTOU steers new connections away from a retired slot before it
+    /// drains. Default: off (one shared listener).
     pub fn reuseport(mut self, on: bool) -> Self {
         self.reuseport = on;
         self
