@@ -243,6 +243,12 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         let mut pids = self.others.borrow().clone();
+        // New masters of binary upgrades, adopted or not (a test may have failed before).
+        pids.extend(self.log_lines().iter().filter_map(|l| {
+            let (_, rest) = l.split_once("] upgrade: new master ")?;
+            let (pid, _) = rest.split_once(" started")?;
+            pid.parse::<u32>().ok()
+        }));
         if let Ok(None) = self.child.try_wait() {
             pids.push(self.child.id());
         }
