@@ -7,9 +7,10 @@
 //!   returns. Ours picks, by the connection's flow hash, one of a list of positions, so a
 //!   socket left out of the list gets no new connection while it stays open and its worker
 //!   drains what is queued on it.
-//! * [`refuse_new_connections`]: `SO_ATTACH_FILTER` with a program that drops every packet
-//!   addressed to the listening socket itself: new connection requests (SYNs) are dropped, as
-//!   on a full queue, while the connections already queued stay, to be accepted and served.
+//! * [`refuse_new_connections`]: `SO_ATTACH_FILTER` with a program that drops the packets
+//!   that open a connection (a SYN without ACK): new connection requests are dropped, as on a
+//!   full queue, while a handshake under way completes and the connections already queued
+//!   stay, to be accepted and served.
 //!   A client's retransmitted SYN then finds the port closed (refused) or served by whatever
 //!   listens there by then (a restarted server).
 
@@ -33,20 +34,35 @@ pub(crate) fn steer(socket: BorrowedFd<'_>, targets: &[u32]) -> io::Result<()> {
     setsockopt(&socket, sockopt::AttachReusePortCbpf, &fprog).map_err(io::Error::from)
 }
 
-/// Attaches to `socket` a filter that drops every new connection request (see the module
-/// docs). Connections already queued are not affected.
+/// Attaches to `socket` a filter that drops every new connection request (a bare SYN) and
+/// lets every other packet through (see the module docs): connections already queued are not
+/// affected, and a handshake under way when the filter arrives completes into the queue.
+///
+/// A filter on a TCP socket sees each packet from its TCP header on, so byte 13 holds the
+/// flags; a connection accepted later inherits the filter, which then lets its data through.
 pub(crate) fn refuse_new_connections(socket: BorrowedFd<'_>) -> io::Result<()> {
-    let mut drop_all = [libc::sock_filter {
-        code: (libc::BPF_RET | libc::BPF_K) as u16,
-        jt: 0,
-        jf: 0,
-        k: 0,
-    }];
-    let fprog = libc::sock_fprog {
-        len: 1,
-        filter: drop_all.as_mut_ptr(),
+    const SYN: u32 = 0x02;
+    const ACK: u32 = 0x10;
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
     };
-    // SAFETY: `fprog` points to a one-instruction program that lives until the call returns
+    let mut program = [
+        // A = the TCP flags byte.
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 13),
+        op(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, 0, 0, SYN | ACK),
+        // A bare SYN (SYN without ACK) is dropped; everything else is kept whole.
+        op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 1, SYN),
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points to a five-instruction program that lives until the call returns
     // (the kernel copies it); the option value is exactly one `sock_fprog`.
     let r = unsafe {
         libc::setsockopt(
@@ -103,7 +119,8 @@ fn program(targets: &[u32]) -> io::Result<Vec<libc::sock_filter>> {
 
 #[cfg(test)]
 mod tests {
-    /// A queued connection survives the filter and is accepted; a new one is not answered.
+    /// A queued connection survives the filter, is accepted, and its data still arrives (the
+    /// accepted socket inherits the filter); a new one is not answered.
     #[test]
     fn refused_listener_keeps_its_queue() {
         let listener =
@@ -116,9 +133,16 @@ mod tests {
             late.is_err(),
             "a connection request after the filter is dropped"
         );
-        let (accepted, peer) = listener.accept().unwrap();
+        let (mut accepted, peer) = listener.accept().unwrap();
         assert_eq!(peer, queued.local_addr().unwrap());
-        drop(accepted);
+        use std::io::{Read, Write};
+        (&queued).write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        accepted
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        accepted.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping", "data of an accepted connection passes the filter");
     }
 
     use std::io::ErrorKind;
