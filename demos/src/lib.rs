@@ -127,12 +127,15 @@ impl log::Log for StderrLogger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
-            eprintln!(
-                "[{} {}] {}",
+            // One write per line: during a binary upgrade two masters share stderr.
+            let line = format!(
+                "[{} {}] {}\n",
                 record.level(),
                 std::process::id(),
                 record.args()
             );
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(line.as_bytes());
         }
     }
 
