@@ -23,11 +23,15 @@
 #
 # The load, all at once for the whole window (closed loop: at most 10 requests in flight):
 #   wrk -t1 -c8 with a 1 ms pause between a connection's requests (keep-alive): latency
-#     percentiles from wrk's own histogram, and its socket errors
+#     percentiles from wrk's own histogram, and its socket errors (wrk counts a keep-alive
+#     connection the server closes while it is idle as a read error: not a failed request)
 #   prefork-load --conn new --clients 1: a new connection per request, every request's
 #     outcome (ok, refused, reset, timeout, other) and its latency (connect included)
 #   prefork-load --conn keepalive --clients 1: the same on one reused connection; a request
 #     the server never started (its idle connection was closed) is retried, as HTTP allows
+# Timeouts are 10 s (wrk and prefork-load), so that a stall of a shared machine shows as
+# latency rather than as a failure; "stalled rounds" counts the rounds whose wrk maximum
+# exceeds 100 ms, in steady state too.
 #
 # usage: benches/lifecycle.sh [--rounds N] [--duration SECS] [--workers N] [--port PORT]
 #                             [--modes "fork reuseport exec nginx"]
@@ -245,12 +249,12 @@ trial() {
   local old_master=$server_pid
   "$load_bin" --addr "$addr" --conn new --clients 1 --duration 1 --timeout 2000 >/dev/null 2>&1 # warm-up
 
-  wrk -t1 -c8 -d"${duration}s" -s "$out/paced.lua" "http://$addr/" >"$out/wrk-$tag.txt" 2>&1 &
+  wrk -t1 -c8 -d"${duration}s" --timeout 10s -s "$out/paced.lua" "http://$addr/" >"$out/wrk-$tag.txt" 2>&1 &
   loaders=($!)
-  "$load_bin" --addr "$addr" --conn new --clients 1 --duration "$duration" --timeout 2000 \
+  "$load_bin" --addr "$addr" --conn new --clients 1 --duration "$duration" --timeout 10000 \
     >"$out/new-$tag.json" 2>"$out/new-$tag.err" &
   loaders+=($!)
-  "$load_bin" --addr "$addr" --conn keepalive --clients 1 --duration "$duration" --timeout 2000 \
+  "$load_bin" --addr "$addr" --conn keepalive --clients 1 --duration "$duration" --timeout 10000 \
     >"$out/ka-$tag.json" 2>"$out/ka-$tag.err" &
   loaders+=($!)
   local t_start=$EPOCHREALTIME
@@ -373,6 +377,7 @@ awk -F'\t' -v cores="$cores" -v rounds="$rounds" -v dur="$duration" -v n="$worke
     np99[k, c] = $12; nmax[k, c] = $13; kp99[k, c] = $16; ev1[k, c] = $20; ev2[k, c] = $21
     wreq[k] += $4; nreq[k] += $10; nfail[k] += $11; kreq[k] += $14; kfail[k] += $15
     kretry[k] += $17; kreconn[k] += $18; kills[k] += $19
+    if ($8 != "-" && $8 > 100000) stalls[k]++
     split($9, e, "/"); for (i = 1; i <= 5; i++) werr[k, i] += e[i]
     if ($22 != "-") notes[k] = notes[k] (notes[k] == "" ? "" : "; ") "round " $1 ": " $22
   }
@@ -407,8 +412,8 @@ awk -F'\t' -v cores="$cores" -v rounds="$rounds" -v dur="$duration" -v n="$worke
         werr[k, 1], werr[k, 2], werr[k, 3], werr[k, 4], werr[k, 5], kills[k]
     }
     printf "\nLatency (µs, median over %s rounds; %s cores; x steady: over the same server'"'"'s steady state in this run)\n\n", rounds, cores
-    printf "| server | scenario | wrk req/s | wrk p50 | wrk p99 | x steady | wrk p99.9 | wrk max | new-conn p99 | x steady | new-conn max | keep-alive p99 | x steady |\n"
-    printf "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    printf "| server | scenario | wrk req/s | wrk p50 | wrk p99 | x steady | wrk p99.9 | wrk max | stalled rounds | new-conn p99 | x steady | new-conn max | keep-alive p99 | x steady |\n"
+    printf "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     for (a = 1; a <= nm; a++) {
       s0 = M[a] SUBSEP "steady"
       W0 = (s0 in cnt) ? median(wp99, s0, cnt[s0]) : "-"
@@ -417,9 +422,9 @@ awk -F'\t' -v cores="$cores" -v rounds="$rounds" -v dur="$duration" -v n="$worke
       for (b = 1; b <= ns; b++) {
         k = M[a] SUBSEP S[b]; if (!(k in cnt)) continue; m = cnt[k]
         W = median(wp99, k, m); N = median(np99, k, m); K = median(kp99, k, m)
-        printf "| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", name[M[a]], what[S[b]],
+        printf "| %s | %s | %.0f | %s | %s | %s | %s | %s | %d of %d | %s | %s | %s | %s | %s |\n", name[M[a]], what[S[b]],
           median(wrps, k, m), median(wp50, k, m), W, ratio(W, W0), median(wp999, k, m), median(wmax, k, m),
-          N, ratio(N, N0), median(nmax, k, m), K, ratio(K, K0)
+          stalls[k], m, N, ratio(N, N0), median(nmax, k, m), K, ratio(K, K0)
       }
     }
     hdr = 0
