@@ -142,7 +142,10 @@ mod tests {
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
         accepted.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"ping", "data of an accepted connection passes the filter");
+        assert_eq!(
+            &got, b"ping",
+            "data of an accepted connection passes the filter"
+        );
     }
 
     use std::io::ErrorKind;
