@@ -348,6 +348,15 @@ impl Supervisor {
 
     /// The next action to perform, if any.
     pub(crate) fn next_action(&mut self) -> Option<Action> {
+        if self.actions.is_empty()
+            && self.phase == Phase::Running
+            && self.restarting.is_none()
+            && std::mem::take(&mut self.hup_pending)
+        {
+            // A HUP that arrived before every initial worker was ready: its restart begins
+            // after the Ready action (and its hook) went through.
+            self.begin_restart();
+        }
         self.actions.pop_front()
     }
 
@@ -472,9 +481,8 @@ impl Supervisor {
             self.actions.push_back(Action::Ready {
                 pids: self.slots.iter().filter_map(Slot::pid).collect(),
             });
-            if std::mem::take(&mut self.hup_pending) {
-                self.begin_restart();
-            }
+            // A HUP that came before this moment restarts once the Ready action is
+            // performed (see `next_action`).
         }
     }
 
@@ -970,7 +978,7 @@ impl Supervisor {
         self.actions.retain(|a| {
             !matches!(
                 a,
-                Action::Spawn { .. } | Action::Ready { .. } | Action::Reloaded
+                Action::Spawn { .. } | Action::Ready { .. } | Action::Reloading | Action::Reloaded
             )
         });
         self.restart_queue.clear();
