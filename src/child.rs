@@ -185,7 +185,7 @@ fn watch_master_pidfd(mut hook: DeathHook, master_pid: u32) {
 /// master. A name or CPU that cannot be set is logged only.
 fn become_worker(slot: usize, setup: &WorkerSetup) {
     if setup.names {
-        if let Err(e) = sys::identity::set_thread_name(&format!("prefork w{slot}")) {
+        if let Err(e) = sys::identity::set_worker_name(slot) {
             log::warn!("worker {slot} cannot name itself: {e}");
         }
     }

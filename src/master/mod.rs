@@ -762,7 +762,9 @@ impl Master {
                 self.upgrade = None;
                 for var in notify::VARIABLES {
                     // The master's to use: a worker must not speak for the service.
-                    sys::remove_env_if_single_threaded(var);
+                    if std::env::var_os(var).is_some() {
+                        sys::remove_env_if_single_threaded(var);
+                    }
                 }
                 let listener = self.listeners.take_for_worker(slot);
                 let setup = ChildSetup {
@@ -866,19 +868,24 @@ impl Master {
             );
             return;
         }
-        let Some(program) = self.program.clone() else {
+        let Some((path, args)) = self
+            .program
+            .as_ref()
+            .and_then(|p| Some((p.path()?, p.args.clone())))
+        else {
             log::error!("SIGUSR2: cannot upgrade, the program's path is unknown");
             return;
         };
         let sockets = self.listeners.handover();
         log::info!(
             "SIGUSR2: upgrading: starting {} with {} listening sockets",
-            program.path.display(),
+            path.display(),
             sockets.len()
         );
         let now = self.now();
         let started = Upgrade::start(
-            &program,
+            &path,
+            &args,
             &sockets,
             &self.old_mask,
             now,
@@ -890,7 +897,7 @@ impl Master {
             Err(e) => {
                 log::error!(
                     "upgrade failed: cannot execute {}: {e}; the running workers keep serving",
-                    program.path.display()
+                    path.display()
                 );
                 return;
             }

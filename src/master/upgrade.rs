@@ -23,37 +23,51 @@ const NOT_INHERITED: [&str; 4] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", 
 /// What the new master writes when every one of its workers is ready.
 pub(crate) const READY_MESSAGE: &[u8] = b"READY=1\n";
 
-/// The program this master was started as, resolved when it started: the path (not
-/// `/proc/self/exe`, which names the old file once a deploy replaced it), the arguments.
+/// The program this master was started as: `argv[0]`, the arguments, and what resolving
+/// `argv[0]` depends on (the working directory and `PATH`), recorded when the master starts;
+/// the path itself is resolved on `SIGUSR2` ([`Program::path`]), so a start pays for no
+/// `PATH` search. Not `/proc/self/exe`, which names the old file once a deploy replaced it.
 #[derive(Debug, Clone)]
 pub(crate) struct Program {
-    pub(crate) path: PathBuf,
     pub(crate) args: Vec<OsString>,
+    cwd: Option<PathBuf>,
+    search: Option<OsString>,
 }
 
 impl Program {
-    /// `argv[0]` as the shell found it: a path with a slash, taken relative to the working
-    /// directory at start (symlinks kept: a deploy often switches one); a bare name, looked
-    /// up in `PATH`; else `/proc/self/exe` resolved now.
+    /// Records `argv`, the working directory and `PATH`.
     pub(crate) fn current() -> Option<Program> {
         let args: Vec<OsString> = std::env::args_os().collect();
-        let arg0 = PathBuf::from(args.first()?);
-        let path = if arg0.components().count() > 1 {
-            let joined = std::env::current_dir().ok()?.join(arg0);
-            joined
-                .components()
-                .filter(|c| *c != std::path::Component::CurDir)
-                .collect()
-        } else {
-            std::env::var_os("PATH")
-                .and_then(|paths| {
-                    std::env::split_paths(&paths)
-                        .map(|dir| dir.join(&arg0))
-                        .find(|p| p.is_file())
-                })
-                .or_else(|| std::env::current_exe().ok())?
-        };
-        Some(Program { path, args })
+        args.first()?;
+        Some(Program {
+            args,
+            cwd: std::env::current_dir().ok(),
+            search: std::env::var_os("PATH"),
+        })
+    }
+
+    /// `argv[0]` as the shell found it: a path with a slash, taken relative to the working
+    /// directory at start (symlinks kept: a deploy often switches one); a bare name, looked
+    /// up in `PATH` as it was at start; else `/proc/self/exe` resolved now.
+    pub(crate) fn path(&self) -> Option<PathBuf> {
+        let arg0 = PathBuf::from(self.args.first()?);
+        if arg0.components().count() > 1 {
+            let joined = self.cwd.as_ref()?.join(arg0);
+            return Some(
+                joined
+                    .components()
+                    .filter(|c| *c != std::path::Component::CurDir)
+                    .collect(),
+            );
+        }
+        self.search
+            .as_ref()
+            .and_then(|paths| {
+                std::env::split_paths(paths)
+                    .map(|dir| dir.join(&arg0))
+                    .find(|p| p.is_file())
+            })
+            .or_else(|| std::env::current_exe().ok())
     }
 }
 
@@ -83,7 +97,8 @@ impl Upgrade {
     /// Starts the new master with `sockets` (and their names) on fds 3.. and the readiness
     /// pipe after them; `Ok` once it was executed.
     pub(crate) fn start(
-        program: &Program,
+        path: &std::path::Path,
+        args: &[OsString],
         sockets: &[(std::os::fd::BorrowedFd<'_>, String)],
         mask: &sys::SigSet,
         now: Duration,
@@ -96,8 +111,8 @@ impl Upgrade {
         let upgrade_fd = (3 + sockets.len()).to_string();
         let names: Vec<String> = sockets.iter().map(|(_, n)| n.clone()).collect();
         let mut handover = Handover::new(
-            program.path.as_os_str(),
-            &program.args,
+            path.as_os_str(),
+            args,
             &env,
             &[(UPGRADE_FD_ENV, upgrade_fd)],
             sockets.len(),

@@ -26,6 +26,34 @@ pub(crate) fn set_thread_name(name: &str) -> io::Result<()> {
     set_thread_name_c(&name)
 }
 
+/// `prctl(PR_SET_NAME)`: names the calling thread `prefork wK`, without allocating (a worker
+/// does it right after the fork, where every page it writes is a copy-on-write fault).
+pub(crate) fn set_worker_name(slot: usize) -> io::Result<()> {
+    let mut buf = [0u8; NAME_MAX + 1];
+    let prefix = b"prefork w";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 20];
+    let (mut n, mut len) = (slot, 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut at = prefix.len();
+    for &d in digits[..len].iter().rev() {
+        if at == NAME_MAX {
+            break;
+        }
+        buf[at] = d;
+        at += 1;
+    }
+    let name = CStr::from_bytes_until_nul(&buf).expect("the buffer ends with a NUL");
+    set_thread_name_c(name)
+}
+
 /// `prctl(PR_SET_NAME)` with a name as the kernel reported it.
 pub(crate) fn set_thread_name_c(name: &CStr) -> io::Result<()> {
     rustix::thread::set_name(name)?;
@@ -294,6 +322,25 @@ mod tests {
         let name = thread_name().expect("PR_GET_NAME");
         set_thread_name_c(&before).expect("PR_SET_NAME");
         assert_eq!(name.to_bytes(), b"prefork w123456");
+    }
+
+    #[test]
+    fn worker_names_are_built_without_allocating_and_cut_alike() {
+        let before = thread_name().expect("PR_GET_NAME");
+        let mut seen = Vec::new();
+        for slot in [0, 7, 42, 1234567890] {
+            set_worker_name(slot).expect("PR_SET_NAME");
+            seen.push(thread_name().expect("PR_GET_NAME"));
+        }
+        set_thread_name_c(&before).expect("PR_SET_NAME");
+        let seen: Vec<&[u8]> = seen.iter().map(|n| n.to_bytes()).collect();
+        let want: [&[u8]; 4] = [
+            b"prefork w0",
+            b"prefork w7",
+            b"prefork w42",
+            b"prefork w123456",
+        ];
+        assert_eq!(seen, want);
     }
 
     #[test]
