@@ -42,13 +42,9 @@ pub(crate) fn set_worker_name(slot: usize) -> io::Result<()> {
             break;
         }
     }
-    let mut at = prefix.len();
-    for &d in digits[..len].iter().rev() {
-        if at == NAME_MAX {
-            break;
-        }
+    let room = NAME_MAX - prefix.len();
+    for (at, &d) in (prefix.len()..).zip(digits[..len].iter().rev().take(room)) {
         buf[at] = d;
-        at += 1;
     }
     let name = CStr::from_bytes_until_nul(&buf).expect("the buffer ends with a NUL");
     set_thread_name_c(name)
