@@ -20,6 +20,7 @@
 # DIR (default target/bench-http): wrk outputs, server logs, summary.md, perf report.
 # Measure on an otherwise idle machine: wrk, the servers and anything else share the cores.
 set -euo pipefail
+. "$(dirname "$0")/common.sh"
 cd "$(dirname "$0")/.."
 
 rounds=3
@@ -54,10 +55,7 @@ missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 if [ "$perf" = 1 ] && ! command -v perf >/dev/null 2>&1; then missing+=(linux-perf); fi
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "http.sh: installing ${missing[*]}"
-  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing http.sh "${missing[@]}"
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
 echo "http.sh: building (release)"
@@ -76,14 +74,7 @@ trap cleanup EXIT
 
 # Waits (bounded) until a GET / is answered.
 wait_ready() {
-  for _ in $(seq 200); do
-    if { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; then
-      printf 'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3
-      if head -c 12 <&3 | grep -q '200'; then exec 3<&- 3>&-; return 0; fi
-      exec 3<&- 3>&-
-    fi
-    sleep 0.05
-  done
+  http_ready "$port" 200 0.05 && return 0
   echo "http.sh: the server did not come up on $addr" >&2
   exit 1
 }

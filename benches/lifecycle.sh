@@ -42,6 +42,7 @@
 # target/bench-lifecycle): every load report, server log, results.tsv, summary.md.
 # Measure on an otherwise idle machine: the load and the servers share the cores.
 set -euo pipefail
+. "$(dirname "$0")/common.sh"
 export LC_ALL=C # a decimal point in $EPOCHREALTIME and awk
 cd "$(dirname "$0")/.."
 
@@ -82,10 +83,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 case " $modes " in
   *" nginx "*) command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light) ;;
 esac
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "lifecycle.sh: installing ${missing[*]}"
-  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing lifecycle.sh "${missing[@]}"
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
 echo "lifecycle.sh: building (release)"
@@ -141,14 +139,7 @@ trap 'exit 130' INT TERM HUP
 
 # Waits (bounded, 10 s) until a GET / is answered; polls every 5 ms.
 wait_ready() {
-  for _ in $(seq 2000); do
-    if { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; then
-      printf 'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3
-      if head -c 12 <&3 | grep -q '200'; then exec 3<&- 3>&-; return 0; fi
-      exec 3<&- 3>&-
-    fi
-    sleep 0.005
-  done
+  http_ready "$port" 2000 0.005 && return 0
   echo "lifecycle.sh: the server did not come up on $addr" >&2
   exit 1
 }
