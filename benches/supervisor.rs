@@ -10,8 +10,9 @@
 //! replacement inside serve), `death` (SIGKILL the master to the worker noticing), `idle`
 //! (context switches of an idle master and idle workers). `BENCH_QUICK=1` is `--quick`;
 //! `BENCH_IDLE_SECS` sets the idle window; `BENCH_WORKER_NAMES=0` runs the prefork masters
-//! with `worker_names(false)` (the library names every worker `prefork wK` by default). See
-//! `docs/benchmarks.md`.
+//! with `worker_names(false)` (the library names every worker `prefork wK` by default);
+//! `BENCH_SPAWN_WORKERS=1,2` and `BENCH_SPAWN_SAMPLES=200` choose the spawn section's worker
+//! counts and its samples per count. See `docs/benchmarks.md`.
 //!
 //! Every measured process is a descendant of this one: for each sample the bench forks a
 //! "master" process that calls `Prefork::run` (or runs the bare floor loop), and the workers
@@ -85,6 +86,18 @@ impl Opts {
 // ---------------------------------------------------------------------------------------------
 // System helpers
 // ---------------------------------------------------------------------------------------------
+
+/// A positive count from the environment variable `name`, if set.
+fn env_usize(name: &str) -> Option<usize> {
+    let v = std::env::var(name).ok()?;
+    match v.parse() {
+        Ok(n) if n > 0 => Some(n),
+        _ => {
+            eprintln!("{name}={v:?} is not a positive count; ignored");
+            None
+        }
+    }
+}
 
 fn getpid() -> u32 {
     // SAFETY: getpid has no preconditions and cannot fail.
@@ -766,7 +779,7 @@ fn spawn_sample(imp: Imp, n: usize) -> Result<f64, String> {
 }
 
 fn bench_spawn(o: &Opts) {
-    let reps = if o.quick { 8 } else { 40 };
+    let reps = env_usize("BENCH_SPAWN_SAMPLES").unwrap_or(if o.quick { 8 } else { 40 });
     println!(
         "\n## spawn-to-ready: run() called -> every worker inside serve ({reps} samples each, interleaved)\n"
     );
@@ -777,7 +790,11 @@ fn bench_spawn(o: &Opts) {
     let mut worst: f64 = 0.0;
     // p50 of (prefork, floor) at the smallest and the largest n, for the per-worker cost.
     let mut ends: Vec<(usize, f64, f64)> = Vec::new();
-    for n in [1usize, 2, 8, 32, 64] {
+    let counts: Vec<usize> = match std::env::var("BENCH_SPAWN_WORKERS") {
+        Ok(v) => v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+        Err(_) => vec![1, 2, 8, 32, 64],
+    };
+    for n in counts {
         let mut samples = [Vec::new(), Vec::new()];
         let mut errors = 0;
         // One warm-up sample each (page cache, allocator, scheduler), not recorded.

@@ -81,11 +81,13 @@ where
     if let Some(saved) = saved_chld {
         let _ = sys::restore_disposition(saved);
     }
+    // The handlers are the master's, inherited (see `sys::notice`); from here on a TERM is
+    // kept for the worker that is about to report ready.
+    sys::notice::arm();
     let _ = sys::sigmask(libc::SIG_SETMASK, &old_mask);
     if let Some(table) = heartbeat {
         table.into_worker(slot);
     }
-    prepare_worker();
     let worker = Worker {
         id: slot,
         pid: sys::getpid(),
@@ -121,7 +123,7 @@ where
         None => {}
     }
     adopt_heartbeat(id);
-    prepare_worker();
+    sys::notice::arm_here();
     let worker = Worker {
         id,
         pid: sys::getpid(),
@@ -249,20 +251,6 @@ fn parse_fd(value: &[u8]) -> Option<i32> {
         .parse()
         .ok()?;
     (3..=1023).contains(&n).then_some(n)
-}
-
-/// What every worker does before `serve`: creates the shutdown notice's pipe, so that
-/// [`Worker::shutdown`] cannot fail later (without a descriptor to spare the worker cannot
-/// do its work anyway), makes `SIGUSR1` and `SIGUSR2` harmless where they still have their
-/// default action (terminate: the master forwards them to every worker), and arms the
-/// notice's TERM handler before the readiness report (see `sys::notice`).
-fn prepare_worker() {
-    if let Err(e) = sys::notice::prepare() {
-        log::error!("worker cannot create its shutdown-notice pipe: {e}");
-        sys::exit_now(1);
-    }
-    sys::notice::tame_forwarded_signals();
-    sys::notice::arm();
 }
 
 /// Tells the master that this worker is about to enter `serve` (its pid on the readiness

@@ -71,7 +71,7 @@ pub(crate) struct Health {
 
 impl Health {
     /// The checks `checks` asks for; makes the heartbeat table when `worker_timeout` is set.
-    pub(crate) fn new(checks: HealthChecks) -> Result<Health, Error> {
+    pub(crate) fn new(checks: HealthChecks, workers: usize) -> Result<Health, Error> {
         let table = match checks.worker_timeout {
             Some(_) => {
                 Some(Heartbeats::create().map_err(Error::sys("creating the heartbeat table"))?)
@@ -81,18 +81,28 @@ impl Health {
         let clock = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        Ok(Health {
+        // Sized for every slot and for a replacement of each at once (a rolling restart),
+        // so that starting workers does not reallocate: in the master, between forks,
+        // every page written costs a copy-on-write fault.
+        let mut health = Health {
             checks,
             table,
             watches: HashMap::new(),
             next: None,
             next_rss: None,
             seed: (u64::from(sys::getpid()) << 32) ^ clock,
-            ever: Vec::new(),
-            starts: HashMap::new(),
+            ever: Vec::with_capacity(workers),
+            starts: HashMap::with_capacity(2 * workers),
             current: Status::default(),
             published: None,
-        })
+        };
+        if health.checks.any() {
+            health.watches.reserve(2 * workers);
+        }
+        if let Some(last) = workers.checked_sub(1) {
+            health.grow(last);
+        }
+        Ok(health)
     }
 
     /// The heartbeat table, whose memfd an exec-mode worker inherits.
@@ -432,7 +442,7 @@ mod tests {
             worker_timeout: Some(ms(timeout_ms)),
             ..HealthChecks::default()
         };
-        let mut health = Health::new(checks).expect("heartbeat table");
+        let mut health = Health::new(checks, 2).expect("heartbeat table");
         health.on_spawned(0, PID, Duration::ZERO);
         (sup, health)
     }
@@ -525,7 +535,7 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_a_tenth_and_varies() {
-        let mut h = Health::new(HealthChecks::default()).expect("no table needed");
+        let mut h = Health::new(HealthChecks::default(), 2).expect("no table needed");
         let d = Duration::from_secs(100);
         let draws: Vec<Duration> = (0..1000).map(|_| h.jitter(d)).collect();
         assert!(draws.iter().all(|j| *j <= Duration::from_secs(10)));

@@ -21,6 +21,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::Termination;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::child::{self, ChildSetup};
@@ -125,6 +126,9 @@ struct Master {
     spawn: Spawn,
     listeners: Listeners,
     notifier: Option<Notifier>,
+    /// Whether any notification variable is set, which a forked worker then removes
+    /// (decided once in the master, so that a worker reads the environment only when it must).
+    notify_env: bool,
     /// The program to start on `SIGUSR2`, resolved at start.
     program: Option<Program>,
     upgrade: Option<Upgrade>,
@@ -140,6 +144,8 @@ struct Master {
     health: Health,
     /// What each forked worker does for itself before `serve`.
     setup: WorkerSetup,
+    /// Fork mode: the workers' signal handlers, installed once here for them to inherit.
+    inherited: Option<sys::notice::Inherited>,
 }
 
 /// The master's own descriptors, none of which a worker keeps (close-on-exec does not help
@@ -185,10 +191,11 @@ where
     let _name = setup
         .names
         .then(|| sys::identity::Renamed::set("prefork master"));
-    let health = Health::new(health)?;
+    let health = Health::new(health, cfg.workers)?;
     let mut master = Master::new(backend, death, spawn, listeners, health)?;
     master.upgrade_timeout = upgrade_timeout;
     master.shutdown_grace = cfg.shutdown_grace;
+    master.children.reserve(2 * cfg.workers);
     master.setup = setup;
     log::info!(
         "prefork master {} starting {} workers ({mode} mode, {:?} backend)",
@@ -268,6 +275,7 @@ impl Master {
             return Err(restore(Error::sys("epoll_ctl")(e)));
         }
         let notifier = Notifier::from_env(sys::getpid());
+        sys::notice::warm_clock();
         let mut master = Master {
             fds: Some(Fds {
                 epoll,
@@ -292,9 +300,13 @@ impl Master {
             handing_over: false,
             next_ping: None,
             notifier,
+            notify_env: notify::VARIABLES
+                .iter()
+                .any(|var| std::env::var_os(var).is_some()),
             error: None,
             health,
             setup: WorkerSetup::default(),
+            inherited: None,
         };
         if let Some(every) = master.notifier.as_ref().and_then(|n| n.watchdog) {
             master.next_ping = Some(every);
@@ -303,6 +315,9 @@ impl Master {
             // From here on Drop restores everything, the handlers included.
             let forwarding = master.forward_signals()?;
             master.fds_mut().forwarding = Some(forwarding);
+        } else {
+            // The signals are blocked: the handlers are for the workers alone.
+            master.inherited = Some(sys::notice::Inherited::install());
         }
         Ok(master)
     }
@@ -744,9 +759,7 @@ impl Master {
             return Ok(pid);
         }
         self.listeners.for_slot(slot)?;
-        // Anything buffered now would otherwise be written twice, once by each process.
-        let _ = io::stdout().flush();
-        let _ = io::stderr().flush();
+        flush_stdout();
         let master_pid = sys::getpid();
         match sys::fork()? {
             Fork::Child => {
@@ -757,13 +770,20 @@ impl Master {
                     death_pipe,
                     ..
                 } = self.fds.take().expect("the master's descriptors");
-                self.children.clear();
+                // Closes the siblings' pidfds. Iterating by value reads the table without
+                // writing to it, and the table itself is left to the worker's copy of the
+                // heap: every page a worker writes is a copy-on-write fault.
+                let mut siblings = std::mem::take(&mut self.children).into_iter();
+                siblings.by_ref().for_each(drop);
+                std::mem::forget(siblings);
                 self.notifier = None;
                 self.upgrade = None;
-                for var in notify::VARIABLES {
-                    // The master's to use: a worker must not speak for the service.
-                    if std::env::var_os(var).is_some() {
-                        sys::remove_env_if_single_threaded(var);
+                if self.notify_env {
+                    for var in notify::VARIABLES {
+                        // The master's to use: a worker must not speak for the service.
+                        if std::env::var_os(var).is_some() {
+                            sys::remove_env_if_single_threaded(var);
+                        }
                     }
                 }
                 let listener = self.listeners.take_for_worker(slot);
@@ -1072,6 +1092,8 @@ impl Drop for Master {
         if let Some(fw) = &fds.forwarding {
             sys::stop_forwarding(&fw.saved);
         }
+        // The workers' handlers go before the signals are unblocked, so that none runs here.
+        drop(self.inherited.take());
         let _ = sys::sigmask(libc::SIG_SETMASK, &self.old_mask);
         if let Some(saved) = &self.saved_chld {
             let _ = sys::restore_disposition(saved);
@@ -1099,8 +1121,25 @@ fn exit_of(how: Reaped) -> WorkerExit {
     }
 }
 
+/// Whether std's stdout buffer is known to be empty: false at start and after every hook (the
+/// only code of the program that runs in the master), true after a flush.
+static STDOUT_CLEAN: AtomicBool = AtomicBool::new(false);
+
+/// Flushes std's stdout before a fork when the program may have written to it, so that
+/// nothing buffered is written twice, once by each process. (Stderr is unbuffered.) Taking
+/// the stdout lock writes to its page, which after a fork is shared with the worker: a
+/// copy-on-write fault in the master. So the flush is skipped where nothing can be pending;
+/// the master's own writes go through `log`, whose line-based output leaves nothing behind.
+fn flush_stdout() {
+    if !STDOUT_CLEAN.load(Ordering::Relaxed) {
+        STDOUT_CLEAN.store(true, Ordering::Relaxed);
+        let _ = io::stdout().flush();
+    }
+}
+
 /// Runs a hook, turning its error or panic into [`Error::Hook`].
 fn call_hook(hook: &'static str, f: impl FnOnce() -> HookResult) -> Result<(), Error> {
+    STDOUT_CLEAN.store(false, Ordering::Relaxed);
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => Err(Error::Hook {

@@ -18,7 +18,15 @@
 //!
 //! The pipe is never read: once the handler wrote its byte, the read end stays readable for
 //! good, which is what `poll`, `epoll` and tokio's `AsyncFd` want from a level-triggered "it
-//! happened" descriptor.
+//! happened" descriptor. It is created when the worker first asks for the notice, not
+//! before: a signal that came earlier is on it at once.
+//!
+//! Starting a worker is kept cheap. In fork mode the master installs the handlers (this
+//! module's TERM/INT handler and the do-nothing USR1/USR2 handler, each only where the
+//! disposition is the default) once, while it blocks those signals itself, and its workers
+//! inherit them ([`Inherited`]); a forked worker then only marks the time it is armed
+//! ([`arm`]). An exec-mode worker starts with default dispositions and installs them itself
+//! ([`arm_here`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
@@ -31,9 +39,10 @@ use super::signal::Signal;
 
 /// Set by the handler; read by [`requested`].
 static REQUESTED: AtomicBool = AtomicBool::new(false);
-/// The pipe's write end, for the handler (-1 before [`install`]).
-static WRITE_FD: AtomicI32 = AtomicI32::new(-1);
-/// `(read end, write end)`, created once per process.
+/// The pipe's write end plus one, for the handler (0: no pipe yet). Plus one so that the
+/// static is zero-initialised, in the same page as the others a worker writes.
+static WRITE_FD: AtomicI32 = AtomicI32::new(0);
+/// `(read end, write end)`, created once per process, when the worker first asks.
 static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 /// Whether the handler is installed.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -59,39 +68,73 @@ pub(crate) fn requested() -> bool {
     REQUESTED.load(Ordering::Acquire)
 }
 
-/// Creates the notice pipe (once per process). A worker does this before `serve`, so that
-/// asking for the notice later cannot fail.
-pub(crate) fn prepare() -> io::Result<()> {
-    if PIPE.get().is_none() {
-        let flags = rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK;
-        let (read, write) = rustix::pipe::pipe_with(flags)?;
-        // Two threads racing here: the loser's pipe is dropped.
-        let (_, write) = PIPE.get_or_init(|| (read, write));
-        WRITE_FD.store(write.as_raw_fd(), Ordering::Release);
-    }
-    Ok(())
+/// Makes the clock the handler reads ready to use (rustix finds the vDSO on first use). The
+/// master calls this once, so that its forked workers inherit the result instead of each
+/// looking the vDSO up again, writing pages of their own, before `serve`.
+pub(crate) fn warm_clock() {
+    let _ = monotonic_ns();
 }
 
-/// Arms the handler right before `serve`, where TERM and INT have their default action (a
-/// handler the program installed itself is left alone). See the module docs.
+/// The handlers a fork-mode master installs for its workers to inherit, put back as they
+/// were when dropped. The master blocks these signals while it runs, so the handlers never
+/// run in the master.
+pub(crate) struct Inherited {
+    saved: Vec<(Signal, SigAction)>,
+}
+
+impl Inherited {
+    /// Installs the notice handler for TERM and INT and the do-nothing handler for USR1 and
+    /// USR2, each where the disposition is the default; call it with those signals blocked.
+    pub(crate) fn install() -> Inherited {
+        let mut saved = Vec::with_capacity(4);
+        install_handler(true, &mut saved);
+        tame_forwarded_signals(&mut saved);
+        Inherited { saved }
+    }
+}
+
+impl Drop for Inherited {
+    fn drop(&mut self) {
+        for (signal, previous) in self.saved.drain(..) {
+            // SAFETY: puts back exactly the disposition this process had before `install`.
+            let _ = unsafe { nix::sys::signal::sigaction(signal.nix(), &previous) };
+        }
+        INSTALLED.store(false, Ordering::Release);
+    }
+}
+
+/// Marks the moment a worker is about to enter `serve`, from which its [`DECISION_WINDOW`]
+/// runs. A forked worker calls it before it unblocks the signals: its handlers, inherited
+/// from the master, are in place already.
 pub(crate) fn arm() {
     ARMED_AT.store(monotonic_ns(), Ordering::Release);
-    install_handler(true);
+}
+
+/// What an exec-mode worker does before `serve` (it inherits no handler): makes `SIGUSR1`
+/// and `SIGUSR2` harmless where they have their default action, installs the notice
+/// handler where TERM and INT have theirs (a handler the program installed itself is left
+/// alone), and arms it. See the module docs.
+pub(crate) fn arm_here() {
+    let mut ignored = Vec::new();
+    tame_forwarded_signals(&mut ignored);
+    arm();
+    install_handler(true, &mut ignored);
 }
 
 /// Asks for the notice: installs the handler if it is not armed yet (the first call in a
-/// process) and returns the notice descriptor. A TERM kept for the worker is already on it.
+/// process), creates the pipe (the first call in a process) and returns its read end. A
+/// TERM kept for the worker, or one that came before the pipe existed, is already on it.
 ///
 /// # Panics
 ///
-/// If [`prepare`] never ran and the pipe cannot be created now (no descriptor left).
+/// If the pipe cannot be created (no descriptor left).
 pub(crate) fn install() -> BorrowedFd<'static> {
-    if let Err(e) = prepare() {
-        panic!("prefork: cannot create the shutdown-notice pipe: {e}");
-    }
-    let (read, _) = PIPE.get().expect("prepared just above");
+    let read = match notice_pipe() {
+        Ok(read) => read,
+        Err(e) => panic!("prefork: cannot create the shutdown-notice pipe: {e}"),
+    };
     SUBSCRIBED.store(true, Ordering::Release);
-    install_handler(false);
+    install_handler(false, &mut Vec::new());
     if ALARMED.swap(false, Ordering::AcqRel) {
         set_timer(0);
         // SAFETY: puts SIGALRM back to its default, as it was before the handler took it.
@@ -101,12 +144,31 @@ pub(crate) fn install() -> BorrowedFd<'static> {
             libc::sigaction(libc::SIGALRM, &default, std::ptr::null_mut());
         }
     }
-    borrow(read)
+    read
+}
+
+/// The notice pipe's read end, created on the first call. Once the handler can see the
+/// write end, a request it recorded before is written to the pipe here: the handler stores
+/// the flag and then reads the descriptor, this function stores the descriptor and then
+/// reads the flag, so one of the two writes the byte (or both: a second byte is harmless).
+fn notice_pipe() -> io::Result<BorrowedFd<'static>> {
+    if PIPE.get().is_none() {
+        let flags = rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK;
+        let (read, write) = rustix::pipe::pipe_with(flags)?;
+        // Two threads racing here: the loser's pipe is dropped.
+        let (_, write) = PIPE.get_or_init(|| (read, write));
+        WRITE_FD.store(write.as_raw_fd() + 1, Ordering::SeqCst);
+        if REQUESTED.load(Ordering::SeqCst) {
+            let _ = rustix::io::write(write, &[1]);
+        }
+    }
+    let (read, _) = PIPE.get().expect("created just above");
+    Ok(borrow(read))
 }
 
 /// Installs `on_signal` for TERM and INT, once; with `only_over_default`, only where the
-/// disposition is still the default.
-fn install_handler(only_over_default: bool) {
+/// disposition is still the default. The dispositions it replaced go to `saved`.
+fn install_handler(only_over_default: bool, saved: &mut Vec<(Signal, SigAction)>) {
     if INSTALLED.swap(true, Ordering::AcqRel) {
         return;
     }
@@ -117,8 +179,8 @@ fn install_handler(only_over_default: bool) {
     );
     for signal in SIGNALS {
         // SAFETY: `on_signal` makes only async-signal-safe calls (atomic operations,
-        // `clock_gettime`, `write`, `sigaction`, `raise`, `alarm`) and preserves `errno`; it
-        // replaces the default disposition of TERM/INT (or, when asked for the notice
+        // `clock_gettime`, `write`, `sigaction`, `raise`, `setitimer`) and preserves `errno`;
+        // it replaces the default disposition of TERM/INT (or, when asked for the notice
         // explicitly, whatever was there), which is the point. sigaction cannot fail for
         // these valid, catchable signals.
         let previous = unsafe { nix::sys::signal::sigaction(signal.nix(), &action) };
@@ -126,6 +188,8 @@ fn install_handler(only_over_default: bool) {
             if only_over_default && previous.handler() != SigHandler::SigDfl {
                 // SAFETY: puts back exactly the handler the program installed.
                 let _ = unsafe { nix::sys::signal::sigaction(signal.nix(), &previous) };
+            } else {
+                saved.push((signal, previous));
             }
         }
     }
@@ -206,9 +270,10 @@ extern "C" fn on_signal(signal: libc::c_int) {
             set_timer(left / 1_000 + 1);
         }
     }
-    REQUESTED.store(true, Ordering::Release);
-    let fd = WRITE_FD.load(Ordering::Acquire);
+    REQUESTED.store(true, Ordering::SeqCst);
+    let fd = WRITE_FD.load(Ordering::SeqCst) - 1;
     if fd < 0 {
+        // No pipe yet: `notice_pipe` writes the byte when it creates it.
         return;
     }
     // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
@@ -222,10 +287,11 @@ extern "C" fn on_signal(signal: libc::c_int) {
 }
 
 /// Gives `SIGUSR1` and `SIGUSR2` a handler that does nothing, where they have their default
-/// action (which terminates the process). A handler, unlike `SIG_IGN`, is reset by `exec`,
-/// so programs the worker starts get the default back. A handler the program installed
-/// before the fork, or installs later, takes precedence.
-pub(crate) fn tame_forwarded_signals() {
+/// action (which terminates the process); the dispositions it replaced go to `saved`. A
+/// handler, unlike `SIG_IGN`, is reset by `exec`, so programs the worker starts get the
+/// default back. A handler the program installed before the fork, or installs later, takes
+/// precedence.
+fn tame_forwarded_signals(saved: &mut Vec<(Signal, SigAction)>) {
     let noop = SigAction::new(
         SigHandler::Handler(do_nothing),
         SaFlags::SA_RESTART,
@@ -239,6 +305,8 @@ pub(crate) fn tame_forwarded_signals() {
             if previous.handler() != SigHandler::SigDfl {
                 // SAFETY: restores exactly what was installed before.
                 let _ = unsafe { nix::sys::signal::sigaction(signal.nix(), &previous) };
+            } else {
+                saved.push((signal, previous));
             }
         }
     }

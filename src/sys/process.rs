@@ -14,10 +14,18 @@ use rustix::process::{Pid, WaitId, WaitIdOptions, WaitIdStatus, WaitOptions};
 
 use super::signal::{self, SigSet, Signal};
 
-/// `read(2)` of `/proc/self/stat`: the number of threads of this process, field 20, read into
-/// a stack buffer (this runs before every fork-mode `run` and after every hook, so it is kept
-/// cheap), falling back to counting `/proc/self/task`.
+/// The number of threads of this process. This runs before every fork and after every hook,
+/// so it is kept to one system call: the link count of `/proc/self/task`, which procfs
+/// reports as 2 plus the number of threads (every kernel since 2.6.x). Where that is not
+/// usable (procfs mounted oddly), it reads field 20 of `/proc/self/stat` into a stack buffer,
+/// and last counts the entries of `/proc/self/task`.
 pub(crate) fn thread_count() -> io::Result<usize> {
+    if let Some(n) = rustix::fs::stat("/proc/self/task")
+        .ok()
+        .and_then(|st| task_dir_threads(st.st_nlink as u64))
+    {
+        return Ok(n);
+    }
     use std::io::Read;
     let mut buf = [0u8; 1024];
     let mut len = 0;
@@ -35,6 +43,14 @@ pub(crate) fn thread_count() -> io::Result<usize> {
         return Ok(n);
     }
     Ok(fs::read_dir("/proc/self/task")?.count())
+}
+
+/// The thread count from the link count of a `/proc/PID/task` directory (2 + threads);
+/// `None` for a count that cannot be one (a filesystem that reports 1 or 2 for directories).
+fn task_dir_threads(nlink: u64) -> Option<usize> {
+    usize::try_from(nlink.checked_sub(2)?)
+        .ok()
+        .filter(|&n| n >= 1)
 }
 
 /// `num_threads` from the text of `/proc/PID/stat`. The command name (field 2) may contain
@@ -405,6 +421,35 @@ mod tests {
     #[test]
     fn thread_count_sees_this_test_thread() {
         assert!(super::thread_count().unwrap() >= 1);
+    }
+
+    #[test]
+    fn the_task_link_count_and_the_stat_field_agree() {
+        // Both ways of counting, read while a thread of ours is parked, so that the count
+        // cannot change in between (other tests may start threads: retried until stable).
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let parked = std::thread::spawn(move || rx.recv());
+        for _ in 0..100 {
+            let st = rustix::fs::stat("/proc/self/task").expect("stat /proc/self/task");
+            let by_link = super::task_dir_threads(st.st_nlink as u64).expect("a link count");
+            let stat = std::fs::read("/proc/self/stat").expect("/proc/self/stat");
+            let by_stat = super::stat_threads(&stat).expect("field 20");
+            if by_link == by_stat {
+                assert!(by_link >= 2, "this thread and the parked one: {by_link}");
+                drop(tx);
+                let _ = parked.join();
+                return;
+            }
+        }
+        panic!("the link count of /proc/self/task never matched /proc/self/stat");
+    }
+
+    #[test]
+    fn task_link_counts_below_three_are_not_thread_counts() {
+        assert_eq!(super::task_dir_threads(0), None);
+        assert_eq!(super::task_dir_threads(2), None);
+        assert_eq!(super::task_dir_threads(3), Some(1));
+        assert_eq!(super::task_dir_threads(10), Some(8));
     }
 
     #[test]
