@@ -22,7 +22,7 @@ use super::signal::{self, SigSet, Signal};
 pub(crate) fn thread_count() -> io::Result<usize> {
     if let Some(n) = rustix::fs::stat("/proc/self/task")
         .ok()
-        .and_then(|st| task_dir_threads(st.st_nlink as u64))
+        .and_then(|st| task_dir_threads(nlink(&st)))
     {
         return Ok(n);
     }
@@ -43,6 +43,12 @@ pub(crate) fn thread_count() -> io::Result<usize> {
         return Ok(n);
     }
     Ok(fs::read_dir("/proc/self/task")?.count())
+}
+
+/// `st_nlink`, which is 32 bits wide on some targets and 64 on others.
+#[allow(clippy::unnecessary_cast)]
+fn nlink(st: &rustix::fs::Stat) -> u64 {
+    st.st_nlink as u64
 }
 
 /// The thread count from the link count of a `/proc/PID/task` directory (2 + threads);
@@ -431,7 +437,7 @@ mod tests {
         let parked = std::thread::spawn(move || rx.recv());
         for _ in 0..100 {
             let st = rustix::fs::stat("/proc/self/task").expect("stat /proc/self/task");
-            let by_link = super::task_dir_threads(st.st_nlink as u64).expect("a link count");
+            let by_link = super::task_dir_threads(super::nlink(&st)).expect("a link count");
             let stat = std::fs::read("/proc/self/stat").expect("/proc/self/stat");
             let by_stat = super::stat_threads(&stat).expect("field 20");
             if by_link == by_stat {
