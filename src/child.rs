@@ -11,6 +11,7 @@
 //! output.
 
 use std::any::Any;
+use std::ffi::CStr;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -52,6 +53,8 @@ pub(crate) struct ChildSetup<'a> {
     pub(crate) heartbeat: Option<Heartbeats>,
     /// Name, CPU, credentials.
     pub(crate) setup: &'a WorkerSetup,
+    /// The worker's name, built by the master (`None` with `worker_names(false)`).
+    pub(crate) name: Option<&'a CStr>,
 }
 
 /// Runs in the child right after `fork`; never returns.
@@ -71,9 +74,10 @@ where
         death_watch,
         heartbeat,
         setup,
+        name,
     } = setup;
     // First, since changing credentials clears the parent-death signal.
-    become_worker(slot, setup);
+    become_worker(slot, name, setup);
     match death_watch {
         None => die_with_master(master_pid),
         Some((fd, hook)) => watch_master(fd, hook, master_pid),
@@ -84,7 +88,7 @@ where
     // The handlers are the master's, inherited (see `sys::notice`); from here on a TERM is
     // kept for the worker that is about to report ready.
     sys::notice::arm();
-    let _ = sys::sigmask(libc::SIG_SETMASK, &old_mask);
+    let _ = sys::set_sigmask(&old_mask);
     if let Some(table) = heartbeat {
         table.into_worker(slot);
     }
@@ -116,7 +120,8 @@ where
 {
     IS_CHILD.store(true, Ordering::Relaxed);
     let master_pid = sys::getppid();
-    become_worker(id, setup);
+    let name = sys::identity::WorkerName::new(id);
+    become_worker(id, setup.names.then(|| name.as_c_str()), setup);
     match on_master_death {
         Some(hook) => watch_master_pidfd(hook, master_pid),
         None if setup.credentials.is_some() => die_with_master(master_pid),
@@ -185,9 +190,9 @@ fn watch_master_pidfd(mut hook: DeathHook, master_pid: u32) {
 /// (`prefork wK`), pins itself to its CPU, drops its credentials. A worker that cannot drop
 /// its credentials must not serve: it exits with [`crate::EXIT_FATAL`], which stops the
 /// master. A name or CPU that cannot be set is logged only.
-fn become_worker(slot: usize, setup: &WorkerSetup) {
-    if setup.names {
-        if let Err(e) = sys::identity::set_worker_name(slot) {
+fn become_worker(slot: usize, name: Option<&CStr>, setup: &WorkerSetup) {
+    if let Some(name) = name {
+        if let Err(e) = sys::identity::set_thread_name_c(name) {
             log::warn!("worker {slot} cannot name itself: {e}");
         }
     }

@@ -78,9 +78,14 @@ impl Health {
             }
             None => None,
         };
-        let clock = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        // The jitter's seed, only where lifetimes are drawn (the clock is read at start
+        // only when it is of use).
+        let clock = match checks.max_lifetime {
+            Some(_) => SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            None => 0,
+        };
         // Sized for every slot and for a replacement of each at once (a rolling restart),
         // so that starting workers does not reallocate: in the master, between forks,
         // every page written costs a copy-on-write fault.

@@ -129,8 +129,6 @@ struct Master {
     /// Whether any notification variable is set, which a forked worker then removes
     /// (decided once in the master, so that a worker reads the environment only when it must).
     notify_env: bool,
-    /// The program to start on `SIGUSR2`, resolved at start.
-    program: Option<Program>,
     upgrade: Option<Upgrade>,
     upgrade_timeout: Duration,
     shutdown_grace: Duration,
@@ -293,7 +291,6 @@ impl Master {
             start: Instant::now(),
             spawn,
             listeners,
-            program: Program::current(),
             upgrade: None,
             upgrade_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
@@ -761,6 +758,8 @@ impl Master {
         self.listeners.for_slot(slot)?;
         flush_stdout();
         let master_pid = sys::getpid();
+        let name = sys::identity::WorkerName::new(slot);
+        let name = self.setup.names.then(|| name.as_c_str());
         match sys::fork()? {
             Fork::Child => {
                 // The master's values are this process's now, and it never returns into the
@@ -773,11 +772,18 @@ impl Master {
                 // Closes the siblings' pidfds. Iterating by value reads the table without
                 // writing to it, and the table itself is left to the worker's copy of the
                 // heap: every page a worker writes is a copy-on-write fault.
-                let mut siblings = std::mem::take(&mut self.children).into_iter();
-                siblings.by_ref().for_each(drop);
-                std::mem::forget(siblings);
-                self.notifier = None;
-                self.upgrade = None;
+                if !self.children.is_empty() {
+                    let mut siblings = std::mem::take(&mut self.children).into_iter();
+                    siblings.by_ref().for_each(drop);
+                    std::mem::forget(siblings);
+                }
+                // Only what is there is dropped: each write here is a copy-on-write fault.
+                if self.notifier.is_some() {
+                    self.notifier = None;
+                }
+                if self.upgrade.is_some() {
+                    self.upgrade = None;
+                }
                 if self.notify_env {
                     for var in notify::VARIABLES {
                         // The master's to use: a worker must not speak for the service.
@@ -800,6 +806,7 @@ impl Master {
                     },
                     heartbeat: self.health.take_table(),
                     setup: &self.setup,
+                    name,
                 };
                 child::run(setup, serve)
             }
@@ -888,10 +895,7 @@ impl Master {
             );
             return;
         }
-        let Some((path, args)) = self
-            .program
-            .as_ref()
-            .and_then(|p| Some((p.path()?, p.args.clone())))
+        let Some((path, args)) = Program::current().and_then(|p| Some((p.path()?, p.args)))
         else {
             log::error!("SIGUSR2: cannot upgrade, the program's path is unknown");
             return;

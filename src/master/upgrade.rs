@@ -24,9 +24,10 @@ const NOT_INHERITED: [&str; 4] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", 
 pub(crate) const READY_MESSAGE: &[u8] = b"READY=1\n";
 
 /// The program this master was started as: `argv[0]`, the arguments, and what resolving
-/// `argv[0]` depends on (the working directory and `PATH`), recorded when the master starts;
-/// the path itself is resolved on `SIGUSR2` ([`Program::path`]), so a start pays for no
-/// `PATH` search. Not `/proc/self/exe`, which names the old file once a deploy replaced it.
+/// `argv[0]` depends on (the working directory and `PATH`), read on `SIGUSR2`, so a start
+/// pays for none of it. While the master runs, only its hooks run the program's code, so
+/// these are what they were when `run` began unless a hook changed them. Not
+/// `/proc/self/exe`, which names the old file once a deploy replaced it.
 #[derive(Debug, Clone)]
 pub(crate) struct Program {
     pub(crate) args: Vec<OsString>,
@@ -35,7 +36,7 @@ pub(crate) struct Program {
 }
 
 impl Program {
-    /// Records `argv`, the working directory and `PATH`.
+    /// Reads `argv`, the working directory and `PATH`.
     pub(crate) fn current() -> Option<Program> {
         let args: Vec<OsString> = std::env::args_os().collect();
         args.first()?;
@@ -47,8 +48,8 @@ impl Program {
     }
 
     /// `argv[0]` as the shell found it: a path with a slash, taken relative to the working
-    /// directory at start (symlinks kept: a deploy often switches one); a bare name, looked
-    /// up in `PATH` as it was at start; else `/proc/self/exe` resolved now.
+    /// directory (symlinks kept: a deploy often switches one); a bare name, looked up in
+    /// `PATH`; else `/proc/self/exe` resolved now.
     pub(crate) fn path(&self) -> Option<PathBuf> {
         let arg0 = PathBuf::from(self.args.first()?);
         if arg0.components().count() > 1 {

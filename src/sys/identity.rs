@@ -26,28 +26,36 @@ pub(crate) fn set_thread_name(name: &str) -> io::Result<()> {
     set_thread_name_c(&name)
 }
 
-/// `prctl(PR_SET_NAME)`: names the calling thread `prefork wK`, without allocating (a worker
-/// does it right after the fork, where every page it writes is a copy-on-write fault).
-pub(crate) fn set_worker_name(slot: usize) -> io::Result<()> {
-    let mut buf = [0u8; NAME_MAX + 1];
-    let prefix = b"prefork w";
-    buf[..prefix.len()].copy_from_slice(prefix);
-    let mut digits = [0u8; 20];
-    let (mut n, mut len) = (slot, 0);
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
+/// A worker's name, `prefork wK` (cut to 15 bytes), built without allocating. The master
+/// builds it before the fork, so that the worker, for which every page it touches is a
+/// fault, only passes it to `prctl(PR_SET_NAME)` ([`set_thread_name_c`]).
+pub(crate) struct WorkerName([u8; NAME_MAX + 1]);
+
+impl WorkerName {
+    pub(crate) fn new(slot: usize) -> WorkerName {
+        let mut buf = [0u8; NAME_MAX + 1];
+        let prefix = b"prefork w";
+        buf[..prefix.len()].copy_from_slice(prefix);
+        let mut digits = [0u8; 20];
+        let (mut n, mut len) = (slot, 0);
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
+        let room = NAME_MAX - prefix.len();
+        for (at, &d) in (prefix.len()..).zip(digits[..len].iter().rev().take(room)) {
+            buf[at] = d;
+        }
+        WorkerName(buf)
     }
-    let room = NAME_MAX - prefix.len();
-    for (at, &d) in (prefix.len()..).zip(digits[..len].iter().rev().take(room)) {
-        buf[at] = d;
+
+    pub(crate) fn as_c_str(&self) -> &CStr {
+        CStr::from_bytes_until_nul(&self.0).expect("the buffer ends with a NUL")
     }
-    let name = CStr::from_bytes_until_nul(&buf).expect("the buffer ends with a NUL");
-    set_thread_name_c(name)
 }
 
 /// `prctl(PR_SET_NAME)` with a name as the kernel reported it.
@@ -325,7 +333,7 @@ mod tests {
         let before = thread_name().expect("PR_GET_NAME");
         let mut seen = Vec::new();
         for slot in [0, 7, 42, 1234567890] {
-            set_worker_name(slot).expect("PR_SET_NAME");
+            set_thread_name_c(WorkerName::new(slot).as_c_str()).expect("PR_SET_NAME");
             seen.push(thread_name().expect("PR_GET_NAME"));
         }
         set_thread_name_c(&before).expect("PR_SET_NAME");

@@ -169,6 +169,13 @@ pub(crate) fn sigmask(how: i32, set: &SigSet) -> io::Result<SigSet> {
     Ok(SigSet(old))
 }
 
+/// `pthread_sigmask(SIG_SETMASK)` without reading the mask it replaces (a worker restoring
+/// the caller's mask right after the fork has no use for the master's).
+pub(crate) fn set_sigmask(set: &SigSet) -> io::Result<()> {
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&set.0), None)?;
+    Ok(())
+}
+
 /// `signalfd(2)` for `mask`, non-blocking and close-on-exec.
 pub(crate) fn signalfd(mask: &SigSet) -> io::Result<OwnedFd> {
     let flags = SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC;
