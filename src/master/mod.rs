@@ -273,7 +273,6 @@ impl Master {
             return Err(restore(Error::sys("epoll_ctl")(e)));
         }
         let notifier = Notifier::from_env(sys::getpid());
-        sys::notice::warm_clock();
         let mut master = Master {
             fds: Some(Fds {
                 epoll,

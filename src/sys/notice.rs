@@ -68,13 +68,6 @@ pub(crate) fn requested() -> bool {
     REQUESTED.load(Ordering::Acquire)
 }
 
-/// Makes the clock the handler reads ready to use (rustix finds the vDSO on first use). The
-/// master calls this once, so that its forked workers inherit the result instead of each
-/// looking the vDSO up again, writing pages of their own, before `serve`.
-pub(crate) fn warm_clock() {
-    let _ = monotonic_ns();
-}
-
 /// The handlers a fork-mode master installs for its workers to inherit, put back as they
 /// were when dropped. The master blocks these signals while it runs, so the handlers never
 /// run in the master.
@@ -229,8 +222,18 @@ extern "C" fn on_window_end(_: libc::c_int) {
 }
 
 /// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds; async-signal-safe.
+///
+/// Through libc, whose vDSO entry the dynamic loader resolved when the program started:
+/// rustix would look the vDSO up on its first call, in every worker, writing pages of its
+/// own before `serve`.
 fn monotonic_ns() -> u64 {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into this local; CLOCK_MONOTONIC is always
+    // supported, and the call is async-signal-safe (POSIX).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     (now.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(now.tv_nsec as u64)

@@ -15,11 +15,22 @@ use rustix::process::{Pid, WaitId, WaitIdOptions, WaitIdStatus, WaitOptions};
 use super::signal::{self, SigSet, Signal};
 
 /// The number of threads of this process. This runs before every fork and after every hook,
-/// so it is kept to one system call: the link count of `/proc/self/task`, which procfs
-/// reports as 2 plus the number of threads (every kernel since 2.6.x). Where that is not
-/// usable (procfs mounted oddly), it reads field 20 of `/proc/self/stat` into a stack buffer,
-/// and last counts the entries of `/proc/self/task`.
+/// so the common answer, one, costs one system call that changes nothing:
+/// `unshare(CLONE_THREAD)`, which succeeds when the process has a single thread (there is
+/// nothing to unshare) and fails with `EINVAL` when it has more (unshare(2), every kernel
+/// since 2.6.16). Only then, or where a seccomp filter refuses `unshare` (containers' default
+/// profiles do, with `EPERM`), are the threads counted: from the link count of
+/// `/proc/self/task`, which procfs reports as 2 plus the number of threads; else from field
+/// 20 of `/proc/self/stat`; last by listing `/proc/self/task`.
 pub(crate) fn thread_count() -> io::Result<usize> {
+    if nix::sched::unshare(nix::sched::CloneFlags::CLONE_THREAD).is_ok() {
+        return Ok(1);
+    }
+    counted_threads()
+}
+
+/// The number of threads, counted in `/proc` (see [`thread_count`]).
+fn counted_threads() -> io::Result<usize> {
     if let Some(n) = rustix::fs::stat("/proc/self/task")
         .ok()
         .and_then(|st| task_dir_threads(nlink(&st)))
@@ -427,6 +438,21 @@ mod tests {
     #[test]
     fn thread_count_sees_this_test_thread() {
         assert!(super::thread_count().unwrap() >= 1);
+    }
+
+    #[test]
+    fn unshare_tells_one_thread_from_several() {
+        // The test harness runs tests on threads of their own, and one more is parked here:
+        // `unshare(CLONE_THREAD)` must refuse, and the count must come from /proc. (The
+        // single-threaded answer is what every fork-mode run in tests/ depends on.)
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let parked = std::thread::spawn(move || rx.recv());
+        // EINVAL; EPERM where a seccomp filter refuses `unshare` altogether.
+        let refused = nix::sched::unshare(nix::sched::CloneFlags::CLONE_THREAD);
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(super::thread_count().expect("counted") >= 2);
+        drop(tx);
+        let _ = parked.join();
     }
 
     #[test]
