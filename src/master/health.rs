@@ -15,11 +15,10 @@
 //! Every check runs on one timer, the earliest of their deadlines; with no check set there is
 //! no timer at all.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use super::call_hook;
 use super::notify::Notifier;
+use super::{PidMap, call_hook};
 use crate::config::{ExitCause, HealthChecks, LastExit, SlotStatus, Status, StatusHook};
 use crate::error::Error;
 use crate::supervisor::{Cause, Supervisor, WorkerExit};
@@ -54,7 +53,7 @@ struct Watch {
 pub(crate) struct Health {
     checks: HealthChecks,
     table: Option<Heartbeats>,
-    watches: HashMap<u32, Watch>,
+    watches: PidMap<Watch>,
     /// When the checks run next.
     next: Option<Duration>,
     /// When the resident set sizes are read next.
@@ -64,7 +63,7 @@ pub(crate) struct Health {
     /// Per slot: whether a worker was ever started in it.
     ever: Vec<bool>,
     /// Start times of live workers.
-    starts: HashMap<u32, SystemTime>,
+    starts: PidMap<SystemTime>,
     current: Status,
     published: Option<Status>,
 }
@@ -92,12 +91,12 @@ impl Health {
         let mut health = Health {
             checks,
             table,
-            watches: HashMap::new(),
+            watches: PidMap::default(),
             next: None,
             next_rss: None,
             seed: (u64::from(sys::getpid()) << 32) ^ clock,
             ever: Vec::with_capacity(workers),
-            starts: HashMap::with_capacity(2 * workers),
+            starts: PidMap::with_capacity_and_hasher(2 * workers, Default::default()),
             current: Status::default(),
             published: None,
         };

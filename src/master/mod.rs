@@ -15,7 +15,6 @@ mod notify;
 pub(crate) mod spawn;
 mod upgrade;
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -36,6 +35,32 @@ use listeners::Listeners;
 use notify::Notifier;
 use spawn::Spawn;
 use upgrade::{Program, Report, Upgrade};
+
+/// A map keyed by pid. Pids are not chosen by an adversary, so the keys are hashed with a
+/// fixed multiplier instead of std's randomly keyed SipHash, whose keys live in thread-local
+/// storage: a page the master would otherwise write on start.
+pub(crate) type PidMap<V> =
+    std::collections::HashMap<u32, V, std::hash::BuildHasherDefault<PidHasher>>;
+
+/// The hasher of [`PidMap`]: Fibonacci hashing of the pid.
+#[derive(Default)]
+pub(crate) struct PidHasher(u64);
+
+impl std::hash::Hasher for PidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, pid: u32) {
+        self.0 = u64::from(pid).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 /// The signals the master takes over while it runs.
 const HANDLED: [Signal; 8] = [
@@ -119,7 +144,7 @@ struct Master {
     fds: Option<Fds>,
     old_mask: SigSet,
     saved_chld: Option<sys::SavedAction>,
-    children: HashMap<u32, Child>,
+    children: PidMap<Child>,
     backend: Backend,
     adopts_orphans: bool,
     start: Instant,
@@ -188,7 +213,7 @@ where
     let death = hooks.on_master_death.is_some();
     let _name = setup
         .names
-        .then(|| sys::identity::Renamed::set("prefork master"));
+        .then(|| sys::identity::Renamed::set(c"prefork master"));
     let health = Health::new(health, cfg.workers)?;
     let mut master = Master::new(backend, death, spawn, listeners, health)?;
     master.upgrade_timeout = upgrade_timeout;
@@ -284,7 +309,7 @@ impl Master {
             }),
             old_mask,
             saved_chld,
-            children: HashMap::new(),
+            children: PidMap::default(),
             backend,
             adopts_orphans: sys::adopts_orphans(),
             start: Instant::now(),
@@ -894,8 +919,7 @@ impl Master {
             );
             return;
         }
-        let Some((path, args)) = Program::current().and_then(|p| Some((p.path()?, p.args)))
-        else {
+        let Some((path, args)) = Program::current().and_then(|p| Some((p.path()?, p.args))) else {
             log::error!("SIGUSR2: cannot upgrade, the program's path is unknown");
             return;
         };

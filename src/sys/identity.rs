@@ -19,13 +19,6 @@ pub(crate) fn thread_name() -> io::Result<CString> {
     Ok(rustix::thread::name()?)
 }
 
-/// `prctl(PR_SET_NAME)`: names the calling thread, cut to 15 bytes as the kernel does.
-pub(crate) fn set_thread_name(name: &str) -> io::Result<()> {
-    let bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(NAME_MAX).collect();
-    let name = CString::new(bytes).expect("NUL bytes were filtered out");
-    set_thread_name_c(&name)
-}
-
 /// A worker's name, `prefork wK` (cut to 15 bytes), built without allocating. The master
 /// builds it before the fork, so that the worker, for which every page it touches is a
 /// fault, only passes it to `prctl(PR_SET_NAME)` ([`set_thread_name_c`]).
@@ -68,11 +61,11 @@ pub(crate) fn set_thread_name_c(name: &CStr) -> io::Result<()> {
 pub(crate) struct Renamed(Option<CString>);
 
 impl Renamed {
-    /// Names the calling thread `name` (cut to 15 bytes); a failure is logged and leaves
-    /// the name as it was.
-    pub(crate) fn set(name: &str) -> Renamed {
+    /// Names the calling thread `name` (the kernel keeps 15 bytes); a failure is logged and
+    /// leaves the name as it was.
+    pub(crate) fn set(name: &CStr) -> Renamed {
         let before = thread_name().ok();
-        match set_thread_name(name) {
+        match set_thread_name_c(name) {
             Ok(()) => Renamed(before),
             Err(e) => {
                 log::debug!("cannot name this process {name:?}: {e}");
@@ -322,7 +315,7 @@ mod tests {
     #[test]
     fn names_are_cut_to_fifteen_bytes() {
         let before = thread_name().expect("PR_GET_NAME");
-        set_thread_name("prefork w1234567890").expect("PR_SET_NAME");
+        set_thread_name_c(c"prefork w1234567890").expect("PR_SET_NAME");
         let name = thread_name().expect("PR_GET_NAME");
         set_thread_name_c(&before).expect("PR_SET_NAME");
         assert_eq!(name.to_bytes(), b"prefork w123456");

@@ -40,6 +40,5 @@ pub(crate) use process::{
 };
 pub(crate) use signal::{
     SavedAction, SigSet, children_auto_reaped, forward_signals, read_forwarded, read_signals,
-    restore_disposition, set_default_disposition, set_sigmask, sigmask, signalfd,
-    stop_forwarding,
+    restore_disposition, set_default_disposition, set_sigmask, sigmask, signalfd, stop_forwarding,
 };
