@@ -16,16 +16,12 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{ExitCode, Termination};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::{DeathHook, WorkerSetup};
 use crate::protocol::{self, READY_FD_ENV};
 use crate::sys::heartbeat::Heartbeats;
 use crate::sys::{self, SigSet};
 use crate::worker::Worker;
-
-/// Set in a worker process right after `fork`.
-pub(crate) static IS_CHILD: AtomicBool = AtomicBool::new(false);
 
 /// Exit code of a worker whose `serve` panicked (the code Rust gives a panicking `main`).
 pub const EXIT_PANIC: i32 = 101;
@@ -45,7 +41,9 @@ pub(crate) struct ChildSetup<'a> {
     pub(crate) listener: Option<TcpListener>,
     /// The write end of the readiness pipe.
     pub(crate) ready: OwnedFd,
-    pub(crate) old_mask: SigSet,
+    /// The signal mask the process had before `run` (by reference: a `sigset_t` is 128
+    /// bytes, and moving it would copy it onto a page of the worker's stack).
+    pub(crate) old_mask: &'a SigSet,
     pub(crate) saved_chld: Option<&'a sys::SavedAction>,
     /// Read end of the master-death pipe and the user's callback.
     pub(crate) death_watch: Option<(OwnedFd, DeathHook)>,
@@ -53,6 +51,8 @@ pub(crate) struct ChildSetup<'a> {
     pub(crate) heartbeat: Option<Heartbeats>,
     /// Name, CPU, credentials.
     pub(crate) setup: &'a WorkerSetup,
+    /// `sys::notice::monotonic_ns()` read by the master just before the fork.
+    pub(crate) forked_at: u64,
     /// The worker's name, built by the master (`None` with `worker_names(false)`).
     pub(crate) name: Option<&'a CStr>,
 }
@@ -63,7 +63,6 @@ where
     F: FnOnce(Option<TcpListener>, Worker) -> T,
     T: Termination,
 {
-    IS_CHILD.store(true, Ordering::Relaxed);
     let ChildSetup {
         slot,
         master_pid,
@@ -74,6 +73,7 @@ where
         death_watch,
         heartbeat,
         setup,
+        forked_at,
         name,
     } = setup;
     // First, since changing credentials clears the parent-death signal.
@@ -87,8 +87,8 @@ where
     }
     // The handlers are the master's, inherited (see `sys::notice`); from here on a TERM is
     // kept for the worker that is about to report ready.
-    sys::notice::arm();
-    let _ = sys::set_sigmask(&old_mask);
+    sys::notice::arm(forked_at);
+    let _ = sys::set_sigmask(old_mask);
     if let Some(table) = heartbeat {
         table.into_worker(slot);
     }
@@ -118,7 +118,6 @@ where
     F: FnOnce(Worker) -> T,
     T: Termination,
 {
-    IS_CHILD.store(true, Ordering::Relaxed);
     let master_pid = sys::getppid();
     let name = sys::identity::WorkerName::new(id);
     become_worker(id, setup.names.then(|| name.as_c_str()), setup);

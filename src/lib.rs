@@ -188,7 +188,6 @@ mod sys;
 mod worker;
 
 use std::process::Termination;
-use std::sync::atomic::Ordering;
 
 pub use builder::{Mode, Prefork};
 pub use child::{EXIT_PANIC, HEARTBEAT_FD_ENV};
@@ -222,5 +221,5 @@ where
 /// Whether this process is a worker started by a prefork master: a forked worker, or an
 /// exec-mode worker (`FASTHTTP_PREFORK_CHILD=1` in its environment).
 pub fn is_child() -> bool {
-    child::IS_CHILD.load(Ordering::Relaxed) || std::env::var_os(CHILD_ENV).is_some_and(|v| v == "1")
+    sys::notice::armed() || std::env::var_os(CHILD_ENV).is_some_and(|v| v == "1")
 }

@@ -82,6 +82,11 @@ impl Worker {
     /// Ok(())
     /// # }
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// On the first call in a process, if no file descriptor is left for the notice's pipe
+    /// (the process is at its `RLIMIT_NOFILE`).
     pub fn shutdown(&self) -> Shutdown {
         Shutdown {
             fd: notice::install(),
@@ -93,8 +98,9 @@ impl Worker {
 ///
 /// Cheap to copy and to share between threads. Its descriptor ([`AsFd`]) becomes readable
 /// when the stop is requested and stays readable, so it can sit in any `poll`/`epoll` set or
-/// in an async runtime's reactor. The descriptor is opened once per worker process, before
-/// `serve`, and stays open, referring to the same pipe, for the rest of the process's life:
+/// in an async runtime's reactor. The descriptor is opened once per worker process, by the
+/// first call of [`Worker::shutdown`], and stays open, referring to the same pipe, for the
+/// rest of the process's life:
 /// registering it with a reactor (which requires that it outlive the registration) is sound.
 /// With tokio:
 ///

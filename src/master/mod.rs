@@ -784,6 +784,7 @@ impl Master {
         let master_pid = sys::getpid();
         let name = sys::identity::WorkerName::new(slot);
         let name = self.setup.names.then(|| name.as_c_str());
+        let forked_at = sys::notice::monotonic_ns();
         match sys::fork()? {
             Fork::Child => {
                 // The master's values are this process's now, and it never returns into the
@@ -822,7 +823,7 @@ impl Master {
                     master_pid,
                     listener,
                     ready,
-                    old_mask: self.old_mask,
+                    old_mask: &self.old_mask,
                     saved_chld: self.saved_chld.as_ref(),
                     death_watch: match (death_pipe, hooks.on_master_death.take()) {
                         (Some((read, _)), Some(f)) => Some((read, f)),
@@ -830,6 +831,7 @@ impl Master {
                     },
                     heartbeat: self.health.take_table(),
                     setup: &self.setup,
+                    forked_at,
                     name,
                 };
                 child::run(setup, serve)

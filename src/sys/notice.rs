@@ -3,11 +3,13 @@
 //!
 //! A worker reports that it is ready right before `serve`, and `serve` asks for the notice
 //! ([`crate::Worker::shutdown`]) a moment later; a TERM from the master in between must not
-//! end a worker that was about to drain. So the handler is armed before the report ([`arm`],
-//! where TERM and INT still have their default action) and decides when a signal comes:
+//! end a worker that was about to drain. So the handler is in place before the report
+//! (where TERM and INT still have their default action) and decides when a signal comes:
 //!
 //! * the worker asked for the notice: the flag is set and the pipe made readable (the drain);
-//! * it did not, and `serve` has been running for [`DECISION_WINDOW`] or more: it never
+//! * it did not, and the worker started [`DECISION_WINDOW`] or more ago (a forked worker
+//!   counts from its fork, an exec-mode worker from the moment it arms the handler, a few
+//!   microseconds before `serve`; either way `serve` is running): it never
 //!   will; the default action is put back and the signal raised again, so TERM ends the
 //!   worker as it always did;
 //! * it did not yet, within the window: the request is kept (a later `shutdown` call sees it
@@ -33,9 +35,10 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet};
-
-use super::signal::Signal;
+use super::signal::{
+    SavedAction, Signal, WorkerHandler, default_action_now, install_worker_handler,
+    restore_disposition, set_default_disposition,
+};
 
 /// Set by the handler; read by [`requested`].
 static REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -52,10 +55,10 @@ static SUBSCRIBED: AtomicBool = AtomicBool::new(false);
 static ALARMED: AtomicBool = AtomicBool::new(false);
 /// The signal kept for a worker that has not asked yet, for [`on_window_end`].
 static PENDING: AtomicI32 = AtomicI32::new(0);
-/// `CLOCK_MONOTONIC` in nanoseconds when the handler was armed (right before `serve`).
+/// `CLOCK_MONOTONIC` in nanoseconds from which the decision window runs (0: not a worker).
 static ARMED_AT: AtomicU64 = AtomicU64::new(0);
 
-/// How long after the start of `serve` a worker that has not asked for the notice may still
+/// How long after its start a worker that has not asked for the notice may still
 /// ask: a TERM within it is kept for the worker instead of ending it at once.
 pub(crate) const DECISION_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -72,7 +75,7 @@ pub(crate) fn requested() -> bool {
 /// were when dropped. The master blocks these signals while it runs, so the handlers never
 /// run in the master.
 pub(crate) struct Inherited {
-    saved: Vec<(Signal, SigAction)>,
+    saved: Vec<SavedAction>,
 }
 
 impl Inherited {
@@ -88,19 +91,25 @@ impl Inherited {
 
 impl Drop for Inherited {
     fn drop(&mut self) {
-        for (signal, previous) in self.saved.drain(..) {
-            // SAFETY: puts back exactly the disposition this process had before `install`.
-            let _ = unsafe { nix::sys::signal::sigaction(signal.nix(), &previous) };
+        for previous in self.saved.drain(..) {
+            let _ = restore_disposition(&previous);
         }
         INSTALLED.store(false, Ordering::Release);
     }
 }
 
-/// Marks the moment a worker is about to enter `serve`, from which its [`DECISION_WINDOW`]
-/// runs. A forked worker calls it before it unblocks the signals: its handlers, inherited
-/// from the master, are in place already.
-pub(crate) fn arm() {
-    ARMED_AT.store(monotonic_ns(), Ordering::Release);
+/// Marks this process as a worker whose [`DECISION_WINDOW`] runs from `at` (a
+/// [`monotonic_ns`] reading). A forked worker calls it before it unblocks the signals, with
+/// the time the master read just before the fork (a clock reading of its own would cost the
+/// worker the pages of the clock code, for microseconds that do not matter against the
+/// window): its handlers, inherited from the master, are in place already.
+pub(crate) fn arm(at: u64) {
+    ARMED_AT.store(at.max(1), Ordering::Release);
+}
+
+/// Whether [`arm`] ran: this process is a worker.
+pub(crate) fn armed() -> bool {
+    ARMED_AT.load(Ordering::Acquire) != 0
 }
 
 /// What an exec-mode worker does before `serve` (it inherits no handler): makes `SIGUSR1`
@@ -110,7 +119,7 @@ pub(crate) fn arm() {
 pub(crate) fn arm_here() {
     let mut ignored = Vec::new();
     tame_forwarded_signals(&mut ignored);
-    arm();
+    arm(monotonic_ns());
     install_handler(true, &mut ignored);
 }
 
@@ -130,12 +139,8 @@ pub(crate) fn install() -> BorrowedFd<'static> {
     install_handler(false, &mut Vec::new());
     if ALARMED.swap(false, Ordering::AcqRel) {
         set_timer(0);
-        // SAFETY: puts SIGALRM back to its default, as it was before the handler took it.
-        unsafe {
-            let mut default: libc::sigaction = std::mem::zeroed();
-            default.sa_sigaction = libc::SIG_DFL;
-            libc::sigaction(libc::SIGALRM, &default, std::ptr::null_mut());
-        }
+        // SIGALRM back to its default, as it was before the handler took it.
+        let _ = set_default_disposition(libc::SIGALRM);
     }
     read
 }
@@ -161,28 +166,20 @@ fn notice_pipe() -> io::Result<BorrowedFd<'static>> {
 
 /// Installs `on_signal` for TERM and INT, once; with `only_over_default`, only where the
 /// disposition is still the default. The dispositions it replaced go to `saved`.
-fn install_handler(only_over_default: bool, saved: &mut Vec<(Signal, SigAction)>) {
+fn install_handler(only_over_default: bool, saved: &mut Vec<SavedAction>) {
     if INSTALLED.swap(true, Ordering::AcqRel) {
         return;
     }
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
     for signal in SIGNALS {
-        // SAFETY: `on_signal` makes only async-signal-safe calls (atomic operations,
-        // `clock_gettime`, `write`, `sigaction`, `raise`, `setitimer`) and preserves `errno`;
-        // it replaces the default disposition of TERM/INT (or, when asked for the notice
+        // It replaces the default disposition of TERM/INT (or, when asked for the notice
         // explicitly, whatever was there), which is the point. sigaction cannot fail for
         // these valid, catchable signals.
-        let previous = unsafe { nix::sys::signal::sigaction(signal.nix(), &action) };
-        if let Ok(previous) = previous {
-            if only_over_default && previous.handler() != SigHandler::SigDfl {
-                // SAFETY: puts back exactly the handler the program installed.
-                let _ = unsafe { nix::sys::signal::sigaction(signal.nix(), &previous) };
+        if let Ok(previous) = install_worker_handler(signal.raw(), WorkerHandler::Notice) {
+            if only_over_default && !previous.was_default() {
+                // The handler the program installed stays.
+                let _ = restore_disposition(&previous);
             } else {
-                saved.push((signal, previous));
+                saved.push(previous);
             }
         }
     }
@@ -207,36 +204,26 @@ fn set_timer(micros: u64) {
 
 /// The decision window ended with a signal kept for a worker: if it has not asked for the
 /// notice, the signal gets its default action now.
-extern "C" fn on_window_end(_: libc::c_int) {
+pub(super) extern "C" fn on_window_end(_: libc::c_int) {
     if SUBSCRIBED.load(Ordering::Acquire) {
         return;
     }
-    let signal = PENDING.load(Ordering::Acquire);
-    // SAFETY: sigaction with SIG_DFL and raise are async-signal-safe.
-    unsafe {
-        let mut default: libc::sigaction = std::mem::zeroed();
-        default.sa_sigaction = libc::SIG_DFL;
-        libc::sigaction(signal, &default, std::ptr::null_mut());
-        libc::raise(signal);
-    }
+    default_action_now(PENDING.load(Ordering::Acquire));
 }
 
 /// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds; async-signal-safe.
 ///
-/// Through libc, whose vDSO entry the dynamic loader resolved when the program started:
-/// rustix would look the vDSO up on its first call, in every worker, writing pages of its
-/// own before `serve`.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into this local; CLOCK_MONOTONIC is always
-    // supported, and the call is async-signal-safe (POSIX).
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    (now.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(now.tv_nsec as u64)
+/// Through nix, that is libc, whose vDSO entry the dynamic loader resolved when the program
+/// started: rustix would look the vDSO up on its first call, in every worker, writing pages
+/// of its own before `serve`.
+pub(crate) fn monotonic_ns() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(now) => (now.tv_sec() as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(now.tv_nsec() as u64),
+        // CLOCK_MONOTONIC is always there.
+        Err(_) => 0,
+    }
 }
 
 fn borrow(fd: &'static OwnedFd) -> BorrowedFd<'static> {
@@ -244,31 +231,17 @@ fn borrow(fd: &'static OwnedFd) -> BorrowedFd<'static> {
     fd.as_fd()
 }
 
-extern "C" fn on_signal(signal: libc::c_int) {
+pub(super) extern "C" fn on_signal(signal: libc::c_int) {
     if !SUBSCRIBED.load(Ordering::Acquire) {
         let running = monotonic_ns().saturating_sub(ARMED_AT.load(Ordering::Acquire));
         if running >= DECISION_WINDOW.as_nanos() as u64 {
             // A worker that does not drain: TERM ends it, as by default.
-            // SAFETY: sigaction with SIG_DFL and raise are async-signal-safe; the signal is
-            // blocked while this handler runs, so it is delivered, with its default action,
-            // when the handler returns.
-            unsafe {
-                let mut default: libc::sigaction = std::mem::zeroed();
-                default.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(signal, &default, std::ptr::null_mut());
-                libc::raise(signal);
-            }
+            default_action_now(signal);
             return;
         }
         PENDING.store(signal, Ordering::Release);
         if !ALARMED.swap(true, Ordering::AcqRel) {
-            // SAFETY: a zeroed sigaction with `on_window_end` as its handler (which makes
-            // only async-signal-safe calls) is valid; sigaction is async-signal-safe.
-            unsafe {
-                let mut action: libc::sigaction = std::mem::zeroed();
-                action.sa_sigaction = on_window_end as *const () as libc::sighandler_t;
-                libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut());
-            }
+            let _ = install_worker_handler(libc::SIGALRM, WorkerHandler::WindowEnd);
             let left = (DECISION_WINDOW.as_nanos() as u64).saturating_sub(running);
             set_timer(left / 1_000 + 1);
         }
@@ -279,14 +252,12 @@ extern "C" fn on_signal(signal: libc::c_int) {
         // No pipe yet: `notice_pipe` writes the byte when it creates it.
         return;
     }
-    // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
-    let errno = unsafe { *libc::__errno_location() };
+    let errno = nix::errno::Errno::last_raw();
     let byte = 1u8;
     // SAFETY: one byte from a local to a descriptor that lives for the rest of the process
     // (it is in a static); a full pipe (already notified) just makes the write fail.
     unsafe { libc::write(fd, (&raw const byte).cast(), 1) };
-    // SAFETY: as above.
-    unsafe { *libc::__errno_location() = errno };
+    nix::errno::Errno::set_raw(errno);
 }
 
 /// Gives `SIGUSR1` and `SIGUSR2` a handler that does nothing, where they have their default
@@ -294,25 +265,17 @@ extern "C" fn on_signal(signal: libc::c_int) {
 /// handler, unlike `SIG_IGN`, is reset by `exec`, so programs the worker starts get the
 /// default back. A handler the program installed before the fork, or installs later, takes
 /// precedence.
-fn tame_forwarded_signals(saved: &mut Vec<(Signal, SigAction)>) {
-    let noop = SigAction::new(
-        SigHandler::Handler(do_nothing),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
+fn tame_forwarded_signals(saved: &mut Vec<SavedAction>) {
     for signal in [Signal::Usr1, Signal::Usr2] {
-        // SAFETY: `do_nothing` does nothing, which is async-signal-safe; the previous action
-        // is put back at once unless it was the default.
-        let previous = unsafe { nix::sys::signal::sigaction(signal.nix(), &noop) };
-        if let Ok(previous) = previous {
-            if previous.handler() != SigHandler::SigDfl {
-                // SAFETY: restores exactly what was installed before.
-                let _ = unsafe { nix::sys::signal::sigaction(signal.nix(), &previous) };
+        if let Ok(previous) = install_worker_handler(signal.raw(), WorkerHandler::Nothing) {
+            if previous.was_default() {
+                saved.push(previous);
             } else {
-                saved.push((signal, previous));
+                // The handler the program installed stays.
+                let _ = restore_disposition(&previous);
             }
         }
     }
 }
 
-extern "C" fn do_nothing(_: libc::c_int) {}
+pub(super) extern "C" fn do_nothing(_: libc::c_int) {}

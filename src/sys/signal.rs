@@ -213,12 +213,33 @@ pub(crate) struct SavedAction {
     action: SigAction,
 }
 
+impl SavedAction {
+    /// Whether the replaced disposition was the default one.
+    pub(crate) fn was_default(&self) -> bool {
+        self.action.handler() == SigHandler::SigDfl
+    }
+}
+
+/// A worker's own handler, from [`super::notice`]: each makes only async-signal-safe calls
+/// and preserves `errno`.
+#[derive(Clone, Copy)]
+pub(crate) enum WorkerHandler {
+    /// The shutdown notice (TERM, INT).
+    Notice,
+    /// The end of the notice's decision window (`SIGALRM`).
+    WindowEnd,
+    /// Does nothing (USR1 and USR2, which the master forwards).
+    Nothing,
+}
+
 /// What [`set_action`] installs: nothing else can be.
 enum Action<'a> {
     /// `SIG_DFL`.
     Default(nix::sys::signal::Signal),
     /// [`forward_signal`].
     Forward(nix::sys::signal::Signal),
+    /// One of the worker's handlers.
+    Worker(nix::sys::signal::Signal, WorkerHandler),
     /// A disposition saved earlier, put back.
     Restore(&'a SavedAction),
 }
@@ -242,12 +263,30 @@ fn set_action(action: Action<'_>) -> io::Result<SavedAction> {
                 nix::sys::signal::SigSet::empty(),
             ),
         ),
+        Action::Worker(signal, handler) => {
+            let (handler, flags) = match handler {
+                WorkerHandler::Notice => (super::notice::on_signal as _, SaFlags::SA_RESTART),
+                WorkerHandler::WindowEnd => (super::notice::on_window_end as _, SaFlags::empty()),
+                WorkerHandler::Nothing => (super::notice::do_nothing as _, SaFlags::SA_RESTART),
+            };
+            (
+                signal,
+                SigAction::new(
+                    SigHandler::Handler(handler),
+                    flags,
+                    nix::sys::signal::SigSet::empty(),
+                ),
+            )
+        }
         Action::Restore(saved) => (saved.signal, saved.action),
     };
-    // SAFETY: `Action` allows three dispositions, each sound to install: the default one;
-    // `forward_signal`, which makes only async-signal-safe calls (an atomic load, write(2)
-    // and errno's save and restore) and preserves errno; or one the kernel returned for this
-    // signal earlier, put back exactly as it was.
+    // SAFETY: `Action` allows four kinds of dispositions, each sound to install: the
+    // default one; `forward_signal`, which makes only async-signal-safe calls (an atomic
+    // load, write(2) and errno's save and restore) and preserves errno; a worker's handler
+    // from `notice`, which make only async-signal-safe calls (atomic operations,
+    // clock_gettime, write, sigaction, raise, setitimer) and preserve errno; or one the
+    // kernel returned for this signal earlier, put back exactly as it was. sigaction itself
+    // is async-signal-safe, so this may run in a handler.
     let old = unsafe { nix::sys::signal::sigaction(signal, &new) }?;
     Ok(SavedAction {
         signal,
@@ -284,8 +323,27 @@ pub(crate) fn set_default_disposition(signal: i32) -> io::Result<SavedAction> {
     set_action(Action::Default(nix_signal(signal)?))
 }
 
-/// `sigaction(2)`: puts back a disposition saved by [`set_default_disposition`] or
-/// [`forward_signals`].
+/// `sigaction(2)`: installs one of the worker's handlers for `signal`; returns the previous
+/// disposition.
+pub(crate) fn install_worker_handler(
+    signal: i32,
+    handler: WorkerHandler,
+) -> io::Result<SavedAction> {
+    set_action(Action::Worker(nix_signal(signal)?, handler))
+}
+
+/// Puts back the default disposition of `signal` and raises it: from a handler, where the
+/// signal is blocked until the handler returns, it is then delivered with its default action
+/// (for TERM, the end of the process). Async-signal-safe.
+pub(crate) fn default_action_now(signal: i32) {
+    if let Ok(s) = nix_signal(signal) {
+        let _ = set_action(Action::Default(s));
+        let _ = nix::sys::signal::raise(s);
+    }
+}
+
+/// `sigaction(2)`: puts back a disposition saved by [`set_default_disposition`],
+/// [`install_worker_handler`] or [`forward_signals`].
 pub(crate) fn restore_disposition(saved: &SavedAction) -> io::Result<()> {
     set_action(Action::Restore(saved))?;
     Ok(())

@@ -83,6 +83,7 @@ pub const ALL: &[(&str, Case)] = cases![
     sigttou_during_restart_old_worker_waits_for_replacement,
     sighups_during_rolling_restart_coalesce_into_one_more,
     sigterm_during_rolling_restart_drains_second_kills,
+    term_before_the_notice_is_asked_for_is_kept,
     retirements_by_hup_and_ttou_are_logged_at_info,
     // systemd's notification protocol.
     notify_lifecycle_on_path_socket,
@@ -1718,6 +1719,26 @@ fn sighups_during_rolling_restart_coalesce_into_one_more(b: Backend) {
 /// TERM while a rolling restart waits for an old worker's drain: the restart ends there, the
 /// new worker and the old ones drain and exit 0 (as their connections let them); a second
 /// TERM kills the worker still draining at once, long before the grace period ends.
+/// A TERM that reaches a worker before it asks for the shutdown notice (within the decision
+/// window) is kept: the worker survives it, and once it asks, the request is there and its
+/// descriptor is readable (the pipe is created on that first request).
+fn term_before_the_notice_is_asked_for_is_kept(b: Backend) {
+    let mut fx = start(b, &[("FX_WORKERS", "1"), ("FX_LATE_NOTICE", "1")]);
+    let (pid, requested, readable) = fx.wait_line("the late notice", |l| {
+        let mut f = l.strip_prefix("late-notice ")?.split(' ');
+        let pid: u32 = f.next()?.parse().ok()?;
+        Some((pid, f.next()?.to_owned(), f.next()?.to_owned()))
+    });
+    assert_eq!(requested, "1", "is_requested after a TERM that came first");
+    assert_eq!(
+        readable, "1",
+        "the notice's descriptor after a TERM that came first"
+    );
+    fx.wait_exit();
+    fx.assert_clean_exit();
+    assert_exits(&fx, [pid], "Code(0)");
+}
+
 fn sigterm_during_rolling_restart_drains_second_kills(b: Backend) {
     // A grace period no test run could sit out: only the second TERM can end the stop.
     let (mut fx, port, old) = ready_master(b, 2, &[("FX_DRAIN", "1"), ("FX_GRACE_MS", "3600000")]);

@@ -59,6 +59,10 @@
 //!   was ready, and reports `held PID` when it provably stopped it before it reported ready
 //!   (the test resumes it with SIGCONT), `missed PID` otherwise (resumed at once); see
 //!   [`hold_before_ready`];
+//! * `FX_LATE_NOTICE=1`: each worker raises SIGTERM at itself before it asks for the
+//!   shutdown notice, then asks, reports `late-notice PID REQUESTED READABLE` (1 or 0: what
+//!   `is_requested` says, and whether the notice's descriptor polls readable), sends SIGTERM
+//!   to the master and returns `Ok`;
 //! * `FX_MASTER_FIRST=1`: the master (and so every worker) runs on one CPU only, and the
 //!   master with real-time priority (workers start without it): a just-forked worker cannot
 //!   run before the master sleeps, so `FX_HOLD_NEW` stops it before any of its code ran.
@@ -118,6 +122,7 @@ struct Opts {
     no_pidfd: bool,
     hold_new: bool,
     master_first: bool,
+    late_notice: bool,
 }
 
 impl Opts {
@@ -154,6 +159,7 @@ impl Opts {
             nocldwait: flag("FX_NOCLDWAIT"),
             hold_new: flag("FX_HOLD_NEW"),
             master_first: flag("FX_MASTER_FIRST"),
+            late_notice: flag("FX_LATE_NOTICE"),
         })
     }
 }
@@ -473,6 +479,32 @@ fn run_before_children() -> std::io::Result<()> {
     Ok(())
 }
 
+/// `FX_LATE_NOTICE`: a TERM that reaches the worker before it asks for the notice (its
+/// handler is inherited from the master, the notice's pipe does not exist yet) must be
+/// kept, and be on the pipe once the worker asks.
+fn late_notice(worker: &Worker) -> Result<(), String> {
+    use std::os::fd::{AsFd, AsRawFd};
+    // SAFETY: raise has no preconditions; the handler runs before it returns.
+    unsafe { libc::raise(libc::SIGTERM) };
+    let shutdown = worker.shutdown();
+    let mut pfd = libc::pollfd {
+        fd: shutdown.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on this frame; a zero timeout only looks.
+    let readable = unsafe { libc::poll(&mut pfd, 1, 0) } == 1;
+    say(format!(
+        "late-notice {} {} {}",
+        worker.pid(),
+        u8::from(shutdown.is_requested()),
+        u8::from(readable)
+    ));
+    // SAFETY: kill has no preconditions.
+    unsafe { libc::kill(worker.master_pid() as i32, libc::SIGTERM) };
+    Ok(())
+}
+
 /// The worker's pid, for the signal handler.
 static WORKER_PID: AtomicU32 = AtomicU32::new(0);
 
@@ -491,6 +523,9 @@ fn serve(worker: Worker, listener: &TcpListener, opts: &Opts) -> Result<(), Stri
     if opts.usr {
         catch(libc::SIGUSR1);
         catch(libc::SIGUSR2);
+    }
+    if opts.late_notice {
+        return late_notice(&worker);
     }
     // Before the `serving` line: from then on, TERM means drain.
     let shutdown = opts.drain.then(|| worker.shutdown());
