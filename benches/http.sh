@@ -14,6 +14,14 @@
 #
 # usage: benches/http.sh [--rounds N] [--duration SECS] [--connections N] [--threads N]
 #                        [--port PORT] [--no-perf] [--out DIR]
+#                        [--pin | --server-cpus LIST --client-cpus LIST]
+#
+# By default the servers and wrk share every core, and "cores" (the number of workers, of
+# runtime threads, of nginx workers) is the machine's. With --server-cpus and --client-cpus
+# (taskset CPU lists, such as 1 or 4-7) the servers run on the first list only and wrk on the
+# second, and "cores" is the size of the first: wrk then takes no CPU time from the servers.
+# --pin splits the machine: wrk on the first half of the CPUs this process may use (at
+# least one), the servers on the rest.
 #
 # Needs: cargo, wrk, nginx (nginx-light), perf (linux-perf) for the profile, awk. Missing
 # wrk/nginx/perf are installed with apt-get where it is available (as root). Results go to
@@ -30,6 +38,9 @@ threads=""
 port=18480
 perf=1
 out=target/bench-http
+server_cpus=""
+client_cpus=""
+pin=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
@@ -39,13 +50,49 @@ while [ $# -gt 0 ]; do
     --port) port="$2"; shift 2 ;;
     --no-perf) perf=0; shift ;;
     --out) out="$2"; shift 2 ;;
+    --server-cpus) server_cpus="$2"; shift 2 ;;
+    --client-cpus) client_cpus="$2"; shift 2 ;;
+    --pin) pin=1; shift ;;
     *) echo "http.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
-cores=$(nproc)
-# wrk runs on the same machine: give it half the cores (at least one thread).
-threads=${threads:-$(( cores / 2 > 0 ? cores / 2 : 1 ))}
+# The CPUs of a taskset list ("0-3,8" -> "0 1 2 3 8").
+expand_cpus() {
+  awk -v list="$1" 'BEGIN { n = split(list, parts, ","); for (i = 1; i <= n; i++) {
+    if (split(parts[i], r, "-") == 2) { for (c = r[1]; c <= r[2]; c++) printf "%d ", c }
+    else if (parts[i] != "") printf "%d ", parts[i] } }'
+}
+if [ "$pin" = 1 ]; then
+  mine=($(taskset -cp $$ | sed 's/.*: //' | { read -r l; expand_cpus "$l"; }))
+  if [ "${#mine[@]}" -lt 2 ]; then
+    echo "http.sh: --pin needs at least 2 CPUs" >&2
+    exit 2
+  fi
+  half=$(( ${#mine[@]} / 2 ))
+  client_cpus=$(IFS=,; echo "${mine[*]:0:$half}")
+  server_cpus=$(IFS=,; echo "${mine[*]:$half}")
+fi
+if [ -n "$server_cpus$client_cpus" ]; then
+  if [ -z "$server_cpus" ] || [ -z "$client_cpus" ]; then
+    echo "http.sh: --server-cpus and --client-cpus go together" >&2
+    exit 2
+  fi
+  server_list=($(expand_cpus "$server_cpus"))
+  client_list=($(expand_cpus "$client_cpus"))
+  cores=${#server_list[@]}
+  threads=${threads:-${#client_list[@]}}
+  on_servers=(taskset -c "$server_cpus")
+  on_client=(taskset -c "$client_cpus")
+  placement="servers on CPUs $server_cpus, wrk on CPUs $client_cpus"
+else
+  cores=$(nproc)
+  # wrk runs on the same machine: give it half the cores (at least one thread).
+  threads=${threads:-$(( cores / 2 > 0 ? cores / 2 : 1 ))}
+  on_servers=()
+  on_client=()
+  placement="server and wrk share them"
+fi
 addr="127.0.0.1:$port"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -83,10 +130,10 @@ wait_ready() {
 start() {
   local setup=$1 log=$2
   case "$setup" in
-    a) "$hyper" --workers "$cores" --addr "$addr" >"$log" 2>&1 & ;;
-    b) "$hyper" --workers "$cores" --addr "$addr" --reuseport >"$log" 2>&1 & ;;
-    c) "$hyper" --single --workers "$cores" --addr "$addr" >"$log" 2>&1 & ;;
-    d) "$hyper" --workers "$cores" --addr "$addr" --mode exec >"$log" 2>&1 & ;;
+    a) "${on_servers[@]}" "$hyper" --workers "$cores" --addr "$addr" >"$log" 2>&1 & ;;
+    b) "${on_servers[@]}" "$hyper" --workers "$cores" --addr "$addr" --reuseport >"$log" 2>&1 & ;;
+    c) "${on_servers[@]}" "$hyper" --single --workers "$cores" --addr "$addr" >"$log" 2>&1 & ;;
+    d) "${on_servers[@]}" "$hyper" --workers "$cores" --addr "$addr" --mode exec >"$log" 2>&1 & ;;
     e)
       local dir="$out/nginx"
       mkdir -p "$dir"
@@ -111,7 +158,7 @@ http {
     }
 }
 EOF
-      "$nginx_bin" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$log" 2>&1 &
+      "${on_servers[@]}" "$nginx_bin" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$log" 2>&1 &
       ;;
   esac
   server_pid=$!
@@ -136,13 +183,13 @@ end
 EOF
 
 wrk_run() {
-  wrk -t "$threads" -c "$connections" -d "${1}s" --latency -s "$out/report.lua" "http://$addr/"
+  "${on_client[@]}" wrk -t "$threads" -c "$connections" -d "${1}s" --latency -s "$out/report.lua" "http://$addr/"
 }
 
 # --- rounds ------------------------------------------------------------------------------
 results="$out/results.tsv"
 printf 'round\tsetup\trps\tp50\tp99\tp999\tmax\terrors\tbalance\n' >"$results"
-echo "http.sh: $rounds rounds of ${duration}s per setup, wrk -t$threads -c$connections, $cores cores"
+echo "http.sh: $rounds rounds of ${duration}s per setup, wrk -t$threads -c$connections, $cores cores ($placement)"
 for round in $(seq "$rounds"); do
   for setup in a b c d e; do
     log="$out/server-$setup-$round.log"
@@ -168,7 +215,7 @@ done
 
 # --- summary -----------------------------------------------------------------------------
 summary="$out/summary.md"
-awk -F'\t' -v cores="$cores" -v rounds="$rounds" -v dur="$duration" -v c="$connections" -v t="$threads" '
+awk -F'\t' -v cores="$cores" -v placement="$placement" -v rounds="$rounds" -v dur="$duration" -v c="$connections" -v t="$threads" '
   NR == 1 { next }
   { s = $2; n[s]++; rps[s, n[s]] = $3; p50[s, n[s]] = $4; p99[s, n[s]] = $5; p999[s, n[s]] = $6
     err[s] += $8; bal[s, n[s]] = $9 }
@@ -187,7 +234,7 @@ awk -F'\t' -v cores="$cores" -v rounds="$rounds" -v dur="$duration" -v c="$conne
     name["e"] = "e. nginx, " cores " workers"
     for (s in n) { R[s] = median(rps, s, n[s]); P50[s] = median(p50, s, n[s]);
       P99[s] = median(p99, s, n[s]); P999[s] = median(p999, s, n[s]); B[s] = median(bal, s, n[s]) }
-    printf "wrk -t%s -c%s -d%ss --latency, %s rounds, medians; %s cores (server and wrk share them)\n\n", t, c, dur, rounds, cores
+    printf "wrk -t%s -c%s -d%ss --latency, %s rounds, medians; %s cores (%s)\n\n", t, c, dur, rounds, cores, placement
     printf "| setup | cores | req/s | vs c | p50 µs | vs c | p99 µs | vs c | p99.9 µs | vs c | balance max/min | errors |\n"
     printf "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     split("a b c d e", order, " ")
@@ -195,6 +242,21 @@ awk -F'\t' -v cores="$cores" -v rounds="$rounds" -v dur="$duration" -v c="$conne
       s = order[i]; if (!(s in n)) continue
       printf "| %s | %s | %.0f | %.2f | %d | %.2f | %d | %.2f | %d | %.2f | %s | %d |\n", name[s], cores, R[s], R[s] / R["c"],
         P50[s], P50[s] / P50["c"], P99[s], P99[s] / P99["c"], P999[s], P999[s] / P999["c"], B[s], err[s]
+    }
+    # The same comparisons round by round: each setup against c of the same round (rounds
+    # run the setups one after the other, so a round shares the machine'"'"'s state).
+    printf "\nRound by round against c of the same round: the median of the ratios, and in how many rounds the setup did better (more req/s, lower p99).\n\n"
+    printf "| setup | req/s vs c (median of rounds) | rounds with more req/s | p99 vs c (median of rounds) | rounds with a lower p99 |\n"
+    printf "|---|---|---|---|---|\n"
+    for (i = 1; i <= 5; i++) {
+      s = order[i]; if (!(s in n) || s == "c") continue
+      k = 0; more = 0; lower = 0
+      for (r = 1; r <= n[s] && r <= n["c"]; r++) {
+        k++; rr[s, k] = rps[s, r] / rps["c", r]; pr[s, k] = p99[s, r] / p99["c", r]
+        if (rps[s, r] + 0 > rps["c", r] + 0) more++
+        if (p99[s, r] + 0 < p99["c", r] + 0) lower++
+      }
+      printf "| %s | %.2f | %d of %d | %.2f | %d of %d |\n", name[s], median(rr, s, k), more, k, median(pr, s, k), lower, k
     }
   }' "$results" >"$summary"
 echo
