@@ -223,7 +223,7 @@ const MAX_SLOTS: usize = 32;
 /// | 10 | a worker that has not reported ready does: operand picks it (255: all of them) |
 /// | 11 | any signal the master handles: `Signal::ALL[operand % 10]` |
 /// | 12 | the driver fails (`fail`) |
-/// | 13 | operand: bits 0-1 make that many next spawns fail; bit 4 fails the run after a spawn |
+/// | 13 | operand: bits 0-1 make that many next spawns fail; bit 4 fails the run after a spawn; bit 5 has the health checks recycle a live worker, else bit 6 find one stuck (bits 2-3 pick it) |
 /// | 14 | every worker that was sent TERM exits with code 0 |
 /// | 15 | every worker that was sent KILL dies of it |
 ///
@@ -329,6 +329,15 @@ fn drive(data: &[u8]) -> Summary {
                 let b = input.byte();
                 m.spawn_failures = u32::from(b & 3);
                 m.fail_after_spawn |= b & 0x10 != 0;
+                let pids: Vec<u32> = m.live.keys().copied().collect();
+                if b & 0x60 != 0 && !pids.is_empty() {
+                    let pid = pids[usize::from((b >> 2) & 3) % pids.len()];
+                    if b & 0x20 != 0 {
+                        m.recycle(pid);
+                    } else {
+                        m.kill_stuck(pid);
+                    }
+                }
             }
             14 => m.exit_all(|p| p.term, WorkerExit::Code(0)),
             _ => m.exit_all(|p| p.kill, WorkerExit::Signal(Signal::Kill.raw())),
@@ -519,6 +528,35 @@ mod tests {
         }
         if let Some(r) = run("ttin_reopens_closing_slot") {
             assert_eq!(count(&r.log, spawns), 3);
+        }
+        let retired = |a: &Action| {
+            matches!(
+                a,
+                Action::Signal {
+                    why: crate::supervisor::Why::Retire,
+                    ..
+                }
+            )
+        };
+        let stuck = |a: &Action| {
+            matches!(
+                a,
+                Action::Signal {
+                    why: crate::supervisor::Why::Stuck,
+                    ..
+                }
+            )
+        };
+        if let Some(r) = run("recycle_replaces_first") {
+            // 2 workers; the recycled one's replacement starts, then it is asked to drain.
+            assert_eq!(r.spawns, 3);
+            assert_eq!(count(&r.log, retired), 1);
+            assert!(r.outcome_by_input.is_none(), "{:?}", r.outcome_by_input);
+        }
+        if let Some(r) = run("stuck_worker_killed_and_replaced") {
+            assert_eq!(count(&r.log, stuck), 1);
+            assert_eq!(r.spawns, 3);
+            assert!(r.outcome_by_input.is_none(), "{:?}", r.outcome_by_input);
         }
     }
 

@@ -259,9 +259,7 @@ impl Model {
     }
 
     /// The master recycles `pid` (past its lifetime or memory ceiling): checks whether the
-    /// supervisor takes it, and returns that. (The unit tests drive it; the fuzz input has no
-    /// event code left for it.)
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// supervisor takes it, and returns that.
     pub(crate) fn recycle(&mut self, pid: u32) -> bool {
         let eligible = self.ready_seen && self.serving(pid);
         let slot = self.live.get(&pid).map(|p| p.slot);
@@ -294,7 +292,6 @@ impl Model {
 
     /// The master finds `pid` stuck: checks whether the supervisor kills it, and returns
     /// that.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn kill_stuck(&mut self, pid: u32) -> bool {
         let eligible = self.serving(pid);
         let took = self.sup.kill_stuck(pid);
