@@ -151,22 +151,13 @@ impl Handover {
                     }
                 }
                 // close_range marked the error pipe close-on-exec too, as it must be.
-                let mut digits = [0u8; PID_DIGITS];
-                let mut n = libc::getpid() as u32;
-                let mut len = 0;
-                loop {
-                    digits[len] = b'0' + (n % 10) as u8;
-                    len += 1;
-                    n /= 10;
-                    if n == 0 {
-                        break;
-                    }
-                }
+                let mut digits = [0u8; 20];
+                let digits = super::decimal(libc::getpid() as u64, &mut digits);
                 let at = pid_slot.add(b"LISTEN_PID=".len());
-                for i in 0..len {
-                    *at.add(i) = digits[len - 1 - i];
+                for (i, &d) in digits.iter().enumerate() {
+                    *at.add(i) = d;
                 }
-                *at.add(len) = 0;
+                *at.add(digits.len()) = 0;
                 libc::execve(self.path.as_ptr(), self.argv.as_ptr(), envp.as_ptr());
                 fail(3)
             }

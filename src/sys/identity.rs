@@ -30,17 +30,9 @@ impl WorkerName {
         let prefix = b"prefork w";
         buf[..prefix.len()].copy_from_slice(prefix);
         let mut digits = [0u8; 20];
-        let (mut n, mut len) = (slot, 0);
-        loop {
-            digits[len] = b'0' + (n % 10) as u8;
-            len += 1;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
+        let digits = super::decimal(slot as u64, &mut digits);
         let room = NAME_MAX - prefix.len();
-        for (at, &d) in (prefix.len()..).zip(digits[..len].iter().rev().take(room)) {
+        for (at, &d) in (prefix.len()..).zip(digits.iter().take(room)) {
             buf[at] = d;
         }
         WorkerName(buf)

@@ -29,6 +29,22 @@ pub(crate) mod process;
 pub(crate) mod reuseport;
 pub(crate) mod signal;
 
+/// Writes `n` in decimal into `buf` and returns the digits, most significant first. No
+/// allocation and no lock: it runs between `fork` and `exec`, and in a freshly forked worker.
+pub(crate) fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[at..]
+}
+
 pub(crate) use event::{
     Epoll, is_pipe, pipe, pipe_nonblocking, read_pids, wait_readable, write_pid,
 };
@@ -42,3 +58,14 @@ pub(crate) use signal::{
     SavedAction, SigSet, children_auto_reaped, forward_signals, read_forwarded, read_signals,
     restore_disposition, set_default_disposition, set_sigmask, sigmask, signalfd, stop_forwarding,
 };
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decimals_as_format_writes_them() {
+        let mut buf = [0u8; 20];
+        for n in [0, 7, 10, 42, 4_194_304, u64::from(u32::MAX), u64::MAX] {
+            assert_eq!(super::decimal(n, &mut buf), n.to_string().as_bytes());
+        }
+    }
+}
