@@ -14,7 +14,13 @@
 #
 # usage: benches/http.sh [--rounds N] [--duration SECS] [--connections N] [--threads N]
 #                        [--port PORT] [--no-perf] [--out DIR]
-#                        [--pin | --server-cpus LIST --client-cpus LIST]
+#                        [--pin | --server-cpus LIST --client-cpus LIST] [--pace-ms MS]
+#
+# Each setup is measured twice per round: saturated (every wrk connection sends its next
+# request as soon as the answer arrives: the most requests per second, and latencies that
+# are mostly queueing) and paced (each connection waits --pace-ms, default 1, after every
+# answer before it sends again, with wrk's Lua `delay`: a load well below saturation, where
+# latencies are the servers' own). --pace-ms 0 skips the paced runs.
 #
 # By default the servers and wrk share every core, and "cores" (the number of workers, of
 # runtime threads, of nginx workers) is the machine's. With --server-cpus and --client-cpus
@@ -41,6 +47,7 @@ out=target/bench-http
 server_cpus=""
 client_cpus=""
 pin=0
+pace=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
@@ -53,6 +60,7 @@ while [ $# -gt 0 ]; do
     --server-cpus) server_cpus="$2"; shift 2 ;;
     --client-cpus) client_cpus="$2"; shift 2 ;;
     --pin) pin=1; shift ;;
+    --pace-ms) pace="$2"; shift 2 ;;
     *) echo "http.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -182,43 +190,58 @@ done = function(summary, latency, requests)
 end
 EOF
 
+# The same report, with each connection waiting $pace ms after every answer.
+{ echo "function delay() return $pace end"; cat "$out/report.lua"; } >"$out/paced.lua"
+
+# wrk_run SECONDS [SCRIPT]
 wrk_run() {
-  "${on_client[@]}" wrk -t "$threads" -c "$connections" -d "${1}s" --latency -s "$out/report.lua" "http://$addr/"
+  "${on_client[@]}" wrk -t "$threads" -c "$connections" -d "${1}s" --latency -s "${2:-$out/report.lua}" "http://$addr/"
 }
 
 # --- rounds ------------------------------------------------------------------------------
 results="$out/results.tsv"
-printf 'round\tsetup\trps\tp50\tp99\tp999\tmax\terrors\tbalance\n' >"$results"
-echo "http.sh: $rounds rounds of ${duration}s per setup, wrk -t$threads -c$connections, $cores cores ($placement)"
+printf 'round\tload\tsetup\trps\tp50\tp99\tp999\tmax\terrors\tbalance\n' >"$results"
+loads=saturated
+[ "$pace" != 0 ] && loads="saturated paced"
+echo "http.sh: $rounds rounds of ${duration}s per setup and load ($loads), wrk -t$threads -c$connections, $cores cores ($placement)"
 for round in $(seq "$rounds"); do
   for setup in a b c d e; do
     log="$out/server-$setup-$round.log"
     start "$setup" "$log"
     wrk_run 1 >/dev/null # warm-up
-    wrk_run "$duration" >"$out/wrk-$setup-$round.txt"
+    for load in $loads; do
+      script="$out/report.lua"
+      [ "$load" = paced ] && script="$out/paced.lua"
+      wrk_run "$duration" "$script" >"$out/wrk-$setup-$load-$round.txt"
+    done
     stop
-    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out/wrk-$setup-$round.txt")
-    read -r p50 p99 p999 max < <(awk '/^LATENCY_US/ {print $2, $3, $4, $5}' "$out/wrk-$setup-$round.txt")
-    errors=$(awk '/^ERRORS/ {print $2 + $3 + $4 + $5 + $6}' "$out/wrk-$setup-$round.txt")
-    # Requests served per worker (the hyper example prints its count when it drains):
-    # the busiest worker's count over the idlest one's.
+    # Requests served per worker (the hyper example prints its count when it drains, so the
+    # figure covers both loads): the busiest worker's count over the idlest one's.
     balance=$(awk '/ served [0-9]+ requests/ {
         for (i = 1; i <= NF; i++) if ($i == "served") n = $(i + 1)
         if (min == "" || n < min) min = n; if (n > max) max = n; w++ }
       END { if (w > 1 && min > 0) printf "%.2f", max / min; else print "-" }' "$log")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$setup" "$rps" "$p50" "$p99" "$p999" \
-      "$max" "$errors" "$balance" >>"$results"
-    printf '  round %s setup %s: %s req/s, p50 %s µs, p99 %s µs, p99.9 %s µs, errors %s, balance %s\n' \
-      "$round" "$setup" "$rps" "$p50" "$p99" "$p999" "$errors" "$balance"
+    for load in $loads; do
+      report="$out/wrk-$setup-$load-$round.txt"
+      rps=$(awk '/^Requests\/sec:/ {print $2}' "$report")
+      read -r p50 p99 p999 max < <(awk '/^LATENCY_US/ {print $2, $3, $4, $5}' "$report")
+      errors=$(awk '/^ERRORS/ {print $2 + $3 + $4 + $5 + $6}' "$report")
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$load" "$setup" "$rps" "$p50" "$p99" \
+        "$p999" "$max" "$errors" "$balance" >>"$results"
+      printf '  round %s setup %s %s: %s req/s, p50 %s µs, p99 %s µs, p99.9 %s µs, errors %s, balance %s\n' \
+        "$round" "$setup" "$load" "$rps" "$p50" "$p99" "$p999" "$errors" "$balance"
+    done
   done
 done
 
 # --- summary -----------------------------------------------------------------------------
 summary="$out/summary.md"
-awk -F'\t' -v cores="$cores" -v placement="$placement" -v rounds="$rounds" -v dur="$duration" -v c="$connections" -v t="$threads" '
-  NR == 1 { next }
-  { s = $2; n[s]++; rps[s, n[s]] = $3; p50[s, n[s]] = $4; p99[s, n[s]] = $5; p999[s, n[s]] = $6
-    err[s] += $8; bal[s, n[s]] = $9 }
+: >"$summary"
+for load in $loads; do
+awk -F'\t' -v load="$load" -v pace="$pace" -v cores="$cores" -v placement="$placement" -v rounds="$rounds" -v dur="$duration" -v c="$connections" -v t="$threads" '
+  NR == 1 || $2 != load { next }
+  { s = $3; n[s]++; rps[s, n[s]] = $4; p50[s, n[s]] = $5; p99[s, n[s]] = $6; p999[s, n[s]] = $7
+    err[s] += $9; bal[s, n[s]] = $10 }
   function median(arr, s, k,   i, j, v, tmp, m) {
     m = 0
     for (i = 1; i <= k; i++) if (arr[s, i] != "-") { m++; v[m] = arr[s, i] + 0 }
@@ -234,6 +257,10 @@ awk -F'\t' -v cores="$cores" -v placement="$placement" -v rounds="$rounds" -v du
     name["e"] = "e. nginx, " cores " workers"
     for (s in n) { R[s] = median(rps, s, n[s]); P50[s] = median(p50, s, n[s]);
       P99[s] = median(p99, s, n[s]); P999[s] = median(p999, s, n[s]); B[s] = median(bal, s, n[s]) }
+    if (load == "paced")
+      printf "### Paced: each connection waits %s ms after every answer\n\n", pace
+    else
+      printf "### Saturated: each connection sends again as soon as it is answered\n\n"
     printf "wrk -t%s -c%s -d%ss --latency, %s rounds, medians; %s cores (%s)\n\n", t, c, dur, rounds, cores, placement
     printf "| setup | cores | req/s | vs c | p50 µs | vs c | p99 µs | vs c | p99.9 µs | vs c | balance max/min | errors |\n"
     printf "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
@@ -258,7 +285,9 @@ awk -F'\t' -v cores="$cores" -v placement="$placement" -v rounds="$rounds" -v du
       }
       printf "| %s | %.2f | %d of %d | %.2f | %d of %d |\n", name[s], median(rr, s, k), more, k, median(pr, s, k), lower, k
     }
-  }' "$results" >"$summary"
+    printf "\n"
+  }' "$results" >>"$summary"
+done
 echo
 cat "$summary"
 
