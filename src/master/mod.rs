@@ -210,6 +210,8 @@ where
         Spawn::Fork => "fork",
         Spawn::Exec(_) => "exec",
     };
+    // The program ran before this call: whatever it printed may still be buffered.
+    STDOUT_CLEAN.store(false, Ordering::Relaxed);
     let death = hooks.on_master_death.is_some();
     let _name = setup
         .names
