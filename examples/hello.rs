@@ -12,6 +12,10 @@
 //! environment variable (default `Hello`): a deploy that sets it shows, answer by answer,
 //! when a binary upgrade (`kill -USR2 <master>`) has handed over to the new program.
 //!
+//! With `--run` the program binds the socket itself (or takes the one an old master or
+//! systemd handed it, [`prefork::inherited_listeners`]) and calls [`prefork::Prefork::run`],
+//! as a program that manages its own sockets does; fork mode only.
+//!
 //! `--grace SECS` sets how long the master waits for a draining worker before KILL (default
 //! 5 s), `--upgrade-timeout SECS` how long a new master started by `USR2` gets to be ready
 //! (default 60 s).
@@ -23,7 +27,7 @@
 //! exits 0.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown as Direction, TcpStream};
+use std::net::{Shutdown as Direction, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -42,7 +46,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(msg) => {
             eprintln!(
-                "hello: {msg}\nusage: hello [--workers N] [--addr HOST:PORT] [--mode fork|exec|auto] [--network tcp|tcp4|tcp6] [--reuseport] [--grace SECS] [--upgrade-timeout SECS]"
+                "hello: {msg}\nusage: hello [--workers N] [--addr HOST:PORT] [--mode fork|exec|auto] [--network tcp|tcp4|tcp6] [--reuseport] [--run] [--grace SECS] [--upgrade-timeout SECS]"
             );
             return ExitCode::from(2);
         }
@@ -63,44 +67,21 @@ fn main() -> ExitCode {
     if !prefork::is_child() {
         log::info!("listening on http://{}", args.addr);
     }
-    // In exec mode each worker re-runs this program and, inside listen_and_serve, takes its
-    // listener from fd 3 and serves: the same code path for master and worker.
-    let result = prefork.listen_and_serve(&args.addr, |listener, worker| -> io::Result<()> {
-        // From here on TERM starts a drain instead of ending the worker at once.
-        let shutdown = worker.shutdown();
-        let greeting = std::env::var("HELLO_GREETING").unwrap_or_else(|_| "Hello".to_owned());
-        let greeting = greeting.as_str();
-        println!(
-            "worker {} serving http://{}",
-            worker.id(),
-            listener.local_addr()?
-        );
-        // The scope joins every connection thread: the worker returns once the last
-        // connection is done.
-        std::thread::scope(|scope| {
-            // Ends on the notice, after the connections already queued.
-            for stream in shutdown.incoming(&listener) {
-                let stream = match stream {
-                    Ok(stream) => stream,
-                    Err(e) => {
-                        log::warn!("accept: {e}");
-                        continue;
-                    }
-                };
-                let spawned = std::thread::Builder::new()
-                    .stack_size(THREAD_STACK)
-                    .spawn_scoped(scope, move || {
-                        if let Err(e) = serve_connection(stream, worker, shutdown, greeting) {
-                            log::debug!("connection: {e}");
-                        }
-                    });
-                if let Err(e) = spawned {
-                    log::warn!("cannot start a connection thread: {e}");
-                }
-            }
-        });
-        Ok(())
-    });
+    let result = if args.run {
+        own_socket(&args.addr).and_then(|listener| {
+            prefork
+                .run(|worker| serve_worker(&listener, worker))
+                .map_err(io::Error::other)
+        })
+    } else {
+        // In exec mode each worker re-runs this program and, inside listen_and_serve, takes
+        // its listener from fd 3 and serves: the same code path for master and worker.
+        prefork
+            .listen_and_serve(&args.addr, |listener, worker| {
+                serve_worker(&listener, worker)
+            })
+            .map_err(io::Error::other)
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -108,6 +89,58 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--run`: the socket an old master (binary upgrade) or systemd handed this process, else
+/// `addr` bound here.
+fn own_socket(addr: &str) -> io::Result<TcpListener> {
+    match prefork::inherited_listeners()
+        .map_err(io::Error::other)?
+        .into_iter()
+        .next()
+    {
+        Some(inherited) => Ok(inherited),
+        None => TcpListener::bind(addr),
+    }
+}
+
+/// One worker: accepts on `listener` until the master asks it to stop, each connection on a
+/// thread of its own, then drains.
+fn serve_worker(listener: &TcpListener, worker: prefork::Worker) -> io::Result<()> {
+    // From here on TERM starts a drain instead of ending the worker at once.
+    let shutdown = worker.shutdown();
+    let greeting = std::env::var("HELLO_GREETING").unwrap_or_else(|_| "Hello".to_owned());
+    let greeting = greeting.as_str();
+    println!(
+        "worker {} serving http://{}",
+        worker.id(),
+        listener.local_addr()?
+    );
+    // The scope joins every connection thread: the worker returns once the last
+    // connection is done.
+    std::thread::scope(|scope| {
+        // Ends on the notice, after the connections already queued.
+        for stream in shutdown.incoming(listener) {
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    continue;
+                }
+            };
+            let spawned = std::thread::Builder::new()
+                .stack_size(THREAD_STACK)
+                .spawn_scoped(scope, move || {
+                    if let Err(e) = serve_connection(stream, worker, shutdown, greeting) {
+                        log::debug!("connection: {e}");
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("cannot start a connection thread: {e}");
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Answers every request on one connection until the client closes it, or until the drain
@@ -240,6 +273,7 @@ struct Args {
     mode: prefork::Mode,
     network: prefork::Network,
     reuseport: bool,
+    run: bool,
     grace: Option<Duration>,
     upgrade_timeout: Option<Duration>,
 }
@@ -252,6 +286,7 @@ impl Args {
             mode: prefork::Mode::Fork,
             network: prefork::Network::Tcp4,
             reuseport: false,
+            run: false,
             grace: None,
             upgrade_timeout: None,
         };
@@ -283,6 +318,7 @@ impl Args {
                     }
                 }
                 "--reuseport" => out.reuseport = true,
+                "--run" => out.run = true,
                 "--grace" => out.grace = Some(seconds("--grace", &value("--grace")?)?),
                 "--upgrade-timeout" => {
                     let v = value("--upgrade-timeout")?;
@@ -290,6 +326,9 @@ impl Args {
                 }
                 other => return Err(format!("unknown argument {other:?}")),
             }
+        }
+        if out.run && (out.reuseport || out.mode == prefork::Mode::Exec) {
+            return Err("--run binds one socket and forks: no --reuseport, no --mode exec".into());
         }
         Ok(out)
     }

@@ -218,6 +218,46 @@ where
     Prefork::new().workers(n).run(serve)
 }
 
+/// The listening sockets this process was handed by socket activation, for a program that
+/// binds its own sockets and calls [`Prefork::run`] or [`fork_workers`]: from the old master
+/// of a binary upgrade (`USR2`), or from systemd. Empty when there are none.
+///
+/// A `run` master hands every listening TCP socket it holds to the new program on `USR2`
+/// (in the order of its descriptor numbers). A program that takes them here, and binds only
+/// when there are none, is upgraded without refusing a connection:
+///
+/// ```no_run
+/// use std::net::TcpListener;
+///
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let listener = match prefork::inherited_listeners()?.into_iter().next() {
+///         Some(inherited) => inherited,
+///         None => TcpListener::bind("127.0.0.1:8080")?,
+///     };
+///     prefork::fork_workers(4, |worker| {
+///         // serve `listener` (see `Worker::shutdown` for the drain)
+///         let _ = (&listener, worker);
+///     })?;
+///     Ok(())
+/// }
+/// ```
+///
+/// Each socket is checked to be a listening TCP socket and made close-on-exec; sockets from
+/// systemd are also made blocking, those from an old master are left as they are (its
+/// draining workers may still be accepting on them). `LISTEN_PID`, `LISTEN_FDS` and
+/// `LISTEN_FDNAMES` are removed from the environment, so call it once, before any thread
+/// starts. [`Prefork::listen_and_serve`] does all this itself.
+///
+/// # Errors
+///
+/// [`Error::InvalidEnv`] for malformed variables, [`Error::InheritedListener`] for a
+/// descriptor that is not a listening TCP socket.
+pub fn inherited_listeners() -> Result<Vec<std::net::TcpListener>, Error> {
+    Ok(listen::systemd()?
+        .map(|sockets| sockets.into_iter().map(|(socket, _)| socket).collect())
+        .unwrap_or_default())
+}
+
 /// Whether this process is a worker started by a prefork master: a forked worker, or an
 /// exec-mode worker (`FASTHTTP_PREFORK_CHILD=1` in its environment).
 pub fn is_child() -> bool {

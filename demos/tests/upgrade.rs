@@ -10,7 +10,9 @@
 //!   sockets it was handed and descriptors of its own making (the readiness channel to the
 //!   old master is closed once it reported). In fork mode with one shared listener and with
 //!   one `SO_REUSEPORT` socket per worker, in exec mode, and with the socket passed by socket
-//!   activation to the first master.
+//!   activation to the first master; and with `--run`, where the program binds its socket
+//!   itself (or takes the one it was handed, `prefork::inherited_listeners`) and calls `run`,
+//!   started directly or by socket activation.
 //! * Rollback: a new program that exits at once, one that hangs before it is ready, and one
 //!   that cannot be executed leave the old master serving with the same workers, without a
 //!   failed request; the failure is logged.
@@ -319,6 +321,16 @@ fn upgrade_exec() {
 #[test]
 fn upgrade_socket_activated() {
     upgrades_under_load("activated", &[], true);
+}
+
+#[test]
+fn upgrade_run_with_its_own_socket() {
+    upgrades_under_load("run", &["--run"], false);
+}
+
+#[test]
+fn upgrade_run_socket_activated() {
+    upgrades_under_load("run-activated", &["--run"], true);
 }
 
 /// Deploys `program` (a script, with `mode`) and sends USR2 under load: the upgrade fails

@@ -927,7 +927,17 @@ impl Master {
             log::error!("SIGUSR2: cannot upgrade, the program's path is unknown");
             return;
         };
-        let sockets = self.listeners.handover();
+        // `run`: the program's own listening sockets, whatever they are, as duplicates.
+        let caller = match self.listeners {
+            Listeners::Caller => sys::listening_sockets(),
+            _ => Vec::new(),
+        };
+        let mut sockets = self.listeners.handover();
+        sockets.extend(
+            caller
+                .iter()
+                .map(|fd| (fd.as_fd(), crate::listen::SHARED_NAME.to_owned())),
+        );
         log::info!(
             "SIGUSR2: upgrading: starting {} with {} listening sockets",
             path.display(),
@@ -943,6 +953,8 @@ impl Master {
             self.upgrade_timeout,
         );
         drop(sockets);
+        // The new master has its copies (or failed to start): ours of `run`'s sockets close.
+        drop(caller);
         let mut upgrade = match started {
             Ok(u) => u,
             Err(e) => {

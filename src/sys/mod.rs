@@ -48,7 +48,7 @@ pub(crate) fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
 pub(crate) use event::{
     Epoll, is_pipe, pipe, pipe_nonblocking, read_pids, wait_readable, write_pid,
 };
-pub(crate) use net::{adopt_listener, bind_tcp, take_inherited};
+pub(crate) use net::{adopt_listener, bind_tcp, listening_sockets, take_inherited};
 pub(crate) use process::{
     Fork, Reaped, adopts_orphans, exit_now, fork, getpid, getppid, kill, pidfd_open,
     pidfd_send_signal, reap_pid, reap_pidfd, remove_env_if_single_threaded, rss_bytes,

@@ -66,6 +66,36 @@ pub(crate) fn adopt_listener(fd: RawFd, blocking: bool) -> Result<TcpListener, S
     Ok(listener)
 }
 
+/// Descriptors of this process's own for every listening TCP socket among its descriptors
+/// from 3 on (`/proc/self/fd`, or every number below 1024 where that cannot be read), in
+/// ascending order of the descriptors found: `fcntl(F_DUPFD_CLOEXEC)` of each, so that the
+/// sockets can be handed on while their owners (the program) keep theirs.
+pub(crate) fn listening_sockets() -> Vec<OwnedFd> {
+    let numbers: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => {
+            let mut numbers: Vec<RawFd> = dir
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect();
+            numbers.sort_unstable();
+            numbers
+        }
+        Err(_) => (3..INHERITED_LIMIT as RawFd).collect(),
+    };
+    numbers
+        .into_iter()
+        .filter(|&fd| fd > 2)
+        .filter_map(Unowned::new)
+        .filter(|probe| {
+            probe.socket().is_ok_and(|(ty, domain, listening)| {
+                listening
+                    && ty == SocketType::STREAM
+                    && (domain == AddressFamily::INET || domain == AddressFamily::INET6)
+            })
+        })
+        .filter_map(|probe| probe.duplicate().ok())
+        .collect()
+}
+
 /// The descriptors below this number that [`take_inherited`] handed out already.
 const INHERITED_LIMIT: usize = 1024;
 static INHERITED: [AtomicBool; INHERITED_LIMIT] =
@@ -92,8 +122,9 @@ pub(crate) fn take_inherited(fd: RawFd) -> Option<OwnedFd> {
 }
 
 /// A descriptor number this process may have inherited but does not own (yet): it allows
-/// only queries that read the descriptor's state and change nothing, so using a number that
-/// is not open, or that some other part of the program owns, does no harm.
+/// only queries that read the descriptor's state and change nothing, and a duplicate of it,
+/// which leaves it as it was, so using a number that is not open, or that some other part of
+/// the program owns, does no harm.
 #[derive(Clone, Copy)]
 pub(super) struct Unowned(RawFd);
 
@@ -106,9 +137,9 @@ impl Unowned {
     /// Borrows the number for one of the queries below, and for nothing else.
     fn fd(&self) -> BorrowedFd<'_> {
         // SAFETY: the number is not negative (checked by `new`). It may not be open: every
-        // use is one of the read-only queries below (fcntl F_GETFD, fstat, getsockopt), on
-        // which a closed number fails with EBADF, and none of which can close, change or
-        // hand out the descriptor.
+        // use is one of the read-only queries below (fcntl F_GETFD, fstat, getsockopt) or a
+        // duplicate (fcntl F_DUPFD_CLOEXEC), on which a closed number fails with EBADF, and
+        // none of which can close, change or hand out the descriptor itself.
         unsafe { BorrowedFd::borrow_raw(self.0) }
     }
 
@@ -122,6 +153,11 @@ impl Unowned {
         rustix::fs::fstat(self.fd()).is_ok_and(|st| {
             rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo
         })
+    }
+
+    /// `fcntl(F_DUPFD_CLOEXEC)`: a new descriptor, ours, for the same open file.
+    pub(super) fn duplicate(self) -> io::Result<OwnedFd> {
+        Ok(rustix::io::fcntl_dupfd_cloexec(self.fd(), 3)?)
     }
 
     /// `getsockopt(SO_TYPE, SO_DOMAIN, SO_ACCEPTCONN)`: type, family, and whether it listens.
