@@ -143,6 +143,8 @@ struct Master {
     /// The descriptors of the loop, `None` only in a forked worker, which drops them.
     fds: Option<Fds>,
     old_mask: SigSet,
+    /// The signals the master handles (blocked, read from the signalfd).
+    handled: SigSet,
     saved_chld: Option<sys::SavedAction>,
     children: PidMap<Child>,
     backend: Backend,
@@ -174,8 +176,11 @@ struct Master {
 /// The master's own descriptors, none of which a worker keeps (close-on-exec does not help
 /// without an exec, so a forked worker drops them).
 struct Fds {
-    epoll: sys::Epoll,
-    sigfd: OwnedFd,
+    /// The epoll instance and the signalfd, made by [`Master::ensure_loop`] once the first
+    /// workers are forked (the workers forked before never hold them, and until the master
+    /// first sleeps it has nothing to wait for: signals stay pending while blocked, and the
+    /// readiness pipe and the pidfds stay readable).
+    event_loop: Option<Loop>,
     /// Workers write their pid here when they enter `serve`: `(read end, write end)`.
     ready: (OwnedFd, OwnedFd),
     /// Pipe whose write end only the master holds: workers watch the read end to learn of
@@ -185,6 +190,13 @@ struct Fds {
     forwarding: Option<Forwarding>,
     /// In a new master started by an upgrade: where to report that every worker is ready.
     upgrade_report: Option<OwnedFd>,
+}
+
+/// The master's event loop: one epoll over the signalfd, the readiness pipe, the forwarding
+/// pipe (exec mode), one pidfd per worker and an upgrade's descriptors.
+struct Loop {
+    epoll: sys::Epoll,
+    sigfd: OwnedFd,
 }
 
 /// Supervises `plan.cfg.workers` workers until a stop. In fork mode each worker runs
@@ -261,10 +273,6 @@ impl Master {
             None
         };
         let ready = sys::pipe_nonblocking().map_err(Error::sys("creating the readiness pipe"))?;
-        let epoll = sys::Epoll::new().map_err(Error::sys("epoll_create1"))?;
-        epoll
-            .add(ready.0.as_fd(), READY_TOKEN)
-            .map_err(Error::sys("epoll_ctl"))?;
         // Auto-reaping (SIGCHLD ignored, or SA_NOCLDWAIT) would make exited workers vanish
         // without a trace.
         let saved_chld = match sys::children_auto_reaped() {
@@ -288,28 +296,17 @@ impl Master {
             }
         };
         // From here on, `Master`'s Drop undoes the changes above.
-        let restore = |e| {
-            let _ = sys::sigmask(libc::SIG_SETMASK, &old_mask);
-            if let Some(saved) = &saved_chld {
-                let _ = sys::restore_disposition(saved);
-            }
-            e
-        };
-        let sigfd = sys::signalfd(&mask).map_err(|e| restore(Error::sys("signalfd")(e)))?;
-        if let Err(e) = epoll.add(sigfd.as_fd(), SIGNALFD_TOKEN) {
-            return Err(restore(Error::sys("epoll_ctl")(e)));
-        }
         let notifier = Notifier::from_env(sys::getpid());
         let mut master = Master {
             fds: Some(Fds {
-                epoll,
-                sigfd,
+                event_loop: None,
                 ready,
                 death_pipe,
                 forwarding: None,
                 upgrade_report: upgrade::inherited_report_fd(),
             }),
             old_mask,
+            handled: mask,
             saved_chld,
             children: PidMap::default(),
             backend,
@@ -357,16 +354,47 @@ impl Master {
             .expect("only a forked worker gives up the master's descriptors")
     }
 
+    /// Makes the event loop, once: the epoll instance and the signalfd, with the readiness
+    /// pipe, the forwarding pipe and every worker's pidfd registered.
+    fn ensure_loop(&mut self) -> Result<(), Error> {
+        if self.fds().event_loop.is_some() {
+            return Ok(());
+        }
+        let epoll = sys::Epoll::new().map_err(Error::sys("epoll_create1"))?;
+        let sigfd = sys::signalfd(&self.handled).map_err(Error::sys("signalfd"))?;
+        let fds = self.fds();
+        let add = |fd: std::os::fd::BorrowedFd<'_>, token| {
+            epoll.add(fd, token).map_err(Error::sys("epoll_ctl"))
+        };
+        add(sigfd.as_fd(), SIGNALFD_TOKEN)?;
+        add(fds.ready.0.as_fd(), READY_TOKEN)?;
+        if let Some(fw) = &fds.forwarding {
+            add(fw.read.as_fd(), FORWARD_TOKEN)?;
+        }
+        for (&pid, child) in &self.children {
+            if let Some(fd) = &child.pidfd {
+                add(fd.as_fd(), u64::from(pid))?;
+            }
+        }
+        self.fds_mut().event_loop = Some(Loop { epoll, sigfd });
+        Ok(())
+    }
+
+    /// The event loop, made by [`Master::ensure_loop`] before the master first sleeps.
+    fn event_loop(&self) -> &Loop {
+        self.fds()
+            .event_loop
+            .as_ref()
+            .expect("the event loop is made before the master first waits")
+    }
+
     /// Installs handlers that forward the handled signals through a pipe: in exec mode
     /// other threads may run with these signals unblocked, and the kernel may pick any of
     /// them to deliver a process-directed signal to.
     fn forward_signals(&self) -> Result<Forwarding, Error> {
+        // Its read end joins the epoll set in `ensure_loop`.
         let (read, write) =
             sys::pipe_nonblocking().map_err(Error::sys("creating the signal pipe"))?;
-        self.fds()
-            .epoll
-            .add(read.as_fd(), FORWARD_TOKEN)
-            .map_err(Error::sys("epoll_ctl"))?;
         let saved = sys::forward_signals(&raw_signals(&HANDLED), write.as_raw_fd())
             .map_err(Error::sys("installing signal handlers"))?;
         Ok(Forwarding {
@@ -428,7 +456,10 @@ impl Master {
                 .min();
             let timeout = deadline.map(|d| d.saturating_sub(self.now()));
             tokens.clear();
-            if let Err(e) = self.fds().epoll.wait(timeout, &mut tokens) {
+            if let Err(e) = self.ensure_loop() {
+                return self.abort(e);
+            }
+            if let Err(e) = self.event_loop().epoll.wait(timeout, &mut tokens) {
                 return self.abort(Error::sys("epoll_wait")(e));
             }
             for &token in &tokens {
@@ -440,7 +471,8 @@ impl Master {
                         }
                     }
                     SIGNALFD_TOKEN => {
-                        if let Err(e) = sys::read_signals(self.fds().sigfd.as_fd(), &mut raw) {
+                        if let Err(e) = sys::read_signals(self.event_loop().sigfd.as_fd(), &mut raw)
+                        {
                             return self.abort(Error::sys("reading the signalfd")(e));
                         }
                     }
@@ -595,7 +627,9 @@ impl Master {
 
     fn on_worker_exit(&mut self, pid: u32, how: Reaped, sup: &mut Supervisor, hooks: &mut Hooks) {
         if let Some(Child { pidfd: Some(fd) }) = self.children.remove(&pid) {
-            let _ = self.fds().epoll.delete(fd.as_fd());
+            if let Some(l) = &self.fds().event_loop {
+                let _ = l.epoll.delete(fd.as_fd());
+            }
         }
         let exit = exit_of(how);
         let Some(Exited { slot, cause }) = sup.on_exit(pid, exit, self.now()) else {
@@ -852,8 +886,11 @@ impl Master {
     /// the worker is killed and reaped, so nothing leaks.
     fn adopt(&mut self, pid: u32) -> io::Result<()> {
         if self.backend == Backend::Pidfd {
+            // Before the loop exists, `ensure_loop` registers it with the others.
             let registered = sys::pidfd_open(pid).and_then(|fd| {
-                self.fds().epoll.add(fd.as_fd(), u64::from(pid))?;
+                if let Some(l) = &self.fds().event_loop {
+                    l.epoll.add(fd.as_fd(), u64::from(pid))?;
+                }
                 Ok(fd)
             });
             match registered {
@@ -965,14 +1002,14 @@ impl Master {
                 return;
             }
         };
-        let fds = self.fds();
-        if let Err(e) = fds.epoll.add(upgrade.ready.as_fd(), UPGRADE_READY_TOKEN) {
+        let epoll = &self.event_loop().epoll;
+        if let Err(e) = epoll.add(upgrade.ready.as_fd(), UPGRADE_READY_TOKEN) {
             log::error!("upgrade: cannot watch the new master's readiness ({e})");
         }
         if self.backend == Backend::Pidfd {
             match sys::pidfd_open(upgrade.pid) {
                 Ok(fd) => {
-                    if let Err(e) = fds.epoll.add(fd.as_fd(), UPGRADE_PID_TOKEN) {
+                    if let Err(e) = epoll.add(fd.as_fd(), UPGRADE_PID_TOKEN) {
                         log::error!("upgrade: cannot watch the new master ({e})");
                     }
                     upgrade.pidfd = Some(fd);
@@ -995,7 +1032,7 @@ impl Master {
         match u.report() {
             Report::Pending => {}
             Report::Closed => {
-                let _ = self.fds().epoll.delete(u.ready.as_fd());
+                let _ = self.event_loop().epoll.delete(u.ready.as_fd());
             }
             Report::Ready if u.kill_at.is_some() => {}
             Report::Ready => {
@@ -1009,10 +1046,10 @@ impl Master {
                 // The new master owns the sockets now: nothing here may close or filter
                 // them before the old workers are gone.
                 let upgrade = self.upgrade.take().expect("checked above");
-                let fds = self.fds();
-                let _ = fds.epoll.delete(upgrade.ready.as_fd());
+                let epoll = &self.event_loop().epoll;
+                let _ = epoll.delete(upgrade.ready.as_fd());
                 if let Some(fd) = &upgrade.pidfd {
-                    let _ = fds.epoll.delete(fd.as_fd());
+                    let _ = epoll.delete(fd.as_fd());
                 }
                 self.handing_over = true;
                 sup.on_signal(Signal::Term, self.now());
@@ -1034,10 +1071,10 @@ impl Master {
         let Some(u) = self.upgrade.take() else {
             return;
         };
-        let fds = self.fds();
-        let _ = fds.epoll.delete(u.ready.as_fd());
+        let epoll = &self.event_loop().epoll;
+        let _ = epoll.delete(u.ready.as_fd());
         if let Some(fd) = &u.pidfd {
-            let _ = fds.epoll.delete(fd.as_fd());
+            let _ = epoll.delete(fd.as_fd());
         }
         if u.kill_at.is_some() {
             log::info!("upgrade: new master {} stopped ({})", u.pid, exit_of(how));
@@ -1125,7 +1162,17 @@ impl Drop for Master {
             return;
         };
         let mut late = Vec::new();
-        let _ = sys::read_signals(fds.sigfd.as_fd(), &mut late);
+        match &fds.event_loop {
+            Some(l) => {
+                let _ = sys::read_signals(l.sigfd.as_fd(), &mut late);
+            }
+            // The loop never started: a signalfd of the moment reads what is pending.
+            None => {
+                if let Ok(sigfd) = sys::signalfd(&self.handled) {
+                    let _ = sys::read_signals(sigfd.as_fd(), &mut late);
+                }
+            }
+        }
         for s in late {
             log::debug!(
                 "{} arrived after the workers stopped; ignored",
