@@ -24,3 +24,33 @@ http_ready() {
   done
   return 1
 }
+
+# nginx_conf DIR WORKERS ADDR: writes DIR/nginx.conf (creating DIR): nginx in the
+# foreground with WORKERS worker processes, its pid, logs and temporary files in DIR, no
+# access log, unlimited keep-alive requests, answering every request on ADDR with 200 and a
+# body as long as the hello examples' answers.
+nginx_conf() {
+  local dir=$1 workers=$2 addr=$3
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes $workers;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $dir;
+    proxy_temp_path $dir;
+    server {
+        listen $addr;
+        location / {
+            default_type text/plain;
+            return 200 "Hello from worker 0 (pid 1234567)\n";
+        }
+    }
+}
+EOF
+}

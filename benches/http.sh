@@ -144,28 +144,7 @@ start() {
     d) "${on_servers[@]}" "$hyper" --workers "$cores" --addr "$addr" --mode exec >"$log" 2>&1 & ;;
     e)
       local dir="$out/nginx"
-      mkdir -p "$dir"
-      cat >"$dir/nginx.conf" <<EOF
-worker_processes $cores;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 75s;
-    client_body_temp_path $dir;
-    proxy_temp_path $dir;
-    server {
-        listen $addr;
-        location / {
-            default_type text/plain;
-            return 200 "Hello from worker 0 (pid 1234567)\n";
-        }
-    }
-}
-EOF
+      nginx_conf "$dir" "$cores" "$addr"
       "${on_servers[@]}" "$nginx_bin" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$log" 2>&1 &
       ;;
   esac

@@ -145,30 +145,6 @@ wait_ready() {
 }
 
 nginx_dir="$tmp/nginx"
-nginx_conf() {
-  mkdir -p "$nginx_dir"
-  cat >"$nginx_dir/nginx.conf" <<EOF
-worker_processes $workers;
-daemon off;
-pid $nginx_dir/nginx.pid;
-error_log $nginx_dir/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 75s;
-    client_body_temp_path $nginx_dir;
-    proxy_temp_path $nginx_dir;
-    server {
-        listen $addr;
-        location / {
-            default_type text/plain;
-            return 200 "Hello from worker 0 (pid 1234567)\n";
-        }
-    }
-}
-EOF
-}
 
 # start MODE LOG: starts a server in the background, in a new process group, and waits
 # until it answers. Ours run from $tmp/hello, the file the upgrade scenario replaces.
@@ -196,7 +172,7 @@ exec "$tmp/hello.new" "\$@"
 EOF
 chmod +x "$tmp/hello.wrapper"
 cp "$tmp/hello.build" "$tmp/hello.new"
-nginx_conf
+nginx_conf "$nginx_dir" "$workers" "$addr"
 
 # wrk: a 1 ms pause between a connection's requests; latency percentiles (µs) and errors
 # from wrk's own histogram and counters.
