@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::{
-    Server, all_ok, connect, example, get, hello_example, load, read_response, require, send_get,
-    wait_until,
+    Server, all_ok, bodies, connect, example, get, hello_example, load, read_response, require,
+    send_get, started_workers, wait_until,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -276,28 +276,18 @@ fn axum_drains_on_term() {
     drains_on_term(Command::new(example("axum")), true);
 }
 
-/// The pids in the log's `worker K started (pid P)` lines, once there are `n` of them.
-fn started_pids(server: &Server, n: usize) -> BTreeSet<String> {
-    let mut pids = BTreeSet::new();
-    wait_until("the workers' start lines in the log", || {
-        pids = server
-            .log_lines()
-            .iter()
-            .filter_map(|l| l.split(" started (pid ").nth(1))
-            .filter_map(|rest| rest.split(')').next())
-            .map(str::to_owned)
-            .collect();
-        pids.len() >= n
-    });
-    pids
-}
-
 /// A rolling restart (HUP) under load: every worker is replaced while 8 clients send
 /// requests, and not one request fails.
 fn restarts_without_losing_a_request(mut cmd: Command, conn: &str) {
     let workers = 4;
     let server = Server::start(&mut cmd, workers);
-    let old = started_pids(&server, workers);
+    let mut old = BTreeSet::new();
+    wait_until("the workers' start lines in the log", || {
+        old = started_workers(&server.log_lines(), server.pid())
+            .into_values()
+            .collect();
+        old.len() == workers
+    });
     let report = load(
         &server.addr,
         &["--conn", conn, "--clients", "8", "--duration", "3"],
@@ -322,13 +312,16 @@ fn restarts_without_losing_a_request(mut cmd: Command, conn: &str) {
     // Answers came from the old workers (every client had one before HUP) and from their
     // replacements. Which workers accept the clients' connections is the kernel's choice
     // (one worker may take all 8), so the test does not ask for answers from every one.
-    let pids = report["bodies"]
-        .as_object()
-        .expect("per-body counts")
+    // Every example's answer ends with `(pid P)`.
+    let pids = bodies(&report)
         .keys()
-        .filter_map(|body| body.split("(pid ").nth(1))
-        .filter_map(|rest| rest.split(')').next())
-        .map(str::to_owned)
+        .map(|body| {
+            body.trim_end()
+                .strip_suffix(')')
+                .and_then(|b| b.rsplit_once("(pid "))
+                .and_then(|(_, pid)| pid.parse::<u32>().ok())
+                .unwrap_or_else(|| panic!("no pid in the answer {body:?}"))
+        })
         .collect::<BTreeSet<_>>();
     assert!(
         pids.iter().any(|p| old.contains(p)),
