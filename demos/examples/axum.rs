@@ -1,5 +1,6 @@
 //! axum 0.8 on prefork: a router with a JSON route and a path parameter, one current-thread
-//! tokio runtime per worker, graceful drain with `with_graceful_shutdown`.
+//! tokio runtime per worker, and the drain of `prefork_tokio` that answers every accepted
+//! request.
 //!
 //! ```text
 //! cargo run --release -p prefork-demos --example axum -- --workers 4 --addr 127.0.0.1:8080 [--reuseport] [--mode exec]
@@ -8,25 +9,22 @@
 //! curl http://127.0.0.1:8080/slow?ms=1500
 //! ```
 //!
-//! The router is built inside each worker, after the fork, together with the runtime. When
-//! the master asks the worker to stop, `with_graceful_shutdown` stops accepting, lets
-//! in-flight requests finish and closes idle keep-alive connections; the worker then exits 0
-//! within the master's grace period (`--grace`, default 5 s). Unlike the hyper example, axum's
-//! accept loop does not serve the connections still queued in the listen backlog when the
-//! drain starts: with a shared listener another worker may still take them during a rolling
-//! restart; when everything stops they are reset with the listener.
+//! The router is built inside each worker, after the fork, together with the runtime, and
+//! served by `prefork_tokio::http::Server` (HTTP/1.1 and HTTP/2). When the master asks the
+//! worker to stop, it serves the connections still queued, answers every request that has
+//! arrived or is arriving (with `connection: close`), closes connections that stay idle for a
+//! short grace, and exits 0 within the master's grace period (`--grace`, default 5 s).
+//! `axum::serve(..).with_graceful_shutdown(..)` would close a connection whose request is in
+//! the socket but not yet read, without an answer (see `prefork_tokio::axum`).
 
 use std::io;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use prefork_demos::{Args, USAGE};
 use serde::{Deserialize, Serialize};
 
@@ -77,43 +75,27 @@ fn serve_worker(
 ) -> io::Result<()> {
     // From here on TERM starts a drain instead of ending the worker.
     let shutdown = worker.shutdown();
-    listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let notice = notice(shutdown)?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let notice = prefork_tokio::Notice::new(shutdown)?;
+        let listener = prefork_tokio::Listener::tcp(listener, notice)?;
         println!(
             "worker {} serving http://{}",
             worker.id(),
             listener.local_addr()?
         );
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let (drain_started, drain_began) = tokio::sync::oneshot::channel();
-        let server = axum::serve(listener, router(worker)).with_graceful_shutdown(async move {
-            let _ = notice.readable().await;
-            let _ = drain_started.send(());
-        });
-        let server = std::pin::pin!(server.into_future());
-        // Once the drain has begun, it gets `drain_limit` to finish.
-        tokio::select! {
-            result = server => result?,
-            () = async {
-                let _ = drain_began.await;
-                tokio::time::sleep(drain_limit).await;
-            } => log::warn!(
-                "worker {}: connections still open after {drain_limit:?}; closing them",
-                worker.id()
-            ),
-        }
+        let drained = prefork_tokio::http::Server::new()
+            .drain_limit(drain_limit)
+            .serve(listener, prefork_tokio::axum::service(router(worker)))
+            .await?;
         println!(
-            "worker {} (pid {}) served {} requests",
+            "worker {} (pid {}) served {} requests; drained {} connections",
             worker.id(),
             worker.pid(),
-            SERVED.load(Ordering::Relaxed)
+            SERVED.load(Ordering::Relaxed),
+            drained.draining
         );
         Ok(())
     })
@@ -159,12 +141,4 @@ async fn slow(State(app): State<AppState>, Query(q): Query<SlowQuery>) -> String
     println!("worker {}: slow request, {ms} ms", app.worker.id());
     tokio::time::sleep(Duration::from_millis(ms)).await;
     format!("slept {ms} ms in worker {}\n", app.worker.id())
-}
-
-/// The worker's shutdown notice as a tokio readiness source: readable once the drain begins.
-fn notice(shutdown: prefork::Shutdown) -> io::Result<AsyncFd<prefork::Shutdown>> {
-    // SAFETY: `AsyncFd::register` wants a descriptor that stays open, and the same, while the
-    // `AsyncFd` lives. The notice's descriptor is created once per worker process and stays
-    // open until the process exits, and `Shutdown::as_raw_fd` always returns it.
-    Ok(unsafe { AsyncFd::register_with_interest(shutdown, Interest::READABLE) }?)
 }

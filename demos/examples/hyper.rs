@@ -1,4 +1,5 @@
-//! hyper 1.x on prefork: one current-thread tokio runtime per worker, HTTP/1.1, graceful drain.
+//! hyper 1.x on prefork: one current-thread tokio runtime per worker, HTTP/1.1 and HTTP/2
+//! (cleartext), and the drain of `prefork_tokio` that answers every accepted request.
 //!
 //! ```text
 //! cargo run --release -p prefork-demos --example hyper -- --workers 4 --addr 127.0.0.1:8080 [--reuseport] [--mode exec]
@@ -9,10 +10,12 @@
 //!
 //! Each worker builds its runtime inside `serve`, after the fork (a runtime started before
 //! would make the fork unsafe), and serves the listener it was handed. When the master asks
-//! it to stop (TERM to the master, a rolling restart, TTOU), the worker drains: it stops
-//! accepting, serves the connections already queued, lets in-flight requests finish (their
-//! responses carry `connection: close`), closes idle keep-alive connections, prints how many
-//! requests it served and exits 0, within the master's grace period (`--grace`, default 5 s).
+//! it to stop (TERM to the master, a rolling restart, TTOU, the old generation of an
+//! upgrade), the worker drains with `prefork_tokio::http::Server`: it serves the connections
+//! already queued, answers every request that has arrived or is arriving (with
+//! `connection: close`), closes connections that stay idle for a short grace, prints how
+//! many requests it served and exits 0, within the master's grace period (`--grace`,
+//! default 5 s).
 //!
 //! `--single` runs the same handler without prefork: one process, one multi-thread runtime
 //! with `--workers` threads (default: one per CPU), stopped by TERM or Ctrl-C the same way.
@@ -20,21 +23,17 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 use std::time::Duration;
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use prefork_demos::{Args, USAGE};
 
 /// Requests this process answered (a worker is a process: this is the worker's count).
@@ -75,7 +74,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// One worker: its own runtime, its own accept loop, until the master's shutdown notice.
+/// One worker: its own runtime, its own accept loop, until the master's shutdown notice;
+/// then the drain of `prefork_tokio`: the listen queue is served, every request that has
+/// arrived or is arriving is answered, idle connections close after a short grace.
 fn serve_worker(
     listener: std::net::TcpListener,
     worker: prefork::Worker,
@@ -84,21 +85,31 @@ fn serve_worker(
     // Asking for the notice first: from here on TERM starts a drain instead of ending the
     // worker.
     let shutdown = worker.shutdown();
-    listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let notice = notice(shutdown)?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        let stop = async move {
-            let _ = notice.readable().await;
-        };
-        serve(listener, worker.id(), worker.pid(), stop, drain_limit).await
+        let notice = prefork_tokio::Notice::new(shutdown)?;
+        let listener = prefork_tokio::Listener::tcp(listener, notice)?;
+        let (id, pid) = (worker.id(), worker.pid());
+        println!("worker {id} serving http://{}", listener.local_addr()?);
+        let hello = Bytes::from(format!("Hello from worker {id} (pid {pid})\n"));
+        let service = service_fn(move |req| handle(req, hello.clone(), id));
+        let drained = prefork_tokio::http::Server::new()
+            .drain_limit(drain_limit)
+            .serve(listener, service)
+            .await?;
+        println!(
+            "worker {id} (pid {pid}) served {} requests; drained {} connections",
+            SERVED.load(Ordering::Relaxed),
+            drained.draining
+        );
+        Ok(())
     })
 }
 
-/// The `--single` baseline: one process, one multi-thread runtime, no prefork.
+/// The `--single` baseline: one process, one multi-thread runtime, no prefork; hyper-util's
+/// server and graceful shutdown on TERM or Ctrl-C.
 fn single_process(args: &Args) -> io::Result<()> {
     let threads = args
         .workers
@@ -110,124 +121,41 @@ fn single_process(args: &Args) -> io::Result<()> {
     let drain_limit = args.drain_limit();
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.addr).await?;
+        println!("worker 0 serving http://{}", listener.local_addr()?);
+        let hello = Bytes::from(format!(
+            "Hello from worker 0 (pid {})\n",
+            std::process::id()
+        ));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let stop = async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        };
-        serve(listener, 0, std::process::id(), stop, drain_limit).await
+        let graceful = GracefulShutdown::new();
+        let builder = auto::Builder::new(TokioExecutor::new());
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        log::warn!("accept: {e}");
+                        continue;
+                    }
+                },
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let hello = hello.clone();
+            let service = service_fn(move |req| handle(req, hello.clone(), 0));
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(conn);
+        }
+        if tokio::time::timeout(drain_limit, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            log::warn!("connections still open after {drain_limit:?}; closing them");
+        }
+        Ok(())
     })
-}
-
-/// Accepts and serves until `stop` resolves, then drains.
-async fn serve(
-    listener: tokio::net::TcpListener,
-    id: usize,
-    pid: u32,
-    stop: impl std::future::Future<Output = ()>,
-    drain_limit: Duration,
-) -> io::Result<()> {
-    let hello = Bytes::from(format!("Hello from worker {id} (pid {pid})\n"));
-    println!("worker {id} serving http://{}", listener.local_addr()?);
-    let graceful = GracefulShutdown::new();
-    let (draining, drain) = tokio::sync::watch::channel(false);
-    let spawn = |stream: tokio::net::TcpStream| {
-        // The watcher is taken here, before the drain can begin, so that the drain waits
-        // for this connection.
-        let task = connection(stream, graceful.watcher(), drain.clone(), hello.clone(), id);
-        tokio::spawn(task);
-    };
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => spawn(stream),
-                Err(e) => log::warn!("worker {id}: accept: {e}"),
-            },
-            () = &mut stop => break,
-        }
-    }
-    // The drain. Connections the kernel already queued were accepted on the client's side:
-    // serve them too (with a per-slot reuseport socket nobody else would). Then every
-    // connection is told to finish: idle keep-alive connections close, in-flight requests
-    // complete with `connection: close`.
-    let _ = draining.send(true);
-    let listener = listener.into_std()?;
-    for _ in 0..4096 {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                stream.set_nonblocking(true)?;
-                spawn(tokio::net::TcpStream::from_std(stream)?);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break, // WouldBlock: the queue is empty
-        }
-    }
-    drop(listener);
-    let open = graceful.count();
-    if tokio::time::timeout(drain_limit, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        log::warn!("worker {id}: connections still open after {drain_limit:?}; closing them");
-    }
-    println!(
-        "worker {id} (pid {pid}) served {} requests; drained {open} connections",
-        SERVED.load(Ordering::Relaxed)
-    );
-    Ok(())
-}
-
-/// How long a new connection may take to send its first bytes.
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
-/// During the drain, how long a connection that has sent nothing yet is given before it is
-/// taken for idle.
-const FIRST_BYTES_DRAIN_GRACE: Duration = Duration::from_millis(200);
-
-/// Serves one connection: HTTP/1.1 with keep-alive until the client closes it or the drain.
-async fn connection(
-    stream: tokio::net::TcpStream,
-    watcher: Watcher,
-    mut drain: tokio::sync::watch::Receiver<bool>,
-    hello: Bytes,
-    id: usize,
-) {
-    let _ = stream.set_nodelay(true);
-    // hyper's graceful shutdown closes a connection it has not read anything from yet, as
-    // idle, even when the client's request is already in the socket. So hyper gets the
-    // connection once its first bytes are there, and reads them (one poll) before it watches
-    // for the drain. A connection that sends nothing is closed after a while, or soon once
-    // the drain has begun.
-    let first_bytes = async {
-        let drain_began = tokio::select! {
-            biased;
-            ready = stream.readable() => return ready.is_ok(),
-            began = drain.wait_for(|&d| d) => began.is_ok(),
-        };
-        drain_began
-            && matches!(
-                tokio::time::timeout(FIRST_BYTES_DRAIN_GRACE, stream.readable()).await,
-                Ok(Ok(()))
-            )
-    };
-    if !matches!(
-        tokio::time::timeout(FIRST_BYTES_TIMEOUT, first_bytes).await,
-        Ok(true)
-    ) {
-        return;
-    }
-    let service = service_fn(move |req| handle(req, hello.clone(), id));
-    let mut conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-    let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut conn).poll(cx))).await;
-    let result = match first {
-        Poll::Ready(result) => result,
-        Poll::Pending => watcher.watch(conn).await,
-    };
-    if let Err(e) = result {
-        log::debug!("worker {id}: connection: {e}");
-    }
 }
 
 async fn handle(
@@ -256,12 +184,4 @@ async fn handle(
         hyper::header::HeaderValue::from_static("text/plain"),
     );
     Ok(response)
-}
-
-/// The worker's shutdown notice as a tokio readiness source: readable once the drain begins.
-fn notice(shutdown: prefork::Shutdown) -> io::Result<AsyncFd<prefork::Shutdown>> {
-    // SAFETY: `AsyncFd::register` wants a descriptor that stays open, and the same, while the
-    // `AsyncFd` lives. The notice's descriptor is created once per worker process and stays
-    // open until the process exits, and `Shutdown::as_raw_fd` always returns it.
-    Ok(unsafe { AsyncFd::register_with_interest(shutdown, Interest::READABLE) }?)
 }

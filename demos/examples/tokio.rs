@@ -8,31 +8,26 @@
 //!
 //! Runtimes start threads, and `fork` copies only the calling thread, so the runtime must be
 //! built *inside* `serve`, after the fork: each worker builds its own current-thread runtime
-//! and converts the listener it was handed with `set_nonblocking(true)` and
-//! `tokio::net::TcpListener::from_std`. Building the runtime before `listen_and_serve` would
+//! and takes the listener it was handed into it with `prefork_tokio::Listener::tcp`. Building the runtime before `listen_and_serve` would
 //! make fork mode refuse with `Error::NotSingleThreaded` (exec mode would still work).
 //!
 //! Every connection carries one request and is closed after the answer. On the master's
-//! shutdown notice (`tokio::io::unix::AsyncFd` over `worker.shutdown()`) the worker stops
-//! accepting, takes the connections already queued, waits for every connection task to
-//! finish and exits 0.
+//! shutdown notice (`prefork_tokio::Notice`) the worker's `prefork_tokio::Listener` hands
+//! out the connections already queued and ends; a connection that has not sent its request
+//! yet gets `prefork_tokio::FIRST_REQUEST_GRACE` for it; the worker waits for every
+//! connection task to finish and exits 0.
 
 use std::io;
 use std::process::ExitCode;
 use std::time::Duration;
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 
 use prefork_demos::{Args, USAGE};
+use prefork_tokio::Notice;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// How long a connection may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// During the drain, how long a connection that has sent nothing yet is given before it is
-/// taken for idle.
-const FIRST_BYTES_DRAIN_GRACE: Duration = Duration::from_millis(200);
 
 fn main() -> ExitCode {
     prefork_demos::init_logger();
@@ -48,7 +43,6 @@ fn main() -> ExitCode {
         args.prefork()
             .listen_and_serve(&args.addr, |listener, worker| -> io::Result<()> {
                 let shutdown = worker.shutdown();
-                listener.set_nonblocking(true)?;
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
@@ -69,46 +63,27 @@ async fn serve(
     shutdown: prefork::Shutdown,
     drain_limit: Duration,
 ) -> io::Result<()> {
-    let notice = notice(shutdown)?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let notice = Notice::new(shutdown)?;
+    let mut listener = prefork_tokio::Listener::tcp(listener, notice.clone())?;
     println!(
         "worker {} serving http://{}",
         worker.id(),
         listener.local_addr()?
     );
     let mut tasks = JoinSet::new();
-    let (draining, drain) = watch::channel(false);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tasks.spawn(answer(stream, worker, drain.clone()));
-                }
-                Err(e) => log::warn!("worker {}: accept: {e}", worker.id()),
-            },
-            _ = notice.readable() => break,
+    // Ends on the notice, once the connections queued by then were handed out.
+    while let Some(accepted) = listener.accept().await {
+        match accepted {
+            Ok((stream, _)) => {
+                tasks.spawn(answer(stream, worker, notice.clone()));
+            }
+            Err(e) => log::warn!("worker {}: accept: {e}", worker.id()),
         }
         // Collect finished tasks, so the set holds only live connections.
         while tasks.try_join_next().is_some() {}
     }
-    // The drain: the connections already queued, then every task to its end.
-    let _ = draining.send(true);
-    let listener = listener.into_std()?;
-    for _ in 0..4096 {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                stream.set_nonblocking(true)?;
-                tasks.spawn(answer(
-                    tokio::net::TcpStream::from_std(stream)?,
-                    worker,
-                    drain.clone(),
-                ));
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break, // WouldBlock: the queue is empty
-        }
-    }
     drop(listener);
+    // The drain: every connection task to its end.
     while tasks.try_join_next().is_some() {}
     let open = tasks.len();
     let drained = tokio::time::timeout(drain_limit, async {
@@ -126,12 +101,8 @@ async fn serve(
     Ok(())
 }
 
-async fn answer(
-    stream: tokio::net::TcpStream,
-    worker: prefork::Worker,
-    drain: watch::Receiver<bool>,
-) {
-    if let Err(e) = answer_one(stream, worker, drain).await {
+async fn answer(stream: tokio::net::TcpStream, worker: prefork::Worker, notice: Notice) {
+    if let Err(e) = answer_one(stream, worker, notice).await {
         log::debug!("worker {}: {e}", worker.id());
     }
 }
@@ -140,12 +111,12 @@ async fn answer(
 async fn answer_one(
     mut stream: tokio::net::TcpStream,
     worker: prefork::Worker,
-    mut drain: watch::Receiver<bool>,
+    notice: Notice,
 ) -> io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     let read_head = async {
-        let mut n = first_read(&mut stream, &mut buf, &mut drain).await?;
+        let mut n = first_read(&mut stream, &mut buf, &notice).await?;
         loop {
             if n == 0 || head.len() > 16 * 1024 {
                 return Ok(false);
@@ -188,31 +159,22 @@ async fn answer_one(
     stream.shutdown().await
 }
 
-/// The worker's shutdown notice as a tokio readiness source: readable once the drain begins.
-fn notice(shutdown: prefork::Shutdown) -> io::Result<AsyncFd<prefork::Shutdown>> {
-    // SAFETY: `AsyncFd::register` wants a descriptor that stays open, and the same, while the
-    // `AsyncFd` lives. The notice's descriptor is created once per worker process and stays
-    // open until the process exits, and `Shutdown::as_raw_fd` always returns it.
-    Ok(unsafe { AsyncFd::register_with_interest(shutdown, Interest::READABLE) }?)
-}
-
 /// The first read of a connection. Until its first bytes come the connection is idle: once
-/// the drain has begun, it gets a short grace (its request may be on its way), then counts
-/// as closed (0).
+/// the drain has begun, it gets `prefork_tokio::FIRST_REQUEST_GRACE` (its request may be on
+/// its way), then counts as closed (0).
 async fn first_read(
     stream: &mut tokio::net::TcpStream,
     buf: &mut [u8],
-    drain: &mut watch::Receiver<bool>,
+    notice: &Notice,
 ) -> io::Result<usize> {
-    let drain_began = tokio::select! {
-        biased;
-        n = stream.read(buf) => return n,
-        began = drain.wait_for(|&d| d) => began.is_ok(),
-    };
-    if !drain_began {
-        return Ok(0);
+    if !notice.is_requested() {
+        tokio::select! {
+            biased;
+            n = stream.read(buf) => return n,
+            () = notice.requested() => {}
+        }
     }
-    tokio::time::timeout(FIRST_BYTES_DRAIN_GRACE, stream.read(buf))
+    tokio::time::timeout(prefork_tokio::FIRST_REQUEST_GRACE, stream.read(buf))
         .await
         .unwrap_or(Ok(0))
 }
