@@ -22,8 +22,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Hello, Load, Server, all_ok, bodies, children, connect, example, hello_example, ok_or_refused,
-    read_response, send_get,
+    Hello, Load, Server, alive, all_ok, bodies, children, connect, example, hello_example,
+    ok_or_refused, read_response, require, send_get, wait_until,
 };
 
 /// Workers of every server here.
@@ -57,11 +57,39 @@ fn master_lines(log: &str, level: &str, pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// Who runs the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum User {
+    /// The test's user (root in CI).
+    Same,
+    /// uid and gid 65534 (`nobody`), as `User=` in a systemd unit or `runAsNonRoot` would
+    /// run it, through `setpriv`.
+    Unprivileged,
+}
+
+/// The command that runs `program` with `args` as `user`.
+fn command(program: &Path, args: &[&str], user: User) -> Command {
+    let mut cmd = match user {
+        User::Same => Command::new(program),
+        User::Unprivileged => {
+            require("setpriv");
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(program);
+            cmd
+        }
+    };
+    cmd.args(args);
+    cmd
+}
+
 /// HUP three times, TTOU, TTIN, all under load, then TERM under load of its own.
 fn survives_the_lifecycle(program: &Path, args: &[&str]) {
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    let mut server = Server::start(&mut cmd, WORKERS);
+    survives_the_lifecycle_as(program, args, User::Same);
+}
+
+fn survives_the_lifecycle_as(program: &Path, args: &[&str], user: User) {
+    let mut server = Server::start(&mut command(program, args, user), WORKERS);
     let master = server.pid();
     let info = format!("[INFO {master}] ");
 
@@ -125,7 +153,7 @@ fn survives_the_lifecycle(program: &Path, args: &[&str]) {
         "a worker exited by itself:\n{log}"
     );
     println!(
-        "{} {args:?}: lifecycle under load: {} + {} answered (new, keep-alive); stop under load: {:?} + {:?} (answered, refused)",
+        "{} {args:?} ({user:?} user): lifecycle under load: {} + {} answered (new, keep-alive); stop under load: {:?} + {:?} (answered, refused)",
         program.file_name().unwrap_or_default().to_string_lossy(),
         during[0],
         during[1],
@@ -152,6 +180,206 @@ fn hello_exec_shared_loses_no_request() {
 #[test]
 fn hello_exec_reuseport_loses_no_request() {
     survives_the_lifecycle(&hello_example(), &["--mode", "exec", "--reuseport"]);
+}
+
+// The servers on `prefork_tokio`: every mode and listener kind, and an unprivileged user.
+
+#[test]
+fn hyper_fork_shared_loses_no_request() {
+    survives_the_lifecycle(&example("hyper"), &[]);
+}
+
+#[test]
+fn hyper_fork_reuseport_loses_no_request() {
+    survives_the_lifecycle(&example("hyper"), &["--reuseport"]);
+}
+
+#[test]
+fn hyper_exec_shared_loses_no_request() {
+    survives_the_lifecycle(&example("hyper"), &["--mode", "exec"]);
+}
+
+#[test]
+fn hyper_exec_reuseport_loses_no_request() {
+    survives_the_lifecycle(&example("hyper"), &["--mode", "exec", "--reuseport"]);
+}
+
+#[test]
+fn hyper_unprivileged_fork_shared_loses_no_request() {
+    survives_the_lifecycle_as(&example("hyper"), &[], User::Unprivileged);
+}
+
+#[test]
+fn hyper_unprivileged_exec_reuseport_loses_no_request() {
+    survives_the_lifecycle_as(
+        &example("hyper"),
+        &["--mode", "exec", "--reuseport"],
+        User::Unprivileged,
+    );
+}
+
+#[test]
+fn axum_fork_shared_loses_no_request() {
+    survives_the_lifecycle(&example("axum"), &[]);
+}
+
+#[test]
+fn axum_fork_reuseport_loses_no_request() {
+    survives_the_lifecycle(&example("axum"), &["--reuseport"]);
+}
+
+#[test]
+fn axum_exec_shared_loses_no_request() {
+    survives_the_lifecycle(&example("axum"), &["--mode", "exec"]);
+}
+
+#[test]
+fn axum_exec_reuseport_loses_no_request() {
+    survives_the_lifecycle(&example("axum"), &["--mode", "exec", "--reuseport"]);
+}
+
+#[test]
+fn axum_unprivileged_fork_reuseport_loses_no_request() {
+    survives_the_lifecycle_as(&example("axum"), &["--reuseport"], User::Unprivileged);
+}
+
+#[test]
+fn axum_unprivileged_exec_shared_loses_no_request() {
+    survives_the_lifecycle_as(&example("axum"), &["--mode", "exec"], User::Unprivileged);
+}
+
+#[test]
+fn tokio_exec_shared_loses_no_request() {
+    survives_the_lifecycle(&example("tokio"), &["--mode", "exec"]);
+}
+
+#[test]
+fn tokio_exec_reuseport_loses_no_request() {
+    survives_the_lifecycle(&example("tokio"), &["--mode", "exec", "--reuseport"]);
+}
+
+#[test]
+fn tokio_unprivileged_fork_shared_loses_no_request() {
+    survives_the_lifecycle_as(&example("tokio"), &[], User::Unprivileged);
+}
+
+/// The worker pid in an answer (`... worker N (pid P)`).
+fn answer_pid(body: &str) -> u32 {
+    body.trim_end()
+        .rsplit_once("(pid ")
+        .and_then(|(_, pid)| pid.strip_suffix(')'))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in the answer {body:?}"))
+}
+
+/// USR2 under load (new and keep-alive connections): the same program starts as a new
+/// master, serves, and the old master drains its workers and exits; every request is
+/// answered, by an old worker or a new one, and both generations answered.
+fn upgrades_without_loss(program: &Path, args: &[&str], user: User) {
+    let mut server = Server::start(&mut command(program, args, user), WORKERS);
+    let old = server.pid();
+    let old_workers = children(old);
+    assert_eq!(old_workers.len(), WORKERS, "workers: {old_workers:?}");
+    let loads = start_loads(&server.addr, "4");
+    pace();
+    server.signal("USR2");
+    let started = format!("[INFO {old}] upgrade: new master ");
+    let line = server.log_line(|l| l.starts_with(&started) && l.contains(" started;"));
+    let new: u32 = line[started.len()..]
+        .split(' ')
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    server.adopt(new);
+    let serving = format!("[INFO {old}] upgrade: new master {new} is serving");
+    server.log_line(|l| l.starts_with(&serving));
+    let status = server.wait_master();
+    assert!(status.success(), "old master: {status}\n{}", server.log());
+    wait_until("the old workers exit", || {
+        old_workers.iter().all(|&pid| !alive(pid))
+    });
+    let mut loads = loads;
+    for load in &mut loads {
+        assert!(
+            load.running(),
+            "the load ended before the upgrade did; log:\n{}",
+            server.log()
+        );
+    }
+    let reports = loads.map(Load::finish);
+    let answered = reports.each_ref().map(all_ok);
+    let new_workers = children(new);
+    assert_eq!(new_workers.len(), WORKERS, "new workers: {new_workers:?}");
+    let mut from = [0u64; 2];
+    for report in &reports {
+        for (body, n) in bodies(report) {
+            let pid = answer_pid(&body);
+            if old_workers.contains(&pid) {
+                from[0] += n;
+            } else {
+                assert!(
+                    new_workers.contains(&pid),
+                    "answer from neither generation: {body:?}"
+                );
+                from[1] += n;
+            }
+        }
+    }
+    assert!(from[0] > 0 && from[1] > 0, "answers (old, new): {from:?}");
+    crate::common::send_signal(new, "TERM");
+    let (_, log) = server.wait_exit();
+    wait_until("the new master exits", || !alive(new));
+    assert!(
+        log.contains(&format!(
+            "[INFO {new}] all workers stopped; master exiting cleanly"
+        )),
+        "{log}"
+    );
+    assert!(
+        !log.contains("exited:"),
+        "a worker exited by itself:\n{log}"
+    );
+    for master in [old, new] {
+        let warnings = master_lines(&log, "WARN", master);
+        assert!(warnings.is_empty(), "warnings: {warnings:#?}\n{log}");
+    }
+    println!(
+        "{} {args:?} ({user:?} user): upgrade under load: {} + {} answered (new, keep-alive), {} by the old generation, {} by the new one",
+        program.file_name().unwrap_or_default().to_string_lossy(),
+        answered[0],
+        answered[1],
+        from[0],
+        from[1]
+    );
+}
+
+#[test]
+fn hyper_upgrade_fork_shared_loses_no_request() {
+    upgrades_without_loss(&example("hyper"), &[], User::Same);
+}
+
+#[test]
+fn hyper_upgrade_exec_reuseport_unprivileged_loses_no_request() {
+    upgrades_without_loss(
+        &example("hyper"),
+        &["--mode", "exec", "--reuseport"],
+        User::Unprivileged,
+    );
+}
+
+#[test]
+fn axum_upgrade_fork_reuseport_loses_no_request() {
+    upgrades_without_loss(&example("axum"), &["--reuseport"], User::Same);
+}
+
+#[test]
+fn axum_upgrade_exec_shared_loses_no_request() {
+    upgrades_without_loss(&example("axum"), &["--mode", "exec"], User::Same);
+}
+
+#[test]
+fn tokio_upgrade_fork_shared_unprivileged_loses_no_request() {
+    upgrades_without_loss(&example("tokio"), &[], User::Unprivileged);
 }
 
 #[test]
@@ -251,4 +479,14 @@ fn hello_slow_request_survives_hup_and_term() {
 #[test]
 fn tokio_slow_request_survives_hup_and_term() {
     slow_request_completes(&example("tokio"));
+}
+
+#[test]
+fn hyper_slow_request_survives_hup_and_term() {
+    slow_request_completes(&example("hyper"));
+}
+
+#[test]
+fn axum_slow_request_survives_hup_and_term() {
+    slow_request_completes(&example("axum"));
 }

@@ -18,10 +18,18 @@
 //! nginx's default `proxy_pass`, health checkers and clients without a pool send), that
 //! happens at every stop, rolling restart, scale-down and upgrade.
 //!
-//! To tell the states apart without a cost per request, the connection's IO records whether
-//! its last transfer was a read (a request is arriving or in hand) or a write (the last
-//! answer went out): one relaxed store per read or write call. The drain asks hyper to shut
-//! down gracefully as soon as a read follows the notice, or the grace runs out.
+//! How: an HTTP/1 answer produced after the notice gets `connection: close` (hyper then
+//! closes the connection once it is written), whether its request came before the notice
+//! or after. To tell an idle connection from one with a request in hand, without a hook on
+//! the request path, the connection's IO records whether its last transfer was a read (a
+//! request is arriving or in hand) or a write (the last answer went out): one relaxed store
+//! per read or write call. A connection whose last transfer is a write, or that has none,
+//! for the whole grace is closed with hyper's graceful shutdown (which closes an idle
+//! connection). An HTTP/2 connection (known by its preface) gets hyper's graceful shutdown
+//! at the notice: GOAWAY, and its streams finish.
+//!
+//! A pipelined HTTP/1 request behind one answered with `connection: close` is not answered;
+//! a client that pipelines must be ready to send it again (RFC 9112, section 9.3.2).
 
 use std::error::Error as StdError;
 use std::future::poll_fn;
@@ -227,6 +235,10 @@ impl Server {
             io,
             last: Arc::clone(&last),
         });
+        let service = Closing {
+            inner: service,
+            shutdown: notice.shutdown(),
+        };
         let mut conn = pin!(self.builder.serve_connection_with_upgrades(io, service));
         let requested = pin!(notice.requested());
         let mut drain = Drain::new(notice, requested, self.first_request_grace, self.idle_grace);
@@ -238,8 +250,8 @@ impl Server {
                 if !drain.poll_finish(cx, &last) {
                     return Poll::Pending;
                 }
-                // hyper acts on it when polled next: it finishes the request in hand with
-                // `connection: close`, or closes an idle connection.
+                // hyper acts on it when polled next: it closes an idle HTTP/1 connection, or
+                // sends GOAWAY on an HTTP/2 one.
                 conn.as_mut().graceful_shutdown();
             }
         })
@@ -271,6 +283,12 @@ const FRESH: u8 = 0;
 const READ: u8 = 1;
 /// The last transfer was a write: the last answer (or part of it) went out.
 const WROTE: u8 = 2;
+/// An HTTP/2 connection (its first bytes were the preface); set once, never cleared.
+const HTTP2: u8 = 4;
+/// The mask of the last transfer.
+const LAST: u8 = READ | WROTE;
+/// The HTTP/2 connection preface's first bytes (RFC 9113, section 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// One connection's drain: when to ask hyper for its graceful shutdown.
 struct Drain<'a, F> {
@@ -280,7 +298,9 @@ struct Drain<'a, F> {
     registered: Option<Waker>,
     first_request_grace: Duration,
     idle_grace: Duration,
-    /// Set when the notice came: the grace of the state the connection was in.
+    /// Whether the notice came.
+    draining: bool,
+    /// Since the connection was last seen idle during the drain: the grace of its state.
     grace: Option<Pin<Box<tokio::time::Sleep>>>,
     finished: bool,
 }
@@ -298,44 +318,109 @@ impl<'a, F: Future<Output = ()>> Drain<'a, F> {
             registered: None,
             first_request_grace,
             idle_grace,
+            draining: false,
             grace: None,
             finished: false,
         }
     }
 
     /// Whether the connection is to be finished now (true once).
-    fn poll_finish(&mut self, cx: &mut Context<'_>, last: &AtomicU8) -> bool {
+    fn poll_finish(&mut self, cx: &mut Context<'_>, state: &AtomicU8) -> bool {
         if self.finished {
             return false;
         }
-        let grace = match &mut self.grace {
-            Some(grace) => grace,
-            None => {
-                if !self.notice.is_requested() {
-                    // Waiting costs one registration per task waker, not one per poll.
-                    if self
-                        .registered
-                        .as_ref()
-                        .is_some_and(|w| w.will_wake(cx.waker()))
-                    {
-                        return false;
-                    }
-                    self.registered = Some(cx.waker().clone());
-                    if self.requested.as_mut().poll(cx).is_pending() {
-                        return false;
-                    }
+        if !self.draining {
+            if !self.notice.is_requested() {
+                // Waiting costs one registration per task waker, not one per poll.
+                if self
+                    .registered
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    return false;
                 }
-                let grace = match last.load(Ordering::Relaxed) {
-                    FRESH => self.first_request_grace,
-                    _ => self.idle_grace,
-                };
-                self.grace.insert(Box::pin(tokio::time::sleep(grace)))
+                self.registered = Some(cx.waker().clone());
+                if self.requested.as_mut().poll(cx).is_pending() {
+                    return false;
+                }
             }
-        };
-        if last.load(Ordering::Relaxed) == READ || grace.as_mut().poll(cx).is_ready() {
+            self.draining = true;
+        }
+        let state = state.load(Ordering::Relaxed);
+        if state & HTTP2 != 0 {
             self.finished = true;
+        } else if state & LAST == READ {
+            // A request in hand: its answer carries `connection: close`. When the
+            // connection is idle again, its grace starts anew.
+            self.grace = None;
+        } else {
+            let grace = if state & LAST == 0 {
+                self.first_request_grace
+            } else {
+                self.idle_grace
+            };
+            let timer = self
+                .grace
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
+            self.finished = timer.as_mut().poll(cx).is_ready();
         }
         self.finished
+    }
+}
+
+/// The service of one connection: an HTTP/1 answer produced after the notice gets
+/// `connection: close`.
+struct Closing<S> {
+    inner: S,
+    shutdown: prefork::Shutdown,
+}
+
+impl<S, B> Service<Request<Incoming>> for Closing<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = ClosingFuture<S::Future>;
+
+    #[inline]
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let http1 = req.version() < hyper::Version::HTTP_2;
+        ClosingFuture {
+            inner: self.inner.call(req),
+            shutdown: http1.then_some(self.shutdown),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of [`Closing`].
+    struct ClosingFuture<F> {
+        #[pin]
+        inner: F,
+        // `Some` for an HTTP/1 request.
+        shutdown: Option<prefork::Shutdown>,
+    }
+}
+
+impl<F, B, E> Future for ClosingFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut answer = std::task::ready!(this.inner.poll(cx));
+        let closing = this.shutdown.is_some_and(|s| s.is_requested());
+        if let (Ok(response), true) = (&mut answer, closing) {
+            response.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+        }
+        Poll::Ready(answer)
     }
 }
 
@@ -343,6 +428,14 @@ impl<'a, F: Future<Output = ()>> Drain<'a, F> {
 struct Tracked<I> {
     io: I,
     last: Arc<AtomicU8>,
+}
+
+impl<I> Tracked<I> {
+    #[inline]
+    fn wrote(&self) {
+        let http2 = self.last.load(Ordering::Relaxed) & HTTP2;
+        self.last.store(http2 | WROTE, Ordering::Relaxed);
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
@@ -355,7 +448,18 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.last.store(READ, Ordering::Relaxed);
+            let state = self.last.load(Ordering::Relaxed);
+            let http2 = if state == FRESH {
+                // The first bytes: HTTP/2 starts with the preface (a prefix of it is enough,
+                // and an HTTP/1 request never starts with "PRI").
+                let first = &buf.filled()[before..];
+                let n = first.len().min(PREFACE.len());
+                first[..n] == PREFACE[..n]
+            } else {
+                state & HTTP2 != 0
+            };
+            self.last
+                .store(if http2 { HTTP2 | READ } else { READ }, Ordering::Relaxed);
         }
         polled
     }
@@ -370,7 +474,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.last.store(WROTE, Ordering::Relaxed);
+            self.wrote();
         }
         polled
     }
@@ -383,7 +487,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.last.store(WROTE, Ordering::Relaxed);
+            self.wrote();
         }
         polled
     }

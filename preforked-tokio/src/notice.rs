@@ -50,6 +50,12 @@ impl Notice {
         self.inner.shutdown.is_requested()
     }
 
+    /// The worker's [`prefork::Shutdown`] this notice waits on (`Copy`, for code that polls
+    /// the flag without the reactor).
+    pub fn shutdown(&self) -> prefork::Shutdown {
+        self.inner.shutdown
+    }
+
     /// Resolves once the master asked this worker to stop (at once if it already has).
     ///
     /// Cancel-safe: dropping the future before it resolves loses nothing.
