@@ -2,11 +2,14 @@
 //! real examples under loopback load from `prefork-load` (one client mode opening a
 //! connection per request and one keeping connections alive, at the same time):
 //!
-//! * `hello` in fork mode (one shared listener, and one `SO_REUSEPORT` socket per worker) and
-//!   in exec mode (both listener kinds), and `tokio` in fork mode (both kinds): three rolling
-//!   restarts (HUP), one worker less (TTOU) and one more (TTIN) answer every request; TERM
-//!   under load refuses new connections once the port closes, and answers every request it
-//!   took. The master logs each retirement at INFO, no crash, and exits 0.
+//! * `hello`, and the servers on `prefork_tokio` (`hyper`, `axum`, `tokio`), in fork and
+//!   exec mode, with one shared listener and with one `SO_REUSEPORT` socket per worker:
+//!   three rolling restarts (HUP), one worker less (TTOU) and one more (TTIN) answer every
+//!   request; TERM under load refuses new connections once the port closes, and answers
+//!   every request it took. The master logs each retirement at INFO, no crash, and exits 0.
+//!   Some of them run as an unprivileged user (uid 65534, through `setpriv`).
+//! * A binary upgrade (USR2) of `hyper`, `axum` and `tokio` under load answers every
+//!   request, from the old generation or the new one, as root and unprivileged.
 //! * USR1 is forwarded, and every worker keeps serving: the same processes before and after.
 //! * A slow request in flight when HUP arrives, and one when TERM arrives, completes.
 //!
