@@ -507,3 +507,70 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A tracked end of an in-memory pipe, its state, and the other end.
+    fn tracked() -> (
+        Tracked<tokio::io::DuplexStream>,
+        Arc<AtomicU8>,
+        tokio::io::DuplexStream,
+    ) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let last = Arc::new(AtomicU8::new(FRESH));
+        let io = Tracked {
+            io: ours,
+            last: Arc::clone(&last),
+        };
+        (io, last, theirs)
+    }
+
+    #[tokio::test]
+    async fn records_the_last_transfer_of_http1() {
+        let (mut io, last, mut peer) = tracked();
+        assert_eq!(last.load(Ordering::Relaxed), FRESH);
+        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(last.load(Ordering::Relaxed), READ);
+        io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        assert_eq!(last.load(Ordering::Relaxed), WROTE);
+        peer.write_all(b"G").await.unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(last.load(Ordering::Relaxed), READ, "a request arriving");
+    }
+
+    #[tokio::test]
+    async fn knows_http2_by_its_preface_even_in_part() {
+        let (mut io, last, mut peer) = tracked();
+        peer.write_all(b"PRI * HT").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(last.load(Ordering::Relaxed), HTTP2 | READ);
+        io.write_all(b"\0\0\0\x04\0\0\0\0\0").await.unwrap();
+        assert_eq!(
+            last.load(Ordering::Relaxed),
+            HTTP2 | WROTE,
+            "HTTP/2 is kept"
+        );
+        peer.write_all(b"TP/2.0").await.unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(last.load(Ordering::Relaxed), HTTP2 | READ);
+    }
+
+    #[tokio::test]
+    async fn an_empty_read_is_no_transfer() {
+        let (mut io, last, peer) = tracked();
+        drop(peer);
+        let mut buf = [0u8; 8];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(
+            last.load(Ordering::Relaxed),
+            FRESH,
+            "end of file is not a request"
+        );
+    }
+}

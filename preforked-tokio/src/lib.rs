@@ -11,7 +11,7 @@
 //!    notice, then the ones already in the listen queue (the kernel completed their handshake:
 //!    the clients have sent, or are sending, their requests), then ends. A listener closed
 //!    with connections still queued resets them.
-//! 3. **A connection-level drain** (feature `hyper`): [`http::Server`] serves HTTP/1 and
+//! 3. **A connection-level drain** (feature `hyper`): `http::Server` serves HTTP/1 and
 //!    HTTP/2 on hyper-util's server and, once the notice arrives, finishes every connection
 //!    without dropping a request: a request that has arrived or is arriving is served and
 //!    answered with `connection: close`; a connection that has sent nothing is given
@@ -22,7 +22,7 @@
 //!    request is already in the socket: under a load of one request per connection that
 //!    loses requests at every lifecycle event.
 //!
-//! With the feature `axum`, [`axum::serve`](crate::axum::serve) serves a router the same way,
+//! With the feature `axum`, `axum::serve` serves a router the same way,
 //! and [`Listener`] is an `axum::serve::Listener` for `axum::serve` itself.
 //!
 //! ```no_run
