@@ -9,14 +9,31 @@
 //!   service (TTOU), a classic BPF program attached to the group steers new connections to
 //!   the slots still in service, so the retired worker can drain its queue before its socket
 //!   closes.
+//!
+//! A graceful stop keeps new connections out of the sockets bound here while the workers
+//! drain their queues: with a socket filter that drops connection requests, or, where the
+//! kernel refuses the filter (without `CAP_NET_ADMIN` on some kernels), with [`Sink`]s: full
+//! sockets added to the group (a shared socket is made a group of one first) to which the
+//! group's program sends every new connection, so the kernel drops its request as on any full
+//! queue.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Duration;
 
 use crate::error::Error;
 use crate::listen::{self, Network, SHARED_NAME, SLOT_NAME};
 use crate::sys;
+use crate::sys::reuseport::Plug;
+
+/// How long a sink's plug may take to connect: on the loopback interface the handshake is
+/// over before `connect` returns, and a request to a queue that is already full is dropped.
+const PLUG_WAIT: Duration = Duration::from_millis(50);
+/// Sinks per stop: two, so that whichever other socket of the group closes, one sink stays
+/// where the program sends connections (the kernel moves the group's last socket into the
+/// place of a closed one, and no two sinks are both last).
+const SINKS: usize = 2;
 
 /// The listening sockets of one run.
 pub(crate) enum Listeners {
@@ -35,6 +52,20 @@ pub(crate) struct Shared {
     owned: bool,
     /// Its name for a new master.
     name: String,
+    /// The sinks of a graceful stop, at the positions 1 and 2 of the group they make.
+    sinks: Vec<Sink>,
+}
+
+/// A socket of the listeners' group whose accept queue is full (backlog 0 and one connection
+/// of ours, the plug, that nobody accepts): every connection request the group's program
+/// sends it is dropped by the kernel, and the client tries again later, as after a filter's
+/// drop. The socket closes before its plug (field order).
+struct Sink {
+    socket: TcpListener,
+    /// `None` when a client's connection filled the queue first (see [`open_sinks`]).
+    _plug: Option<TcpStream>,
+    /// Its position in the group.
+    position: usize,
 }
 
 /// A reuseport group held by the master.
@@ -52,6 +83,9 @@ pub(crate) struct Group {
     /// The slots in service when a steering program was last attached (after the first
     /// TTIN/TTOU); `None` before.
     steered: Option<usize>,
+    /// The sinks of a graceful stop, after every slot in the group's order; once there, every
+    /// program sends new connections to one of them.
+    sinks: Vec<Sink>,
 }
 
 impl Listeners {
@@ -74,6 +108,7 @@ impl Listeners {
                 socket,
                 owned: true,
                 name: SHARED_NAME.to_owned(),
+                sinks: Vec::new(),
             }));
         }
         // The first bind fixes the port (`:0` picks one), the others join its group.
@@ -131,6 +166,7 @@ impl Listeners {
             socket,
             owned,
             name,
+            sinks: Vec::new(),
         })
     }
 
@@ -163,15 +199,47 @@ impl Listeners {
     /// A graceful stop began: the sockets bound here take no new connection from now on, and
     /// the draining workers accept what is queued, so closing them resets nothing. A socket
     /// passed by systemd is left alone: systemd keeps it open and queues for the next start.
-    pub(crate) fn refuse_new_connections(&self) {
+    ///
+    /// First a socket filter on each socket; where the kernel refuses it, sinks (see the
+    /// module docs); where that fails too, each socket's backlog is cut to one connection, so
+    /// that at most that one may be reset at the close, and a warning says why.
+    pub(crate) fn refuse_new_connections(&mut self) {
         let sockets: Vec<&TcpListener> = match self {
-            Listeners::Caller | Listeners::Shared(Shared { owned: false, .. }) => Vec::new(),
+            Listeners::Caller | Listeners::Shared(Shared { owned: false, .. }) => return,
             Listeners::Shared(Shared { socket, .. }) => vec![socket],
             Listeners::PerSlot(group) => group.slots.iter().flatten().collect(),
         };
-        for socket in sockets {
-            if let Err(e) = sys::reuseport::refuse_new_connections(socket.as_fd()) {
-                log::warn!("cannot stop new connections before the workers drain ({e})");
+        let Err(filter) = sockets
+            .iter()
+            .try_for_each(|s| sys::reuseport::refuse_new_connections(s.as_fd()))
+        else {
+            return;
+        };
+        let sunk = match self {
+            Listeners::Shared(shared) => shared.open_sinks(),
+            Listeners::PerSlot(group) => group.open_sinks(),
+            Listeners::Caller => return,
+        };
+        match sunk {
+            Ok(()) => log::info!(
+                "new connections are held off by full sockets in the group until the workers \
+                 have drained (the kernel refused the socket filter: {filter})"
+            ),
+            Err(e) => {
+                let sockets: Vec<&TcpListener> = match self {
+                    Listeners::Shared(shared) => vec![&shared.socket],
+                    Listeners::PerSlot(group) => group.slots.iter().flatten().collect(),
+                    Listeners::Caller => Vec::new(),
+                };
+                for socket in sockets {
+                    let _ = rustix::net::listen(socket, 0);
+                }
+                log::warn!(
+                    "cannot stop new connections before the workers drain: the kernel refused \
+                     the socket filter ({filter}; some kernels want CAP_NET_ADMIN for it) and \
+                     no full socket could join the group ({e}); each listen queue is cut to one \
+                     connection, which the close may reset"
+                );
             }
         }
     }
@@ -207,6 +275,98 @@ impl Listeners {
     }
 }
 
+impl Shared {
+    /// Makes the shared socket a reuseport group of one and adds the sinks (see
+    /// [`open_sinks`]).
+    fn open_sinks(&mut self) -> io::Result<()> {
+        rustix::net::sockopt::set_socket_reuseport(&self.socket, true)?;
+        self.sinks = open_sinks(&self.socket, 1, &[0], false)?;
+        Ok(())
+    }
+}
+
+/// Adds [`SINKS`] sinks to the group of `any` (one of its sockets; `members` sockets in all,
+/// at the positions below `members`), keeping new connections on `targets` until the sinks
+/// are full, then sends every new connection to a sink. Returns the sinks.
+///
+/// Each sink's plug is sent to it by a program that knows the plug's port, attached before
+/// the sink joins the group, so no client's connection can reach it first. `grouped` is
+/// false for a socket that is no group yet (a shared socket): the first sink makes the
+/// group, and a connection request that comes between its `listen` and the first program
+/// goes to it by hash; that client's connection fills the sink instead of the plug, and is
+/// reset when the sink closes (a window of one `setsockopt`, about 30 µs, that the log
+/// shows; see docs/design.md).
+fn open_sinks(
+    any: &TcpListener,
+    members: usize,
+    targets: &[u32],
+    grouped: bool,
+) -> io::Result<Vec<Sink>> {
+    let addr = any.local_addr()?;
+    let v6only = addr.is_ipv6() && rustix::net::sockopt::ipv6_v6only(any)?;
+    let plugs = (0..SINKS)
+        .map(|_| Plug::new(addr))
+        .collect::<io::Result<Vec<Plug>>>()?;
+    let aims: Vec<(u16, u32)> = plugs
+        .iter()
+        .zip(members..)
+        .map(|(p, position)| (p.port(), position as u32))
+        .collect();
+    if grouped {
+        sys::reuseport::steer_plugs(any.as_fd(), &aims, targets)?;
+    }
+    let mut sockets = Vec::with_capacity(SINKS);
+    for _ in 0..SINKS {
+        sockets.push(sys::bind_tcp(addr, true, v6only, 0)?);
+        if !grouped && sockets.len() == 1 {
+            // The shortest program first: the window ends when it is attached.
+            sys::reuseport::send_all(any.as_fd(), 0)?;
+            sys::reuseport::steer_plugs(any.as_fd(), &aims, targets)?;
+        }
+    }
+    let mut sinks = Vec::with_capacity(SINKS);
+    for ((socket, plug), position) in sockets.into_iter().zip(plugs).zip(members..) {
+        let plug = plug.connect(addr, PLUG_WAIT);
+        let queued = sys::reuseport::queued(socket.as_fd())?;
+        let plug = match plug {
+            Ok(plug) if queued == 1 => Some(plug),
+            Ok(plug) => {
+                log::warn!(
+                    "{} connection(s) reached a full socket of the graceful stop before its \
+                     program did; they will be reset when it closes",
+                    queued.saturating_sub(1)
+                );
+                Some(plug)
+            }
+            Err(e) if queued > 0 => {
+                log::warn!(
+                    "a connection reached a full socket of the graceful stop before its program \
+                     did ({e}); it will be reset when the socket closes"
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        sinks.push(Sink {
+            socket,
+            _plug: plug,
+            position,
+        });
+    }
+    aim(any, &sinks)?;
+    Ok(sinks)
+}
+
+/// Sends every new connection of the group of `any` to the sink with the lowest position,
+/// which is never the group's last socket, so that closing any other socket leaves it where
+/// it is.
+fn aim(any: &TcpListener, sinks: &[Sink]) -> io::Result<()> {
+    let Some(lowest) = sinks.iter().map(|s| s.position).min() else {
+        return Ok(());
+    };
+    sys::reuseport::send_all(any.as_fd(), lowest as u32)
+}
+
 impl Group {
     /// A group from sockets bound in slot order (each joined the group at `listen`).
     fn new(sockets: Vec<TcpListener>, network: Network, shown: &str) -> Group {
@@ -221,7 +381,32 @@ impl Group {
             network,
             shown: shown.to_owned(),
             steered: None,
+            sinks: Vec::new(),
         }
+    }
+
+    /// The group positions of the open slots among `0..active`.
+    fn targets(&self, active: usize) -> Vec<u32> {
+        (0..active)
+            .filter_map(|slot| {
+                self.slots.get(slot)?.as_ref()?;
+                u32::try_from(self.order[slot]).ok()
+            })
+            .collect()
+    }
+
+    /// Adds the sinks of a graceful stop after the open slots (see [`open_sinks`]).
+    fn open_sinks(&mut self) -> io::Result<()> {
+        let members = self.slots.iter().flatten().count();
+        let targets = self.targets(self.steered.unwrap_or(self.slots.len()));
+        let any = self
+            .slots
+            .iter()
+            .flatten()
+            .next()
+            .ok_or_else(|| io::Error::other("no socket is open"))?;
+        self.sinks = open_sinks(any, members, &targets, true)?;
+        Ok(())
     }
 
     fn for_slot(&mut self, slot: usize) -> io::Result<BorrowedFd<'_>> {
@@ -239,12 +424,11 @@ impl Group {
     }
 
     fn steer(&mut self, active: usize) {
-        let targets: Vec<u32> = (0..active)
-            .filter_map(|slot| {
-                self.slots.get(slot)?.as_ref()?;
-                u32::try_from(self.order[slot]).ok()
-            })
-            .collect();
+        if !self.sinks.is_empty() {
+            // Stopping: the sinks take every new connection.
+            return;
+        }
+        let targets = self.targets(active);
         let Some(any) = self.slots.iter().flatten().next() else {
             return;
         };
@@ -262,16 +446,37 @@ impl Group {
             return;
         };
         let position = self.order[slot];
-        let last = self.slots.iter().flatten().count();
+        let last = self.slots.iter().flatten().count() + self.sinks.len();
         // The kernel moves the last socket of the group into the closed one's place.
         if let Some(moved) = self.order.iter().position(|&p| p == last) {
             self.order[moved] = position;
+        } else if let Some(sink) = self.sinks.iter_mut().find(|s| s.position == last) {
+            sink.position = position;
         }
         self.order[slot] = usize::MAX;
         drop(socket);
-        // The positions moved: the program must name them anew.
-        if let Some(active) = self.steered {
+        // The positions moved: the program must name them anew. (The sink it named did not
+        // move: it was not the last.)
+        if !self.sinks.is_empty() {
+            let any = self.slots.iter().flatten().next();
+            let any = any.or(self.sinks.first().map(|s| &s.socket));
+            if let Some(Err(e)) = any.map(|any| aim(any, &self.sinks)) {
+                log::warn!("cannot send new connections to a full socket anew ({e})");
+            }
+        } else if let Some(active) = self.steered {
             self.steer(active);
+        }
+    }
+}
+
+impl Drop for Group {
+    /// During a stop, closes the slots' sockets one at a time, each time naming the sink's
+    /// place anew, before the sinks close.
+    fn drop(&mut self) {
+        if !self.sinks.is_empty() {
+            for slot in 0..self.slots.len() {
+                self.close(slot);
+            }
         }
     }
 }

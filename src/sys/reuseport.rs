@@ -12,12 +12,22 @@
 //!   full queue, while a handshake under way completes and the connections already queued
 //!   stay, to be accepted and served.
 //!   A client's retransmitted SYN then finds the port closed (refused) or served by whatever
-//!   listens there by then (a restarted server).
+//!   listens there by then (a restarted server). Some kernels refuse the filter without
+//!   `CAP_NET_ADMIN` (`EPERM`).
+//! * [`steer_plugs`], [`Plug`] and [`queued`]: the same effect without privilege, from the
+//!   accept queue itself: a socket of the group whose queue is full (backlog 0 and one
+//!   connection of ours, the plug, that nobody accepts) gets every new connection, and the
+//!   kernel drops each request, as it does on any full queue. [`steer_plugs`] sends the plug
+//!   to that socket before anything else can reach it.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 use nix::sys::socket::{setsockopt, sockopt};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 /// The most positions a program can list: 3 instructions plus 2 per position, within the
 /// kernel's limit of 4096 instructions.
@@ -34,6 +44,17 @@ pub(crate) fn steer(socket: BorrowedFd<'_>, targets: &[u32]) -> io::Result<()> {
     setsockopt(&socket, sockopt::AttachReusePortCbpf, &fprog).map_err(io::Error::from)
 }
 
+/// Attaches to the group of `socket` a one-instruction program that sends every new
+/// connection to the group position `position`.
+pub(crate) fn send_all(socket: BorrowedFd<'_>, position: u32) -> io::Result<()> {
+    let mut program = [op(libc::BPF_RET | libc::BPF_K, 0, 0, position)];
+    let fprog = libc::sock_fprog {
+        len: 1,
+        filter: program.as_mut_ptr(),
+    };
+    setsockopt(&socket, sockopt::AttachReusePortCbpf, &fprog).map_err(io::Error::from)
+}
+
 /// Attaches to `socket` a filter that drops every new connection request (a bare SYN) and
 /// lets every other packet through (see the module docs): connections already queued are not
 /// affected, and a handshake under way when the filter arrives completes into the queue.
@@ -43,12 +64,6 @@ pub(crate) fn steer(socket: BorrowedFd<'_>, targets: &[u32]) -> io::Result<()> {
 pub(crate) fn refuse_new_connections(socket: BorrowedFd<'_>) -> io::Result<()> {
     const SYN: u32 = 0x02;
     const ACK: u32 = 0x10;
-    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    };
     let mut program = [
         // A = the TCP flags byte.
         op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 13),
@@ -79,6 +94,142 @@ pub(crate) fn refuse_new_connections(socket: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Attaches to the group of `socket` a program that sends a connection from one of `plugs`
+/// (its local port, and the group position to send it to) to that position, and spreads
+/// every other new connection over `targets` as [`steer`] does.
+///
+/// The plug is told by its source port, read from the network header (`SKF_NET_OFF`): after
+/// an IPv4 header without options (a plug sends none) or an IPv6 header; the first byte's
+/// version says which.
+pub(crate) fn steer_plugs(
+    socket: BorrowedFd<'_>,
+    plugs: &[(u16, u32)],
+    targets: &[u32],
+) -> io::Result<()> {
+    let net = libc::SKF_NET_OFF as u32;
+    let rest = program(targets)?;
+    let mut prog = vec![
+        // A = the IP version (high nibble of the first byte).
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, net),
+        op(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, 0, 0, 0xf0),
+        op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 2, 0x40),
+        // IPv4: the TCP source port after a 20-byte header.
+        op(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, 0, 0, net + 20),
+        op(libc::BPF_JMP | libc::BPF_JA, 0, 0, 1),
+        // IPv6: after the 40-byte header.
+        op(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, 0, 0, net + 40),
+    ];
+    for &(port, position) in plugs {
+        prog.push(op(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            0,
+            1,
+            u32::from(port),
+        ));
+        prog.push(op(libc::BPF_RET | libc::BPF_K, 0, 0, position));
+    }
+    prog.extend(rest);
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    setsockopt(&socket, sockopt::AttachReusePortCbpf, &fprog).map_err(io::Error::from)
+}
+
+/// `getsockopt(TCP_INFO)`: how many connections wait in the accept queue of the listening
+/// `socket` (`tcpi_unacked` of a listener), see [tcp(7)].
+///
+/// [tcp(7)]: https://man7.org/linux/man-pages/man7/tcp.7.html
+pub(crate) fn queued(socket: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: tcp_info is plain integers, for which all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes, and the kernel writes at most `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_unacked)
+}
+
+/// A connection of ours to a listening socket, whose local port is known before it connects
+/// (so that [`steer_plugs`] can name it).
+pub(crate) struct Plug {
+    fd: OwnedFd,
+    port: u16,
+}
+
+impl Plug {
+    /// `socket(2)` and `bind(2)` to port 0 of the unspecified address of `addr`'s family.
+    pub(crate) fn new(addr: SocketAddr) -> io::Result<Plug> {
+        let (family, any) = match addr {
+            SocketAddr::V4(_) => (AddressFamily::INET, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            SocketAddr::V6(_) => (AddressFamily::INET6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        };
+        let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+        let fd = rustix::net::socket_with(family, SocketType::STREAM, flags, None)?;
+        rustix::net::bind(&fd, &SocketAddr::new(any, 0))?;
+        let port = match SocketAddr::try_from(rustix::net::getsockname(&fd)?) {
+            Ok(local) => local.port(),
+            Err(_) => return Err(io::Error::other("a TCP socket with no IP address")),
+        };
+        Ok(Plug { fd, port })
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `connect(2)` to `addr` (the listener's address, its loopback one when it listens on
+    /// every address), waiting at most `wait` for the handshake.
+    pub(crate) fn connect(self, addr: SocketAddr, wait: Duration) -> io::Result<TcpStream> {
+        let addr = match addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+            }
+            IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+            }
+            _ => addr,
+        };
+        match rustix::net::connect(&self.fd, &addr) {
+            Ok(()) | Err(rustix::io::Errno::INPROGRESS) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let timeout = Timespec {
+            tv_sec: wait.as_secs() as i64,
+            tv_nsec: i64::from(wait.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(&self.fd, PollFlags::OUT)];
+        if rustix::event::poll(&mut fds, Some(&timeout))? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection was not answered",
+            ));
+        }
+        rustix::net::sockopt::socket_error(&self.fd)??;
+        Ok(TcpStream::from(self.fd))
+    }
+}
+
+/// One classic BPF instruction.
+fn op(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
 /// The program: `A = rxhash % n; return targets[A]`, the lookup as a chain of comparisons.
 fn program(targets: &[u32]) -> io::Result<Vec<libc::sock_filter>> {
     if targets.is_empty() || targets.len() > MAX_TARGETS {
@@ -87,12 +238,6 @@ fn program(targets: &[u32]) -> io::Result<Vec<libc::sock_filter>> {
             format!("cannot steer over {} sockets", targets.len()),
         ));
     }
-    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    };
     let rxhash = (libc::SKF_AD_OFF + libc::SKF_AD_RXHASH) as u32;
     let mut prog = vec![
         op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, rxhash),

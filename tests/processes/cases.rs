@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::fixture::ROLE;
 use crate::support::backend::Backend;
-use crate::support::net::{all_ids, ask, collect_ids, hold, id_of, try_ask};
+use crate::support::net::{Load, Tally, all_ids, ask, collect_ids, hold, id_of, try_ask};
 use crate::support::notify::{Notification, NotifySocket};
 use crate::support::process::{DEADLINE, Fixture, Spec, TempDir, kill, wait_until};
 use crate::support::report::parse_exit;
@@ -90,6 +90,15 @@ pub const ALL: &[(&str, Case)] = cases![
     notify_lifecycle_on_abstract_socket,
     notify_watchdog_pings_every_half_period,
     notify_silent_without_watchdog_or_socket,
+    // An unprivileged master (uid 65534) under a loopback load, one connection per request:
+    // no connection the kernel accepted is lost.
+    unprivileged_sigterm_loses_nothing_reuseport,
+    unprivileged_sigterm_loses_nothing_reuseport_exec,
+    unprivileged_sigterm_loses_nothing_shared,
+    unprivileged_sigterm_loses_nothing_shared_exec,
+    unprivileged_sighup_loses_nothing,
+    unprivileged_sigttou_loses_nothing_shared,
+    unprivileged_sigttou_loses_nothing_reuseport,
 ];
 
 // ---- Helpers ---------------------------------------------------------------------------------
@@ -2062,4 +2071,123 @@ fn notify_silent_without_watchdog_or_socket(b: Backend) {
     for fx in [&mut fx_quiet, &mut fx_other, &mut fx_none] {
         fx.stop_with(libc::SIGTERM);
     }
+}
+
+// ---- Unprivileged masters under load -------------------------------------------------------
+
+/// The user the unprivileged cases run their master as (`nobody`).
+const NOBODY: u32 = 65534;
+/// Load clients: more than the workers, so the queues are never empty for long.
+const LOAD_CLIENTS: usize = 8;
+
+/// A `listen_and_serve` master (`listen`: `shared` or `reuseport`; `mode`: `fork` or `exec`)
+/// with three draining workers, running as [`NOBODY`], already under a load that has had
+/// answers.
+fn unprivileged_under_load(b: Backend, listen: &str, mode: &str) -> (Fixture, Load) {
+    let user = NOBODY.to_string();
+    let fx = start(
+        b,
+        &[
+            ("FX_WORKERS", "3"),
+            ("FX_LISTEN", listen),
+            ("FX_MODE", mode),
+            ("FX_USER", &user),
+            ("FX_DRAIN", "1"),
+        ],
+    );
+    let port = port(&fx);
+    fx.ready();
+    for pid in std::iter::once(fx.pid).chain(procfs::live_children(fx.pid)) {
+        assert_eq!(uid_of(pid), Some(NOBODY), "process {pid} runs as nobody");
+    }
+    let load = Load::start(port, LOAD_CLIENTS);
+    load.wait_answered(100);
+    (fx, load)
+}
+
+/// The real uid of `pid` (`Uid:` in its status).
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The load was answered, and lost nothing the kernel accepted; the master did not warn that
+/// it could not keep new connections out.
+fn assert_nothing_lost(fx: &Fixture, tally: &Tally) {
+    assert!(tally.ok > 0, "the load was answered: {tally:?}");
+    assert!(
+        tally.lost.is_empty(),
+        "{} accepted connections lost: {:?} ({tally:?})",
+        tally.lost.len(),
+        tally.lost
+    );
+    let warned: Vec<String> = fx
+        .stderr()
+        .into_iter()
+        .filter(|l| l.contains("cannot stop new connections") || l.contains("reached a full"))
+        .collect();
+    assert!(warned.is_empty(), "the master warned: {warned:?}");
+}
+
+/// TERM under load: the master exits 0 and the load lost nothing.
+fn unprivileged_sigterm(b: Backend, listen: &str, mode: &str) {
+    let (mut fx, load) = unprivileged_under_load(b, listen, mode);
+    fx.signal(libc::SIGTERM);
+    fx.assert_clean_exit();
+    let tally = load.stop();
+    assert_nothing_lost(&fx, &tally);
+}
+
+fn unprivileged_sigterm_loses_nothing_reuseport(b: Backend) {
+    unprivileged_sigterm(b, "reuseport", "fork");
+}
+
+fn unprivileged_sigterm_loses_nothing_reuseport_exec(b: Backend) {
+    unprivileged_sigterm(b, "reuseport", "exec");
+}
+
+fn unprivileged_sigterm_loses_nothing_shared(b: Backend) {
+    unprivileged_sigterm(b, "shared", "fork");
+}
+
+fn unprivileged_sigterm_loses_nothing_shared_exec(b: Backend) {
+    unprivileged_sigterm(b, "shared", "exec");
+}
+
+/// HUP under load: every slot gets a new worker, and the load lost nothing, then nor does TERM.
+fn unprivileged_sighup_loses_nothing(b: Backend) {
+    let (mut fx, load) = unprivileged_under_load(b, "shared", "fork");
+    let before = fx.spawns().len();
+    fx.signal(libc::SIGHUP);
+    fx.expect_log("rolling restart done");
+    assert_eq!(fx.spawns().len(), before + 3, "one new worker per slot");
+    load.wait_answered(200);
+    fx.signal(libc::SIGTERM);
+    fx.assert_clean_exit();
+    let tally = load.stop();
+    assert_nothing_lost(&fx, &tally);
+}
+
+/// TTOU under load: the retired worker drains and exits 0, and the load lost nothing, then
+/// nor does TERM.
+fn unprivileged_sigttou(b: Backend, listen: &str) {
+    let (mut fx, load) = unprivileged_under_load(b, listen, "fork");
+    let last = *fx.ready().last().expect("three workers");
+    fx.signal(libc::SIGTTOU);
+    let exit = fx.wait_exit_line(last);
+    assert_eq!(exit.how.as_str(), "Code(0)", "the retired worker drained");
+    load.wait_answered(200);
+    fx.signal(libc::SIGTERM);
+    fx.assert_clean_exit();
+    let tally = load.stop();
+    assert_nothing_lost(&fx, &tally);
+}
+
+fn unprivileged_sigttou_loses_nothing_shared(b: Backend) {
+    unprivileged_sigttou(b, "shared");
+}
+
+fn unprivileged_sigttou_loses_nothing_reuseport(b: Backend) {
+    unprivileged_sigttou(b, "reuseport");
 }

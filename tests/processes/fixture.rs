@@ -65,7 +65,13 @@
 //!   to the master and returns `Ok`;
 //! * `FX_MASTER_FIRST=1`: the master (and so every worker) runs on one CPU only, and the
 //!   master with real-time priority (workers start without it): a just-forked worker cannot
-//!   run before the master sleeps, so `FX_HOLD_NEW` stops it before any of its code ran.
+//!   run before the master sleeps, so `FX_HOLD_NEW` stops it before any of its code ran;
+//! * `FX_LISTEN=shared|reuseport`: `listen_and_serve` on `127.0.0.1:0` instead of `run`
+//!   (the library's own sockets, one shared or one per slot); each worker reports `port
+//!   PORT` before `serving`, and the master none; with `FX_MODE=exec`, in exec mode (the
+//!   workers re-execute this binary, which becomes a worker in `listen_and_serve`);
+//! * `FX_USER=ID`: the master drops root's privileges (groups, gid and uid `ID`) before it
+//!   starts, so it and its workers run as that user, with sockets that user made.
 
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -75,10 +81,12 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use prefork::{Prefork, Worker};
+use prefork::{Mode, Prefork, Worker};
 
 use crate::support::backend::deny_pidfd_open;
-use crate::support::fixture::{EXIT_BROKEN, EXIT_ERR, EXIT_OK, choice, flag, parsed, var};
+use crate::support::fixture::{
+    EXIT_BROKEN, EXIT_ERR, EXIT_OK, become_user, choice, flag, parsed, var,
+};
 use crate::support::procfs;
 use crate::support::report::{self, complain, say, write_raw};
 
@@ -123,6 +131,10 @@ struct Opts {
     hold_new: bool,
     master_first: bool,
     late_notice: bool,
+    /// `FX_LISTEN`: `Some(reuseport)` to call `listen_and_serve`.
+    listen: Option<bool>,
+    mode: Mode,
+    user: Option<u32>,
 }
 
 impl Opts {
@@ -160,6 +172,18 @@ impl Opts {
             hold_new: flag("FX_HOLD_NEW"),
             master_first: flag("FX_MASTER_FIRST"),
             late_notice: flag("FX_LATE_NOTICE"),
+            listen: match var("FX_LISTEN").as_deref() {
+                None => None,
+                Some("shared") => Some(false),
+                Some("reuseport") => Some(true),
+                Some(other) => return Err(format!("bad FX_LISTEN {other:?}")),
+            },
+            mode: choice(
+                "FX_MODE",
+                &[("fork", Mode::Fork), ("exec", Mode::Exec)],
+                Mode::Fork,
+            )?,
+            user: parsed("FX_USER")?,
         })
     }
 }
@@ -177,6 +201,9 @@ pub fn master() -> i32 {
 }
 
 fn run_master(opts: &Opts) -> i32 {
+    if let Some(reuseport) = opts.listen {
+        return listen_master(opts, reuseport);
+    }
     report::master();
     let listener = match TcpListener::bind("127.0.0.1:0") {
         Ok(l) => l,
@@ -259,6 +286,36 @@ fn run_master(opts: &Opts) -> i32 {
         report_state(&format!("after{run}"));
     }
     code
+}
+
+/// `FX_LISTEN`: `listen_and_serve`, after dropping privileges if asked; the exit code. An
+/// exec-mode worker runs this too, and only comes back if `listen_and_serve` failed.
+fn listen_master(opts: &Opts, reuseport: bool) -> i32 {
+    let child = prefork::is_child();
+    if !child {
+        report::master();
+        if let Some(id) = opts.user {
+            if let Err(e) = become_user(id) {
+                complain(format!("fixture: {e}"));
+                return EXIT_BROKEN;
+            }
+        }
+    }
+    let result = builder(opts)
+        .mode(opts.mode)
+        .reuseport(reuseport)
+        .listen_and_serve("127.0.0.1:0", |listener, worker| {
+            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+            say(format!("port {port}"));
+            serve(worker, &listener, opts)
+        });
+    if child || prefork::is_child() {
+        complain(format!("fixture worker: listen_and_serve: {result:?}"));
+        return EXIT_ERR;
+    }
+    let ok = report::result(&result);
+    report::children();
+    if ok { EXIT_OK } else { EXIT_ERR }
 }
 
 fn report_state(label: &str) {

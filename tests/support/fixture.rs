@@ -55,6 +55,24 @@ pub fn main(role: &str, roles: &[Role]) -> ! {
     std::process::exit(code)
 }
 
+/// Drops root's privileges for good: no supplementary groups, then gid and uid `id` (65534
+/// is `nobody`). A change of credentials clears the death signal, so it is set again.
+pub fn become_user(id: u32) -> Result<(), String> {
+    // SAFETY: an empty list of groups, given as a null pointer with a length of 0.
+    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+        return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: setgid and setuid take plain integers.
+    if unsafe { libc::setgid(id) } != 0 || unsafe { libc::setuid(id) } != 0 {
+        return Err(format!(
+            "setgid/setuid {id}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    die_with_driver();
+    Ok(())
+}
+
 /// A fixture must not outlive the test that started it (killed by a test runner's
 /// timeout, say): it gets SIGKILL when the test process dies, and its workers follow it as
 /// usual. Exec-mode workers are tied to their master by the library instead.

@@ -181,3 +181,110 @@ pub fn ask_until_all(port: u16, workers: &[(usize, u32)]) -> Vec<Answer> {
         .collect();
     panic!("workers {missing:?} never answered in 400 connections")
 }
+
+/// What a [`Load`]'s requests came to.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Answered.
+    pub ok: usize,
+    /// Refused at connect (the port was closed): the client knows, and sent nothing.
+    pub refused: usize,
+    /// Not connected within the deadline (the requests were dropped): nothing sent either.
+    pub unconnected: usize,
+    /// Connected (the kernel accepted the connection), then reset, ended or timed out
+    /// without an answer: one line each, saying how.
+    pub lost: Vec<String>,
+}
+
+/// A loopback load: `clients` threads that each ask `id` on a new connection per request,
+/// one request after another, until [`Load::stop`].
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<Tally>>,
+}
+
+impl Load {
+    /// Starts the clients against `127.0.0.1:port`.
+    pub fn start(port: u16, clients: usize) -> Load {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, answered) = (Arc::clone(&stop), Arc::clone(&answered));
+                std::thread::spawn(move || {
+                    let mut tally = Tally::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        let before = tally.ok;
+                        one_request(port, &mut tally);
+                        answered.fetch_add(tally.ok - before, Ordering::Relaxed);
+                    }
+                    tally
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            answered,
+            threads,
+        }
+    }
+
+    /// Waits until the clients have had `n` answers in all.
+    pub fn wait_answered(&self, n: usize) {
+        wait_until(&format!("{n} answers to the load"), || {
+            let seen = self.answered.load(std::sync::atomic::Ordering::Relaxed);
+            if seen >= n {
+                Ok(())
+            } else {
+                Err(format!("{seen}"))
+            }
+        })
+    }
+
+    /// Stops the clients after their request under way; what every request came to.
+    pub fn stop(self) -> Tally {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Tally::default();
+        for t in self.threads {
+            let tally = t.join().expect("a load client panicked");
+            all.ok += tally.ok;
+            all.refused += tally.refused;
+            all.unconnected += tally.unconnected;
+            all.lost.extend(tally.lost);
+        }
+        all
+    }
+}
+
+/// One request of a [`Load`] client, counted in `tally`.
+fn one_request(port: u16, tally: &mut Tally) {
+    let stream = match TcpStream::connect_timeout(&local(port), DEADLINE) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            tally.refused += 1;
+            // The port is closed: do not spin.
+            std::thread::sleep(Duration::from_millis(10));
+            return;
+        }
+        Err(_) => {
+            tally.unconnected += 1;
+            return;
+        }
+    };
+    let mut lost = |what: String| tally.lost.push(what);
+    if let Err(e) = stream
+        .set_read_timeout(Some(DEADLINE))
+        .and_then(|()| (&stream).write_all(b"id\n"))
+    {
+        return lost(format!("send: {e}"));
+    }
+    let mut text = String::new();
+    match (&stream).read_to_string(&mut text) {
+        Ok(_) if Answer::parse(&text).is_some() => tally.ok += 1,
+        Ok(_) => lost(format!("answer {text:?}")),
+        Err(e) => lost(format!("read: {e}")),
+    }
+}
