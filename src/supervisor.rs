@@ -31,7 +31,8 @@
 //!   of being ready, is counted; more than `recover_threshold` such exits within
 //!   `recover_window` stop everything with [`Failure::OverRecovery`]. A worker that served and
 //!   was then killed from outside (an OOM kill, an operator's `kill`) is respawned without
-//!   being counted.
+//!   being counted. The guard's storage is fixed when it is built: above a threshold of
+//!   [`guard::EXACT_UP_TO`] it counts the window in slices (see `guard.rs`).
 //! * The delay before a respawn is `recover_interval`; each further exit of the same slot
 //!   less than [`FAST_CRASH`] after its start doubles it, up to 32 times. With the default
 //!   interval of zero, respawns are immediate, as nginx's: no tight loop can follow, since a
@@ -52,6 +53,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use crate::sys::signal::{self, Signal};
+use guard::{Guard, Tripped};
 
 /// A worker that exits sooner than this after its start counts as crashing fast (its slot's
 /// respawn delay doubles), and one that exits by itself sooner than this after it reported
@@ -305,9 +307,8 @@ pub(crate) struct Supervisor {
     /// Fast-crash streak per slot, for the respawn backoff.
     streak: Vec<u32>,
     retiring: BTreeMap<u32, Retiring>,
-    /// Times and details of recent counted exits, oldest first; never longer than
-    /// `recover_threshold + 1`, and its capacity follows its length.
-    recent: VecDeque<(Duration, CountedExit)>,
+    /// The crash-loop guard: its storage is fixed when it is built.
+    guard: Guard,
     /// Slots still to replace: the current rolling restart, then queued recyclings.
     restart_queue: VecDeque<Restart>,
     /// The slot being restarted and the pid it replaces.
@@ -328,7 +329,7 @@ impl Supervisor {
             slots: vec![Slot::Spawning { recovers: None }; n],
             streak: vec![0; n],
             retiring: BTreeMap::new(),
-            recent: VecDeque::new(),
+            guard: Guard::new(cfg.recover_threshold, cfg.recover_window),
             restart_queue: VecDeque::new(),
             restarting: None,
             hup_pending: false,
@@ -627,32 +628,11 @@ impl Supervisor {
     /// Counts a boot failure; on going over the threshold, begins the fatal stop and returns
     /// true.
     fn count_boot_failure(&mut self, now: Duration, exit: CountedExit) -> bool {
-        self.recent.push_back((now, exit));
-        while let Some(&(t, _)) = self.recent.front() {
-            if now.saturating_sub(t) >= self.cfg.recover_window {
-                self.recent.pop_front();
-            } else {
-                break;
-            }
-        }
-        if self.recent.capacity() > 2 * self.recent.len().max(8) {
-            self.recent.shrink_to(self.recent.len().max(8));
-        }
-        if self.recent.len() > self.cfg.recover_threshold {
-            let count = self.recent.len();
-            let latest = self
-                .recent
-                .iter()
-                .rev()
-                .take(REPORTED_EXITS)
-                .rev()
-                .map(|&(_, e)| e)
-                .collect();
-            self.recent.clear();
-            self.stop(now, true, Err(Failure::OverRecovery { count, latest }));
-            return true;
-        }
-        false
+        let Some(Tripped { count, latest }) = self.guard.count(now, exit) else {
+            return false;
+        };
+        self.stop(now, true, Err(Failure::OverRecovery { count, latest }));
+        true
     }
 
     /// A signal reached the master.
@@ -1064,6 +1044,7 @@ impl Slot {
     }
 }
 
+mod guard;
 #[cfg(any(test, fuzzing))]
 pub(crate) mod model;
 #[cfg(test)]

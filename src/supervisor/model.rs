@@ -15,6 +15,7 @@ use std::time::Duration;
 use super::{
     Action, Cause, Config, CountedExit, EXIT_FATAL, Exited, FAST_CRASH, Failure,
     MAX_BACKOFF_FACTOR, REPORTED_EXITS, SPAWN_RETRY_DELAY, Slot, Supervisor, Why, WorkerExit,
+    guard,
 };
 use crate::sys::signal::{self, Signal};
 
@@ -751,8 +752,22 @@ impl Model {
         let now = self.now;
         self.counted.push_back((now, exit));
         let window = self.cfg.recover_window;
-        self.counted
-            .retain(|&(t, _)| now.saturating_sub(t) < window);
+        // Up to `EXACT_UP_TO`, an exit counts while it is less than `window` old; above it, the
+        // window is counted in slices, and an exit counts while its slice reaches into it.
+        let exact = self.cfg.recover_threshold <= guard::EXACT_UP_TO;
+        let width = guard::slice_width(window);
+        let first = guard::first_slice(now, window, width);
+        let inside = |t: Duration| {
+            if exact {
+                now.saturating_sub(t) < window
+            } else {
+                !window.is_zero() && t.as_nanos() / width >= first
+            }
+        };
+        // Time only moves forward: the exits that left the window are the oldest ones.
+        while self.counted.front().is_some_and(|&(t, _)| !inside(t)) {
+            self.counted.pop_front();
+        }
         if self.counted.len() <= self.cfg.recover_threshold {
             return false;
         }

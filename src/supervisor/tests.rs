@@ -134,7 +134,7 @@ impl Harness {
     }
 
     fn counted(&self) -> usize {
-        self.m.sup.recent.len()
+        self.m.sup.guard.counted(self.now())
     }
 }
 
@@ -324,7 +324,7 @@ fn self_inflicted_exit_right_after_ready_is_a_boot_failure() {
         exited(0, Cause::Crashed)
     );
     assert_eq!(h.counted(), 3);
-    let latest = h.m.sup.recent.back().map(|&(_, e)| e);
+    let latest = h.m.sup.guard.last();
     assert_eq!(
         latest,
         Some(CountedExit {
@@ -475,27 +475,157 @@ fn threshold_zero_stops_at_first_boot_failure() {
     );
 }
 
+/// `n` boot failures of the one worker, `gap` apart, each respawned at once; returns the
+/// largest heap the guard held after any of them.
+fn boot_failures(h: &mut Harness, n: usize, gap: Duration) -> usize {
+    let mut widest = 0;
+    for _ in 0..n {
+        h.advance(gap);
+        let pid = h.pid_of(0);
+        assert_eq!(h.exit(pid, WorkerExit::Code(1)).cause, Cause::BootFailure);
+        widest = widest.max(h.m.sup.guard.heap_bytes());
+    }
+    widest
+}
+
+/// The guard's storage is sized when it is built and never grows, however many exits it
+/// counts: the old deque of exit instants grew with each exit inside the window, to 128 Ki
+/// entries (5 MiB) here.
 #[test]
-fn counted_exits_keep_a_small_deque() {
+fn guard_storage_does_not_grow_with_exits_inside_the_window() {
+    let mut c = cfg(1);
+    c.recover_threshold = 1_000_000;
+    c.recover_window = 60 * SEC;
+    let mut h = Harness::manual(c);
+    let built = h.m.sup.guard.heap_bytes();
+    assert!(built <= 16 << 10, "{built} bytes when built");
+    let widest = boot_failures(&mut h, 100_000, Duration::from_micros(100));
+    assert_eq!(h.outcome(), None);
+    assert_eq!(h.counted(), 100_000, "every exit is inside the window");
+    assert_eq!(
+        widest, built,
+        "the guard grew from {built} to {widest} bytes"
+    );
+}
+
+#[test]
+fn guard_storage_is_the_threshold_at_most() {
+    // The largest threshold judged exactly, and about that many exits inside the window.
+    let mut c = cfg(1);
+    c.recover_threshold = guard::EXACT_UP_TO;
+    c.recover_window = 10 * SEC;
+    let mut h = Harness::manual(c);
+    let built = h.m.sup.guard.heap_bytes();
+    let room = guard::EXACT_UP_TO * size_of::<Duration>();
+    assert!(built <= room + REPORTED_EXITS * size_of::<CountedExit>());
+    let widest = boot_failures(&mut h, 100_000, 10 * MS);
+    assert_eq!(h.outcome(), None);
+    assert_eq!(h.counted(), 1000);
+    assert_eq!(widest, built);
+    // A threshold of 3 keeps 3 instants, exits once a second or all at once.
+    let mut h = Harness::manual(cfg(1));
+    let built = h.m.sup.guard.heap_bytes();
+    assert!(built <= 3 * size_of::<Duration>() + REPORTED_EXITS * size_of::<CountedExit>());
+    assert_eq!(boot_failures(&mut h, 3, SEC), built);
+    assert_eq!(h.counted(), 3);
+    assert_eq!(boot_failures(&mut h, 1, Duration::ZERO), built);
+    assert!(h.outcome().is_some());
+}
+
+#[test]
+fn counted_exits_leave_the_window() {
     let mut c = cfg(1);
     c.recover_threshold = 1_000_000_000;
     c.recover_window = 10 * SEC;
     let mut h = Harness::manual(c);
-    h.ready(100);
-    let mut widest = 0;
-    for _ in 0..10_000 {
-        h.advance(SEC);
-        let pid = h.pid_of(0);
-        h.exit(pid, WorkerExit::Code(1));
-        widest = widest.max(h.m.sup.recent.capacity());
-    }
+    let built = h.m.sup.guard.heap_bytes();
+    let widest = boot_failures(&mut h, 10_000, SEC);
     assert_eq!(h.outcome(), None);
+    // Sliced (the threshold is high): the exit exactly `window` old is in a slice that still
+    // reaches into it.
     assert!(
-        h.counted() <= 10,
+        h.counted() <= 11,
         "{} counted within the window",
         h.counted()
     );
-    assert!(widest <= 64, "the deque grew to a capacity of {widest}");
+    assert_eq!(widest, built);
+}
+
+/// Above `EXACT_UP_TO` the window is counted in slices: runs at about the threshold's rate,
+/// each checked exit by exit against the model's brute-force rule, trip and report included.
+#[test]
+fn sliced_guard_agrees_with_the_model() {
+    let mut trips = 0;
+    for seed in 1..=16u64 {
+        let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut c = cfg(1 + next(3) as usize);
+        let threshold = guard::EXACT_UP_TO + 1 + next(1000) as usize;
+        c.recover_threshold = threshold;
+        c.recover_window = Duration::from_millis(1 + next(5000));
+        let mean = c.recover_window.as_nanos() as u64 / threshold as u64;
+        let mut m = Model::new(c);
+        m.auto_ready = next(2) == 0;
+        m.settle();
+        for _ in 0..4 * threshold {
+            if m.sup.outcome().is_some() {
+                trips += 1;
+                break;
+            }
+            // Gaps around the mean: the count hovers near the threshold.
+            m.advance(Duration::from_nanos(next(2 * mean + 2)));
+            let live: Vec<u32> = m.live.keys().copied().collect();
+            let pid = live[next(live.len() as u64) as usize];
+            m.exit(pid, [KILL, SEGV, WorkerExit::Code(1)][next(3) as usize]);
+            m.settle();
+        }
+        m.finish(true);
+    }
+    assert!(trips > 0, "no run went over the threshold");
+    assert!(trips < 16, "every run went over the threshold");
+}
+
+/// The sliced count holds every exit of the last `window`, and none older than one slice
+/// more.
+#[test]
+fn sliced_guard_counts_the_window_and_at_most_one_slice_more() {
+    let window = 100 * MS;
+    let width = Duration::from_nanos(guard::slice_width(window) as u64);
+    let mut g = guard::Guard::new(usize::MAX, window);
+    let mut times = Vec::new();
+    let mut now = Duration::ZERO;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..10_000u32 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // Bursts, gaps around a slice, and now and then a pause longer than the window.
+        now += match rng % 100 {
+            0 => window + width * (rng % 3) as u32,
+            1..=30 => Duration::ZERO,
+            _ => Duration::from_nanos(rng % (2 * width.as_nanos() as u64)),
+        };
+        let exit = CountedExit {
+            slot: 0,
+            pid: i,
+            exit: WorkerExit::Code(1),
+            was_ready: false,
+        };
+        assert_eq!(g.count(now, exit), None);
+        times.push(now);
+        let within = |d: Duration| times.len() - times.partition_point(|&t| now - t >= d);
+        let counted = g.counted(now);
+        assert!(within(window) <= counted, "exit {i}: {counted} counted");
+        assert!(
+            counted <= within(window + width),
+            "exit {i}: {counted} counted"
+        );
+    }
 }
 
 #[test]
