@@ -13,9 +13,15 @@
 //! axum::serve(listener, router).with_graceful_shutdown(drained).await?;
 //! ```
 //!
-//! But axum's graceful shutdown is hyper's: a connection whose request is in the socket and
-//! not yet read is closed without an answer, so under a load of one request per connection
-//! some requests are still lost at every lifecycle event. Use [`serve`] where that matters.
+//! axum's graceful shutdown is hyper's: it closes at once a connection whose request it has
+//! not read yet. The signal therefore waits, after the accept loop ended, until every
+//! connection the listener handed out has read its first bytes (or
+//! [`FIRST_REQUEST_GRACE`](crate::FIRST_REQUEST_GRACE) passed), so that the connections
+//! taken from the queue are answered. What this path does not do: an idle keep-alive
+//! connection is closed at the signal, without [`IDLE_GRACE`](crate::IDLE_GRACE) (a request
+//! crossing the close is one a client may retry on a reused connection, RFC 9112 section
+//! 9.3.1), and an answer in flight gets `connection: close` only from hyper's own shutdown.
+//! [`serve`] does both.
 
 use std::io;
 use std::time::Duration;
@@ -24,7 +30,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::http::{Drained, Server};
-use crate::listener::{Accept, Listener};
+use crate::listener::{Accept, FirstRead, Listener};
 
 /// Serves `router` on `listener` with [`Server::new`]'s settings until the notice, then
 /// drains: see [`Server::serve`].
@@ -51,7 +57,7 @@ where
     L::Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     L::Addr: Send,
 {
-    type Io = L::Stream;
+    type Io = FirstRead<L::Stream>;
     type Addr = L::Addr;
 
     /// The next connection; once the listener is drained, never (axum's loop ends on its
@@ -61,7 +67,7 @@ where
             match Listener::accept(self).await {
                 Some(Ok((stream, addr))) => {
                     L::configure(&stream);
-                    return (stream, addr);
+                    return (self.first_read(stream), addr);
                 }
                 Some(Err(e)) => {
                     log::warn!("accept: {e}");

@@ -65,7 +65,7 @@ pub mod http;
 #[cfg(feature = "axum")]
 pub mod axum;
 
-pub use listener::{Accept, DRAIN_ACCEPT_LIMIT, Listener};
+pub use listener::{Accept, DRAIN_ACCEPT_LIMIT, FirstRead, Listener};
 pub use notice::Notice;
 
 use std::time::Duration;

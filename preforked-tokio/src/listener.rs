@@ -4,10 +4,12 @@ use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use rustix::net::SocketFlags;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::Notice;
 
@@ -127,7 +129,123 @@ pub struct Listener<L: Accept = tokio::net::TcpListener> {
     inner: L,
     notice: Notice,
     state: State,
+    shared: Arc<Shared>,
+}
+
+/// What [`Listener::drained`] waits on.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Whether the accept loop has ended.
     drained: watch::Sender<bool>,
+    /// Connections handed out through [`FirstRead`] that have not read a byte yet.
+    unread: AtomicUsize,
+    /// Woken when `unread` falls to 0.
+    all_read: Notify,
+}
+
+impl Shared {
+    /// One tracked connection has read its first bytes, or is gone.
+    fn read_or_gone(&self) {
+        if self.unread.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.all_read.notify_waiters();
+        }
+    }
+}
+
+/// A connection handed out by a [`Listener`] that tells it when it first reads: until then
+/// its request may be waiting, unread, in the socket, and a server that shuts down
+/// gracefully (axum's, hyper's) would close it without an answer.
+#[derive(Debug)]
+pub struct FirstRead<S> {
+    io: S,
+    shared: Option<Arc<Shared>>,
+}
+
+impl<S> FirstRead<S> {
+    pub(crate) fn new(io: S, shared: &Arc<Shared>) -> Self {
+        shared.unread.fetch_add(1, Ordering::AcqRel);
+        FirstRead {
+            io,
+            shared: Some(Arc::clone(shared)),
+        }
+    }
+
+    /// The connection.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// The connection, mutably (to set socket options).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+}
+
+impl<S> Drop for FirstRead<S> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.read_or_gone();
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstRead<S> {
+    #[inline]
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if self.shared.is_some() && buf.filled().len() > before {
+            if let Some(shared) = self.shared.take() {
+                shared.read_or_gone();
+            }
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstRead<S> {
+    #[inline]
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    #[inline]
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    #[inline]
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 impl Listener<tokio::net::TcpListener> {
@@ -169,7 +287,11 @@ impl<L: Accept> Listener<L> {
             inner,
             notice,
             state: State::Serving,
-            drained: watch::Sender::new(false),
+            shared: Arc::new(Shared {
+                drained: watch::Sender::new(false),
+                unread: AtomicUsize::new(0),
+                all_read: Notify::new(),
+            }),
         }
     }
 
@@ -193,13 +315,38 @@ impl<L: Accept> Listener<L> {
         self.state == State::Done
     }
 
-    /// Resolves once the accept loop has ended (or the listener is dropped): the signal
-    /// for `axum::serve(..).with_graceful_shutdown`, taken before the listener is moved.
+    /// Resolves once the accept loop has ended (or the listener is dropped), and every
+    /// connection it handed out as a [`FirstRead`] (through `axum::serve::Listener`) has
+    /// read its first bytes, is gone, or had [`FIRST_REQUEST_GRACE`](crate::FIRST_REQUEST_GRACE)
+    /// since the end of the accept loop: the signal for
+    /// `axum::serve(..).with_graceful_shutdown`, taken before the listener is moved.
+    ///
+    /// A graceful shutdown of axum (hyper's) closes a connection whose request it has not
+    /// read yet; waiting for the first reads keeps it from closing the connections taken
+    /// from the queue at the notice, whose requests are in their sockets.
     pub fn drained(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut done = self.drained.subscribe();
+        let shared = Arc::clone(&self.shared);
+        let mut done = shared.drained.subscribe();
         async move {
             let _ = done.wait_for(|&d| d).await;
+            let deadline = tokio::time::Instant::now() + crate::FIRST_REQUEST_GRACE;
+            loop {
+                let notified = shared.all_read.notified();
+                let mut notified = pin!(notified);
+                notified.as_mut().enable();
+                if shared.unread.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return;
+                }
+            }
         }
+    }
+
+    /// `stream` as a [`FirstRead`] of this listener, for [`drained`](Listener::drained).
+    pub(crate) fn first_read<S>(&self, stream: S) -> FirstRead<S> {
+        FirstRead::new(stream, &self.shared)
     }
 
     /// The next connection: `None` once the notice came and the connections queued by then
@@ -244,6 +391,6 @@ impl<L: Accept> Listener<L> {
 
     fn finish(&mut self) {
         self.state = State::Done;
-        self.drained.send_replace(true);
+        self.shared.drained.send_replace(true);
     }
 }

@@ -50,8 +50,28 @@ fn tests() -> Vec<Test> {
         runner::test("request_in_flight_is_answered_with_close", in_flight),
         runner::test("queued_connections_are_served", queued),
         runner::test("http2_gets_goaway_and_finishes_its_stream", http2),
+        runner::test("axum_serve_answers_a_silent_connection", || {
+            silent_then_request_on(Via::AxumServe)
+        }),
+        runner::test("axum_serve_serves_the_queue", || queued_on(Via::AxumServe)),
+        runner::test("axum_serve_completes_a_request_in_flight", || {
+            in_flight_on(Via::AxumServe)
+        }),
     ]
 }
+
+/// Which server the fixture's worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// `prefork_tokio::http::Server`.
+    Server,
+    /// `axum::serve` on the draining listener, with `Listener::drained` as its
+    /// graceful-shutdown signal.
+    AxumServe,
+}
+
+/// The fixture's variable that selects `Via::AxumServe`.
+const AXUM_SERVE_ENV: &str = "FX_AXUM_SERVE";
 
 // ---------------------------------------------------------------------------------------
 // The fixture: one worker, `Server` with a hello and a slow route.
@@ -77,6 +97,15 @@ fn fixture() -> i32 {
                     notice.requested().await;
                     println!("notice");
                 });
+                if std::env::var_os(AXUM_SERVE_ENV).is_some() {
+                    let drained = listener.drained();
+                    let router = axum::Router::new().fallback(axum_handle);
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(drained)
+                        .await?;
+                    println!("drained by axum::serve");
+                    return Ok(());
+                }
                 let service = hyper::service::service_fn(handle);
                 let drained = prefork_tokio::http::Server::new()
                     .serve(listener, service)
@@ -100,20 +129,27 @@ fn fixture() -> i32 {
 async fn handle(
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<String>, std::convert::Infallible> {
-    let ms = req
-        .uri()
+    Ok(hyper::Response::new(answer(req.uri()).await))
+}
+
+async fn axum_handle(uri: axum::http::Uri) -> String {
+    answer(&uri).await
+}
+
+/// `/slow?ms=N` sleeps N ms; anything else says hello.
+async fn answer(uri: &hyper::Uri) -> String {
+    let ms = uri
         .query()
         .and_then(|q| q.strip_prefix("ms="))
         .and_then(|ms| ms.parse::<u64>().ok());
-    let body = match ms {
-        Some(ms) if req.uri().path() == "/slow" => {
+    match ms {
+        Some(ms) if uri.path() == "/slow" => {
             println!("slow {ms}");
             tokio::time::sleep(Duration::from_millis(ms)).await;
             format!("slept {ms} ms\n")
         }
         _ => format!("hello from {}\n", std::process::id()),
-    };
-    Ok(hyper::Response::new(body))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -129,7 +165,15 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
-        let fixture = Spec::new(ROLE).start();
+        Server::start_on(Via::Server)
+    }
+
+    fn start_on(via: Via) -> Server {
+        let mut spec = Spec::new(ROLE);
+        if via == Via::AxumServe {
+            spec = spec.env(AXUM_SERVE_ENV, "1");
+        }
+        let fixture = spec.start();
         let (port, worker) = fixture.wait_line("the worker serving", |l| {
             let mut parts = l.strip_prefix("serving ")?.split(' ');
             Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
@@ -159,7 +203,7 @@ impl Server {
     /// Waits for the master to exit 0 and returns the worker's last report line.
     fn finish(mut self) -> String {
         let drained = self.fixture.wait_line("the worker's drain report", |l| {
-            l.starts_with("drained ").then(|| l.to_owned())
+            l.starts_with("drained").then(|| l.to_owned())
         });
         let code = self.fixture.finish();
         assert_eq!(code, EXIT_OK, "the master's exit code");
@@ -206,6 +250,18 @@ fn expect_eof(stream: &mut TcpStream) {
     }
 }
 
+/// `prefork_tokio`'s server closes with `connection: close`; axum's own graceful shutdown
+/// adds it only to an answer still in progress when it begins.
+fn assert_answer(via: Via, head: &str, body: &str) {
+    match via {
+        Via::Server => assert_closing_answer(head, body),
+        Via::AxumServe => {
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            assert!(!body.is_empty(), "empty body");
+        }
+    }
+}
+
 fn assert_closing_answer(head: &str, body: &str) {
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(
@@ -221,7 +277,11 @@ fn assert_closing_answer(head: &str, body: &str) {
 /// Accepted without a byte when the notice comes; the request follows within
 /// `FIRST_REQUEST_GRACE` and is answered, with `connection: close`.
 fn silent_then_request() {
-    let server = Server::start();
+    silent_then_request_on(Via::Server);
+}
+
+fn silent_then_request_on(via: Via) {
+    let server = Server::start_on(via);
     let mut stream = server.connect();
     // The connection is accepted (the worker is idle and takes it at once), then the notice.
     std::thread::sleep(Duration::from_millis(200));
@@ -229,10 +289,12 @@ fn silent_then_request() {
     std::thread::sleep(prefork_tokio::FIRST_REQUEST_GRACE / 3);
     send_get(&mut stream, "/");
     let (head, body) = read_response(&mut stream);
-    assert_closing_answer(&head, &body);
+    assert_answer(via, &head, &body);
     expect_eof(&mut stream);
     let drained = server.finish();
-    assert!(drained.contains("connections=1 "), "{drained}");
+    if via == Via::Server {
+        assert!(drained.contains("connections=1 "), "{drained}");
+    }
 }
 
 /// Accepted without a byte, and silent for the whole grace: closed (end of file).
@@ -287,7 +349,11 @@ fn idle_then_closed() {
 
 /// A slow request in flight when the notice comes completes, with `connection: close`.
 fn in_flight() {
-    let server = Server::start();
+    in_flight_on(Via::Server);
+}
+
+fn in_flight_on(via: Via) {
+    let server = Server::start_on(via);
     let mut stream = server.connect();
     send_get(&mut stream, "/slow?ms=800");
     server
@@ -295,7 +361,7 @@ fn in_flight() {
         .wait_line("the slow request", |l| (l == "slow 800").then_some(()));
     server.stop();
     let (head, body) = read_response(&mut stream);
-    assert_closing_answer(&head, &body);
+    assert_answer(via, &head, &body);
     assert_eq!(body, "slept 800 ms\n");
     expect_eof(&mut stream);
     server.finish();
@@ -304,8 +370,12 @@ fn in_flight() {
 /// Connections queued while the worker cannot accept (stopped with SIGSTOP), their
 /// requests sent, then the notice: the worker serves every one before it exits.
 fn queued() {
+    queued_on(Via::Server);
+}
+
+fn queued_on(via: Via) {
     const QUEUED: usize = 8;
-    let server = Server::start();
+    let server = Server::start_on(via);
     support::process::kill(server.worker, libc::SIGSTOP);
     let mut streams: Vec<TcpStream> = (0..QUEUED).map(|_| server.connect()).collect();
     for stream in &mut streams {
@@ -318,14 +388,16 @@ fn queued() {
     support::process::kill(server.worker, libc::SIGCONT);
     for stream in &mut streams {
         let (head, body) = read_response(stream);
-        assert_closing_answer(&head, &body);
+        assert_answer(via, &head, &body);
         expect_eof(stream);
     }
     let drained = server.finish();
-    assert!(
-        drained.contains(&format!("connections={QUEUED} ")),
-        "{drained}"
-    );
+    if via == Via::Server {
+        assert!(
+            drained.contains(&format!("connections={QUEUED} ")),
+            "{drained}"
+        );
+    }
 }
 
 /// HTTP/2 (cleartext, prior knowledge): a stream in flight when the notice comes gets its
