@@ -23,7 +23,7 @@ stops=20
 users="root nobody"
 modes="fork reuseport"
 duration=2
-port=18590
+port=18733
 out=target/bench-unprivileged-stop
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -56,6 +56,7 @@ for user in $users; do
     ok=0 refused=0 lost=0 lossy=0 warnings=0
     for i in $(seq "$stops"); do
       log="$out/$user-$mode-$i"
+      if http_ready "$port" 1 0; then echo "port $port is taken by another server" >&2; exit 1; fi
       setsid "${run[@]}" "$bin/hello" --workers 4 --addr "127.0.0.1:$port" "${flags[@]}" \
         2>"$log.server" >/dev/null &
       server=$!
