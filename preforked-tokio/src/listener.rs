@@ -162,6 +162,7 @@ pub struct FirstRead<S> {
 }
 
 impl<S> FirstRead<S> {
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn new(io: S, shared: &Arc<Shared>) -> Self {
         shared.unread.fetch_add(1, Ordering::AcqRel);
         FirstRead {
@@ -345,6 +346,7 @@ impl<L: Accept> Listener<L> {
     }
 
     /// `stream` as a [`FirstRead`] of this listener, for [`drained`](Listener::drained).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn first_read<S>(&self, stream: S) -> FirstRead<S> {
         FirstRead::new(stream, &self.shared)
     }
