@@ -2112,22 +2112,30 @@ fn uid_of(pid: u32) -> Option<u32> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The load was answered, and lost nothing the kernel accepted; the master did not warn that
-/// it could not keep new connections out.
-fn assert_nothing_lost(fx: &Fixture, tally: &Tally) {
+/// The load was answered, and lost nothing the kernel accepted, and the master did not warn
+/// that it could not keep new connections out. With a shared socket (`shared`), the one
+/// window docs/design.md describes (a connection hashed to the first sink before its program
+/// is attached) may lose a connection, never silently: each is a WARN line of the master.
+fn assert_nothing_lost(fx: &Fixture, tally: &Tally, shared: bool) {
     assert!(tally.ok > 0, "the load was answered: {tally:?}");
+    let log = fx.stderr();
+    let refused: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("cannot stop new connections"))
+        .collect();
+    assert!(refused.is_empty(), "the master warned: {refused:?}");
+    let window = log.iter().filter(|l| l.contains("reached a full")).count();
     assert!(
-        tally.lost.is_empty(),
-        "{} accepted connections lost: {:?} ({tally:?})",
+        shared || window == 0,
+        "a reuseport group's sink reached before its program: {log:?}"
+    );
+    assert!(
+        tally.lost.len() <= window,
+        "{} accepted connections lost, {window} of them in the shared socket's logged \
+         window: {:?} ({tally:?})",
         tally.lost.len(),
         tally.lost
     );
-    let warned: Vec<String> = fx
-        .stderr()
-        .into_iter()
-        .filter(|l| l.contains("cannot stop new connections") || l.contains("reached a full"))
-        .collect();
-    assert!(warned.is_empty(), "the master warned: {warned:?}");
 }
 
 /// TERM under load: the master exits 0 and the load lost nothing.
@@ -2136,7 +2144,7 @@ fn unprivileged_sigterm(b: Backend, listen: &str, mode: &str) {
     fx.signal(libc::SIGTERM);
     fx.assert_clean_exit();
     let tally = load.stop();
-    assert_nothing_lost(&fx, &tally);
+    assert_nothing_lost(&fx, &tally, listen == "shared");
 }
 
 fn unprivileged_sigterm_loses_nothing_reuseport(b: Backend) {
@@ -2166,7 +2174,7 @@ fn unprivileged_sighup_loses_nothing(b: Backend) {
     fx.signal(libc::SIGTERM);
     fx.assert_clean_exit();
     let tally = load.stop();
-    assert_nothing_lost(&fx, &tally);
+    assert_nothing_lost(&fx, &tally, true);
 }
 
 /// TTOU under load: the retired worker drains and exits 0, and the load lost nothing, then
@@ -2181,7 +2189,7 @@ fn unprivileged_sigttou(b: Backend, listen: &str) {
     fx.signal(libc::SIGTERM);
     fx.assert_clean_exit();
     let tally = load.stop();
-    assert_nothing_lost(&fx, &tally);
+    assert_nothing_lost(&fx, &tally, listen == "shared");
 }
 
 fn unprivileged_sigttou_loses_nothing_shared(b: Backend) {
