@@ -49,6 +49,8 @@ CODE0, CODE1, FATAL, CODE101, KILLED, TERMED, SEGV, DIED_USR1 = range(8)
 S_HUP, S_INT, S_QUIT, S_KILL, S_USR1, S_USR2, S_TERM, S_CHLD, S_TTIN, S_TTOU = range(10)
 # operand of READY: pick one of the workers not ready yet, or ALL of them
 ALL = 0xFF
+# operand of SPAWNCTL with bit 7 set: an event of the binary upgrade
+(U_USR2, U_READY, U_EXIT0, U_EXIT1, U_KILLED, U_START_FAILS, U_USR2_TWICE, U_READY_USR2) = range(0x80, 0x88)
 # header flags
 FAIL_AFTER_READY, FAIL_AFTER_SPAWN, SPAWN_COST, EXIT_ON_TERM, MANUAL_READY = 1, 8, 16, 32, 64
 
@@ -98,6 +100,16 @@ SUP = {
                       events=[ADV_S, 255, 0xF0 | DEADLINE, EXIT, 1, KILLED, ADV_S, 61, EXIT, 0, TERMED]),
     "zero_grace": sup(3, grace_100ms=0, events=[TTIN, TTOU, HUP, TERM]),
     "stop_with_exit_on_term": sup(4, flags=EXIT_ON_TERM, events=[EXIT, 2, CODE0]),
+    # The binary upgrade (upgrade_timeout = the recover window, 10 s here).
+    "upgrade_hands_over": sup(2, events=[SPAWNCTL, U_USR2, SPAWNCTL, U_READY, EXIT_TERMED]),
+    "upgrade_new_master_exits": sup(2, events=[SPAWNCTL, U_USR2, SPAWNCTL, U_EXIT1]),
+    "upgrade_times_out": sup(2, events=[SPAWNCTL, U_USR2, ADV_S, 11, SPAWNCTL, U_READY, SPAWNCTL, U_KILLED]),
+    "upgrade_exec_fails": sup(1, events=[SPAWNCTL, U_START_FAILS]),
+    "upgrade_term_stops_both": sup(2, events=[SPAWNCTL, U_USR2, TERM, EXIT_TERMED, SPAWNCTL, U_READY,
+                                             DEADLINE, SPAWNCTL, U_KILLED]),
+    "upgrade_usr2_twice": sup(1, events=[SPAWNCTL, U_USR2_TWICE, SPAWNCTL, U_READY_USR2, EXIT_TERMED]),
+    "upgrade_during_hup_ttin_ttou": sup(2, events=[SPAWNCTL, U_USR2, HUP, EXIT_TERMED, EXIT_TERMED, TTIN, TTOU,
+                                                  EXIT_TERMED, SPAWNCTL, U_READY, EXIT_TERMED]),
     # Found by fuzzing (many retiring workers, each with its own KILL deadline), kept verbatim.
     "regression_many_retiring_deadlines": bytes.fromhex(
         "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),

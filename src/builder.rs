@@ -370,7 +370,6 @@ impl Prefork {
             backend,
             spawn,
             listeners: Listeners::Caller,
-            upgrade_timeout: self.upgrade_timeout,
             health: self.health,
             setup: self.worker_setup()?,
         };
@@ -413,7 +412,6 @@ impl Prefork {
             backend,
             spawn,
             listeners,
-            upgrade_timeout: self.upgrade_timeout,
             health: self.health,
             setup,
         };
@@ -526,6 +524,7 @@ impl Prefork {
             recover_window: self.recover_window,
             recover_interval: self.recover_interval,
             shutdown_grace: self.shutdown_grace,
+            upgrade_timeout: self.upgrade_timeout,
         })
     }
 }

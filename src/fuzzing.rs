@@ -202,7 +202,8 @@ const MAX_SLOTS: usize = 32;
 /// their operands (a missing operand reads as 0).
 ///
 /// Header: `workers = 1 + b0 % 8`; `recover_threshold = b1 % 16`;
-/// `recover_window = (1 + b2) × 100 ms`; `recover_interval = b3 × 10 ms`;
+/// `recover_window = (1 + b2) × 100 ms`, and `upgrade_timeout` the same;
+/// `recover_interval = b3 × 10 ms`;
 /// `shutdown_grace = b4 × 100 ms`; flags `b5`: bit 0 fails the run right after the Ready
 /// action (a failing `on_master_ready` hook), bits 1-2 make that many initial spawns fail,
 /// bit 3 fails the run after the first spawn (a failing `on_child_spawn` hook), bit 4 makes
@@ -223,7 +224,7 @@ const MAX_SLOTS: usize = 32;
 /// | 10 | a worker that has not reported ready does: operand picks it (255: all of them) |
 /// | 11 | any signal the master handles: `Signal::ALL[operand % 10]` |
 /// | 12 | the driver fails (`fail`) |
-/// | 13 | operand: bits 0-1 make that many next spawns fail; bit 4 fails the run after a spawn; bit 5 has the health checks recycle a live worker, else bit 6 find one stuck (bits 2-3 pick it) |
+/// | 13 | operand: with bit 7 set, an event of the binary upgrade (see `upgrade_event`); else bits 0-1 make that many next spawns fail; bit 4 fails the run after a spawn; bit 5 has the health checks recycle a live worker, else bit 6 find one stuck (bits 2-3 pick it) |
 /// | 14 | every worker that was sent TERM exits with code 0 |
 /// | 15 | every worker that was sent KILL dies of it |
 ///
@@ -251,12 +252,17 @@ struct Summary {
 
 fn drive(data: &[u8]) -> Summary {
     let mut input = Input(data);
+    let workers = 1 + usize::from(input.byte() % 8);
+    let recover_threshold = usize::from(input.byte() % 16);
+    let recover_window = Duration::from_millis(100 * (1 + u64::from(input.byte())));
     let cfg = Config {
-        workers: 1 + usize::from(input.byte() % 8),
-        recover_threshold: usize::from(input.byte() % 16),
-        recover_window: Duration::from_millis(100 * (1 + u64::from(input.byte()))),
+        workers,
+        recover_threshold,
+        recover_window,
         recover_interval: Duration::from_millis(10 * u64::from(input.byte())),
         shutdown_grace: Duration::from_millis(100 * u64::from(input.byte())),
+        // The header has no byte of its own for it: the window's value serves both.
+        upgrade_timeout: recover_window,
     };
     let flags = input.byte();
     let mut m = Model::new(cfg);
@@ -325,6 +331,7 @@ fn drive(data: &[u8]) -> Summary {
                 s => m.signal(s),
             },
             12 => m.fail(),
+            13 if input.peek() & 0x80 != 0 => upgrade_event(&mut m, input.byte()),
             13 => {
                 let b = input.byte();
                 m.spawn_failures = u32::from(b & 3);
@@ -351,6 +358,33 @@ fn drive(data: &[u8]) -> Summary {
         spawns: m.next_pid as usize - FIRST_PID as usize,
         slots: m.slots_created,
         log: m.log,
+    }
+}
+
+/// An event of the binary upgrade, from an operand byte with bit 7 set: `b & 7` selects
+/// USR2, the new master's readiness, its exit (code 0, code 1, or KILL), a USR2 whose start
+/// fails, two USR2s, or readiness followed by a USR2.
+fn upgrade_event(m: &mut Model, b: u8) {
+    match b & 7 {
+        0 => m.signal(Signal::Usr2),
+        1 => m.upgrade_ready(),
+        2 => m.upgrade_exit(WorkerExit::Code(0)),
+        3 => m.upgrade_exit(WorkerExit::Code(1)),
+        4 => m.upgrade_exit(WorkerExit::Signal(Signal::Kill.raw())),
+        5 => {
+            m.upgrade_start_fails = true;
+            m.signal(Signal::Usr2);
+        }
+        6 => {
+            m.signal(Signal::Usr2);
+            m.pump();
+            m.signal(Signal::Usr2);
+        }
+        _ => {
+            m.upgrade_ready();
+            m.pump();
+            m.signal(Signal::Usr2);
+        }
     }
 }
 
@@ -394,6 +428,11 @@ impl Input<'_> {
             }
             None => 0,
         }
+    }
+
+    /// The next byte, not taken (0 once used up).
+    fn peek(&self) -> u8 {
+        self.0.first().copied().unwrap_or(0)
     }
 
     fn is_empty(&self) -> bool {
@@ -480,6 +519,13 @@ mod tests {
             ("ready_hook_fails", Box::new(external)),
             ("fail_mid_run", Box::new(external)),
             ("hup_graceful", Box::new(ok)),
+            ("upgrade_hands_over", Box::new(ok)),
+            ("upgrade_new_master_exits", Box::new(going)),
+            ("upgrade_times_out", Box::new(going)),
+            ("upgrade_exec_fails", Box::new(going)),
+            ("upgrade_term_stops_both", Box::new(ok)),
+            ("upgrade_usr2_twice", Box::new(ok)),
+            ("upgrade_during_hup_ttin_ttou", Box::new(ok)),
             ("unknown_exits", Box::new(going)),
             (
                 "fatal_exit",
@@ -522,6 +568,54 @@ mod tests {
         if let Some(r) = run("ttou_mid_restart") {
             assert_eq!(count(&r.log, reloaded), 1);
             assert_eq!(count(&r.log, closed), 1);
+        }
+        let rolled_back = |why: fn(&crate::supervisor::Rollback) -> bool| {
+            move |log: &[Action]| {
+                log.iter()
+                    .filter(|a| matches!(a, Action::RolledBack { why: w, .. } if why(w)))
+                    .count()
+            }
+        };
+        use crate::supervisor::Rollback;
+        if let Some(r) = run("upgrade_hands_over") {
+            assert_eq!(count(&r.log, |a| matches!(a, Action::HandedOver { .. })), 1);
+            assert_eq!(count(&r.log, |a| *a == Action::Stopping), 0);
+        }
+        if let Some(r) = run("upgrade_new_master_exits") {
+            assert_eq!(rolled_back(|w| matches!(w, Rollback::Exited(_)))(&r.log), 1);
+        }
+        if let Some(r) = run("upgrade_times_out") {
+            assert_eq!(
+                rolled_back(|w| matches!(w, Rollback::NotReady(_)))(&r.log),
+                1
+            );
+            let killed = |a: &Action| matches!(a, Action::SignalNewMaster { signal, .. } if *signal == crate::sys::signal::Signal::Kill);
+            assert_eq!(count(&r.log, killed), 1);
+            assert_eq!(
+                count(&r.log, |a| matches!(a, Action::NewMasterExited { .. })),
+                1
+            );
+        }
+        if let Some(r) = run("upgrade_exec_fails") {
+            assert_eq!(rolled_back(|w| *w == Rollback::ExecFailed)(&r.log), 1);
+        }
+        if let Some(r) = run("upgrade_term_stops_both") {
+            assert_eq!(
+                count(&r.log, |a| matches!(a, Action::SignalNewMaster { .. })),
+                2
+            );
+            assert_eq!(count(&r.log, |a| matches!(a, Action::HandedOver { .. })), 0);
+        }
+        if let Some(r) = run("upgrade_usr2_twice") {
+            assert_eq!(count(&r.log, |a| *a == Action::StartUpgrade), 1);
+            assert_eq!(
+                count(&r.log, |a| matches!(a, Action::UpgradeIgnored { .. })),
+                2
+            );
+        }
+        if let Some(r) = run("upgrade_during_hup_ttin_ttou") {
+            assert_eq!(count(&r.log, |a| matches!(a, Action::HandedOver { .. })), 1);
+            assert_eq!(count(&r.log, reloaded), 1);
         }
         if let Some(r) = run("ttin_ttou") {
             assert_eq!(r.slots, 3);

@@ -42,7 +42,15 @@
 //!   gracefully and the run fails with [`Failure::WorkerFatal`].
 //! * TERM/INT: TERM to every worker, KILL after `shutdown_grace`; a second TERM/INT kills at
 //!   once. HUP: rolling restart, one slot at a time; a HUP during one queues one more. TTIN
-//!   and TTOU: one slot more or less. USR1/USR2: forwarded to every worker.
+//!   and TTOU: one slot more or less. USR1: forwarded to every worker.
+//! * USR2: the binary upgrade ([`upgrade`]): the driver starts the new master
+//!   ([`Action::StartUpgrade`], answered with [`Supervisor::on_upgrade_started`] or
+//!   [`Supervisor::on_upgrade_failed`]); when it reports ready in time
+//!   ([`Supervisor::on_upgrade_ready`]) the old generation drains and the run ends (no
+//!   `Stopping`: the service goes on); when it exits first
+//!   ([`Supervisor::on_upgrade_exit`]) or misses `upgrade_timeout` it is rolled back (killed)
+//!   and the workers keep serving. A stop during an upgrade stops the new master too, and
+//!   the outcome waits for it.
 //! * Recycling ([`Supervisor::recycle`], for a worker past its lifetime or memory ceiling):
 //!   that one slot is replaced as a rolling restart replaces it, through the same queue (the
 //!   new worker is ready before the old one drains); never counted.
@@ -54,6 +62,7 @@ use std::time::Duration;
 
 use crate::sys::signal::{self, Signal};
 use guard::{Guard, Tripped};
+use upgrade::NewMaster;
 
 /// A worker that exits sooner than this after its start counts as crashing fast (its slot's
 /// respawn delay doubles), and one that exits by itself sooner than this after it reported
@@ -137,6 +146,8 @@ pub(crate) struct Config {
     pub(crate) recover_window: Duration,
     pub(crate) recover_interval: Duration,
     pub(crate) shutdown_grace: Duration,
+    /// How long a new master started by USR2 gets to report that it serves.
+    pub(crate) upgrade_timeout: Duration,
 }
 
 /// Why a run failed, as far as the supervisor knows.
@@ -192,6 +203,41 @@ pub(crate) enum Action {
     /// `slot` is out of service and its last worker is gone: what the driver holds for it
     /// may go.
     Closed { slot: usize },
+    /// USR2: start the new master of a binary upgrade, then report the result at once
+    /// ([`Supervisor::on_upgrade_started`] or [`Supervisor::on_upgrade_failed`]).
+    StartUpgrade,
+    /// USR2 was not acted on.
+    UpgradeIgnored { why: Ignored },
+    /// Send `signal` to the new master `pid`.
+    SignalNewMaster { pid: u32, signal: Signal },
+    /// The new master `pid` serves: the old workers drain (they are sent TERM next), and
+    /// the run ends when they are gone, with no `Stopping` (the service goes on in `pid`).
+    HandedOver { pid: u32 },
+    /// The upgrade failed and the running workers keep serving; a new master that missed
+    /// its deadline is sent KILL next.
+    RolledBack { pid: Option<u32>, why: Rollback },
+    /// The new master `pid`, stopped with the run or killed after a rollback, was reaped.
+    NewMasterExited { pid: u32, exit: WorkerExit },
+}
+
+/// Why a USR2 was not acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ignored {
+    /// The run is stopping.
+    Stopping,
+    /// An upgrade is under way (to this new master, once it started).
+    UnderWay { pid: Option<u32> },
+}
+
+/// Why an upgrade was rolled back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rollback {
+    /// The new program could not be started (the driver logs the system's error).
+    ExecFailed,
+    /// The new master exited before it was ready.
+    Exited(WorkerExit),
+    /// The new master was not ready within this timeout.
+    NotReady(Duration),
 }
 
 /// How the exit of a worker is judged, returned by [`Supervisor::on_exit`].
@@ -287,6 +333,18 @@ struct Restart {
     cause: Cause,
 }
 
+/// How a stop begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// TERM to every worker (and `Stopping`), KILL after the grace period.
+    Graceful,
+    /// KILL to every worker.
+    Kill,
+    /// A binary upgrade handed over: TERM to every worker, KILL after the grace period,
+    /// without `Stopping` (the service goes on in the new master).
+    HandOver,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     /// Initial workers are being spawned and are not all ready yet.
@@ -318,6 +376,8 @@ pub(crate) struct Supervisor {
     /// A rolling restart began (Reloading) and its Reloaded is still due.
     reloading: bool,
     phase: Phase,
+    /// The binary upgrade.
+    new_master: NewMaster,
     actions: VecDeque<Action>,
 }
 
@@ -335,6 +395,7 @@ impl Supervisor {
             hup_pending: false,
             reloading: false,
             phase: Phase::Starting,
+            new_master: NewMaster::Idle,
             actions: VecDeque::new(),
             cfg,
         };
@@ -422,7 +483,51 @@ impl Supervisor {
             Phase::Stopping { kill_at, .. } => kill_at,
             _ => None,
         };
-        waits.chain(retire).chain(stop).min()
+        let upgrade = self.new_master.deadline();
+        waits.chain(retire).chain(stop).chain(upgrade).min()
+    }
+
+    /// The new master of an upgrade ([`Action::StartUpgrade`]) runs as `pid`.
+    pub(crate) fn on_upgrade_started(&mut self, pid: u32, now: Duration) {
+        let timeout = self.cfg.upgrade_timeout;
+        self.new_master.on_started(pid, now, timeout);
+    }
+
+    /// The new master of an upgrade ([`Action::StartUpgrade`]) could not be started.
+    pub(crate) fn on_upgrade_failed(&mut self, _now: Duration) {
+        self.new_master.on_start_failed(&mut self.actions);
+    }
+
+    /// The new master reported that it serves: unless it is too late, the old generation
+    /// drains and the run ends.
+    pub(crate) fn on_upgrade_ready(&mut self, now: Duration) {
+        if self.is_stopping() {
+            return;
+        }
+        if let Some(pid) = self.new_master.on_ready() {
+            self.actions.push_back(Action::HandedOver { pid });
+            self.stop_with(now, Stop::HandOver, Ok(()));
+        }
+    }
+
+    /// A child `pid` that is no worker was reaped: returns whether it was the new master.
+    pub(crate) fn on_upgrade_exit(&mut self, pid: u32, exit: WorkerExit, _now: Duration) -> bool {
+        let ours = self.new_master.on_exit(pid, exit, &mut self.actions);
+        if ours {
+            self.maybe_done();
+        }
+        ours
+    }
+
+    /// How long a new master gets to report that it serves.
+    pub(crate) fn upgrade_timeout(&self) -> Duration {
+        self.cfg.upgrade_timeout
+    }
+
+    /// The new master of an upgrade under way, if it runs.
+    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
+    pub(crate) fn new_master(&self) -> Option<u32> {
+        self.new_master.pid()
     }
 
     /// The driver started the worker for `slot` as `pid`.
@@ -562,7 +667,7 @@ impl Supervisor {
                 at: now,
                 recovers: Some(pid),
             };
-            self.on_timer(now);
+            self.spawn_due(now);
             return exited(Cause::Stuck);
         }
         if exit == WorkerExit::Code(EXIT_FATAL) {
@@ -611,7 +716,7 @@ impl Supervisor {
             recovers: Some(pid),
         };
         if delay.is_zero() {
-            self.on_timer(now);
+            self.spawn_due(now);
         }
         exited(cause)
     }
@@ -645,7 +750,11 @@ impl Supervisor {
                 Phase::Stopping { .. } | Phase::Done(_) => {}
                 _ => self.stop(now, false, Ok(())),
             },
-            Signal::Usr1 | Signal::Usr2 if !self.is_stopping() => {
+            Signal::Usr2 => {
+                let stopping = self.is_stopping();
+                self.new_master.on_usr2(stopping, &mut self.actions);
+            }
+            Signal::Usr1 if !self.is_stopping() => {
                 for s in self.slots.iter_mut() {
                     if let Slot::Running { forwarded, .. } = s {
                         forwarded.add(signal);
@@ -905,16 +1014,7 @@ impl Supervisor {
 
     /// Time has reached `now`: due respawns, and KILLs after a grace period.
     pub(crate) fn on_timer(&mut self, now: Duration) {
-        if !self.is_stopping() {
-            for slot in 0..self.slots.len() {
-                if let Slot::Waiting { at, recovers } = self.slots[slot] {
-                    if at <= now {
-                        self.slots[slot] = Slot::Spawning { recovers };
-                        self.actions.push_back(Action::Spawn { slot, recovers });
-                    }
-                }
-            }
-        }
+        self.spawn_due(now);
         let due: Vec<u32> = self
             .retiring
             .iter()
@@ -939,6 +1039,23 @@ impl Supervisor {
                 self.kill_remaining(Why::GraceExpired);
             }
         }
+        let timeout = self.cfg.upgrade_timeout;
+        self.new_master.on_timer(now, timeout, &mut self.actions);
+    }
+
+    /// The respawns due by `now`.
+    fn spawn_due(&mut self, now: Duration) {
+        if self.is_stopping() {
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            if let Slot::Waiting { at, recovers } = self.slots[slot] {
+                if at <= now {
+                    self.slots[slot] = Slot::Spawning { recovers };
+                    self.actions.push_back(Action::Spawn { slot, recovers });
+                }
+            }
+        }
     }
 
     /// The driver failed (a hook returned an error, a system call failed): kill everything.
@@ -955,12 +1072,25 @@ impl Supervisor {
 
     /// Begins a stop: TERM (or KILL when `kill`) to every live worker.
     fn stop(&mut self, now: Duration, kill: bool, result: Result<(), Failure>) {
+        let how = if kill { Stop::Kill } else { Stop::Graceful };
+        self.stop_with(now, how, result);
+    }
+
+    /// Begins a stop of the kind `how`.
+    fn stop_with(&mut self, now: Duration, how: Stop, result: Result<(), Failure>) {
+        let kill = how == Stop::Kill;
         self.actions.retain(|a| {
             !matches!(
                 a,
-                Action::Spawn { .. } | Action::Ready { .. } | Action::Reloading | Action::Reloaded
+                Action::Spawn { .. }
+                    | Action::Ready { .. }
+                    | Action::Reloading
+                    | Action::Reloaded
+                    | Action::StartUpgrade
             )
         });
+        let grace = self.cfg.shutdown_grace;
+        self.new_master.on_stop(now, grace, kill, &mut self.actions);
         self.restart_queue.clear();
         self.restarting = None;
         self.hup_pending = false;
@@ -970,11 +1100,13 @@ impl Supervisor {
                 *s = Slot::Closed;
             }
         }
-        let (signal, why) = if kill {
-            (Signal::Kill, Why::Kill)
-        } else {
-            self.actions.push_back(Action::Stopping);
-            (Signal::Term, Why::Stop)
+        let (signal, why) = match how {
+            Stop::Kill => (Signal::Kill, Why::Kill),
+            Stop::Graceful => {
+                self.actions.push_back(Action::Stopping);
+                (Signal::Term, Why::Stop)
+            }
+            Stop::HandOver => (Signal::Term, Why::Stop),
         };
         for pid in self.live_pids() {
             // A retiring worker already told keeps its earlier KILL deadline.
@@ -1005,6 +1137,10 @@ impl Supervisor {
         if let Phase::Stopping { kill_at, .. } = &mut self.phase {
             *kill_at = None;
         }
+        if why == Why::Kill {
+            self.new_master
+                .on_stop(Duration::ZERO, Duration::ZERO, true, &mut self.actions);
+        }
         for r in self.retiring.values_mut() {
             r.kill_at = None;
         }
@@ -1025,7 +1161,7 @@ impl Supervisor {
             .slots
             .iter()
             .any(|s| matches!(s, Slot::Running { .. } | Slot::Spawning { .. }));
-        if !busy && self.retiring.is_empty() {
+        if !busy && self.retiring.is_empty() && self.new_master.is_idle() {
             self.phase = Phase::Done(result.clone());
         }
     }
@@ -1049,3 +1185,4 @@ mod guard;
 pub(crate) mod model;
 #[cfg(test)]
 mod tests;
+mod upgrade;

@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use crate::child::{self, ChildSetup};
 use crate::config::{Backend, HealthChecks, HookResult, Hooks, WorkerSetup};
 use crate::error::Error;
-use crate::supervisor::{Action, Cause, Config, Exited, Failure, Supervisor, Why, WorkerExit};
+use crate::supervisor::{
+    Action, Cause, Config, Exited, Failure, Ignored, Rollback, Supervisor, Why, WorkerExit,
+};
 use crate::sys::signal::{self, Signal};
 use crate::sys::{self, Fork, Reaped, SigSet};
 use crate::worker::Worker;
@@ -91,8 +93,6 @@ pub(crate) struct Plan {
     pub(crate) backend: Backend,
     pub(crate) spawn: Spawn,
     pub(crate) listeners: Listeners,
-    /// How long a new master started by `SIGUSR2` gets to be ready.
-    pub(crate) upgrade_timeout: Duration,
     /// The health checks (heartbeat timeout, recycling).
     pub(crate) health: HealthChecks,
     /// What each worker does for itself before `serve`.
@@ -156,11 +156,11 @@ struct Master {
     /// Whether any notification variable is set, which a forked worker then removes
     /// (decided once in the master, so that a worker reads the environment only when it must).
     notify_env: bool,
+    /// The new master of an upgrade under way: its pid, pidfd and readiness pipe (the
+    /// supervisor decides what becomes of it).
     upgrade: Option<Upgrade>,
-    upgrade_timeout: Duration,
-    shutdown_grace: Duration,
-    /// The new master is ready: this one drains and leaves the sockets open for it.
-    handing_over: bool,
+    /// Why the latest upgrade could not start, for the rollback's log line.
+    upgrade_error: Option<String>,
     /// When the next watchdog ping is due.
     next_ping: Option<Duration>,
     /// The first error that made the run fail; later ones are logged only.
@@ -211,7 +211,6 @@ where
         backend,
         spawn,
         listeners,
-        upgrade_timeout,
         health,
         setup,
     } = plan;
@@ -230,8 +229,6 @@ where
         .then(|| sys::identity::Renamed::set(c"prefork master"));
     let health = Health::new(health, cfg.workers)?;
     let mut master = Master::new(backend, death, spawn, listeners, health)?;
-    master.upgrade_timeout = upgrade_timeout;
-    master.shutdown_grace = cfg.shutdown_grace;
     master.children.reserve(2 * cfg.workers);
     master.setup = setup;
     log::info!(
@@ -315,9 +312,7 @@ impl Master {
             spawn,
             listeners,
             upgrade: None,
-            upgrade_timeout: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(5),
-            handing_over: false,
+            upgrade_error: None,
             next_ping: None,
             notifier,
             notify_env: notify::VARIABLES
@@ -445,12 +440,8 @@ impl Master {
                 let outcome = outcome.clone();
                 return self.finish(outcome);
             }
-            let upgrade = self
-                .upgrade
-                .as_ref()
-                .map(|u| u.kill_at.unwrap_or(u.deadline));
             let checks = self.health.next_deadline();
-            let deadline = [sup.next_deadline(), self.next_ping, upgrade, checks]
+            let deadline = [sup.next_deadline(), self.next_ping, checks]
                 .into_iter()
                 .flatten()
                 .min();
@@ -510,14 +501,13 @@ impl Master {
                     Event::Ready(pid) => sup.on_ready(pid, self.now()),
                     Event::Exited(pid, how) => self.on_worker_exit(pid, how, &mut sup, hooks),
                     Event::UpgradeReport => self.on_upgrade_report(&mut sup),
-                    Event::UpgradeExited(how) => self.on_upgrade_exit(how),
+                    Event::UpgradeExited(how) => self.on_upgrade_exit(how, &mut sup),
                 }
                 self.drain(&mut sup, hooks, serve);
             }
             #[cfg(test)]
             tests::maybe_panic(&sup);
             self.ping_watchdog();
-            self.upgrade_timer();
             self.health.tick(self.now(), &mut sup);
             sup.on_timer(self.now());
         }
@@ -556,18 +546,8 @@ impl Master {
             Signal::Hup => log::info!("SIGHUP: rolling restart of the workers"),
             Signal::Ttin => log::info!("SIGTTIN: adding a worker"),
             Signal::Ttou => log::info!("SIGTTOU: removing a worker"),
-            Signal::Usr2 => return self.begin_upgrade(sup),
+            Signal::Usr2 => {}
             _ => log::info!("{signal}: forwarding to the workers"),
-        }
-        if matches!(signal, Signal::Term | Signal::Int) {
-            if let Some(u) = &mut self.upgrade {
-                if u.kill_at.is_none() {
-                    log::info!("stopping the new master {} too", u.pid);
-                    u.kill_at = Some(self.start.elapsed() + self.shutdown_grace);
-                    let (pid, pidfd) = (u.pid, u.pidfd.as_ref().map(|f| f.as_fd()));
-                    signal_process(pid, pidfd, Signal::Term);
-                }
-            }
         }
         sup.on_signal(signal, self.now());
     }
@@ -737,7 +717,6 @@ impl Master {
                     n.send(&format!("READY=1\nSTATUS={}", self.health.status(sup)));
                 }
             }
-            Action::Stopping if self.handing_over => {}
             Action::Stopping => {
                 self.listeners.refuse_new_connections();
                 if let Some(n) = &self.notifier {
@@ -751,6 +730,71 @@ impl Master {
                 }
             }
             Action::Closed { slot } => self.listeners.close_slot(slot),
+            Action::StartUpgrade => match self.start_upgrade() {
+                Ok(pid) => {
+                    sup.on_upgrade_started(pid, self.now());
+                    log::info!(
+                        "upgrade: new master {pid} started; waiting up to {:?} for its workers \
+                         to be ready",
+                        sup.upgrade_timeout()
+                    );
+                }
+                Err(why) => {
+                    self.upgrade_error = Some(why);
+                    sup.on_upgrade_failed(self.now());
+                }
+            },
+            Action::UpgradeIgnored { why } => match why {
+                Ignored::Stopping => log::info!("SIGUSR2 during a stop: ignored"),
+                Ignored::UnderWay { pid: Some(pid) } => {
+                    log::info!("SIGUSR2: ignored, the upgrade to pid {pid} is under way")
+                }
+                Ignored::UnderWay { pid: None } => {
+                    log::info!("SIGUSR2: ignored, an upgrade is under way")
+                }
+            },
+            Action::SignalNewMaster { pid, signal } => {
+                if signal == Signal::Term {
+                    log::info!("stopping the new master {pid} too");
+                }
+                let pidfd = self.upgrade.as_ref().and_then(|u| u.pidfd.as_ref());
+                signal_process(pid, pidfd.map(|f| f.as_fd()), signal);
+            }
+            Action::HandedOver { pid } => {
+                log::info!("upgrade: new master {pid} is serving; draining the old workers");
+                if let Some(n) = &self.notifier {
+                    n.send(&format!(
+                        "MAINPID={pid}\nSTATUS=handed over to the new master {pid}"
+                    ));
+                }
+                // The new master owns the sockets now: nothing here may close or filter
+                // them before the old workers are gone.
+                self.forget_upgrade();
+            }
+            Action::RolledBack { pid, why } => {
+                let pid = pid.map_or_else(String::new, |p| format!(" {p}"));
+                match why {
+                    Rollback::ExecFailed => log::error!(
+                        "upgrade failed: {}; the running workers keep serving",
+                        self.upgrade_error.take().unwrap_or_default()
+                    ),
+                    Rollback::Exited(exit) => {
+                        log::error!(
+                            "upgrade failed: the new master{pid} exited ({exit}) before it was \
+                             ready; the running workers keep serving"
+                        );
+                        self.forget_upgrade();
+                    }
+                    Rollback::NotReady(timeout) => log::error!(
+                        "upgrade failed: the new master{pid} was not ready within {timeout:?}; \
+                         killing it, the running workers keep serving"
+                    ),
+                }
+            }
+            Action::NewMasterExited { pid, exit } => {
+                log::info!("upgrade: new master {pid} stopped ({exit})");
+                self.forget_upgrade();
+            }
         }
     }
 
@@ -811,7 +855,9 @@ impl Master {
             let fds = self.fds.as_ref().expect("the master's descriptors");
             let ready = fds.ready.1.as_fd();
             let heartbeat = self.health.table().map(|t| t.fd());
+            let started = std::time::Instant::now();
             let pid = exec.spawn(slot, listener, ready, heartbeat, self.old_mask)?;
+            self.health.on_forked(slot, started.elapsed());
             self.adopt(pid)?;
             return Ok(pid);
         }
@@ -873,6 +919,8 @@ impl Master {
                 child::run(setup, serve)
             }
             Fork::Parent(pid) => {
+                let took = sys::notice::monotonic_ns().saturating_sub(forked_at);
+                self.health.on_forked(slot, Duration::from_nanos(took));
                 self.adopt(pid)?;
                 Ok(pid)
             }
@@ -914,7 +962,6 @@ impl Master {
     }
 
     fn finish(&mut self, outcome: Result<(), Failure>) -> Result<(), Error> {
-        self.wait_for_stopped_upgrade();
         let result = match (outcome, self.error.take()) {
             (_, Some(e)) => Err(e),
             (Ok(()), None) => Ok(()),
@@ -947,22 +994,11 @@ impl Master {
         Err(self.error.take().unwrap_or(err))
     }
 
-    /// `SIGUSR2`: starts a binary upgrade, unless one is under way or the master stops.
-    fn begin_upgrade(&mut self, sup: &mut Supervisor) {
-        if sup.is_stopping() {
-            log::info!("SIGUSR2 during a stop: ignored");
-            return;
-        }
-        if let Some(u) = &self.upgrade {
-            log::info!(
-                "SIGUSR2: ignored, the upgrade to pid {} is under way",
-                u.pid
-            );
-            return;
-        }
+    /// [`Action::StartUpgrade`]: starts the new master with every listening socket and
+    /// watches its readiness pipe and its exit. Returns its pid, or why it could not start.
+    fn start_upgrade(&mut self) -> Result<u32, String> {
         let Some((path, args)) = Program::current().and_then(|p| Some((p.path()?, p.args))) else {
-            log::error!("SIGUSR2: cannot upgrade, the program's path is unknown");
-            return;
+            return Err("the program's path is unknown".to_owned());
         };
         // `run`: the program's own listening sockets, whatever they are, as duplicates.
         let caller = match self.listeners {
@@ -980,28 +1016,11 @@ impl Master {
             path.display(),
             sockets.len()
         );
-        let now = self.now();
-        let started = Upgrade::start(
-            &path,
-            &args,
-            &sockets,
-            &self.old_mask,
-            now,
-            self.upgrade_timeout,
-        );
+        let started = Upgrade::start(&path, &args, &sockets, &self.old_mask);
         drop(sockets);
         // The new master has its copies (or failed to start): ours of `run`'s sockets close.
         drop(caller);
-        let mut upgrade = match started {
-            Ok(u) => u,
-            Err(e) => {
-                log::error!(
-                    "upgrade failed: cannot execute {}: {e}; the running workers keep serving",
-                    path.display()
-                );
-                return;
-            }
-        };
+        let mut upgrade = started.map_err(|e| format!("cannot execute {}: {e}", path.display()))?;
         let epoll = &self.event_loop().epoll;
         if let Err(e) = epoll.add(upgrade.ready.as_fd(), UPGRADE_READY_TOKEN) {
             log::error!("upgrade: cannot watch the new master's readiness ({e})");
@@ -1017,14 +1036,12 @@ impl Master {
                 Err(e) => log::error!("upgrade: cannot open a pidfd of the new master ({e})"),
             }
         }
-        log::info!(
-            "upgrade: new master {} started; waiting up to {:?} for its workers to be ready",
-            upgrade.pid,
-            self.upgrade_timeout
-        );
+        let pid = upgrade.pid;
         self.upgrade = Some(upgrade);
+        Ok(pid)
     }
 
+    /// The new master's readiness pipe is readable: a report, or its end.
     fn on_upgrade_report(&mut self, sup: &mut Supervisor) {
         let Some(u) = &self.upgrade else {
             return;
@@ -1034,26 +1051,7 @@ impl Master {
             Report::Closed => {
                 let _ = self.event_loop().epoll.delete(u.ready.as_fd());
             }
-            Report::Ready if u.kill_at.is_some() => {}
-            Report::Ready => {
-                let pid = u.pid;
-                log::info!("upgrade: new master {pid} is serving; draining the old workers");
-                if let Some(n) = &self.notifier {
-                    n.send(&format!(
-                        "MAINPID={pid}\nSTATUS=handed over to the new master {pid}"
-                    ));
-                }
-                // The new master owns the sockets now: nothing here may close or filter
-                // them before the old workers are gone.
-                let upgrade = self.upgrade.take().expect("checked above");
-                let epoll = &self.event_loop().epoll;
-                let _ = epoll.delete(upgrade.ready.as_fd());
-                if let Some(fd) = &upgrade.pidfd {
-                    let _ = epoll.delete(fd.as_fd());
-                }
-                self.handing_over = true;
-                sup.on_signal(Signal::Term, self.now());
-            }
+            Report::Ready => sup.on_upgrade_ready(self.now()),
         }
     }
 
@@ -1067,7 +1065,14 @@ impl Master {
         how.ok().flatten()
     }
 
-    fn on_upgrade_exit(&mut self, how: Reaped) {
+    fn on_upgrade_exit(&mut self, how: Reaped, sup: &mut Supervisor) {
+        if let Some(pid) = self.upgrade.as_ref().map(|u| u.pid) {
+            sup.on_upgrade_exit(pid, exit_of(how), self.now());
+        }
+    }
+
+    /// Stops watching the new master: it serves (handed over), or it was reaped.
+    fn forget_upgrade(&mut self) {
         let Some(u) = self.upgrade.take() else {
             return;
         };
@@ -1076,63 +1081,13 @@ impl Master {
         if let Some(fd) = &u.pidfd {
             let _ = epoll.delete(fd.as_fd());
         }
-        if u.kill_at.is_some() {
-            log::info!("upgrade: new master {} stopped ({})", u.pid, exit_of(how));
-        } else {
-            log::error!(
-                "upgrade failed: the new master {} exited ({}) before it was ready; the running \
-                 workers keep serving",
-                u.pid,
-                exit_of(how)
-            );
-        }
-    }
-
-    /// The new master missed its deadline (rollback: KILL), or its grace period after a TERM.
-    fn upgrade_timer(&mut self) {
-        let now = self.now();
-        let timeout = self.upgrade_timeout;
-        let Some(u) = &mut self.upgrade else {
-            return;
-        };
-        let due = match u.kill_at {
-            Some(t) => t <= now,
-            None => u.deadline <= now,
-        };
-        if !due {
-            return;
-        }
-        if u.kill_at.is_none() {
-            log::error!(
-                "upgrade failed: the new master {} was not ready within {timeout:?}; killing it, \
-                 the running workers keep serving",
-                u.pid
-            );
-        }
-        // KILL once; its exit is reaped through its pidfd or SIGCHLD.
-        u.kill_at = Some(Duration::MAX);
-        u.deadline = Duration::MAX;
-        signal_process(u.pid, u.pidfd.as_ref().map(|f| f.as_fd()), Signal::Kill);
-    }
-
-    /// At the end of a run: a new master told to stop with this one is waited for (KILLed
-    /// when its grace period ends), so that `run` returns with no process of its own left.
-    fn wait_for_stopped_upgrade(&mut self) {
-        let Some(u) = self.upgrade.take() else {
-            return;
-        };
-        let grace = self.shutdown_grace;
-        if let Some(fd) = &u.pidfd {
-            if sys::handover::wait_readable_timeout(fd.as_fd(), grace).unwrap_or(false) {
-                sys::wait_blocking(u.pid);
-                return;
-            }
-        }
-        signal_process(u.pid, u.pidfd.as_ref().map(|f| f.as_fd()), Signal::Kill);
-        sys::wait_blocking(u.pid);
     }
 
     fn kill_and_reap_all(&mut self) {
+        if let Some(u) = self.upgrade.take() {
+            signal_process(u.pid, u.pidfd.as_ref().map(|f| f.as_fd()), Signal::Kill);
+            sys::wait_blocking(u.pid);
+        }
         for (&pid, child) in &self.children {
             let _ = match &child.pidfd {
                 Some(fd) => sys::pidfd_send_signal(fd.as_fd(), Signal::Kill.raw()),

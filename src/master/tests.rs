@@ -63,6 +63,7 @@ fn unwinding_master_kills_and_reaps_every_worker() {
             recover_window: Duration::from_secs(60),
             recover_interval: Duration::ZERO,
             shutdown_grace: Duration::from_secs(5),
+            upgrade_timeout: Duration::from_secs(60),
         },
         backend: Backend::Pidfd,
         spawn: Spawn::Exec(ExecSpec::with_args(&[
@@ -72,7 +73,6 @@ fn unwinding_master_kills_and_reaps_every_worker() {
             "-q",
         ])),
         listeners: Listeners::Caller,
-        upgrade_timeout: Duration::from_secs(60),
         health: Default::default(),
         setup: Default::default(),
     };

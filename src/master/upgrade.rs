@@ -12,7 +12,6 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::protocol::{self, UPGRADE_FD_ENV};
 use crate::sys::{self, handover::Handover};
@@ -79,10 +78,6 @@ pub(crate) struct Upgrade {
     pub(crate) pidfd: Option<OwnedFd>,
     /// The read end of its readiness pipe, in the master's epoll set.
     pub(crate) ready: OwnedFd,
-    /// When it must be ready by.
-    pub(crate) deadline: Duration,
-    /// Whether it was told to stop (rollback or TERM) and when it gets KILL.
-    pub(crate) kill_at: Option<Duration>,
 }
 
 /// What the readiness pipe said.
@@ -102,8 +97,6 @@ impl Upgrade {
         args: &[OsString],
         sockets: &[(std::os::fd::BorrowedFd<'_>, String)],
         mask: &sys::SigSet,
-        now: Duration,
-        timeout: Duration,
     ) -> io::Result<Upgrade> {
         let (read, write) = sys::pipe_nonblocking()?;
         let env: Vec<(OsString, OsString)> = std::env::vars_os()
@@ -126,8 +119,6 @@ impl Upgrade {
             pid,
             pidfd: None,
             ready: read,
-            deadline: now.saturating_add(timeout),
-            kill_at: None,
         })
     }
 

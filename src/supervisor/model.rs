@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use super::{
-    Action, Cause, Config, CountedExit, EXIT_FATAL, Exited, FAST_CRASH, Failure,
-    MAX_BACKOFF_FACTOR, REPORTED_EXITS, SPAWN_RETRY_DELAY, Slot, Supervisor, Why, WorkerExit,
-    guard,
+    Action, Cause, Config, CountedExit, EXIT_FATAL, Exited, FAST_CRASH, Failure, Ignored,
+    MAX_BACKOFF_FACTOR, REPORTED_EXITS, Rollback, SPAWN_RETRY_DELAY, Slot, Supervisor, Why,
+    WorkerExit, guard,
 };
 use crate::sys::signal::{self, Signal};
 
@@ -62,6 +62,20 @@ impl Proc {
 struct Stop {
     at: Duration,
     graceful: bool,
+    /// The stop of a handed-over upgrade: graceful, without a `Stopping` action.
+    handover: bool,
+}
+
+/// The new master of a binary upgrade, as the model sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Upgrade {
+    /// None under way.
+    Idle,
+    /// Started as `pid`; it must be ready by `deadline`.
+    Waiting { pid: u32, deadline: Duration },
+    /// Told to go: rolled back (KILL), or stopped with the run (TERM, then KILL), not yet
+    /// reaped.
+    Going { pid: u32, term: bool, kill: bool },
 }
 
 /// A respawn the model expects for a slot.
@@ -128,6 +142,18 @@ pub(crate) struct Model {
     forwarding: Option<(Signal, BTreeSet<u32>)>,
     /// Workers queued for recycling, not replaced yet: pid → slot.
     recycling: BTreeMap<u32, usize>,
+
+    // The binary upgrade.
+    /// The next start of a new master fails.
+    pub(crate) upgrade_start_fails: bool,
+    /// The new master.
+    pub(crate) upgrade: Upgrade,
+    /// Upgrade actions the model expects, in order, before the burst ends.
+    upgrade_due: VecDeque<Action>,
+    /// New masters handed over to.
+    pub(crate) handovers: usize,
+    /// Upgrades rolled back.
+    pub(crate) rollbacks: usize,
 }
 
 impl Model {
@@ -163,6 +189,11 @@ impl Model {
             closing: BTreeSet::new(),
             forwarding: None,
             recycling: BTreeMap::new(),
+            upgrade_start_fails: false,
+            upgrade: Upgrade::Idle,
+            upgrade_due: VecDeque::new(),
+            handovers: 0,
+            rollbacks: 0,
             cfg,
         }
     }
@@ -184,8 +215,38 @@ impl Model {
     pub(crate) fn signal(&mut self, signal: Signal) {
         let running = self.ready_seen && self.stop.is_none();
         match signal {
-            Signal::Term | Signal::Int => self.expect_stop(true, Ok(())),
-            Signal::Usr1 | Signal::Usr2 if self.stop.is_none() => {
+            Signal::Term | Signal::Int => {
+                if self.stop.is_some_and(|s| s.graceful) && self.sup_kill_pending() {
+                    // A second TERM kills at once: the new master too, if it was only told.
+                    if let Upgrade::Going {
+                        pid,
+                        term: true,
+                        kill: false,
+                    } = self.upgrade
+                    {
+                        self.upgrade_due.push_back(Action::SignalNewMaster {
+                            pid,
+                            signal: Signal::Kill,
+                        });
+                    }
+                }
+                self.expect_stop(true, Ok(()))
+            }
+            Signal::Usr2 => {
+                let due = match self.upgrade {
+                    _ if self.stop.is_some() => Action::UpgradeIgnored {
+                        why: Ignored::Stopping,
+                    },
+                    Upgrade::Idle => Action::StartUpgrade,
+                    Upgrade::Waiting { pid, .. } | Upgrade::Going { pid, .. } => {
+                        Action::UpgradeIgnored {
+                            why: Ignored::UnderWay { pid: Some(pid) },
+                        }
+                    }
+                };
+                self.upgrade_due.push_back(due);
+            }
+            Signal::Usr1 if self.stop.is_none() => {
                 let pids = self.live.keys().copied().collect();
                 self.forwarding = Some((signal, pids));
             }
@@ -195,6 +256,157 @@ impl Model {
         }
         self.sup.on_signal(signal, self.now);
         self.after_call();
+    }
+
+    /// Whether the run's stop still has its KILL to send (a second TERM then kills at once).
+    fn sup_kill_pending(&self) -> bool {
+        matches!(
+            self.sup.phase,
+            super::Phase::Stopping {
+                kill_at: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// The new master reports that it serves.
+    pub(crate) fn upgrade_ready(&mut self) {
+        if let (Upgrade::Waiting { pid, .. }, None) = (self.upgrade, self.stop) {
+            self.upgrade = Upgrade::Idle;
+            self.handovers += 1;
+            self.upgrade_due.push_back(Action::HandedOver { pid });
+            self.stop = Some(Stop {
+                at: self.now,
+                graceful: true,
+                handover: true,
+            });
+            self.expected = Some(Ok(()));
+            self.respawns.clear();
+            self.recycling.clear();
+        }
+        self.sup.on_upgrade_ready(self.now);
+        self.after_call();
+    }
+
+    /// The new master, if one runs, exits with `how`.
+    pub(crate) fn upgrade_exit(&mut self, how: WorkerExit) {
+        let (pid, due) = match self.upgrade {
+            Upgrade::Idle => {
+                // Not the new master: a pid the supervisor does not know is no upgrade's.
+                let pid = self.next_pid + 1000;
+                let got = self.sup.on_upgrade_exit(pid, how, self.now);
+                assert!(!got, "on_upgrade_exit of {pid}, no new master");
+                self.after_call();
+                return;
+            }
+            Upgrade::Waiting { pid, .. } => {
+                self.rollbacks += 1;
+                let why = Rollback::Exited(how);
+                let pid_ = Some(pid);
+                (pid, Action::RolledBack { pid: pid_, why })
+            }
+            Upgrade::Going { pid, .. } => (pid, Action::NewMasterExited { pid, exit: how }),
+        };
+        self.upgrade = Upgrade::Idle;
+        self.upgrade_due.push_back(due);
+        let got = self.sup.on_upgrade_exit(pid, how, self.now);
+        assert!(got, "on_upgrade_exit({pid}) of the new master");
+        self.after_call();
+    }
+
+    /// Performs an upgrade action: the one the model expects next.
+    fn perform_upgrade(&mut self, action: Action) {
+        let due = self.upgrade_due.pop_front();
+        assert_eq!(
+            due.as_ref(),
+            Some(&action),
+            "the upgrade's action (expected {due:?}); state {:?}",
+            self.upgrade
+        );
+        match action {
+            Action::StartUpgrade => {
+                assert!(self.stop.is_none(), "{action:?} during the stop");
+                if std::mem::take(&mut self.upgrade_start_fails) {
+                    self.rollbacks += 1;
+                    self.upgrade_due.push_back(Action::RolledBack {
+                        pid: None,
+                        why: Rollback::ExecFailed,
+                    });
+                    self.sup.on_upgrade_failed(self.now);
+                } else {
+                    let pid = self.next_pid;
+                    self.next_pid += 1;
+                    let deadline = self.now.saturating_add(self.cfg.upgrade_timeout);
+                    self.upgrade = Upgrade::Waiting { pid, deadline };
+                    self.sup.on_upgrade_started(pid, self.now);
+                    assert_eq!(
+                        self.sup.new_master(),
+                        Some(pid),
+                        "the new master is tracked"
+                    );
+                }
+                self.after_call();
+            }
+            Action::SignalNewMaster { pid, signal } => {
+                let Upgrade::Going { pid: p, term, kill } = &mut self.upgrade else {
+                    panic!("{action:?}: no new master is going");
+                };
+                assert_eq!(*p, pid, "{action:?}");
+                match signal {
+                    Signal::Term => {
+                        assert!(!*term && !*kill, "{action:?}: told before");
+                        *term = true;
+                    }
+                    Signal::Kill => {
+                        assert!(!*kill, "{action:?}: a second KILL");
+                        *kill = true;
+                    }
+                    _ => panic!("{action:?}: no such signal to a new master"),
+                }
+            }
+            Action::HandedOver { .. }
+            | Action::RolledBack { .. }
+            | Action::UpgradeIgnored { .. }
+            | Action::NewMasterExited { .. } => {}
+            _ => unreachable!("not an upgrade action: {action:?}"),
+        }
+    }
+
+    /// Before `on_timer(now)`: the upgrade actions its deadlines bring.
+    fn upgrade_timer(&mut self) {
+        let now = self.now;
+        match self.upgrade {
+            Upgrade::Waiting { pid, deadline } if deadline <= now => {
+                self.rollbacks += 1;
+                self.upgrade = Upgrade::Going {
+                    pid,
+                    term: false,
+                    kill: false,
+                };
+                self.upgrade_due.push_back(Action::RolledBack {
+                    pid: Some(pid),
+                    why: Rollback::NotReady(self.cfg.upgrade_timeout),
+                });
+                self.upgrade_due.push_back(Action::SignalNewMaster {
+                    pid,
+                    signal: Signal::Kill,
+                });
+            }
+            Upgrade::Going {
+                pid,
+                term: true,
+                kill: false,
+            } => {
+                let at = self.stop.expect("told with the stop").at;
+                if now >= at.saturating_add(self.cfg.shutdown_grace) {
+                    self.upgrade_due.push_back(Action::SignalNewMaster {
+                        pid,
+                        signal: Signal::Kill,
+                    });
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The live worker `pid` reports that it is inside `serve`.
@@ -339,6 +551,7 @@ impl Model {
         loop {
             self.pump();
             self.timer_at = self.now;
+            self.upgrade_timer();
             self.sup.on_timer(self.now);
             self.after_call();
             self.pump();
@@ -379,6 +592,12 @@ impl Model {
             self.perform(action);
         }
         self.ttin_pending = 0;
+        assert!(
+            self.upgrade_due.is_empty(),
+            "upgrade actions due and not made: {:?} (state {:?})",
+            self.upgrade_due,
+            self.upgrade
+        );
     }
 
     fn perform(&mut self, action: Action) {
@@ -416,12 +635,18 @@ impl Model {
                 assert!(self.reloading, "{action:?} without Reloading");
                 self.reloading = false;
             }
+            Action::StartUpgrade
+            | Action::UpgradeIgnored { .. }
+            | Action::SignalNewMaster { .. }
+            | Action::HandedOver { .. }
+            | Action::RolledBack { .. }
+            | Action::NewMasterExited { .. } => self.perform_upgrade(action),
             Action::Stopping => {
                 assert!(stopping, "{action:?} without a stop");
                 assert!(!self.stopping_seen, "a second {action:?}");
                 assert!(
-                    self.stop.is_some_and(|s| s.graceful),
-                    "{action:?} for a stop that is not graceful"
+                    self.stop.is_some_and(|s| s.graceful && !s.handover),
+                    "{action:?} for a stop that is not graceful, or a handover"
                 );
                 self.stopping_seen = true;
             }
@@ -647,7 +872,7 @@ impl Model {
                 p.kill = true;
                 p.stuck = true;
             }
-            (Signal::Usr1 | Signal::Usr2, Why::Forward) => {
+            (Signal::Usr1, Why::Forward) => {
                 let Some((forwarding, to)) = &mut self.forwarding else {
                     panic!("{action:?}: no signal to forward");
                 };
@@ -781,10 +1006,38 @@ impl Model {
 
     /// The model expects a stop to begin now, if none began before.
     fn expect_stop(&mut self, graceful: bool, result: Result<(), Failure>) {
+        if let (false, Some(_)) = (graceful, self.stop) {
+            // A failure during a stop kills at once: the new master too, if only told.
+            if let Upgrade::Going {
+                pid,
+                term: true,
+                kill: false,
+            } = self.upgrade
+            {
+                if self.sup_kill_pending() {
+                    self.upgrade_due.push_back(Action::SignalNewMaster {
+                        pid,
+                        signal: Signal::Kill,
+                    });
+                }
+            }
+        }
         if self.stop.is_none() {
+            // A new master not serving yet stops with the run.
+            if let Upgrade::Waiting { pid, .. } = self.upgrade {
+                self.upgrade = Upgrade::Going {
+                    pid,
+                    term: false,
+                    kill: false,
+                };
+                let signal = if graceful { Signal::Term } else { Signal::Kill };
+                self.upgrade_due
+                    .push_back(Action::SignalNewMaster { pid, signal });
+            }
             self.stop = Some(Stop {
                 at: self.now,
                 graceful,
+                handover: false,
             });
             self.expected = Some(result);
             self.respawns.clear();
@@ -959,11 +1212,42 @@ impl Model {
                 !(self.reloading && restart_over),
                 "the rolling restart is over, but no Reloaded action"
             );
-        } else if self.stop.is_some_and(|s| s.graceful) {
+        } else if self.stop.is_some_and(|s| s.graceful && !s.handover) {
             assert!(
                 self.stopping_seen,
                 "a graceful stop without a Stopping action"
             );
+        }
+
+        // The new master: watched, on a deadline, and never left behind by the outcome.
+        assert_eq!(
+            sup.new_master(),
+            match self.upgrade {
+                Upgrade::Idle => None,
+                Upgrade::Waiting { pid, .. } | Upgrade::Going { pid, .. } => Some(pid),
+            },
+            "the new master"
+        );
+        match self.upgrade {
+            Upgrade::Waiting { deadline, .. } => {
+                assert!(self.timer_at < deadline, "the upgrade's deadline passed");
+                assert!(
+                    sup.next_deadline().is_some_and(|d| d <= deadline),
+                    "no timer for the upgrade's deadline {deadline:?}"
+                );
+            }
+            Upgrade::Going {
+                term: true,
+                kill: false,
+                ..
+            } => {
+                let due = self.stop.expect("told with the stop").at + self.cfg.shutdown_grace;
+                assert!(
+                    sup.next_deadline().is_some_and(|d| d <= due),
+                    "the new master was sent TERM, but no KILL is scheduled by {due:?}"
+                );
+            }
+            _ => {}
         }
 
         // The outcome.
@@ -974,10 +1258,15 @@ impl Model {
                     "an outcome while {:?} live",
                     self.live
                 );
+                assert_eq!(
+                    self.upgrade,
+                    Upgrade::Idle,
+                    "an outcome while the new master lives"
+                );
                 assert_eq!(Some(got), self.expected.as_ref(), "outcome");
             }
             None => assert!(
-                !(stopping && self.live.is_empty()),
+                !(stopping && self.live.is_empty() && self.upgrade == Upgrade::Idle),
                 "every worker is gone after the stop, but no outcome"
             ),
         }
@@ -994,21 +1283,34 @@ impl Model {
         self.settle();
         // A round reaps the workers that obey, or wakes at the next deadline, which KILLs at
         // least one more: a deadline per live worker plus the stop's own, two rounds each.
-        let rounds = 2 * (self.live.len() + 2);
+        let rounds = 2 * (self.live.len() + 3);
         for _ in 0..rounds {
             if self.sup.outcome().is_some() {
                 break;
             }
             let before = self.live.len();
+            let upgrade = self.upgrade;
             self.exit_all(|p| p.kill, WorkerExit::Signal(Signal::Kill.raw()));
             if exit_on_term {
                 self.exit_all(|p| p.term, WorkerExit::Code(0));
             }
-            if self.live.len() == before {
+            match self.upgrade {
+                Upgrade::Going { kill: true, .. } => {
+                    self.upgrade_exit(WorkerExit::Signal(Signal::Kill.raw()));
+                    self.pump();
+                }
+                Upgrade::Going { term: true, .. } if exit_on_term => {
+                    self.upgrade_exit(WorkerExit::Code(0));
+                    self.pump();
+                }
+                _ => {}
+            }
+            if self.live.len() == before && self.upgrade == upgrade {
                 assert!(
                     self.sup.next_deadline().is_some(),
-                    "workers {:?} live, none was killed, and no deadline",
-                    self.live
+                    "workers {:?} live (new master {:?}), none was killed, and no deadline",
+                    self.live,
+                    self.upgrade
                 );
                 self.wake_at_deadline();
             }

@@ -18,6 +18,7 @@ fn cfg(workers: usize) -> Config {
         recover_window: Duration::from_secs(60),
         recover_interval: Duration::ZERO,
         shutdown_grace: Duration::from_secs(5),
+        upgrade_timeout: Duration::from_secs(60),
     }
 }
 
@@ -739,7 +740,7 @@ fn usr1_is_forwarded_to_every_worker() {
     );
     // A retiring worker too.
     h.signal(Signal::Hup);
-    h.signal(Signal::Usr2);
+    h.signal(Signal::Usr1);
     let mut to: Vec<u32> = h.signals().iter().map(|s| s.0).collect();
     to.sort_unstable();
     assert_eq!(to, vec![100, 101, 102]);
@@ -1460,4 +1461,181 @@ fn exits_display() {
         counted.to_string(),
         "worker 2 (pid 77): exit code 1 before it was ready"
     );
+}
+
+// ---- The binary upgrade (USR2).
+
+impl Harness {
+    fn upgrade_ready(&mut self) -> Vec<Action> {
+        self.m.upgrade_ready();
+        self.settle()
+    }
+
+    fn upgrade_exit(&mut self, how: WorkerExit) -> Vec<Action> {
+        self.m.upgrade_exit(how);
+        self.settle()
+    }
+}
+
+#[test]
+fn an_upgrade_that_serves_hands_over_and_the_old_workers_drain() {
+    let mut h = Harness::new(cfg(2));
+    assert_eq!(h.signal(Signal::Usr2), vec![Action::StartUpgrade]);
+    let new = h.m.sup.new_master().expect("a new master");
+    let acts = h.upgrade_ready();
+    assert_eq!(acts[0], Action::HandedOver { pid: new });
+    assert!(!acts.contains(&Action::Stopping), "{acts:?}");
+    let mut told: Vec<u32> = h.signals().iter().map(|s| s.0).collect();
+    told.sort_unstable();
+    assert_eq!(told, h.live(), "every old worker drains");
+    assert!(
+        h.signals()
+            .iter()
+            .all(|s| s.1 == Signal::Term && s.2 == Why::Stop)
+    );
+    for pid in h.live() {
+        h.exit(pid, WorkerExit::Code(0));
+    }
+    assert_eq!(h.outcome(), Some(&Ok(())));
+}
+
+#[test]
+fn a_new_master_that_exits_first_is_rolled_back_and_the_workers_keep_serving() {
+    let mut h = Harness::new(cfg(2));
+    let before = h.live();
+    h.signal(Signal::Usr2);
+    let new = h.m.sup.new_master().expect("a new master");
+    let acts = h.upgrade_exit(WorkerExit::Code(1));
+    assert_eq!(
+        acts,
+        vec![Action::RolledBack {
+            pid: Some(new),
+            why: Rollback::Exited(WorkerExit::Code(1))
+        }]
+    );
+    assert_eq!(h.live(), before, "the same workers serve");
+    assert!(!h.m.sup.is_stopping());
+    // A later USR2 starts a new upgrade.
+    assert_eq!(h.signal(Signal::Usr2), vec![Action::StartUpgrade]);
+}
+
+#[test]
+fn a_new_master_late_past_the_timeout_is_killed_and_rolled_back() {
+    let mut c = cfg(1);
+    c.upgrade_timeout = 3 * SEC;
+    let mut h = Harness::new(c);
+    h.signal(Signal::Usr2);
+    let new = h.m.sup.new_master().expect("a new master");
+    assert_eq!(h.m.sup.next_deadline(), Some(h.now() + 3 * SEC));
+    let acts = h.wake();
+    assert_eq!(
+        acts,
+        vec![
+            Action::RolledBack {
+                pid: Some(new),
+                why: Rollback::NotReady(3 * SEC)
+            },
+            Action::SignalNewMaster {
+                pid: new,
+                signal: Signal::Kill
+            },
+        ]
+    );
+    // Readiness after the KILL changes nothing; the exit is logged as a stop.
+    assert_eq!(h.upgrade_ready(), vec![]);
+    assert!(!h.m.sup.is_stopping());
+    let acts = h.upgrade_exit(WorkerExit::Signal(libc::SIGKILL));
+    assert_eq!(
+        acts,
+        vec![Action::NewMasterExited {
+            pid: new,
+            exit: WorkerExit::Signal(libc::SIGKILL)
+        }]
+    );
+}
+
+#[test]
+fn a_new_program_that_cannot_start_is_rolled_back() {
+    let mut h = Harness::new(cfg(1));
+    h.m.upgrade_start_fails = true;
+    let acts = h.signal(Signal::Usr2);
+    assert_eq!(
+        acts,
+        vec![
+            Action::StartUpgrade,
+            Action::RolledBack {
+                pid: None,
+                why: Rollback::ExecFailed
+            }
+        ]
+    );
+    assert_eq!(h.m.sup.new_master(), None);
+}
+
+#[test]
+fn a_second_usr2_during_an_upgrade_or_a_stop_is_ignored() {
+    let mut h = Harness::new(cfg(1));
+    h.signal(Signal::Usr2);
+    let new = h.m.sup.new_master();
+    assert_eq!(
+        h.signal(Signal::Usr2),
+        vec![Action::UpgradeIgnored {
+            why: Ignored::UnderWay { pid: new }
+        }]
+    );
+    h.upgrade_exit(WorkerExit::Code(1));
+    h.signal(Signal::Term);
+    assert_eq!(
+        h.signal(Signal::Usr2)[..1],
+        [Action::UpgradeIgnored {
+            why: Ignored::Stopping
+        }]
+    );
+}
+
+#[test]
+fn term_during_an_upgrade_stops_both_masters_and_waits_for_the_new_one() {
+    let mut h = Harness::new(cfg(2));
+    h.signal(Signal::Usr2);
+    let new = h.m.sup.new_master().expect("a new master");
+    let acts = h.signal(Signal::Term);
+    assert!(
+        acts.contains(&Action::SignalNewMaster {
+            pid: new,
+            signal: Signal::Term
+        }),
+        "{acts:?}"
+    );
+    for pid in h.live() {
+        h.exit(pid, WorkerExit::Code(0));
+    }
+    assert_eq!(h.outcome(), None, "the new master still runs");
+    // Its readiness now is too late: no handover.
+    assert_eq!(h.upgrade_ready(), vec![]);
+    // Its grace ends: KILL; then its exit ends the run.
+    let acts = h.wake();
+    assert_eq!(
+        acts,
+        vec![Action::SignalNewMaster {
+            pid: new,
+            signal: Signal::Kill
+        }]
+    );
+    h.upgrade_exit(WorkerExit::Signal(libc::SIGKILL));
+    assert_eq!(h.outcome(), Some(&Ok(())));
+}
+
+#[test]
+fn hup_ttin_and_ttou_during_an_upgrade_go_on_as_usual() {
+    let mut h = Harness::new(cfg(2));
+    h.signal(Signal::Usr2);
+    let acts = h.signal(Signal::Hup);
+    assert!(acts.contains(&Action::Reloading), "{acts:?}");
+    h.signal(Signal::Ttin);
+    assert_eq!(h.m.sup.active_slots(), 3);
+    h.signal(Signal::Ttou);
+    assert_eq!(h.m.sup.active_slots(), 2);
+    let new = h.m.sup.new_master().expect("still under way");
+    let acts = h.upgrade_ready();
+    assert_eq!(acts[0], Action::HandedOver { pid: new });
 }

@@ -178,25 +178,3 @@ impl Handover {
         Err(io::Error::from_raw_os_error(errno))
     }
 }
-
-/// `poll(2)`: waits up to `timeout` for `fd` to be readable; returns whether it is.
-pub(crate) fn wait_readable_timeout(
-    fd: BorrowedFd<'_>,
-    timeout: std::time::Duration,
-) -> io::Result<bool> {
-    use rustix::event::{PollFd, PollFlags, Timespec};
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let ts = Timespec {
-            tv_sec: left.as_secs() as i64,
-            tv_nsec: i64::from(left.subsec_nanos()),
-        };
-        let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
-        match rustix::event::poll(&mut fds, Some(&ts)) {
-            Ok(n) => return Ok(n > 0),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
