@@ -13,7 +13,8 @@ use crate::listen::{self, Network};
 use crate::master::listeners::Listeners;
 use crate::master::spawn::{ExecSpec, Spawn};
 use crate::master::{self, Plan};
-use crate::supervisor::{Config, WorkerExit};
+use crate::exit::WorkerExit;
+use crate::supervisor::Config;
 use crate::worker::Worker;
 use crate::{child, sys};
 

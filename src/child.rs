@@ -23,8 +23,7 @@ use crate::sys::heartbeat::Heartbeats;
 use crate::sys::{self, SigSet};
 use crate::worker::Worker;
 
-/// Exit code of a worker whose `serve` panicked (the code Rust gives a panicking `main`).
-pub const EXIT_PANIC: i32 = 101;
+use crate::exit::{EXIT_FATAL, EXIT_PANIC};
 
 /// The environment variable that names, in an exec-mode worker, the descriptor of the
 /// master's heartbeat table (set only when the master has a `worker_timeout`); see
@@ -187,7 +186,7 @@ fn watch_master_pidfd(mut hook: DeathHook, master_pid: u32) {
 
 /// What every worker does for itself first, as its builder asks: takes its name
 /// (`prefork wK`), pins itself to its CPU, drops its credentials. A worker that cannot drop
-/// its credentials must not serve: it exits with [`crate::EXIT_FATAL`], which stops the
+/// its credentials must not serve: it exits with [`EXIT_FATAL`], which stops the
 /// master. A name or CPU that cannot be set is logged only.
 fn become_worker(slot: usize, name: Option<&CStr>, setup: &WorkerSetup) {
     if let Some(name) = name {
@@ -214,7 +213,7 @@ fn become_worker(slot: usize, name: Option<&CStr>, setup: &WorkerSetup) {
             let pid = sys::getpid();
             log::error!("worker {slot} (pid {pid}) cannot drop its privileges ({who}): {e}");
             eprintln!("worker {slot} (pid {pid}): fatal: cannot drop privileges to {who}: {e}");
-            std::process::exit(crate::EXIT_FATAL);
+            std::process::exit(EXIT_FATAL);
         }
     }
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use crate::error::Error;
-use crate::supervisor::WorkerExit;
+use crate::exit::WorkerExit;
 use crate::sys::identity::Credentials;
 
 /// What a master-side hook returns: an error stops every worker and comes back from

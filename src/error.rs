@@ -22,9 +22,9 @@ pub enum Error {
         /// How many boot failures were counted within the window.
         count: usize,
         /// The latest of them (at most 16), oldest first.
-        exits: Vec<crate::CountedExit>,
+        exits: Vec<crate::exit::CountedExit>,
     },
-    /// A worker exited with [`crate::EXIT_FATAL`] (a fatal start-up failure it reported). It
+    /// A worker exited with [`crate::exit::EXIT_FATAL`] (a fatal start-up failure it reported). It
     /// was not respawned; every other worker was stopped.
     WorkerFatal {
         /// The worker's slot ([`crate::Worker::id`]).

@@ -13,7 +13,8 @@ use crate::protocol::{
     MAX_FDNAME_LEN, MAX_LISTEN_FDS, MAX_WORKER_ID, WORKER_ID_ENV,
 };
 use crate::supervisor::model::{FIRST_PID, Model};
-use crate::supervisor::{Action, Config, Failure, WorkerExit};
+use crate::exit::{EXIT_FATAL, WorkerExit};
+use crate::supervisor::{Action, Config, Failure};
 use crate::sys::signal::Signal;
 
 // ---------------------------------------------------------------------------------------
@@ -396,14 +397,14 @@ fn ttin(m: &mut Model) {
     }
 }
 
-/// How a worker ended, from one byte: `b % 16` selects exit code 0, 1, [`crate::EXIT_FATAL`]
+/// How a worker ended, from one byte: `b % 16` selects exit code 0, 1, [`EXIT_FATAL`]
 /// or 101, or death by SIGKILL, SIGTERM, SIGSEGV, SIGUSR1, SIGUSR2, SIGABRT or SIGHUP; from 11
 /// on, exit code `b` as a signed byte.
 fn exit_of(b: u8) -> WorkerExit {
     match b % 16 {
         0 => WorkerExit::Code(0),
         1 => WorkerExit::Code(1),
-        2 => WorkerExit::Code(crate::EXIT_FATAL),
+        2 => WorkerExit::Code(EXIT_FATAL),
         3 => WorkerExit::Code(101),
         4 => WorkerExit::Signal(libc::SIGKILL),
         5 => WorkerExit::Signal(libc::SIGTERM),

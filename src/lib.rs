@@ -177,6 +177,7 @@ mod builder;
 mod child;
 mod config;
 mod error;
+mod exit;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 mod listen;
@@ -190,7 +191,7 @@ mod worker;
 use std::process::Termination;
 
 pub use builder::{Mode, Prefork};
-pub use child::{EXIT_PANIC, HEARTBEAT_FD_ENV};
+pub use child::HEARTBEAT_FD_ENV;
 pub use config::{
     BACKEND_ENV, Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPGRADE_TIMEOUT,
     ExitCause, HookResult, LastExit, SlotStatus, Status,
@@ -198,14 +199,9 @@ pub use config::{
 pub use error::Error;
 pub use listen::{LISTENER_FD, Network, REUSEPORT_ADDR_ENV};
 pub use protocol::{CHILD_ENV, READY_FD_ENV, UPGRADE_FD_ENV, WORKER_ID_ENV};
-pub use supervisor::{CountedExit, WorkerExit};
+pub use exit::{CountedExit, EXIT_FATAL, EXIT_PANIC, WorkerExit};
 pub use worker::{Incoming, Shutdown, Worker};
 
-/// Exit code by which a worker reports a fatal start-up failure (bad configuration, a port it
-/// cannot use): the master does not respawn it, stops every worker and returns
-/// [`Error::WorkerFatal`]. The same convention as gunicorn's exit code 3 for a worker that
-/// failed to boot. See [`Worker::exit_fatal`].
-pub const EXIT_FATAL: i32 = 3;
 
 /// Forks `n` workers that each run `serve`, and supervises them until `SIGTERM`/`SIGINT`.
 ///

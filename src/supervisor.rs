@@ -60,7 +60,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use crate::sys::signal::{self, Signal};
+pub(crate) use crate::exit::{CountedExit, EXIT_FATAL, WorkerExit};
+use crate::sys::signal::Signal;
 use guard::{Guard, Tripped};
 use upgrade::NewMaster;
 
@@ -69,8 +70,6 @@ use upgrade::NewMaster;
 /// ready counts as a boot failure.
 pub(crate) const FAST_CRASH: Duration = Duration::from_secs(1);
 
-/// Exit code by which a worker reports a fatal start-up failure (see [`crate::EXIT_FATAL`]).
-const EXIT_FATAL: i32 = crate::EXIT_FATAL;
 
 /// The most a respawn delay grows to, as a multiple of its base.
 const MAX_BACKOFF_FACTOR: u32 = 32;
@@ -80,63 +79,6 @@ const SPAWN_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// How many counted exits a [`Failure::OverRecovery`] reports in detail (the latest ones).
 pub(crate) const REPORTED_EXITS: usize = 16;
-
-/// How a worker process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum WorkerExit {
-    /// It exited with this code.
-    Code(i32),
-    /// A signal killed it.
-    Signal(i32),
-}
-
-impl WorkerExit {
-    /// Whether the worker ended by its own doing: an exit code, or a fault signal.
-    fn self_inflicted(self) -> bool {
-        match self {
-            WorkerExit::Code(_) => true,
-            WorkerExit::Signal(s) => signal::is_fault(s),
-        }
-    }
-}
-
-impl std::fmt::Display for WorkerExit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match *self {
-            WorkerExit::Code(c) => write!(f, "exit code {c}"),
-            WorkerExit::Signal(s) => write!(f, "signal {}", signal::name_of(s)),
-        }
-    }
-}
-
-/// A worker exit counted by the crash-loop guard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CountedExit {
-    /// The worker's slot.
-    pub slot: usize,
-    /// Its pid.
-    pub pid: u32,
-    /// How it ended.
-    pub exit: WorkerExit,
-    /// Whether it had reported ready (it was inside `serve`).
-    pub was_ready: bool,
-}
-
-impl std::fmt::Display for CountedExit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let when = if self.was_ready {
-            "just after it was ready"
-        } else {
-            "before it was ready"
-        };
-        write!(
-            f,
-            "worker {} (pid {}): {} {when}",
-            self.slot, self.pid, self.exit
-        )
-    }
-}
 
 /// The supervisor's settings, validated by the builder.
 #[derive(Debug, Clone)]

@@ -52,11 +52,11 @@ impl Worker {
         crate::sys::heartbeat::beat(self.pid);
     }
 
-    /// Reports a fatal start-up failure: logs `reason` and exits with [`crate::EXIT_FATAL`],
+    /// Reports a fatal start-up failure: logs `reason` and exits with [`crate::exit::EXIT_FATAL`],
     /// so the master stops everything instead of respawning this worker.
     pub fn exit_fatal(&self, reason: impl std::fmt::Display) -> ! {
         eprintln!("worker {} (pid {}): fatal: {reason}", self.id, self.pid);
-        std::process::exit(crate::EXIT_FATAL)
+        std::process::exit(crate::exit::EXIT_FATAL)
     }
 
     /// The master's request that this worker stop, for a graceful drain.

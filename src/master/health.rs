@@ -18,10 +18,12 @@
 use std::time::{Duration, SystemTime};
 
 use super::notify::Notifier;
-use super::{PidMap, call_hook};
+use super::hooks::call_hook;
+use super::pids::PidMap;
 use crate::config::{ExitCause, HealthChecks, LastExit, SlotStatus, Status, StatusHook};
 use crate::error::Error;
-use crate::supervisor::{Cause, Supervisor, WorkerExit};
+use crate::exit::WorkerExit;
+use crate::supervisor::{Cause, Supervisor};
 use crate::sys::{self, heartbeat::Heartbeats};
 
 /// How often the resident set sizes are read when `max_worker_rss` is set.

@@ -10,21 +10,22 @@
 //! [`spawn::Spawn`] says (fork or exec).
 
 mod health;
+mod hooks;
 pub(crate) mod listeners;
 mod notify;
+mod pids;
 pub(crate) mod spawn;
 mod upgrade;
 
-use std::io::{self, Write};
+use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::Termination;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::child::{self, ChildSetup};
-use crate::config::{Backend, HealthChecks, HookResult, Hooks, WorkerSetup};
+use crate::config::{Backend, HealthChecks, Hooks, WorkerSetup};
 use crate::error::Error;
 use crate::supervisor::{
     Action, Cause, Config, Exited, Failure, Ignored, Rollback, Supervisor, Why, WorkerExit,
@@ -33,36 +34,12 @@ use crate::sys::signal::{self, Signal};
 use crate::sys::{self, Fork, Reaped, SigSet};
 use crate::worker::Worker;
 use health::Health;
+use hooks::{STDOUT_CLEAN, call_hook, flush_stdout};
+use pids::PidMap;
 use listeners::Listeners;
 use notify::Notifier;
 use spawn::Spawn;
 use upgrade::{Program, Report, Upgrade};
-
-/// A map keyed by pid. Pids are not chosen by an adversary, so the keys are hashed with a
-/// fixed multiplier instead of std's randomly keyed SipHash, whose keys live in thread-local
-/// storage: a page the master would otherwise write on start.
-pub(crate) type PidMap<V> =
-    std::collections::HashMap<u32, V, std::hash::BuildHasherDefault<PidHasher>>;
-
-/// The hasher of [`PidMap`]: Fibonacci hashing of the pid.
-#[derive(Default)]
-pub(crate) struct PidHasher(u64);
-
-impl std::hash::Hasher for PidHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u32(&mut self, pid: u32) {
-        self.0 = u64::from(pid).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
 
 /// The signals the master takes over while it runs.
 const HANDLED: [Signal; 8] = [
@@ -1163,40 +1140,6 @@ fn exit_of(how: Reaped) -> WorkerExit {
     match how {
         Reaped::Exited(code) => WorkerExit::Code(code),
         Reaped::Signaled(signal) => WorkerExit::Signal(signal),
-    }
-}
-
-/// Whether std's stdout buffer is known to be empty: false at start and after every hook (the
-/// only code of the program that runs in the master), true after a flush.
-static STDOUT_CLEAN: AtomicBool = AtomicBool::new(false);
-
-/// Flushes std's stdout before a fork when the program may have written to it, so that
-/// nothing buffered is written twice, once by each process. (Stderr is unbuffered.) Taking
-/// the stdout lock writes to its page, which after a fork is shared with the worker: a
-/// copy-on-write fault in the master. So the flush is skipped where nothing can be pending;
-/// the master's own writes go through `log`, whose line-based output leaves nothing behind.
-fn flush_stdout() {
-    if !STDOUT_CLEAN.load(Ordering::Relaxed) {
-        STDOUT_CLEAN.store(true, Ordering::Relaxed);
-        let _ = io::stdout().flush();
-    }
-}
-
-/// Runs a hook, turning its error or panic into [`Error::Hook`].
-fn call_hook(hook: &'static str, f: impl FnOnce() -> HookResult) -> Result<(), Error> {
-    STDOUT_CLEAN.store(false, Ordering::Relaxed);
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(source)) => Err(Error::Hook {
-            hook,
-            panicked: false,
-            source,
-        }),
-        Err(payload) => Err(Error::Hook {
-            hook,
-            panicked: true,
-            source: crate::child::panic_message(payload.as_ref()).into(),
-        }),
     }
 }
 

@@ -40,6 +40,22 @@ use super::signal::{
     restore_disposition, set_default_disposition,
 };
 
+/// The worker's handlers, as [`install_worker_handler`] takes them: the notice (TERM, INT),
+/// the end of its decision window (`SIGALRM`), and the one that does nothing (USR1, USR2).
+// SAFETY: each of the three makes only async-signal-safe calls (atomic operations,
+// clock_gettime, write, sigaction, raise, setitimer) and saves and restores errno where it
+// makes a call that may set it (see each function).
+const HANDLERS: [WorkerHandler; 3] = unsafe {
+    [
+        WorkerHandler::new(on_signal, true),
+        WorkerHandler::new(on_window_end, false),
+        WorkerHandler::new(do_nothing, true),
+    ]
+};
+const NOTICE: WorkerHandler = HANDLERS[0];
+const WINDOW_END: WorkerHandler = HANDLERS[1];
+const NOTHING: WorkerHandler = HANDLERS[2];
+
 /// Set by the handler; read by [`requested`].
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 /// The pipe's write end plus one, for the handler (0: no pipe yet). Plus one so that the
@@ -174,7 +190,7 @@ fn install_handler(only_over_default: bool, saved: &mut Vec<SavedAction>) {
         // It replaces the default disposition of TERM/INT (or, when asked for the notice
         // explicitly, whatever was there), which is the point. sigaction cannot fail for
         // these valid, catchable signals.
-        if let Ok(previous) = install_worker_handler(signal.raw(), WorkerHandler::Notice) {
+        if let Ok(previous) = install_worker_handler(signal.raw(), NOTICE) {
             if only_over_default && !previous.was_default() {
                 // The handler the program installed stays.
                 let _ = restore_disposition(&previous);
@@ -204,7 +220,7 @@ fn set_timer(micros: u64) {
 
 /// The decision window ended with a signal kept for a worker: if it has not asked for the
 /// notice, the signal gets its default action now.
-pub(super) extern "C" fn on_window_end(_: libc::c_int) {
+extern "C" fn on_window_end(_: libc::c_int) {
     if SUBSCRIBED.load(Ordering::Acquire) {
         return;
     }
@@ -231,7 +247,7 @@ fn borrow(fd: &'static OwnedFd) -> BorrowedFd<'static> {
     fd.as_fd()
 }
 
-pub(super) extern "C" fn on_signal(signal: libc::c_int) {
+extern "C" fn on_signal(signal: libc::c_int) {
     if !SUBSCRIBED.load(Ordering::Acquire) {
         let running = monotonic_ns().saturating_sub(ARMED_AT.load(Ordering::Acquire));
         if running >= DECISION_WINDOW.as_nanos() as u64 {
@@ -241,7 +257,7 @@ pub(super) extern "C" fn on_signal(signal: libc::c_int) {
         }
         PENDING.store(signal, Ordering::Release);
         if !ALARMED.swap(true, Ordering::AcqRel) {
-            let _ = install_worker_handler(libc::SIGALRM, WorkerHandler::WindowEnd);
+            let _ = install_worker_handler(libc::SIGALRM, WINDOW_END);
             let left = (DECISION_WINDOW.as_nanos() as u64).saturating_sub(running);
             set_timer(left / 1_000 + 1);
         }
@@ -267,7 +283,7 @@ pub(super) extern "C" fn on_signal(signal: libc::c_int) {
 /// precedence.
 fn tame_forwarded_signals(saved: &mut Vec<SavedAction>) {
     for signal in [Signal::Usr1, Signal::Usr2] {
-        if let Ok(previous) = install_worker_handler(signal.raw(), WorkerHandler::Nothing) {
+        if let Ok(previous) = install_worker_handler(signal.raw(), NOTHING) {
             if previous.was_default() {
                 saved.push(previous);
             } else {
@@ -278,4 +294,4 @@ fn tame_forwarded_signals(saved: &mut Vec<SavedAction>) {
     }
 }
 
-pub(super) extern "C" fn do_nothing(_: libc::c_int) {}
+extern "C" fn do_nothing(_: libc::c_int) {}

@@ -220,16 +220,25 @@ impl SavedAction {
     }
 }
 
-/// A worker's own handler, from [`super::notice`]: each makes only async-signal-safe calls
-/// and preserves `errno`.
+/// A worker's own signal handler and whether interrupted calls restart: made only through
+/// [`WorkerHandler::new`], whose contract makes every one sound to install. The handlers
+/// themselves live with the mechanism they serve (the shutdown notice), which hands them in.
 #[derive(Clone, Copy)]
-pub(crate) enum WorkerHandler {
-    /// The shutdown notice (TERM, INT).
-    Notice,
-    /// The end of the notice's decision window (`SIGALRM`).
-    WindowEnd,
-    /// Does nothing (USR1 and USR2, which the master forwards).
-    Nothing,
+pub(crate) struct WorkerHandler {
+    handler: extern "C" fn(libc::c_int),
+    restart: bool,
+}
+
+impl WorkerHandler {
+    /// `handler`, installed with `SA_RESTART` when `restart`.
+    ///
+    /// # Safety
+    ///
+    /// `handler` makes only async-signal-safe calls (see signal-safety(7)) and leaves
+    /// `errno` as it found it.
+    pub(crate) const unsafe fn new(handler: extern "C" fn(libc::c_int), restart: bool) -> Self {
+        WorkerHandler { handler, restart }
+    }
 }
 
 /// What [`set_action`] installs: nothing else can be.
@@ -263,11 +272,11 @@ fn set_action(action: Action<'_>) -> io::Result<SavedAction> {
                 nix::sys::signal::SigSet::empty(),
             ),
         ),
-        Action::Worker(signal, handler) => {
-            let (handler, flags) = match handler {
-                WorkerHandler::Notice => (super::notice::on_signal as _, SaFlags::SA_RESTART),
-                WorkerHandler::WindowEnd => (super::notice::on_window_end as _, SaFlags::empty()),
-                WorkerHandler::Nothing => (super::notice::do_nothing as _, SaFlags::SA_RESTART),
+        Action::Worker(signal, WorkerHandler { handler, restart }) => {
+            let flags = if restart {
+                SaFlags::SA_RESTART
+            } else {
+                SaFlags::empty()
             };
             (
                 signal,
@@ -282,9 +291,9 @@ fn set_action(action: Action<'_>) -> io::Result<SavedAction> {
     };
     // SAFETY: `Action` allows four kinds of dispositions, each sound to install: the
     // default one; `forward_signal`, which makes only async-signal-safe calls (an atomic
-    // load, write(2) and errno's save and restore) and preserves errno; a worker's handler
-    // from `notice`, which make only async-signal-safe calls (atomic operations,
-    // clock_gettime, write, sigaction, raise, setitimer) and preserve errno; or one the
+    // load, write(2) and errno's save and restore) and preserves errno; a worker's handler,
+    // which `WorkerHandler::new`'s contract makes async-signal-safe and errno-preserving; or
+    // one the
     // kernel returned for this signal earlier, put back exactly as it was. sigaction itself
     // is async-signal-safe, so this may run in a handler.
     let old = unsafe { nix::sys::signal::sigaction(signal, &new) }?;
