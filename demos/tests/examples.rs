@@ -12,6 +12,11 @@
 //! Every wait is bounded; a server still running when a test ends is stopped (TERM, then
 //! KILL). The helpers are in `common/`, shared with the lifecycle and upgrade tests.
 
+// The library's test support (`tests/support` of the repository): waits, signals, `/proc`,
+// temporary directories, one failure style for every process test of the workspace.
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
 mod common;
 
 use std::collections::BTreeSet;
@@ -21,8 +26,9 @@ use std::process::{Command, Stdio};
 
 use common::{
     Server, all_ok, bodies, connect, example, get, hello_example, load, read_response, require,
-    send_get, started_workers, wait_until,
+    send_get, started_workers, temp_dir,
 };
+use support::process::wait_for;
 
 // ---------------------------------------------------------------------------------------
 // TLS
@@ -82,18 +88,12 @@ print(data.decode())";
     String::from_utf8(out.stdout).expect("utf-8 answer")
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("prefork-tls-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
 #[test]
 fn https_from_certificate_files() {
     require("openssl");
     require("python3");
-    let dir = temp_dir("files");
-    let (cert, key) = make_cert(&dir);
+    let dir = temp_dir("tls-files");
+    let (cert, key) = make_cert(dir.path());
     let mut cmd = Command::new(example("tls"));
     cmd.arg("--cert").arg(&cert).arg("--key").arg(&key);
     let server = Server::start(&mut cmd, 2);
@@ -103,15 +103,14 @@ fn https_from_certificate_files() {
         answer.contains("Hello over TLS from worker "),
         "answer: {answer}"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn https_from_certificate_bytes() {
     require("openssl");
     require("python3");
-    let dir = temp_dir("embedded");
-    let (cert, key) = make_cert(&dir);
+    let dir = temp_dir("tls-embedded");
+    let (cert, key) = make_cert(dir.path());
     let mut cmd = Command::new(example("tls"));
     cmd.arg("--embedded")
         .env(
@@ -128,7 +127,6 @@ fn https_from_certificate_bytes() {
             "answer: {answer}"
         );
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -236,7 +234,7 @@ fn drains_on_term(mut cmd: Command, keepalive: bool) {
     let mut slow = connect(&server.addr);
     send_get(&mut slow, "/slow?ms=1500");
     server.line(|l| l.contains("slow request"));
-    server.signal("TERM");
+    server.signal(libc::SIGTERM);
     if keepalive {
         let mut rest = Vec::new();
         idle.read_to_end(&mut rest)
@@ -282,7 +280,7 @@ fn restarts_without_losing_a_request(mut cmd: Command, conn: &str) {
     let workers = 4;
     let server = Server::start(&mut cmd, workers);
     let mut old = BTreeSet::new();
-    wait_until("the workers' start lines in the log", || {
+    wait_for("the workers' start lines in the log", || {
         old = started_workers(&server.log_lines(), server.pid())
             .into_values()
             .collect();
@@ -291,16 +289,16 @@ fn restarts_without_losing_a_request(mut cmd: Command, conn: &str) {
     let report = load(
         &server.addr,
         &["--conn", conn, "--clients", "8", "--duration", "3"],
-        || server.signal("HUP"),
+        || server.signal(libc::SIGHUP),
     );
     all_ok(&report);
     // Every old worker drained and was replaced; none was counted as a crash.
-    wait_until("the rolling restart's end", || {
+    wait_for("the rolling restart's end", || {
         server.log().contains("rolling restart done")
     });
     for pid in &old {
         let stopped = format!("(pid {pid}) stopped: exit code 0 (replaced by HUP)");
-        wait_until(&format!("worker pid {pid} stopped"), || {
+        wait_for(&format!("worker pid {pid} stopped"), || {
             server.log().contains(&stopped)
         });
     }

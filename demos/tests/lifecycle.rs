@@ -18,6 +18,11 @@
 //! Every wait is on something observable (a log line, an answer, `/proc`) and bounded; the
 //! pauses between signals only spread them over the load.
 
+// The library's test support (`tests/support` of the repository): waits, signals, `/proc`,
+// temporary directories, one failure style for every process test of the workspace.
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
 mod common;
 
 use std::path::Path;
@@ -25,9 +30,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Hello, Load, Server, alive, all_ok, bodies, children, connect, example, hello_example,
-    ok_or_refused, read_response, require, send_get, wait_until,
+    Hello, Load, Server, all_ok, bodies, children, connect, example, hello_example,
+    ok_or_refused, read_response, require, send_get,
 };
+use support::process::{kill, wait_for};
+use support::procfs::is_alive;
 
 /// Workers of every server here.
 const WORKERS: usize = 3;
@@ -99,17 +106,17 @@ fn survives_the_lifecycle_as(program: &Path, args: &[&str], user: User) {
     let mut loads = start_loads(&server.addr, "6");
     for _ in 0..3 {
         pace();
-        server.signal("HUP");
+        server.signal(libc::SIGHUP);
         server.log_line(|l| l.starts_with(&info) && l.contains("rolling restart done"));
     }
     let last = WORKERS - 1;
     pace();
-    server.signal("TTOU");
+    server.signal(libc::SIGTTOU);
     let slot = format!("worker {last} (pid ");
     server.log_line(|l| l.starts_with(&info) && l.contains(&slot) && l.contains(" stopped: "));
     server.skip_lines();
     pace();
-    server.signal("TTIN");
+    server.signal(libc::SIGTTIN);
     server.log_line(|l| l.starts_with(&format!("{info}worker {last} started (pid ")));
     server.line(|l| l.starts_with(&format!("worker {last} serving ")));
     for load in &mut loads {
@@ -126,7 +133,7 @@ fn survives_the_lifecycle_as(program: &Path, args: &[&str], user: User) {
     // rest are refused once the port closes.
     let loads = start_loads(&server.addr, "2");
     pace();
-    server.signal("TERM");
+    server.signal(libc::SIGTERM);
     let [new, keepalive] = loads.map(Load::finish);
     let stop = [ok_or_refused(&new), ok_or_refused(&keepalive)];
     let (status, log) = server.wait_exit();
@@ -295,7 +302,7 @@ fn upgrades_without_loss(program: &Path, args: &[&str], user: User) {
     assert_eq!(old_workers.len(), WORKERS, "workers: {old_workers:?}");
     let loads = start_loads(&server.addr, "4");
     pace();
-    server.signal("USR2");
+    server.signal(libc::SIGUSR2);
     let started = format!("[INFO {old}] upgrade: new master ");
     let line = server.log_line(|l| l.starts_with(&started) && l.contains(" started;"));
     let new: u32 = line[started.len()..]
@@ -308,8 +315,8 @@ fn upgrades_without_loss(program: &Path, args: &[&str], user: User) {
     server.log_line(|l| l.starts_with(&serving));
     let status = server.wait_master();
     assert!(status.success(), "old master: {status}\n{}", server.log());
-    wait_until("the old workers exit", || {
-        old_workers.iter().all(|&pid| !alive(pid))
+    wait_for("the old workers exit", || {
+        old_workers.iter().all(|&pid| !is_alive(pid))
     });
     let mut loads = loads;
     for load in &mut loads {
@@ -339,9 +346,9 @@ fn upgrades_without_loss(program: &Path, args: &[&str], user: User) {
         }
     }
     assert!(from[0] > 0 && from[1] > 0, "answers (old, new): {from:?}");
-    crate::common::send_signal(new, "TERM");
+    kill(new, libc::SIGTERM);
     let (_, log) = server.wait_exit();
-    wait_until("the new master exits", || !alive(new));
+    wait_for("the new master exits", || !is_alive(new));
     assert!(
         log.contains(&format!(
             "[INFO {new}] all workers stopped; master exiting cleanly"
@@ -427,7 +434,7 @@ fn usr1_keeps_every_worker_serving() {
     }
     let loads = start_loads(&server.addr, "4");
     pace();
-    server.signal("USR1");
+    server.signal(libc::SIGUSR1);
     server.log_line(|l| l == format!("[INFO {master}] SIGUSR1: forwarding to the workers"));
     let reports = loads.map(Load::finish);
     let answered = reports.each_ref().map(all_ok);
@@ -438,7 +445,7 @@ fn usr1_keeps_every_worker_serving() {
             assert!(before.contains(&hello.pid), "answer from {hello:?}");
         }
     }
-    server.signal("TERM");
+    server.signal(libc::SIGTERM);
     let (status, log) = server.wait_exit();
     assert!(status.success(), "master: {status}\n{log}");
     assert!(
@@ -458,11 +465,11 @@ fn usr1_keeps_every_worker_serving() {
 fn slow_request_completes(program: &Path) {
     let mut server = Server::start(&mut Command::new(program), 2);
     let master = server.pid();
-    for signal in ["HUP", "TERM"] {
+    for (signal, number) in [("HUP", libc::SIGHUP), ("TERM", libc::SIGTERM)] {
         let mut slow = connect(&server.addr);
         send_get(&mut slow, "/slow?ms=1500");
         server.line(|l| l.contains("slow request"));
-        server.signal(signal);
+        server.signal(number);
         let (status, head, body) = read_response(&mut slow);
         assert_eq!(status, 200, "after {signal}: {head}{body}");
         assert!(body.starts_with("slept 1500 ms"), "after {signal}: {body}");

@@ -19,6 +19,11 @@
 //! * A second USR2 during an upgrade is ignored (logged), and TERM during an upgrade stops
 //!   both masters and every worker of either.
 
+// The library's test support (`tests/support` of the repository): waits, signals, `/proc`,
+// temporary directories, one failure style for every process test of the workspace.
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
 mod common;
 
 use std::collections::BTreeSet;
@@ -28,9 +33,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Hello, Load, Server, TempDir, alive, all_ok, bodies, children, fds, get, hello_example,
-    ok_or_refused, require, send_signal, socket_inodes, started_workers, wait_until,
+    Hello, Load, Server, all_ok, bodies, children, get, hello_example, ok_or_refused, require,
+    started_workers, temp_dir,
 };
+use support::process::{TempDir, kill, wait_for};
+use support::procfs::{self, is_alive};
 
 /// Workers of every server here.
 const WORKERS: usize = 3;
@@ -64,7 +71,7 @@ struct Deploy {
 
 impl Deploy {
     fn new(tag: &str) -> Deploy {
-        let dir = TempDir::new(&format!("upgrade-{tag}"));
+        let dir = temp_dir(&format!("upgrade-{tag}"));
         let server = dir.path().join("server");
         let hello = hello_example();
         // A hard link is a copy that nobody writes, so it cannot be busy when executed.
@@ -149,7 +156,10 @@ fn upgrades_under_load(tag: &str, args: &[&str], activated: bool) {
     let old = server.pid();
     let old_workers = children(old);
     assert_eq!(old_workers.len(), WORKERS, "workers: {old_workers:?}");
-    let listeners = socket_inodes(old);
+    let listeners: BTreeSet<String> = procfs::fd_targets(old)
+        .into_iter()
+        .filter(|t| t.starts_with("socket:"))
+        .collect();
     let expected = if args.contains(&"--reuseport") {
         WORKERS
     } else {
@@ -160,15 +170,15 @@ fn upgrades_under_load(tag: &str, args: &[&str], activated: bool) {
     let loads = start_loads(&server.addr, "5");
     pace();
     deploy.replace(&staged);
-    server.signal("USR2");
+    server.signal(libc::SIGUSR2);
     let started = format!("[INFO {old}] upgrade: new master ");
     let line = server.log_line(|l| l.starts_with(&started) && l.contains(" started;"));
     let new = new_master_pid(&line);
     server.adopt(new);
     // The readiness channel, as the new master got it: the write end of a pipe, on the
     // descriptor after the sockets. It may be closed already, if the new master was quick.
-    let channel_fd = 3 + listeners.len() as u32;
-    let channel = fds(new)
+    let channel_fd = 3 + listeners.len() as i32;
+    let channel = procfs::open_fds(new)
         .into_iter()
         .find(|f| f.fd == channel_fd && f.target.starts_with("pipe:") && f.write_only())
         .map(|f| f.target);
@@ -177,15 +187,15 @@ fn upgrades_under_load(tag: &str, args: &[&str], activated: bool) {
     server.log_line(|l| l.starts_with(&serving));
     // Once it reported, it closes the channel (right after it logs that it did).
     if let Some(channel) = &channel {
-        wait_until("the new master closes its readiness channel", || {
-            fds(new).iter().all(|f| &f.target != channel)
+        wait_for("the new master closes its readiness channel", || {
+            procfs::open_fds(new).iter().all(|f| &f.target != channel)
         });
     }
-    let held = fds(new);
+    let held = procfs::open_fds(new);
     let status = server.wait_master();
     assert!(status.success(), "old master: {status}\n{}", server.log());
-    wait_until("the old workers exit", || {
-        old_workers.iter().all(|&pid| !alive(pid))
+    wait_for("the old workers exit", || {
+        old_workers.iter().all(|&pid| !is_alive(pid))
     });
 
     let mut loads = loads;
@@ -280,12 +290,12 @@ fn upgrades_under_load(tag: &str, args: &[&str], activated: bool) {
         .collect();
     assert_eq!(sockets, listeners, "sockets of the new master:\n{held:#?}");
 
-    send_signal(new, "TERM");
+    kill(new, libc::SIGTERM);
     let (_, log) = server.wait_exit();
     // Its log ended as it exited; it is gone (or a zombie of an init that does not reap).
-    wait_until("the new master exits", || !alive(new));
-    wait_until("the new workers exit", || {
-        new_workers.iter().all(|&pid| !alive(pid))
+    wait_for("the new master exits", || !is_alive(new));
+    wait_for("the new workers exit", || {
+        new_workers.iter().all(|&pid| !is_alive(pid))
     });
     assert!(
         log.contains(&format!(
@@ -349,7 +359,7 @@ fn rolls_back(tag: &str, program: &str, mode: u32, upgrade_timeout: &str, why: &
     let mut loads = start_loads(&server.addr, "4");
     pace();
     deploy.replace(&staged);
-    server.signal("USR2");
+    server.signal(libc::SIGUSR2);
     let failed = server.log_line(|l| l.starts_with(&format!("[ERROR {master}] upgrade failed: ")));
     assert!(failed.contains(why), "{failed}");
     // A new master that was started is gone.
@@ -360,7 +370,7 @@ fn rolls_back(tag: &str, program: &str, mode: u32, upgrade_timeout: &str, why: &
         .find(|l| l.starts_with(&started) && l.contains(" started;"))
         .map(|l| new_master_pid(l));
     if let Some(new) = new {
-        wait_until("the failed new master is gone", || !alive(new));
+        wait_for("the failed new master is gone", || !is_alive(new));
     }
     for load in &mut loads {
         assert!(
@@ -379,7 +389,7 @@ fn rolls_back(tag: &str, program: &str, mode: u32, upgrade_timeout: &str, why: &
             assert!(workers.contains(&hello.pid), "{body}");
         }
     }
-    server.signal("TERM");
+    server.signal(libc::SIGTERM);
     let (status, log) = server.wait_exit();
     assert!(status.success(), "master: {status}\n{log}");
     assert!(
@@ -444,7 +454,7 @@ fn second_usr2_ignored_and_term_stops_both_masters() {
     let loads = start_loads(&server.addr, "3");
     pace();
     deploy.replace(&staged);
-    server.signal("USR2");
+    server.signal(libc::SIGUSR2);
     let started = format!("[INFO {old}] upgrade: new master ");
     let line = server.log_line(|l| l.starts_with(&started) && l.contains(" started;"));
     let new = new_master_pid(&line);
@@ -453,11 +463,11 @@ fn second_usr2_ignored_and_term_stops_both_masters() {
     let new_workers = children(new);
     assert_eq!(new_workers.len(), WORKERS, "new workers: {new_workers:?}");
 
-    server.signal("USR2");
+    server.signal(libc::SIGUSR2);
     server.log_line(|l| {
         l == format!("[INFO {old}] SIGUSR2: ignored, the upgrade to pid {new} is under way")
     });
-    server.signal("TERM");
+    server.signal(libc::SIGTERM);
     server.log_line(|l| l == format!("[INFO {old}] stopping the new master {new} too"));
     let reports = loads.map(Load::finish);
     let counts = reports.each_ref().map(ok_or_refused);
@@ -468,8 +478,8 @@ fn second_usr2_ignored_and_term_stops_both_masters() {
         .chain(old_workers)
         .chain(new_workers)
         .collect();
-    wait_until("every process of either master exits", || {
-        all.iter().all(|&pid| !alive(pid))
+    wait_for("every process of either master exits", || {
+        all.iter().all(|&pid| !is_alive(pid))
     });
     assert!(
         log.contains(&format!(

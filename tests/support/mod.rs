@@ -1,5 +1,8 @@
-//! The support library of the process-test binaries (`tests/processes.rs`,
-//! `tests/listeners.rs`): each declares `mod support;` and uses what it needs.
+//! The support library of every process test in the workspace: the library's
+//! `harness = false` binaries (`tests/processes.rs`, `tests/listeners.rs`,
+//! `tests/fleet.rs`) declare `mod support;`; `preforked-tokio/tests/drain.rs` and the demos'
+//! tests (`demos/tests/*.rs`, under libtest) include this same directory with
+//! `#[path = "../../tests/support/mod.rs"] mod support;`. Each uses what it needs.
 //!
 //! * [`runner`]: the libtest-compatible runner of a `harness = false` binary; a test fails
 //!   by panicking.

@@ -19,9 +19,10 @@ use super::report::{self, Exit};
 use super::{procfs, runner};
 
 /// How long any awaited condition may take before the test fails. Generous: the machine
-/// may be small and busy, and a deadline only bounds how long a failing test takes to
-/// report; the tests assert what happens, never how fast.
-pub const DEADLINE: Duration = Duration::from_secs(20);
+/// may be small and busy (the demos' servers build a runtime per worker, under load), and a
+/// deadline only bounds how long a failing test takes to report; the tests assert what
+/// happens, never how fast.
+pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Polls `probe` until it returns `Ok`, or panics after [`DEADLINE`] with the last `Err`,
 /// which describes what was seen instead.
@@ -51,14 +52,19 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Sends `signal` to `pid`; panics if it cannot.
 pub fn kill(pid: u32, signal: i32) {
+    if let Err(e) = try_kill(pid, signal) {
+        panic!("kill({pid}, {signal}): {e}");
+    }
+}
+
+/// Sends `signal` to `pid`, for clean-up paths where the process may be gone already.
+pub fn try_kill(pid: u32, signal: i32) -> std::io::Result<()> {
     // SAFETY: kill takes plain integers.
-    let ret = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    assert_eq!(
-        ret,
-        0,
-        "kill({pid}, {signal}): {}",
-        std::io::Error::last_os_error()
-    );
+    if unsafe { libc::kill(pid as libc::pid_t, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// An exit status in words: `code N` or `signal N`.
@@ -760,14 +766,25 @@ pub fn run_captured(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String
 pub struct TempDir(pub std::path::PathBuf);
 
 impl TempDir {
+    /// A fresh directory in the system's temporary directory, named after `tag`.
     pub fn new(tag: &str) -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// A fresh directory in `base` (for a file system of its own: programs hard-linked
+    /// from cargo's target directory need `CARGO_TARGET_TMPDIR`), named after `tag`, this
+    /// process and a counter, so that tests on parallel threads never share one.
+    pub fn new_in(base: &std::path::Path, tag: &str) -> TempDir {
         static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("prefork-test-{}-{tag}-{n}", std::process::id()));
+        let path = base.join(format!("prefork-test-{}-{tag}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("creating a temporary directory");
         TempDir(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
     }
 
     pub fn path_str(&self) -> &str {

@@ -45,6 +45,12 @@ pub fn is_gone(pid: u32, pgid: u32) -> bool {
     }
 }
 
+/// Whether `pid` is a live process: not gone, not a zombie (an orphan reparented to an
+/// init that does not reap stays a zombie).
+pub fn is_alive(pid: u32) -> bool {
+    stat(pid).is_some_and(|s| !s.is_dead())
+}
+
 // ---- Processes: children, zombies, process groups ----------------------------------------
 
 /// Every process id in `/proc`.
@@ -152,6 +158,39 @@ pub fn fds(pid: u32) -> Vec<(i32, String)> {
         .collect();
     out.sort_unstable();
     out
+}
+
+/// One open descriptor of a process: its number, its target (as in [`fds`]) and its
+/// `fdinfo` flags (as in [`fd_flags`]).
+#[derive(Debug, Clone)]
+pub struct OpenFd {
+    pub fd: i32,
+    pub target: String,
+    pub flags: i32,
+}
+
+impl OpenFd {
+    /// `O_CLOEXEC` (the kernel shows `FD_CLOEXEC` so in `fdinfo`).
+    pub fn close_on_exec(&self) -> bool {
+        self.flags & libc::O_CLOEXEC != 0
+    }
+
+    /// Opened for writing only (the write end of a pipe).
+    pub fn write_only(&self) -> bool {
+        self.flags & libc::O_ACCMODE == libc::O_WRONLY
+    }
+}
+
+/// [`fds`] with each descriptor's flags (those that close while they are read are left
+/// out).
+pub fn open_fds(pid: u32) -> Vec<OpenFd> {
+    fds(pid)
+        .into_iter()
+        .filter_map(|(fd, target)| {
+            let flags = fd_flags(pid, fd)?;
+            Some(OpenFd { fd, target, flags })
+        })
+        .collect()
 }
 
 /// The targets of every descriptor of `pid`, in descriptor order.

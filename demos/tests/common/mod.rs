@@ -1,9 +1,10 @@
-//! What the demos' test binaries share: the example programs, a running server and its
-//! output, HTTP requests, the `prefork-load` client and its report, and looks at processes
-//! through `/proc`.
+//! What the demos' test binaries share beyond the library's test support (`tests/support`
+//! of the repository, which each binary includes as `support`: waits, signals, `/proc`,
+//! temporary directories): the example programs, a running server and its output, HTTP
+//! requests, the `prefork-load` client and its report, and the workers a master's log names.
 //!
-//! Every wait is bounded by [`DEADLINE`]; a server still running when a test ends is stopped
-//! (TERM, then KILL), and so is a load client.
+//! Every wait is bounded by the support's [`DEADLINE`]; a server still running when a test
+//! ends is stopped (TERM, then KILL), and so is a load client.
 
 // Each test binary compiles this module and uses a part of it.
 #![allow(dead_code)]
@@ -17,8 +18,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-/// The longest any single wait of these tests may take.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+use crate::support::process::{DEADLINE, TempDir, kill, try_kill};
+use crate::support::procfs;
 
 /// The target profile directory (`target/debug`) of this test binary.
 pub fn profile_dir() -> PathBuf {
@@ -73,29 +74,11 @@ pub fn require(tool: &str) {
     );
 }
 
-/// A directory of its own for one test, removed when the test ends.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// A fresh directory under cargo's temporary directory for tests (on the same file system
-    /// as the built examples), named after `tag` and this process.
-    pub fn new(tag: &str) -> TempDir {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("prefork-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a temporary directory");
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A directory of its own for one test, removed when it is dropped: under cargo's temporary
+/// directory for tests, on the same file system as the built examples (so that a program
+/// can be hard-linked into it).
+pub fn temp_dir(tag: &str) -> TempDir {
+    TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), tag)
 }
 
 /// A running example: its master process, its stdout lines as they come, and its stderr
@@ -195,8 +178,9 @@ impl Server {
         self.log.borrow().clone()
     }
 
-    pub fn signal(&self, signal: &str) {
-        send_signal(self.pid(), signal);
+    /// Sends `signal` (`libc::SIGHUP`, …) to the master.
+    pub fn signal(&self, signal: i32) {
+        kill(self.pid(), signal);
     }
 
     /// Stops `pid`, another master of this server, when the server is dropped.
@@ -252,12 +236,12 @@ impl Drop for Server {
         if let Ok(None) = self.child.try_wait() {
             pids.push(self.child.id());
         }
-        pids.retain(|&pid| alive(pid));
+        pids.retain(|&pid| procfs::is_alive(pid));
         if pids.is_empty() {
             return;
         }
         for &pid in &pids {
-            let _ = signal_quietly(pid, "TERM");
+            let _ = try_kill(pid, libc::SIGTERM);
         }
         let deadline = Instant::now() + DEADLINE;
         loop {
@@ -267,7 +251,7 @@ impl Drop for Server {
                 Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {
                     for &pid in &pids {
-                        let _ = signal_quietly(pid, "KILL");
+                        let _ = try_kill(pid, libc::SIGKILL);
                     }
                     break;
                 }
@@ -292,18 +276,6 @@ fn spawn(cmd: &mut Command) -> Child {
             result => return result.unwrap_or_else(|e| panic!("start {cmd:?}: {e}")),
         }
     }
-}
-
-pub fn send_signal(pid: u32, signal: &str) {
-    let status = signal_quietly(pid, signal).expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid} failed");
-}
-
-fn signal_quietly(pid: u32, signal: &str) -> io::Result<ExitStatus> {
-    Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .stderr(Stdio::null())
-        .status()
 }
 
 /// The lines of `from`, as they are read, through a channel (which disconnects at the end).
@@ -494,106 +466,9 @@ pub fn bodies(report: &serde_json::Value) -> BTreeMap<String, u64> {
 // ---------------------------------------------------------------------------------------
 // Processes
 
-/// The state letter of `pid` in `/proc/PID/stat`, and its parent; `None` once it is gone.
-fn stat(pid: u32) -> Option<(char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain anything; the fields follow the
-    // last ')'.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-/// Whether `pid` is a live process (not gone, not a zombie: an orphan reparented to an init
-/// that does not reap stays a zombie).
-pub fn alive(pid: u32) -> bool {
-    matches!(stat(pid), Some((state, _)) if state != 'Z' && state != 'X')
-}
-
-/// The live child processes of `pid`.
+/// The live children of `pid` (a master's workers), as a set.
 pub fn children(pid: u32) -> BTreeSet<u32> {
-    let mut found = BTreeSet::new();
-    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        if let Some((state, parent)) = stat(child) {
-            if parent == pid && state != 'Z' && state != 'X' {
-                found.insert(child);
-            }
-        }
-    }
-    found
-}
-
-/// Waits until `done` holds (checked every few milliseconds), at most [`DEADLINE`].
-pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// One open descriptor of a process: its number, what it refers to (`socket:[INODE]`,
-/// `pipe:[INODE]`, `anon_inode:[eventpoll]`, a path) and its `fdinfo` flags.
-#[derive(Debug, Clone)]
-pub struct Fd {
-    pub fd: u32,
-    pub target: String,
-    pub flags: u32,
-}
-
-impl Fd {
-    pub fn close_on_exec(&self) -> bool {
-        self.flags & 0o2000000 != 0
-    }
-
-    pub fn write_only(&self) -> bool {
-        self.flags & 0o3 == 0o1
-    }
-}
-
-/// The descriptors `pid` holds now (those that close while they are read are left out).
-pub fn fds(pid: u32) -> Vec<Fd> {
-    let mut out = Vec::new();
-    let dir = format!("/proc/{pid}/fd");
-    for entry in std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("read {dir}: {e}"))
-        .flatten()
-    {
-        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        let Ok(target) = std::fs::read_link(entry.path()) else {
-            continue;
-        };
-        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else {
-            continue;
-        };
-        let flags = info
-            .lines()
-            .find_map(|l| l.strip_prefix("flags:"))
-            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-            .unwrap_or_else(|| panic!("no flags in fdinfo of fd {fd}: {info:?}"));
-        out.push(Fd {
-            fd,
-            target: target.to_string_lossy().into_owned(),
-            flags,
-        });
-    }
-    out.sort_by_key(|f| f.fd);
-    out
-}
-
-/// The sockets among `pid`'s descriptors, by inode (`socket:[INODE]`).
-pub fn socket_inodes(pid: u32) -> BTreeSet<String> {
-    fds(pid)
-        .into_iter()
-        .filter(|f| f.target.starts_with("socket:"))
-        .map(|f| f.target)
-        .collect()
+    procfs::live_children(pid).into_iter().collect()
 }
 
 /// The workers a master's log says it started last in each slot (`worker K started (pid P)`,
