@@ -14,6 +14,11 @@
 //! `BENCH_SPAWN_WORKERS=1,2` and `BENCH_SPAWN_SAMPLES=200` choose the spawn section's worker
 //! counts and its samples per count. See `docs/benchmarks.md`.
 //!
+//! `bigmem` runs only when named (`cargo bench --bench supervisor -- bigmem`): spawn and
+//! respawn with 0, 1 and 4 GiB written before the fork (`BENCH_BIGMEM_GIB=0,1,4`), with and
+//! without `MADV_HUGEPAGE`, beside the floor; `BENCH_BIGMEM_WORKERS` (1),
+//! `BENCH_BIGMEM_SPAWNS` (10) and `BENCH_BIGMEM_KILLS` (20) size it.
+//!
 //! Every measured process is a descendant of this one: for each sample the bench forks a
 //! "master" process that calls `Prefork::run` (or runs the bare floor loop), and the workers
 //! report to the bench over an inherited pipe with 16-byte records carrying a
@@ -1201,6 +1206,390 @@ fn bench_idle(o: &Opts) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 5. big programs: spawn and respawn with gigabytes written before the fork (opt-in)
+// ---------------------------------------------------------------------------------------------
+
+/// A prefork master's `on_status` hook: the master's own measure of a worker's fork
+/// (`SlotStatus::last_fork`), in nanoseconds, the worker's pid in `pid`.
+const FORK: u32 = 4;
+
+/// Sections that run only when a filter names them: `bigmem` writes gigabytes.
+const OPT_IN_SECTIONS: &[&str] = &["bigmem"];
+
+const MIB: usize = 1 << 20;
+const GIB: usize = 1 << 30;
+/// The size of a transparent huge page (a PMD) on x86_64 and aarch64 with 4 KiB pages.
+const HUGE: usize = 2 * MIB;
+
+/// Anonymous private memory, written (every 4 KiB page faulted in) before any master forks:
+/// the bench maps and writes it, and every master and worker inherits it, so each fork
+/// copies its page tables. Aligned to 2 MiB so that `MADV_HUGEPAGE` can back all of it with
+/// huge pages. Unmapped on drop.
+struct BigMem {
+    map: *mut libc::c_void,
+    map_len: usize,
+}
+
+impl BigMem {
+    fn new(len: usize, huge: bool) -> Result<BigMem, String> {
+        let map_len = len + HUGE;
+        // SAFETY: a new anonymous private mapping; nothing else refers to that range.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(last_error("mmap"));
+        }
+        let mem = BigMem { map, map_len };
+        let start = (map as usize).next_multiple_of(HUGE) as *mut u8;
+        if huge {
+            // SAFETY: `start..start + len` lies inside the mapping made above.
+            if unsafe { libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE) } != 0 {
+                return Err(last_error("madvise(MADV_HUGEPAGE)"));
+            }
+        }
+        for off in (0..len).step_by(4096) {
+            // SAFETY: inside the mapping, which is readable and writable.
+            unsafe { start.add(off).write_volatile(1) };
+        }
+        Ok(mem)
+    }
+}
+
+impl Drop for BigMem {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; no reference into it remains.
+        unsafe { libc::munmap(self.map, self.map_len) };
+    }
+}
+
+/// A field of `/proc/self/smaps_rollup` or `/proc/meminfo` (`kB`), in bytes.
+fn kb_field(path: &str, name: &str) -> Option<usize> {
+    fs::read_to_string(path).ok()?.lines().find_map(|l| {
+        let v = l.strip_prefix(name)?.strip_prefix(':')?;
+        Some(
+            v.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<usize>()
+                .ok()?
+                * 1024,
+        )
+    })
+}
+
+/// The mode of a transparent-huge-page setting: the bracketed word of its sysfs file.
+fn thp_setting(name: &str) -> String {
+    fs::read_to_string(format!("/sys/kernel/mm/transparent_hugepage/{name}"))
+        .ok()
+        .and_then(|s| Some(s.split_once('[')?.1.split_once(']')?.0.to_owned()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Body of a prefork master for the bigmem section: `prefork_master` with the default death
+/// notice, plus an `on_status` hook that reports each new worker's fork as the master's
+/// `Status` has it (a FORK record).
+fn prefork_bigmem_master(n: usize, report: RawFd) -> i32 {
+    let mut reported: Vec<u32> = Vec::with_capacity(2 * n);
+    let pf = Prefork::new()
+        .workers(n)
+        .shutdown_grace(Duration::from_secs(2))
+        .recover_threshold(usize::MAX)
+        .worker_names(worker_names())
+        .on_status(move |status| {
+            for s in status.slots() {
+                if let (Some(pid), Some(took)) = (s.pid, s.last_fork()) {
+                    if !reported.contains(&pid) {
+                        if reported.len() == reported.capacity() {
+                            reported.remove(0);
+                        }
+                        reported.push(pid);
+                        send(report, FORK, pid, took.as_nanos() as u64);
+                    }
+                }
+            }
+            Ok(())
+        });
+    send(report, START, getpid(), now_ns());
+    let result = pf.run(move |worker| {
+        let ts = now_ns();
+        send(report, READY, worker.pid(), ts);
+        block_forever();
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("prefork master {}: {e}", getpid());
+            1
+        }
+    }
+}
+
+/// The next record of `kind`; FORK records met on the way go to `forks` (µs).
+fn expect_noting_forks(chan: &mut Chan, kind: u32, forks: &mut Vec<f64>) -> Result<Record, String> {
+    loop {
+        let r = chan.recv(REPORT_TIMEOUT)?;
+        match r.kind {
+            FORK => forks.push(us(r.ts)),
+            k if k == kind => return Ok(r),
+            _ => return Err(format!("expected report {kind}, got {r:?}")),
+        }
+    }
+}
+
+/// After the master stopped: the FORK records still in the pipe.
+fn drain_forks(chan: &mut Chan, forks: &mut Vec<f64>) {
+    while let Ok(r) = chan.recv(Duration::from_millis(200)) {
+        if r.kind == FORK {
+            forks.push(us(r.ts));
+        }
+    }
+}
+
+/// What one bigmem sample or run measured.
+#[derive(Default)]
+struct BigSamples {
+    /// Spawn-to-ready or respawn latencies (µs).
+    latency: Vec<f64>,
+    /// The prefork master's forks as its `Status` reports them (µs).
+    status_forks: Vec<f64>,
+    /// The bench's own fork of a master (µs): a bare `fork` of a process that maps the memory.
+    bare_forks: Vec<f64>,
+}
+
+fn bigmem_master(imp: Imp, n: usize, report: RawFd, respawn: bool) -> i32 {
+    match imp {
+        Imp::Prefork => prefork_bigmem_master(n, report),
+        Imp::Floor => floor_master(n, report, FloorChild::Bare, respawn),
+    }
+}
+
+/// One spawn sample (as `spawn_sample`), with the bench's fork of the master timed.
+fn bigmem_spawn_sample(imp: Imp, n: usize, out: &mut BigSamples) -> Result<(), String> {
+    let (rd, wr) = pipe()?;
+    let report = wr.as_raw_fd();
+    let t0 = now_ns();
+    let mut master = spawn_master(report, move || bigmem_master(imp, n, report, false))?;
+    out.bare_forks.push(us(now_ns() - t0));
+    drop(wr);
+    let mut chan = Chan::new(rd);
+    let mut forks = Vec::new();
+    let measured = (|| {
+        let start = chan.expect(START, REPORT_TIMEOUT)?;
+        let mut last = start.ts;
+        for _ in 0..n {
+            last = last.max(expect_noting_forks(&mut chan, READY, &mut forks)?.ts);
+        }
+        Ok::<_, String>(us(last - start.ts))
+    })();
+    let stopped = master.stop(libc::SIGTERM, STOP_TIMEOUT);
+    drain_forks(&mut chan, &mut forks);
+    out.latency.push(measured?);
+    out.status_forks.extend(forks);
+    stopped
+}
+
+/// One respawn run (as `respawn_run`): `kills` times SIGKILL the worker, time to READY.
+fn bigmem_respawn_run(imp: Imp, kills: usize, out: &mut BigSamples) -> Result<(), String> {
+    let (rd, wr) = pipe()?;
+    let report = wr.as_raw_fd();
+    let mut master = spawn_master(report, move || bigmem_master(imp, 1, report, true))?;
+    drop(wr);
+    let mut chan = Chan::new(rd);
+    let mut forks = Vec::new();
+    let measured = (|| {
+        chan.expect(START, REPORT_TIMEOUT)?;
+        let mut pid = expect_noting_forks(&mut chan, READY, &mut forks)?.pid;
+        // The first worker's fork is a spawn, not a respawn.
+        forks.clear();
+        for _ in 0..kills {
+            sleep(Duration::from_millis(2));
+            let t0 = now_ns();
+            if !kill(pid, libc::SIGKILL) {
+                return Err(last_error(&format!("kill({pid})")));
+            }
+            let r = expect_noting_forks(&mut chan, READY, &mut forks)?;
+            if r.pid == pid {
+                return Err(format!("worker {pid} reported ready twice"));
+            }
+            out.latency.push(us(r.ts.saturating_sub(t0)));
+            pid = r.pid;
+        }
+        Ok::<_, String>(())
+    })();
+    let stopped = master.stop(libc::SIGTERM, STOP_TIMEOUT);
+    drain_forks(&mut chan, &mut forks);
+    out.status_forks.extend(forks);
+    measured?;
+    stopped
+}
+
+/// One row's measurements: spawn samples (alternating, one warm-up each) and respawn runs
+/// (two alternating blocks each), prefork and floor.
+fn bigmem_config(n: usize, spawns: usize, kills: usize) -> [[BigSamples; 2]; 2] {
+    let mut spawn: [BigSamples; 2] = Default::default();
+    let mut respawn: [BigSamples; 2] = Default::default();
+    for imp in [Imp::Prefork, Imp::Floor] {
+        let _ = bigmem_spawn_sample(imp, n, &mut BigSamples::default());
+    }
+    for rep in 0..spawns {
+        let order = if rep % 2 == 0 {
+            [Imp::Prefork, Imp::Floor]
+        } else {
+            [Imp::Floor, Imp::Prefork]
+        };
+        for imp in order {
+            if let Err(e) = bigmem_spawn_sample(imp, n, &mut spawn[imp as usize]) {
+                eprintln!("  bigmem spawn {}: {e}", imp.name());
+            }
+        }
+    }
+    let half = kills.div_ceil(2);
+    for order in [[Imp::Prefork, Imp::Floor], [Imp::Floor, Imp::Prefork]] {
+        for imp in order {
+            if let Err(e) = bigmem_respawn_run(imp, half, &mut respawn[imp as usize]) {
+                eprintln!("  bigmem respawn {}: {e}", imp.name());
+            }
+        }
+    }
+    [spawn, respawn]
+}
+
+fn ms(us: f64) -> String {
+    if us.is_nan() {
+        "-".into()
+    } else {
+        format!("{:.2}", us / 1e3)
+    }
+}
+
+fn bench_bigmem(o: &Opts) {
+    let sizes: Vec<usize> = match std::env::var("BENCH_BIGMEM_GIB") {
+        Ok(v) => v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+        Err(_) => vec![0, 1, 4],
+    };
+    let n = env_usize("BENCH_BIGMEM_WORKERS").unwrap_or(1);
+    let spawns = env_usize("BENCH_BIGMEM_SPAWNS").unwrap_or(if o.quick { 4 } else { 10 });
+    let kills = env_usize("BENCH_BIGMEM_KILLS").unwrap_or(if o.quick { 8 } else { 20 });
+    let enabled = thp_setting("enabled");
+    println!(
+        "\n## bigmem: spawn ({n} worker{}, {spawns} samples each) and respawn ({kills} kills each) with memory written before the fork\n",
+        if n == 1 { "" } else { "s" }
+    );
+    println!(
+        "transparent huge pages: enabled [{enabled}], defrag [{}]{}",
+        thp_setting("defrag"),
+        match enabled.as_str() {
+            "madvise" => ": only memory advised MADV_HUGEPAGE gets huge pages",
+            "always" => ": memory gets huge pages with or without the advice",
+            "never" => ": no huge pages, the advice cannot change that",
+            _ => "",
+        }
+    );
+    println!(
+        "\"bare fork\": the bench's own fork of each spawn sample's master (fork + pidfd_open, same mapping); \"Status fork\": the prefork master's `SlotStatus::last_fork` of each worker\n"
+    );
+    let mut spawn_rows = Vec::new();
+    let mut respawn_rows = Vec::new();
+    for &gib in &sizes {
+        for huge in [false, true] {
+            if gib == 0 && huge {
+                continue;
+            }
+            let len = gib * GIB;
+            let available = kb_field("/proc/meminfo", "MemAvailable").unwrap_or(0);
+            if len + 2 * GIB > available {
+                eprintln!(
+                    "  bigmem {gib} GiB: skipped, {} MiB available (needs {} MiB with 2 GiB to spare)",
+                    available / MIB,
+                    (len + 2 * GIB) / MIB
+                );
+                continue;
+            }
+            let started = Instant::now();
+            let mem = if len > 0 {
+                match BigMem::new(len, huge) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        eprintln!("  bigmem {gib} GiB: {e}");
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let wrote = started.elapsed();
+            let huge_mib = kb_field("/proc/self/smaps_rollup", "AnonHugePages").unwrap_or(0) / MIB;
+            let [spawn, respawn] = bigmem_config(n, spawns, kills);
+            drop(mem);
+            let label = format!(
+                "| {gib} GiB | {} | {huge_mib} | {:.1} |",
+                if gib == 0 {
+                    "-"
+                } else if huge {
+                    "yes"
+                } else {
+                    "no"
+                },
+                wrote.as_secs_f64()
+            );
+            let [sp, sf] = [&spawn[0], &spawn[1]].map(|s| sorted(s.latency.clone()));
+            let bare = sorted(spawn.iter().flat_map(|s| s.bare_forks.clone()).collect());
+            let st = sorted(spawn[0].status_forks.clone());
+            spawn_rows.push(format!(
+                "{label} {} | {} | {} | {} | {} | {:.2} | {} |",
+                ms(pct(&bare, 50.0)),
+                ms(pct(&st, 50.0)),
+                ms(pct(&sp, 50.0)),
+                ms(pct(&sp, 90.0)),
+                ms(pct(&sf, 50.0)),
+                pct(&sp, 50.0) / pct(&sf, 50.0),
+                ms(pct(&sp, 50.0) - pct(&sf, 50.0)),
+            ));
+            let [rp, rf] = [&respawn[0], &respawn[1]].map(|s| sorted(s.latency.clone()));
+            let rt = sorted(respawn[0].status_forks.clone());
+            respawn_rows.push(format!(
+                "{label} {} | {} | {} | {} | {} | {} | {:.2} |",
+                ms(pct(&rt, 50.0)),
+                ms(pct(&rt, 100.0)),
+                ms(pct(&rp, 50.0)),
+                ms(pct(&rp, 90.0)),
+                ms(pct(&rf, 50.0)),
+                ms(pct(&rf, 90.0)),
+                pct(&rp, 50.0) / pct(&rf, 50.0),
+            ));
+            eprintln!(
+                "  bigmem {gib} GiB, MADV_HUGEPAGE {huge}: {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    println!("### spawn: run() called -> every worker inside serve (ms)\n");
+    println!(
+        "| memory | MADV_HUGEPAGE | AnonHugePages MiB | write s | bare fork p50 | Status fork p50 | prefork p50 | prefork p90 | floor p50 | ratio p50 | Δ p50 |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in spawn_rows {
+        println!("{row}");
+    }
+    println!("\n### respawn: SIGKILL the worker -> replacement inside serve (ms)\n");
+    println!(
+        "| memory | MADV_HUGEPAGE | AnonHugePages MiB | write s | Status fork p50 | Status fork max | prefork p50 | prefork p90 | floor p50 | floor p90 | ratio p50 |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in respawn_rows {
+        println!("{row}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 
 /// `/proc/loadavg`'s three averages: the machine is shared, so say how busy it was.
 fn loadavg() -> String {
@@ -1214,10 +1603,17 @@ fn main() {
     let unknown: Vec<_> = opts
         .filters
         .iter()
-        .filter(|f| !SECTIONS.iter().any(|s| s.starts_with(f.as_str())))
+        .filter(|f| {
+            !SECTIONS
+                .iter()
+                .chain(OPT_IN_SECTIONS)
+                .any(|s| s.starts_with(f.as_str()))
+        })
         .collect();
     if !unknown.is_empty() {
-        eprintln!("unknown section filter(s) {unknown:?}; sections: {SECTIONS:?}");
+        eprintln!(
+            "unknown section filter(s) {unknown:?}; sections: {SECTIONS:?}, and when named: {OPT_IN_SECTIONS:?}"
+        );
         std::process::exit(2);
     }
     match fs::read_to_string("/proc/self/status").ok().and_then(|s| {
@@ -1262,6 +1658,13 @@ fn main() {
     }
     if opts.selected("idle") {
         bench_idle(&opts);
+    }
+    if opts
+        .filters
+        .iter()
+        .any(|f| "bigmem".starts_with(f.as_str()))
+    {
+        bench_bigmem(&opts);
     }
     let strays = reap_strays();
     if strays > 0 {

@@ -194,6 +194,31 @@ pub struct SlotStatus {
     pub restarts: u64,
     /// How the latest worker of this slot that was reaped ended.
     pub last_exit: Option<LastExit>,
+    /// See [`SlotStatus::last_fork`].
+    pub(crate) last_fork: Option<Duration>,
+    /// See [`SlotStatus::max_fork`].
+    pub(crate) max_fork: Option<Duration>,
+}
+
+impl SlotStatus {
+    /// How long the master spent starting the latest worker of this slot: in fork mode, the
+    /// `fork(2)` call as the master saw it (monotonic clock before it and after it returned
+    /// in the master); in exec mode, `Command::spawn`, which forks and waits for the
+    /// worker's `execve(2)` to succeed. `None` before the slot's first worker.
+    ///
+    /// `fork` copies the master's page tables, so this grows with the master's resident set:
+    /// on a 2-core VM, 25 to 50 ms per GiB of memory in 4 KiB pages, about 0.6 ms per GiB in
+    /// transparent huge pages (see "Big programs" in `docs/operations.md`). The master does
+    /// nothing else meanwhile: every start, respawn and rolling-restart step waits this long.
+    pub fn last_fork(&self) -> Option<Duration> {
+        self.last_fork
+    }
+
+    /// The longest of the slot's starts measured as [`SlotStatus::last_fork`], since the
+    /// master started. `None` before the slot's first worker.
+    pub fn max_fork(&self) -> Option<Duration> {
+        self.max_fork
+    }
 }
 
 /// A snapshot of the master's workers, for operators: per slot, the worker's pid, start
@@ -236,10 +261,16 @@ impl Status {
         let slot = self.latest?;
         Some((slot, self.slots.get(slot)?.last_exit.as_ref()?))
     }
+
+    /// The longest start of a worker of any slot ([`SlotStatus::max_fork`]); `None` before
+    /// the first.
+    pub fn max_fork(&self) -> Option<Duration> {
+        self.slots.iter().filter_map(|s| s.max_fork).max()
+    }
 }
 
-/// The short form: `3 of 4 workers serving, 7 restarts; last exit: worker 2 (pid 4242)
-/// stuck, signal SIGKILL`.
+/// The short form: `3 of 4 workers serving, 7 restarts, longest fork 1.3 ms; last exit:
+/// worker 2 (pid 4242) stuck, signal SIGKILL`.
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let restarts = self.restarts();
@@ -250,6 +281,9 @@ impl fmt::Display for Status {
             self.in_service(),
             if restarts == 1 { "" } else { "s" }
         )?;
+        if let Some(d) = self.max_fork() {
+            write!(f, ", longest fork {:.1} ms", d.as_secs_f64() * 1e3)?;
+        }
         if let Some((slot, e)) = self.last_exit() {
             write!(
                 f,

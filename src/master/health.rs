@@ -8,17 +8,17 @@
 //!   (plus a per-worker jitter, uniform in `[0, lifetime/10]`) or over the memory ceiling
 //!   (`/proc/PID/statm`, read once a second) is handed to `Supervisor::recycle`, which
 //!   replaces it as a rolling restart does.
-//! * **Status**: per slot, the worker's pid, start time, restarts and last exit. The master
-//!   publishes it (log line, `on_status` hook, systemd `STATUS=`) when it changed, once per
-//!   wake-up.
+//! * **Status**: per slot, the worker's pid, start time, restarts, last exit, and how long
+//!   the master's latest and longest fork for it took. The master publishes it (log line,
+//!   `on_status` hook, systemd `STATUS=`) when it changed, once per wake-up.
 //!
 //! Every check runs on one timer, the earliest of their deadlines; with no check set there is
 //! no timer at all.
 
 use std::time::{Duration, SystemTime};
 
-use super::notify::Notifier;
 use super::hooks::call_hook;
+use super::notify::Notifier;
 use super::pids::PidMap;
 use crate::config::{ExitCause, HealthChecks, LastExit, SlotStatus, Status, StatusHook};
 use crate::error::Error;
@@ -127,6 +127,15 @@ impl Health {
         if let Some(t) = &self.table {
             t.clear(slot);
         }
+    }
+
+    /// Starting a worker in `slot` took the master `took` (the fork, or the exec-mode
+    /// spawn).
+    pub(crate) fn on_forked(&mut self, slot: usize, took: Duration) {
+        self.grow(slot);
+        let s = &mut self.current.slots[slot];
+        s.last_fork = Some(took);
+        s.max_fork = s.max_fork.max(Some(took));
     }
 
     /// A worker started in `slot` as `pid`, at `now`.
@@ -364,6 +373,8 @@ impl Health {
                 ready: false,
                 restarts: 0,
                 last_exit: None,
+                last_fork: None,
+                max_fork: None,
             });
             self.ever.push(false);
         }
@@ -554,6 +565,30 @@ mod tests {
             "mean {mean:?}"
         );
         assert_eq!(h.jitter(Duration::from_nanos(5)), Duration::ZERO);
+    }
+
+    #[test]
+    fn status_keeps_the_last_and_the_longest_fork_per_slot() {
+        let mut health = Health::new(HealthChecks::default(), 2).expect("no table");
+        assert_eq!(health.current.slots[1].last_fork(), None);
+        assert_eq!(health.current.max_fork(), None);
+        for (slot, took) in [(0, 3), (1, 2), (0, 7), (0, 5)] {
+            health.on_forked(slot, ms(took));
+        }
+        let s = &health.current.slots;
+        assert_eq!(
+            (s[0].last_fork(), s[0].max_fork()),
+            (Some(ms(5)), Some(ms(7)))
+        );
+        assert_eq!(
+            (s[1].last_fork(), s[1].max_fork()),
+            (Some(ms(2)), Some(ms(2)))
+        );
+        assert_eq!(health.current.max_fork(), Some(ms(7)));
+        assert_eq!(
+            health.current.to_string(),
+            "0 of 0 workers serving, 0 restarts, longest fork 7.0 ms"
+        );
     }
 
     #[test]
