@@ -13,6 +13,8 @@
 //! `heartbeat`) from this single-threaded process, so that `run` blocking does not block the
 //! bench; the master dies with the bench (`PR_SET_PDEATHSIG`) if the bench is killed.
 
+#[path = "shared/opts.rs"]
+mod opts;
 // Only `pct` and `sorted` are used here.
 #[allow(dead_code)]
 #[path = "shared/stats.rs"]
@@ -26,49 +28,13 @@ use std::time::{Duration, Instant};
 
 use prefork::{Prefork, Worker};
 
+use opts::Opts;
+
 const SECTIONS: &[&str] = &["idle", "heartbeat"];
-
-struct Opts {
-    quick: bool,
-    filters: Vec<String>,
-    idle: Duration,
-}
-
-impl Opts {
-    fn parse() -> Opts {
-        let mut quick = std::env::var_os("BENCH_QUICK").is_some();
-        let mut filters = Vec::new();
-        for arg in std::env::args().skip(1) {
-            match arg.as_str() {
-                "--quick" => quick = true,
-                a if a.starts_with('-') => {}
-                a => filters.push(a.to_owned()),
-            }
-        }
-        let idle = std::env::var("BENCH_IDLE_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map(Duration::from_secs)
-            .unwrap_or(Duration::from_secs(if quick { 2 } else { 10 }));
-        Opts {
-            quick,
-            filters,
-            idle,
-        }
-    }
-
-    fn selected(&self, section: &str) -> bool {
-        self.filters.is_empty() || self.filters.iter().any(|f| section.starts_with(f.as_str()))
-    }
-}
 
 fn main() {
     let opts = Opts::parse();
-    let unknown: Vec<_> = opts
-        .filters
-        .iter()
-        .filter(|f| !SECTIONS.iter().any(|s| s.starts_with(f.as_str())))
-        .collect();
+    let unknown = opts.unknown(SECTIONS);
     if !unknown.is_empty() {
         eprintln!("unknown section filter(s) {unknown:?}; sections: {SECTIONS:?}");
         std::process::exit(2);

@@ -29,12 +29,17 @@
 //! workers die with it (the library's own PDEATHSIG); the bench is a child subreaper and
 //! kills any stray child at the end; a 15-minute `alarm` is the last resort.
 
+#[path = "shared/opts.rs"]
+mod opts;
+#[path = "shared/procs.rs"]
+mod procs;
 #[path = "listeners/role.rs"]
 mod role;
 #[path = "shared/stats.rs"]
 mod stats;
 #[path = "listeners/sys.rs"]
 mod sys;
+use opts::Opts;
 use stats::{pct, sorted, verdict};
 
 use std::io::{self, Read, Write};
@@ -55,32 +60,6 @@ use role::{
 // ---------------------------------------------------------------------------------------------
 
 const SECTIONS: &[&str] = &["spawn", "memory", "resets"];
-
-struct Opts {
-    quick: bool,
-    filters: Vec<String>,
-}
-
-impl Opts {
-    fn parse() -> Opts {
-        let mut quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        let mut filters = Vec::new();
-        for arg in std::env::args().skip(1) {
-            if arg == "--quick" {
-                quick = true;
-            } else if !arg.starts_with('-') {
-                filters.push(arg);
-            }
-            // Other flags (`--bench` from cargo, libtest's options) are ignored.
-        }
-        Opts { quick, filters }
-    }
-
-    /// A section runs when no filter is given, or when a filter is a prefix of its name.
-    fn selected(&self, section: &str) -> bool {
-        self.filters.is_empty() || self.filters.iter().any(|f| section.starts_with(f.as_str()))
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Reports

@@ -37,8 +37,13 @@ use std::time::{Duration, Instant};
 
 use prefork::Prefork;
 
+#[path = "shared/opts.rs"]
+mod opts;
+#[path = "shared/procs.rs"]
+mod procs;
 #[path = "shared/stats.rs"]
 mod stats;
+use opts::Opts;
 use stats::{now_ns, pct, sorted, verdict};
 
 // ---------------------------------------------------------------------------------------------
@@ -46,47 +51,6 @@ use stats::{now_ns, pct, sorted, verdict};
 // ---------------------------------------------------------------------------------------------
 
 const SECTIONS: &[&str] = &["spawn", "respawn", "death", "idle"];
-
-struct Opts {
-    quick: bool,
-    filters: Vec<String>,
-    idle: Duration,
-}
-
-impl Opts {
-    fn parse() -> Opts {
-        let mut quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        let mut filters = Vec::new();
-        for arg in std::env::args().skip(1) {
-            if arg == "--quick" {
-                quick = true;
-            } else if !arg.starts_with('-') {
-                filters.push(arg);
-            }
-            // Other flags (`--bench` from cargo, libtest's options) are ignored.
-        }
-        let idle = match std::env::var("BENCH_IDLE_SECS") {
-            Ok(v) => match v.parse::<f64>() {
-                Ok(s) if s > 0.0 && s < 3600.0 => Duration::from_secs_f64(s),
-                _ => {
-                    eprintln!("BENCH_IDLE_SECS={v:?} is not a duration in seconds; ignored");
-                    Duration::from_secs(if quick { 2 } else { 10 })
-                }
-            },
-            Err(_) => Duration::from_secs(if quick { 2 } else { 10 }),
-        };
-        Opts {
-            quick,
-            filters,
-            idle,
-        }
-    }
-
-    /// A section runs when no filter is given, or when a filter is a prefix of its name.
-    fn selected(&self, section: &str) -> bool {
-        self.filters.is_empty() || self.filters.iter().any(|f| section.starts_with(f.as_str()))
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // System helpers
@@ -509,37 +473,6 @@ fn reap_adopted(pid: u32, pidfd: &OwnedFd) {
             _ => return,
         }
     }
-}
-
-/// Kills and reaps any child of the bench still around; returns how many there were.
-fn reap_strays() -> usize {
-    let me = getpid();
-    let mut strays = 0;
-    if let Ok(dir) = fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // Field 4 (ppid) follows the parenthesised command name, which may hold spaces.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(me) {
-                strays += 1;
-                kill(pid, libc::SIGKILL);
-                reap_blocking(pid as libc::pid_t);
-            }
-        }
-    }
-    strays
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1666,7 +1599,7 @@ fn main() {
     {
         bench_bigmem(&opts);
     }
-    let strays = reap_strays();
+    let strays = procs::reap_strays(&[]);
     if strays > 0 {
         eprintln!("warning: {strays} stray child process(es) found at the end and killed");
     }
