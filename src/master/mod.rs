@@ -14,6 +14,7 @@ mod hooks;
 pub(crate) mod listeners;
 mod notify;
 mod pids;
+mod reaper;
 pub(crate) mod spawn;
 mod upgrade;
 
@@ -28,16 +29,16 @@ use crate::child::{self, ChildSetup};
 use crate::config::{Backend, HealthChecks, Hooks, WorkerSetup};
 use crate::error::Error;
 use crate::supervisor::{
-    Action, Cause, Config, Exited, Failure, Ignored, Rollback, Supervisor, Why, WorkerExit,
+    Action, Cause, Config, Exited, Failure, Ignored, Rollback, Supervisor, Why,
 };
 use crate::sys::signal::{self, Signal};
 use crate::sys::{self, Fork, Reaped, SigSet};
 use crate::worker::Worker;
 use health::Health;
 use hooks::{STDOUT_CLEAN, call_hook, flush_stdout};
-use pids::PidMap;
 use listeners::Listeners;
 use notify::Notifier;
+use reaper::{Reaper, exit_of};
 use spawn::Spawn;
 use upgrade::{Program, Report, Upgrade};
 
@@ -74,10 +75,6 @@ pub(crate) struct Plan {
     pub(crate) health: HealthChecks,
     /// What each worker does for itself before `serve`.
     pub(crate) setup: WorkerSetup,
-}
-
-struct Child {
-    pidfd: Option<OwnedFd>,
 }
 
 /// What one wake-up of the loop found, handled one at a time.
@@ -123,9 +120,8 @@ struct Master {
     /// The signals the master handles (blocked, read from the signalfd).
     handled: SigSet,
     saved_chld: Option<sys::SavedAction>,
-    children: PidMap<Child>,
-    backend: Backend,
-    adopts_orphans: bool,
+    /// The children (workers, a new master) and how they are reaped.
+    reaper: Reaper,
     start: Instant,
     spawn: Spawn,
     listeners: Listeners,
@@ -206,7 +202,7 @@ where
         .then(|| sys::identity::Renamed::set(c"prefork master"));
     let health = Health::new(health, cfg.workers)?;
     let mut master = Master::new(backend, death, spawn, listeners, health)?;
-    master.children.reserve(2 * cfg.workers);
+    master.reaper.reserve(2 * cfg.workers);
     master.setup = setup;
     log::info!(
         "prefork master {} starting {} workers ({mode} mode, {:?} backend)",
@@ -282,9 +278,7 @@ impl Master {
             old_mask,
             handled: mask,
             saved_chld,
-            children: PidMap::default(),
-            backend,
-            adopts_orphans: sys::adopts_orphans(),
+            reaper: Reaper::new(backend),
             start: Instant::now(),
             spawn,
             listeners,
@@ -343,11 +337,9 @@ impl Master {
         if let Some(fw) = &fds.forwarding {
             add(fw.read.as_fd(), FORWARD_TOKEN)?;
         }
-        for (&pid, child) in &self.children {
-            if let Some(fd) = &child.pidfd {
-                add(fd.as_fd(), u64::from(pid))?;
-            }
-        }
+        self.reaper
+            .register(&epoll, u64::from)
+            .map_err(Error::sys("epoll_ctl"))?;
         self.fds_mut().event_loop = Some(Loop { epoll, sigfd });
         Ok(())
     }
@@ -456,7 +448,7 @@ impl Master {
                         }
                     }
                     pid => {
-                        if let Some(how) = self.reap(pid as u32) {
+                        if let Some(how) = self.reaper.reap(pid as u32) {
                             events.push(Event::Exited(pid as u32, how));
                         }
                     }
@@ -529,65 +521,20 @@ impl Master {
         sup.on_signal(signal, self.now());
     }
 
-    /// `SIGCHLD`: the sigchld backend reaps every exited child here; the pidfd backend reaps
-    /// only orphans it adopted as PID 1 or subreaper (its workers come through their pidfds).
+    /// `SIGCHLD`: the children it reaps become exits of workers, or of the new master.
     fn on_sigchld(&mut self, events: &mut Vec<Event>) {
-        if self.backend == Backend::Pidfd && !self.adopts_orphans {
-            return;
-        }
-        loop {
-            let peek = self.backend == Backend::Pidfd;
-            let (pid, how) = match sys::wait_any(peek) {
-                Ok(Some(found)) => found,
-                Ok(None) => return,
-                Err(e) => {
-                    log::error!("waitid: {e}");
-                    return;
-                }
-            };
-            if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
-                let how = if peek { self.reap_upgrade() } else { Some(how) };
-                if let Some(how) = how {
-                    events.push(Event::UpgradeExited(how));
-                }
-            } else if self.children.contains_key(&pid) {
-                let how = if peek { self.reap(pid) } else { Some(how) };
-                if let Some(how) = how {
-                    events.push(Event::Exited(pid, how));
-                }
+        let upgrade = self.upgrade.as_ref().map(|u| u.pid);
+        self.reaper.on_sigchld(|pid, how| {
+            events.push(if Some(pid) == upgrade {
+                Event::UpgradeExited(how)
             } else {
-                if peek {
-                    let _ = sys::reap_pid(pid);
-                }
-                log::debug!("reaped orphan {pid} ({})", exit_of(how));
-            }
-        }
-    }
-
-    /// Reaps the worker `pid` if it has exited (its pidfd is readable).
-    fn reap(&mut self, pid: u32) -> Option<Reaped> {
-        let child = self.children.get(&pid)?;
-        let how = match &child.pidfd {
-            Some(fd) => sys::reap_pidfd(fd.as_fd(), pid),
-            None => sys::reap_pid(pid),
-        };
-        match how {
-            Ok(how) => how,
-            // Already reaped through SIGCHLD in this batch (PID 1 or subreaper).
-            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => None,
-            Err(e) => {
-                log::error!("waitid for worker pid {pid}: {e}");
-                None
-            }
-        }
+                Event::Exited(pid, how)
+            })
+        });
     }
 
     fn on_worker_exit(&mut self, pid: u32, how: Reaped, sup: &mut Supervisor, hooks: &mut Hooks) {
-        if let Some(Child { pidfd: Some(fd) }) = self.children.remove(&pid) {
-            if let Some(l) = &self.fds().event_loop {
-                let _ = l.epoll.delete(fd.as_fd());
-            }
-        }
+        self.reaper.forget(pid, epoll_of(&self.fds));
         let exit = exit_of(how);
         let Some(Exited { slot, cause }) = sup.on_exit(pid, exit, self.now()) else {
             return;
@@ -734,8 +681,9 @@ impl Master {
                 if signal == Signal::Term {
                     log::info!("stopping the new master {pid} too");
                 }
-                let pidfd = self.upgrade.as_ref().and_then(|u| u.pidfd.as_ref());
-                signal_process(pid, pidfd.map(|f| f.as_fd()), signal);
+                if let Err(e) = self.reaper.signal(pid, signal) {
+                    log::warn!("cannot send {signal} to the new master {pid}: {e}");
+                }
             }
             Action::HandedOver { pid } => {
                 log::info!("upgrade: new master {pid} is serving; draining the old workers");
@@ -776,9 +724,9 @@ impl Master {
     }
 
     fn signal(&mut self, pid: u32, signal: Signal, why: Why, sup: &Supervisor) {
-        let Some(child) = self.children.get(&pid) else {
+        if !self.reaper.contains(pid) {
             return;
-        };
+        }
         let slot = sup.slot_of(pid).map_or("?".to_owned(), |s| s.to_string());
         match why {
             Why::GraceExpired => log::warn!(
@@ -791,15 +739,8 @@ impl Master {
                 log::debug!("sending {signal} to worker {slot} (pid {pid})")
             }
         }
-        let sent = match &child.pidfd {
-            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), signal.raw()),
-            None => sys::kill(pid, signal.raw()),
-        };
-        match sent {
-            Ok(()) => {}
-            // Already exited, not yet reaped: its exit is on its way.
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-            Err(e) => log::warn!("cannot send {signal} to worker pid {pid}: {e}"),
+        if let Err(e) = self.reaper.signal(pid, signal) {
+            log::warn!("cannot send {signal} to worker pid {pid}: {e}");
         }
     }
 
@@ -853,14 +794,7 @@ impl Master {
                     death_pipe,
                     ..
                 } = self.fds.take().expect("the master's descriptors");
-                // Closes the siblings' pidfds. Iterating by value reads the table without
-                // writing to it, and the table itself is left to the worker's copy of the
-                // heap: every page a worker writes is a copy-on-write fault.
-                if !self.children.is_empty() {
-                    let mut siblings = std::mem::take(&mut self.children).into_iter();
-                    siblings.by_ref().for_each(drop);
-                    std::mem::forget(siblings);
-                }
+                self.reaper.close_in_child();
                 // Only what is there is dropped: each write here is a copy-on-write fault.
                 if self.notifier.is_some() {
                     self.notifier = None;
@@ -904,38 +838,9 @@ impl Master {
         }
     }
 
-    /// Starts watching a just-started worker: with the pidfd backend, opens its pidfd and
-    /// adds it to the epoll set. A pid cannot be reused while its process is our unreaped
-    /// child, so `pidfd_open` after the start is race-free. A kernel without pidfds
-    /// (`ENOSYS`, before 5.3) switches this run to the sigchld backend. On any other failure
-    /// the worker is killed and reaped, so nothing leaks.
+    /// Starts watching a just-started worker (see [`Reaper::adopt`]).
     fn adopt(&mut self, pid: u32) -> io::Result<()> {
-        if self.backend == Backend::Pidfd {
-            // Before the loop exists, `ensure_loop` registers it with the others.
-            let registered = sys::pidfd_open(pid).and_then(|fd| {
-                if let Some(l) = &self.fds().event_loop {
-                    l.epoll.add(fd.as_fd(), u64::from(pid))?;
-                }
-                Ok(fd)
-            });
-            match registered {
-                Ok(fd) => {
-                    self.children.insert(pid, Child { pidfd: Some(fd) });
-                    return Ok(());
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) && self.children.is_empty() => {
-                    log::info!("pidfds unavailable ({e}); using the sigchld backend");
-                    self.backend = Backend::Sigchld;
-                }
-                Err(e) => {
-                    let _ = sys::kill(pid, Signal::Kill.raw());
-                    sys::wait_blocking(pid);
-                    return Err(e);
-                }
-            }
-        }
-        self.children.insert(pid, Child { pidfd: None });
-        Ok(())
+        self.reaper.adopt(pid, epoll_of(&self.fds), u64::from(pid))
     }
 
     fn finish(&mut self, outcome: Result<(), Failure>) -> Result<(), Error> {
@@ -997,21 +902,16 @@ impl Master {
         drop(sockets);
         // The new master has its copies (or failed to start): ours of `run`'s sockets close.
         drop(caller);
-        let mut upgrade = started.map_err(|e| format!("cannot execute {}: {e}", path.display()))?;
-        let epoll = &self.event_loop().epoll;
+        let upgrade = started.map_err(|e| format!("cannot execute {}: {e}", path.display()))?;
+        let epoll = epoll_of(&self.fds).expect("the event loop runs");
         if let Err(e) = epoll.add(upgrade.ready.as_fd(), UPGRADE_READY_TOKEN) {
             log::error!("upgrade: cannot watch the new master's readiness ({e})");
         }
-        if self.backend == Backend::Pidfd {
-            match sys::pidfd_open(upgrade.pid) {
-                Ok(fd) => {
-                    if let Err(e) = epoll.add(fd.as_fd(), UPGRADE_PID_TOKEN) {
-                        log::error!("upgrade: cannot watch the new master ({e})");
-                    }
-                    upgrade.pidfd = Some(fd);
-                }
-                Err(e) => log::error!("upgrade: cannot open a pidfd of the new master ({e})"),
-            }
+        let watched = self
+            .reaper
+            .watch(upgrade.pid, Some(epoll), UPGRADE_PID_TOKEN);
+        if let Err(e) = watched {
+            log::error!("upgrade: cannot open a pidfd of the new master ({e})");
         }
         let pid = upgrade.pid;
         self.upgrade = Some(upgrade);
@@ -1034,12 +934,8 @@ impl Master {
 
     /// Reaps the new master if it exited.
     fn reap_upgrade(&mut self) -> Option<Reaped> {
-        let u = self.upgrade.as_ref()?;
-        let how = match &u.pidfd {
-            Some(fd) => sys::reap_pidfd(fd.as_fd(), u.pid),
-            None => sys::reap_pid(u.pid),
-        };
-        how.ok().flatten()
+        let pid = self.upgrade.as_ref()?.pid;
+        self.reaper.reap(pid)
     }
 
     fn on_upgrade_exit(&mut self, how: Reaped, sup: &mut Supervisor) {
@@ -1053,38 +949,28 @@ impl Master {
         let Some(u) = self.upgrade.take() else {
             return;
         };
-        let epoll = &self.event_loop().epoll;
-        let _ = epoll.delete(u.ready.as_fd());
-        if let Some(fd) = &u.pidfd {
-            let _ = epoll.delete(fd.as_fd());
+        let epoll = epoll_of(&self.fds);
+        if let Some(epoll) = epoll {
+            let _ = epoll.delete(u.ready.as_fd());
         }
+        self.reaper.forget(u.pid, epoll);
     }
 
+    /// KILLs and reaps every child, a new master included.
     fn kill_and_reap_all(&mut self) {
-        if let Some(u) = self.upgrade.take() {
-            signal_process(u.pid, u.pidfd.as_ref().map(|f| f.as_fd()), Signal::Kill);
-            sys::wait_blocking(u.pid);
-        }
-        for (&pid, child) in &self.children {
-            let _ = match &child.pidfd {
-                Some(fd) => sys::pidfd_send_signal(fd.as_fd(), Signal::Kill.raw()),
-                None => sys::kill(pid, Signal::Kill.raw()),
-            };
-        }
-        for (pid, _) in std::mem::take(&mut self.children) {
-            sys::wait_blocking(pid);
-        }
+        self.upgrade = None;
+        self.reaper.kill_and_reap_all();
     }
 }
 
 impl Drop for Master {
     fn drop(&mut self) {
-        if !self.children.is_empty() {
+        if self.reaper.len() > 0 {
             // Only an unwinding loop gets here with workers alive: none may run on
             // unsupervised.
             log::error!(
                 "the master's loop ended abnormally; killing {} workers",
-                self.children.len()
+                self.reaper.len()
             );
             self.kill_and_reap_all();
         }
@@ -1123,24 +1009,12 @@ impl Drop for Master {
     }
 }
 
-/// Signals a child through its pidfd when there is one.
-fn signal_process(pid: u32, pidfd: Option<std::os::fd::BorrowedFd<'_>>, signal: Signal) {
-    let sent = match pidfd {
-        Some(fd) => sys::pidfd_send_signal(fd, signal.raw()),
-        None => sys::kill(pid, signal.raw()),
-    };
-    if let Err(e) = sent {
-        if e.raw_os_error() != Some(libc::ESRCH) {
-            log::warn!("cannot send {signal} to pid {pid}: {e}");
-        }
-    }
-}
-
-fn exit_of(how: Reaped) -> WorkerExit {
-    match how {
-        Reaped::Exited(code) => WorkerExit::Code(code),
-        Reaped::Signaled(signal) => WorkerExit::Signal(signal),
-    }
+/// The event loop's epoll instance, once it exists (borrowed apart from the master's other
+/// fields).
+fn epoll_of(fds: &Option<Fds>) -> Option<&sys::Epoll> {
+    fds.as_ref()
+        .and_then(|f| f.event_loop.as_ref())
+        .map(|l| &l.epoll)
 }
 
 #[cfg(test)]

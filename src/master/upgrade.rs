@@ -74,8 +74,6 @@ impl Program {
 /// An upgrade under way: the new master, until it is ready or gone.
 pub(crate) struct Upgrade {
     pub(crate) pid: u32,
-    /// Its pidfd (pidfd backend), in the master's epoll set.
-    pub(crate) pidfd: Option<OwnedFd>,
     /// The read end of its readiness pipe, in the master's epoll set.
     pub(crate) ready: OwnedFd,
 }
@@ -115,11 +113,7 @@ impl Upgrade {
         let fds: Vec<_> = sockets.iter().map(|(fd, _)| *fd).collect();
         let pid = handover.spawn(&fds, write.as_fd(), mask)?;
         drop(write);
-        Ok(Upgrade {
-            pid,
-            pidfd: None,
-            ready: read,
-        })
+        Ok(Upgrade { pid, ready: read })
     }
 
     /// Reads what the new master wrote so far.
