@@ -9,11 +9,11 @@ use crate::config::{
     HookResult, Hooks, Status, WorkerSetup,
 };
 use crate::error::Error;
+use crate::exit::WorkerExit;
 use crate::listen::{self, Network};
 use crate::master::listeners::Listeners;
 use crate::master::spawn::{ExecSpec, Spawn};
 use crate::master::{self, Plan};
-use crate::exit::WorkerExit;
 use crate::supervisor::Config;
 use crate::worker::Worker;
 use crate::{child, sys};

@@ -8,12 +8,12 @@
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::exit::{EXIT_FATAL, WorkerExit};
 use crate::protocol::{
     self, CHILD_ENV, DEFAULT_FDNAME, LISTEN_FDNAMES_ENV, LISTEN_FDS_ENV, LISTEN_PID_ENV, ListenFds,
     MAX_FDNAME_LEN, MAX_LISTEN_FDS, MAX_WORKER_ID, WORKER_ID_ENV,
 };
 use crate::supervisor::model::{FIRST_PID, Model};
-use crate::exit::{EXIT_FATAL, WorkerExit};
 use crate::supervisor::{Action, Config, Failure};
 use crate::sys::signal::Signal;
 

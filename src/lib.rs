@@ -197,11 +197,10 @@ pub use config::{
     ExitCause, HookResult, LastExit, SlotStatus, Status,
 };
 pub use error::Error;
+pub use exit::{CountedExit, EXIT_FATAL, EXIT_PANIC, WorkerExit};
 pub use listen::{LISTENER_FD, Network, REUSEPORT_ADDR_ENV};
 pub use protocol::{CHILD_ENV, READY_FD_ENV, UPGRADE_FD_ENV, WORKER_ID_ENV};
-pub use exit::{CountedExit, EXIT_FATAL, EXIT_PANIC, WorkerExit};
 pub use worker::{Incoming, Shutdown, Worker};
-
 
 /// Forks `n` workers that each run `serve`, and supervises them until `SIGTERM`/`SIGINT`.
 ///

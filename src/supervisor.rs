@@ -70,7 +70,6 @@ use upgrade::NewMaster;
 /// ready counts as a boot failure.
 pub(crate) const FAST_CRASH: Duration = Duration::from_secs(1);
 
-
 /// The most a respawn delay grows to, as a multiple of its base.
 const MAX_BACKOFF_FACTOR: u32 = 32;
 

@@ -41,4 +41,3 @@ pub(crate) fn call_hook(hook: &'static str, f: impl FnOnce() -> HookResult) -> R
         }),
     }
 }
-

@@ -25,4 +25,3 @@ impl std::hash::Hasher for PidHasher {
         self.0 = u64::from(pid).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
-
