@@ -9,6 +9,7 @@
 //!   process group of its own, and observes it through its report lines, TCP connections
 //!   to its workers, `/proc` and its exit status (`processes/cases.rs`). Every case runs
 //!   under both reaping backends (`PREFORK_BACKEND=pidfd` and `=sigchld`), one at a time.
+//!   Registered as every suite's are: a table of cases (`support::runner::Case`).
 //!
 //! Test names are `BACKEND::case`, e.g. `sigchld::sigterm_stops_all_workers`.
 
@@ -21,25 +22,12 @@ mod fixture;
 
 use std::process::ExitCode;
 
-use support::backend::Backend;
-use support::runner::{self, Test};
+use support::runner;
 
 fn main() -> ExitCode {
     // The fixture role must come first, while the process is still single-threaded.
     if let Some(role) = support::fixture::role() {
         support::fixture::main(&role, &[(fixture::ROLE, fixture::master)]);
     }
-    runner::main(tests())
-}
-
-/// Every case under every backend: all of them under pidfd, then all under sigchld.
-fn tests() -> Vec<Test> {
-    Backend::ALL
-        .iter()
-        .flat_map(|&b| {
-            cases::ALL.iter().map(move |&(name, case)| {
-                runner::test(format!("{}::{name}", b.name()), move || case(b))
-            })
-        })
-        .collect()
+    runner::main(runner::tests(cases::ALL))
 }

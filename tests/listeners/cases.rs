@@ -11,32 +11,238 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::fixture::ROLE;
-use crate::support::backend::Backend;
+use crate::support::backend::{Backend, Mode};
 use crate::support::fixture::EXIT_ERR;
 use crate::support::net::{Answer, ask, ask_at, ask_until_all, hold_all, local};
 use crate::support::process::{
     DEADLINE, Fd3, Fixture, Spec, describe, kill, run_captured, wait_for, wait_until,
 };
+use crate::support::runner::{Case, ONCE, Variant};
 use crate::support::{procfs, runner};
 
-/// How `listen_and_serve` starts workers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Fork,
-    Exec,
+/// The listening sockets a case's master makes, and how its workers start: one shared
+/// socket, or one per worker (`SO_REUSEPORT`), in fork or exec mode.
+#[derive(Clone, Copy, Debug)]
+pub struct Sockets {
+    pub mode: Mode,
+    pub reuseport: bool,
 }
 
-impl Mode {
-    pub const ALL: [Mode; 2] = [Mode::Fork, Mode::Exec];
-
-    /// The value of `FX_MODE`, also the mode's part of test names.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Fork => "fork",
-            Mode::Exec => "exec",
-        }
+impl Variant for Sockets {
+    /// `fork`, `exec`, `fork_reuseport`, `exec_reuseport`.
+    fn name(self) -> String {
+        let suffix = if self.reuseport { "_reuseport" } else { "" };
+        format!("{}{suffix}", self.mode.name())
     }
 }
+
+/// Either mode, with a shared socket and with one per worker.
+const SOCKETS: &[Sockets] = &[
+    Sockets {
+        mode: Mode::Fork,
+        reuseport: false,
+    },
+    Sockets {
+        mode: Mode::Exec,
+        reuseport: false,
+    },
+    Sockets {
+        mode: Mode::Fork,
+        reuseport: true,
+    },
+    Sockets {
+        mode: Mode::Exec,
+        reuseport: true,
+    },
+];
+
+/// Either mode under either backend.
+const MODES_AND_BACKENDS: &[(Mode, Backend)] = &[
+    (Mode::Fork, Backend::Pidfd),
+    (Mode::Fork, Backend::Sigchld),
+    (Mode::Exec, Backend::Pidfd),
+    (Mode::Exec, Backend::Sigchld),
+];
+
+/// The cases of each mode under each backend.
+pub const UNDER_MODE_AND_BACKEND: &[Case<(Mode, Backend)>] = &[Case::new(
+    "shared_listener",
+    MODES_AND_BACKENDS,
+    |(mode, backend)| shared_listener(mode, backend),
+)];
+
+/// The cases of each reaping backend.
+pub const UNDER_BACKEND: &[Case<Backend>] = &[
+    Case::new(
+        "threaded_master::sigterm_stops_all",
+        &Backend::ALL,
+        threaded_sigterm,
+    ),
+    Case::new(
+        "exec_supervision::respawn_same_slot",
+        &Backend::ALL,
+        exec_respawn,
+    ),
+    Case::new(
+        "exec_supervision::master_killed",
+        &Backend::ALL,
+        exec_master_killed,
+    ),
+    Case::new(
+        "reuseport::fork_socket_per_slot",
+        &Backend::ALL,
+        reuseport_fork_per_slot,
+    ),
+    Case::new("reuseport::fork_no_reset", &Backend::ALL, |b| {
+        reuseport_no_reset(Mode::Fork, b)
+    }),
+    Case::new("reuseport::exec_no_reset", &Backend::ALL, |b| {
+        reuseport_no_reset(Mode::Exec, b)
+    }),
+    Case::new(
+        "reuseport::ttou_closes_retired_socket",
+        &Backend::ALL,
+        reuseport_ttou,
+    ),
+];
+
+/// The cases of each kind of listening sockets.
+pub const UNDER_SOCKETS: &[Case<Sockets>] = &[
+    Case::new("bind_errors::busy_port", SOCKETS, |s| {
+        bind_busy(s.mode, s.reuseport)
+    }),
+    Case::new("systemd::serves_inherited", SOCKETS, |s| {
+        systemd_serves(s.mode, s.reuseport)
+    }),
+];
+
+/// The cases that run once.
+pub const RUN_ONCE: &[Case<()>] = &[
+    Case::new("threaded_master::exec_serves", ONCE, |()| {
+        threaded_exec_serves()
+    }),
+    Case::new("threaded_master::auto_chooses_exec", ONCE, |()| {
+        threaded_auto_exec()
+    }),
+    Case::new("threaded_master::fork_refused", ONCE, |()| {
+        threaded_fork_refused()
+    }),
+    Case::new("threaded_master::auto_single_threaded_forks", ONCE, |()| {
+        auto_single_threaded_forks()
+    }),
+    Case::new("reuseport::exec_each_worker_binds", ONCE, |()| {
+        reuseport_exec_binds()
+    }),
+    Case::new("bind_errors::malformed_addresses", ONCE, |()| {
+        bind_malformed()
+    }),
+    Case::new("bind_errors::unresolvable_host", ONCE, |()| {
+        bind_unresolvable()
+    }),
+    Case::new("bind_errors::tcp6_with_ipv4_address", ONCE, |()| {
+        bind_wrong_family("tcp6", "127.0.0.1:0", "IPv6")
+    }),
+    Case::new("bind_errors::tcp4_with_ipv6_address", ONCE, |()| {
+        bind_wrong_family("tcp4", "[::1]:0", "IPv4")
+    }),
+    Case::new("network::tcp6_loopback", ONCE, |()| network_tcp6()),
+    Case::new("network::tcp_empty_host_dual_stack", ONCE, |()| {
+        network_dual_stack()
+    }),
+    Case::new("child_errors::fd3_not_open", ONCE, |()| {
+        child_fd3(Fd3Kind::Closed, &["fd 3", "not open"])
+    }),
+    Case::new("child_errors::fd3_regular_file", ONCE, |()| {
+        child_fd3(Fd3Kind::DevNull, &["fd 3", "not a socket"])
+    }),
+    Case::new("child_errors::fd3_tcp_not_listening", ONCE, |()| {
+        child_fd3(Fd3Kind::TcpConnected, &["fd 3", "not listening"])
+    }),
+    Case::new("child_errors::fd3_udp_socket", ONCE, |()| {
+        child_fd3(Fd3Kind::Udp, &["fd 3", "not a TCP socket"])
+    }),
+    Case::new("child_errors::fd3_unix_socket", ONCE, |()| {
+        child_fd3(Fd3Kind::Unix, &["fd 3", "not a TCP socket"])
+    }),
+    Case::new("child_errors::child_flag_malformed", ONCE, |()| {
+        master_env_error(
+            &[("FASTHTTP_PREFORK_CHILD", "yes")],
+            false,
+            "FASTHTTP_PREFORK_CHILD",
+        )
+    }),
+    Case::new("child_errors::worker_id_malformed::negative", ONCE, |()| {
+        child_env_error(&[("PREFORK_WORKER_ID", "-1")], "PREFORK_WORKER_ID")
+    }),
+    Case::new("child_errors::worker_id_malformed::letters", ONCE, |()| {
+        child_env_error(&[("PREFORK_WORKER_ID", "abc")], "PREFORK_WORKER_ID")
+    }),
+    Case::new("child_errors::worker_id_malformed::empty", ONCE, |()| {
+        child_env_error(&[("PREFORK_WORKER_ID", "")], "PREFORK_WORKER_ID")
+    }),
+    Case::new(
+        "child_errors::worker_id_malformed::leading_zero",
+        ONCE,
+        |()| child_env_error(&[("PREFORK_WORKER_ID", "01")], "PREFORK_WORKER_ID"),
+    ),
+    Case::new("child_errors::reuseport_addr_malformed", ONCE, |()| {
+        child_env_error(
+            &[("FX_REUSEPORT", "1"), ("PREFORK_REUSEPORT_ADDR", "nowhere")],
+            "PREFORK_REUSEPORT_ADDR",
+        )
+    }),
+    Case::new("child_errors::listen_fds_malformed", ONCE, |()| {
+        master_env_error(&[("LISTEN_FDS", "x")], true, "LISTEN_FDS")
+    }),
+    Case::new("child_errors::listen_fds_missing", ONCE, |()| {
+        master_env_error(&[], true, "LISTEN_FDS")
+    }),
+    Case::new("child_errors::listen_pid_malformed::zero", ONCE, |()| {
+        master_env_error(
+            &[("LISTEN_PID", "0"), ("LISTEN_FDS", "1")],
+            false,
+            "LISTEN_PID",
+        )
+    }),
+    Case::new("child_errors::listen_pid_malformed::letters", ONCE, |()| {
+        master_env_error(
+            &[("LISTEN_PID", "abc"), ("LISTEN_FDS", "1")],
+            false,
+            "LISTEN_PID",
+        )
+    }),
+    Case::new("child_errors::listen_pid_malformed::negative", ONCE, |()| {
+        master_env_error(
+            &[("LISTEN_PID", "-5"), ("LISTEN_FDS", "1")],
+            false,
+            "LISTEN_PID",
+        )
+    }),
+    Case::new("child_errors::listen_fdnames_wrong_count", ONCE, |()| {
+        master_env_error(
+            &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "web:admin")],
+            true,
+            "LISTEN_FDNAMES",
+        )
+    }),
+    Case::new("child_errors::backend_malformed", ONCE, |()| {
+        master_env_error(&[("PREFORK_BACKEND", "epoll")], false, "PREFORK_BACKEND")
+    }),
+    Case::new("systemd::fd3_not_open", ONCE, |()| systemd_fd3_closed()),
+    Case::new("systemd::other_pid_ignored", ONCE, |()| systemd_other_pid()),
+    Case::new("exec_worker_listener_is_cloexec", ONCE, |()| {
+        exec_worker_listener_is_cloexec()
+    }),
+    Case::new(
+        "nonblocking_inherited_listener_served_blocking",
+        ONCE,
+        |()| nonblocking_inherited_listener_served_blocking(),
+    ),
+    Case::new("foreign_master::hello_example", ONCE, |()| foreign_master()),
+    Case::new("foreign_master::reuseport_child_binds_addr", ONCE, |()| {
+        foreign_reuseport_child()
+    }),
+];
 
 // ---------------------------------------------------------------------------------------
 // Helpers shared by the tests.
@@ -646,8 +852,11 @@ fn stop_then_kill(mode: Mode, backend: Backend) -> StopKill {
     r
 }
 
-pub fn reuseport_fork_no_reset(backend: Backend) {
-    let r = stop_then_kill(Mode::Fork, backend);
+/// With one socket per slot, nothing queued on a worker's socket is lost when the worker
+/// dies: the master holds the socket and hands it to the replacement (forked, or executed
+/// with it on fd 3), which answers every request queued there; no request is reset.
+pub fn reuseport_no_reset(mode: Mode, backend: Backend) {
+    let r = stop_then_kill(mode, backend);
     assert!(
         r.queued > 0,
         "none of {} requests landed on the stopped worker's socket",
@@ -671,20 +880,6 @@ pub fn reuseport_fork_no_reset(backend: Backend) {
     runner::note(format!(
         "{} of {} queued on the stopped worker's socket, all answered by its replacement, 0 reset",
         r.queued, r.total
-    ));
-}
-
-/// The same in exec mode (the master's per-slot sockets handed to exec-mode workers):
-/// reported, not asserted.
-pub fn reuseport_exec_reference() {
-    let r = stop_then_kill(Mode::Exec, Backend::Pidfd);
-    runner::note(format!(
-        "reference: {} of {} queued on the killed worker's socket; {} answered, {} reset, {} timed out",
-        r.queued,
-        r.total,
-        r.answered,
-        r.reset.len(),
-        r.timeouts
     ));
 }
 

@@ -23,20 +23,21 @@
 //! worker; with `env`, EXTRA is ` NAME=VALUE` or ` NAME unset` for each name, from the
 //! worker's live environment.
 //!
-//! Options: `FX_MODE=fork|exec|auto`, `FX_NETWORK=tcp|tcp4|tcp6`, `FX_REUSEPORT=1`,
-//! `FX_WORKERS=N`, `FX_ADDR` (default `127.0.0.1:0`), `FX_THREAD=1` (a thread that does not
-//! block any signal runs before `listen_and_serve`), `FX_GRACE_MS`, `FX_ACCEPT_ERRORS=fail`
-//! (`serve` returns the first error of `accept` as its own, as a server that writes
-//! `stream?` does; by default a worker goes on accepting).
+//! Options: the builder's, as every fixture maps them (`FX_MODE=fork|exec|auto`,
+//! `FX_NETWORK=tcp|tcp4|tcp6`, `FX_REUSEPORT=1`, `FX_WORKERS=N`, `FX_GRACE_MS`, …; see
+//! `support::fixture::Options`), and `FX_ADDR` (default `127.0.0.1:0`), `FX_THREAD=1` (a
+//! thread that does not block any signal runs before `listen_and_serve`),
+//! `FX_ACCEPT_ERRORS=fail` (`serve` returns the first error of `accept` as its own, as a
+//! server that writes `stream?` does; by default a worker goes on accepting).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use prefork::{Mode, Network, Prefork, Worker};
+use prefork::Worker;
 
-use crate::support::fixture::{EXIT_BROKEN, EXIT_ERR, EXIT_OK, choice, flag, parsed, var};
+use crate::support::fixture::{EXIT_BROKEN, EXIT_ERR, EXIT_OK, Options, choice, flag, var};
 use crate::support::procfs;
 use crate::support::report::{self, complain, say};
 
@@ -44,13 +45,10 @@ use crate::support::report::{self, complain, say};
 pub const ROLE: &str = "listen";
 
 struct Opts {
-    mode: Mode,
-    network: Network,
-    reuseport: bool,
-    workers: Option<usize>,
+    /// The builder's options.
+    prefork: Options,
     addr: String,
     thread: bool,
-    grace: Option<Duration>,
     /// `serve` fails on the first `accept` error.
     accept_errors_fail: bool,
 }
@@ -58,29 +56,9 @@ struct Opts {
 impl Opts {
     fn from_env() -> Result<Opts, String> {
         Ok(Opts {
-            mode: choice(
-                "FX_MODE",
-                &[
-                    ("fork", Mode::Fork),
-                    ("exec", Mode::Exec),
-                    ("auto", Mode::Auto),
-                ],
-                Mode::Fork,
-            )?,
-            network: choice(
-                "FX_NETWORK",
-                &[
-                    ("tcp4", Network::Tcp4),
-                    ("tcp", Network::Tcp),
-                    ("tcp6", Network::Tcp6),
-                ],
-                Network::Tcp4,
-            )?,
-            reuseport: flag("FX_REUSEPORT"),
-            workers: parsed("FX_WORKERS")?,
+            prefork: Options::from_env()?,
             addr: var("FX_ADDR").unwrap_or_else(|| "127.0.0.1:0".to_owned()),
             thread: flag("FX_THREAD"),
-            grace: parsed("FX_GRACE_MS")?.map(Duration::from_millis),
             accept_errors_fail: choice(
                 "FX_ACCEPT_ERRORS",
                 &[("fail", true), ("skip", false)],
@@ -123,7 +101,9 @@ fn run(opts: &Opts) -> i32 {
         report::master();
     }
     let fail = opts.accept_errors_fail;
-    let result = builder(opts)
+    let result = opts
+        .prefork
+        .builder()
         .listen_and_serve(&opts.addr, |listener, worker| serve(listener, worker, fail));
     if child || prefork::is_child() {
         // Only a failing worker gets here (a forked worker never returns).
@@ -143,21 +123,6 @@ fn run(opts: &Opts) -> i32 {
     }
     report::children();
     if ok { EXIT_OK } else { EXIT_ERR }
-}
-
-/// The configured `Prefork`, its hooks reporting every event.
-fn builder(opts: &Opts) -> Prefork {
-    let mut p = Prefork::new()
-        .mode(opts.mode)
-        .network(opts.network)
-        .reuseport(opts.reuseport);
-    if let Some(n) = opts.workers {
-        p = p.workers(n);
-    }
-    if let Some(g) = opts.grace {
-        p = p.shutdown_grace(g);
-    }
-    report::hooks(p)
 }
 
 /// The socket inode of `listener`, from `/proc/self/fd`.

@@ -13,20 +13,11 @@ use crate::support::net::{Load, Tally, all_ids, ask, collect_ids, hold, id_of, t
 use crate::support::notify::{Notification, NotifySocket};
 use crate::support::process::{DEADLINE, Fixture, Spec, TempDir, kill, wait_until};
 use crate::support::report::parse_exit;
+use crate::support::runner::{Case, cases};
 use crate::support::{procfs, runner};
 
-/// A test case.
-pub type Case = fn(Backend);
-
-/// `(name, case)` pairs, each named after its function.
-macro_rules! cases {
-    ($($case:ident),* $(,)?) => {
-        &[$((stringify!($case), $case as Case)),*]
-    };
-}
-
 /// Every case, each run under every backend, in this order.
-pub const ALL: &[(&str, Case)] = cases![
+pub const ALL: &[Case<Backend>] = cases![&Backend::ALL =>
     // Starting workers, and respawning them in their slot.
     workers_answer_with_own_id_and_pid,
     sigkill_worker_respawns_in_same_slot,
@@ -2084,14 +2075,19 @@ const LOAD_CLIENTS: usize = 8;
 /// with three draining workers, running as [`NOBODY`], already under a load that has had
 /// answers.
 fn unprivileged_under_load(b: Backend, listen: &str, mode: &str) -> (Fixture, Load) {
+    assert!(
+        matches!(listen, "shared" | "reuseport"),
+        "listen {listen:?}"
+    );
     let user = NOBODY.to_string();
     let fx = start(
         b,
         &[
             ("FX_WORKERS", "3"),
-            ("FX_LISTEN", listen),
+            ("FX_LISTEN", "1"),
+            ("FX_REUSEPORT", if listen == "reuseport" { "1" } else { "" }),
             ("FX_MODE", mode),
-            ("FX_USER", &user),
+            ("FX_MASTER_UID", &user),
             ("FX_DRAIN", "1"),
         ],
     );

@@ -30,9 +30,10 @@
 //! * `hold`: keeps the connection open (the worker, single-threaded, is busy) until the
 //!   client closes it; the test holds a worker's drain back this way.
 //!
-//! Options (unset means the library's default, or nothing done):
+//! Options (unset means the library's default, or nothing done): the builder's, as every
+//! fixture maps them (`FX_WORKERS`, `FX_GRACE_MS`, `FX_INTERVAL_MS`, `FX_THRESHOLD`,
+//! `FX_MODE`, `FX_REUSEPORT`, …; see `support::fixture::Options`), and these:
 //!
-//! * `FX_WORKERS`, `FX_GRACE_MS`, `FX_INTERVAL_MS`, `FX_THRESHOLD`: builder options;
 //! * `FX_TERM=ignore|catch`: the workers' SIGTERM disposition;
 //! * `FX_DRAIN=1`: workers ask for the shutdown notice (`Worker::shutdown`) and accept
 //!   through `Shutdown::incoming`, so they drain on TERM and exit 0; with `FX_DRAIN_MS=N`
@@ -66,12 +67,12 @@
 //! * `FX_MASTER_FIRST=1`: the master (and so every worker) runs on one CPU only, and the
 //!   master with real-time priority (workers start without it): a just-forked worker cannot
 //!   run before the master sleeps, so `FX_HOLD_NEW` stops it before any of its code ran;
-//! * `FX_LISTEN=shared|reuseport`: `listen_and_serve` on `127.0.0.1:0` instead of `run`
-//!   (the library's own sockets, one shared or one per slot); each worker reports `port
+//! * `FX_LISTEN=1`: `listen_and_serve` on `127.0.0.1:0` instead of `run` (the library's own
+//!   sockets: one shared, or one per slot with `FX_REUSEPORT=1`); each worker reports `port
 //!   PORT` before `serving`, and the master none; with `FX_MODE=exec`, in exec mode (the
 //!   workers re-execute this binary, which becomes a worker in `listen_and_serve`);
-//! * `FX_USER=ID`: the master drops root's privileges (groups, gid and uid `ID`) before it
-//!   starts, so it and its workers run as that user, with sockets that user made.
+//! * `FX_MASTER_UID=ID`: the master drops root's privileges (groups, gid and uid `ID`)
+//!   before it starts, so it and its workers run as that user, with sockets that user made.
 
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -81,11 +82,11 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use prefork::{Mode, Prefork, Worker};
+use prefork::{Prefork, Worker};
 
 use crate::support::backend::deny_pidfd_open;
 use crate::support::fixture::{
-    EXIT_BROKEN, EXIT_ERR, EXIT_OK, become_user, choice, flag, parsed, var,
+    EXIT_BROKEN, EXIT_ERR, EXIT_OK, Options, become_user, choice, flag, parsed, var,
 };
 use crate::support::procfs;
 use crate::support::report::{self, complain, say, write_raw};
@@ -108,10 +109,8 @@ enum StartMode {
 }
 
 struct Opts {
-    workers: Option<usize>,
-    grace: Option<Duration>,
-    interval: Option<Duration>,
-    threshold: Option<usize>,
+    /// The builder's options.
+    prefork: Options,
     term: TermMode,
     drain: bool,
     drain_time: Option<Duration>,
@@ -131,20 +130,16 @@ struct Opts {
     hold_new: bool,
     master_first: bool,
     late_notice: bool,
-    /// `FX_LISTEN`: `Some(reuseport)` to call `listen_and_serve`.
-    listen: Option<bool>,
-    mode: Mode,
-    user: Option<u32>,
+    /// `FX_LISTEN`: `listen_and_serve` instead of `run`.
+    listen: bool,
+    master_uid: Option<u32>,
 }
 
 impl Opts {
     fn from_env() -> Result<Opts, String> {
         use {StartMode as S, TermMode as T};
         Ok(Opts {
-            workers: parsed("FX_WORKERS")?,
-            grace: parsed("FX_GRACE_MS")?.map(Duration::from_millis),
-            interval: parsed("FX_INTERVAL_MS")?.map(Duration::from_millis),
-            threshold: parsed("FX_THRESHOLD")?,
+            prefork: Options::from_env()?,
             term: choice(
                 "FX_TERM",
                 &[("ignore", T::Ignore), ("catch", T::Catch)],
@@ -172,18 +167,8 @@ impl Opts {
             hold_new: flag("FX_HOLD_NEW"),
             master_first: flag("FX_MASTER_FIRST"),
             late_notice: flag("FX_LATE_NOTICE"),
-            listen: match var("FX_LISTEN").as_deref() {
-                None => None,
-                Some("shared") => Some(false),
-                Some("reuseport") => Some(true),
-                Some(other) => return Err(format!("bad FX_LISTEN {other:?}")),
-            },
-            mode: choice(
-                "FX_MODE",
-                &[("fork", Mode::Fork), ("exec", Mode::Exec)],
-                Mode::Fork,
-            )?,
-            user: parsed("FX_USER")?,
+            listen: flag("FX_LISTEN"),
+            master_uid: parsed("FX_MASTER_UID")?,
         })
     }
 }
@@ -201,8 +186,8 @@ pub fn master() -> i32 {
 }
 
 fn run_master(opts: &Opts) -> i32 {
-    if let Some(reuseport) = opts.listen {
-        return listen_master(opts, reuseport);
+    if opts.listen {
+        return listen_master(opts);
     }
     report::master();
     let listener = match TcpListener::bind("127.0.0.1:0") {
@@ -290,25 +275,22 @@ fn run_master(opts: &Opts) -> i32 {
 
 /// `FX_LISTEN`: `listen_and_serve`, after dropping privileges if asked; the exit code. An
 /// exec-mode worker runs this too, and only comes back if `listen_and_serve` failed.
-fn listen_master(opts: &Opts, reuseport: bool) -> i32 {
+fn listen_master(opts: &Opts) -> i32 {
     let child = prefork::is_child();
     if !child {
         report::master();
-        if let Some(id) = opts.user {
+        if let Some(id) = opts.master_uid {
             if let Err(e) = become_user(id) {
                 complain(format!("fixture: {e}"));
                 return EXIT_BROKEN;
             }
         }
     }
-    let result = builder(opts)
-        .mode(opts.mode)
-        .reuseport(reuseport)
-        .listen_and_serve("127.0.0.1:0", |listener, worker| {
-            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-            say(format!("port {port}"));
-            serve(worker, &listener, opts)
-        });
+    let result = builder(opts).listen_and_serve("127.0.0.1:0", |listener, worker| {
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        say(format!("port {port}"));
+        serve(worker, &listener, opts)
+    });
     if child || prefork::is_child() {
         complain(format!("fixture worker: listen_and_serve: {result:?}"));
         return EXIT_ERR;
@@ -353,21 +335,10 @@ fn chld_action() -> String {
     format!("{handler}{nocldwait}")
 }
 
-/// The configured `Prefork`, its hooks reporting every event.
+/// The configured `Prefork` (the shared options, then this fixture's hooks, each of which
+/// reports its event and may be asked to fail).
 fn builder(opts: &Opts) -> Prefork {
-    let mut p = Prefork::new();
-    if let Some(n) = opts.workers {
-        p = p.workers(n);
-    }
-    if let Some(d) = opts.grace {
-        p = p.shutdown_grace(d);
-    }
-    if let Some(d) = opts.interval {
-        p = p.recover_interval(d);
-    }
-    if let Some(n) = opts.threshold {
-        p = p.recover_threshold(n);
-    }
+    let mut p = opts.prefork.apply(Prefork::new());
     let fail = opts.fail_hook.clone().unwrap_or_default();
     let self_term = opts.self_term;
 

@@ -1,5 +1,8 @@
-//! The two reaping backends every supervision case runs under, and the seccomp filter a
-//! fixture uses to simulate a kernel without pidfds.
+//! What the cases run under: the two reaping backends every supervision case runs under,
+//! the two ways a fixture starts its workers, and the seccomp filter a fixture uses to
+//! simulate a kernel without pidfds.
+
+use super::runner::Variant;
 
 /// The reaping backend a test runs under, selected through `PREFORK_BACKEND`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +28,38 @@ impl Backend {
             Backend::Pidfd => "Pidfd",
             Backend::Sigchld => "Sigchld",
         }
+    }
+}
+
+impl Variant for Backend {
+    fn name(self) -> String {
+        Backend::name(self).to_owned()
+    }
+}
+
+/// How a fixture's workers start, selected through `FX_MODE` (the library's `Mode`, less
+/// `Auto`, which the cases that test it set themselves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Fork,
+    Exec,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Fork, Mode::Exec];
+
+    /// The value of `FX_MODE`, also the mode's part of test names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Fork => "fork",
+            Mode::Exec => "exec",
+        }
+    }
+}
+
+impl Variant for Mode {
+    fn name(self) -> String {
+        Mode::name(self).to_owned()
     }
 }
 

@@ -1,11 +1,15 @@
 //! What a fixture process shares: its role, exit codes, logger, tie to the test process,
-//! and the parsing of its `FX_*` options.
+//! the parsing of its `FX_*` options, and the one mapping of the builder's options onto
+//! [`Prefork`] ([`Options`]).
 //!
 //! A test binary is its own fixture: [`Spec::start`](super::process::Spec::start) runs the
 //! same executable with `PREFORK_FIXTURE=ROLE`, and `main` hands over to the fixture before
 //! anything else, while the process is still single-threaded.
 
 use std::str::FromStr;
+use std::time::Duration;
+
+use prefork::{Mode, Network, Prefork};
 
 use super::report::{self, complain};
 
@@ -126,6 +130,136 @@ pub fn choice<T: Copy>(name: &str, choices: &[(&str, T)], default: T) -> Result<
         .find(|(v, _)| *v == value)
         .map(|&(_, t)| t)
         .ok_or_else(|| format!("bad {name} value {value:?}"))
+}
+
+// ---- The builder's options ------------------------------------------------------------------
+
+/// The `FX_*` variables that set an option of [`Prefork`], the same in every fixture; each
+/// fixture reads its own variables (what its workers do, what its master does to itself
+/// before it starts) beside these. Unset means the library's default.
+///
+/// | variable | option |
+/// |---|---|
+/// | `FX_WORKERS=N` | `workers` |
+/// | `FX_GRACE_MS=N` | `shutdown_grace` |
+/// | `FX_INTERVAL_MS=N` | `recover_interval` |
+/// | `FX_THRESHOLD=N` | `recover_threshold` |
+/// | `FX_MODE=fork\|exec\|auto` | `mode` |
+/// | `FX_NETWORK=tcp\|tcp4\|tcp6` | `network` |
+/// | `FX_REUSEPORT=1` | `reuseport(true)` |
+/// | `FX_TIMEOUT_MS=N` | `worker_timeout` |
+/// | `FX_LIFETIME_MS=N` | `max_worker_lifetime` |
+/// | `FX_RSS_BYTES=N` | `max_worker_rss` |
+/// | `FX_AFFINITY=1` | `cpu_affinity(true)` |
+/// | `FX_USER=NAME`, `FX_GROUP=NAME` | `user`, `group` |
+/// | `FX_NAMES=0` | `worker_names(false)` |
+#[derive(Debug, Default)]
+pub struct Options {
+    pub workers: Option<usize>,
+    pub grace: Option<Duration>,
+    pub interval: Option<Duration>,
+    pub threshold: Option<usize>,
+    pub mode: Option<Mode>,
+    pub network: Option<Network>,
+    pub reuseport: bool,
+    pub timeout: Option<Duration>,
+    pub lifetime: Option<Duration>,
+    pub rss: Option<u64>,
+    pub affinity: bool,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub names: Option<bool>,
+}
+
+impl Options {
+    /// The options from this process's environment; an error names a malformed variable.
+    pub fn from_env() -> Result<Options, String> {
+        let ms = |name| parsed::<u64>(name).map(|v| v.map(Duration::from_millis));
+        let modes = [
+            ("fork", Some(Mode::Fork)),
+            ("exec", Some(Mode::Exec)),
+            ("auto", Some(Mode::Auto)),
+        ];
+        let networks = [
+            ("tcp4", Some(Network::Tcp4)),
+            ("tcp", Some(Network::Tcp)),
+            ("tcp6", Some(Network::Tcp6)),
+        ];
+        Ok(Options {
+            workers: parsed("FX_WORKERS")?,
+            grace: ms("FX_GRACE_MS")?,
+            interval: ms("FX_INTERVAL_MS")?,
+            threshold: parsed("FX_THRESHOLD")?,
+            mode: choice("FX_MODE", &modes, None)?,
+            network: choice("FX_NETWORK", &networks, None)?,
+            reuseport: flag("FX_REUSEPORT"),
+            timeout: ms("FX_TIMEOUT_MS")?,
+            lifetime: ms("FX_LIFETIME_MS")?,
+            rss: parsed("FX_RSS_BYTES")?,
+            affinity: flag("FX_AFFINITY"),
+            user: var("FX_USER"),
+            group: var("FX_GROUP"),
+            names: choice("FX_NAMES", &[("0", Some(false)), ("1", Some(true))], None)?,
+        })
+    }
+
+    /// `p` with every option that is set.
+    pub fn apply(&self, mut p: Prefork) -> Prefork {
+        if let Some(n) = self.workers {
+            p = p.workers(n);
+        }
+        if let Some(d) = self.grace {
+            p = p.shutdown_grace(d);
+        }
+        if let Some(d) = self.interval {
+            p = p.recover_interval(d);
+        }
+        if let Some(n) = self.threshold {
+            p = p.recover_threshold(n);
+        }
+        if let Some(mode) = self.mode {
+            p = p.mode(mode);
+        }
+        if let Some(network) = self.network {
+            p = p.network(network);
+        }
+        if self.reuseport {
+            p = p.reuseport(true);
+        }
+        if let Some(d) = self.timeout {
+            p = p.worker_timeout(d);
+        }
+        if let Some(d) = self.lifetime {
+            p = p.max_worker_lifetime(d);
+        }
+        if let Some(bytes) = self.rss {
+            p = p.max_worker_rss(bytes);
+        }
+        if self.affinity {
+            p = p.cpu_affinity(true);
+        }
+        if let Some(user) = &self.user {
+            p = p.user(user);
+        }
+        if let Some(group) = &self.group {
+            p = p.group(group);
+        }
+        if let Some(on) = self.names {
+            p = p.worker_names(on);
+        }
+        p
+    }
+
+    /// The mode the options select ([`Mode::Fork`], the library's default, if unset).
+    pub fn mode(&self) -> Mode {
+        self.mode.unwrap_or(Mode::Fork)
+    }
+
+    /// The configured [`Prefork`]: every option set, and hooks that report `spawn`,
+    /// `ready`, `recover` and `exit` (see [`report::hooks`]).
+    pub fn builder(&self) -> Prefork {
+        report::hooks(self.apply(Prefork::new()))
+    }
 }
 
 // ---- Logging ------------------------------------------------------------------------------

@@ -7,6 +7,11 @@
 //! selects the tests whose name contains it (equals it, with `--exact`); `--skip` leaves out
 //! those it matches the same way. There are no ignored tests: `--ignored` selects none.
 //!
+//! Every suite registers its tests the same way: tables of [`Case`]s (a name, the variants it
+//! runs under, a body taking the variant), which [`tests`] turns into one test per case and
+//! variant, named `VARIANT::NAME`; [`cases!`] writes a table of cases under the same
+//! variants, each named after its function.
+//!
 //! A test fails by panicking, with a message that says what was expected and what was seen.
 //! The runner catches the panic, goes on with the next test, and at the end shows each
 //! failure with what the test's fixtures printed; it prints `N passed; M failed` and exits
@@ -31,6 +36,75 @@ pub fn test(name: impl Into<String>, run: impl Fn() + 'static) -> Test {
         run: Box::new(run),
     }
 }
+
+/// What a case runs under (a reaping backend, a fixture mode, a pair of them, or nothing):
+/// the value its body takes, and its part of the test's name.
+pub trait Variant: Copy + 'static {
+    /// The variant's part of the test name (`pidfd`, `pidfd::exec`); empty for `()`.
+    fn name(self) -> String;
+}
+
+impl Variant for () {
+    fn name(self) -> String {
+        String::new()
+    }
+}
+
+impl<A: Variant, B: Variant> Variant for (A, B) {
+    fn name(self) -> String {
+        format!("{}::{}", self.0.name(), self.1.name())
+    }
+}
+
+/// One case of a suite: its name, the variants it runs under, and its body.
+pub struct Case<V: 'static> {
+    pub name: &'static str,
+    pub variants: &'static [V],
+    pub run: fn(V),
+}
+
+impl<V> Case<V> {
+    pub const fn new(name: &'static str, variants: &'static [V], run: fn(V)) -> Case<V> {
+        Case {
+            name,
+            variants,
+            run,
+        }
+    }
+}
+
+/// The variants of a case that runs once: `()`.
+pub const ONCE: &[()] = &[()];
+
+/// The tests of `cases`: each case under each of its variants, in table order, named
+/// `VARIANT::NAME` (`NAME` under `()`).
+pub fn tests<V: Variant>(cases: &[Case<V>]) -> Vec<Test> {
+    let mut tests = Vec::new();
+    for case in cases {
+        for &variant in case.variants {
+            let prefix = variant.name();
+            let name = if prefix.is_empty() {
+                case.name.to_owned()
+            } else {
+                format!("{prefix}::{}", case.name)
+            };
+            let run = case.run;
+            tests.push(test(name, move || run(variant)));
+        }
+    }
+    tests
+}
+
+/// `cases![VARIANTS => f, g, …]`: a table of [`Case`]s, each under `VARIANTS` and named
+/// after its function.
+#[allow(unused_macros)]
+macro_rules! cases {
+    ($variants:expr => $($case:ident),* $(,)?) => {
+        &[$($crate::support::runner::Case::new(stringify!($case), $variants, $case)),*]
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use cases;
 
 /// What the running test left for the runner.
 #[derive(Default)]
