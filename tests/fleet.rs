@@ -23,28 +23,12 @@ mod fixture;
 
 use std::process::ExitCode;
 
-use support::runner::{self, Test};
+use support::runner;
 
 fn main() -> ExitCode {
     // The fixture role must come first, while the process is still single-threaded.
     if let Some(role) = support::fixture::role() {
         support::fixture::main(&role, &[(fixture::ROLE, fixture::fleet)]);
     }
-    runner::main(tests())
-}
-
-/// Every case under each of its backends and modes.
-fn tests() -> Vec<Test> {
-    let mut tests = Vec::new();
-    for &(name, backends, modes, case) in cases::ALL {
-        for &backend in backends {
-            for &mode in modes {
-                tests.push(runner::test(
-                    format!("{}::{}::{name}", backend.name(), mode.name()),
-                    move || case(backend, mode),
-                ));
-            }
-        }
-    }
-    tests
+    runner::main(runner::tests(cases::ALL))
 }

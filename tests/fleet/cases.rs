@@ -6,91 +6,72 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::fixture::ROLE;
-use crate::support::backend::Backend;
+use crate::support::backend::{Backend, Mode};
 use crate::support::net::{ask, try_ask};
 use crate::support::process::{DEADLINE, Fixture, Spec, kill, wait_for, wait_until};
 use crate::support::procfs;
-use crate::support::runner;
+use crate::support::runner::{self, Case};
 
-/// How workers start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Fork,
-    Exec,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Fork => "fork",
-            Mode::Exec => "exec",
-        }
-    }
-}
-
-/// A case, run under a reaping backend and a mode.
-pub type Case = fn(Backend, Mode);
+/// Every backend in either mode.
+const EVERY: &[(Backend, Mode)] = &[
+    (Backend::Pidfd, Mode::Fork),
+    (Backend::Pidfd, Mode::Exec),
+    (Backend::Sigchld, Mode::Fork),
+    (Backend::Sigchld, Mode::Exec),
+];
+/// Every backend in fork mode.
+const FORK: &[(Backend, Mode)] = &[(Backend::Pidfd, Mode::Fork), (Backend::Sigchld, Mode::Fork)];
+/// The default backend in either mode (cases that do not depend on reaping).
+const PIDFD: &[(Backend, Mode)] = &[(Backend::Pidfd, Mode::Fork), (Backend::Pidfd, Mode::Exec)];
+/// The default backend in fork mode.
+const PIDFD_FORK: &[(Backend, Mode)] = &[(Backend::Pidfd, Mode::Fork)];
 
 /// Every case: its name, the backends and modes it runs under, its body.
-pub const ALL: &[(&str, &[Backend], &[Mode], Case)] = &[
-    (
+pub const ALL: &[Case<(Backend, Mode)>] = &[
+    Case::new(
         "stuck_worker_is_killed_and_replaced_beating_ones_are_not",
-        &Backend::ALL,
-        &[Mode::Fork, Mode::Exec],
+        EVERY,
         stuck_worker_is_killed_and_replaced_beating_ones_are_not,
     ),
-    (
+    Case::new(
         "lifetime_recycles_with_the_replacement_serving_first",
-        &Backend::ALL,
-        &[Mode::Fork, Mode::Exec],
+        EVERY,
         lifetime_recycles_with_the_replacement_serving_first,
     ),
-    (
+    Case::new(
         "rss_ceiling_recycles_a_worker_that_grows",
-        &Backend::ALL,
-        &[Mode::Fork, Mode::Exec],
+        EVERY,
         rss_ceiling_recycles_a_worker_that_grows,
     ),
-    (
+    Case::new(
         "workers_are_pinned_to_the_masters_cpus_in_order",
-        &[Backend::Pidfd],
-        &[Mode::Fork, Mode::Exec],
+        PIDFD,
         workers_are_pinned_to_the_masters_cpus_in_order,
     ),
-    (
+    Case::new(
         "workers_drop_to_the_user_and_cannot_regain_root",
-        &[Backend::Pidfd],
-        &[Mode::Fork, Mode::Exec],
+        PIDFD,
         workers_drop_to_the_user_and_cannot_regain_root,
     ),
-    (
+    Case::new(
         "unknown_user_or_group_is_refused_before_any_fork",
-        &[Backend::Pidfd],
-        &[Mode::Fork],
+        PIDFD_FORK,
         unknown_user_or_group_is_refused_before_any_fork,
     ),
-    (
+    Case::new(
         "a_worker_that_cannot_drop_privileges_stops_the_master",
-        &[Backend::Pidfd],
-        &[Mode::Fork, Mode::Exec],
+        PIDFD,
         a_worker_that_cannot_drop_privileges_stops_the_master,
     ),
-    (
+    Case::new(
         "processes_are_named_and_the_name_comes_back",
-        &[Backend::Pidfd],
-        &[Mode::Fork, Mode::Exec],
+        PIDFD,
         processes_are_named_and_the_name_comes_back,
     ),
-    (
-        "names_can_be_turned_off",
-        &[Backend::Pidfd],
-        &[Mode::Fork, Mode::Exec],
-        names_can_be_turned_off,
-    ),
-    (
+    Case::new("names_can_be_turned_off", PIDFD, names_can_be_turned_off),
+    Case::new(
         "signal_storm_leaves_the_master_consistent",
-        &Backend::ALL,
-        &[Mode::Fork],
+        FORK,
         signal_storm_leaves_the_master_consistent,
     ),
 ];
@@ -296,7 +277,7 @@ fn hang(port: u16, slot: usize) -> u32 {
 /// is hung first and never judged. Slot 0's worker is hung, killed (logged as stuck with its
 /// silence, reported stuck, replaced), then its replacement too; slot 1's worker beats all
 /// along and lives on.
-fn stuck_worker_is_killed_and_replaced_beating_ones_are_not(backend: Backend, mode: Mode) {
+fn stuck_worker_is_killed_and_replaced_beating_ones_are_not((backend, mode): (Backend, Mode)) {
     let timeout = TIMEOUT_MS.to_string();
     let beat = BEAT_MS.to_string();
     let mut fx = fleet(
@@ -389,7 +370,7 @@ fn parse_duration_ms(d: &str) -> Option<f64> {
 /// Workers past their lifetime are recycled, each with a jitter of at most a tenth of it,
 /// the replacement serving before the old worker exits, and never counted as crashes (the
 /// crash-loop guard is at 0: any counted exit would stop the master).
-fn lifetime_recycles_with_the_replacement_serving_first(backend: Backend, mode: Mode) {
+fn lifetime_recycles_with_the_replacement_serving_first((backend, mode): (Backend, Mode)) {
     const LIFETIME_MS: u64 = 1000;
     let mut fx = fleet(
         backend,
@@ -453,7 +434,7 @@ fn parse_lifetime_log(line: &str) -> Option<(usize, u32, f64, f64)> {
 
 /// A worker that allocates past `max_worker_rss` is recycled at the next reading (once a
 /// second), its replacement serving first, and not counted; the other worker is untouched.
-fn rss_ceiling_recycles_a_worker_that_grows(backend: Backend, mode: Mode) {
+fn rss_ceiling_recycles_a_worker_that_grows((backend, mode): (Backend, Mode)) {
     const CEILING: u64 = 64 << 20;
     let ceiling = CEILING.to_string();
     let mut fx = fleet(
@@ -507,7 +488,7 @@ fn parse_kb(field: &str) -> u64 {
 
 /// Worker k runs on the k-th CPU of the master's set (modulo its size): first with the
 /// whole set, then with the master restricted to its highest CPU (so not CPUs `0..n`).
-fn workers_are_pinned_to_the_masters_cpus_in_order(backend: Backend, mode: Mode) {
+fn workers_are_pinned_to_the_masters_cpus_in_order((backend, mode): (Backend, Mode)) {
     let mine = cpus_of(std::process::id());
     let highest = *mine.last().expect("at least one CPU");
     let restricted = highest.to_string();
@@ -543,7 +524,7 @@ fn workers_are_pinned_to_the_masters_cpus_in_order(backend: Backend, mode: Mode)
 
 /// The workers run as `nobody` (its group, its groups), with no effective capability and
 /// `NoNewPrivs`, cannot `setuid(0)`; the master stays root and binds a privileged port.
-fn workers_drop_to_the_user_and_cannot_regain_root(backend: Backend, mode: Mode) {
+fn workers_drop_to_the_user_and_cannot_regain_root((backend, mode): (Backend, Mode)) {
     let (uid, gid) = system_user("nobody");
     let port = free_privileged_port();
     let addr = format!("127.0.0.1:{port}");
@@ -591,7 +572,7 @@ fn free_privileged_port() -> u16 {
 
 /// An unknown user or group fails `run` with `InvalidOption` naming it, before any worker
 /// starts.
-fn unknown_user_or_group_is_refused_before_any_fork(backend: Backend, mode: Mode) {
+fn unknown_user_or_group_is_refused_before_any_fork((backend, mode): (Backend, Mode)) {
     for (var, value, option) in [
         ("FX_USER", "no-such-user-prefork", "user"),
         ("FX_GROUP", "no-such-group-prefork", "group"),
@@ -609,7 +590,7 @@ fn unknown_user_or_group_is_refused_before_any_fork(backend: Backend, mode: Mode
 
 /// A master that is not root cannot give its workers root: each worker's `setgroups`
 /// fails, it exits with `EXIT_FATAL`, and the master stops with `WorkerFatal`.
-fn a_worker_that_cannot_drop_privileges_stops_the_master(backend: Backend, mode: Mode) {
+fn a_worker_that_cannot_drop_privileges_stops_the_master((backend, mode): (Backend, Mode)) {
     system_user("nobody");
     let mut fx = fleet(
         backend,
@@ -633,7 +614,7 @@ fn a_worker_that_cannot_drop_privileges_stops_the_master(backend: Backend, mode:
 
 /// Workers are `prefork wK`, the master `prefork master` while it runs and its own name
 /// again after; command lines are untouched.
-fn processes_are_named_and_the_name_comes_back(backend: Backend, mode: Mode) {
+fn processes_are_named_and_the_name_comes_back((backend, mode): (Backend, Mode)) {
     let mut fx = fleet(backend, mode, &[("FX_WORKERS", "3")]);
     let pids = fx.ready();
     let before = fx.wait_field("comm before");
@@ -658,7 +639,7 @@ fn processes_are_named_and_the_name_comes_back(backend: Backend, mode: Mode) {
 /// With `worker_names(false)` nobody is renamed: a forked worker keeps the master's name,
 /// an exec-mode worker the name the kernel gives it (that of the program path the master
 /// executes, `/proc/self/exe`).
-fn names_can_be_turned_off(backend: Backend, mode: Mode) {
+fn names_can_be_turned_off((backend, mode): (Backend, Mode)) {
     let mut fx = fleet(backend, mode, &[("FX_WORKERS", "2"), ("FX_NAMES", "0")]);
     let pids = fx.ready();
     let before = fx.wait_field("comm before");
@@ -680,7 +661,7 @@ fn names_can_be_turned_off(backend: Backend, mode: Mode) {
 /// TTOU one less (never below one). After each burst the master must settle on exactly that
 /// count (workers serving, none draining, no zombie); at the end, back at two workers, it
 /// holds as many descriptors as at the start, and TERM stops it with exit code 0.
-fn signal_storm_leaves_the_master_consistent(backend: Backend, mode: Mode) {
+fn signal_storm_leaves_the_master_consistent((backend, mode): (Backend, Mode)) {
     const BURSTS: usize = 20;
     const PER_BURST: usize = 500;
     const MOST: usize = 8;

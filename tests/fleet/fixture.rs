@@ -23,20 +23,16 @@
 //! * `mark N`: prints `mark N` on stdout and on stderr (so the test knows that everything
 //!   written to either pipe before is read).
 //!
-//! Options (unset means the library's default, or nothing done):
+//! Options (unset means the library's default, or nothing done): the builder's, as every
+//! fixture maps them (`FX_WORKERS`, `FX_GRACE_MS`, `FX_THRESHOLD`, `FX_MODE`,
+//! `FX_TIMEOUT_MS`, `FX_LIFETIME_MS`, `FX_RSS_BYTES`, `FX_AFFINITY=1`, `FX_USER`,
+//! `FX_GROUP`, `FX_NAMES=0`; see `support::fixture::Options`), and these:
 //!
-//! * `FX_WORKERS`, `FX_GRACE_MS`, `FX_THRESHOLD`: builder options;
-//! * `FX_MODE=exec`: exec mode (default fork);
-//! * `FX_TIMEOUT_MS`, `FX_LIFETIME_MS`, `FX_RSS_BYTES`: `worker_timeout`,
-//!   `max_worker_lifetime`, `max_worker_rss`;
 //! * `FX_BEAT_MS=N`: workers call `Worker::heartbeat` before they accept anything, then
 //!   every N ms on a thread of their own until they hang; `FX_SILENT_SLOT=K`: the worker of
 //!   slot K never does;
-//! * `FX_AFFINITY=1`: `cpu_affinity(true)`; `FX_CPUS=A,B,…`: the master pins itself to
-//!   those CPUs before `run`;
-//! * `FX_USER`, `FX_GROUP`: `user`, `group`; `FX_MASTER_USER=NAME`: the master itself drops
-//!   to that user before `run`;
-//! * `FX_NAMES=0`: `worker_names(false)`;
+//! * `FX_CPUS=A,B,…`: the master pins itself to those CPUs before `run`;
+//! * `FX_MASTER_USER=NAME`: the master itself drops to that user before `run`;
 //! * `FX_ADDR`: the address to listen on (default `127.0.0.1:0`).
 
 use std::io::{Read, Write};
@@ -44,9 +40,9 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use prefork::{Mode, Prefork, Status, Worker};
+use prefork::{Prefork, Status, Worker};
 
-use crate::support::fixture::{EXIT_BROKEN, EXIT_ERR, EXIT_OK, flag, parsed, var};
+use crate::support::fixture::{EXIT_BROKEN, EXIT_ERR, EXIT_OK, Options, parsed, var};
 use crate::support::report::{self, complain, say};
 
 /// The fixture's role (the value of `PREFORK_FIXTURE`).
@@ -56,21 +52,12 @@ pub const ROLE: &str = "fleet";
 static HUNG: AtomicBool = AtomicBool::new(false);
 
 struct Opts {
-    workers: Option<usize>,
-    grace: Option<Duration>,
-    threshold: Option<usize>,
-    exec: bool,
-    timeout: Option<Duration>,
-    lifetime: Option<Duration>,
-    rss: Option<u64>,
+    /// The builder's options.
+    prefork: Options,
     beat: Option<Duration>,
     silent_slot: Option<usize>,
-    affinity: bool,
     cpus: Option<Vec<usize>>,
-    user: Option<String>,
-    group: Option<String>,
     master_user: Option<String>,
-    names: bool,
     addr: String,
 }
 
@@ -86,21 +73,11 @@ impl Opts {
             ),
         };
         Ok(Opts {
-            workers: parsed("FX_WORKERS")?,
-            grace: ms("FX_GRACE_MS")?,
-            threshold: parsed("FX_THRESHOLD")?,
-            exec: var("FX_MODE").as_deref() == Some("exec"),
-            timeout: ms("FX_TIMEOUT_MS")?,
-            lifetime: ms("FX_LIFETIME_MS")?,
-            rss: parsed("FX_RSS_BYTES")?,
+            prefork: Options::from_env()?,
             beat: ms("FX_BEAT_MS")?,
             silent_slot: parsed("FX_SILENT_SLOT")?,
-            affinity: flag("FX_AFFINITY"),
             cpus,
-            user: var("FX_USER"),
-            group: var("FX_GROUP"),
             master_user: var("FX_MASTER_USER"),
-            names: var("FX_NAMES").as_deref() != Some("0"),
             addr: var("FX_ADDR").unwrap_or_else(|| "127.0.0.1:0".to_owned()),
         })
     }
@@ -174,36 +151,9 @@ fn comm() -> String {
         .unwrap_or_else(|e| format!("unreadable({e})"))
 }
 
+/// The configured `Prefork`: the shared options and hooks, and a status reporter.
 fn builder(opts: &Opts) -> Prefork {
-    let mut p = Prefork::new()
-        .mode(if opts.exec { Mode::Exec } else { Mode::Fork })
-        .worker_names(opts.names)
-        .cpu_affinity(opts.affinity);
-    if let Some(n) = opts.workers {
-        p = p.workers(n);
-    }
-    if let Some(d) = opts.grace {
-        p = p.shutdown_grace(d);
-    }
-    if let Some(n) = opts.threshold {
-        p = p.recover_threshold(n);
-    }
-    if let Some(d) = opts.timeout {
-        p = p.worker_timeout(d);
-    }
-    if let Some(d) = opts.lifetime {
-        p = p.max_worker_lifetime(d);
-    }
-    if let Some(b) = opts.rss {
-        p = p.max_worker_rss(b);
-    }
-    if let Some(u) = &opts.user {
-        p = p.user(u);
-    }
-    if let Some(g) = &opts.group {
-        p = p.group(g);
-    }
-    report::hooks(p).on_status(|status| {
+    opts.prefork.builder().on_status(|status| {
         say(status_line(status));
         Ok(())
     })
