@@ -207,7 +207,7 @@ impl SlotStatus {
     /// worker's `execve(2)` to succeed. `None` before the slot's first worker.
     ///
     /// `fork` copies the master's page tables, so this grows with the master's resident set:
-    /// on a 2-core VM, 25 to 50 ms per GiB of memory in 4 KiB pages, about 0.6 ms per GiB in
+    /// on a 2-core VM, about 30 ms per GiB of memory in 4 KiB pages and 0.6 ms per GiB in
     /// transparent huge pages (see "Big programs" in `docs/operations.md`). The master does
     /// nothing else meanwhile: every start, respawn and rolling-restart step waits this long.
     pub fn last_fork(&self) -> Option<Duration> {
