@@ -9,6 +9,7 @@
 //! It asks [`listeners::Listeners`] for each slot's socket and starts workers as
 //! [`spawn::Spawn`] says (fork or exec).
 
+mod event_loop;
 mod health;
 mod hooks;
 pub(crate) mod listeners;
@@ -34,13 +35,16 @@ use crate::supervisor::{
 use crate::sys::signal::{self, Signal};
 use crate::sys::{self, Fork, Reaped, SigSet};
 use crate::worker::Worker;
+use event_loop::{
+    Event, FORWARD_TOKEN, Loop, READY_TOKEN, SIGNALFD_TOKEN, UPGRADE_PID_TOKEN, UPGRADE_READY_TOKEN,
+};
 use health::Health;
 use hooks::{STDOUT_CLEAN, call_hook, flush_stdout};
 use listeners::Listeners;
 use notify::Notifier;
 use reaper::{Reaper, exit_of};
 use spawn::Spawn;
-use upgrade::{Program, Report, Upgrade};
+use upgrade::{Report, Upgrade};
 
 /// The signals the master takes over while it runs.
 const HANDLED: [Signal; 8] = [
@@ -54,17 +58,6 @@ const HANDLED: [Signal; 8] = [
     Signal::Chld,
 ];
 
-/// The epoll token of the signalfd; pidfds use their worker's pid.
-const SIGNALFD_TOKEN: u64 = u64::MAX;
-/// The epoll token of the pipe fed by the signal handlers of exec mode.
-const FORWARD_TOKEN: u64 = u64::MAX - 1;
-/// The epoll token of the readiness pipe.
-const READY_TOKEN: u64 = u64::MAX - 2;
-/// The epoll token of the readiness pipe of a new master (binary upgrade).
-const UPGRADE_READY_TOKEN: u64 = u64::MAX - 3;
-/// The epoll token of the pidfd of a new master (binary upgrade).
-const UPGRADE_PID_TOKEN: u64 = u64::MAX - 4;
-
 /// Everything a run needs, validated by the builder.
 pub(crate) struct Plan {
     pub(crate) cfg: Config,
@@ -75,31 +68,6 @@ pub(crate) struct Plan {
     pub(crate) health: HealthChecks,
     /// What each worker does for itself before `serve`.
     pub(crate) setup: WorkerSetup,
-}
-
-/// What one wake-up of the loop found, handled one at a time.
-enum Event {
-    Signal(Signal),
-    Ready(u32),
-    Exited(u32, Reaped),
-    /// The new master of an upgrade wrote to its readiness pipe (or closed it).
-    UpgradeReport,
-    /// The new master of an upgrade exited.
-    UpgradeExited(Reaped),
-}
-
-impl Event {
-    /// Signals first (when Ctrl-C reaches the whole process group, the workers' deaths by
-    /// SIGINT arrive with the master's own SIGINT and are then part of the stop rather than
-    /// crashes to respawn), then readiness (a worker that reported ready and died is judged
-    /// as ready), then exits.
-    fn order(&self) -> u8 {
-        match self {
-            Event::Signal(_) => 0,
-            Event::Ready(_) | Event::UpgradeReport => 1,
-            Event::Exited(..) | Event::UpgradeExited(_) => 2,
-        }
-    }
 }
 
 /// The handlers that forward signals delivered to other threads (exec mode, where the
@@ -163,13 +131,6 @@ struct Fds {
     forwarding: Option<Forwarding>,
     /// In a new master started by an upgrade: where to report that every worker is ready.
     upgrade_report: Option<OwnedFd>,
-}
-
-/// The master's event loop: one epoll over the signalfd, the readiness pipe, the forwarding
-/// pipe (exec mode), one pidfd per worker and an upgrade's descriptors.
-struct Loop {
-    epoll: sys::Epoll,
-    sigfd: OwnedFd,
 }
 
 /// Supervises `plan.cfg.workers` workers until a stop. In fork mode each worker runs
@@ -320,27 +281,15 @@ impl Master {
             .expect("only a forked worker gives up the master's descriptors")
     }
 
-    /// Makes the event loop, once: the epoll instance and the signalfd, with the readiness
-    /// pipe, the forwarding pipe and every worker's pidfd registered.
+    /// Makes the event loop, once (see [`Loop::new`]).
     fn ensure_loop(&mut self) -> Result<(), Error> {
         if self.fds().event_loop.is_some() {
             return Ok(());
         }
-        let epoll = sys::Epoll::new().map_err(Error::sys("epoll_create1"))?;
-        let sigfd = sys::signalfd(&self.handled).map_err(Error::sys("signalfd"))?;
         let fds = self.fds();
-        let add = |fd: std::os::fd::BorrowedFd<'_>, token| {
-            epoll.add(fd, token).map_err(Error::sys("epoll_ctl"))
-        };
-        add(sigfd.as_fd(), SIGNALFD_TOKEN)?;
-        add(fds.ready.0.as_fd(), READY_TOKEN)?;
-        if let Some(fw) = &fds.forwarding {
-            add(fw.read.as_fd(), FORWARD_TOKEN)?;
-        }
-        self.reaper
-            .register(&epoll, u64::from)
-            .map_err(Error::sys("epoll_ctl"))?;
-        self.fds_mut().event_loop = Some(Loop { epoll, sigfd });
+        let forwarding = fds.forwarding.as_ref().map(|fw| fw.read.as_fd());
+        let event_loop = Loop::new(&self.handled, fds.ready.0.as_fd(), forwarding, &self.reaper)?;
+        self.fds_mut().event_loop = Some(event_loop);
         Ok(())
     }
 
@@ -431,8 +380,7 @@ impl Master {
                         }
                     }
                     SIGNALFD_TOKEN => {
-                        if let Err(e) = sys::read_signals(self.event_loop().sigfd.as_fd(), &mut raw)
-                        {
+                        if let Err(e) = self.event_loop().read_signals(&mut raw) {
                             return self.abort(Error::sys("reading the signalfd")(e));
                         }
                     }
@@ -876,43 +824,18 @@ impl Master {
         Err(self.error.take().unwrap_or(err))
     }
 
-    /// [`Action::StartUpgrade`]: starts the new master with every listening socket and
-    /// watches its readiness pipe and its exit. Returns its pid, or why it could not start.
+    /// [`Action::StartUpgrade`]: starts the new master (see [`Upgrade::begin`]). Returns its
+    /// pid, or why it could not start.
     fn start_upgrade(&mut self) -> Result<u32, String> {
-        let Some((path, args)) = Program::current().and_then(|p| Some((p.path()?, p.args))) else {
-            return Err("the program's path is unknown".to_owned());
-        };
-        // `run`: the program's own listening sockets, whatever they are, as duplicates.
-        let caller = match self.listeners {
-            Listeners::Caller => sys::listening_sockets(),
-            _ => Vec::new(),
-        };
-        let mut sockets = self.listeners.handover();
-        sockets.extend(
-            caller
-                .iter()
-                .map(|fd| (fd.as_fd(), crate::listen::SHARED_NAME.to_owned())),
-        );
-        log::info!(
-            "SIGUSR2: upgrading: starting {} with {} listening sockets",
-            path.display(),
-            sockets.len()
-        );
-        let started = Upgrade::start(&path, &args, &sockets, &self.old_mask);
-        drop(sockets);
-        // The new master has its copies (or failed to start): ours of `run`'s sockets close.
-        drop(caller);
-        let upgrade = started.map_err(|e| format!("cannot execute {}: {e}", path.display()))?;
         let epoll = epoll_of(&self.fds).expect("the event loop runs");
-        if let Err(e) = epoll.add(upgrade.ready.as_fd(), UPGRADE_READY_TOKEN) {
-            log::error!("upgrade: cannot watch the new master's readiness ({e})");
-        }
-        let watched = self
-            .reaper
-            .watch(upgrade.pid, Some(epoll), UPGRADE_PID_TOKEN);
-        if let Err(e) = watched {
-            log::error!("upgrade: cannot open a pidfd of the new master ({e})");
-        }
+        let tokens = (UPGRADE_READY_TOKEN, UPGRADE_PID_TOKEN);
+        let upgrade = Upgrade::begin(
+            &self.listeners,
+            &self.old_mask,
+            &mut self.reaper,
+            epoll,
+            tokens,
+        )?;
         let pid = upgrade.pid;
         self.upgrade = Some(upgrade);
         Ok(pid)
@@ -946,14 +869,9 @@ impl Master {
 
     /// Stops watching the new master: it serves (handed over), or it was reaped.
     fn forget_upgrade(&mut self) {
-        let Some(u) = self.upgrade.take() else {
-            return;
-        };
-        let epoll = epoll_of(&self.fds);
-        if let Some(epoll) = epoll {
-            let _ = epoll.delete(u.ready.as_fd());
+        if let Some(u) = self.upgrade.take() {
+            u.end(&mut self.reaper, epoll_of(&self.fds));
         }
-        self.reaper.forget(u.pid, epoll);
     }
 
     /// KILLs and reaps every child, a new master included.
@@ -982,7 +900,7 @@ impl Drop for Master {
         let mut late = Vec::new();
         match &fds.event_loop {
             Some(l) => {
-                let _ = sys::read_signals(l.sigfd.as_fd(), &mut late);
+                let _ = l.read_signals(&mut late);
             }
             // The loop never started: a signalfd of the moment reads what is pending.
             None => {

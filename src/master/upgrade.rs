@@ -13,6 +13,8 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
+use super::listeners::Listeners;
+use super::reaper::Reaper;
 use crate::protocol::{self, UPGRADE_FD_ENV};
 use crate::sys::{self, handover::Handover};
 
@@ -117,6 +119,57 @@ impl Upgrade {
     }
 
     /// Reads what the new master wrote so far.
+    /// Starts the new master with every listening socket of `listeners` (and, for `run`,
+    /// every listening socket the program holds, as duplicates), and watches it: its
+    /// readiness pipe in `epoll` under `tokens.0`, its exit through `reaper` (`tokens.1`).
+    /// Returns why it could not start.
+    pub(crate) fn begin(
+        listeners: &Listeners,
+        mask: &sys::SigSet,
+        reaper: &mut Reaper,
+        epoll: &sys::Epoll,
+        tokens: (u64, u64),
+    ) -> Result<Upgrade, String> {
+        let Some((path, args)) = Program::current().and_then(|p| Some((p.path()?, p.args))) else {
+            return Err("the program's path is unknown".to_owned());
+        };
+        let caller = match listeners {
+            Listeners::Caller => sys::listening_sockets(),
+            _ => Vec::new(),
+        };
+        let mut sockets = listeners.handover();
+        sockets.extend(
+            caller
+                .iter()
+                .map(|fd| (fd.as_fd(), crate::listen::SHARED_NAME.to_owned())),
+        );
+        log::info!(
+            "SIGUSR2: upgrading: starting {} with {} listening sockets",
+            path.display(),
+            sockets.len()
+        );
+        let started = Upgrade::start(&path, &args, &sockets, mask);
+        drop(sockets);
+        // The new master has its copies (or failed to start): ours of `run`'s sockets close.
+        drop(caller);
+        let upgrade = started.map_err(|e| format!("cannot execute {}: {e}", path.display()))?;
+        if let Err(e) = epoll.add(upgrade.ready.as_fd(), tokens.0) {
+            log::error!("upgrade: cannot watch the new master's readiness ({e})");
+        }
+        if let Err(e) = reaper.watch(upgrade.pid, Some(epoll), tokens.1) {
+            log::error!("upgrade: cannot open a pidfd of the new master ({e})");
+        }
+        Ok(upgrade)
+    }
+
+    /// Stops watching the new master: it serves (handed over), or it was reaped.
+    pub(crate) fn end(self, reaper: &mut Reaper, epoll: Option<&sys::Epoll>) {
+        if let Some(epoll) = epoll {
+            let _ = epoll.delete(self.ready.as_fd());
+        }
+        reaper.forget(self.pid, epoll);
+    }
+
     pub(crate) fn report(&self) -> Report {
         let mut buf = [0u8; 64];
         match rustix::io::read(&self.ready, &mut buf) {
