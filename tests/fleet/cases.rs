@@ -74,6 +74,11 @@ pub const ALL: &[Case<(Backend, Mode)>] = &[
         FORK,
         signal_storm_leaves_the_master_consistent,
     ),
+    Case::new(
+        "status_reports_each_slots_last_and_longest_fork",
+        EVERY,
+        status_reports_each_slots_last_and_longest_fork,
+    ),
 ];
 
 // ---- Helpers ------------------------------------------------------------------------------
@@ -127,6 +132,9 @@ struct SlotLine {
     restarts: u64,
     cause: Option<String>,
     last_pid: Option<u32>,
+    /// `SlotStatus::last_fork` and `max_fork`, in ns.
+    fork_ns: Option<u64>,
+    max_fork_ns: Option<u64>,
 }
 
 /// A `status` line.
@@ -155,6 +163,8 @@ fn parse_status(line: &str) -> Option<StatusLine> {
                 restarts: v.get(2)?.parse().ok()?,
                 cause: dash(v.get(3)?),
                 last_pid: dash(v.get(4)?).and_then(|p| p.parse().ok()),
+                fork_ns: dash(v.get(5)?).and_then(|d| d.parse().ok()),
+                max_fork_ns: dash(v.get(6)?).and_then(|d| d.parse().ok()),
             })
         })
         .collect::<Option<Vec<_>>>()?;
@@ -651,6 +661,49 @@ fn names_can_be_turned_off((backend, mode): (Backend, Mode)) {
     for &pid in &pids {
         assert_eq!(comm_of(pid), worker_name, "worker {pid}");
     }
+    fx.stop_with(libc::SIGTERM);
+}
+
+// ---- Fork durations in the status -------------------------------------------------------------
+
+/// Every slot's status gives the master's last fork for it (non-zero) and the longest, which
+/// is at least the last; after respawns, the longest is the largest of the slot's forks the
+/// status lines showed.
+fn status_reports_each_slots_last_and_longest_fork((backend, mode): (Backend, Mode)) {
+    let mut fx = fleet(backend, mode, &[("FX_WORKERS", "2")]);
+    let mut pids = fx.ready();
+    for _ in 0..3 {
+        kill(pids[0], libc::SIGKILL);
+        pids[0] = fx.wait_recover(pids[0]);
+    }
+    let last = fx.wait_line("a status of 2 serving with 3 restarts", |l| {
+        let st = parse_status(l)?;
+        let s0 = st.slots.first()?;
+        (st.serving == 2 && s0.restarts == 3 && s0.pid == Some(pids[0])).then_some(st)
+    });
+    for s in &last.slots {
+        let (fork, max) = (
+            s.fork_ns.expect("a last fork"),
+            s.max_fork_ns.expect("a max"),
+        );
+        assert!(fork > 0, "slot {}: last fork {fork} ns", s.slot);
+        assert!(
+            max >= fork,
+            "slot {}: max {max} ns < last {fork} ns",
+            s.slot
+        );
+    }
+    // The longest of slot 0 is the largest of the four forks its status lines showed.
+    let mut shown: Vec<u64> = statuses(&fx.lines())
+        .iter()
+        .filter_map(|(_, st)| st.slots.first()?.fork_ns)
+        .collect();
+    assert_eq!(last.slots[0].max_fork_ns, shown.iter().copied().max());
+    shown.dedup();
+    runner::note(format!(
+        "slot 0's forks shown (µs): {:?}",
+        shown.iter().map(|ns| ns / 1000).collect::<Vec<_>>()
+    ));
     fx.stop_with(libc::SIGTERM);
 }
 

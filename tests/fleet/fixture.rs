@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `comm LABEL NAME` | master | its own name (`/proc/self/comm`) before `run` (`before`) and after it (`after`) |
 //! | `serving ID PID PORT` | worker | `serve` starts |
-//! | `status SERVING IN_SERVICE RESTARTS SLOT=PID/READY/RESTARTS/CAUSE/LASTPID…` | `on_status` | the status changed; `-` for none, `r` for ready, causes with `_` for spaces |
+//! | `status SERVING IN_SERVICE RESTARTS SLOT=PID/READY/RESTARTS/CAUSE/LASTPID/FORK/MAXFORK…` | `on_status` | the status changed; `-` for none, `r` for ready, causes with `_` for spaces, fork durations in ns |
 //! | `mark N` | worker | the `mark N` command (also on stderr) |
 //!
 //! Workers serve a line protocol on the listener: the client sends one command line, the
@@ -159,7 +159,7 @@ fn builder(opts: &Opts) -> Prefork {
     })
 }
 
-/// `status SERVING IN_SERVICE RESTARTS SLOT=PID/READY/RESTARTS/CAUSE/LASTPID…`.
+/// `status SERVING IN_SERVICE RESTARTS SLOT=PID/READY/RESTARTS/CAUSE/LASTPID/FORK/MAXFORK…`.
 fn status_line(status: &Status) -> String {
     let mut line = format!(
         "status {} {} {}",
@@ -169,8 +169,9 @@ fn status_line(status: &Status) -> String {
     );
     for s in status.slots() {
         let dash = || "-".to_owned();
+        let ns = |d: Option<Duration>| d.map_or_else(dash, |d| d.as_nanos().to_string());
         line.push_str(&format!(
-            " {}={}/{}/{}/{}/{}",
+            " {}={}/{}/{}/{}/{}/{}/{}",
             s.slot,
             s.pid.map_or_else(dash, |p| p.to_string()),
             if s.ready { "r" } else { "-" },
@@ -178,6 +179,8 @@ fn status_line(status: &Status) -> String {
             s.last_exit
                 .map_or_else(dash, |e| e.cause.to_string().replace(' ', "_")),
             s.last_exit.map_or_else(dash, |e| e.pid.to_string()),
+            ns(s.last_fork()),
+            ns(s.max_fork()),
         ));
     }
     line
