@@ -30,8 +30,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Hello, Load, Server, all_ok, bodies, children, connect, example, hello_example,
-    ok_or_refused, read_response, require, send_get,
+    Hello, Load, Server, all_ok, bodies, children, connect, example, hello_example, ok_or_refused,
+    read_response, require, send_get,
 };
 use support::process::{kill, wait_for};
 use support::procfs::is_alive;
