@@ -260,9 +260,10 @@ impl Master {
             .env(NONCE_ENV, nonce.to_string())
             .env(PARENT_ENV, std::process::id().to_string())
             // A master must not mistake itself for a worker or a socket-activated service.
-            .env_remove(prefork::CHILD_ENV)
-            .env_remove(prefork::WORKER_ID_ENV)
-            .env_remove(prefork::REUSEPORT_ADDR_ENV)
+            .env_remove(prefork::protocol::CHILD_ENV)
+            .env_remove(prefork::protocol::WORKER_ID_ENV)
+            // The variable a worker honours without a socket on fd 3 (crate-internal).
+            .env_remove("PREFORK_REUSEPORT_ADDR")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_FDNAMES")

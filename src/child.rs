@@ -25,13 +25,7 @@ use crate::worker::Worker;
 
 use crate::exit::{EXIT_FATAL, EXIT_PANIC};
 
-/// The environment variable that names, in an exec-mode worker, the descriptor of the
-/// master's heartbeat table (set only when the master has a `worker_timeout`); see
-/// `docs/protocol.md`.
-pub const HEARTBEAT_FD_ENV: &str = "PREFORK_HEARTBEAT_FD";
-
-/// The descriptor on which this crate's master passes the heartbeat table.
-pub(crate) const HEARTBEAT_FD: i32 = 5;
+use crate::protocol::HEARTBEAT_FD_ENV;
 
 pub(crate) struct ChildSetup<'a> {
     pub(crate) slot: usize,

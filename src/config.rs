@@ -31,7 +31,7 @@ pub enum Backend {
 
 impl Backend {
     /// Parses a `PREFORK_BACKEND` value.
-    pub fn parse(value: &str) -> Result<Backend, Error> {
+    pub(crate) fn parse(value: &str) -> Result<Backend, Error> {
         match value {
             "pidfd" => Ok(Backend::Pidfd),
             "sigchld" => Ok(Backend::Sigchld),
@@ -44,7 +44,7 @@ impl Backend {
     }
 
     /// The backend named by `PREFORK_BACKEND`, if it is set and not empty.
-    pub fn from_env() -> Result<Option<Backend>, Error> {
+    pub(crate) fn from_env() -> Result<Option<Backend>, Error> {
         match std::env::var_os(BACKEND_ENV) {
             None => Ok(None),
             Some(v) if v.is_empty() => Ok(None),

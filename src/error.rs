@@ -151,14 +151,89 @@ impl fmt::Display for Error {
     }
 }
 
+/// Each variant's `Display` already says its cause (an operator reads one line), so, as std's
+/// `io::Error` does, `source` is the cause's own source: a chain of causes (`anyhow`'s `{:#}`,
+/// a logger that walks `source`) prints each cause once.
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Hook { source, .. } => Some(source.as_ref()),
+            Error::Hook { source, .. } => source.source(),
             Error::Spawn { source, .. }
             | Error::Sys { source, .. }
-            | Error::Listen { source, .. } => Some(source),
+            | Error::Listen { source, .. } => source.source(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+    use std::io;
+
+    /// The whole chain, as an error reporter prints it.
+    fn chain(e: &dyn std::error::Error) -> Vec<String> {
+        let mut out = vec![e.to_string()];
+        let mut next = e.source();
+        while let Some(cause) = next {
+            out.push(cause.to_string());
+            next = cause.source();
+        }
+        out
+    }
+
+    #[derive(Debug)]
+    struct Inner(io::Error);
+
+    impl std::fmt::Display for Inner {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("the hook's own error")
+        }
+    }
+
+    impl std::error::Error for Inner {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_chain_prints_each_cause_once() {
+        let os = || io::Error::from_raw_os_error(libc::EADDRINUSE);
+        let errors = [
+            Error::Listen {
+                addr: "127.0.0.1:8080".to_owned(),
+                source: os(),
+            },
+            Error::Spawn {
+                slot: 2,
+                source: os(),
+            },
+            Error::Sys {
+                op: "signalfd",
+                source: os(),
+            },
+        ];
+        let message = os().to_string();
+        for e in &errors {
+            let lines = chain(e);
+            let seen = lines.iter().filter(|l| l.contains(&message)).count();
+            assert_eq!(seen, 1, "{lines:?}");
+        }
+        let hook = Error::Hook {
+            hook: "on_child_spawn",
+            panicked: false,
+            source: Box::new(Inner(os())),
+        };
+        let lines = chain(&hook);
+        assert_eq!(
+            lines,
+            vec![
+                "hook on_child_spawn failed: the hook's own error".to_owned(),
+                message
+            ]
+        );
+        assert!(hook.source().is_some(), "the cause's cause is kept");
     }
 }

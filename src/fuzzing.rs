@@ -348,7 +348,7 @@ fn drive(data: &[u8]) -> Summary {
                 }
             }
             14 => m.exit_all(|p| p.term, WorkerExit::Code(0)),
-            _ => m.exit_all(|p| p.kill, WorkerExit::Signal(Signal::Kill.raw())),
+            _ => m.exit_all(|p| p.kill, WorkerExit::Signal(crate::exit::Signal::KILL)),
         }
         m.settle();
     }
@@ -371,7 +371,7 @@ fn upgrade_event(m: &mut Model, b: u8) {
         1 => m.upgrade_ready(),
         2 => m.upgrade_exit(WorkerExit::Code(0)),
         3 => m.upgrade_exit(WorkerExit::Code(1)),
-        4 => m.upgrade_exit(WorkerExit::Signal(Signal::Kill.raw())),
+        4 => m.upgrade_exit(WorkerExit::Signal(crate::exit::Signal::KILL)),
         5 => {
             m.upgrade_start_fails = true;
             m.signal(Signal::Usr2);
@@ -406,13 +406,13 @@ fn exit_of(b: u8) -> WorkerExit {
         1 => WorkerExit::Code(1),
         2 => WorkerExit::Code(EXIT_FATAL),
         3 => WorkerExit::Code(101),
-        4 => WorkerExit::Signal(libc::SIGKILL),
-        5 => WorkerExit::Signal(libc::SIGTERM),
-        6 => WorkerExit::Signal(libc::SIGSEGV),
-        7 => WorkerExit::Signal(libc::SIGUSR1),
-        8 => WorkerExit::Signal(libc::SIGUSR2),
-        9 => WorkerExit::Signal(libc::SIGABRT),
-        10 => WorkerExit::Signal(libc::SIGHUP),
+        4 => WorkerExit::Signal(crate::exit::Signal::from_raw(libc::SIGKILL)),
+        5 => WorkerExit::Signal(crate::exit::Signal::from_raw(libc::SIGTERM)),
+        6 => WorkerExit::Signal(crate::exit::Signal::from_raw(libc::SIGSEGV)),
+        7 => WorkerExit::Signal(crate::exit::Signal::from_raw(libc::SIGUSR1)),
+        8 => WorkerExit::Signal(crate::exit::Signal::from_raw(libc::SIGUSR2)),
+        9 => WorkerExit::Signal(crate::exit::Signal::from_raw(libc::SIGABRT)),
+        10 => WorkerExit::Signal(crate::exit::Signal::from_raw(libc::SIGHUP)),
         _ => WorkerExit::Code(i32::from(b as i8)),
     }
 }

@@ -182,7 +182,7 @@ mod exit;
 pub mod fuzzing;
 mod listen;
 mod master;
-mod protocol;
+pub mod protocol;
 mod supervisor;
 #[allow(unsafe_code)]
 mod sys;
@@ -191,15 +191,13 @@ mod worker;
 use std::process::Termination;
 
 pub use builder::{Mode, Prefork};
-pub use child::HEARTBEAT_FD_ENV;
 pub use config::{
     BACKEND_ENV, Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPGRADE_TIMEOUT,
     ExitCause, HookResult, LastExit, SlotStatus, Status,
 };
 pub use error::Error;
-pub use exit::{CountedExit, EXIT_FATAL, EXIT_PANIC, WorkerExit};
-pub use listen::{LISTENER_FD, Network, REUSEPORT_ADDR_ENV};
-pub use protocol::{CHILD_ENV, READY_FD_ENV, UPGRADE_FD_ENV, WORKER_ID_ENV};
+pub use exit::{CountedExit, EXIT_FATAL, EXIT_PANIC, Signal, WorkerExit};
+pub use listen::Network;
 pub use worker::{Incoming, Shutdown, Worker};
 
 /// Forks `n` workers that each run `serve`, and supervises them until `SIGTERM`/`SIGINT`.
@@ -256,5 +254,5 @@ pub fn inherited_listeners() -> Result<Vec<std::net::TcpListener>, Error> {
 /// Whether this process is a worker started by a prefork master: a forked worker, or an
 /// exec-mode worker (`FASTHTTP_PREFORK_CHILD=1` in its environment).
 pub fn is_child() -> bool {
-    sys::notice::armed() || std::env::var_os(CHILD_ENV).is_some_and(|v| v == "1")
+    sys::notice::armed() || std::env::var_os(protocol::CHILD_ENV).is_some_and(|v| v == "1")
 }

@@ -8,12 +8,7 @@ use crate::error::Error;
 use crate::protocol;
 use crate::sys;
 
-/// With reuseport in exec mode under a master that does not pass each worker its socket:
-/// the address to bind (so port 0 means the same port in every worker). This crate's
-/// masters before 0.2 set it; a worker still honours it.
-pub const REUSEPORT_ADDR_ENV: &str = "PREFORK_REUSEPORT_ADDR";
-/// The descriptor an exec-mode worker finds its listener on.
-pub const LISTENER_FD: std::os::fd::RawFd = 3;
+use crate::protocol::{LISTENER_FD, REUSEPORT_ADDR_ENV};
 
 /// The listen backlog: the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;

@@ -1,12 +1,38 @@
-//! Strict parsers for the environment variables of the child and socket-activation protocols.
+//! The protocol between a master and its workers, and with systemd: the names of its
+//! environment variables and the descriptors it passes, in one place.
 //!
-//! Every parser is a pure function of the raw values (as `std::env::var_os` returns them,
-//! turned into bytes): none reads the environment itself, so they can be tested and fuzzed
-//! with any input. They never panic. A malformed value is [`Error::InvalidEnv`], naming the
-//! variable, the value found (lossily decoded) and what was expected. `docs/protocol.md`
-//! describes the protocol these variables belong to.
+//! * The child protocol of Go fasthttp's prefork, which this crate keeps: a worker is
+//!   marked by [`CHILD_ENV`] and finds its listener on [`LISTENER_FD`]. A Rust worker and a
+//!   Go fasthttp worker are interchangeable under either master.
+//! * This crate's additions, set by its own master in exec mode and ignored by a fasthttp
+//!   master: the slot ([`WORKER_ID_ENV`]), the readiness pipe ([`READY_FD_ENV`] on
+//!   [`READY_FD`]), the heartbeat table ([`HEARTBEAT_FD_ENV`] on [`HEARTBEAT_FD`]), and the
+//!   readiness report of a new master to the old one in a binary upgrade
+//!   ([`UPGRADE_FD_ENV`]).
+//! * systemd's socket activation ([`LISTEN_PID_ENV`], [`LISTEN_FDS_ENV`],
+//!   [`LISTEN_FDNAMES_ENV`], from [`LISTEN_FDS_START`]), which a binary upgrade also uses to
+//!   hand the sockets to the new master.
+//!
+//! The repository's `docs/protocol.md` describes each in full. The parsers of these
+//! variables (crate-internal) are pure functions of the raw values: none reads the
+//! environment itself, so they are tested and fuzzed with any input; a malformed value is
+//! [`Error::InvalidEnv`], naming the variable, the value found and what was expected.
+
+use std::os::fd::RawFd;
 
 use crate::error::Error;
+
+/// The descriptor an exec-mode worker finds its listener on (fasthttp's protocol).
+pub const LISTENER_FD: RawFd = 3;
+/// With reuseport in exec mode under a master that passes no socket on [`LISTENER_FD`]: the
+/// address for the worker to bind (port 0 then means the same port in every worker). A
+/// worker honours it; this crate's master does not set it (it passes each worker its socket).
+pub(crate) const REUSEPORT_ADDR_ENV: &str = "PREFORK_REUSEPORT_ADDR";
+/// The environment variable that names, in an exec-mode worker, the descriptor of the
+/// master's heartbeat table (set only when the master has a `worker_timeout`).
+pub const HEARTBEAT_FD_ENV: &str = "PREFORK_HEARTBEAT_FD";
+/// The descriptor on which this crate's master passes the heartbeat table.
+pub const HEARTBEAT_FD: RawFd = 5;
 
 /// Marks a process as a prefork child: set to `1` by the master (ours, or Go fasthttp's).
 pub const CHILD_ENV: &str = "FASTHTTP_PREFORK_CHILD";
@@ -16,7 +42,7 @@ pub const WORKER_ID_ENV: &str = "PREFORK_WORKER_ID";
 /// crate's addition to the protocol; absent under a fasthttp master).
 pub const READY_FD_ENV: &str = "PREFORK_READY_FD";
 /// The descriptor our master puts the readiness pipe on.
-pub const READY_FD: i32 = 4;
+pub const READY_FD: RawFd = 4;
 /// The descriptor on which a new master started by a binary upgrade reports to the old one
 /// that all its workers are ready (this crate's).
 pub const UPGRADE_FD_ENV: &str = "PREFORK_UPGRADE_FD";
@@ -28,25 +54,25 @@ pub const LISTEN_FDS_ENV: &str = "LISTEN_FDS";
 pub const LISTEN_FDNAMES_ENV: &str = "LISTEN_FDNAMES";
 
 /// The largest worker id `PREFORK_WORKER_ID` may carry.
-pub const MAX_WORKER_ID: usize = 65_535;
+pub(crate) const MAX_WORKER_ID: usize = 65_535;
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: i32 = 3;
 /// The most descriptors `LISTEN_FDS` may announce. Far more than any socket unit passes; a
 /// larger count is taken for a corrupted environment rather than trusted (each announced
 /// descriptor costs a name and a check).
-pub const MAX_LISTEN_FDS: usize = 1024;
+pub(crate) const MAX_LISTEN_FDS: usize = 1024;
 /// The longest descriptor name systemd allows (`FDNAME_MAX`).
-pub const MAX_FDNAME_LEN: usize = 255;
+pub(crate) const MAX_FDNAME_LEN: usize = 255;
 /// The name systemd gives each descriptor when `LISTEN_FDNAMES` is not set.
-pub const DEFAULT_FDNAME: &str = "unknown";
+pub(crate) const DEFAULT_FDNAME: &str = "unknown";
 
 /// Descriptors passed by systemd socket activation: fds `3 .. 3 + count`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenFds {
+pub(crate) struct ListenFds {
     /// How many descriptors were passed, `1..=MAX_LISTEN_FDS`.
-    pub count: usize,
+    pub(crate) count: usize,
     /// One name per descriptor, in fd order: from `LISTEN_FDNAMES`, or `"unknown"` each.
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
 }
 
 fn invalid(var: &'static str, value: &[u8], reason: impl Into<String>) -> Error {
@@ -84,7 +110,7 @@ fn parse_decimal(value: &[u8], max: u64) -> Option<u64> {
 /// Anything else (`0`, `true`, ` 1`, `1\n`) is an error. fasthttp itself treats every value
 /// but `1` as "not a child"; refusing the others catches a typo that would otherwise make a
 /// child run as a second master.
-pub fn parse_child_flag(value: Option<&[u8]>) -> Result<bool, Error> {
+pub(crate) fn parse_child_flag(value: Option<&[u8]>) -> Result<bool, Error> {
     match value {
         None | Some(b"") => Ok(false),
         Some(b"1") => Ok(true),
@@ -100,7 +126,7 @@ pub fn parse_child_flag(value: Option<&[u8]>) -> Result<bool, Error> {
 /// sign, no whitespace, no leading zero except `0` itself) up to [`MAX_WORKER_ID`] →
 /// `Some(id)`. Anything else, the empty string included, is an error.
 /// Parses `PREFORK_READY_FD`: absent, or a descriptor number from 3 to 1023.
-pub fn parse_ready_fd(value: Option<&[u8]>) -> Result<Option<i32>, Error> {
+pub(crate) fn parse_ready_fd(value: Option<&[u8]>) -> Result<Option<i32>, Error> {
     let Some(v) = value else {
         return Ok(None);
     };
@@ -116,7 +142,7 @@ pub fn parse_ready_fd(value: Option<&[u8]>) -> Result<Option<i32>, Error> {
 
 /// Parses `PREFORK_UPGRADE_FD`: absent, or a descriptor number from 3 to 1027 (after at most
 /// `MAX_LISTEN_FDS` sockets).
-pub fn parse_upgrade_fd(value: Option<&[u8]>) -> Result<Option<i32>, Error> {
+pub(crate) fn parse_upgrade_fd(value: Option<&[u8]>) -> Result<Option<i32>, Error> {
     let Some(v) = value else {
         return Ok(None);
     };
@@ -131,7 +157,7 @@ pub fn parse_upgrade_fd(value: Option<&[u8]>) -> Result<Option<i32>, Error> {
     }
 }
 
-pub fn parse_worker_id(value: Option<&[u8]>) -> Result<Option<usize>, Error> {
+pub(crate) fn parse_worker_id(value: Option<&[u8]>) -> Result<Option<usize>, Error> {
     let Some(v) = value else {
         return Ok(None);
     };
@@ -171,7 +197,7 @@ fn fdname_is_valid(name: &[u8]) -> bool {
 ///   Otherwise it must hold exactly `count` colon-separated names, each 1 to 255 bytes of
 ///   printable ASCII without `:`; else an error naming `LISTEN_FDNAMES`. (systemd itself
 ///   also accepts empty names; no socket unit produces one.)
-pub fn parse_listen_fds(
+pub(crate) fn parse_listen_fds(
     listen_pid: Option<&[u8]>,
     listen_fds: Option<&[u8]>,
     listen_fdnames: Option<&[u8]>,

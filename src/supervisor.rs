@@ -621,7 +621,7 @@ impl Supervisor {
             return exited(Cause::Fatal);
         }
         let cause = match exit {
-            WorkerExit::Signal(s) if forwarded.has(s) => Cause::Forwarded,
+            WorkerExit::Signal(s) if forwarded.has(s.raw()) => Cause::Forwarded,
             _ => match ready {
                 None => Cause::BootFailure,
                 Some(t) if now.saturating_sub(t) < FAST_CRASH && exit.self_inflicted() => {

@@ -227,6 +227,6 @@ impl Reaper {
 pub(crate) fn exit_of(how: Reaped) -> WorkerExit {
     match how {
         Reaped::Exited(code) => WorkerExit::Code(code),
-        Reaped::Signaled(signal) => WorkerExit::Signal(signal),
+        Reaped::Signaled(signal) => WorkerExit::Signal(crate::exit::Signal::from_raw(signal)),
     }
 }

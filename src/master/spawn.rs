@@ -14,8 +14,8 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use crate::child::{HEARTBEAT_FD, HEARTBEAT_FD_ENV};
 use crate::protocol::{CHILD_ENV, READY_FD, READY_FD_ENV, WORKER_ID_ENV};
+use crate::protocol::{HEARTBEAT_FD, HEARTBEAT_FD_ENV, REUSEPORT_ADDR_ENV};
 use crate::sys;
 
 /// How workers start.
@@ -76,7 +76,7 @@ impl ExecSpec {
             .env(CHILD_ENV, "1")
             .env(WORKER_ID_ENV, slot.to_string())
             .env(READY_FD_ENV, READY_FD.to_string())
-            .env_remove(crate::listen::REUSEPORT_ADDR_ENV);
+            .env_remove(REUSEPORT_ADDR_ENV);
         for var in super::notify::VARIABLES {
             cmd.env_remove(var);
         }

@@ -901,13 +901,13 @@ impl Model {
             return Cause::Fatal;
         }
         if let WorkerExit::Signal(s) = how {
-            if proc.forwarded.iter().any(|f| f.raw() == s) {
+            if proc.forwarded.iter().any(|f| f.raw() == s.raw()) {
                 return Cause::Forwarded;
             }
         }
         let self_inflicted = match how {
             WorkerExit::Code(_) => true,
-            WorkerExit::Signal(s) => signal::is_fault(s),
+            WorkerExit::Signal(s) => signal::is_fault(s.raw()),
         };
         match proc.ready {
             None => Cause::BootFailure,
@@ -1290,13 +1290,13 @@ impl Model {
             }
             let before = self.live.len();
             let upgrade = self.upgrade;
-            self.exit_all(|p| p.kill, WorkerExit::Signal(Signal::Kill.raw()));
+            self.exit_all(|p| p.kill, WorkerExit::Signal(crate::exit::Signal::KILL));
             if exit_on_term {
                 self.exit_all(|p| p.term, WorkerExit::Code(0));
             }
             match self.upgrade {
                 Upgrade::Going { kill: true, .. } => {
-                    self.upgrade_exit(WorkerExit::Signal(Signal::Kill.raw()));
+                    self.upgrade_exit(WorkerExit::Signal(crate::exit::Signal::KILL));
                     self.pump();
                 }
                 Upgrade::Going { term: true, .. } if exit_on_term => {

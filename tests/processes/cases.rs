@@ -260,7 +260,7 @@ fn sigkill_worker_respawns_in_same_slot(b: Backend) {
     let new = fx.wait_recover(old);
     assert_ne!(new, old);
     let exit = fx.wait_exit_line(old);
-    assert_eq!((exit.slot, exit.how.as_str()), (0, "Signal(9)"));
+    assert_eq!((exit.slot, exit.how.as_str()), (0, "Signal(SIGKILL)"));
     assert_eq!(id_of(port, new), 0, "the replacement's slot");
     assert_worker_of(&fx, new);
     assert!(procfs::is_gone(old, fx.pid), "the killed worker is reaped");
@@ -598,7 +598,7 @@ fn exit_fatal_stops_everything(b: Backend) {
     );
     assert_exits(&fx, [pid], &format!("Code({})", prefork::EXIT_FATAL));
     let others: Vec<u32> = ids.values().copied().filter(|&p| p != pid).collect();
-    assert_exits(&fx, others, "Signal(15)");
+    assert_exits(&fx, others, "Signal(SIGTERM)");
 }
 
 // ---- Stopping --------------------------------------------------------------------------------
@@ -606,7 +606,7 @@ fn exit_fatal_stops_everything(b: Backend) {
 fn stops_all_workers_on(b: Backend, signal: i32) {
     let (mut fx, _port, ids) = started(b, 2, &[]);
     fx.stop_with(signal);
-    assert_exits(&fx, ids.values().copied(), "Signal(15)");
+    assert_exits(&fx, ids.values().copied(), "Signal(SIGTERM)");
     assert_all_gone(&fx, fx.spawns());
     assert!(fx.recovers().is_empty(), "a stop is no recovery");
 }
@@ -628,7 +628,7 @@ fn term_ignoring_worker_killed_after_grace(b: Backend) {
     fx.wait_exit();
     let took = sent.elapsed();
     fx.assert_clean_exit();
-    assert_exits(&fx, ids.values().copied(), "Signal(9)");
+    assert_exits(&fx, ids.values().copied(), "Signal(SIGKILL)");
     assert!(
         took >= grace,
         "the master exited {took:?} after TERM, before the {grace:?} grace period ended"
@@ -655,7 +655,7 @@ fn second_sigterm_kills_at_once(b: Backend) {
     assert_all_alive(&fx, ids.values().copied());
     fx.signal(libc::SIGTERM);
     fx.assert_clean_exit();
-    assert_exits(&fx, ids.values().copied(), "Signal(9)");
+    assert_exits(&fx, ids.values().copied(), "Signal(SIGKILL)");
 }
 
 fn stop_cancels_delayed_respawn(b: Backend) {
@@ -663,12 +663,12 @@ fn stop_cancels_delayed_respawn(b: Backend) {
     let (mut fx, _port, ids) = started(b, 2, &[("FX_INTERVAL_MS", "3600000")]);
     let old = ids[&0];
     kill(old, libc::SIGKILL);
-    assert_eq!(fx.wait_exit_line(old).how, "Signal(9)");
+    assert_eq!(fx.wait_exit_line(old).how, "Signal(SIGKILL)");
     // Slot 0 now waits an hour for its respawn; the stop must not wait for it.
     fx.stop_with(libc::SIGTERM);
     assert_eq!(fx.spawns().len(), 2, "the delayed respawn never happened");
     assert!(fx.recovers().is_empty());
-    assert_exits(&fx, [ids[&1]], "Signal(15)");
+    assert_exits(&fx, [ids[&1]], "Signal(SIGTERM)");
 }
 
 // ---- The master's death ----------------------------------------------------------------------
@@ -770,7 +770,7 @@ fn hook_failure<T>(
     );
     let spawns = fx.spawns();
     assert!(!spawns.is_empty(), "workers were started");
-    assert_exits(&fx, spawns.iter().copied(), "Signal(9)");
+    assert_exits(&fx, spawns.iter().copied(), "Signal(SIGKILL)");
     assert_all_gone(&fx, spawns);
 }
 
@@ -848,7 +848,7 @@ fn hook_starting_a_thread_fails_run(b: Backend) {
     assert_eq!(fx.debugs(), ["NotSingleThreaded { threads: 2 }"]);
     let spawns = fx.spawns();
     assert_eq!(spawns.len(), 2, "no fork after the hook: {spawns:?}");
-    assert_exits(&fx, spawns.iter().copied(), "Signal(9)");
+    assert_exits(&fx, spawns.iter().copied(), "Signal(SIGKILL)");
 }
 
 // ---- Refusals before any fork ----------------------------------------------------------------
@@ -977,11 +977,11 @@ fn auto_reaping_sigchld(b: Backend, option: &str, action: &str) {
     let old = ids[&1];
     kill(old, libc::SIGKILL);
     let new = fx.wait_recover(old);
-    assert_eq!(fx.wait_exit_line(old).how, "Signal(9)");
+    assert_eq!(fx.wait_exit_line(old).how, "Signal(SIGKILL)");
     assert_eq!(id_of(port, new), 1);
     // ... and the workers' exits at the stop too.
     fx.stop_with(libc::SIGTERM);
-    assert_exits(&fx, [ids[&0], new], "Signal(15)");
+    assert_exits(&fx, [ids[&0], new], "Signal(SIGTERM)");
     assert_eq!(
         state(&fx, "after1"),
         before,
@@ -1054,7 +1054,7 @@ fn run_twice_restores_fds_and_mask(b: Backend) {
     let before = state(&fx, "before");
     assert_eq!(state(&fx, "after1"), before, "state after the first run");
     assert_eq!(state(&fx, "after2"), before, "state after the second run");
-    assert_exits(&fx, ready.concat(), "Signal(15)");
+    assert_exits(&fx, ready.concat(), "Signal(SIGTERM)");
 }
 
 // ---- Signals to the master -------------------------------------------------------------------
@@ -1077,12 +1077,12 @@ fn sigttin_adds_and_sigttou_removes_workers(b: Backend) {
     let exit = fx.wait_exit_line(added);
     assert_eq!(
         (exit.slot, exit.how.as_str()),
-        (2, "Signal(15)"),
+        (2, "Signal(SIGTERM)"),
         "the last slot goes first"
     );
     fx.signal(libc::SIGTTOU);
     let exit = fx.wait_exit_line(ids[&1]);
-    assert_eq!((exit.slot, exit.how.as_str()), (1, "Signal(15)"));
+    assert_eq!((exit.slot, exit.how.as_str()), (1, "Signal(SIGTERM)"));
     // The last worker stays.
     fx.signal(libc::SIGTTOU);
     fx.wait_stderr_count("SIGTTOU", 3);
@@ -1099,7 +1099,7 @@ fn sigttin_adds_and_sigttou_removes_workers(b: Backend) {
         exit_at >= before_stop,
         "the last worker was removed before the stop"
     );
-    assert_exits(&fx, [ids[&0]], "Signal(15)");
+    assert_exits(&fx, [ids[&0]], "Signal(SIGTERM)");
     assert_eq!(fx.spawns().len(), 3, "TTOU does not respawn");
     assert!(fx.recovers().is_empty(), "TTOU exits are no crashes");
 }
@@ -1134,7 +1134,7 @@ fn sighup_rolling_restart(b: Backend) {
     fx.signal(libc::SIGHUP);
     for (&slot, &pid) in &old {
         let exit = fx.wait_exit_line(pid);
-        assert_eq!((exit.slot, exit.how.as_str()), (slot, "Signal(15)"));
+        assert_eq!((exit.slot, exit.how.as_str()), (slot, "Signal(SIGTERM)"));
     }
     let old_pids: BTreeSet<u32> = old.values().copied().collect();
     let new = collect_ids(port, 2, |pid| !old_pids.contains(&pid));
@@ -1169,7 +1169,7 @@ fn sighup_kills_term_ignoring_workers_after_grace(b: Backend) {
     fx.signal(libc::SIGHUP);
     for (&slot, &pid) in &old {
         let exit = fx.wait_exit_line(pid);
-        assert_eq!((exit.slot, exit.how.as_str()), (slot, "Signal(9)"));
+        assert_eq!((exit.slot, exit.how.as_str()), (slot, "Signal(SIGKILL)"));
     }
     let took = sent.elapsed();
     // One slot after the other, each old worker sits out its grace period.
@@ -1184,7 +1184,7 @@ fn sighup_kills_term_ignoring_workers_after_grace(b: Backend) {
     assert_all_alive(&fx, new.values().copied());
     // The new workers ignore TERM too: the stop needs its grace period and KILL.
     fx.stop_with(libc::SIGTERM);
-    assert_exits(&fx, new.values().copied(), "Signal(9)");
+    assert_exits(&fx, new.values().copied(), "Signal(SIGKILL)");
 }
 
 // ---- Reaping ---------------------------------------------------------------------------------
@@ -1231,7 +1231,7 @@ fn adopted_orphans_are_reaped(b: Backend) {
     fx.stop_with(libc::SIGTERM);
     let exits: Vec<_> = fx.exits().into_iter().filter(|e| e.pid == old).collect();
     assert_eq!(exits.len(), 1, "exit lines of the killed worker: {exits:?}");
-    assert_eq!(exits[0].how, "Signal(9)");
+    assert_eq!(exits[0].how, "Signal(SIGKILL)");
     assert_eq!(fx.recovers(), [(old, new)]);
 }
 
@@ -1271,7 +1271,10 @@ fn respawn_churn_leaks_no_fds_or_zombies(b: Backend) {
     );
     let exits = fx.exits();
     assert_eq!(exits.len(), RESPAWNS, "one exit line per kill");
-    assert!(exits.iter().all(|e| e.how == "Signal(9)"), "{exits:?}");
+    assert!(
+        exits.iter().all(|e| e.how == "Signal(SIGKILL)"),
+        "{exits:?}"
+    );
     assert_eq!(fx.recovers().len(), RESPAWNS);
     fx.stop_with(libc::SIGTERM);
 }
@@ -1440,7 +1443,10 @@ fn sigkill_storm_of_serving_workers_is_never_counted(b: Backend) {
         "one exit line per kill, and one per worker stopped"
     );
     let (crashed, stopped) = exits.split_at(KILLS);
-    assert!(crashed.iter().all(|e| e.how == "Signal(9)"), "{crashed:?}");
+    assert!(
+        crashed.iter().all(|e| e.how == "Signal(SIGKILL)"),
+        "{crashed:?}"
+    );
     let last: BTreeMap<usize, u32> = stopped.iter().map(|e| (e.slot, e.pid)).collect();
     assert_eq!(last, workers, "the workers stopped by TERM");
     let mut exited: Vec<u32> = crashed.iter().map(|e| e.pid).collect();
@@ -1489,7 +1495,7 @@ fn slow_drain_is_killed_at_grace_and_logged(b: Backend) {
     fx.wait_exit();
     let took = sent.elapsed();
     fx.assert_clean_exit();
-    assert_exits(&fx, ids.values().copied(), "Signal(9)");
+    assert_exits(&fx, ids.values().copied(), "Signal(SIGKILL)");
     assert!(
         took >= grace,
         "the master exited {took:?} after TERM, before the {grace:?} grace period ended"
@@ -1582,7 +1588,7 @@ fn sighup_old_worker_drains_only_after_replacement_is_ready(b: Backend) {
     kill(new, libc::SIGCONT);
     assert_eq!(
         fx.wait_exit_line(old).how,
-        "Signal(15)",
+        "Signal(SIGTERM)",
         "the old worker's end"
     );
     assert_logged(
@@ -1606,7 +1612,7 @@ fn sigttou_during_restart_old_worker_waits_for_replacement(b: Backend) {
     let exit = fx.wait_exit_line(old1);
     assert_eq!(
         (exit.slot, exit.how.as_str()),
-        (1, "Signal(15)"),
+        (1, "Signal(SIGTERM)"),
         "the closed slot's worker"
     );
     // Logged after the TTOU was handled, in a later wake-up.
@@ -1620,7 +1626,7 @@ fn sigttou_during_restart_old_worker_waits_for_replacement(b: Backend) {
     kill(new, libc::SIGCONT);
     assert_eq!(
         fx.wait_exit_line(old0).how,
-        "Signal(15)",
+        "Signal(SIGTERM)",
         "slot 0's old worker"
     );
     fx.wait_stderr_count("rolling restart done", attempt);
@@ -1768,7 +1774,7 @@ fn sigterm_during_rolling_restart_drains_second_kills(b: Backend) {
     fx.signal(libc::SIGTERM);
     fx.assert_clean_exit();
     wait_last_log(&fx);
-    assert_exits(&fx, [old[&0]], "Signal(9)");
+    assert_exits(&fx, [old[&0]], "Signal(SIGKILL)");
     assert_logged(&fx, "WARN", "during shutdown: killing workers now");
     assert_eq!(fx.spawns().len(), 3, "no slot was restarted after TERM");
     assert_eq!(

@@ -8,7 +8,7 @@
 //! | `spawn PID` | `on_child_spawn` | every worker start |
 //! | `ready PID…` | `on_master_ready` | pids in slot order |
 //! | `recover OLD NEW` | `on_child_recover` | |
-//! | `exit SLOT PID HOW` | `on_child_exit` | `HOW` is the `WorkerExit` debug form: `Code(101)`, `Signal(9)` |
+//! | `exit SLOT PID HOW` | `on_child_exit` | `HOW` is the `WorkerExit` debug form: `Code(101)`, `Signal(SIGKILL)` |
 //! | `result ok` / `result err DISPLAY` + `debug DEBUG` | master | after each run |
 //! | `children N zombies Z` | master | its own children (zombies included) after each run |
 //! | `end CODE` | master | last line before it exits with CODE |
