@@ -3,6 +3,9 @@
 
 use super::model::Model;
 use super::*;
+use std::time::Duration;
+
+use crate::sys::signal::Signal;
 
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);

@@ -1,0 +1,118 @@
+//! The stop: graceful (TERM, KILL after the grace period), forced (KILL), or the handover of
+//! a binary upgrade; and the outcome once every worker (and a new master) is gone.
+
+use std::time::Duration;
+
+use super::action::{Action, Failure, Why};
+use super::state::{Phase, Slot, Stop, Supervisor};
+use crate::sys::signal::Signal;
+
+impl Supervisor {
+    /// The driver failed (a hook returned an error, a system call failed): kill everything.
+    pub(crate) fn fail(&mut self, now: Duration) {
+        match &mut self.phase {
+            Phase::Stopping { result, .. } => {
+                *result = Err(Failure::External);
+                self.kill_all();
+            }
+            Phase::Done(result) => *result = Err(Failure::External),
+            _ => self.stop(now, true, Err(Failure::External)),
+        }
+    }
+
+    /// Begins a stop: TERM (or KILL when `kill`) to every live worker.
+    pub(super) fn stop(&mut self, now: Duration, kill: bool, result: Result<(), Failure>) {
+        let how = if kill { Stop::Kill } else { Stop::Graceful };
+        self.stop_with(now, how, result);
+    }
+
+    /// Begins a stop of the kind `how`.
+    pub(super) fn stop_with(&mut self, now: Duration, how: Stop, result: Result<(), Failure>) {
+        let kill = how == Stop::Kill;
+        self.actions.retain(|a| {
+            !matches!(
+                a,
+                Action::Spawn { .. }
+                    | Action::Ready { .. }
+                    | Action::Reloading
+                    | Action::Reloaded
+                    | Action::StartUpgrade
+            )
+        });
+        let grace = self.cfg.shutdown_grace;
+        self.new_master.on_stop(now, grace, kill, &mut self.actions);
+        self.restart_queue.clear();
+        self.restarting = None;
+        self.hup_pending = false;
+        for s in self.slots.iter_mut() {
+            // A spawning slot's action was queued, and has just been dropped.
+            if matches!(s, Slot::Waiting { .. } | Slot::Spawning { .. }) {
+                *s = Slot::Closed;
+            }
+        }
+        let (signal, why) = match how {
+            Stop::Kill => (Signal::Kill, Why::Kill),
+            Stop::Graceful => {
+                self.actions.push_back(Action::Stopping);
+                (Signal::Term, Why::Stop)
+            }
+            Stop::HandOver => (Signal::Term, Why::Stop),
+        };
+        for pid in self.live_pids() {
+            // A retiring worker already told keeps its earlier KILL deadline.
+            if !kill && self.retiring.get(&pid).is_some_and(|r| r.told) {
+                continue;
+            }
+            if let Some(r) = self.retiring.get_mut(&pid) {
+                r.told = true;
+            }
+            self.actions.push_back(Action::Signal { pid, signal, why });
+        }
+        self.phase = Phase::Stopping {
+            kill_at: if kill {
+                None
+            } else {
+                Some(now.saturating_add(self.cfg.shutdown_grace))
+            },
+            result,
+        };
+        self.maybe_done();
+    }
+
+    pub(super) fn kill_all(&mut self) {
+        self.kill_remaining(Why::Kill);
+    }
+
+    pub(super) fn kill_remaining(&mut self, why: Why) {
+        if let Phase::Stopping { kill_at, .. } = &mut self.phase {
+            *kill_at = None;
+        }
+        if why == Why::Kill {
+            self.new_master
+                .on_stop(Duration::ZERO, Duration::ZERO, true, &mut self.actions);
+        }
+        for r in self.retiring.values_mut() {
+            r.kill_at = None;
+        }
+        for pid in self.live_pids() {
+            self.actions.push_back(Action::Signal {
+                pid,
+                signal: Signal::Kill,
+                why,
+            });
+        }
+    }
+
+    pub(super) fn maybe_done(&mut self) {
+        let Phase::Stopping { result, .. } = &self.phase else {
+            return;
+        };
+        let busy = self
+            .slots
+            .iter()
+            .any(|s| matches!(s, Slot::Running { .. } | Slot::Spawning { .. }));
+        if !busy && self.retiring.is_empty() && self.new_master.is_idle() {
+            self.phase = Phase::Done(result.clone());
+        }
+    }
+}
