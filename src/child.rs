@@ -129,10 +129,16 @@ where
     let ready = std::env::var_os(READY_FD_ENV).map(|v| v.into_encoded_bytes());
     match protocol::parse_ready_fd(ready.as_deref()) {
         // Only a pipe: a stray variable must not make us write into some other file.
-        Ok(Some(fd)) if sys::is_pipe(fd) => match sys::take_inherited(fd) {
-            Some(fd) => report_ready(fd, worker.pid),
-            None => log::warn!("{READY_FD_ENV}={fd} was taken already"),
-        },
+        Ok(Some(fd)) if sys::is_pipe(fd) => {
+            // SAFETY: our master passed the readiness pipe on this number for the crate
+            // (it set the variable), and nothing else in the worker takes it.
+            #[allow(unsafe_code)]
+            let taken = unsafe { sys::take_inherited(fd) };
+            match taken {
+                Some(fd) => report_ready(fd, worker.pid),
+                None => log::warn!("{READY_FD_ENV}={fd} was taken already"),
+            }
+        }
         Ok(Some(fd)) => log::warn!("{READY_FD_ENV}={fd} is not a pipe; not reporting readiness"),
         Ok(None) => {}
         Err(e) => log::warn!("{e}; not reporting readiness"),
@@ -142,7 +148,7 @@ where
 
 /// Watches the master through a pidfd (readable when it exits) on a thread of its own.
 fn watch_master_pidfd(mut hook: DeathHook, master_pid: u32) {
-    let pidfd = match sys::pidfd_open(master_pid) {
+    let pidfd = match sys::Pid::try_from(master_pid).and_then(sys::pidfd_open) {
         Ok(fd) => fd,
         Err(e) => {
             log::warn!("cannot watch the master ({e}); the worker dies with it instead");
@@ -168,7 +174,7 @@ fn watch_master_pidfd(mut hook: DeathHook, master_pid: u32) {
     match spawned {
         // Only now that someone watches is the kernel's death signal dropped.
         Ok(_) => {
-            if let Err(e) = sys::set_parent_death_signal(0) {
+            if let Err(e) = sys::set_parent_death_signal(None) {
                 log::warn!("cannot clear PR_SET_PDEATHSIG: {e}");
             }
         }
@@ -227,7 +233,10 @@ fn adopt_heartbeat(id: usize) {
         );
         return;
     };
-    let Some(owned) = sys::take_inherited(fd) else {
+    // SAFETY: our master passed the heartbeat memfd on this number for the crate (it set the
+    // variable), and nothing else in the worker takes it.
+    #[allow(unsafe_code)]
+    let Some(owned) = (unsafe { sys::take_inherited(fd) }) else {
         log::warn!("{HEARTBEAT_FD_ENV}={fd} is not open, or was taken already; no heartbeat");
         return;
     };
@@ -285,7 +294,7 @@ where
 /// The death signal is tied to the *thread* that forked us: the master's supervising thread,
 /// which lives exactly as long as the master's event loop.
 fn die_with_master(master_pid: u32) {
-    if let Err(e) = sys::set_parent_death_signal(libc::SIGKILL) {
+    if let Err(e) = sys::set_parent_death_signal(Some(sys::signal::Signal::Kill)) {
         log::error!("cannot set PR_SET_PDEATHSIG: {e}");
     }
     if sys::getppid() != master_pid {

@@ -184,7 +184,6 @@ mod listen;
 mod master;
 pub mod protocol;
 mod supervisor;
-#[allow(unsafe_code)]
 mod sys;
 mod worker;
 

@@ -96,8 +96,13 @@ pub(crate) const SHARED_NAME: &str = "prefork";
 /// moment (an exec-mode worker's fd 3 under our master, a socket an old master hands on):
 /// the blocking mode belongs to the socket, shared by every process holding it, and a
 /// sibling's `Shutdown::incoming` relies on the non-blocking mode it set.
+#[allow(unsafe_code)]
 fn adopt(fd: std::os::fd::RawFd, blocking: bool) -> Result<TcpListener, Error> {
-    sys::adopt_listener(fd, blocking).map_err(|reason| Error::InheritedListener { fd, reason })
+    // SAFETY: both callers pass a number a protocol gave the crate, which nothing else in the
+    // process owns: fd 3 of an exec-mode worker, or a socket of socket activation whose
+    // `LISTEN_PID` names this process.
+    unsafe { sys::adopt_listener(fd, blocking) }
+        .map_err(|reason| Error::InheritedListener { fd, reason })
 }
 
 /// The listener of an exec-mode worker: fd 3, adopted; made blocking only under a master

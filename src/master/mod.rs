@@ -33,7 +33,7 @@ use crate::supervisor::{
     Action, Cause, Config, Exited, Failure, Ignored, Rollback, Supervisor, Why,
 };
 use crate::sys::signal::{self, Signal};
-use crate::sys::{self, Fork, Reaped, SigSet};
+use crate::sys::{self, Fork, MaskHow, Reaped, SigSet};
 use crate::worker::Worker;
 use event_loop::{
     Event, FORWARD_TOKEN, Loop, READY_TOKEN, SIGNALFD_TOKEN, UPGRADE_PID_TOKEN, UPGRADE_READY_TOKEN,
@@ -186,10 +186,6 @@ fn check_single_threaded() -> Result<(), Error> {
     }
 }
 
-fn raw_signals(signals: &[Signal]) -> Vec<i32> {
-    signals.iter().map(|s| s.raw()).collect()
-}
-
 impl Master {
     fn new(
         backend: Backend,
@@ -208,13 +204,13 @@ impl Master {
         // without a trace.
         let saved_chld = match sys::children_auto_reaped() {
             Ok(true) => Some(
-                sys::set_default_disposition(Signal::Chld.raw())
+                sys::set_default_disposition(Signal::Chld)
                     .map_err(Error::sys("resetting SIGCHLD to its default"))?,
             ),
             _ => None,
         };
-        let mask = SigSet::of(&raw_signals(&HANDLED));
-        let old_mask = match sys::sigmask(libc::SIG_BLOCK, &mask) {
+        let mask = SigSet::of(&HANDLED);
+        let old_mask = match sys::sigmask(MaskHow::Block, &mask) {
             Ok(old) => old,
             Err(e) => {
                 if let Some(saved) = &saved_chld {
@@ -308,7 +304,7 @@ impl Master {
         // Its read end joins the epoll set in `ensure_loop`.
         let (read, write) =
             sys::pipe_nonblocking().map_err(Error::sys("creating the signal pipe"))?;
-        let saved = sys::forward_signals(&raw_signals(&HANDLED), write.as_raw_fd())
+        let saved = sys::forward_signals(&HANDLED, write.as_raw_fd())
             .map_err(Error::sys("installing signal handlers"))?;
         Ok(Forwarding {
             read,
@@ -920,7 +916,7 @@ impl Drop for Master {
         }
         // The workers' handlers go before the signals are unblocked, so that none runs here.
         drop(self.inherited.take());
-        let _ = sys::sigmask(libc::SIG_SETMASK, &self.old_mask);
+        let _ = sys::sigmask(MaskHow::Set, &self.old_mask);
         if let Some(saved) = &self.saved_chld {
             let _ = sys::restore_disposition(saved);
         }

@@ -71,8 +71,10 @@ impl Reaper {
         token: u64,
     ) -> io::Result<()> {
         if let Err(e) = self.watch(pid, epoll, token) {
-            let _ = sys::kill(pid, Signal::Kill.raw());
-            sys::wait_blocking(pid);
+            if let Some(pid) = sys::Pid::new(pid) {
+                let _ = sys::kill(pid, Signal::Kill);
+                sys::wait_blocking(pid);
+            }
             return Err(e);
         }
         Ok(())
@@ -87,12 +89,14 @@ impl Reaper {
         token: u64,
     ) -> io::Result<()> {
         if self.backend == Backend::Pidfd {
-            let registered = sys::pidfd_open(pid).and_then(|fd| {
-                if let Some(epoll) = epoll {
-                    epoll.add(fd.as_fd(), token)?;
-                }
-                Ok(fd)
-            });
+            let registered = sys::Pid::try_from(pid)
+                .and_then(sys::pidfd_open)
+                .and_then(|fd| {
+                    if let Some(epoll) = epoll {
+                        epoll.add(fd.as_fd(), token)?;
+                    }
+                    Ok(fd)
+                });
             match registered {
                 Ok(fd) => {
                     self.children.insert(pid, Child { pidfd: Some(fd) });
@@ -132,8 +136,8 @@ impl Reaper {
     pub(crate) fn reap(&mut self, pid: u32) -> Option<Reaped> {
         let child = self.children.get(&pid)?;
         let how = match &child.pidfd {
-            Some(fd) => sys::reap_pidfd(fd.as_fd(), pid),
-            None => sys::reap_pid(pid),
+            Some(fd) => sys::Pid::try_from(pid).and_then(|pid| sys::reap_pidfd(fd.as_fd(), pid)),
+            None => sys::Pid::try_from(pid).and_then(sys::reap_pid),
         };
         match how {
             Ok(how) => how,
@@ -180,7 +184,7 @@ impl Reaper {
                 }
             } else {
                 if peek {
-                    let _ = sys::reap_pid(pid);
+                    let _ = sys::Pid::try_from(pid).and_then(sys::reap_pid);
                 }
                 log::debug!("reaped orphan {pid} ({})", exit_of(how));
             }
@@ -192,8 +196,8 @@ impl Reaper {
     /// A child that already exited (`ESRCH`) is not an error: its exit is on its way.
     pub(crate) fn signal(&self, pid: u32, signal: Signal) -> io::Result<()> {
         let sent = match self.children.get(&pid).and_then(|c| c.pidfd.as_ref()) {
-            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), signal.raw()),
-            None => sys::kill(pid, signal.raw()),
+            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), signal),
+            None => sys::Pid::try_from(pid).and_then(|pid| sys::kill(pid, signal)),
         };
         match sent {
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
@@ -207,7 +211,9 @@ impl Reaper {
             let _ = self.signal(pid, Signal::Kill);
         }
         for (pid, _) in std::mem::take(&mut self.children) {
-            sys::wait_blocking(pid);
+            if let Some(pid) = sys::Pid::new(pid) {
+                sys::wait_blocking(pid);
+            }
         }
     }
 

@@ -199,7 +199,10 @@ pub(crate) fn inherited_report_fd() -> Option<OwnedFd> {
         log::warn!("{UPGRADE_FD_ENV}={fd} is not a pipe; not reporting readiness");
         return None;
     }
-    let fd = sys::take_inherited(fd)?;
+    // SAFETY: the old master passed its readiness pipe on this number for the crate (it set
+    // the variable), and nothing else in this process takes it.
+    #[allow(unsafe_code)]
+    let fd = unsafe { sys::take_inherited(fd) }?;
     if let Err(e) = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC) {
         log::warn!("cannot make the upgrade pipe close-on-exec: {e}");
     }

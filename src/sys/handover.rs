@@ -8,6 +8,8 @@
 //! `execve` that fails is reported to the parent through a close-on-exec pipe (as std's
 //! `Command` does), so "not executable" is an error at once, not a mysterious exit.
 
+#![allow(unsafe_code)]
+
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -104,17 +106,14 @@ impl Handover {
         envp.push(std::ptr::null());
         let mut moved = raw.clone();
         let mask: libc::sigset_t = *mask.as_raw();
-        // SAFETY: the child makes only async-signal-safe calls (pthread_sigmask, fcntl,
-        // dup2, getpid, close_range, execve, write, _exit) on memory prepared before the
-        // fork, and ends in execve or _exit, never returning into Rust code; the parent only
-        // reads the result.
-        let pid = unsafe { libc::fork() };
-        if pid == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        if pid == 0 {
-            // SAFETY: see above; every pointer refers to memory of this (copied) process.
-            unsafe {
+        // SAFETY: the fork and the child's side of it are one contract. The master may run
+        // other threads, so the child makes only async-signal-safe calls (pthread_sigmask,
+        // fcntl, dup2, getpid, close_range, execve, write, _exit) on memory prepared before
+        // the fork, every pointer referring to memory of this (copied) process, and ends in
+        // execve or _exit, never returning into Rust code. The parent only reads the result.
+        let pid = unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
                 let fail = |step: i32| -> ! {
                     let errno = *libc::__errno_location();
                     let report = [step, errno];
@@ -161,6 +160,10 @@ impl Handover {
                 libc::execve(self.path.as_ptr(), self.argv.as_ptr(), envp.as_ptr());
                 fail(3)
             }
+            pid
+        };
+        if pid == -1 {
+            return Err(io::Error::last_os_error());
         }
         drop(err_write);
         let mut report = [0u8; 8];
@@ -173,7 +176,9 @@ impl Handover {
         if n == 0 {
             return Ok(pid as u32);
         }
-        super::wait_blocking(pid as u32);
+        if let Some(pid) = super::Pid::new(pid as u32) {
+            super::wait_blocking(pid);
+        }
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
         Err(io::Error::from_raw_os_error(errno))
     }

@@ -21,10 +21,14 @@
 //! in scheduler ticks (1 to 10 ms) and is read from the vDSO without entering the kernel.
 //! Differences are taken modulo 2^32 ms (49.7 days), far longer than any timeout.
 
+#![allow(unsafe_code)]
+
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::{NonNull, null_mut};
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -34,8 +38,8 @@ use rustix::time::{ClockId, clock_gettime};
 /// add thousands of workers to reach it.
 pub(crate) const SLOTS: usize = 4096;
 
-/// This process's cell, once it is a worker with one; null otherwise.
-static CELL: AtomicPtr<AtomicU64> = AtomicPtr::new(null_mut());
+/// This process's cell, once it is a worker with one.
+static CELL: OnceLock<&'static AtomicU64> = OnceLock::new();
 
 /// The size of a page, which is also the distance between two cells.
 fn stride() -> usize {
@@ -75,39 +79,100 @@ impl Beat {
 /// atomic store.
 #[inline]
 pub(crate) fn beat(pid: u32) {
-    let cell = CELL.load(Ordering::Acquire);
-    if cell.is_null() {
-        return;
+    if let Some(cell) = CELL.get() {
+        cell.store(Beat { pid, ms: now_ms() }.pack(), Ordering::Relaxed);
     }
-    let v = Beat { pid, ms: now_ms() }.pack();
-    // SAFETY: CELL is only ever set (by `install`) to the first 8 bytes of a page of a
-    // shared mapping that this process never unmaps afterwards, aligned for an AtomicU64;
-    // other processes access the cell only atomically as well.
-    unsafe { (*cell).store(v, Ordering::Relaxed) };
 }
 
-fn install(cell: NonNull<AtomicU64>) {
-    CELL.store(cell.as_ptr(), Ordering::Release);
+/// A shared read-write mapping of a file (`mmap(2)`), unmapped when dropped. Its memory is
+/// reached only as [`AtomicU64`] cells borrowed from it, so a cell cannot outlive the
+/// mapping, and every process that maps the file accesses it atomically. This type holds the
+/// heartbeat table's `unsafe`: the `mmap`, the `munmap` and the cell's reference.
+struct Mapping {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    /// `mmap(2)`: a shared read-write mapping of `len` bytes of `fd` from `offset`.
+    fn new(fd: BorrowedFd<'_>, len: usize, offset: u64) -> io::Result<Mapping> {
+        // SAFETY: a fresh mapping at an address the kernel chooses (null hint) overlaps
+        // nothing this process uses; the memory is a file's, accessed only through atomics
+        // (see `cell`).
+        let p = unsafe {
+            rustix::mm::mmap(
+                null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                fd,
+                offset,
+            )
+        }?;
+        let base =
+            NonNull::new(p.cast()).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        Ok(Mapping { base, len })
+    }
+
+    /// The cell at byte `at`: `None` unless the 8 bytes there lie inside the mapping and are
+    /// aligned for an `AtomicU64`.
+    fn cell(&self, at: usize) -> Option<&AtomicU64> {
+        if at % align_of::<AtomicU64>() != 0 || at.checked_add(size_of::<AtomicU64>())? > self.len {
+            return None;
+        }
+        // SAFETY: the 8 bytes at `at` lie inside the mapping (checked just above; the base is
+        // page-aligned, so `at` aligned is the cell aligned), which stays mapped as long as
+        // `self` lives: the reference borrows `self`, and only `drop` unmaps. The memory may
+        // change under us (other processes map the same file), which an atomic allows, and
+        // nothing accesses it other than atomically.
+        Some(unsafe { &*self.base.as_ptr().add(at).cast::<AtomicU64>() })
+    }
+
+    /// Splits the mapping at byte `at` (a multiple of the page size, at most `len`) into the
+    /// part before and the part from `at`, each unmapped on its own when dropped. No system
+    /// call.
+    fn split_at(self, at: usize) -> (Mapping, Mapping) {
+        let at = at.min(self.len);
+        let this = ManuallyDrop::new(self);
+        let rest = NonNull::new(this.base.as_ptr().wrapping_add(at)).expect("inside a mapping");
+        (
+            Mapping {
+                base: this.base,
+                len: at,
+            },
+            Mapping {
+                base: rest,
+                len: this.len - at,
+            },
+        )
+    }
+
+    /// Keeps the mapping for the rest of the process and makes its first cell this
+    /// process's cell.
+    fn install(self) {
+        let kept: &'static Mapping = Box::leak(Box::new(self));
+        if let Some(cell) = kept.cell(0) {
+            let _ = CELL.set(cell);
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        // SAFETY: `base` and `len` are exactly a mapping `new` made, or a part of one that
+        // `split_at` gave to this value alone; no cell borrowed from it is left (they borrow
+        // `self`).
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+    }
 }
 
 /// The master's table: the memfd and the whole mapping.
 pub(crate) struct Heartbeats {
     map: Mapping,
     fd: OwnedFd,
-}
-
-/// A shared mapping, unmapped on drop.
-struct Mapping {
-    base: NonNull<u8>,
-    len: usize,
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `base` and `len` are exactly a mapping `map` made, and no reference into
-        // it outlives the table that owns this (`Heartbeats::cell` borrows the table).
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
-    }
 }
 
 impl Heartbeats {
@@ -122,11 +187,8 @@ impl Heartbeats {
         let len = SLOTS * stride();
         rustix::fs::ftruncate(&fd, len as u64)?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-        let base = map(fd.as_fd(), len, 0)?;
-        Ok(Heartbeats {
-            map: Mapping { base, len },
-            fd,
-        })
+        let map = Mapping::new(fd.as_fd(), len, 0)?;
+        Ok(Heartbeats { map, fd })
     }
 
     /// The memfd, for an exec-mode worker's inherited descriptor.
@@ -135,20 +197,7 @@ impl Heartbeats {
     }
 
     fn cell(&self, slot: usize) -> Option<&AtomicU64> {
-        if slot >= SLOTS {
-            return None;
-        }
-        // SAFETY: slot < SLOTS, so the offset lies inside the mapping, which lives as long
-        // as `self`; it is page-aligned, hence aligned for an AtomicU64; every process
-        // accesses the cell atomically only.
-        Some(unsafe {
-            &*self
-                .map
-                .base
-                .as_ptr()
-                .add(slot * stride())
-                .cast::<AtomicU64>()
-        })
+        self.map.cell(slot.checked_mul(stride())?)
     }
 
     /// The latest heartbeat stored in `slot`'s cell, if any.
@@ -177,29 +226,14 @@ impl Heartbeats {
     pub(crate) fn into_worker(self, slot: usize) {
         let page = stride();
         let Heartbeats { map, fd } = self;
-        // The memfd closes here; the mapping stays, for good.
         drop(fd);
-        let (base, len) = (map.base, map.len);
-        std::mem::forget(map);
-        let keep = (slot < SLOTS).then(|| slot * page);
-        let (before, after) = match keep {
-            Some(at) => ((0, at), (at + page, len - at - page)),
-            None => ((0, len), (len, 0)),
-        };
-        for (at, n) in [before, after] {
-            if n > 0 {
-                // SAFETY: the range lies inside the mapping this function took over (the
-                // table is consumed and the mapping forgotten, so it is not unmapped
-                // again); nothing in this process refers into it: the only references
-                // handed out, by `cell`, borrowed the consumed table.
-                let _ = unsafe { rustix::mm::munmap(base.as_ptr().add(at).cast(), n) };
-            }
+        if slot >= SLOTS {
+            return;
         }
-        if let Some(at) = keep {
-            // SAFETY: `at` is the offset of the page kept just above, inside the mapping.
-            let cell = unsafe { base.as_ptr().add(at) }.cast::<AtomicU64>();
-            install(NonNull::new(cell).expect("inside a mapping"));
-        }
+        // Every page but the slot's is unmapped as its part is dropped.
+        let (_before, rest) = map.split_at(slot * page);
+        let (kept, _after) = rest.split_at(page);
+        kept.install();
     }
 }
 
@@ -224,26 +258,10 @@ pub(crate) fn adopt(fd: OwnedFd, slot: usize) -> Result<(), String> {
                 .is_some_and(|end| end as u64 <= size as u64)
         })
         .ok_or_else(|| format!("it is too short ({size} bytes) for worker {slot}'s cell"))?;
-    let base = map(fd.as_fd(), page, at as u64).map_err(|e| format!("mmap: {e}"))?;
-    install(base.cast());
+    Mapping::new(fd.as_fd(), page, at as u64)
+        .map_err(|e| format!("mmap: {e}"))?
+        .install();
     Ok(())
-}
-
-/// `mmap(2)`: a shared read-write mapping of `len` bytes of `fd` from `offset`.
-fn map(fd: BorrowedFd<'_>, len: usize, offset: u64) -> io::Result<NonNull<u8>> {
-    // SAFETY: a fresh mapping at an address the kernel chooses (null hint) overlaps nothing
-    // this process uses; the memory is a file's, accessed only through atomics.
-    let p = unsafe {
-        rustix::mm::mmap(
-            null_mut(),
-            len,
-            ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::SHARED,
-            fd,
-            offset,
-        )
-    }?;
-    NonNull::new(p.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
 }
 
 #[cfg(test)]
@@ -267,18 +285,35 @@ mod tests {
         assert_eq!(table.load(3), None);
         let dup = table.fd().try_clone_to_owned().expect("dup");
         let page = stride();
-        let other = map(dup.as_fd(), page, (3 * page) as u64).expect("map slot 3");
-        let cell = other.cast::<AtomicU64>();
+        let other = Mapping::new(dup.as_fd(), page, (3 * page) as u64).expect("map slot 3");
         let beat = Beat { pid: 77, ms: 1234 };
-        // SAFETY: the page was just mapped and is unmapped below; access is atomic.
-        unsafe { cell.as_ref() }.store(beat.pack(), Ordering::Relaxed);
+        other
+            .cell(0)
+            .expect("a cell")
+            .store(beat.pack(), Ordering::Relaxed);
         assert_eq!(table.load(3), Some(beat));
         assert_eq!(table.load(2), None);
         table.clear(3);
         assert_eq!(table.load(3), None);
         assert_eq!(table.load(SLOTS), None);
-        // SAFETY: the page mapped above; no reference to it remains.
-        unsafe { rustix::mm::munmap(other.as_ptr().cast(), page) }.expect("munmap");
+        assert!(other.cell(page - 4).is_none() && other.cell(page).is_none());
+    }
+
+    #[test]
+    fn split_parts_keep_their_cells_and_unmap_on_their_own() {
+        let table = Heartbeats::create().expect("heartbeat table");
+        let page = stride();
+        table.store(2, Beat { pid: 5, ms: 6 });
+        let other = Mapping::new(table.fd(), 4 * page, 0).expect("map four pages");
+        let (before, rest) = other.split_at(2 * page);
+        let (kept, after) = rest.split_at(page);
+        assert_eq!((before.len, kept.len, after.len), (2 * page, page, page));
+        drop((before, after));
+        let cell = kept.cell(0).expect("slot 2's cell");
+        assert_eq!(
+            Beat::unpack(cell.load(Ordering::Relaxed)),
+            Some(Beat { pid: 5, ms: 6 })
+        );
     }
 
     #[test]

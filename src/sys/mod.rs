@@ -5,8 +5,10 @@
 //! offers the call in a usable form; `docs/design.md` lists which is which and why. Every
 //! function returns owned file descriptors ([`OwnedFd`](std::os::fd::OwnedFd)) or plain
 //! values and reports failures as [`io::Error`](std::io::Error) with the OS error code
-//! intact. The few `unsafe` blocks left each carry a `// SAFETY:` comment
-//! (`clippy::undocumented_unsafe_blocks` is denied).
+//! intact. The crate denies `unsafe_code`; each file here that needs `unsafe` allows it for
+//! itself (`#![allow(unsafe_code)]`), so a new file starts without. Every `unsafe` block
+//! carries a `// SAFETY:` comment (`clippy::undocumented_unsafe_blocks` is denied), and every
+//! `unsafe fn` a `# Safety` section.
 //!
 //! * [`process`]: fork, pids, pidfds, signals to a process, reaping, the parent-death
 //!   signal, the pre-`exec` setup of an exec-mode worker;
@@ -50,13 +52,14 @@ pub(crate) use event::{
 };
 pub(crate) use net::{adopt_listener, bind_tcp, listening_sockets, take_inherited};
 pub(crate) use process::{
-    Fork, Reaped, adopts_orphans, exit_now, fork, getpid, getppid, kill, pidfd_open,
+    Fork, Pid, Reaped, adopts_orphans, exit_now, fork, getpid, getppid, kill, pidfd_open,
     pidfd_send_signal, reap_pid, reap_pidfd, remove_env_if_single_threaded, rss_bytes,
     set_exec_child_setup, set_parent_death_signal, thread_count, wait_any, wait_blocking,
 };
 pub(crate) use signal::{
-    SavedAction, SigSet, children_auto_reaped, forward_signals, read_forwarded, read_signals,
-    restore_disposition, set_default_disposition, set_sigmask, sigmask, signalfd, stop_forwarding,
+    MaskHow, SavedAction, SigSet, children_auto_reaped, forward_signals, read_forwarded,
+    read_signals, restore_disposition, set_default_disposition, set_sigmask, sigmask, signalfd,
+    stop_forwarding,
 };
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! descriptors another process passed by number (systemd socket activation, an exec-mode
 //! worker's fd 3 and readiness pipe). Through rustix.
 
+#![allow(unsafe_code)]
+
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -38,8 +40,14 @@ pub(crate) fn bind_tcp(
 /// `getsockopt(2)` (`SO_TYPE`, `SO_DOMAIN`, `SO_ACCEPTCONN`), then `fcntl(2)`: adopts an
 /// inherited listening socket ([`take_inherited`]). Checks that `fd` is an open, listening
 /// TCP socket (IPv4 or IPv6), then sets close-on-exec and, with `blocking`, clears
-/// `O_NONBLOCK`. The error says which of those it is not.
-pub(crate) fn adopt_listener(fd: RawFd, blocking: bool) -> Result<TcpListener, String> {
+/// `O_NONBLOCK`. The error says which of those it is not. The checks only read the
+/// descriptor's state; `fd` is taken over only once they passed.
+///
+/// # Safety
+///
+/// As [`take_inherited`]: `fd` was passed to this process for the crate by one of its
+/// protocols, and nothing else in the process owns it.
+pub(crate) unsafe fn adopt_listener(fd: RawFd, blocking: bool) -> Result<TcpListener, String> {
     let describe = |e: io::Error| match e.raw_os_error() {
         Some(libc::EBADF) => format!("fd {fd} is not open"),
         Some(libc::ENOTSOCK) => format!("fd {fd} is not a socket"),
@@ -55,9 +63,9 @@ pub(crate) fn adopt_listener(fd: RawFd, blocking: bool) -> Result<TcpListener, S
     if !listening {
         return Err(format!("fd {fd} is a TCP socket that is not listening"));
     }
-    let listener = TcpListener::from(
-        take_inherited(fd).ok_or_else(|| format!("fd {fd} was adopted already"))?,
-    );
+    // SAFETY: our caller's contract is `take_inherited`'s.
+    let owned = unsafe { take_inherited(fd) };
+    let listener = TcpListener::from(owned.ok_or_else(|| format!("fd {fd} was adopted already"))?);
     rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::CLOEXEC)
         .map_err(|e| describe(e.into()))?;
     if blocking {
@@ -103,22 +111,36 @@ static INHERITED: [AtomicBool; INHERITED_LIMIT] =
 
 /// `fcntl(F_GETFD)`: takes ownership of a descriptor this process inherited by protocol
 /// (fd 3 of systemd socket activation or of an exec-mode worker, the readiness pipe on
-/// fd 4), at most once per number: a second call for the same number returns `None`, so no
-/// two owners can close it. Also `None` when `fd` is not open, or not in `3..1024`.
-pub(crate) fn take_inherited(fd: RawFd) -> Option<OwnedFd> {
-    let index = usize::try_from(fd)
-        .ok()
-        .filter(|&i| (3..INHERITED_LIMIT).contains(&i))?;
+/// fd 4), at most once per number: a second call for the same number returns `None`. Also
+/// `None` when `fd` is not open, or not in `3..1024`.
+///
+/// # Safety
+///
+/// `fd` was passed to this process for the crate by one of its protocols (socket activation
+/// with `LISTEN_PID` naming this process, a handover from an old master, an exec-mode
+/// worker's descriptors named by its master's variables), and nothing else in the process
+/// owns it or will close it: from here on the returned `OwnedFd` does. The once-per-number
+/// guard is a check of the crate's own calls, not a proof: it cannot see an owner outside
+/// the crate (a program that also took fd 3, for example).
+pub(crate) unsafe fn take_inherited(fd: RawFd) -> Option<OwnedFd> {
+    let index = guard_index(fd)?;
     if !Unowned::new(fd)?.is_open() {
         return None;
     }
     if INHERITED[index].swap(true, Ordering::AcqRel) {
         return None;
     }
-    // SAFETY: the descriptor is open (checked above), the protocol that passed it to this
-    // process gives it to the crate, and the flag just set guarantees that this is its only
-    // owner: no other call returns it again.
+    // SAFETY: the descriptor is open (checked above), and ours alone by the caller's
+    // contract; the flag just set makes sure the crate does not hand it out twice.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The index of `fd`'s flag in the guard: `None` for a number no protocol passes (below 3)
+/// or one beyond the guard.
+fn guard_index(fd: RawFd) -> Option<usize> {
+    usize::try_from(fd)
+        .ok()
+        .filter(|&i| (3..INHERITED_LIMIT).contains(&i))
 }
 
 /// A descriptor number this process may have inherited but does not own (yet): it allows
@@ -210,7 +232,8 @@ mod tests {
         assert!(listening);
         assert!(super::Unowned::new(-1).is_none());
         // Out of the protocol's range: never taken.
-        assert!(super::take_inherited(2).is_none());
-        assert!(super::take_inherited(super::INHERITED_LIMIT as i32).is_none());
+        assert_eq!(super::guard_index(2), None);
+        assert_eq!(super::guard_index(3), Some(3));
+        assert_eq!(super::guard_index(super::INHERITED_LIMIT as i32), None);
     }
 }

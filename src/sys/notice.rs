@@ -30,14 +30,16 @@
 //! ([`arm`]). An exec-mode worker starts with default dispositions and installs them itself
 //! ([`arm_here`]).
 
+#![allow(unsafe_code)]
+
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering, fence};
 
 use super::signal::{
-    SavedAction, Signal, WorkerHandler, default_action_now, install_worker_handler,
-    restore_disposition, set_default_disposition,
+    ALARM, SavedAction, Signal, WorkerHandler, default_action_now, default_alarm_disposition,
+    install_worker_handler, restore_disposition,
 };
 
 /// The worker's handlers, as [`install_worker_handler`] takes them: the notice (TERM, INT),
@@ -58,10 +60,8 @@ const NOTHING: WorkerHandler = HANDLERS[2];
 
 /// Set by the handler; read by [`requested`].
 static REQUESTED: AtomicBool = AtomicBool::new(false);
-/// The pipe's write end plus one, for the handler (0: no pipe yet). Plus one so that the
-/// static is zero-initialised, in the same page as the others a worker writes.
-static WRITE_FD: AtomicI32 = AtomicI32::new(0);
-/// `(read end, write end)`, created once per process, when the worker first asks.
+/// `(read end, write end)`, created once per process, when the worker first asks; the
+/// handler writes to it once it is there (`OnceLock::get` is one atomic load).
 static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 /// Whether the handler is installed.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -156,22 +156,23 @@ pub(crate) fn install() -> BorrowedFd<'static> {
     if ALARMED.swap(false, Ordering::AcqRel) {
         set_timer(0);
         // SIGALRM back to its default, as it was before the handler took it.
-        let _ = set_default_disposition(libc::SIGALRM);
+        let _ = default_alarm_disposition();
     }
     read
 }
 
 /// The notice pipe's read end, created on the first call. Once the handler can see the
-/// write end, a request it recorded before is written to the pipe here: the handler stores
-/// the flag and then reads the descriptor, this function stores the descriptor and then
-/// reads the flag, so one of the two writes the byte (or both: a second byte is harmless).
+/// pipe, a request it recorded before is written to the pipe here: the handler stores the
+/// flag and then looks for the pipe, this function stores the pipe and then reads the flag,
+/// each with a `SeqCst` fence in between, so one of the two writes the byte (or both: a
+/// second byte is harmless).
 fn notice_pipe() -> io::Result<BorrowedFd<'static>> {
     if PIPE.get().is_none() {
         let flags = rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK;
         let (read, write) = rustix::pipe::pipe_with(flags)?;
         // Two threads racing here: the loser's pipe is dropped.
         let (_, write) = PIPE.get_or_init(|| (read, write));
-        WRITE_FD.store(write.as_raw_fd() + 1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         if REQUESTED.load(Ordering::SeqCst) {
             let _ = rustix::io::write(write, &[1]);
         }
@@ -190,7 +191,7 @@ fn install_handler(only_over_default: bool, saved: &mut Vec<SavedAction>) {
         // It replaces the default disposition of TERM/INT (or, when asked for the notice
         // explicitly, whatever was there), which is the point. sigaction cannot fail for
         // these valid, catchable signals.
-        if let Ok(previous) = install_worker_handler(signal.raw(), NOTICE) {
+        if let Ok(previous) = install_worker_handler(signal, NOTICE) {
             if only_over_default && !previous.was_default() {
                 // The handler the program installed stays.
                 let _ = restore_disposition(&previous);
@@ -257,22 +258,21 @@ extern "C" fn on_signal(signal: libc::c_int) {
         }
         PENDING.store(signal, Ordering::Release);
         if !ALARMED.swap(true, Ordering::AcqRel) {
-            let _ = install_worker_handler(libc::SIGALRM, WINDOW_END);
+            let _ = install_worker_handler(ALARM, WINDOW_END);
             let left = (DECISION_WINDOW.as_nanos() as u64).saturating_sub(running);
             set_timer(left / 1_000 + 1);
         }
     }
     REQUESTED.store(true, Ordering::SeqCst);
-    let fd = WRITE_FD.load(Ordering::SeqCst) - 1;
-    if fd < 0 {
+    fence(Ordering::SeqCst);
+    let Some((_, write)) = PIPE.get() else {
         // No pipe yet: `notice_pipe` writes the byte when it creates it.
         return;
-    }
+    };
     let errno = nix::errno::Errno::last_raw();
-    let byte = 1u8;
-    // SAFETY: one byte from a local to a descriptor that lives for the rest of the process
-    // (it is in a static); a full pipe (already notified) just makes the write fail.
-    unsafe { libc::write(fd, (&raw const byte).cast(), 1) };
+    // The pipe lives for the rest of the process (it is in a static); a full pipe (already
+    // notified) just makes the write fail.
+    let _ = rustix::io::write(write, &[1]);
     nix::errno::Errno::set_raw(errno);
 }
 
@@ -283,7 +283,7 @@ extern "C" fn on_signal(signal: libc::c_int) {
 /// precedence.
 fn tame_forwarded_signals(saved: &mut Vec<SavedAction>) {
     for signal in [Signal::Usr1, Signal::Usr2] {
-        if let Ok(previous) = install_worker_handler(signal.raw(), NOTHING) {
+        if let Ok(previous) = install_worker_handler(signal, NOTHING) {
             if previous.was_default() {
                 saved.push(previous);
             } else {

@@ -5,14 +5,16 @@
 //! `waitid(P_ALL)` (rustix does not report which child it found), `_exit`, and the
 //! descriptor-table calls of the pre-`exec` child, which work on bare numbers.
 
+#![allow(unsafe_code)]
+
 use std::fs;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-use rustix::process::{Pid, WaitId, WaitIdOptions, WaitIdStatus, WaitOptions};
+use rustix::process::{WaitId, WaitIdOptions, WaitIdStatus, WaitOptions};
 
-use super::signal::{self, SigSet, Signal};
+use super::signal::{self, MaskHow, SigSet, Signal};
 
 /// The number of threads of this process. This runs before every fork and after every hook,
 /// so the common answer, one, costs one system call that changes nothing:
@@ -79,26 +81,46 @@ fn stat_threads(stat: &[u8]) -> Option<usize> {
     rest.split_ascii_whitespace().nth(20 - 3)?.parse().ok()
 }
 
-/// The rustix `Pid` for a pid the crate holds as `u32`: `EINVAL` for 0 and for numbers above
-/// `i32::MAX`, which `kill(2)` would read as "my process group" or a negative group.
-fn to_pid(pid: u32) -> io::Result<Pid> {
-    i32::try_from(pid)
-        .ok()
-        .and_then(Pid::from_raw)
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+/// A process id, as the functions here take it: from 1 to `i32::MAX`. Never 0, which
+/// `kill(2)` reads as "my process group", nor a number above `i32::MAX`, which it reads as a
+/// negative one: a group. (The crate holds pids as `u32`; they become a `Pid` at the call.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Pid(rustix::process::Pid);
+
+impl Pid {
+    /// `None` for 0 and for numbers above `i32::MAX`.
+    pub(crate) fn new(pid: u32) -> Option<Pid> {
+        i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .map(Pid)
+    }
+
+    /// The number.
+    pub(crate) fn get(self) -> u32 {
+        // Positive: `new` and `from_rustix` take no other.
+        self.0.as_raw_nonzero().get() as u32
+    }
+
+    /// A pid rustix returned (`getpid`, `getppid`): positive.
+    fn from_rustix(pid: rustix::process::Pid) -> Pid {
+        Pid(pid)
+    }
 }
 
-fn from_pid(pid: Pid) -> u32 {
-    // A `Pid` is positive.
-    pid.as_raw_nonzero().get() as u32
+impl TryFrom<u32> for Pid {
+    type Error = io::Error;
+
+    /// `EINVAL` for what [`Pid::new`] refuses.
+    fn try_from(pid: u32) -> io::Result<Pid> {
+        Pid::new(pid).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+    }
 }
 
-/// The rustix signal for a signal number: ours first, then any other the platform names.
-fn to_signal(raw: i32) -> io::Result<rustix::process::Signal> {
-    Signal::from_raw(raw)
-        .map(Signal::rustix)
-        .or_else(|| rustix::process::Signal::from_named_raw(raw))
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+impl std::fmt::Display for Pid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
 }
 
 /// `read(2)` of `/proc/PID/statm`: the resident set size of `pid` in bytes (the second
@@ -115,12 +137,12 @@ pub(crate) fn rss_bytes(pid: u32) -> io::Result<u64> {
 
 /// `getpid(2)`.
 pub(crate) fn getpid() -> u32 {
-    from_pid(rustix::process::getpid())
+    Pid::from_rustix(rustix::process::getpid()).get()
 }
 
 /// `getppid(2)`; 0 when the parent is outside this process's pid namespace.
 pub(crate) fn getppid() -> u32 {
-    rustix::process::getppid().map_or(0, from_pid)
+    rustix::process::getppid().map_or(0, |pid| Pid::from_rustix(pid).get())
 }
 
 /// Result of [`fork`].
@@ -149,20 +171,20 @@ pub(crate) fn fork() -> io::Result<Fork> {
 }
 
 /// `pidfd_open(2)` (Linux 5.3). The descriptor is close-on-exec (the kernel always sets it).
-pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    let fd = rustix::process::pidfd_open(to_pid(pid)?, rustix::process::PidfdFlags::empty())?;
+pub(crate) fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
+    let fd = rustix::process::pidfd_open(pid.0, rustix::process::PidfdFlags::empty())?;
     Ok(fd)
 }
 
 /// `pidfd_send_signal(2)` (Linux 5.1): signals exactly the process the pidfd refers to.
-pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
-    rustix::process::pidfd_send_signal(pidfd, to_signal(signal)?)?;
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> io::Result<()> {
+    rustix::process::pidfd_send_signal(pidfd, signal.rustix())?;
     Ok(())
 }
 
 /// `kill(2)`.
-pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
-    rustix::process::kill_process(to_pid(pid)?, to_signal(signal)?)?;
+pub(crate) fn kill(pid: Pid, signal: Signal) -> io::Result<()> {
+    rustix::process::kill_process(pid.0, signal.rustix())?;
     Ok(())
 }
 
@@ -202,7 +224,7 @@ fn reap(id: WaitId<'_>) -> io::Result<Option<Reaped>> {
 /// `waitid(P_PIDFD, …)` reaps the child a pidfd refers to; on Linux 5.3, where `P_PIDFD` is
 /// not known (`EINVAL`), `waitid(P_PID, pid)` (a pid cannot be reused while its zombie is
 /// unreaped, so this is as race-free).
-pub(crate) fn reap_pidfd(pidfd: BorrowedFd<'_>, pid: u32) -> io::Result<Option<Reaped>> {
+pub(crate) fn reap_pidfd(pidfd: BorrowedFd<'_>, pid: Pid) -> io::Result<Option<Reaped>> {
     match reap(WaitId::PidFd(pidfd)) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => reap_pid(pid),
         r => r,
@@ -210,8 +232,8 @@ pub(crate) fn reap_pidfd(pidfd: BorrowedFd<'_>, pid: u32) -> io::Result<Option<R
 }
 
 /// `waitid(P_PID, pid)`: reaps one child by pid if it has exited.
-pub(crate) fn reap_pid(pid: u32) -> io::Result<Option<Reaped>> {
-    reap(WaitId::Pid(to_pid(pid)?))
+pub(crate) fn reap_pid(pid: Pid) -> io::Result<Option<Reaped>> {
+    reap(WaitId::Pid(pid.0))
 }
 
 /// `waitid(P_ALL, …)`: reports any exited child, reaping it unless `peek` is set
@@ -247,21 +269,16 @@ pub(crate) fn wait_any(peek: bool) -> io::Result<Option<(u32, Reaped)>> {
 }
 
 /// `waitpid(2)`: reaps `pid`, waiting for it to exit (retried on `EINTR`).
-pub(crate) fn wait_blocking(pid: u32) {
-    let Ok(pid) = to_pid(pid) else { return };
+pub(crate) fn wait_blocking(pid: Pid) {
     while let Err(rustix::io::Errno::INTR) =
-        rustix::process::waitpid(Some(pid), WaitOptions::empty())
+        rustix::process::waitpid(Some(pid.0), WaitOptions::empty())
     {}
 }
 
 /// `prctl(PR_SET_PDEATHSIG)`: the death of the calling thread's parent delivers `signal` to
-/// us (0 clears it).
-pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
-    let signal = match signal {
-        0 => None,
-        raw => Some(to_signal(raw)?),
-    };
-    rustix::process::set_parent_process_death_signal(signal)?;
+/// us (`None` clears it).
+pub(crate) fn set_parent_death_signal(signal: Option<Signal>) -> io::Result<()> {
+    rustix::process::set_parent_process_death_signal(signal.map(Signal::rustix))?;
     Ok(())
 }
 
@@ -273,6 +290,9 @@ pub(crate) fn adopts_orphans() -> bool {
 
 /// `_exit(2)`: ends the process at once, without running atexit handlers or flushing
 /// anything.
+///
+/// Through libc: nix 0.30 does not offer `_exit`, and rustix only in its unstable `runtime`
+/// API.
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit has no preconditions; it ends the process without returning.
     unsafe { libc::_exit(code) }
@@ -386,8 +406,8 @@ fn exec_child_setup(fds: ExecFds, master_pid: u32, mask: &SigSet) -> io::Result<
     }
 
     // The master's blocked signals would survive exec: put back the mask of before `run`.
-    signal::sigmask(libc::SIG_SETMASK, mask)?;
-    set_parent_death_signal(libc::SIGKILL)?;
+    signal::sigmask(MaskHow::Set, mask)?;
+    set_parent_death_signal(Some(Signal::Kill))?;
     if getppid() != master_pid {
         // The master died before the prctl: do not exec an orphan.
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
@@ -485,20 +505,18 @@ mod tests {
     }
 
     #[test]
-    fn pids_and_signals_convert_at_the_boundary() {
-        assert!(super::to_pid(0).is_err());
-        assert!(super::to_pid(u32::MAX).is_err());
-        assert_eq!(super::from_pid(super::to_pid(42).unwrap()), 42);
+    fn pids_convert_at_the_boundary() {
+        use super::Pid;
+        assert_eq!(Pid::new(0), None);
+        assert_eq!(Pid::new(1 << 31), None);
+        assert!(Pid::try_from(u32::MAX).is_err());
+        assert_eq!(Pid::new(42).map(Pid::get), Some(42));
+        assert_eq!(
+            Pid::new(i32::MAX as u32).map(Pid::get),
+            Some(i32::MAX as u32)
+        );
+        assert_eq!(Pid::new(42).unwrap().to_string(), "42");
         assert_eq!(super::getpid(), std::process::id());
-        assert_eq!(
-            super::to_signal(libc::SIGTERM).unwrap().as_raw(),
-            libc::SIGTERM
-        );
-        assert_eq!(
-            super::to_signal(libc::SIGSEGV).unwrap().as_raw(),
-            libc::SIGSEGV
-        );
-        assert!(super::to_signal(0).is_err());
     }
 
     #[test]
@@ -509,8 +527,7 @@ mod tests {
 
     #[test]
     fn no_pid_zero() {
-        // kill(0) would signal the whole process group.
-        assert!(super::reap_pid(0).is_err());
-        assert!(super::kill(0, libc::SIGTERM).is_err());
+        // kill(0) would signal the whole process group: 0 is no `Pid`.
+        assert!(super::Pid::try_from(0).is_err());
     }
 }

@@ -20,6 +20,8 @@
 //!   kernel drops each request, as it does on any full queue. [`steer_plugs`] sends the plug
 //!   to that socket before anything else can reach it.
 
+#![allow(unsafe_code)]
+
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
@@ -141,18 +143,20 @@ pub(crate) fn steer_plugs(
 ///
 /// [tcp(7)]: https://man7.org/linux/man-pages/man7/tcp.7.html
 pub(crate) fn queued(socket: BorrowedFd<'_>) -> io::Result<u32> {
-    // SAFETY: tcp_info is plain integers, for which all zeroes is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is writable for `len` bytes, and the kernel writes at most `len`.
-    let r = unsafe {
-        libc::getsockopt(
+    // SAFETY: `info` is writable for `len` bytes, and the kernel writes at most `len`. It
+    // starts zero-filled, and a tcp_info is plain integers, for which any bytes (zeroes, or
+    // what the kernel wrote over some of them) are a valid value.
+    let (r, info) = unsafe {
+        let r = libc::getsockopt(
             socket.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
-            (&raw mut info).cast(),
+            info.as_mut_ptr().cast(),
             &mut len,
-        )
+        );
+        (r, info.assume_init())
     };
     if r == -1 {
         return Err(io::Error::last_os_error());

@@ -9,6 +9,8 @@
 //! a disposition (nix's `sigaction` always installs one) and for the forwarding handler's
 //! `write(2)` on a bare descriptor number.
 
+#![allow(unsafe_code)]
+
 use std::io;
 use std::mem::offset_of;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
@@ -97,6 +99,12 @@ impl Signal {
     }
 }
 
+impl From<Signal> for nix::sys::signal::Signal {
+    fn from(signal: Signal) -> Self {
+        signal.nix()
+    }
+}
+
 impl std::fmt::Display for Signal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -141,28 +149,31 @@ impl SigSet {
         self.0.as_ref()
     }
 
-    /// `sigemptyset(3)` and `sigaddset(3)`: the set of `signals`; numbers that are no signal
-    /// are left out.
-    pub(crate) fn of(signals: &[i32]) -> SigSet {
+    /// `sigemptyset(3)` and `sigaddset(3)`: the set of `signals`.
+    pub(crate) fn of(signals: &[Signal]) -> SigSet {
         let mut set = nix::sys::signal::SigSet::empty();
-        for &raw in signals {
-            if let Ok(signal) = nix::sys::signal::Signal::try_from(raw) {
-                set.add(signal);
-            }
+        for signal in signals {
+            set.add(signal.nix());
         }
         SigSet(set)
     }
 }
 
-/// `pthread_sigmask(3)`: applies `how` (`SIG_BLOCK`, `SIG_UNBLOCK`, `SIG_SETMASK`) to the
-/// calling thread's signal mask and returns the previous mask. Async-signal-safe, no
-/// allocation (the pre-exec child calls it).
-pub(crate) fn sigmask(how: i32, set: &SigSet) -> io::Result<SigSet> {
+/// What [`sigmask`] does with its set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MaskHow {
+    /// `SIG_BLOCK`: blocks the set's signals as well.
+    Block,
+    /// `SIG_SETMASK`: the set becomes the mask.
+    Set,
+}
+
+/// `pthread_sigmask(3)`: applies `how` to the calling thread's signal mask and returns the
+/// previous mask. Async-signal-safe, no allocation (the pre-exec child calls it).
+pub(crate) fn sigmask(how: MaskHow, set: &SigSet) -> io::Result<SigSet> {
     let how = match how {
-        libc::SIG_BLOCK => SigmaskHow::SIG_BLOCK,
-        libc::SIG_UNBLOCK => SigmaskHow::SIG_UNBLOCK,
-        libc::SIG_SETMASK => SigmaskHow::SIG_SETMASK,
-        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        MaskHow::Block => SigmaskHow::SIG_BLOCK,
+        MaskHow::Set => SigmaskHow::SIG_SETMASK,
     };
     let mut old = nix::sys::signal::SigSet::empty();
     nix::sys::signal::pthread_sigmask(how, Some(&set.0), Some(&mut old))?;
@@ -303,10 +314,6 @@ fn set_action(action: Action<'_>) -> io::Result<SavedAction> {
     })
 }
 
-fn nix_signal(raw: i32) -> io::Result<nix::sys::signal::Signal> {
-    Ok(nix::sys::signal::Signal::try_from(raw)?)
-}
-
 /// `sigaction(2)` query of `SIGCHLD`: whether the kernel reaps this process's exited children
 /// by itself (`SIG_IGN`, or an action carrying `SA_NOCLDWAIT`).
 ///
@@ -328,24 +335,34 @@ pub(crate) fn children_auto_reaped() -> io::Result<bool> {
 }
 
 /// `sigaction(2)`: sets `signal` to `SIG_DFL` and returns the previous disposition.
-pub(crate) fn set_default_disposition(signal: i32) -> io::Result<SavedAction> {
-    set_action(Action::Default(nix_signal(signal)?))
+pub(crate) fn set_default_disposition(signal: Signal) -> io::Result<SavedAction> {
+    set_action(Action::Default(signal.nix()))
 }
 
-/// `sigaction(2)`: installs one of the worker's handlers for `signal`; returns the previous
-/// disposition.
-pub(crate) fn install_worker_handler(
-    signal: i32,
+/// The timer signal of the worker's decision window (`sys::notice`): no signal the crate
+/// handles, so it is not a [`Signal`].
+pub(super) const ALARM: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGALRM;
+
+/// `sigaction(2)`: sets [`ALARM`] back to `SIG_DFL`.
+pub(super) fn default_alarm_disposition() -> io::Result<SavedAction> {
+    set_action(Action::Default(ALARM))
+}
+
+/// `sigaction(2)`: installs one of the worker's handlers for `signal` (one of ours, or
+/// [`ALARM`]); returns the previous disposition.
+pub(super) fn install_worker_handler(
+    signal: impl Into<nix::sys::signal::Signal>,
     handler: WorkerHandler,
 ) -> io::Result<SavedAction> {
-    set_action(Action::Worker(nix_signal(signal)?, handler))
+    set_action(Action::Worker(signal.into(), handler))
 }
 
-/// Puts back the default disposition of `signal` and raises it: from a handler, where the
-/// signal is blocked until the handler returns, it is then delivered with its default action
-/// (for TERM, the end of the process). Async-signal-safe.
-pub(crate) fn default_action_now(signal: i32) {
-    if let Ok(s) = nix_signal(signal) {
+/// Puts back the default disposition of `signal`, the number a handler was called with, and
+/// raises it: from a handler, where the signal is blocked until the handler returns, it is
+/// then delivered with its default action (for TERM, the end of the process).
+/// Async-signal-safe.
+pub(super) fn default_action_now(signal: libc::c_int) {
+    if let Ok(s) = nix::sys::signal::Signal::try_from(signal) {
         let _ = set_action(Action::Default(s));
         let _ = nix::sys::signal::raise(s);
     }
@@ -382,11 +399,14 @@ extern "C" fn forward_signal(signal: libc::c_int) {
 /// `sigaction(2)`: installs [`forward_signal`] for `signals`, writing to `pipe_write`;
 /// returns the previous dispositions for [`stop_forwarding`]. On failure, puts back what it
 /// had installed.
-pub(crate) fn forward_signals(signals: &[i32], pipe_write: RawFd) -> io::Result<Vec<SavedAction>> {
+pub(crate) fn forward_signals(
+    signals: &[Signal],
+    pipe_write: RawFd,
+) -> io::Result<Vec<SavedAction>> {
     SIGNAL_PIPE.store(pipe_write, Ordering::Relaxed);
     let mut saved = Vec::new();
-    for &signal in signals {
-        match nix_signal(signal).and_then(|s| set_action(Action::Forward(s))) {
+    for signal in signals {
+        match set_action(Action::Forward(signal.nix())) {
             Ok(old) => saved.push(old),
             Err(e) => {
                 stop_forwarding(&saved);
@@ -453,17 +473,16 @@ mod tests {
     #[test]
     fn signalfd_reads_a_blocked_signal() {
         use std::os::fd::AsFd;
-        let set = super::SigSet::of(&[libc::SIGUSR2, 0]);
-        let old = super::sigmask(libc::SIG_BLOCK, &set).unwrap();
+        let set = super::SigSet::of(&[Signal::Usr2]);
+        let old = super::sigmask(super::MaskHow::Block, &set).unwrap();
         let fd = super::signalfd(&set).unwrap();
         let mut got = Vec::new();
         super::read_signals(fd.as_fd(), &mut got).unwrap();
         assert_eq!(got, []);
         nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR2).unwrap();
         super::read_signals(fd.as_fd(), &mut got).unwrap();
-        super::sigmask(libc::SIG_SETMASK, &old).unwrap();
+        super::sigmask(super::MaskHow::Set, &old).unwrap();
         assert_eq!(got, [libc::SIGUSR2]);
-        assert!(super::sigmask(12345, &set).is_err());
         assert!(super::children_auto_reaped().is_ok());
     }
 
