@@ -322,7 +322,7 @@ fn stuck_worker_is_killed_and_replaced_beating_ones_are_not((backend, mode): (Ba
              timeout"
         );
         let exit = fx.wait_exit_line(pid);
-        assert_eq!(exit.how, "Signal(9)", "the stuck worker is KILLed");
+        assert_eq!(exit.how, "Signal(SIGKILL)", "the stuck worker is KILLed");
         wait_cause(&fx, 0, pid, "stuck");
         let new = fx.wait_recover(pid);
         wait_serving(&fx, &[new]);

@@ -340,7 +340,7 @@ fn recovered(fx: &Fixture, old: u32) -> u32 {
     fx.wait_recover_line(0, old).1
 }
 
-/// Waits for the `exit SLOT PID` line: how the worker ended (`Signal(9)`, …).
+/// Waits for the `exit SLOT PID` line: how the worker ended (`Signal(SIGKILL)`, …).
 fn exit_how(fx: &Fixture, slot: usize, pid: u32) -> String {
     fx.wait_field(&format!("exit {slot} {pid}"))
 }
@@ -608,7 +608,7 @@ pub fn exec_respawn(backend: Backend) {
     kill(victim.pid, libc::SIGKILL);
     let new = recovered(&fx, victim.pid);
     let how = exit_how(&fx, 1, victim.pid);
-    assert!(how == "Signal(9)", "exit reported as {how}");
+    assert!(how == "Signal(SIGKILL)", "exit reported as {how}");
     let replacement = wait_serving(&fx, &[new])[0];
     assert!(
         replacement.id == 1,
@@ -621,7 +621,7 @@ pub fn exec_respawn(backend: Backend) {
     fx.stop_with(libc::SIGTERM);
     for s in now {
         let how = exit_how(&fx, s.id, s.pid);
-        assert!(how == "Signal(15)", "stop reported as {how}");
+        assert!(how == "Signal(SIGTERM)", "stop reported as {how}");
     }
 }
 
@@ -1377,7 +1377,7 @@ pub fn nonblocking_inherited_listener_served_blocking() {
         exits.sort();
         let stopped: Vec<(usize, u32, String)> = serving
             .iter()
-            .map(|s| (s.id, s.pid, "Signal(15)".to_owned()))
+            .map(|s| (s.id, s.pid, "Signal(SIGTERM)".to_owned()))
             .collect();
         assert_eq!(
             exits, stopped,

@@ -1,0 +1,211 @@
+//! Performing the supervisor's actions: spawns, signals, notifications, steering, the
+//! upgrade's steps.
+
+use std::net::TcpListener;
+use std::process::Termination;
+
+use super::event_loop::{UPGRADE_PID_TOKEN, UPGRADE_READY_TOKEN};
+use super::hooks::call_hook;
+use super::state::{Master, epoll_of};
+use super::upgrade::Upgrade;
+use crate::config::Hooks;
+use crate::error::Error;
+use crate::supervisor::{Action, Ignored, Rollback, Supervisor, Why};
+use crate::sys::signal::Signal;
+use crate::worker::Worker;
+
+impl Master {
+    pub(super) fn perform<F, T>(
+        &mut self,
+        action: Action,
+        sup: &mut Supervisor,
+        hooks: &mut Hooks,
+        serve: &mut F,
+    ) where
+        F: FnMut(Option<TcpListener>, Worker) -> T,
+        T: Termination,
+    {
+        match action {
+            Action::Spawn { slot, recovers } => {
+                let pid = match self.spawn(slot, hooks, serve) {
+                    Ok(pid) => pid,
+                    Err(source) => {
+                        log::error!("cannot start worker {slot}: {source}");
+                        sup.on_spawn_failed(slot, self.now());
+                        if sup.is_stopping() && self.error.is_none() {
+                            self.error = Some(Error::Spawn { slot, source });
+                        }
+                        return;
+                    }
+                };
+                sup.on_spawned(slot, pid, self.now());
+                self.health.on_spawned(slot, pid, self.now());
+                match recovers {
+                    Some(old) => log::info!("worker {slot} respawned (pid {pid}, was {old})"),
+                    None => log::info!("worker {slot} started (pid {pid})"),
+                }
+                if let Some(f) = hooks.on_child_spawn.as_mut() {
+                    let r = call_hook("on_child_spawn", || f(slot, pid));
+                    if !self.after_hook(r, sup) {
+                        return;
+                    }
+                }
+                if let (Some(old), Some(f)) = (recovers, hooks.on_child_recover.as_mut()) {
+                    let r = call_hook("on_child_recover", || f(slot, old, pid));
+                    self.after_hook(r, sup);
+                }
+            }
+            Action::Signal { pid, signal, why } => self.signal(pid, signal, why, sup),
+            Action::Ready { pids } => {
+                log::info!("master ready: {} workers serving", pids.len());
+                if let Some(fd) = self.fds_mut().upgrade_report.take() {
+                    match rustix::io::write(&fd, super::upgrade::READY_MESSAGE) {
+                        Ok(_) => log::info!("told the old master that this one is ready"),
+                        Err(e) => {
+                            log::warn!("cannot tell the old master that this one is ready: {e}")
+                        }
+                    }
+                }
+                if let Some(n) = &self.notifier {
+                    n.send(&format!("READY=1\nSTATUS={}", self.health.status(sup)));
+                }
+                if let Some(f) = hooks.on_master_ready.as_mut() {
+                    let workers: Vec<(usize, u32)> = pids
+                        .iter()
+                        .filter_map(|&p| Some((sup.slot_of(p)?, p)))
+                        .collect();
+                    let r = call_hook("on_master_ready", || f(&workers));
+                    self.after_hook(r, sup);
+                }
+            }
+            Action::Reloading => {
+                if let Some(n) = &self.notifier {
+                    n.reloading(&format!("rolling restart; {}", self.health.status(sup)));
+                }
+            }
+            Action::Reloaded => {
+                log::info!("rolling restart done: every slot has a new worker serving");
+                if let Some(n) = &self.notifier {
+                    n.send(&format!("READY=1\nSTATUS={}", self.health.status(sup)));
+                }
+            }
+            Action::Stopping => {
+                self.listeners.refuse_new_connections();
+                if let Some(n) = &self.notifier {
+                    n.send("STOPPING=1\nSTATUS=stopping: workers drain");
+                }
+            }
+            Action::Steer { active } => {
+                self.listeners.steer(active);
+                if let Some(n) = &self.notifier {
+                    n.send(&format!("STATUS={active} worker slots"));
+                }
+            }
+            Action::Closed { slot } => self.listeners.close_slot(slot),
+            Action::StartUpgrade => match self.start_upgrade() {
+                Ok(pid) => {
+                    sup.on_upgrade_started(pid, self.now());
+                    log::info!(
+                        "upgrade: new master {pid} started; waiting up to {:?} for its workers \
+                         to be ready",
+                        sup.upgrade_timeout()
+                    );
+                }
+                Err(why) => {
+                    self.upgrade_error = Some(why);
+                    sup.on_upgrade_failed(self.now());
+                }
+            },
+            Action::UpgradeIgnored { why } => match why {
+                Ignored::Stopping => log::info!("SIGUSR2 during a stop: ignored"),
+                Ignored::UnderWay { pid: Some(pid) } => {
+                    log::info!("SIGUSR2: ignored, the upgrade to pid {pid} is under way")
+                }
+                Ignored::UnderWay { pid: None } => {
+                    log::info!("SIGUSR2: ignored, an upgrade is under way")
+                }
+            },
+            Action::SignalNewMaster { pid, signal } => {
+                if signal == Signal::Term {
+                    log::info!("stopping the new master {pid} too");
+                }
+                if let Err(e) = self.reaper.signal(pid, signal) {
+                    log::warn!("cannot send {signal} to the new master {pid}: {e}");
+                }
+            }
+            Action::HandedOver { pid } => {
+                log::info!("upgrade: new master {pid} is serving; draining the old workers");
+                if let Some(n) = &self.notifier {
+                    n.send(&format!(
+                        "MAINPID={pid}\nSTATUS=handed over to the new master {pid}"
+                    ));
+                }
+                // The new master owns the sockets now: nothing here may close or filter
+                // them before the old workers are gone.
+                self.forget_upgrade();
+            }
+            Action::RolledBack { pid, why } => {
+                let pid = pid.map_or_else(String::new, |p| format!(" {p}"));
+                match why {
+                    Rollback::ExecFailed => log::error!(
+                        "upgrade failed: {}; the running workers keep serving",
+                        self.upgrade_error.take().unwrap_or_default()
+                    ),
+                    Rollback::Exited(exit) => {
+                        log::error!(
+                            "upgrade failed: the new master{pid} exited ({exit}) before it was \
+                             ready; the running workers keep serving"
+                        );
+                        self.forget_upgrade();
+                    }
+                    Rollback::NotReady(timeout) => log::error!(
+                        "upgrade failed: the new master{pid} was not ready within {timeout:?}; \
+                         killing it, the running workers keep serving"
+                    ),
+                }
+            }
+            Action::NewMasterExited { pid, exit } => {
+                log::info!("upgrade: new master {pid} stopped ({exit})");
+                self.forget_upgrade();
+            }
+        }
+    }
+
+    pub(super) fn signal(&mut self, pid: u32, signal: Signal, why: Why, sup: &Supervisor) {
+        if !self.reaper.contains(pid) {
+            return;
+        }
+        let slot = sup.slot_of(pid).map_or("?".to_owned(), |s| s.to_string());
+        match why {
+            Why::GraceExpired => log::warn!(
+                "worker {slot} (pid {pid}) did not finish draining within the grace period: \
+                 sending {signal}"
+            ),
+            Why::Kill => log::warn!("sending {signal} to worker {slot} (pid {pid})"),
+            Why::Retire => log::info!("worker {slot} (pid {pid}) retired: asked to drain"),
+            Why::Stop | Why::Forward | Why::Stuck => {
+                log::debug!("sending {signal} to worker {slot} (pid {pid})")
+            }
+        }
+        if let Err(e) = self.reaper.signal(pid, signal) {
+            log::warn!("cannot send {signal} to worker pid {pid}: {e}");
+        }
+    }
+
+    /// [`Action::StartUpgrade`]: starts the new master (see [`Upgrade::begin`]). Returns its
+    /// pid, or why it could not start.
+    pub(super) fn start_upgrade(&mut self) -> Result<u32, String> {
+        let epoll = epoll_of(&self.fds).expect("the event loop runs");
+        let tokens = (UPGRADE_READY_TOKEN, UPGRADE_PID_TOKEN);
+        let upgrade = Upgrade::begin(
+            &self.listeners,
+            &self.old_mask,
+            &mut self.reaper,
+            epoll,
+            tokens,
+        )?;
+        let pid = upgrade.pid;
+        self.upgrade = Some(upgrade);
+        Ok(pid)
+    }
+}
