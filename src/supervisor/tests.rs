@@ -10,9 +10,9 @@ use crate::sys::signal::Signal;
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
 
-const KILL: WorkerExit = WorkerExit::Signal(crate::exit::Signal::from_raw(libc::SIGKILL));
-const TERM: WorkerExit = WorkerExit::Signal(crate::exit::Signal::from_raw(libc::SIGTERM));
-const SEGV: WorkerExit = WorkerExit::Signal(crate::exit::Signal::from_raw(libc::SIGSEGV));
+const KILL: WorkerExit = WorkerExit::Signal(crate::exit::Signal::KILL);
+const TERM: WorkerExit = WorkerExit::Signal(crate::exit::Signal::TERM);
+const SEGV: WorkerExit = WorkerExit::Signal(crate::exit::Signal::SEGV);
 
 fn cfg(workers: usize) -> Config {
     Config {
@@ -682,10 +682,7 @@ fn zero_interval_respawns_at_once_every_time() {
     // Killed from outside, over and over, each soon after its start: never delayed.
     for _ in 0..8 {
         let pid = h.pid_of(0);
-        h.exit(
-            pid,
-            WorkerExit::Signal(crate::exit::Signal::from_raw(libc::SIGKILL)),
-        );
+        h.exit(pid, WorkerExit::Signal(crate::exit::Signal::KILL));
         assert_eq!(h.last, vec![spawn(0, Some(pid))], "respawned at once");
         h.advance(Duration::from_millis(5));
     }
@@ -758,7 +755,7 @@ fn death_by_a_forwarded_signal_is_respawned_at_once_and_not_counted() {
     c.recover_threshold = 0;
     c.recover_interval = SEC;
     let mut h = Harness::new(c);
-    let usr1 = WorkerExit::Signal(crate::exit::Signal::from_raw(libc::SIGUSR1));
+    let usr1 = WorkerExit::Signal(crate::exit::Signal::USR1);
     for _ in 0..10 {
         h.signal(Signal::Usr1);
         let pid = h.pid_of(0);
@@ -1550,14 +1547,12 @@ fn a_new_master_late_past_the_timeout_is_killed_and_rolled_back() {
     // Readiness after the KILL changes nothing; the exit is logged as a stop.
     assert_eq!(h.upgrade_ready(), vec![]);
     assert!(!h.m.sup.is_stopping());
-    let acts = h.upgrade_exit(WorkerExit::Signal(crate::exit::Signal::from_raw(
-        libc::SIGKILL,
-    )));
+    let acts = h.upgrade_exit(WorkerExit::Signal(crate::exit::Signal::KILL));
     assert_eq!(
         acts,
         vec![Action::NewMasterExited {
             pid: new,
-            exit: WorkerExit::Signal(crate::exit::Signal::from_raw(libc::SIGKILL))
+            exit: WorkerExit::Signal(crate::exit::Signal::KILL)
         }]
     );
 }
@@ -1629,9 +1624,7 @@ fn term_during_an_upgrade_stops_both_masters_and_waits_for_the_new_one() {
             signal: Signal::Kill
         }]
     );
-    h.upgrade_exit(WorkerExit::Signal(crate::exit::Signal::from_raw(
-        libc::SIGKILL,
-    )));
+    h.upgrade_exit(WorkerExit::Signal(crate::exit::Signal::KILL));
     assert_eq!(h.outcome(), Some(&Ok(())));
 }
 
