@@ -6,12 +6,18 @@
 //! * sigchld: the signalfd's `SIGCHLD` wakes the loop, and [`Reaper::on_sigchld`] reaps
 //!   every child that exited with `waitid(P_ALL, WNOHANG)`.
 //!
-//! The backend is decided once, at the first child: a kernel without pidfds (`ENOSYS`)
-//! switches the run to sigchld. A process that is PID 1 or a subreaper also adopts orphans,
+//! The backend is decided once, at the first child: its pidfd must open and the kernel must
+//! let the master wait on it (`waitid(P_PIDFD, WNOWAIT)`, which reaps nothing). A kernel
+//! without pidfds (`ENOSYS`), or a sandbox whose system call filter refuses either call
+//! (`EPERM`, `EACCES`), switches the run to sigchld, logged once with the cause. Signalling a
+//! child goes through its pidfd until a sandbox refuses `pidfd_send_signal`; from then on,
+//! decided once and logged once, through `kill(2)`, which is as exact for an unreaped child
+//! (its pid cannot be reused). A process that is PID 1 or a subreaper also adopts orphans,
 //! which [`Reaper::on_sigchld`] reaps (and forgets) under either backend. A child whose
 //! watch cannot be set up is killed and reaped at once ([`Reaper::adopt`]), and
 //! [`Reaper::kill_and_reap_all`] leaves no child behind.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -30,6 +36,11 @@ struct Child {
 /// The children of the master, and how they are reaped.
 pub(crate) struct Reaper {
     backend: Backend,
+    /// Whether the backend was decided (at the first child).
+    decided: bool,
+    /// Whether children are signalled through their pidfds; false once a sandbox refused
+    /// `pidfd_send_signal`.
+    pidfd_signals: Cell<bool>,
     adopts_orphans: bool,
     children: PidMap<Child>,
 }
@@ -39,6 +50,8 @@ impl Reaper {
     pub(crate) fn new(backend: Backend) -> Reaper {
         Reaper {
             backend,
+            decided: false,
+            pidfd_signals: Cell::new(true),
             adopts_orphans: sys::adopts_orphans(),
             children: PidMap::default(),
         }
@@ -62,8 +75,9 @@ impl Reaper {
     /// Watches the just-started child `pid`; its pidfd goes into `epoll` under `token`
     /// (when `epoll` is `None`, [`Reaper::register`] adds it later). A pid cannot be reused
     /// while its process is our unreaped child, so `pidfd_open` after the start is race-free.
-    /// On `ENOSYS` before any other child, the run switches to the sigchld backend. On any
-    /// other failure the child is killed and reaped, and the error returned: nothing leaks.
+    /// At the first child, a refused pidfd call switches the run to the sigchld backend (see
+    /// the module docs). On any other failure the child is killed and reaped, and the error
+    /// returned: nothing leaks.
     pub(crate) fn adopt(
         &mut self,
         pid: u32,
@@ -89,29 +103,50 @@ impl Reaper {
         token: u64,
     ) -> io::Result<()> {
         if self.backend == Backend::Pidfd {
-            let registered = sys::Pid::try_from(pid)
-                .and_then(sys::pidfd_open)
-                .and_then(|fd| {
-                    if let Some(epoll) = epoll {
-                        epoll.add(fd.as_fd(), token)?;
-                    }
-                    Ok(fd)
-                });
-            match registered {
+            // At the first child the backend is decided: its pidfd must open, and the kernel
+            // (or the sandbox) must let this process wait on it.
+            let opened = match sys::Pid::try_from(pid).and_then(sys::pidfd_open) {
+                Ok(fd) if !self.decided => match sys::probe_pidfd(fd.as_fd()) {
+                    Ok(()) => Ok(fd),
+                    Err(e) => Err(("waitid(P_PIDFD)", e)),
+                },
+                Ok(fd) => Ok(fd),
+                Err(e) => Err(("pidfd_open", e)),
+            };
+            match opened {
                 Ok(fd) => {
+                    self.decided = true;
+                    if let Some(epoll) = epoll {
+                        if let Err(e) = epoll.add(fd.as_fd(), token) {
+                            self.children.insert(pid, Child { pidfd: None });
+                            return Err(e);
+                        }
+                    }
                     self.children.insert(pid, Child { pidfd: Some(fd) });
                     return Ok(());
                 }
-                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) && self.children.is_empty() => {
-                    log::info!("pidfds unavailable ({e}); using the sigchld backend");
+                Err((call, e)) if !self.decided && sys::is_refused(&e) => {
+                    if e.raw_os_error() == Some(libc::ENOSYS) {
+                        log::info!(
+                            "pidfds unavailable ({call}: {e}); using the sigchld backend \
+                             (PREFORK_BACKEND=sigchld skips the attempt)"
+                        );
+                    } else {
+                        log::warn!(
+                            "pidfds refused ({call}: {e}), as a sandbox's system call filter \
+                             does; using the sigchld backend (PREFORK_BACKEND=sigchld skips \
+                             the attempt)"
+                        );
+                    }
                     self.backend = Backend::Sigchld;
                 }
-                Err(e) => {
+                Err((_, e)) => {
                     self.children.insert(pid, Child { pidfd: None });
                     return Err(e);
                 }
             }
         }
+        self.decided = true;
         self.children.insert(pid, Child { pidfd: None });
         Ok(())
     }
@@ -195,9 +230,27 @@ impl Reaper {
     /// race; without one, a pid cannot be reused while its process is our unreaped child).
     /// A child that already exited (`ESRCH`) is not an error: its exit is on its way.
     pub(crate) fn signal(&self, pid: u32, signal: Signal) -> io::Result<()> {
-        let sent = match self.children.get(&pid).and_then(|c| c.pidfd.as_ref()) {
-            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), signal),
-            None => sys::Pid::try_from(pid).and_then(|pid| sys::kill(pid, signal)),
+        let pidfd = self
+            .children
+            .get(&pid)
+            .and_then(|c| c.pidfd.as_ref())
+            .filter(|_| self.pidfd_signals.get());
+        let by_pid = || sys::Pid::try_from(pid).and_then(|pid| sys::kill(pid, signal));
+        let sent = match pidfd {
+            Some(fd) => match sys::pidfd_send_signal(fd.as_fd(), signal) {
+                Err(e) if sys::is_refused(&e) => {
+                    // Decided once, for every child: kill(2) is as exact for an unreaped
+                    // child, whose pid cannot be reused.
+                    self.pidfd_signals.set(false);
+                    log::warn!(
+                        "pidfd_send_signal refused ({e}), as a sandbox's system call filter \
+                         does; signalling children with kill(2) from now on"
+                    );
+                    by_pid()
+                }
+                sent => sent,
+            },
+            None => by_pid(),
         };
         match sent {
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),

@@ -231,6 +231,28 @@ pub(crate) fn reap_pidfd(pidfd: BorrowedFd<'_>, pid: Pid) -> io::Result<Option<R
     }
 }
 
+/// `waitid(P_PIDFD, …, WNOWAIT)`: whether the kernel lets this process wait on a pidfd,
+/// asked without reaping anything (a child that already exited stays a zombie for
+/// [`reap_pidfd`]). On Linux 5.3 (`EINVAL`: `P_PIDFD` unknown) the answer is yes, through
+/// [`reap_pidfd`]'s fallback to `P_PID`.
+pub(crate) fn probe_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<()> {
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    match rustix::process::waitid(WaitId::PidFd(pidfd), options) {
+        Ok(_) => Ok(()),
+        Err(rustix::io::Errno::INVAL) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether an error says that a sandbox (a seccomp filter, an LSM) refused the system call,
+/// or that the kernel lacks it: `EPERM`, `EACCES`, `ENOSYS`.
+pub(crate) fn is_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM | libc::EACCES | libc::ENOSYS)
+    )
+}
+
 /// `waitid(P_PID, pid)`: reaps one child by pid if it has exited.
 pub(crate) fn reap_pid(pid: Pid) -> io::Result<Option<Reaped>> {
     reap(WaitId::Pid(pid.0))

@@ -51,8 +51,12 @@ pub const ALL: &[Case<Backend>] = cases![&Backend::ALL =>
     threads_before_run_are_refused,
     zero_workers_refused,
     bogus_backend_env_refused,
-    // Kernels without pidfds.
+    // Kernels without pidfds, and sandboxes that refuse the pidfd calls.
     no_pidfd_kernel_falls_back_to_sigchld,
+    sandbox_refusing_pidfd_open_eperm,
+    sandbox_refusing_waitid_pidfd_eperm,
+    sandbox_refusing_pidfd_send_signal_eperm,
+    sandbox_refusing_pidfd_send_signal_enosys,
     // What workers inherit, and what the master puts back.
     worker_has_no_master_fds_and_clean_mask,
     ignored_sigchld_handled_and_restored,
@@ -571,6 +575,49 @@ fn no_pidfd_kernel_falls_back_to_sigchld(b: Backend) {
     assert_worker_of(&fx, new);
     fx.stop_with(libc::SIGTERM);
     fx.assert_clean_exit();
+}
+
+/// Under a seccomp filter that refuses one pidfd call (`deny`, as `FX_DENY` takes it), as a
+/// container engine's or a hardened unit's profile does, the master still does all of its
+/// work: a killed worker is replaced in its slot, HUP replaces every worker (each old one
+/// exits on the TERM it was sent), and TERM stops everything cleanly. Under the pidfd
+/// backend, the fallback (`logged`) is logged once.
+fn survives_a_refused_pidfd_call(b: Backend, deny: &str, logged: &str) {
+    let (mut fx, _port, ids) = started(b, 2, &[("FX_DENY", deny)]);
+    let victim = ids[&0];
+    kill(victim, libc::SIGKILL);
+    let respawned = fx.wait_recover(victim);
+    assert_worker_of(&fx, respawned);
+    fx.signal(libc::SIGHUP);
+    fx.wait_stderr_count("rolling restart done", 1);
+    for old in [respawned, ids[&1]] {
+        let exit = fx.wait_exit_line(old);
+        assert_eq!(exit.how, "Signal(SIGTERM)", "how the replaced {old} ended");
+    }
+    fx.stop_with(libc::SIGTERM);
+    fx.assert_clean_exit();
+    let fallbacks = fx.stderr().iter().filter(|l| l.contains(logged)).count();
+    let want = usize::from(b == Backend::Pidfd);
+    assert_eq!(
+        fallbacks, want,
+        "the fallback is logged once under pidfd only"
+    );
+}
+
+fn sandbox_refusing_pidfd_open_eperm(b: Backend) {
+    survives_a_refused_pidfd_call(b, "pidfd_open=EPERM", "pidfds refused (pidfd_open:");
+}
+
+fn sandbox_refusing_waitid_pidfd_eperm(b: Backend) {
+    survives_a_refused_pidfd_call(b, "waitid_pidfd=EPERM", "pidfds refused (waitid(P_PIDFD):");
+}
+
+fn sandbox_refusing_pidfd_send_signal_eperm(b: Backend) {
+    survives_a_refused_pidfd_call(b, "pidfd_send_signal=EPERM", "pidfd_send_signal refused");
+}
+
+fn sandbox_refusing_pidfd_send_signal_enosys(b: Backend) {
+    survives_a_refused_pidfd_call(b, "pidfd_send_signal=ENOSYS", "pidfd_send_signal refused");
 }
 
 fn exit_fatal_stops_everything(b: Backend) {

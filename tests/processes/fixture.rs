@@ -48,6 +48,8 @@
 //! * `FX_SUBREAPER=1`: the master is a child subreaper;
 //! * `FX_NO_PIDFD=1`: a seccomp filter makes `pidfd_open` fail with `ENOSYS`, as on a
 //!   kernel before 5.3;
+//! * `FX_DENY=CALL=ERRNO,…`: a seccomp filter refuses those calls, as a sandbox's profile
+//!   does (see `support::backend::Refusal`);
 //! * `FX_PIDS_CGROUP=DIR`: the master moves itself into that pids cgroup before `run`, so
 //!   the test can make `fork` fail with `EAGAIN` (`pids.max`);
 //! * `FX_IGNORE_CHLD=1`, `FX_NOCLDWAIT=1`: SIGCHLD is ignored, or has `SA_NOCLDWAIT`, before
@@ -84,7 +86,7 @@ use std::time::{Duration, Instant};
 
 use prefork::{Prefork, Worker};
 
-use crate::support::backend::deny_pidfd_open;
+use crate::support::backend::{Refusal, deny, deny_pidfd_open};
 use crate::support::fixture::{
     EXIT_BROKEN, EXIT_ERR, EXIT_OK, Options, become_user, choice, flag, parsed, var,
 };
@@ -127,6 +129,8 @@ struct Opts {
     nocldwait: bool,
     pids_cgroup: Option<PathBuf>,
     no_pidfd: bool,
+    /// `FX_DENY`: the calls a seccomp filter refuses.
+    deny: Vec<Refusal>,
     hold_new: bool,
     master_first: bool,
     late_notice: bool,
@@ -159,6 +163,13 @@ impl Opts {
             subreaper: flag("FX_SUBREAPER"),
             pids_cgroup: var("FX_PIDS_CGROUP").map(PathBuf::from),
             no_pidfd: flag("FX_NO_PIDFD"),
+            deny: match var("FX_DENY") {
+                None => Vec::new(),
+                Some(list) => list
+                    .split(',')
+                    .map(|r| Refusal::parse(r).ok_or(format!("FX_DENY: unknown refusal {r:?}")))
+                    .collect::<Result<_, _>>()?,
+            },
             ignore_chld: flag("FX_IGNORE_CHLD"),
             runs: parsed("FX_RUNS")?.unwrap_or(1),
             self_term: flag("FX_SELF_TERM"),
@@ -229,6 +240,12 @@ fn run_master(opts: &Opts) -> i32 {
     }
     if opts.no_pidfd {
         if let Err(e) = deny_pidfd_open() {
+            complain(format!("fixture: installing the seccomp filter: {e}"));
+            return EXIT_BROKEN;
+        }
+    }
+    if !opts.deny.is_empty() {
+        if let Err(e) = deny(&opts.deny) {
             complain(format!("fixture: installing the seccomp filter: {e}"));
             return EXIT_BROKEN;
         }
