@@ -51,6 +51,8 @@ S_HUP, S_INT, S_QUIT, S_KILL, S_USR1, S_USR2, S_TERM, S_CHLD, S_TTIN, S_TTOU = r
 ALL = 0xFF
 # operand of SPAWNCTL with bit 7 set: an event of the binary upgrade
 (U_USR2, U_READY, U_EXIT0, U_EXIT1, U_KILLED, U_START_FAILS, U_USR2_TWICE, U_READY_USR2) = range(0x80, 0x88)
+# operand of SPAWNCTL: every live worker survives KILL from now on
+UNKILLABLE = 0x88
 # header flags
 FAIL_AFTER_READY, FAIL_AFTER_SPAWN, SPAWN_COST, EXIT_ON_TERM, MANUAL_READY = 1, 8, 16, 32, 64
 
@@ -110,6 +112,8 @@ SUP = {
     "upgrade_usr2_twice": sup(1, events=[SPAWNCTL, U_USR2_TWICE, SPAWNCTL, U_READY_USR2, EXIT_TERMED]),
     "upgrade_during_hup_ttin_ttou": sup(2, events=[SPAWNCTL, U_USR2, HUP, EXIT_TERMED, EXIT_TERMED, TTIN, TTOU,
                                                   EXIT_TERMED, SPAWNCTL, U_READY, EXIT_TERMED]),
+    # A stop always ends: workers that survive KILL are given up on after the margin.
+    "stop_gives_up_on_unkillable": sup(2, grace_100ms=20, events=[SPAWNCTL, UNKILLABLE, TERM, DEADLINE, DEADLINE]),
     # Found by fuzzing (many retiring workers, each with its own KILL deadline), kept verbatim.
     "regression_many_retiring_deadlines": bytes.fromhex(
         "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),

@@ -34,6 +34,13 @@ pub enum Error {
         /// Its exit code.
         code: i32,
     },
+    /// The stop sent KILL to these children and they were still alive the stop's margin
+    /// later (their signals refused by a sandbox, or stuck in the kernel): the master gave up
+    /// on them and returned, and they end with it (`PR_SET_PDEATHSIG`).
+    Unreaped {
+        /// Their pids.
+        pids: Vec<u32>,
+    },
     /// A builder option has a value that cannot work. Nothing was forked.
     InvalidOption {
         /// The option, as named by its builder method.
@@ -122,6 +129,12 @@ impl fmt::Display for Error {
                 f,
                 "worker {slot} (pid {pid}) reported a fatal start-up failure (exit code {code}); \
                  all workers were stopped"
+            ),
+            Error::Unreaped { pids } => write!(
+                f,
+                "processes {pids:?} were still alive well after SIGKILL (a sandbox refusing \
+                 the master's signals, or a process stuck in the kernel); the master gave up on \
+                 them, and they end with it"
             ),
             Error::InvalidOption { option, reason } => {
                 write!(f, "invalid option {option}: {reason}")

@@ -364,8 +364,14 @@ fn drive(data: &[u8]) -> Summary {
 
 /// An event of the binary upgrade, from an operand byte with bit 7 set: `b & 7` selects
 /// USR2, the new master's readiness, its exit (code 0, code 1, or KILL), a USR2 whose start
-/// fails, two USR2s, or readiness followed by a USR2.
+/// fails, two USR2s, or readiness followed by a USR2; `0x88..=0x8F` makes every live worker
+/// unkillable (KILL no longer ends it, as when a sandbox refuses the master's signals).
 fn upgrade_event(m: &mut Model, b: u8) {
+    if b & 0x78 == 0x08 {
+        // 0x88..=0x8F: the live workers stop dying of KILL.
+        m.make_unkillable();
+        return;
+    }
     match b & 7 {
         0 => m.signal(Signal::Usr2),
         1 => m.upgrade_ready(),
@@ -527,6 +533,12 @@ mod tests {
             ("upgrade_term_stops_both", Box::new(ok)),
             ("upgrade_usr2_twice", Box::new(ok)),
             ("upgrade_during_hup_ttin_ttou", Box::new(ok)),
+            (
+                "stop_gives_up_on_unkillable",
+                Box::new(
+                    |o: &Option<Result<(), Failure>>| matches!(o, Some(Err(Failure::Unreaped { pids })) if pids.len() == 2),
+                ),
+            ),
             ("unknown_exits", Box::new(going)),
             (
                 "fatal_exit",

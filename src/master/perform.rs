@@ -168,6 +168,17 @@ impl Master {
                 log::info!("upgrade: new master {pid} stopped ({exit})");
                 self.forget_upgrade();
             }
+            Action::Unreaped { pids } => {
+                log::error!(
+                    "giving up on {pids:?}: still alive well after SIGKILL; they end with \
+                     the master"
+                );
+                self.upgrade = None;
+                let epoll = epoll_of(&self.fds);
+                for pid in pids {
+                    self.reaper.forget(pid, epoll);
+                }
+            }
         }
     }
 

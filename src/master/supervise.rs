@@ -253,6 +253,7 @@ impl Master {
             (Err(Failure::WorkerFatal { slot, pid, code }), None) => {
                 Err(Error::WorkerFatal { slot, pid, code })
             }
+            (Err(Failure::Unreaped { pids }), None) => Err(Error::Unreaped { pids }),
             (Err(Failure::External), None) => Err(Error::Sys {
                 op: "supervising workers",
                 source: io::Error::other("failed without a recorded cause"),

@@ -31,6 +31,12 @@ pub(crate) enum Failure {
     WorkerFatal { slot: usize, pid: u32, code: i32 },
     /// The driver reported a failure of its own (a hook, a system call); it keeps the details.
     External,
+    /// These children were sent KILL and were still not reaped [`KILL_MARGIN`] later (their
+    /// signals refused, or stuck in the kernel): the run ends without them, and they end with
+    /// the master (`PR_SET_PDEATHSIG`).
+    ///
+    /// [`KILL_MARGIN`]: super::state::KILL_MARGIN
+    Unreaped { pids: Vec<u32> },
 }
 
 /// Why the supervisor sends a signal: the driver logs accordingly.
@@ -87,6 +93,9 @@ pub(crate) enum Action {
     RolledBack { pid: Option<u32>, why: Rollback },
     /// The new master `pid`, stopped with the run or killed after a rollback, was reaped.
     NewMasterExited { pid: u32, exit: WorkerExit },
+    /// The stop gave up on these children: sent KILL, not reaped within the margin. The
+    /// driver stops watching them (without waiting) and the run ends.
+    Unreaped { pids: Vec<u32> },
 }
 
 /// Why a USR2 was not acted on.

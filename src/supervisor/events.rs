@@ -113,7 +113,11 @@ impl Supervisor {
         });
         let retire = self.retiring.values().filter_map(|r| r.kill_at);
         let stop = match self.phase {
-            Phase::Stopping { kill_at, .. } => kill_at,
+            Phase::Stopping {
+                kill_at,
+                give_up_at,
+                ..
+            } => kill_at.or(give_up_at),
             _ => None,
         };
         let upgrade = self.new_master.deadline();
@@ -379,7 +383,7 @@ impl Supervisor {
             Signal::Term | Signal::Int => match self.phase {
                 Phase::Stopping {
                     kill_at: Some(_), ..
-                } => self.kill_all(),
+                } => self.kill_all(now),
                 Phase::Stopping { .. } | Phase::Done(_) => {}
                 _ => self.stop(now, false, Ok(())),
             },
@@ -456,7 +460,16 @@ impl Supervisor {
         } = self.phase
         {
             if t <= now {
-                self.kill_remaining(Why::GraceExpired);
+                self.kill_remaining(Why::GraceExpired, now);
+            }
+        }
+        if let Phase::Stopping {
+            give_up_at: Some(t),
+            ..
+        } = self.phase
+        {
+            if t <= now {
+                self.give_up();
             }
         }
         let timeout = self.cfg.upgrade_timeout;

@@ -45,6 +45,8 @@ pub(crate) struct Proc {
     pub(crate) forwarded: Vec<Signal>,
     /// It was killed as stuck.
     pub(crate) stuck: bool,
+    /// KILL does not end it (its signals are refused, or it is stuck in the kernel).
+    pub(crate) unkillable: bool,
     /// How its exit will be judged since it was retired (replaced, recycled, its slot
     /// closed, or stuck).
     pub(crate) retire_cause: Option<Cause>,
@@ -154,6 +156,8 @@ pub(crate) struct Model {
     pub(crate) handovers: usize,
     /// Upgrades rolled back.
     pub(crate) rollbacks: usize,
+    /// The stop gave up on unkillable workers (an Unreaped action).
+    pub(crate) gave_up: bool,
 }
 
 impl Model {
@@ -194,6 +198,7 @@ impl Model {
             upgrade_due: VecDeque::new(),
             handovers: 0,
             rollbacks: 0,
+            gave_up: false,
             cfg,
         }
     }
@@ -406,6 +411,13 @@ impl Model {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Every live worker becomes unkillable: KILL no longer ends it.
+    pub(crate) fn make_unkillable(&mut self) {
+        for p in self.live.values_mut() {
+            p.unkillable = true;
         }
     }
 
@@ -635,6 +647,26 @@ impl Model {
                 assert!(self.reloading, "{action:?} without Reloading");
                 self.reloading = false;
             }
+            Action::Unreaped { ref pids } => {
+                assert!(stopping, "{action:?} while the run goes on");
+                assert!(!self.gave_up, "a second {action:?}");
+                let mut live: Vec<u32> = self.live.keys().copied().collect();
+                if let Upgrade::Going { pid, .. } = self.upgrade {
+                    live.push(pid);
+                }
+                live.sort_unstable();
+                assert_eq!(*pids, live, "{action:?}: not every live child");
+                assert!(!pids.is_empty(), "{action:?} with nothing alive");
+                for pid in pids {
+                    if let Some(p) = self.live.get(pid) {
+                        assert!(p.kill, "{action:?}: {pid} was never sent KILL");
+                    }
+                }
+                self.gave_up = true;
+                if self.expected == Some(Ok(())) {
+                    self.expected = Some(Err(Failure::Unreaped { pids: pids.clone() }));
+                }
+            }
             Action::StartUpgrade
             | Action::UpgradeIgnored { .. }
             | Action::SignalNewMaster { .. }
@@ -785,6 +817,7 @@ impl Model {
                 kill_due: None,
                 forwarded: Vec::new(),
                 stuck: false,
+                unkillable: false,
                 retire_cause: None,
             },
         );
@@ -1254,13 +1287,12 @@ impl Model {
         match sup.outcome() {
             Some(got) => {
                 assert!(
-                    self.live.is_empty(),
+                    self.live.is_empty() || self.gave_up,
                     "an outcome while {:?} live",
                     self.live
                 );
-                assert_eq!(
-                    self.upgrade,
-                    Upgrade::Idle,
+                assert!(
+                    self.upgrade == Upgrade::Idle || self.gave_up,
                     "an outcome while the new master lives"
                 );
                 assert_eq!(Some(got), self.expected.as_ref(), "outcome");
@@ -1290,9 +1322,12 @@ impl Model {
             }
             let before = self.live.len();
             let upgrade = self.upgrade;
-            self.exit_all(|p| p.kill, WorkerExit::Signal(crate::exit::Signal::KILL));
+            self.exit_all(
+                |p| p.kill && !p.unkillable,
+                WorkerExit::Signal(crate::exit::Signal::KILL),
+            );
             if exit_on_term {
-                self.exit_all(|p| p.term, WorkerExit::Code(0));
+                self.exit_all(|p| p.term && !p.unkillable, WorkerExit::Code(0));
             }
             match self.upgrade {
                 Upgrade::Going { kill: true, .. } => {
@@ -1321,11 +1356,19 @@ impl Model {
             "no outcome after TERM and every exit: {:?}",
             self.live
         );
+        let bound = self.cfg.shutdown_grace + super::state::KILL_MARGIN;
         assert!(
-            self.now.saturating_sub(start) <= self.cfg.shutdown_grace,
-            "the stop took {:?}, more than the grace period",
+            self.now.saturating_sub(start) <= bound,
+            "the stop took {:?}, more than the grace period and the margin after KILL",
             self.now.saturating_sub(start)
         );
+        if self.live.values().all(|p| !p.unkillable) && !self.gave_up {
+            assert!(
+                self.now.saturating_sub(start) <= self.cfg.shutdown_grace,
+                "the stop took {:?}, more than the grace period",
+                self.now.saturating_sub(start)
+            );
+        }
     }
 
     /// How many Spawn actions were performed so far.

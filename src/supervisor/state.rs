@@ -25,6 +25,10 @@ pub(crate) const SPAWN_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// How many counted exits a [`Failure::OverRecovery`] reports in detail (the latest ones).
 pub(crate) const REPORTED_EXITS: usize = 16;
 
+/// How long after its KILL a stop waits for the children still alive before it gives up on
+/// them, so that a stop always ends: within `shutdown_grace` plus this.
+pub(crate) const KILL_MARGIN: Duration = Duration::from_secs(5);
+
 /// The signals the master forwarded to one worker, as a bit set over [`Signal::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(super) struct Forwarded(pub(super) u16);
@@ -107,6 +111,8 @@ pub(super) enum Phase {
     Running,
     Stopping {
         kill_at: Option<Duration>,
+        /// Once everything was sent KILL: when the stop gives up on what is still alive.
+        give_up_at: Option<Duration>,
         result: Result<(), Failure>,
     },
     Done(Result<(), Failure>),

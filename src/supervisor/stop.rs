@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::action::{Action, Failure, Why};
-use super::state::{Phase, Slot, Stop, Supervisor};
+use super::state::{KILL_MARGIN, Phase, Slot, Stop, Supervisor};
 use crate::sys::signal::Signal;
 
 impl Supervisor {
@@ -13,7 +13,7 @@ impl Supervisor {
         match &mut self.phase {
             Phase::Stopping { result, .. } => {
                 *result = Err(Failure::External);
-                self.kill_all();
+                self.kill_all(now);
             }
             Phase::Done(result) => *result = Err(Failure::External),
             _ => self.stop(now, true, Err(Failure::External)),
@@ -74,18 +74,27 @@ impl Supervisor {
             } else {
                 Some(now.saturating_add(self.cfg.shutdown_grace))
             },
+            give_up_at: kill.then(|| now.saturating_add(KILL_MARGIN)),
             result,
         };
         self.maybe_done();
     }
 
-    pub(super) fn kill_all(&mut self) {
-        self.kill_remaining(Why::Kill);
+    pub(super) fn kill_all(&mut self, now: Duration) {
+        self.kill_remaining(Why::Kill, now);
     }
 
-    pub(super) fn kill_remaining(&mut self, why: Why) {
-        if let Phase::Stopping { kill_at, .. } = &mut self.phase {
+    /// KILL to every live worker (and the new master, for a forced stop); the stop gives up
+    /// on what is still alive [`KILL_MARGIN`] later.
+    pub(super) fn kill_remaining(&mut self, why: Why, now: Duration) {
+        if let Phase::Stopping {
+            kill_at,
+            give_up_at,
+            ..
+        } = &mut self.phase
+        {
             *kill_at = None;
+            give_up_at.get_or_insert(now.saturating_add(KILL_MARGIN));
         }
         if why == Why::Kill {
             self.new_master
@@ -101,6 +110,23 @@ impl Supervisor {
                 why,
             });
         }
+    }
+
+    /// The stop's margin after KILL has passed: every child still alive is given up on, and
+    /// the run ends (with [`Failure::Unreaped`] unless it had already failed).
+    pub(super) fn give_up(&mut self) {
+        let Phase::Stopping { result, .. } = &self.phase else {
+            return;
+        };
+        let mut pids = self.live_pids();
+        pids.extend(self.new_master.pid());
+        pids.sort_unstable();
+        let result = match result {
+            Ok(()) => Err(Failure::Unreaped { pids: pids.clone() }),
+            Err(failure) => Err(failure.clone()),
+        };
+        self.actions.push_back(Action::Unreaped { pids });
+        self.phase = Phase::Done(result);
     }
 
     pub(super) fn maybe_done(&mut self) {

@@ -806,7 +806,11 @@ fn second_term_kills_at_once() {
         h.signal(Signal::Term),
         vec![sig(100, Signal::Kill, Why::Kill)]
     );
-    assert_eq!(h.m.sup.next_deadline(), None);
+    // Nothing is due but the stop's end: the margin after KILL, when it would give up.
+    assert_eq!(
+        h.m.sup.next_deadline(),
+        Some(h.now() + super::state::KILL_MARGIN)
+    );
 }
 
 #[test]
@@ -1641,4 +1645,40 @@ fn hup_ttin_and_ttou_during_an_upgrade_go_on_as_usual() {
     let new = h.m.sup.new_master().expect("still under way");
     let acts = h.upgrade_ready();
     assert_eq!(acts[0], Action::HandedOver { pid: new });
+}
+
+// ---- A stop always ends.
+
+#[test]
+fn a_stop_gives_up_on_workers_that_survive_kill_and_ends() {
+    let mut c = cfg(2);
+    c.shutdown_grace = 3 * SEC;
+    let mut h = Harness::new(c);
+    h.m.make_unkillable();
+    let live = h.live();
+    h.signal(Signal::Term);
+    // The grace ends: KILL, which they survive.
+    let acts = h.wake();
+    assert!(
+        acts.iter()
+            .filter(|a| matches!(
+                a,
+                Action::Signal {
+                    signal: Signal::Kill,
+                    ..
+                }
+            ))
+            .count()
+            == 2,
+        "{acts:?}"
+    );
+    assert_eq!(h.outcome(), None);
+    // The margin after KILL ends: the stop gives up on them, and says so.
+    let acts = h.wake();
+    assert_eq!(acts, vec![Action::Unreaped { pids: live.clone() }]);
+    assert_eq!(
+        h.outcome(),
+        Some(&Err(Failure::Unreaped { pids: live })),
+        "the outcome names them"
+    );
 }
