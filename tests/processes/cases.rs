@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::fixture::ROLE;
-use crate::support::backend::Backend;
+use crate::support::backend::{Backend, Mode};
 use crate::support::net::{Load, Tally, all_ids, ask, collect_ids, hold, id_of, try_ask};
 use crate::support::notify::{Notification, NotifySocket};
 use crate::support::process::{DEADLINE, Fixture, Spec, TempDir, kill, wait_until};
@@ -54,9 +54,19 @@ pub const ALL: &[Case<Backend>] = cases![&Backend::ALL =>
     // Kernels without pidfds, and sandboxes that refuse the pidfd calls.
     no_pidfd_kernel_falls_back_to_sigchld,
     sandbox_refusing_pidfd_open_eperm,
+    sandbox_refusing_pidfd_open_enosys,
     sandbox_refusing_waitid_pidfd_eperm,
+    sandbox_refusing_waitid_pidfd_enosys,
     sandbox_refusing_pidfd_send_signal_eperm,
     sandbox_refusing_pidfd_send_signal_enosys,
+    sandbox_refusing_pidfd_open_eperm_exec,
+    sandbox_refusing_pidfd_open_enosys_exec,
+    sandbox_refusing_waitid_pidfd_eperm_exec,
+    sandbox_refusing_waitid_pidfd_enosys_exec,
+    sandbox_refusing_pidfd_send_signal_eperm_exec,
+    sandbox_refusing_pidfd_send_signal_enosys_exec,
+    sandbox_container_allowlist_before_pidfds,
+    sandbox_container_allowlist_before_pidfds_exec,
     // What workers inherit, and what the master puts back.
     worker_has_no_master_fds_and_clean_mask,
     ignored_sigchld_handled_and_restored,
@@ -577,25 +587,91 @@ fn no_pidfd_kernel_falls_back_to_sigchld(b: Backend) {
     fx.assert_clean_exit();
 }
 
-/// Under a seccomp filter that refuses one pidfd call (`deny`, as `FX_DENY` takes it), as a
-/// container engine's or a hardened unit's profile does, the master still does all of its
-/// work: a killed worker is replaced in its slot, HUP replaces every worker (each old one
-/// exits on the TERM it was sent), and TERM stops everything cleanly. Under the pidfd
-/// backend, the fallback (`logged`) is logged once.
-fn survives_a_refused_pidfd_call(b: Backend, deny: &str, logged: &str) {
-    let (mut fx, _port, ids) = started(b, 2, &[("FX_DENY", deny)]);
+/// The grace period of the sandbox cases, and how much longer than it a stop may take.
+const SANDBOX_GRACE: Duration = Duration::from_secs(2);
+const SANDBOX_MARGIN: Duration = Duration::from_secs(8);
+
+/// The options that start a fixture's workers in `mode`: exec mode needs the library's own
+/// listener (`listen_and_serve`), which an exec'd worker finds on fd 3.
+fn mode_opts(mode: Mode) -> Vec<(&'static str, &'static str)> {
+    match mode {
+        Mode::Fork => Vec::new(),
+        Mode::Exec => vec![("FX_MODE", "exec"), ("FX_LISTEN", "1")],
+    }
+}
+
+/// The lifecycle a master must keep under a sandbox (`sandbox`: the `FX_*` variables of its
+/// seccomp filter), two workers started in `mode`: they serve; a killed worker is replaced
+/// in its slot; HUP replaces every worker (each old one exits on the TERM it was sent); TTOU
+/// retires the last slot's worker (it exits on TERM, the other keeps serving, nothing is
+/// respawned); TERM stops the master within the grace period and a bounded margin, cleanly
+/// (every run `Ok`, no child, no zombie, nothing left of its process group). Returns the
+/// fixture, exited, for the caller's checks of its log.
+fn lifecycle_in_sandbox(b: Backend, mode: Mode, sandbox: &[(&str, &str)]) -> Fixture {
+    let grace = SANDBOX_GRACE.as_millis().to_string();
+    let mut opts = mode_opts(mode);
+    opts.push(("FX_GRACE_MS", &grace));
+    opts.extend_from_slice(sandbox);
+    let (mut fx, port, ids) = ready_master(b, 2, &opts);
     let victim = ids[&0];
     kill(victim, libc::SIGKILL);
     let respawned = fx.wait_recover(victim);
+    assert_eq!(
+        fx.wait_exit_line(victim).slot,
+        0,
+        "the killed worker's slot"
+    );
     assert_worker_of(&fx, respawned);
+    let old: BTreeSet<u32> = [respawned, ids[&1]].into();
+
     fx.signal(libc::SIGHUP);
     fx.wait_stderr_count("rolling restart done", 1);
-    for old in [respawned, ids[&1]] {
-        let exit = fx.wait_exit_line(old);
-        assert_eq!(exit.how, "Signal(SIGTERM)", "how the replaced {old} ended");
+    for &pid in &old {
+        let exit = fx.wait_exit_line(pid);
+        assert_eq!(exit.how, "Signal(SIGTERM)", "how the replaced {pid} ended");
     }
-    fx.stop_with(libc::SIGTERM);
+    let new = collect_ids(port, 2, |pid| !old.contains(&pid));
+    assert_all_alive(&fx, new.values().copied());
+
+    fx.signal(libc::SIGTTOU);
+    let exit = fx.wait_exit_line(new[&1]);
+    assert_eq!(
+        (exit.slot, exit.how.as_str()),
+        (1, "Signal(SIGTERM)"),
+        "TTOU retires the last slot's worker"
+    );
+    assert_eq!(
+        all_ids(port, 1)[&0],
+        new[&0],
+        "the other worker keeps serving"
+    );
+    assert_eq!(procfs::live_children(fx.pid), [new[&0]], "one worker left");
+    assert_eq!(
+        fx.spawns().len(),
+        5,
+        "2 + 1 respawn + 2 by HUP; none after TTOU"
+    );
+
+    fx.signal(libc::SIGTERM);
+    let asked = Instant::now();
+    fx.wait_exit_within(SANDBOX_GRACE + SANDBOX_MARGIN);
+    let took = asked.elapsed();
     fx.assert_clean_exit();
+    assert_exits(&fx, [new[&0]], "Signal(SIGTERM)");
+    assert!(
+        fx.recovers().len() == 1,
+        "only the killed worker was a recovery"
+    );
+    runner::note(format!("TERM to exit: {} ms", took.as_millis()));
+    fx
+}
+
+/// Under a seccomp filter that refuses one pidfd call (`deny`, as `FX_DENY` takes it), as a
+/// container engine's or a hardened unit's profile does, or as a kernel without the call
+/// (`ENOSYS`), the master keeps its whole lifecycle ([`lifecycle_in_sandbox`]). Under the
+/// pidfd backend, the fallback (`logged`) is logged once.
+fn survives_a_refused_pidfd_call(b: Backend, mode: Mode, deny: &str, logged: &str) {
+    let fx = lifecycle_in_sandbox(b, mode, &[("FX_DENY", deny)]);
     let fallbacks = fx.stderr().iter().filter(|l| l.contains(logged)).count();
     let want = usize::from(b == Backend::Pidfd);
     assert_eq!(
@@ -604,20 +680,91 @@ fn survives_a_refused_pidfd_call(b: Backend, deny: &str, logged: &str) {
     );
 }
 
+const OPEN_REFUSED: &str = "pidfds refused (pidfd_open: Operation not permitted";
+const OPEN_MISSING: &str = "pidfds unavailable (pidfd_open: Function not implemented";
+const WAITID_REFUSED: &str = "pidfds refused (waitid(P_PIDFD): Operation not permitted";
+const WAITID_MISSING: &str = "pidfds unavailable (waitid(P_PIDFD): Function not implemented";
+const SIGNAL_REFUSED: &str = "pidfd_send_signal refused (";
+
 fn sandbox_refusing_pidfd_open_eperm(b: Backend) {
-    survives_a_refused_pidfd_call(b, "pidfd_open=EPERM", "pidfds refused (pidfd_open:");
+    survives_a_refused_pidfd_call(b, Mode::Fork, "pidfd_open=EPERM", OPEN_REFUSED);
+}
+
+fn sandbox_refusing_pidfd_open_enosys(b: Backend) {
+    survives_a_refused_pidfd_call(b, Mode::Fork, "pidfd_open=ENOSYS", OPEN_MISSING);
 }
 
 fn sandbox_refusing_waitid_pidfd_eperm(b: Backend) {
-    survives_a_refused_pidfd_call(b, "waitid_pidfd=EPERM", "pidfds refused (waitid(P_PIDFD):");
+    survives_a_refused_pidfd_call(b, Mode::Fork, "waitid_pidfd=EPERM", WAITID_REFUSED);
+}
+
+fn sandbox_refusing_waitid_pidfd_enosys(b: Backend) {
+    survives_a_refused_pidfd_call(b, Mode::Fork, "waitid_pidfd=ENOSYS", WAITID_MISSING);
 }
 
 fn sandbox_refusing_pidfd_send_signal_eperm(b: Backend) {
-    survives_a_refused_pidfd_call(b, "pidfd_send_signal=EPERM", "pidfd_send_signal refused");
+    survives_a_refused_pidfd_call(b, Mode::Fork, "pidfd_send_signal=EPERM", SIGNAL_REFUSED);
 }
 
 fn sandbox_refusing_pidfd_send_signal_enosys(b: Backend) {
-    survives_a_refused_pidfd_call(b, "pidfd_send_signal=ENOSYS", "pidfd_send_signal refused");
+    survives_a_refused_pidfd_call(b, Mode::Fork, "pidfd_send_signal=ENOSYS", SIGNAL_REFUSED);
+}
+
+fn sandbox_refusing_pidfd_open_eperm_exec(b: Backend) {
+    survives_a_refused_pidfd_call(b, Mode::Exec, "pidfd_open=EPERM", OPEN_REFUSED);
+}
+
+fn sandbox_refusing_pidfd_open_enosys_exec(b: Backend) {
+    survives_a_refused_pidfd_call(b, Mode::Exec, "pidfd_open=ENOSYS", OPEN_MISSING);
+}
+
+fn sandbox_refusing_waitid_pidfd_eperm_exec(b: Backend) {
+    survives_a_refused_pidfd_call(b, Mode::Exec, "waitid_pidfd=EPERM", WAITID_REFUSED);
+}
+
+fn sandbox_refusing_waitid_pidfd_enosys_exec(b: Backend) {
+    survives_a_refused_pidfd_call(b, Mode::Exec, "waitid_pidfd=ENOSYS", WAITID_MISSING);
+}
+
+fn sandbox_refusing_pidfd_send_signal_eperm_exec(b: Backend) {
+    survives_a_refused_pidfd_call(b, Mode::Exec, "pidfd_send_signal=EPERM", SIGNAL_REFUSED);
+}
+
+fn sandbox_refusing_pidfd_send_signal_enosys_exec(b: Backend) {
+    survives_a_refused_pidfd_call(b, Mode::Exec, "pidfd_send_signal=ENOSYS", SIGNAL_REFUSED);
+}
+
+/// Under an allowlist that mimics a container engine's default profile of before the pidfd
+/// calls were listed (`FX_ALLOWLIST=container`: `support::backend::CONTAINER`, the calls of
+/// docs/security.md less the pidfd ones; everything else `EPERM`), the master keeps its
+/// whole lifecycle ([`lifecycle_in_sandbox`]); under the pidfd backend it falls back to
+/// sigchld at the first worker, logged once, and never tries `pidfd_send_signal` (it has no
+/// pidfd to send through). x86_64 only (a list of call numbers is one architecture's).
+fn container_allowlist_before_pidfds(b: Backend, mode: Mode) {
+    if !cfg!(target_arch = "x86_64") {
+        runner::skip("the allowlist filter is x86_64 only");
+        return;
+    }
+    let fx = lifecycle_in_sandbox(b, mode, &[("FX_ALLOWLIST", "container")]);
+    let stderr = fx.stderr();
+    let fallbacks = stderr.iter().filter(|l| l.contains(OPEN_REFUSED)).count();
+    assert_eq!(
+        fallbacks,
+        usize::from(b == Backend::Pidfd),
+        "the fallback is logged once under pidfd only"
+    );
+    assert!(
+        !stderr.iter().any(|l| l.contains(SIGNAL_REFUSED)),
+        "no pidfd to signal through: {stderr:?}"
+    );
+}
+
+fn sandbox_container_allowlist_before_pidfds(b: Backend) {
+    container_allowlist_before_pidfds(b, Mode::Fork);
+}
+
+fn sandbox_container_allowlist_before_pidfds_exec(b: Backend) {
+    container_allowlist_before_pidfds(b, Mode::Exec);
 }
 
 fn exit_fatal_stops_everything(b: Backend) {

@@ -50,6 +50,11 @@
 //!   kernel before 5.3;
 //! * `FX_DENY=CALL=ERRNO,…`: a seccomp filter refuses those calls, as a sandbox's profile
 //!   does (see `support::backend::Refusal`);
+//! * `FX_ALLOWLIST=container`: a seccomp filter allows only the calls of
+//!   `support::backend::CONTAINER` and refuses every other with `EPERM`, and `waitid` with
+//!   `P_PIDFD` too, as a container engine's default profile of before the pidfd calls did
+//!   (x86_64 only); these filters are installed by the master before `run` (with `FX_LISTEN`,
+//!   before `listen_and_serve`, after `FX_MASTER_UID`), and exec-mode workers inherit them;
 //! * `FX_PIDS_CGROUP=DIR`: the master moves itself into that pids cgroup before `run`, so
 //!   the test can make `fork` fail with `EAGAIN` (`pids.max`);
 //! * `FX_IGNORE_CHLD=1`, `FX_NOCLDWAIT=1`: SIGCHLD is ignored, or has `SA_NOCLDWAIT`, before
@@ -86,7 +91,7 @@ use std::time::{Duration, Instant};
 
 use prefork::{Prefork, Worker};
 
-use crate::support::backend::{Refusal, deny, deny_pidfd_open};
+use crate::support::backend::{Refusal, allow_only, deny, deny_pidfd_open};
 use crate::support::fixture::{
     EXIT_BROKEN, EXIT_ERR, EXIT_OK, Options, become_user, choice, flag, parsed, var,
 };
@@ -131,6 +136,8 @@ struct Opts {
     no_pidfd: bool,
     /// `FX_DENY`: the calls a seccomp filter refuses.
     deny: Vec<Refusal>,
+    /// `FX_ALLOWLIST=container`: a container engine's allowlist of before the pidfd calls.
+    container: bool,
     hold_new: bool,
     master_first: bool,
     late_notice: bool,
@@ -170,6 +177,7 @@ impl Opts {
                     .map(|r| Refusal::parse(r).ok_or(format!("FX_DENY: unknown refusal {r:?}")))
                     .collect::<Result<_, _>>()?,
             },
+            container: choice("FX_ALLOWLIST", &[("container", true)], false)?,
             ignore_chld: flag("FX_IGNORE_CHLD"),
             runs: parsed("FX_RUNS")?.unwrap_or(1),
             self_term: flag("FX_SELF_TERM"),
@@ -238,17 +246,9 @@ fn run_master(opts: &Opts) -> i32 {
         // SAFETY: `action` is a valid sigaction; the old one is not asked for.
         unsafe { libc::sigaction(libc::SIGCHLD, &action, std::ptr::null_mut()) };
     }
-    if opts.no_pidfd {
-        if let Err(e) = deny_pidfd_open() {
-            complain(format!("fixture: installing the seccomp filter: {e}"));
-            return EXIT_BROKEN;
-        }
-    }
-    if !opts.deny.is_empty() {
-        if let Err(e) = deny(&opts.deny) {
-            complain(format!("fixture: installing the seccomp filter: {e}"));
-            return EXIT_BROKEN;
-        }
+    if let Err(e) = sandbox(opts) {
+        complain(format!("fixture: installing the seccomp filter: {e}"));
+        return EXIT_BROKEN;
     }
     if opts.master_first {
         if let Err(e) = run_before_children() {
@@ -302,6 +302,11 @@ fn listen_master(opts: &Opts) -> i32 {
                 return EXIT_BROKEN;
             }
         }
+        // An exec-mode worker has its master's filters already: they survive exec.
+        if let Err(e) = sandbox(opts) {
+            complain(format!("fixture: installing the seccomp filter: {e}"));
+            return EXIT_BROKEN;
+        }
     }
     let result = builder(opts).listen_and_serve("127.0.0.1:0", |listener, worker| {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -315,6 +320,39 @@ fn listen_master(opts: &Opts) -> i32 {
     let ok = report::result(&result);
     report::children();
     if ok { EXIT_OK } else { EXIT_ERR }
+}
+
+/// The seccomp filters `FX_NO_PIDFD`, `FX_DENY` and `FX_ALLOWLIST` ask for, installed in
+/// this process (and so in every child it starts from now on).
+fn sandbox(opts: &Opts) -> std::io::Result<()> {
+    if opts.no_pidfd {
+        deny_pidfd_open()?;
+    }
+    if !opts.deny.is_empty() {
+        deny(&opts.deny)?;
+    }
+    if opts.container {
+        // The profiles allowed waitid in every form, P_PIDFD (Linux 5.4) included, but a
+        // kernel of their day had none: refused as a sandbox that knows the form would.
+        deny(&[Refusal::parse("waitid_pidfd=EPERM").expect("a known refusal")])?;
+        container_allowlist()?;
+    }
+    Ok(())
+}
+
+/// `FX_ALLOWLIST=container`: [`allow_only`] the calls of `support::backend::CONTAINER`.
+#[cfg(target_arch = "x86_64")]
+fn container_allowlist() -> std::io::Result<()> {
+    let numbers: Vec<libc::c_long> = crate::support::backend::CONTAINER
+        .iter()
+        .map(|&(_, nr)| nr)
+        .collect();
+    allow_only(&numbers)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn container_allowlist() -> std::io::Result<()> {
+    allow_only(&[])
 }
 
 fn report_state(label: &str) {
