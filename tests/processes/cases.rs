@@ -59,6 +59,7 @@ pub const ALL: &[Case<Backend>] = cases![&Backend::ALL =>
     sandbox_refusing_waitid_pidfd_enosys,
     sandbox_refusing_pidfd_send_signal_eperm,
     sandbox_refusing_pidfd_send_signal_enosys,
+    stop_ends_when_every_signal_is_refused,
     sandbox_refusing_pidfd_open_eperm_exec,
     sandbox_refusing_pidfd_open_enosys_exec,
     sandbox_refusing_waitid_pidfd_eperm_exec,
@@ -678,6 +679,43 @@ fn survives_a_refused_pidfd_call(b: Backend, mode: Mode, deny: &str, logged: &st
         fallbacks, want,
         "the fallback is logged once under pidfd only"
     );
+}
+
+/// A sandbox that refuses every signal the master sends (`kill` and `pidfd_send_signal`):
+/// TERM cannot reach the workers, nor can KILL after the grace period, yet the stop ends
+/// within the grace period plus the margin after KILL: the master gives up on the workers,
+/// names them in its error, and returns; the workers end with it (their parent-death
+/// signal), leaving nothing behind.
+fn stop_ends_when_every_signal_is_refused(b: Backend) {
+    let grace = "500";
+    let (mut fx, _port, ids) = started(
+        b,
+        2,
+        &[
+            ("FX_DENY", "kill=EPERM,pidfd_send_signal=EPERM"),
+            ("FX_GRACE_MS", grace),
+        ],
+    );
+    let workers: Vec<u32> = ids.values().copied().collect();
+    fx.signal(libc::SIGTERM);
+    // It ends by itself: `finish` waits for the master's exit, within the test deadline.
+    let code = fx.finish();
+    assert_eq!(
+        code,
+        crate::support::fixture::EXIT_ERR,
+        "the master's exit code"
+    );
+    let results = fx.results();
+    assert!(
+        results
+            .iter()
+            .any(|r| r.contains("still alive well after SIGKILL")
+                && workers.iter().all(|p| r.contains(&p.to_string()))),
+        "the error names the workers: {results:?}"
+    );
+    fx.expect_log("giving up on");
+    fx.wait_gone(&workers);
+    fx.assert_group_empty();
 }
 
 const OPEN_REFUSED: &str = "pidfds refused (pidfd_open: Operation not permitted";
