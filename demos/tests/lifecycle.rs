@@ -33,7 +33,7 @@ use common::{
     Hello, Load, Server, all_ok, bodies, children, connect, example, hello_example, ok_or_refused,
     read_response, require, send_get,
 };
-use support::process::{kill, wait_for};
+use support::process::{TempDir, kill, wait_for};
 use support::procfs::is_alive;
 
 /// Workers of every server here.
@@ -77,20 +77,32 @@ enum User {
     Unprivileged,
 }
 
-/// The command that runs `program` with `args` as `user`.
-fn command(program: &Path, args: &[&str], user: User) -> Command {
-    let mut cmd = match user {
-        User::Same => Command::new(program),
+/// The command that runs `program` with `args` as `user`, and the directory it runs from
+/// (keep it while the program runs). The unprivileged user runs a copy in a directory of the
+/// system's temporary directory, readable by all: the checkout may be in a directory only
+/// its owner can enter.
+fn command(program: &Path, args: &[&str], user: User) -> (Command, Option<TempDir>) {
+    use std::os::unix::fs::PermissionsExt;
+    let (mut cmd, dir) = match user {
+        User::Same => (Command::new(program), None),
         User::Unprivileged => {
             require("setpriv");
+            let dir = TempDir::new("unprivileged");
+            let open = std::fs::Permissions::from_mode(0o755);
+            std::fs::set_permissions(dir.path(), open.clone()).expect("open the directory");
+            let copy = dir
+                .path()
+                .join(program.file_name().expect("a program name"));
+            std::fs::copy(program, &copy).expect("copy the program");
+            std::fs::set_permissions(&copy, open).expect("make the copy executable");
             let mut cmd = Command::new("setpriv");
             cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-                .arg(program);
-            cmd
+                .arg(copy);
+            (cmd, Some(dir))
         }
     };
     cmd.args(args);
-    cmd
+    (cmd, dir)
 }
 
 /// HUP three times, TTOU, TTIN, all under load, then TERM under load of its own.
@@ -99,7 +111,8 @@ fn survives_the_lifecycle(program: &Path, args: &[&str]) {
 }
 
 fn survives_the_lifecycle_as(program: &Path, args: &[&str], user: User) {
-    let mut server = Server::start(&mut command(program, args, user), WORKERS);
+    let (mut cmd, _dir) = command(program, args, user);
+    let mut server = Server::start(&mut cmd, WORKERS);
     let master = server.pid();
     let info = format!("[INFO {master}] ");
 
@@ -296,7 +309,8 @@ fn answer_pid(body: &str) -> u32 {
 /// master, serves, and the old master drains its workers and exits; every request is
 /// answered, by an old worker or a new one, and both generations answered.
 fn upgrades_without_loss(program: &Path, args: &[&str], user: User) {
-    let mut server = Server::start(&mut command(program, args, user), WORKERS);
+    let (mut cmd, _dir) = command(program, args, user);
+    let mut server = Server::start(&mut cmd, WORKERS);
     let old = server.pid();
     let old_workers = children(old);
     assert_eq!(old_workers.len(), WORKERS, "workers: {old_workers:?}");
