@@ -34,7 +34,9 @@ impl Master {
             let ready = fds.ready.1.as_fd();
             let heartbeat = self.health.table().map(|t| t.fd());
             let started = std::time::Instant::now();
-            let pid = exec.spawn(slot, listener, ready, heartbeat, self.old_mask)?;
+            let pid = exec
+                .spawn(slot, listener, ready, heartbeat, self.old_mask)
+                .map_err(|e| named("starting the worker's program (fork and execve)", e))?;
             self.health.on_forked(slot, started.elapsed());
             self.adopt(pid)?;
             return Ok(pid);
@@ -45,7 +47,7 @@ impl Master {
         let name = sys::identity::WorkerName::new(slot);
         let name = self.setup.names.then(|| name.as_c_str());
         let forked_at = sys::notice::monotonic_ns();
-        match sys::fork()? {
+        match sys::fork().map_err(|e| named("fork", e))? {
             Fork::Child => {
                 // The master's values are this process's now, and it never returns into the
                 // master's frames: dropping them closes the worker's copies.
@@ -102,4 +104,16 @@ impl Master {
     pub(super) fn adopt(&mut self, pid: u32) -> io::Result<()> {
         self.reaper.adopt(pid, epoll_of(&self.fds), u64::from(pid))
     }
+}
+
+/// `e`, from the system call `call` on the way to a worker, saying which call failed; and,
+/// when a sandbox's system call filter refused it, where the calls a master needs are listed.
+fn named(call: &str, e: io::Error) -> io::Error {
+    let hint = if sys::is_refused(&e) {
+        " (refused: a system call filter must allow it; docs/security.md lists what a master \
+         needs)"
+    } else {
+        ""
+    };
+    io::Error::new(e.kind(), format!("{call}: {e}{hint}"))
 }

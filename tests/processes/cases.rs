@@ -60,6 +60,7 @@ pub const ALL: &[Case<Backend>] = cases![&Backend::ALL =>
     sandbox_refusing_pidfd_send_signal_eperm,
     sandbox_refusing_pidfd_send_signal_enosys,
     stop_ends_when_every_signal_is_refused,
+    refused_fork_is_named_and_leaves_nothing,
     sandbox_refusing_pidfd_open_eperm_exec,
     sandbox_refusing_pidfd_open_enosys_exec,
     sandbox_refusing_waitid_pidfd_eperm_exec,
@@ -716,6 +717,19 @@ fn stop_ends_when_every_signal_is_refused(b: Backend) {
     fx.expect_log("giving up on");
     fx.wait_gone(&workers);
     fx.assert_group_empty();
+}
+
+/// A sandbox that refuses `fork` (the `clone` system call): the master cannot start a
+/// worker and fails before serving, with an error that names the call and where the calls a
+/// master needs are listed; nothing is left behind.
+fn refused_fork_is_named_and_leaves_nothing(b: Backend) {
+    let mut fx = start(b, &[("FX_WORKERS", "2"), ("FX_DENY", "clone=EPERM")]);
+    let display = fx.assert_failed_exit();
+    assert!(
+        display.contains("cannot start worker 0: fork: Operation not permitted")
+            && display.contains("docs/security.md"),
+        "error: {display}"
+    );
 }
 
 const OPEN_REFUSED: &str = "pidfds refused (pidfd_open: Operation not permitted";

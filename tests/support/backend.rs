@@ -92,6 +92,7 @@ impl Refusal {
             "pidfd_send_signal" => (libc::SYS_pidfd_send_signal, None),
             "waitid_pidfd" => (libc::SYS_waitid, Some(3)), // P_PIDFD
             "kill" => (libc::SYS_kill, None),
+            "clone" => (libc::SYS_clone, None),
             _ => return None,
         };
         let errno = match errno {
