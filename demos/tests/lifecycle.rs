@@ -30,8 +30,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Hello, Load, Server, all_ok, bodies, children, connect, example, hello_example, ok_or_refused,
-    read_response, require, send_get,
+    Hello, Load, Server, all_ok, bodies, children, connect, example, finish_loads, hello_example,
+    new_master_pid, ok_or_refused, read_response, require, send_get,
 };
 use support::process::{TempDir, kill, wait_for};
 use support::procfs::is_alive;
@@ -116,7 +116,7 @@ fn survives_the_lifecycle_as(program: &Path, args: &[&str], user: User) {
     let master = server.pid();
     let info = format!("[INFO {master}] ");
 
-    let mut loads = start_loads(&server.addr, "6");
+    let loads = start_loads(&server.addr, "6");
     for _ in 0..3 {
         pace();
         server.signal(libc::SIGHUP);
@@ -132,14 +132,7 @@ fn survives_the_lifecycle_as(program: &Path, args: &[&str], user: User) {
     server.signal(libc::SIGTTIN);
     server.log_line(|l| l.starts_with(&format!("{info}worker {last} started (pid ")));
     server.line(|l| l.starts_with(&format!("worker {last} serving ")));
-    for load in &mut loads {
-        assert!(
-            load.running(),
-            "the load ended before the lifecycle did; log:\n{}",
-            server.log()
-        );
-    }
-    let [new, keepalive] = loads.map(Load::finish);
+    let [new, keepalive] = finish_loads(&server, loads, "the lifecycle");
     let during = [all_ok(&new), all_ok(&keepalive)];
 
     // The stop, under load of its own: every request the server took is answered, and the
@@ -319,11 +312,7 @@ fn upgrades_without_loss(program: &Path, args: &[&str], user: User) {
     server.signal(libc::SIGUSR2);
     let started = format!("[INFO {old}] upgrade: new master ");
     let line = server.log_line(|l| l.starts_with(&started) && l.contains(" started;"));
-    let new: u32 = line[started.len()..]
-        .split(' ')
-        .next()
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    let new = new_master_pid(&line);
     server.adopt(new);
     let serving = format!("[INFO {old}] upgrade: new master {new} is serving");
     server.log_line(|l| l.starts_with(&serving));
@@ -332,15 +321,7 @@ fn upgrades_without_loss(program: &Path, args: &[&str], user: User) {
     wait_for("the old workers exit", || {
         old_workers.iter().all(|&pid| !is_alive(pid))
     });
-    let mut loads = loads;
-    for load in &mut loads {
-        assert!(
-            load.running(),
-            "the load ended before the upgrade did; log:\n{}",
-            server.log()
-        );
-    }
-    let reports = loads.map(Load::finish);
+    let reports = finish_loads(&server, loads, "the upgrade");
     let answered = reports.each_ref().map(all_ok);
     let new_workers = children(new);
     assert_eq!(new_workers.len(), WORKERS, "new workers: {new_workers:?}");

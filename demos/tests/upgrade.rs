@@ -33,8 +33,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Hello, Load, Server, all_ok, bodies, children, get, hello_example, ok_or_refused, require,
-    started_workers, temp_dir,
+    Hello, Load, Server, all_ok, bodies, children, finish_loads, get, hello_example,
+    new_master_pid, ok_or_refused, require, started_workers, temp_dir,
 };
 use support::process::{TempDir, kill, wait_for};
 use support::procfs::{self, is_alive};
@@ -128,15 +128,6 @@ os.environ["LISTEN_PID"] = str(os.getpid())
 os.execv(sys.argv[1], sys.argv[1:])
 "#;
 
-/// The pid in `... new master PID started; ...`, logged by the old master.
-fn new_master_pid(line: &str) -> u32 {
-    line.split("new master ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"))
-}
-
 /// Starts `hello` from a deploy directory with `args` (through the socket-activation helper
 /// when `activated`), loads it, deploys a new program and sends USR2; checks everything
 /// listed in the module docs.
@@ -198,15 +189,7 @@ fn upgrades_under_load(tag: &str, args: &[&str], activated: bool) {
         old_workers.iter().all(|&pid| !is_alive(pid))
     });
 
-    let mut loads = loads;
-    for load in &mut loads {
-        assert!(
-            load.running(),
-            "the load ended before the upgrade did; log:\n{}",
-            server.log()
-        );
-    }
-    let reports = loads.map(Load::finish);
+    let reports = finish_loads(&server, loads, "the upgrade");
     let answered = reports.each_ref().map(all_ok);
 
     // The new master's workers: fresh processes, slots 0..n-1, as its log says.
@@ -356,7 +339,7 @@ fn rolls_back(tag: &str, program: &str, mode: u32, upgrade_timeout: &str, why: &
     let workers = children(master);
     assert_eq!(workers.len(), WORKERS, "workers: {workers:?}");
 
-    let mut loads = start_loads(&server.addr, "4");
+    let loads = start_loads(&server.addr, "4");
     pace();
     deploy.replace(&staged);
     server.signal(libc::SIGUSR2);
@@ -372,14 +355,7 @@ fn rolls_back(tag: &str, program: &str, mode: u32, upgrade_timeout: &str, why: &
     if let Some(new) = new {
         wait_for("the failed new master is gone", || !is_alive(new));
     }
-    for load in &mut loads {
-        assert!(
-            load.running(),
-            "the load ended before the rollback; log:\n{}",
-            server.log()
-        );
-    }
-    let reports = loads.map(Load::finish);
+    let reports = finish_loads(&server, loads, "the rollback");
     let answered = reports.each_ref().map(all_ok);
     assert_eq!(children(master), workers, "the workers changed");
     for report in &reports {

@@ -370,6 +370,32 @@ pub struct Load {
     child: Child,
 }
 
+/// The pid in a master's `upgrade: new master PID …` log line.
+pub fn new_master_pid(line: &str) -> u32 {
+    line.split("new master ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
+/// Checks that every load still runs now that `what` is over (so that it covered all of
+/// it), then waits for each one's report.
+pub fn finish_loads<const N: usize>(
+    server: &Server,
+    mut loads: [Load; N],
+    what: &str,
+) -> [serde_json::Value; N] {
+    for load in &mut loads {
+        assert!(
+            load.running(),
+            "the load ended before {what} did; log:\n{}",
+            server.log()
+        );
+    }
+    loads.map(Load::finish)
+}
+
 impl Load {
     /// Starts `prefork-load` against `addr` and returns once every one of its clients has
     /// had a first answer (or failed).
