@@ -54,3 +54,41 @@ http {
 }
 EOF
 }
+
+# write_wrk_report FILE: the wrk script that prints latency percentiles in µs from wrk's own
+# histogram (LATENCY_US p50 p99 p99.9 max), its socket errors (ERRORS connect read write
+# status timeout) and the requests it made in how many µs (REQUESTS n duration).
+write_wrk_report() {
+  cat >"$1" <<'LUA'
+done = function(summary, latency, requests)
+  io.write(string.format("LATENCY_US %d %d %d %d\n", latency:percentile(50),
+    latency:percentile(99), latency:percentile(99.9), latency.max))
+  local e = summary.errors
+  io.write(string.format("ERRORS %d %d %d %d %d\n", e.connect, e.read, e.write, e.status,
+    e.timeout))
+  io.write(string.format("REQUESTS %d %d\n", summary.requests, summary.duration))
+end
+LUA
+}
+
+# Whether any process of group $1 is still running (zombies do not count).
+group_alive() {
+  [ -n "$1" ] && ps -o stat= -g "$1" 2>/dev/null | grep -qv '^Z'
+}
+
+# stop_group NAME PID PGID: TERM to the master PID, up to 10 s for its process group PGID to
+# end, then KILL to the group (said on stderr, as NAME), and the group reaped.
+stop_group() {
+  local name=$1 pid=$2 pgid=$3
+  [ -n "$pgid" ] || return 0
+  if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; fi
+  for _ in $(seq 1000); do
+    group_alive "$pgid" || break
+    sleep 0.01
+  done
+  if group_alive "$pgid"; then
+    echo "$name: server group $pgid still running 10 s after TERM; killing it" >&2
+    kill -KILL -- "-$pgid" 2>/dev/null || true
+  fi
+  wait "$pgid" 2>/dev/null || true
+}

@@ -205,11 +205,6 @@ alive() {
   [ "${s%% *}" != Z ]
 }
 
-# Whether any process of group $1 is still running (zombies do not count).
-group_alive() {
-  [ -n "$1" ] && ps -o stat= -g "$1" 2>/dev/null | grep -qv '^Z'
-}
-
 # until_true SECS CMD...: polls CMD every 5 ms until it succeeds; fails after SECS seconds.
 until_true() {
   local tries
@@ -249,13 +244,7 @@ start_server() {
 
 # Stops the server: TERM to its master, up to 10 s for the group to end, then KILL.
 stop_server() {
-  [ -n "$server_pgid" ] || return 0
-  if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; fi
-  until_true 10 eval '! group_alive "$server_pgid"' || {
-    echo "drain.sh: server group $server_pgid still running 10 s after TERM; killing it" >&2
-    kill -KILL -- "-$server_pgid" 2>/dev/null || true
-  }
-  wait "$server_pgid" 2>/dev/null || true
+  stop_group drain.sh "$server_pid" "$server_pgid"
   server_pid=""
   server_pgid=""
 }
@@ -429,16 +418,7 @@ done
 load_events=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- cost: the demos before the drain against the current ones ---------------------------
-cat >"$out/report.lua" <<'EOF'
-done = function(summary, latency, requests)
-  io.write(string.format("LATENCY_US %d %d %d %d\n", latency:percentile(50),
-    latency:percentile(99), latency:percentile(99.9), latency.max))
-  local e = summary.errors
-  io.write(string.format("ERRORS %d %d %d %d %d\n", e.connect, e.read, e.write, e.status,
-    e.timeout))
-  io.write(string.format("REQUESTS %d %d\n", summary.requests, summary.duration))
-end
-EOF
+write_wrk_report "$out/report.lua"
 cost_tsv="$out/cost.tsv"
 cost_servers=""
 for s in $servers; do [ "$s" = nginx ] || cost_servers="$cost_servers $s"; done

@@ -159,15 +159,7 @@ stop() {
 }
 
 # Latency percentiles (µs) and errors, from wrk's own histogram.
-cat >"$out/report.lua" <<'EOF'
-done = function(summary, latency, requests)
-  io.write(string.format("LATENCY_US %d %d %d %d\n", latency:percentile(50),
-    latency:percentile(99), latency:percentile(99.9), latency.max))
-  local e = summary.errors
-  io.write(string.format("ERRORS %d %d %d %d %d\n", e.connect, e.read, e.write, e.status,
-    e.timeout))
-end
-EOF
+write_wrk_report "$out/report.lua"
 
 # The same report, with each connection waiting $pace ms after every answer.
 { echo "function delay() return $pace end"; cat "$out/report.lua"; } >"$out/paced.lua"

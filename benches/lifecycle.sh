@@ -105,24 +105,9 @@ server_pid=""  # the current master (nginx: its master process)
 server_pgid="" # the group of the server's processes
 loaders=()
 
-# Whether any process of group $1 is still running (zombies do not count).
-group_alive() {
-  [ -n "$1" ] && ps -o stat= -g "$1" 2>/dev/null | grep -qv '^Z'
-}
-
 # Stops the server: TERM to its master, up to 10 s for the group to end, then KILL.
 stop_server() {
-  [ -n "$server_pgid" ] || return 0
-  if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; fi
-  for _ in $(seq 1000); do
-    group_alive "$server_pgid" || break
-    sleep 0.01
-  done
-  if group_alive "$server_pgid"; then
-    echo "lifecycle.sh: server group $server_pgid still running 10 s after TERM; killing it" >&2
-    kill -KILL -- "-$server_pgid" 2>/dev/null || true
-  fi
-  wait "$server_pgid" 2>/dev/null || true
+  stop_group lifecycle.sh "$server_pid" "$server_pgid"
   server_pid=""
   server_pgid=""
 }
