@@ -10,8 +10,10 @@ use crate::config::{
 };
 use crate::error::Error;
 use crate::exit::WorkerExit;
-use crate::listen::{self, Network};
-use crate::master::listeners::Listeners;
+use crate::listen::{self, Network, Spec};
+use crate::listener::{Listener, Listeners, parse_unix};
+use crate::protocol;
+use crate::master::listeners::Listeners as Sockets;
 use crate::master::spawn::{ExecSpec, Spawn};
 use crate::master::{self, Plan};
 use crate::supervisor::Config;
@@ -76,6 +78,8 @@ pub struct Prefork {
     user: Option<String>,
     group: Option<String>,
     worker_names: bool,
+    listeners: Vec<Spec>,
+    unix_mode: Option<u32>,
     hooks: Hooks,
 }
 
@@ -103,6 +107,8 @@ impl std::fmt::Debug for Prefork {
             .field("user", &self.user)
             .field("group", &self.group)
             .field("worker_names", &self.worker_names)
+            .field("listeners", &self.listeners)
+            .field("unix_mode", &self.unix_mode)
             .finish_non_exhaustive()
     }
 }
@@ -126,6 +132,8 @@ impl Prefork {
             user: None,
             group: None,
             worker_names: true,
+            listeners: Vec::new(),
+            unix_mode: None,
             hooks: Hooks::default(),
         }
     }
@@ -151,6 +159,55 @@ impl Prefork {
     /// drains. Default: off (one shared listener).
     pub fn reuseport(mut self, on: bool) -> Self {
         self.reuseport = on;
+        self
+    }
+
+    /// Adds a listener for [`Prefork::serve`]: `host:port`, `[v6]:port` or `:port` (TCP, as
+    /// [`Prefork::listen_and_serve`] takes it, with [`Prefork::network`] and
+    /// [`Prefork::reuseport`]), `unix:PATH` (a Unix domain stream socket at a path) or
+    /// `unix:@NAME` (in Linux's abstract namespace). Repeatable: every address is bound in
+    /// the master before anything forks, in this order, and every worker gets all of them.
+    /// `serve` finds it under the address as written here ([`Listeners::get`]); see
+    /// [`Prefork::listen_named`] for a name of its own.
+    ///
+    /// A Unix socket file that exists already is replaced when nothing listens on it (a
+    /// server that died without removing it); a live socket, or a file that is not a
+    /// socket, is an error naming the path, and is left alone. The file's mode is what the
+    /// umask leaves unless [`Prefork::unix_mode`] sets it. The master removes the file at
+    /// the start of a graceful stop (new clients then fail to connect, while the workers
+    /// serve what is queued) and when it exits, but not when it hands the socket to a new
+    /// master (`USR2`), which serves the same file. Unix sockets are shared by the workers:
+    /// asked together with [`Prefork::reuseport`], they are an error.
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listeners.push(Spec {
+            named: None,
+            addr: addr.to_owned(),
+            reuseport: false,
+        });
+        self
+    }
+
+    /// Adds a listener as [`Prefork::listen`] does, named `name` ([`Listeners::get`]). Under
+    /// systemd socket activation the names are matched with the socket unit's
+    /// `FileDescriptorName=` (`LISTEN_FDNAMES`): every listener needs one then, and each
+    /// name must be passed exactly once. A name is 1 to 255 bytes of printable ASCII
+    /// without `:` (systemd's rule), and does not start with `prefork` or `#` (reserved for
+    /// the handover of a binary upgrade); [`Prefork::serve`] refuses others.
+    pub fn listen_named(mut self, name: &str, addr: &str) -> Self {
+        self.listeners.push(Spec {
+            named: Some(name.to_owned()),
+            addr: addr.to_owned(),
+            reuseport: false,
+        });
+        self
+    }
+
+    /// The mode of the Unix socket files the master binds (`0o660`, for example, to let a
+    /// proxy in the socket's group connect), set before any client can connect. Default:
+    /// what the process's umask leaves (`0o777` minus the umask). Only the permission bits
+    /// (`0o777`) are accepted.
+    pub fn unix_mode(mut self, mode: u32) -> Self {
+        self.unix_mode = Some(mode);
         self
     }
 
@@ -370,11 +427,146 @@ impl Prefork {
             cfg,
             backend,
             spawn,
-            listeners: Listeners::Caller,
+            listeners: Sockets::Caller,
             health: self.health,
             setup: self.worker_setup()?,
         };
         master::run(plan, &mut self.hooks, &mut |_, worker| serve(worker))
+    }
+
+    /// Binds every address of [`Prefork::listen`] and [`Prefork::listen_named`] in the
+    /// master, then supervises workers that each run `serve(listeners, worker)` with all of
+    /// them, TCP and Unix alike (see [`Prefork::run`] for the rest). The log names each
+    /// listener's actual address (the port the kernel picked for `:0`), as
+    /// [`Listener::local_addr`] does in every worker.
+    ///
+    /// Under systemd socket activation the passed sockets are served instead (matched by
+    /// name; see [`Prefork::listen_named`]); a binary upgrade's new master serves the
+    /// sockets of the old one, each under its name.
+    ///
+    /// In exec mode every worker gets the listeners on its fds 3.. with their names in
+    /// `PREFORK_LISTEN_FDNAMES` (`docs/protocol.md`); under a master that passes only fd 3
+    /// (Go fasthttp's), a worker serves that one socket, as the first listener.
+    ///
+    /// # Errors
+    ///
+    /// No listener, a bad, busy or live address (naming it), a Unix address with
+    /// [`Prefork::reuseport`], a bad name or mode, sockets passed by systemd that do not
+    /// match the names: before anything is forked.
+    pub fn serve<F, T>(mut self, mut serve: F) -> Result<(), Error>
+    where
+        F: FnMut(Listeners, Worker) -> T,
+        T: Termination,
+    {
+        let specs = self.specs()?;
+        if let Some(id) = listen::exec_child()? {
+            let setup = self.worker_setup()?;
+            let passed = listen::exec_worker_listeners(&specs, self.network)?;
+            let listeners = passed
+                .into_iter()
+                .map(|(key, l)| {
+                    let spec = key
+                        .strip_prefix('#')
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .and_then(|i| specs.get(i));
+                    (spec.map_or(key, Spec::name), l)
+                })
+                .collect();
+            let death = self.hooks.on_master_death.take();
+            child::run_exec_child(id, death, &setup, move |worker| {
+                serve(Listeners::new(listeners), worker)
+            });
+        }
+        let (cfg, backend, spawn) = self.prepare()?;
+        let setup = self.worker_setup()?;
+        let listeners = Sockets::open(
+            &specs,
+            self.network,
+            cfg.workers,
+            self.unix_mode,
+            true,
+        )?;
+        let plan = Plan {
+            cfg,
+            backend,
+            spawn,
+            listeners,
+            health: self.health,
+            setup,
+        };
+        master::run(plan, &mut self.hooks, &mut |listeners, worker| {
+            serve(Listeners::new(listeners), worker)
+        })
+    }
+
+    /// The listeners of [`Prefork::listen`], validated, each with the builder's reuseport
+    /// for TCP.
+    fn specs(&self) -> Result<Vec<Spec>, Error> {
+        if self.listeners.is_empty() {
+            return Err(Error::InvalidOption {
+                option: "listen",
+                reason: "serve needs at least one listener: add one with Prefork::listen or \
+                         Prefork::listen_named"
+                    .to_owned(),
+            });
+        }
+        self.check_unix_mode()?;
+        let mut specs = Vec::with_capacity(self.listeners.len());
+        for (i, spec) in self.listeners.iter().enumerate() {
+            if let Some(name) = &spec.named {
+                let reserved = name.starts_with('#') || listen::parse_handover_name(name).is_some();
+                if !protocol::listener_name_is_valid(name) || reserved {
+                    return Err(Error::InvalidOption {
+                        option: "listen_named",
+                        reason: format!(
+                            "{name:?} cannot name a listener: a name is 1 to 255 bytes of \
+                             printable ASCII without ':', and does not start with '#' or \
+                             'prefork'"
+                        ),
+                    });
+                }
+            }
+            let name = spec.name();
+            if self.listeners[..i].iter().any(|s| s.name() == name) {
+                return Err(Error::InvalidOption {
+                    option: "listen",
+                    reason: format!("two listeners are named {name:?}"),
+                });
+            }
+            let unix = parse_unix(&spec.addr);
+            if let Some(Err(reason)) = &unix {
+                return Err(Error::Listen {
+                    addr: spec.addr.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidInput, reason.clone()),
+                });
+            }
+            if unix.is_some() && self.reuseport {
+                return Err(Error::InvalidOption {
+                    option: "reuseport",
+                    reason: format!(
+                        "{} is a Unix socket, which the workers share: SO_REUSEPORT does not \
+                         apply to it",
+                        spec.addr
+                    ),
+                });
+            }
+            specs.push(Spec {
+                reuseport: self.reuseport && unix.is_none(),
+                ..spec.clone()
+            });
+        }
+        Ok(specs)
+    }
+
+    /// A [`Prefork::unix_mode`] of permission bits only.
+    fn check_unix_mode(&self) -> Result<(), Error> {
+        match self.unix_mode {
+            Some(mode) if mode & !0o777 != 0 => Err(Error::InvalidOption {
+                option: "unix_mode",
+                reason: format!("{mode:#o} is not a mode of permission bits (0o000 to 0o777)"),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Binds `addr` in the master, then supervises workers that each run
@@ -394,20 +586,64 @@ impl Prefork {
     /// the listener from fd 3 (after checking it is a listening TCP socket) or, with
     /// reuseport under a master that passes no socket (a fasthttp master), binds its own,
     /// and runs `serve`: it never returns, except with an error if fd 3 is unusable.
+    ///
+    /// A `unix:` address is refused here, before anything starts: `serve` gets a
+    /// [`TcpListener`]. Unix sockets and several listeners are [`Prefork::listen`] with
+    /// [`Prefork::serve`].
     pub fn listen_and_serve<F, T>(mut self, addr: &str, mut serve: F) -> Result<(), Error>
     where
         F: FnMut(TcpListener, Worker) -> T,
         T: Termination,
     {
+        if parse_unix(addr).is_some() {
+            return Err(Error::Listen {
+                addr: addr.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a Unix socket address: listen_and_serve hands workers a TcpListener; use \
+                     Prefork::listen with Prefork::serve, which hands them a Listener of either \
+                     kind",
+                ),
+            });
+        }
+        if !self.listeners.is_empty() {
+            return Err(Error::InvalidOption {
+                option: "listen",
+                reason: "listen_and_serve serves its one address: use Prefork::serve for the \
+                         listeners of Prefork::listen"
+                    .to_owned(),
+            });
+        }
+        let spec = Spec {
+            named: None,
+            addr: addr.to_owned(),
+            reuseport: self.reuseport,
+        };
         if let Some(id) = listen::exec_child()? {
             let setup = self.worker_setup()?;
-            let listener = listen::exec_worker_listener(addr, self.network, self.reuseport)?;
+            let passed = listen::exec_worker_listeners(std::slice::from_ref(&spec), self.network)?;
+            let listener = match passed.into_iter().next().map(|(_, l)| l.into_tcp()) {
+                Some(Ok(l)) => l,
+                _ => {
+                    return Err(Error::InheritedListener {
+                        fd: crate::protocol::LISTENER_FD,
+                        reason: "a Unix socket, where listen_and_serve serves a TCP socket"
+                            .to_owned(),
+                    });
+                }
+            };
             let death = self.hooks.on_master_death.take();
             child::run_exec_child(id, death, &setup, move |worker| serve(listener, worker));
         }
         let (cfg, backend, spawn) = self.prepare()?;
         let setup = self.worker_setup()?;
-        let listeners = Listeners::open(addr, self.network, self.reuseport, cfg.workers)?;
+        let listeners = Sockets::open(
+            std::slice::from_ref(&spec),
+            self.network,
+            cfg.workers,
+            None,
+            false,
+        )?;
         let plan = Plan {
             cfg,
             backend,
@@ -419,8 +655,19 @@ impl Prefork {
         master::run(
             plan,
             &mut self.hooks,
-            &mut |listener, worker| match listener {
-                Some(listener) => serve(listener, worker),
+            &mut |listeners, worker| match listeners.into_iter().next() {
+                Some((_, Listener::Tcp(listener))) => serve(listener, worker),
+                Some((_, other)) => {
+                    // A socket passed by systemd or an old master that is not TCP.
+                    let kind = match other.local_addr() {
+                        Ok(a) => a.to_string(),
+                        Err(_) => "a Unix socket".to_owned(),
+                    };
+                    worker.exit_fatal(format!(
+                        "listen_and_serve serves a TCP socket, and the socket passed is {kind}; \
+                         use Prefork::listen with Prefork::serve"
+                    ))
+                }
                 None => unreachable!("listen_and_serve always gives every worker a listener"),
             },
         )

@@ -12,12 +12,12 @@
 
 use std::any::Any;
 use std::ffi::CStr;
-use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{ExitCode, Termination};
 
 use crate::config::{DeathHook, WorkerSetup};
+use crate::listener::Listener;
 use crate::protocol::{self, READY_FD_ENV};
 use crate::sys::heartbeat::Heartbeats;
 use crate::sys::{self, SigSet};
@@ -30,8 +30,8 @@ use crate::protocol::HEARTBEAT_FD_ENV;
 pub(crate) struct ChildSetup<'a> {
     pub(crate) slot: usize,
     pub(crate) master_pid: u32,
-    /// This worker's listener (`None` for `run`).
-    pub(crate) listener: Option<TcpListener>,
+    /// This worker's listeners with their names (none for `run`).
+    pub(crate) listeners: Vec<(String, Listener)>,
     /// The write end of the readiness pipe.
     pub(crate) ready: OwnedFd,
     /// The signal mask the process had before `run` (by reference: a `sigset_t` is 128
@@ -53,13 +53,13 @@ pub(crate) struct ChildSetup<'a> {
 /// Runs in the child right after `fork`; never returns.
 pub(crate) fn run<F, T>(setup: ChildSetup<'_>, serve: F) -> !
 where
-    F: FnOnce(Option<TcpListener>, Worker) -> T,
+    F: FnOnce(Vec<(String, Listener)>, Worker) -> T,
     T: Termination,
 {
     let ChildSetup {
         slot,
         master_pid,
-        listener,
+        listeners,
         ready,
         old_mask,
         saved_chld,
@@ -91,7 +91,7 @@ where
         master_pid,
     };
     report_ready(ready, worker.pid);
-    finish(worker, |worker| serve(listener, worker))
+    finish(worker, |worker| serve(listeners, worker))
 }
 
 /// Runs `serve` in an exec-mode worker (started by any master speaking the protocol); never

@@ -230,9 +230,19 @@ pub struct Status {
     pub(crate) slots: Vec<SlotStatus>,
     /// The slot of the latest exit, if any.
     pub(crate) latest: Option<usize>,
+    /// Each listener's name and actual address.
+    pub(crate) listeners: Vec<(String, String)>,
 }
 
 impl Status {
+    /// The listeners the master serves, in the builder's order: each one's name (the name of
+    /// `Prefork::listen_named`, or the address as written) and its actual address as the
+    /// builder writes addresses (`127.0.0.1:41234` with the port the kernel picked for `:0`,
+    /// `unix:/run/app.sock`, `unix:@name`). Empty for `run`.
+    pub fn listeners(&self) -> &[(String, String)] {
+        &self.listeners
+    }
+
     /// Every slot ever created, in slot order, those out of service included.
     pub fn slots(&self) -> &[SlotStatus] {
         &self.slots

@@ -181,6 +181,7 @@ mod exit;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 mod listen;
+mod listener;
 mod master;
 pub mod protocol;
 mod supervisor;
@@ -197,7 +198,8 @@ pub use config::{
 pub use error::Error;
 pub use exit::{CountedExit, EXIT_FATAL, EXIT_PANIC, Signal, WorkerExit};
 pub use listen::Network;
-pub use worker::{Incoming, Shutdown, Worker};
+pub use listener::{ListenAddr, Listener, Listeners, Stream};
+pub use worker::{Accept, Incoming, Shutdown, Worker};
 
 /// Forks `n` workers that each run `serve`, and supervises them until `SIGTERM`/`SIGINT`.
 ///
@@ -243,10 +245,39 @@ where
 /// # Errors
 ///
 /// [`Error::InvalidEnv`] for malformed variables, [`Error::InheritedListener`] for a
-/// descriptor that is not a listening TCP socket.
+/// descriptor that is not a listening TCP socket (a Unix socket among them included: take
+/// those with [`inherited_sockets`]).
 pub fn inherited_listeners() -> Result<Vec<std::net::TcpListener>, Error> {
+    let mut out = Vec::new();
+    for (i, (_, socket)) in inherited_sockets()?.into_iter().enumerate() {
+        match socket {
+            Listener::Tcp(l) => out.push(l),
+            _ => {
+                return Err(Error::InheritedListener {
+                    fd: protocol::LISTEN_FDS_START + i as i32,
+                    reason: "a Unix stream socket, where inherited_listeners returns TCP \
+                             listeners only: take it with inherited_sockets"
+                        .to_owned(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The listening sockets this process was handed by socket activation, as
+/// [`inherited_listeners`], of either kind (TCP or Unix stream sockets), each with its name
+/// from `LISTEN_FDNAMES` (`unknown` where systemd gave none; an old master of a `run` program
+/// names them `prefork`). Empty when there are none. A `run` master hands every listening
+/// TCP and Unix stream socket it holds to the new program on `USR2`.
+///
+/// # Errors
+///
+/// As [`inherited_listeners`]: malformed variables, or a descriptor that is not a listening
+/// TCP or Unix stream socket.
+pub fn inherited_sockets() -> Result<Vec<(String, Listener)>, Error> {
     Ok(listen::systemd()?
-        .map(|sockets| sockets.into_iter().map(|(socket, _)| socket).collect())
+        .map(|sockets| sockets.into_iter().map(|(s, name)| (name, s)).collect())
         .unwrap_or_default())
 }
 

@@ -1,14 +1,17 @@
-//! Listeners the crate owns: binding (shared or `SO_REUSEPORT`), the inherited fd 3 of an
-//! exec-mode worker, and systemd socket activation.
+//! Listeners the crate owns: binding (TCP, shared or `SO_REUSEPORT`, and Unix stream
+//! sockets), the inherited fds 3.. of an exec-mode worker, and systemd socket activation.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 
 use crate::error::Error;
+use crate::listener::{Listener, UnixAddr, parse_unix};
 use crate::protocol;
 use crate::sys;
 
-use crate::protocol::{LISTENER_FD, REUSEPORT_ADDR_ENV};
+use crate::protocol::REUSEPORT_ADDR_ENV;
 
 /// The listen backlog: the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
@@ -81,35 +84,67 @@ pub(crate) fn bind(
 }
 
 /// The `LISTEN_FDNAMES` name of each socket of a reuseport group that a master of this crate
-/// hands to a new master (binary upgrade), in the group's order.
+/// hands to a new master (binary upgrade), in the group's order, when it has one listener.
 pub(crate) const SLOT_NAME: &str = "prefork-reuseport";
-/// The `LISTEN_FDNAMES` name of a shared socket a master of this crate hands on.
+/// The `LISTEN_FDNAMES` name of a shared socket a master of this crate hands on, when it has
+/// one listener.
 pub(crate) const SHARED_NAME: &str = "prefork";
+/// A master with several listeners names each socket it hands on `SHARED_NAME=KEY` or
+/// `SLOT_NAME=KEY`: KEY is the listener's name ([`crate::Prefork::listen_named`]) or `#I`,
+/// its position among the builder's listeners, for one without a name.
+const KEY_SEPARATOR: char = '=';
 
-/// Adopts an inherited listening socket: checks that `fd` is a listening TCP socket, then
-/// makes it close-on-exec (so programs a worker starts do not keep the port open) and, with
-/// `blocking`, blocking (a socket passed non-blocking, as systemd's `NonBlocking=yes` does,
-/// would make std's `accept` fail with `WouldBlock`). Every inherited listener comes through
-/// here.
+/// A socket's name for a new master: the one-listener names as before, `prefork=KEY` and
+/// `prefork-reuseport=KEY` with several.
+pub(crate) fn handover_name(key: Option<&str>, reuseport: bool) -> String {
+    let base = if reuseport { SLOT_NAME } else { SHARED_NAME };
+    match key {
+        None => base.to_owned(),
+        Some(key) => format!("{base}{KEY_SEPARATOR}{key}"),
+    }
+}
+
+/// Reads a name [`handover_name`] wrote: `Some((key, reuseport))` for a socket an old master
+/// of this crate handed on, `None` for any other name (systemd's).
+pub(crate) fn parse_handover_name(name: &str) -> Option<(Option<&str>, bool)> {
+    for (base, reuseport) in [(SLOT_NAME, true), (SHARED_NAME, false)] {
+        if let Some(rest) = name.strip_prefix(base) {
+            if rest.is_empty() {
+                return Some((None, reuseport));
+            }
+            if let Some(key) = rest.strip_prefix(KEY_SEPARATOR) {
+                return Some((Some(key), reuseport));
+            }
+        }
+    }
+    None
+}
+
+/// Adopts an inherited listening socket: checks that `fd` is a listening TCP or Unix stream
+/// socket, then makes it close-on-exec (so programs a worker starts do not keep it open)
+/// and, with `blocking`, blocking (a socket passed non-blocking, as systemd's
+/// `NonBlocking=yes` does, would make std's `accept` fail with `WouldBlock`). Every
+/// inherited listener comes through here.
 ///
 /// `blocking` is false for a socket that workers of this crate may be serving at the same
 /// moment (an exec-mode worker's fd 3 under our master, a socket an old master hands on):
 /// the blocking mode belongs to the socket, shared by every process holding it, and a
 /// sibling's `Shutdown::incoming` relies on the non-blocking mode it set.
 #[allow(unsafe_code)]
-fn adopt(fd: std::os::fd::RawFd, blocking: bool) -> Result<TcpListener, Error> {
-    // SAFETY: both callers pass a number a protocol gave the crate, which nothing else in the
-    // process owns: fd 3 of an exec-mode worker, or a socket of socket activation whose
-    // `LISTEN_PID` names this process.
+fn adopt(fd: std::os::fd::RawFd, blocking: bool) -> Result<Listener, Error> {
+    // SAFETY: every caller passes a number a protocol gave the crate, which nothing else in
+    // the process owns: fds 3.. of an exec-mode worker, or a socket of socket activation
+    // whose `LISTEN_PID` names this process.
     unsafe { sys::adopt_listener(fd, blocking) }
+        .map(|(fd, unix)| Listener::from_fd(fd, unix))
         .map_err(|reason| Error::InheritedListener { fd, reason })
 }
 
-/// The listener of an exec-mode worker: fd 3, adopted; made blocking only under a master
+/// The listener of an exec-mode worker on `fd`, adopted; made blocking only under a master
 /// other than ours (ours sets `PREFORK_READY_FD`, and its workers share the socket).
-pub(crate) fn inherited() -> Result<TcpListener, Error> {
+fn inherited(fd: std::os::fd::RawFd) -> Result<Listener, Error> {
     let under_our_master = std::env::var_os(protocol::READY_FD_ENV).is_some();
-    adopt(LISTENER_FD, !under_our_master)
+    adopt(fd, !under_our_master)
 }
 
 fn env_bytes(name: &str) -> Option<Vec<u8>> {
@@ -118,13 +153,13 @@ fn env_bytes(name: &str) -> Option<Vec<u8>> {
 
 /// systemd socket activation (or a binary upgrade, which passes sockets the same way): when
 /// `LISTEN_PID` is our pid and `LISTEN_FDS` ≥ 1, the sockets on fds 3.. with their names
-/// from `LISTEN_FDNAMES`, each adopted (checked to be a listening TCP socket). The variables
-/// are removed from the environment so workers do not misread them. `Ok(None)` when the variables are absent or meant for
-/// another process.
+/// from `LISTEN_FDNAMES`, each adopted (checked to be a listening TCP or Unix stream
+/// socket). The variables are removed from the environment so workers do not misread them.
+/// `Ok(None)` when the variables are absent or meant for another process.
 ///
 /// Must run while the process is single-threaded or no other thread touches the
 /// environment (it modifies it).
-pub(crate) fn systemd() -> Result<Option<Vec<(TcpListener, String)>>, Error> {
+pub(crate) fn systemd() -> Result<Option<Vec<(Listener, String)>>, Error> {
     let pid = env_bytes("LISTEN_PID");
     let fds = env_bytes("LISTEN_FDS");
     let names = env_bytes("LISTEN_FDNAMES");
@@ -145,26 +180,45 @@ pub(crate) fn systemd() -> Result<Option<Vec<(TcpListener, String)>>, Error> {
     let mut sockets = Vec::with_capacity(parsed.count);
     for (i, name) in parsed.names.into_iter().enumerate() {
         // An old master's sockets are still served by its draining workers.
-        let from_systemd = name != SLOT_NAME && name != SHARED_NAME;
+        let from_systemd = parse_handover_name(&name).is_none();
         let fd = protocol::LISTEN_FDS_START + i as i32;
         sockets.push((adopt(fd, from_systemd)?, name));
     }
     Ok(Some(sockets))
 }
 
-/// The listener of an exec-mode worker: fd 3, adopted. With reuseport, when fd 3 holds no
-/// listening socket (a fasthttp master passes none), its own `SO_REUSEPORT` socket, bound to
-/// `PREFORK_REUSEPORT_ADDR` when set (older masters of this crate), else to `addr`.
-pub(crate) fn exec_worker_listener(
-    addr: &str,
+/// The listeners of an exec-mode worker, with their names. Under our master with
+/// `PREFORK_LISTEN_FDNAMES` set: fds 3.. with those names. Otherwise (one listener, or a
+/// fasthttp master): fd 3, named as the builder's first listener; with reuseport, when fd 3
+/// holds no listening socket (a fasthttp master passes none), its own `SO_REUSEPORT` socket,
+/// bound to `PREFORK_REUSEPORT_ADDR` when set (older masters of this crate), else to the
+/// first address.
+pub(crate) fn exec_worker_listeners(
+    specs: &[Spec],
     network: Network,
-    reuseport: bool,
-) -> Result<TcpListener, Error> {
-    let fd3 = inherited();
-    if !reuseport || fd3.is_ok() {
-        return fd3;
+) -> Result<Vec<(String, Listener)>, Error> {
+    let names = env_bytes(protocol::LISTEN_FDNAMES_CHILD_ENV);
+    if let Some(names) = protocol::parse_child_fdnames(names.as_deref())? {
+        let mut out = Vec::with_capacity(names.len());
+        for (i, name) in names.into_iter().enumerate() {
+            out.push((name, inherited(protocol::LISTENER_FD + i as i32)?));
+        }
+        return Ok(out);
     }
-    match std::env::var_os(REUSEPORT_ADDR_ENV).map(|v| v.into_string()) {
+    let first = specs.first().expect("the builder has at least one listener");
+    if specs.len() > 1 {
+        log::warn!(
+            "the master passed one listener (fd 3, without {}); serving it as {:?} only",
+            protocol::LISTEN_FDNAMES_CHILD_ENV,
+            first.name()
+        );
+    }
+    let fd3 = inherited(protocol::LISTENER_FD);
+    if !first.reuseport || fd3.is_ok() || parse_unix(&first.addr).is_some() {
+        return Ok(vec![(first.name(), fd3?)]);
+    }
+    let addr = first.addr.as_str();
+    let socket = match std::env::var_os(REUSEPORT_ADDR_ENV).map(|v| v.into_string()) {
         Some(Err(v)) => Err(Error::InvalidEnv {
             var: REUSEPORT_ADDR_ENV,
             value: v.to_string_lossy().into_owned(),
@@ -179,7 +233,130 @@ pub(crate) fn exec_worker_listener(
             bind(resolved, network, true, addr)
         }
         None => bind(resolve(addr, network)?, network, true, addr),
+    }?;
+    Ok(vec![(first.name(), Listener::Tcp(socket))])
+}
+
+/// One listener the builder was given.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    /// The name of [`crate::Prefork::listen_named`]; `None` for [`crate::Prefork::listen`].
+    pub(crate) named: Option<String>,
+    /// The address as the user wrote it.
+    pub(crate) addr: String,
+    /// One `SO_REUSEPORT` socket per slot (TCP only).
+    pub(crate) reuseport: bool,
+}
+
+impl Spec {
+    /// The name `serve` sees: the given one, or the address as written.
+    pub(crate) fn name(&self) -> String {
+        self.named.clone().unwrap_or_else(|| self.addr.clone())
     }
+
+    /// Its key for a new master: the given name, or `#I` (its position `i`).
+    pub(crate) fn key(&self, i: usize) -> String {
+        self.named.clone().unwrap_or_else(|| format!("#{i}"))
+    }
+}
+
+/// What identifies the file of a Unix socket bound here: its path, device and inode, so that
+/// the master removes it only while it is still the file it made.
+#[derive(Debug, Clone)]
+pub(crate) struct SocketFile {
+    pub(crate) path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    /// The socket file at `path` as it is now (`lstat(2)`); `None` when it is gone or is no
+    /// socket.
+    pub(crate) fn at(path: &Path) -> Option<SocketFile> {
+        let st = rustix::fs::lstat(path).ok()?;
+        (rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket).then(
+            || SocketFile {
+                path: path.to_path_buf(),
+                dev: st.st_dev,
+                ino: st.st_ino,
+            },
+        )
+    }
+
+    /// Removes the file if it is still the one recorded (another server may have replaced
+    /// it since); says so in the log.
+    pub(crate) fn remove(&self) {
+        match SocketFile::at(&self.path) {
+            Some(now) if now.dev == self.dev && now.ino == self.ino => {
+                match std::fs::remove_file(&self.path) {
+                    Ok(()) => log::info!("removed the socket file {}", self.path.display()),
+                    Err(e) => log::warn!(
+                        "cannot remove the socket file {}: {e}",
+                        self.path.display()
+                    ),
+                }
+            }
+            _ => log::info!(
+                "the socket file {} is gone or was replaced; left as it is",
+                self.path.display()
+            ),
+        }
+    }
+}
+
+/// Binds a Unix stream socket at `ua` (`shown` is the address as the user wrote it). A socket
+/// file already at the path is removed first when nothing answers on it (a server that died
+/// without removing it); a live socket is an error, as is any other kind of file, which is
+/// never removed. The file's mode is `mode`, or what the umask leaves.
+pub(crate) fn bind_unix(
+    ua: &UnixAddr,
+    mode: Option<u32>,
+    shown: &str,
+) -> Result<(UnixListener, Option<SocketFile>), Error> {
+    let err = |source: std::io::Error| Error::Listen {
+        addr: shown.to_owned(),
+        source,
+    };
+    let refuse = |kind: std::io::ErrorKind, reason: String| err(std::io::Error::new(kind, reason));
+    let path = match ua {
+        UnixAddr::Abstract(name) => {
+            let l = sys::bind_unix(&sys::UnixName::Abstract(name), None, BACKLOG).map_err(err)?;
+            return Ok((l, None));
+        }
+        UnixAddr::Path(p) => p,
+    };
+    let name = sys::UnixName::Path(path);
+    match sys::bind_unix(&name, mode, BACKLOG) {
+        Ok(l) => return Ok((l, SocketFile::at(path))),
+        Err(e) if e.raw_os_error() != Some(libc::EADDRINUSE) => return Err(err(e)),
+        Err(_) => {}
+    }
+    let st = rustix::fs::lstat(path).map_err(|e| err(e.into()))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
+        return Err(refuse(
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; it is left as it is (remove it, or choose                  another path)",
+                path.display()
+            ),
+        ));
+    }
+    if sys::unix_path_answers(path).map_err(err)? {
+        return Err(refuse(
+            std::io::ErrorKind::AddrInUse,
+            format!(
+                "a server is listening on the socket {} (stop it, or choose another path)",
+                path.display()
+            ),
+        ));
+    }
+    log::info!(
+        "removing the stale socket file {} (nothing listens on it)",
+        path.display()
+    );
+    std::fs::remove_file(path).map_err(err)?;
+    let l = sys::bind_unix(&name, mode, BACKLOG).map_err(err)?;
+    Ok((l, SocketFile::at(path)))
 }
 
 /// Whether this process is an exec-mode worker (`FASTHTTP_PREFORK_CHILD=1`), and its slot

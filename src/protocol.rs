@@ -53,6 +53,13 @@ pub const LISTEN_FDS_ENV: &str = "LISTEN_FDS";
 /// systemd socket activation: the passed descriptors' names, colon-separated.
 pub const LISTEN_FDNAMES_ENV: &str = "LISTEN_FDNAMES";
 
+/// The names of an exec-mode worker's listeners, colon-separated as `LISTEN_FDNAMES`, one per
+/// descriptor from [`LISTENER_FD`] on (this crate's addition: set by its master for the
+/// listeners of `Prefork::serve`; absent under `listen_and_serve`, whose one listener is on
+/// fd 3 alone, and under a fasthttp master). Its count moves the readiness pipe and the
+/// heartbeat table after the listeners (their variables name their numbers).
+pub const LISTEN_FDNAMES_CHILD_ENV: &str = "PREFORK_LISTEN_FDNAMES";
+
 /// The largest worker id `PREFORK_WORKER_ID` may carry.
 pub(crate) const MAX_WORKER_ID: usize = 65_535;
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
@@ -182,6 +189,44 @@ fn fdname_is_valid(name: &[u8]) -> bool {
         && name
             .iter()
             .all(|&b| (0x20..=0x7e).contains(&b) && b != b':')
+}
+
+/// Parses `PREFORK_LISTEN_FDNAMES`: `Ok(None)` when unset or empty, else its names (1 to
+/// [`MAX_LISTEN_FDS`] of them, each a valid descriptor name as in `LISTEN_FDNAMES`).
+pub(crate) fn parse_child_fdnames(value: Option<&[u8]>) -> Result<Option<Vec<String>>, Error> {
+    let Some(all) = value.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let parts: Vec<&[u8]> = all.split(|&b| b == b':').collect();
+    if parts.len() > MAX_LISTEN_FDS {
+        return Err(invalid(
+            LISTEN_FDNAMES_CHILD_ENV,
+            all,
+            format!("at most {MAX_LISTEN_FDS} names"),
+        ));
+    }
+    let mut names = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        if !fdname_is_valid(part) {
+            return Err(invalid(
+                LISTEN_FDNAMES_CHILD_ENV,
+                all,
+                format!(
+                    "name {} (for fd {}) is invalid: expected 1 to {MAX_FDNAME_LEN} bytes of \
+                     printable ASCII without ':'",
+                    i + 1,
+                    LISTENER_FD as usize + i
+                ),
+            ));
+        }
+        names.push(String::from_utf8_lossy(part).into_owned());
+    }
+    Ok(Some(names))
+}
+
+/// Whether `name` may name a listener: a valid descriptor name (see [`fdname_is_valid`]).
+pub(crate) fn listener_name_is_valid(name: &str) -> bool {
+    fdname_is_valid(name.as_bytes())
 }
 
 /// Parses the systemd socket-activation variables as `sd_listen_fds(3)` does, strictly.
@@ -581,6 +626,20 @@ mod tests {
     fn listen_fdnames_non_utf8_is_an_error_not_a_panic() {
         let r = parse_listen_fds(Some(b"4242"), Some(b"1"), Some(b"\xff\xfe"), PID);
         assert_eq!(var_of(r), LISTEN_FDNAMES_ENV);
+    }
+
+    #[test]
+    fn child_fdnames() {
+        assert_eq!(parse_child_fdnames(None).unwrap(), None);
+        assert_eq!(parse_child_fdnames(Some(b"")).unwrap(), None);
+        assert_eq!(
+            parse_child_fdnames(Some(b"web:#1:admin")).unwrap(),
+            Some(vec!["web".to_owned(), "#1".to_owned(), "admin".to_owned()])
+        );
+        for bad in [&b"web::admin"[..], b":", b"a\x01", b"web:"] {
+            let e = parse_child_fdnames(Some(bad)).unwrap_err();
+            assert_eq!(var_of(Err::<(), _>(e)), LISTEN_FDNAMES_CHILD_ENV, "{bad:?}");
+        }
     }
 
     #[test]

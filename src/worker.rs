@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -157,9 +158,10 @@ impl Shutdown {
         }
     }
 
-    /// The connections of `listener` until the stop is requested; then the ones already
-    /// queued, then the end. See [`Incoming`].
-    pub fn incoming<'a>(&self, listener: &'a TcpListener) -> Incoming<'a> {
+    /// The connections of `listener` (a [`TcpListener`], a [`UnixListener`] or a
+    /// [`crate::Listener`]) until the stop is requested; then the ones already queued, then
+    /// the end. See [`Incoming`].
+    pub fn incoming<'a, L: Accept>(&self, listener: &'a L) -> Incoming<'a, L> {
         Incoming {
             listener,
             shutdown: *self,
@@ -229,21 +231,69 @@ enum State {
 /// An error of one `accept` (a connection reset while queued, no descriptors left) is
 /// yielded as `Some(Err(_))`; the iteration goes on after it.
 #[derive(Debug)]
-pub struct Incoming<'a> {
-    listener: &'a TcpListener,
+pub struct Incoming<'a, L: Accept = TcpListener> {
+    listener: &'a L,
     shutdown: Shutdown,
     state: State,
 }
 
-impl Iterator for Incoming<'_> {
-    type Item = io::Result<TcpStream>;
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for std::net::TcpListener {}
+    impl Sealed for std::os::unix::net::UnixListener {}
+    impl Sealed for crate::listener::Listener {}
+}
 
-    fn next(&mut self) -> Option<io::Result<TcpStream>> {
+/// A listening socket [`Shutdown::incoming`] accepts on: [`TcpListener`], [`UnixListener`]
+/// or [`crate::Listener`]. Sealed: the crate implements it for those three only.
+pub trait Accept: sealed::Sealed + AsFd + std::fmt::Debug {
+    /// What `accept` yields: [`TcpStream`], [`UnixStream`] or [`crate::Stream`].
+    type Stream;
+    /// One `accept`, as the type's own method, without the peer's address.
+    fn accept_one(&self) -> io::Result<Self::Stream>;
+    /// As the type's own `set_nonblocking`.
+    fn set_nonblocking_mode(&self, on: bool) -> io::Result<()>;
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+    fn accept_one(&self) -> io::Result<TcpStream> {
+        self.accept().map(|(s, _)| s)
+    }
+    fn set_nonblocking_mode(&self, on: bool) -> io::Result<()> {
+        self.set_nonblocking(on)
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = UnixStream;
+    fn accept_one(&self) -> io::Result<UnixStream> {
+        self.accept().map(|(s, _)| s)
+    }
+    fn set_nonblocking_mode(&self, on: bool) -> io::Result<()> {
+        self.set_nonblocking(on)
+    }
+}
+
+impl Accept for crate::listener::Listener {
+    type Stream = crate::listener::Stream;
+    fn accept_one(&self) -> io::Result<crate::listener::Stream> {
+        self.accept()
+    }
+    fn set_nonblocking_mode(&self, on: bool) -> io::Result<()> {
+        self.set_nonblocking(on)
+    }
+}
+
+impl<L: Accept> Iterator for Incoming<'_, L> {
+    type Item = io::Result<L::Stream>;
+
+    fn next(&mut self) -> Option<io::Result<L::Stream>> {
         loop {
             match self.state {
                 State::Done => return None,
                 State::Fresh => {
-                    if let Err(e) = self.listener.set_nonblocking(true) {
+                    if let Err(e) = self.listener.set_nonblocking_mode(true) {
                         self.state = State::Done;
                         return Some(Err(e));
                     }
@@ -253,8 +303,8 @@ impl Iterator for Incoming<'_> {
                     self.state = State::Draining(DRAIN_ACCEPT_LIMIT);
                 }
                 State::Draining(0) => self.state = State::Done,
-                State::Serving | State::Draining(_) => match self.listener.accept() {
-                    Ok((stream, _)) => {
+                State::Serving | State::Draining(_) => match self.listener.accept_one() {
+                    Ok(stream) => {
                         if let State::Draining(left) = &mut self.state {
                             *left -= 1;
                         }

@@ -2,7 +2,6 @@
 //! or exec mode's `Command`; and watching it.
 
 use std::io;
-use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::process::Termination;
 use std::time::Duration;
@@ -12,6 +11,7 @@ use super::spawn::Spawn;
 use super::state::{Fds, Master, epoll_of};
 use crate::child::{self, ChildSetup};
 use crate::config::Hooks;
+use crate::listener::Listener;
 use crate::sys::{self, Fork};
 use crate::worker::Worker;
 
@@ -24,18 +24,26 @@ impl Master {
         serve: &mut F,
     ) -> io::Result<u32>
     where
-        F: FnMut(Option<TcpListener>, Worker) -> T,
+        F: FnMut(Vec<(String, Listener)>, Worker) -> T,
         T: Termination,
     {
         self.health.before_spawn(slot);
         if let Spawn::Exec(exec) = &self.spawn {
-            let listener = self.listeners.for_slot(slot)?;
+            let fdnames = self.listeners.child_fdnames();
+            let listeners = self.listeners.for_slot(slot)?;
             let fds = self.fds.as_ref().expect("the master's descriptors");
             let ready = fds.ready.1.as_fd();
             let heartbeat = self.health.table().map(|t| t.fd());
             let started = std::time::Instant::now();
             let pid = exec
-                .spawn(slot, listener, ready, heartbeat, self.old_mask)
+                .spawn(
+                    slot,
+                    &listeners,
+                    fdnames.as_deref(),
+                    ready,
+                    heartbeat,
+                    self.old_mask,
+                )
                 .map_err(|e| named("starting the worker's program (fork and execve)", e))?;
             self.health.on_forked(slot, started.elapsed());
             self.adopt(pid)?;
@@ -72,11 +80,11 @@ impl Master {
                         }
                     }
                 }
-                let listener = self.listeners.take_for_worker(slot);
+                let listeners = self.listeners.take_for_worker(slot);
                 let setup = ChildSetup {
                     slot,
                     master_pid,
-                    listener,
+                    listeners,
                     ready,
                     old_mask: &self.old_mask,
                     saved_chld: self.saved_chld.as_ref(),

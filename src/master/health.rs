@@ -326,6 +326,11 @@ impl Health {
         self.next = next;
     }
 
+    /// The listeners' names and actual addresses, for the status.
+    pub(crate) fn set_listeners(&mut self, listeners: Vec<(String, String)>) {
+        self.current.listeners = listeners;
+    }
+
     /// The status as the supervisor has it now.
     pub(crate) fn status(&mut self, sup: &Supervisor) -> &Status {
         for (slot, holder) in sup.holders().enumerate() {

@@ -1,8 +1,9 @@
 //! The master's listening sockets, asked for one slot at a time.
 //!
 //! * [`Listeners::Caller`]: `run`, where the caller bound its own sockets before the fork.
-//! * [`Listeners::Shared`]: one socket every worker accepts on.
-//! * [`Listeners::PerSlot`]: one `SO_REUSEPORT` socket per slot, all in one group. The master
+//! * [`Listeners::Bound`]: the builder's listeners, each either one socket every worker
+//!   accepts on (TCP or Unix), or
+//!   one `SO_REUSEPORT` TCP socket per slot, all in one group. The master
 //!   keeps every slot's socket open, so connections queued for a worker that dies or is
 //!   replaced wait for the next worker of that slot instead of being reset (the kernel resets
 //!   a reuseport socket's queue when its last descriptor closes). When slots are taken out of
@@ -23,7 +24,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::listen::{self, Network, SHARED_NAME, SLOT_NAME};
+use crate::listen::{self, Network, SocketFile, Spec};
+use crate::listener::{Listener, parse_unix};
+use crate::protocol::LISTEN_FDNAMES_ENV;
 use crate::sys;
 use crate::sys::reuseport::Plug;
 
@@ -39,6 +42,37 @@ const SINKS: usize = 2;
 pub(crate) enum Listeners {
     /// `run`: no socket of ours.
     Caller,
+    /// The builder's listeners, in its order.
+    Bound(Bound),
+}
+
+/// The listeners of `listen_and_serve` or `serve`.
+pub(crate) struct Bound {
+    entries: Vec<Entry>,
+    /// Exec-mode workers are told every listener's key (`PREFORK_LISTEN_FDNAMES`): `serve`.
+    /// `listen_and_serve` passes its one socket on fd 3 alone, as fasthttp does.
+    named: bool,
+    /// The socket files bound here are this master's to remove: false in a master started
+    /// by an upgrade until it told the old master that it serves (until then, a failure
+    /// hands the service back to the old master, which still serves the file), and false
+    /// once this master handed the sockets to a new one.
+    files_ours: bool,
+}
+
+/// One listener: its socket(s) and names.
+struct Entry {
+    /// The name `serve` sees.
+    name: String,
+    /// Its key for a new master ([`Spec::key`]); `None` when the master has one listener
+    /// (the names of earlier versions).
+    key: Option<String>,
+    sockets: Sockets,
+    /// The file of a Unix socket at a path that this master (or the old master that passed
+    /// it on) bound: removed at the start of a graceful stop and when the master exits.
+    file: Option<SocketFile>,
+}
+
+enum Sockets {
     /// One socket every worker shares.
     Shared(Shared),
     /// One `SO_REUSEPORT` socket per slot.
@@ -47,11 +81,9 @@ pub(crate) enum Listeners {
 
 /// The socket every worker shares.
 pub(crate) struct Shared {
-    socket: TcpListener,
-    /// Bound here (not passed by systemd or an old master).
+    socket: Listener,
+    /// Bound here or passed by an old master (not passed by systemd).
     owned: bool,
-    /// Its name for a new master.
-    name: String,
     /// The sinks of a graceful stop, at the positions 1 and 2 of the group they make.
     sinks: Vec<Sink>,
 }
@@ -88,111 +120,155 @@ pub(crate) struct Group {
     sinks: Vec<Sink>,
 }
 
+/// Sockets passed by an old master for one listener: its key and whether they are a
+/// reuseport group.
+struct Passed {
+    key: Option<String>,
+    reuseport: bool,
+    sockets: Vec<Listener>,
+}
+
 impl Listeners {
-    /// The sockets of `listen_and_serve`: the one systemd passed, or `addr` bound once
-    /// (shared) or `workers` times in one reuseport group. Fails, naming the address, before
-    /// anything is forked.
+    /// The sockets of `listen_and_serve` (one spec, `named` false) or `serve`: those
+    /// systemd or an old master passed, else each address bound (once, or `workers` times
+    /// in one reuseport group). Fails, naming the address or the variable, before anything
+    /// is forked.
     pub(crate) fn open(
-        addr: &str,
+        specs: &[Spec],
         network: Network,
-        reuseport: bool,
         workers: usize,
+        unix_mode: Option<u32>,
+        named: bool,
     ) -> Result<Listeners, Error> {
-        if let Some(passed) = listen::systemd()? {
-            return Ok(Listeners::passed(passed, network, addr, workers));
+        let passed = listen::systemd()?.unwrap_or_default();
+        let from_old_master = passed
+            .iter()
+            .any(|(_, name)| listen::parse_handover_name(name).is_some());
+        let mut entries = if passed.is_empty() {
+            let mut entries = Vec::with_capacity(specs.len());
+            for spec in specs {
+                entries.push(bind(spec, network, workers, unix_mode)?);
+            }
+            entries
+        } else if from_old_master {
+            from_old_master_sockets(passed, specs, network, workers, unix_mode)?
+        } else {
+            from_systemd(passed, specs)?
+        };
+        if !named {
+            if let Some(entry) = entries.iter().find(|e| e.is_unix()) {
+                return Err(Error::InheritedListener {
+                    fd: crate::protocol::LISTENER_FD,
+                    reason: format!(
+                        "the socket passed is a Unix stream socket ({}), and listen_and_serve \
+                         serves a TCP socket: use Prefork::listen with Prefork::serve",
+                        entry.local_addr().unwrap_or_default()
+                    ),
+                });
+            }
         }
-        let resolved = listen::resolve(addr, network)?;
-        if !reuseport {
-            let socket = listen::bind(resolved, network, false, addr)?;
-            return Ok(Listeners::Shared(Shared {
-                socket,
-                owned: true,
-                name: SHARED_NAME.to_owned(),
-                sinks: Vec::new(),
-            }));
+        let one = specs.len() == 1;
+        for (i, (entry, spec)) in entries.iter_mut().zip(specs).enumerate() {
+            entry.key = (!one).then(|| spec.key(i));
         }
-        // The first bind fixes the port (`:0` picks one), the others join its group.
-        let first = listen::bind(resolved, network, true, addr)?;
-        let actual = first.local_addr().map_err(Error::sys("getsockname"))?;
-        let mut sockets = vec![first];
-        for _ in 1..workers {
-            sockets.push(listen::bind(actual, network, true, addr)?);
+        for entry in &entries {
+            match entry.local_addr() {
+                Some(addr) if entry.name == addr => log::info!("listening on {addr}"),
+                Some(addr) => log::info!("listening on {addr} ({})", entry.name),
+                None => log::info!("listening ({})", entry.name),
+            }
         }
-        Ok(Listeners::PerSlot(Group::new(sockets, network, addr)))
+        Ok(Listeners::Bound(Bound {
+            entries,
+            named,
+            files_ours: !from_old_master,
+        }))
     }
 
-    /// Sockets passed in the socket-activation form: by an old master of this crate (a
-    /// reuseport group, each named [`SLOT_NAME`] and in group order, or its shared socket,
-    /// [`SHARED_NAME`]), which this master now owns; or by systemd, which keeps its socket
-    /// (the first is served).
-    fn passed(
-        mut passed: Vec<(TcpListener, String)>,
-        network: Network,
-        addr: &str,
-        workers: usize,
-    ) -> Listeners {
-        if passed.iter().all(|(_, name)| name == SLOT_NAME) {
-            log::info!(
-                "serving the {} reuseport sockets passed by the old master",
-                passed.len()
-            );
-            let sockets = passed.into_iter().map(|(socket, _)| socket).collect();
-            let mut group = Group::new(sockets, network, addr);
-            let extra = group.slots.len().saturating_sub(workers);
-            if extra > 0 {
-                // Fewer workers than sockets: new connections go to the slots served; the
-                // old master's workers drain the others, which close with it.
-                group.steer(workers);
-                for slot in workers..group.slots.len() {
-                    group.close(slot);
-                }
+    /// The sockets slot `slot`'s worker serves, one per listener in order, binding a
+    /// reuseport socket first for a slot new to its group.
+    pub(crate) fn for_slot(&mut self, slot: usize) -> io::Result<Vec<BorrowedFd<'_>>> {
+        let Listeners::Bound(bound) = self else {
+            return Ok(Vec::new());
+        };
+        for entry in bound.entries.iter_mut() {
+            if let Sockets::PerSlot(group) = &mut entry.sockets {
+                group.for_slot(slot)?;
             }
-            return Listeners::PerSlot(group);
         }
-        if passed.len() > 1 {
-            log::warn!(
-                "{} sockets were passed; serving the first (fd 3) only",
-                passed.len()
-            );
-        }
-        let (socket, name) = passed.swap_remove(0);
-        let owned = name == SHARED_NAME;
-        if owned {
-            log::info!("serving the socket passed by the old master");
-        } else {
-            log::info!("serving the socket passed by systemd (fd 3, name {name:?})");
-        }
-        Listeners::Shared(Shared {
-            socket,
-            owned,
-            name,
-            sinks: Vec::new(),
+        Ok(bound
+            .entries
+            .iter()
+            .map(|entry| match &entry.sockets {
+                Sockets::Shared(shared) => shared.socket.as_fd(),
+                Sockets::PerSlot(group) => group.slots[slot]
+                    .as_ref()
+                    .expect("bound just above")
+                    .as_fd(),
+            })
+            .collect())
+    }
+
+    /// The keys an exec-mode worker is told (`PREFORK_LISTEN_FDNAMES`), colon-separated; `None`
+    /// for `listen_and_serve` and `run`.
+    pub(crate) fn child_fdnames(&self) -> Option<String> {
+        let Listeners::Bound(bound) = self else {
+            return None;
+        };
+        bound.named.then(|| {
+            bound
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| e.key.clone().unwrap_or_else(|| format!("#{i}")))
+                .collect::<Vec<_>>()
+                .join(":")
         })
     }
 
-    /// The socket slot `slot`'s worker serves, binding it first for a slot new to the group.
-    pub(crate) fn for_slot(&mut self, slot: usize) -> io::Result<Option<BorrowedFd<'_>>> {
-        match self {
-            Listeners::Caller => Ok(None),
-            Listeners::Shared(shared) => Ok(Some(shared.socket.as_fd())),
-            Listeners::PerSlot(group) => group.for_slot(slot).map(Some),
-        }
+    /// The actual address of each listener, with its name, for the status and the log.
+    pub(crate) fn addresses(&self) -> Vec<(String, String)> {
+        let Listeners::Bound(bound) = self else {
+            return Vec::new();
+        };
+        bound
+            .entries
+            .iter()
+            .map(|e| (e.name.clone(), e.local_addr().unwrap_or_default()))
+            .collect()
     }
 
-    /// In a forked worker: its own socket out of the master's copies; the others are
-    /// dropped (closed) with the rest.
-    pub(crate) fn take_for_worker(&mut self, slot: usize) -> Option<TcpListener> {
-        match std::mem::replace(self, Listeners::Caller) {
-            Listeners::Caller => None,
-            Listeners::Shared(shared) => Some(shared.socket),
-            Listeners::PerSlot(mut group) => group.slots.get_mut(slot).and_then(Option::take),
+    /// In a forked worker: its own sockets out of the master's copies, with their names; the
+    /// others are dropped (closed) with the rest.
+    pub(crate) fn take_for_worker(&mut self, slot: usize) -> Vec<(String, Listener)> {
+        let Listeners::Bound(bound) = std::mem::replace(self, Listeners::Caller) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(bound.entries.len());
+        for entry in bound.entries {
+            let socket = match entry.sockets {
+                Sockets::Shared(shared) => Some(shared.socket),
+                Sockets::PerSlot(mut group) => group
+                    .slots
+                    .get_mut(slot)
+                    .and_then(Option::take)
+                    .map(Listener::Tcp),
+            };
+            if let Some(socket) = socket {
+                out.push((entry.name, socket));
+            }
         }
+        out
     }
 
     /// Slots `0..active` are in service: steer new connections to their sockets only.
     pub(crate) fn steer(&mut self, active: usize) {
-        if let Listeners::PerSlot(group) = self {
-            group.steer(active);
+        if let Listeners::Bound(bound) = self {
+            for entry in bound.entries.iter_mut() {
+                if let Sockets::PerSlot(group) = &mut entry.sockets {
+                    group.steer(active);
+                }
+            }
         }
     }
 
@@ -200,14 +276,134 @@ impl Listeners {
     /// the draining workers accept what is queued, so closing them resets nothing. A socket
     /// passed by systemd is left alone: systemd keeps it open and queues for the next start.
     ///
-    /// First a socket filter on each socket; where the kernel refuses it, sinks (see the
-    /// module docs); where that fails too, each socket's backlog is cut to one connection, so
-    /// that at most that one may be reset at the close, and a warning says why.
+    /// A Unix socket's file is removed (new clients then fail to connect, as on a closed
+    /// port); an abstract Unix socket has no file, and takes connections until it closes.
+    /// A TCP socket gets a socket filter; where the kernel refuses it, sinks (see the
+    /// module docs); where that fails too, its backlog is cut to one connection, so that at
+    /// most that one may be reset at the close, and a warning says why.
     pub(crate) fn refuse_new_connections(&mut self) {
+        let Listeners::Bound(bound) = self else {
+            return;
+        };
+        let files_ours = bound.files_ours;
+        for entry in bound.entries.iter_mut() {
+            if let Some(file) = entry.file.as_ref().filter(|_| files_ours) {
+                file.remove();
+                entry.file = None;
+            }
+            entry.sockets.refuse_new_connections();
+        }
+    }
+
+    /// This master told the old one of an upgrade that it serves: the socket files are its
+    /// own from now on.
+    pub(crate) fn files_are_ours(&mut self) {
+        if let Listeners::Bound(bound) = self {
+            bound.files_ours = true;
+        }
+    }
+
+    /// The sockets were handed to a new master, which serves them: their files are its own.
+    pub(crate) fn handed_over(&mut self) {
+        if let Listeners::Bound(bound) = self {
+            bound.files_ours = false;
+        }
+    }
+
+    /// The master exits for good: removes the socket files it bound that are still there
+    /// (and still the files it made).
+    pub(crate) fn remove_files(&mut self) {
+        if let Listeners::Bound(bound) = self {
+            if !bound.files_ours {
+                return;
+            }
+            for entry in bound.entries.iter_mut() {
+                if let Some(file) = entry.file.take() {
+                    file.remove();
+                }
+            }
+        }
+    }
+
+    /// Every socket to hand to a new master (binary upgrade), with its name for
+    /// `LISTEN_FDNAMES`: a reuseport group's sockets in the kernel's group order, so the new
+    /// master rebuilds the group with the same positions.
+    pub(crate) fn handover(&self) -> Vec<(BorrowedFd<'_>, String)> {
+        let Listeners::Bound(bound) = self else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in &bound.entries {
+            let key = entry.key.as_deref();
+            match &entry.sockets {
+                Sockets::Shared(shared) => {
+                    out.push((shared.socket.as_fd(), listen::handover_name(key, false)))
+                }
+                Sockets::PerSlot(group) => {
+                    let mut by_position: Vec<(usize, BorrowedFd<'_>)> = group
+                        .slots
+                        .iter()
+                        .zip(&group.order)
+                        .filter_map(|(s, &p)| Some((p, s.as_ref()?.as_fd())))
+                        .collect();
+                    by_position.sort_by_key(|&(p, _)| p);
+                    out.extend(
+                        by_position
+                            .into_iter()
+                            .map(|(_, fd)| (fd, listen::handover_name(key, true))),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// `slot` is out of service and its last worker is gone: close its sockets.
+    pub(crate) fn close_slot(&mut self, slot: usize) {
+        if let Listeners::Bound(bound) = self {
+            for entry in bound.entries.iter_mut() {
+                if let Sockets::PerSlot(group) = &mut entry.sockets {
+                    group.close(slot);
+                }
+            }
+        }
+    }
+}
+
+impl Entry {
+    fn is_unix(&self) -> bool {
+        matches!(
+            &self.sockets,
+            Sockets::Shared(Shared {
+                socket: Listener::Unix(_),
+                ..
+            })
+        )
+    }
+
+    /// The address the listener is bound to, as the builder writes addresses.
+    fn local_addr(&self) -> Option<String> {
+        let addr = match &self.sockets {
+            Sockets::Shared(shared) => shared.socket.local_addr().ok()?,
+            Sockets::PerSlot(group) => crate::listener::ListenAddr::Tcp(group.addr),
+        };
+        Some(addr.to_string())
+    }
+}
+
+impl Sockets {
+    fn refuse_new_connections(&mut self) {
         let sockets: Vec<&TcpListener> = match self {
-            Listeners::Caller | Listeners::Shared(Shared { owned: false, .. }) => return,
-            Listeners::Shared(Shared { socket, .. }) => vec![socket],
-            Listeners::PerSlot(group) => group.slots.iter().flatten().collect(),
+            Sockets::Shared(Shared {
+                socket: Listener::Unix(_),
+                ..
+            })
+            | Sockets::Shared(Shared { owned: false, .. }) => return,
+            Sockets::Shared(Shared {
+                socket: Listener::Tcp(socket),
+                ..
+            }) => vec![socket],
+            Sockets::PerSlot(group) => group.slots.iter().flatten().collect(),
         };
         let Err(filter) = sockets
             .iter()
@@ -216,9 +412,8 @@ impl Listeners {
             return;
         };
         let sunk = match self {
-            Listeners::Shared(shared) => shared.open_sinks(),
-            Listeners::PerSlot(group) => group.open_sinks(),
-            Listeners::Caller => return,
+            Sockets::Shared(shared) => shared.open_sinks(),
+            Sockets::PerSlot(group) => group.open_sinks(),
         };
         match sunk {
             Ok(()) => log::info!(
@@ -227,9 +422,12 @@ impl Listeners {
             ),
             Err(e) => {
                 let sockets: Vec<&TcpListener> = match self {
-                    Listeners::Shared(shared) => vec![&shared.socket],
-                    Listeners::PerSlot(group) => group.slots.iter().flatten().collect(),
-                    Listeners::Caller => Vec::new(),
+                    Sockets::Shared(Shared {
+                        socket: Listener::Tcp(socket),
+                        ..
+                    }) => vec![socket],
+                    Sockets::PerSlot(group) => group.slots.iter().flatten().collect(),
+                    Sockets::Shared(_) => Vec::new(),
                 };
                 for socket in sockets {
                     let _ = rustix::net::listen(socket, 0);
@@ -243,35 +441,262 @@ impl Listeners {
             }
         }
     }
+}
 
-    /// Every socket to hand to a new master (binary upgrade), with its name for
-    /// `LISTEN_FDNAMES`: a reuseport group's sockets in the kernel's group order, each named
-    /// [`SLOT_NAME`], so the new master rebuilds the group with the same positions.
-    pub(crate) fn handover(&self) -> Vec<(BorrowedFd<'_>, String)> {
-        match self {
-            Listeners::Caller => Vec::new(),
-            Listeners::Shared(shared) => vec![(shared.socket.as_fd(), shared.name.clone())],
-            Listeners::PerSlot(group) => {
-                let mut by_position: Vec<(usize, BorrowedFd<'_>)> = group
-                    .slots
-                    .iter()
-                    .zip(&group.order)
-                    .filter_map(|(s, &p)| Some((p, s.as_ref()?.as_fd())))
-                    .collect();
-                by_position.sort_by_key(|&(p, _)| p);
-                by_position
-                    .into_iter()
-                    .map(|(_, fd)| (fd, SLOT_NAME.to_owned()))
-                    .collect()
+/// Binds one listener of the builder: a Unix socket (shared), or a TCP address once
+/// (shared) or `workers` times in one reuseport group.
+fn bind(
+    spec: &Spec,
+    network: Network,
+    workers: usize,
+    unix_mode: Option<u32>,
+) -> Result<Entry, Error> {
+    let addr = spec.addr.as_str();
+    if let Some(ua) = parse_unix(addr) {
+        let ua = ua.map_err(|reason| Error::Listen {
+            addr: addr.to_owned(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, reason),
+        })?;
+        let (socket, file) = listen::bind_unix(&ua, unix_mode, addr)?;
+        return Ok(Entry {
+            name: spec.name(),
+            key: None,
+            sockets: Sockets::Shared(Shared {
+                socket: Listener::Unix(socket),
+                owned: true,
+                sinks: Vec::new(),
+            }),
+            file,
+        });
+    }
+    let resolved = listen::resolve(addr, network)?;
+    let sockets = if !spec.reuseport {
+        let socket = listen::bind(resolved, network, false, addr)?;
+        Sockets::Shared(Shared {
+            socket: Listener::Tcp(socket),
+            owned: true,
+            sinks: Vec::new(),
+        })
+    } else {
+        // The first bind fixes the port (`:0` picks one), the others join its group.
+        let first = listen::bind(resolved, network, true, addr)?;
+        let actual = first.local_addr().map_err(Error::sys("getsockname"))?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(listen::bind(actual, network, true, addr)?);
+        }
+        Sockets::PerSlot(Group::new(sockets, network, addr))
+    };
+    Ok(Entry {
+        name: spec.name(),
+        key: None,
+        sockets,
+        file: None,
+    })
+}
+
+/// The sockets systemd passed, matched to the builder's listeners: with one listener
+/// without a name (`listen_and_serve`, or one `listen`), the first socket whatever its name;
+/// otherwise each listener's name must be passed exactly once, and every name passed must
+/// be a listener's.
+fn from_systemd(passed: Vec<(Listener, String)>, specs: &[Spec]) -> Result<Vec<Entry>, Error> {
+    let shared = |socket: Listener| {
+        Sockets::Shared(Shared {
+            socket,
+            owned: false,
+            sinks: Vec::new(),
+        })
+    };
+    let all: Vec<String> = passed.iter().map(|(_, n)| n.clone()).collect();
+    let value = all.join(":");
+    let mismatch = |reason: String| Error::InvalidEnv {
+        var: LISTEN_FDNAMES_ENV,
+        value: value.clone(),
+        reason,
+    };
+    if let [spec] = specs {
+        if spec.named.is_none() {
+            let mut passed = passed;
+            if passed.len() > 1 {
+                log::warn!(
+                    "{} sockets were passed; serving the first (fd 3) only",
+                    passed.len()
+                );
             }
+            let (socket, name) = passed.swap_remove(0);
+            log::info!("serving the socket passed by systemd (fd 3, name {name:?})");
+            return Ok(vec![Entry {
+                name: spec.name(),
+                key: None,
+                sockets: shared(socket),
+                file: None,
+            }]);
         }
     }
-
-    /// `slot` is out of service and its last worker is gone: close its socket.
-    pub(crate) fn close_slot(&mut self, slot: usize) {
-        if let Listeners::PerSlot(group) = self {
-            group.close(slot);
+    if let Some(spec) = specs.iter().find(|s| s.named.is_none()) {
+        return Err(mismatch(format!(
+            "systemd passed {} socket(s) for {} listeners, and the listener {} has no name \
+             to match: give every listener a name (Prefork::listen_named) that is a \
+             FileDescriptorName= of the socket unit",
+            passed.len(),
+            specs.len(),
+            spec.addr
+        )));
+    }
+    for (i, name) in all.iter().enumerate() {
+        if all[..i].contains(name) {
+            return Err(mismatch(format!("the name {name:?} is passed twice")));
         }
+        if !specs.iter().any(|s| s.named.as_deref() == Some(name)) {
+            let names: Vec<&str> = specs.iter().filter_map(|s| s.named.as_deref()).collect();
+            return Err(mismatch(format!(
+                "a socket named {name:?} (fd {}) matches no listener (the listeners are named \
+                 {})",
+                3 + i,
+                names.join(", ")
+            )));
+        }
+    }
+    let mut passed: Vec<Option<(Listener, String)>> = passed.into_iter().map(Some).collect();
+    let mut entries = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let name = spec.named.as_deref().expect("every listener is named");
+        let Some(socket) = passed
+            .iter_mut()
+            .find(|p| p.as_ref().is_some_and(|(_, n)| n == name))
+            .and_then(Option::take)
+        else {
+            return Err(mismatch(format!(
+                "no socket named {name:?} was passed (the listener for {})",
+                spec.addr
+            )));
+        };
+        log::info!("serving the socket {name:?} passed by systemd");
+        entries.push(Entry {
+            name: spec.name(),
+            key: None,
+            sockets: shared(socket.0),
+            file: None,
+        });
+    }
+    Ok(entries)
+}
+
+/// Sockets passed by an old master of this crate (binary upgrade), which this master now
+/// owns, matched to the builder's listeners by key: with one listener on each side, by
+/// position. A listener of the builder that the old master did not have is bound anew; a
+/// socket that no listener takes is closed (the old master's workers drain it).
+fn from_old_master_sockets(
+    passed: Vec<(Listener, String)>,
+    specs: &[Spec],
+    network: Network,
+    workers: usize,
+    unix_mode: Option<u32>,
+) -> Result<Vec<Entry>, Error> {
+    let mut groups: Vec<Passed> = Vec::new();
+    for (socket, name) in passed {
+        let Some((key, reuseport)) = listen::parse_handover_name(&name) else {
+            log::warn!("a socket named {name:?} came with the old master's; it is closed");
+            continue;
+        };
+        let key = key.map(str::to_owned);
+        match groups
+            .iter_mut()
+            .find(|g| g.key == key && g.reuseport == reuseport)
+        {
+            Some(g) => g.sockets.push(socket),
+            None => groups.push(Passed {
+                key,
+                reuseport,
+                sockets: vec![socket],
+            }),
+        }
+    }
+    let single = specs.len() == 1 && groups.len() == 1;
+    let mut groups: Vec<Option<Passed>> = groups.into_iter().map(Some).collect();
+    let mut entries = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let key = spec.key(i);
+        let found = groups
+            .iter_mut()
+            .find(|g| single || g.as_ref().is_some_and(|g| g.key.as_deref() == Some(&key)))
+            .and_then(Option::take);
+        let Some(found) = found else {
+            log::info!(
+                "the old master passed no socket for {}: binding it",
+                spec.name()
+            );
+            entries.push(bind(spec, network, workers, unix_mode)?);
+            continue;
+        };
+        entries.push(adopt_passed(found, spec, network, workers));
+    }
+    for g in groups.into_iter().flatten() {
+        log::warn!(
+            "the old master passed {} socket(s) for {:?}, which no listener has now; they are \
+             closed here",
+            g.sockets.len(),
+            g.key.as_deref().unwrap_or("its one listener")
+        );
+    }
+    Ok(entries)
+}
+
+/// One listener's sockets from the old master.
+fn adopt_passed(found: Passed, spec: &Spec, network: Network, workers: usize) -> Entry {
+    let group = found.reuseport && found.sockets.iter().all(|s| !s.is_unix());
+    let (sockets, file) = match group {
+        true => {
+            let sockets: Vec<TcpListener> = found
+                .sockets
+                .into_iter()
+                .filter_map(|s| s.into_tcp().ok())
+                .collect();
+            log::info!(
+                "serving the {} reuseport sockets passed by the old master for {}",
+                sockets.len(),
+                spec.name()
+            );
+            let mut group = Group::new(sockets, network, &spec.addr);
+            if group.slots.len() > workers {
+                // Fewer workers than sockets: new connections go to the slots served; the
+                // old master's workers drain the others, which close with it.
+                group.steer(workers);
+                for slot in workers..group.slots.len() {
+                    group.close(slot);
+                }
+            }
+            (Sockets::PerSlot(group), None)
+        }
+        false => {
+            let socket = found
+                .sockets
+                .into_iter()
+                .next()
+                .expect("a passed group has a socket");
+            log::info!(
+                "serving the socket passed by the old master for {}",
+                spec.name()
+            );
+            let file = match socket.local_addr() {
+                Ok(crate::listener::ListenAddr::Unix(path)) => SocketFile::at(&path),
+                _ => None,
+            };
+            (
+                Sockets::Shared(Shared {
+                    socket,
+                    owned: true,
+                    sinks: Vec::new(),
+                }),
+                file,
+            )
+        }
+    };
+    Entry {
+        name: spec.name(),
+        key: None,
+        sockets,
+        file,
     }
 }
 
@@ -279,8 +704,11 @@ impl Shared {
     /// Makes the shared socket a reuseport group of one and adds the sinks (see
     /// [`open_sinks`]).
     fn open_sinks(&mut self) -> io::Result<()> {
-        rustix::net::sockopt::set_socket_reuseport(&self.socket, true)?;
-        self.sinks = open_sinks(&self.socket, 1, &[0], false)?;
+        let Listener::Tcp(socket) = &self.socket else {
+            return Ok(());
+        };
+        rustix::net::sockopt::set_socket_reuseport(socket, true)?;
+        self.sinks = open_sinks(socket, 1, &[0], false)?;
         Ok(())
     }
 }

@@ -23,12 +23,12 @@ mod state;
 mod supervise;
 mod upgrade;
 
-use std::net::TcpListener;
 use std::process::Termination;
 use std::sync::atomic::Ordering;
 
 use crate::config::{Backend, HealthChecks, Hooks, WorkerSetup};
 use crate::error::Error;
+use crate::listener::Listener;
 use crate::supervisor::Config;
 use crate::sys;
 use crate::worker::Worker;
@@ -51,10 +51,10 @@ pub(crate) struct Plan {
 }
 
 /// Supervises `plan.cfg.workers` workers until a stop. In fork mode each worker runs
-/// `serve` with its listener (`None` for `run`); in exec mode `serve` is not called here.
+/// `serve` with its listeners (none for `run`); in exec mode `serve` is not called here.
 pub(crate) fn run<F, T>(plan: Plan, hooks: &mut Hooks, serve: &mut F) -> Result<(), Error>
 where
-    F: FnMut(Option<TcpListener>, Worker) -> T,
+    F: FnMut(Vec<(String, Listener)>, Worker) -> T,
     T: Termination,
 {
     let Plan {
@@ -78,7 +78,8 @@ where
     let _name = setup
         .names
         .then(|| sys::identity::Renamed::set(c"prefork master"));
-    let health = Health::new(health, cfg.workers)?;
+    let mut health = Health::new(health, cfg.workers)?;
+    health.set_listeners(listeners.addresses());
     let mut master = Master::new(backend, death, spawn, listeners, health)?;
     master.reaper.reserve(2 * cfg.workers);
     master.setup = setup;
@@ -88,7 +89,11 @@ where
         cfg.workers,
         backend
     );
-    master.supervise(cfg, hooks, serve)
+    let result = master.supervise(cfg, hooks, serve);
+    // Exiting for good (not after handing the sockets to a new master): the socket files
+    // bound here go.
+    master.listeners.remove_files();
+    result
 }
 
 fn check_single_threaded() -> Result<(), Error> {

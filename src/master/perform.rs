@@ -1,7 +1,7 @@
 //! Performing the supervisor's actions: spawns, signals, notifications, steering, the
 //! upgrade's steps.
 
-use std::net::TcpListener;
+use crate::listener::Listener;
 use std::process::Termination;
 
 use super::event_loop::{UPGRADE_PID_TOKEN, UPGRADE_READY_TOKEN};
@@ -22,7 +22,7 @@ impl Master {
         hooks: &mut Hooks,
         serve: &mut F,
     ) where
-        F: FnMut(Option<TcpListener>, Worker) -> T,
+        F: FnMut(Vec<(String, Listener)>, Worker) -> T,
         T: Termination,
     {
         match action {
@@ -58,9 +58,16 @@ impl Master {
             Action::Signal { pid, signal, why } => self.signal(pid, signal, why, sup),
             Action::Ready { pids } => {
                 log::info!("master ready: {} workers serving", pids.len());
-                if let Some(fd) = self.fds_mut().upgrade_report.take() {
+                let report = self.fds_mut().upgrade_report.take();
+                if report.is_none() {
+                    self.listeners.files_are_ours();
+                }
+                if let Some(fd) = report {
                     match rustix::io::write(&fd, super::upgrade::READY_MESSAGE) {
-                        Ok(_) => log::info!("told the old master that this one is ready"),
+                        Ok(_) => {
+                            log::info!("told the old master that this one is ready");
+                            self.listeners.files_are_ours();
+                        }
                         Err(e) => {
                             log::warn!("cannot tell the old master that this one is ready: {e}")
                         }
@@ -135,6 +142,7 @@ impl Master {
             }
             Action::HandedOver { pid } => {
                 log::info!("upgrade: new master {pid} is serving; draining the old workers");
+                self.listeners.handed_over();
                 if let Some(n) = &self.notifier {
                     n.send(&format!(
                         "MAINPID={pid}\nSTATUS=handed over to the new master {pid}"

@@ -2,7 +2,7 @@
 //! events (one at a time, each followed by the actions it caused), until the outcome.
 
 use std::io;
-use std::net::TcpListener;
+use crate::listener::Listener;
 use std::os::fd::AsFd;
 use std::process::Termination;
 
@@ -38,7 +38,7 @@ impl Master {
         serve: &mut F,
     ) -> Result<(), Error>
     where
-        F: FnMut(Option<TcpListener>, Worker) -> T,
+        F: FnMut(Vec<(String, Listener)>, Worker) -> T,
         T: Termination,
     {
         let mut sup = Supervisor::new(cfg);
@@ -145,7 +145,7 @@ impl Master {
     /// Performs every action the supervisor has queued.
     pub(super) fn drain<F, T>(&mut self, sup: &mut Supervisor, hooks: &mut Hooks, serve: &mut F)
     where
-        F: FnMut(Option<TcpListener>, Worker) -> T,
+        F: FnMut(Vec<(String, Listener)>, Worker) -> T,
         T: Termination,
     {
         while let Some(action) = sup.next_action() {

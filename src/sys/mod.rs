@@ -50,7 +50,10 @@ pub(crate) fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
 pub(crate) use event::{
     Epoll, is_pipe, pipe, pipe_nonblocking, read_pids, wait_readable, write_pid,
 };
-pub(crate) use net::{adopt_listener, bind_tcp, listening_sockets, take_inherited};
+pub(crate) use net::{
+    UnixName, adopt_listener, bind_tcp, bind_unix, listening_sockets, take_inherited,
+    unix_path_answers,
+};
 pub(crate) use process::{
     Fork, Pid, Reaped, adopts_orphans, exit_now, fork, getpid, getppid, is_refused, kill,
     pidfd_open, pidfd_send_signal, probe_pidfd, reap_pid, reap_pidfd,

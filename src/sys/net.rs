@@ -1,4 +1,4 @@
-//! Sockets and inherited descriptors: binding a listening TCP socket, and taking over the
+//! Sockets and inherited descriptors: binding a listening TCP or Unix socket, and taking over the
 //! descriptors another process passed by number (systemd socket activation, an exec-mode
 //! worker's fd 3 and readiness pipe). Through rustix.
 
@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixListener;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -37,17 +38,64 @@ pub(crate) fn bind_tcp(
     Ok(TcpListener::from(fd))
 }
 
+/// Where a Unix socket is bound: a path, or a name in the abstract namespace.
+pub(crate) enum UnixName<'a> {
+    Path(&'a std::path::Path),
+    Abstract(&'a [u8]),
+}
+
+/// `socket(2)`, `bind(2)`, `chmod(2)` and `listen(2)`: a listening Unix stream socket bound to
+/// `name`, close-on-exec; a path's file gets `mode` when given (set between `bind` and
+/// `listen`, before any client can connect), else the mode the umask leaves.
+pub(crate) fn bind_unix(name: &UnixName<'_>, mode: Option<u32>, backlog: i32) -> io::Result<UnixListener> {
+    let addr = match name {
+        UnixName::Path(p) => rustix::net::SocketAddrUnix::new(*p)?,
+        UnixName::Abstract(n) => rustix::net::SocketAddrUnix::new_abstract_name(n)?,
+    };
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::bind(&fd, &addr)?;
+    if let (UnixName::Path(p), Some(mode)) = (name, mode) {
+        rustix::fs::chmod(*p, rustix::fs::Mode::from_raw_mode(mode))?;
+    }
+    rustix::net::listen(&fd, backlog)?;
+    Ok(UnixListener::from(fd))
+}
+
+/// `connect(2)` on a fresh non-blocking Unix stream socket: whether something listens at
+/// `path`. `Ok(false)` when the connection is refused (a socket file nobody listens on);
+/// `Ok(true)` when it connected or the listener's queue is full (`EAGAIN`).
+pub(crate) fn unix_path_answers(path: &std::path::Path) -> io::Result<bool> {
+    let addr = rustix::net::SocketAddrUnix::new(path)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    match rustix::net::connect(&fd, &addr) {
+        Ok(()) | Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INPROGRESS) => Ok(true),
+        Err(rustix::io::Errno::CONNREFUSED) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `getsockopt(2)` (`SO_TYPE`, `SO_DOMAIN`, `SO_ACCEPTCONN`), then `fcntl(2)`: adopts an
 /// inherited listening socket ([`take_inherited`]). Checks that `fd` is an open, listening
-/// TCP socket (IPv4 or IPv6), then sets close-on-exec and, with `blocking`, clears
-/// `O_NONBLOCK`. The error says which of those it is not. The checks only read the
-/// descriptor's state; `fd` is taken over only once they passed.
+/// stream socket, TCP (IPv4 or IPv6) or Unix, then sets close-on-exec and, with
+/// `blocking`, clears `O_NONBLOCK`. The error says which of those it is not. The checks only
+/// read the descriptor's state; `fd` is taken over only once they passed. Returns the socket
+/// and whether it is a Unix socket.
 ///
 /// # Safety
 ///
 /// As [`take_inherited`]: `fd` was passed to this process for the crate by one of its
 /// protocols, and nothing else in the process owns it.
-pub(crate) unsafe fn adopt_listener(fd: RawFd, blocking: bool) -> Result<TcpListener, String> {
+pub(crate) unsafe fn adopt_listener(fd: RawFd, blocking: bool) -> Result<(OwnedFd, bool), String> {
     let describe = |e: io::Error| match e.raw_os_error() {
         Some(libc::EBADF) => format!("fd {fd} is not open"),
         Some(libc::ENOTSOCK) => format!("fd {fd} is not a socket"),
@@ -56,25 +104,30 @@ pub(crate) unsafe fn adopt_listener(fd: RawFd, blocking: bool) -> Result<TcpList
     let probe =
         Unowned::new(fd).ok_or_else(|| describe(io::Error::from_raw_os_error(libc::EBADF)))?;
     let (ty, domain, listening) = probe.socket().map_err(describe)?;
-    if ty != SocketType::STREAM || (domain != AddressFamily::INET && domain != AddressFamily::INET6)
+    let unix = domain == AddressFamily::UNIX;
+    if ty != SocketType::STREAM
+        || (domain != AddressFamily::INET && domain != AddressFamily::INET6 && !unix)
     {
-        return Err(format!("fd {fd} is a socket but not a TCP socket"));
+        return Err(format!(
+            "fd {fd} is a socket but neither a TCP socket nor a Unix stream socket"
+        ));
     }
+    let kind = if unix { "Unix stream" } else { "TCP" };
     if !listening {
-        return Err(format!("fd {fd} is a TCP socket that is not listening"));
+        return Err(format!("fd {fd} is a {kind} socket that is not listening"));
     }
     // SAFETY: our caller's contract is `take_inherited`'s.
     let owned = unsafe { take_inherited(fd) };
-    let listener = TcpListener::from(owned.ok_or_else(|| format!("fd {fd} was adopted already"))?);
-    rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::CLOEXEC)
+    let owned = owned.ok_or_else(|| format!("fd {fd} was adopted already"))?;
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
         .map_err(|e| describe(e.into()))?;
     if blocking {
-        listener.set_nonblocking(false).map_err(describe)?;
+        rustix::io::ioctl_fionbio(&owned, false).map_err(|e| describe(e.into()))?;
     }
-    Ok(listener)
+    Ok((owned, unix))
 }
 
-/// Descriptors of this process's own for every listening TCP socket among its descriptors
+/// Descriptors of this process's own for every listening TCP or Unix stream socket among its descriptors
 /// from 3 on (`/proc/self/fd`, or every number below 1024 where that cannot be read), in
 /// ascending order of the descriptors found: `fcntl(F_DUPFD_CLOEXEC)` of each, so that the
 /// sockets can be handed on while their owners (the program) keep theirs.
@@ -97,7 +150,9 @@ pub(crate) fn listening_sockets() -> Vec<OwnedFd> {
             probe.socket().is_ok_and(|(ty, domain, listening)| {
                 listening
                     && ty == SocketType::STREAM
-                    && (domain == AddressFamily::INET || domain == AddressFamily::INET6)
+                    && (domain == AddressFamily::INET
+                        || domain == AddressFamily::INET6
+                        || domain == AddressFamily::UNIX)
             })
         })
         .filter_map(|probe| probe.duplicate().ok())

@@ -337,46 +337,50 @@ pub(crate) fn remove_env_if_single_threaded(name: &str) -> bool {
 /// between fork and exec.
 pub(crate) fn set_exec_child_setup(
     cmd: &mut std::process::Command,
-    listener: Option<BorrowedFd<'_>>,
+    listeners: &[BorrowedFd<'_>],
     ready: BorrowedFd<'_>,
     heartbeat: Option<BorrowedFd<'_>>,
     master_pid: u32,
     mask: SigSet,
 ) {
     // Numbers only from here: the closure runs in the child, right after `Command::spawn`'s
-    // fork, while the caller still holds every descriptor open.
-    let fds = ExecFds {
-        listener: listener.map(|fd| fd.as_raw_fd()),
-        ready: ready.as_raw_fd(),
-        heartbeat: heartbeat.map(|fd| fd.as_raw_fd()),
-    };
+    // fork, while the caller still holds every descriptor open. Each descriptor and where it
+    // goes: the listeners on 3.., then the readiness pipe, then the heartbeat table; with
+    // no listener (`run`) fd 3 stays empty and the others go to 4 and 5.
+    let first = 3 + listeners.len().max(1) as RawFd;
+    let mut moves: Vec<(Option<RawFd>, RawFd)> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, fd)| (Some(fd.as_raw_fd()), 3 + i as RawFd))
+        .collect();
+    if listeners.is_empty() {
+        moves.push((None, 3));
+    }
+    moves.push((Some(ready.as_raw_fd()), first));
+    moves.push((heartbeat.map(|fd| fd.as_raw_fd()), first + 1));
     use std::os::unix::process::CommandExt;
     // SAFETY: exec_child_setup makes only async-signal-safe calls (pthread_sigmask, prctl,
-    // getppid, fcntl, dup2, close_range), allocates nothing and takes no lock, as pre_exec
-    // requires in a process that may run other threads.
-    unsafe { cmd.pre_exec(move || exec_child_setup(fds, master_pid, &mask)) };
-}
-
-/// The descriptors an exec-mode worker inherits, by number in the master: the listener
-/// goes to fd 3, the readiness pipe to fd 4, the heartbeat memfd to fd 5.
-#[derive(Debug, Clone, Copy)]
-struct ExecFds {
-    listener: Option<RawFd>,
-    ready: RawFd,
-    heartbeat: Option<RawFd>,
+    // getppid, fcntl, dup2, close_range), allocates nothing (it rearranges `moves` in place,
+    // allocated here before the fork) and takes no lock, as pre_exec requires in a process
+    // that may run other threads.
+    unsafe { cmd.pre_exec(move || exec_child_setup(&mut moves, master_pid, &mask)) };
 }
 
 /// `pthread_sigmask(2)`, `prctl(PR_SET_PDEATHSIG)`, `getppid(2)`, then `fcntl(2)`, `dup2(2)`
-/// and `close_range(2)`: the pre-`exec` setup of an exec-mode worker. Death signal, the
-/// listener on fd 3, the readiness pipe on fd 4, the heartbeat memfd on fd 5, and every
-/// other descriptor above 2 marked close-on-exec. Only async-signal-safe calls, and no
-/// allocation.
+/// and `close_range(2)`: the pre-`exec` setup of an exec-mode worker. Death signal, each
+/// descriptor of `moves` (number now, target: the listeners on fds 3.., then the readiness
+/// pipe, then the heartbeat memfd) on its target, and every other descriptor above 2 marked
+/// close-on-exec. Only async-signal-safe calls, and no allocation.
 ///
 /// Its one caller is the closure [`set_exec_child_setup`] gives `Command::pre_exec`: it runs
 /// in the child between fork and exec, where nothing else of this process runs and no
 /// owner of a descriptor ever runs again (exec replaces the program, and a failed exec ends
 /// the child), so it may rearrange the descriptor table by number.
-fn exec_child_setup(fds: ExecFds, master_pid: u32, mask: &SigSet) -> io::Result<()> {
+fn exec_child_setup(
+    moves: &mut [(Option<RawFd>, RawFd)],
+    master_pid: u32,
+    mask: &SigSet,
+) -> io::Result<()> {
     /// A descriptor-table call on bare numbers.
     enum FdCall {
         /// `fcntl(fd, F_DUPFD_CLOEXEC, min)`.
@@ -434,18 +438,17 @@ fn exec_child_setup(fds: ExecFds, master_pid: u32, mask: &SigSet) -> io::Result<
         // The master died before the prctl: do not exec an orphan.
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
-    // Each descriptor and where it goes: (number now, target).
-    let mut moves = [(fds.listener, 3), (Some(fds.ready), 4), (fds.heartbeat, 5)];
+    let last = moves.last().map_or(3, |&(_, target)| target);
     // A descriptor sitting on another one's target would be closed by that one's dup2:
     // move it above the targets first.
     for (fd, target) in moves.iter_mut() {
         if let Some(n) = fd {
-            if (3..=5).contains(n) && *n != *target {
-                *n = call(FdCall::DupAbove(*n, 6))?;
+            if (3..=last).contains(n) && *n != *target {
+                *n = call(FdCall::DupAbove(*n, last + 1))?;
             }
         }
     }
-    for (fd, target) in moves {
+    for &(fd, target) in moves.iter() {
         match fd {
             Some(fd) => keep_at(fd, target)?,
             // A target without a descriptor may hold anything: it must not leak. (It may
@@ -457,7 +460,7 @@ fn exec_child_setup(fds: ExecFds, master_pid: u32, mask: &SigSet) -> io::Result<
     }
     // Mark everything else close-on-exec; std's own error-reporting pipe is close-on-exec
     // already, so it keeps working.
-    let first = 6;
+    let first = last + 1;
     if call(FdCall::CloexecFrom(first)).is_err() {
         // Older kernels: walk the descriptor table up to a bound (EBADF for the closed ones).
         for fd in first..4096 {
