@@ -12,10 +12,10 @@ use crate::error::Error;
 use crate::exit::WorkerExit;
 use crate::listen::{self, Network, Spec};
 use crate::listener::{Listener, Listeners, parse_unix};
-use crate::protocol;
 use crate::master::listeners::Listeners as Sockets;
 use crate::master::spawn::{ExecSpec, Spawn};
 use crate::master::{self, Plan};
+use crate::protocol;
 use crate::supervisor::Config;
 use crate::worker::Worker;
 use crate::{child, sys};
@@ -479,13 +479,7 @@ impl Prefork {
         }
         let (cfg, backend, spawn) = self.prepare()?;
         let setup = self.worker_setup()?;
-        let listeners = Sockets::open(
-            &specs,
-            self.network,
-            cfg.workers,
-            self.unix_mode,
-            true,
-        )?;
+        let listeners = Sockets::open(&specs, self.network, cfg.workers, self.unix_mode, true)?;
         let plan = Plan {
             cfg,
             backend,

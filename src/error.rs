@@ -157,7 +157,7 @@ impl fmt::Display for Error {
             Error::InheritedListener { fd, reason } => write!(
                 f,
                 "inherited listener on fd {fd} is unusable: {reason} (a prefork worker expects a \
-                 listening TCP socket there)"
+                 listening TCP or Unix stream socket there)"
             ),
             Error::Sys { op, source } => write!(f, "{op} failed: {source}"),
         }

@@ -205,7 +205,9 @@ pub(crate) fn exec_worker_listeners(
         }
         return Ok(out);
     }
-    let first = specs.first().expect("the builder has at least one listener");
+    let first = specs
+        .first()
+        .expect("the builder has at least one listener");
     if specs.len() > 1 {
         log::warn!(
             "the master passed one listener (fd 3, without {}); serving it as {:?} only",
@@ -290,10 +292,9 @@ impl SocketFile {
             Some(now) if now.dev == self.dev && now.ino == self.ino => {
                 match std::fs::remove_file(&self.path) {
                     Ok(()) => log::info!("removed the socket file {}", self.path.display()),
-                    Err(e) => log::warn!(
-                        "cannot remove the socket file {}: {e}",
-                        self.path.display()
-                    ),
+                    Err(e) => {
+                        log::warn!("cannot remove the socket file {}: {e}", self.path.display())
+                    }
                 }
             }
             _ => log::info!(

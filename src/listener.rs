@@ -398,8 +398,9 @@ pub(crate) const UNIX_PATH_MAX: usize = 107;
 
 fn parse_unix_rest(rest: &[u8]) -> Result<UnixAddr, String> {
     if rest.is_empty() {
-        return Err("expected a path after unix: (unix:/run/app.sock) or a name after unix:@"
-            .to_owned());
+        return Err(
+            "expected a path after unix: (unix:/run/app.sock) or a name after unix:@".to_owned(),
+        );
     }
     if rest.contains(&0) {
         return Err("the address contains a NUL byte".to_owned());
@@ -454,7 +455,12 @@ mod tests {
             assert!(matches!(parse_unix(bad), Some(Err(_))), "{bad:?}");
         }
         let long = format!("unix:/{}", "a".repeat(UNIX_PATH_MAX));
-        assert!(parse_unix(&long).unwrap().unwrap_err().contains("at most 107"));
+        assert!(
+            parse_unix(&long)
+                .unwrap()
+                .unwrap_err()
+                .contains("at most 107")
+        );
         let fits = format!("unix:/{}", "a".repeat(UNIX_PATH_MAX - 1));
         assert!(parse_unix(&fits).unwrap().is_ok());
         let long = format!("unix:@{}", "a".repeat(UNIX_PATH_MAX + 1));

@@ -20,6 +20,8 @@ mod support;
 mod cases;
 #[path = "listeners/fixture.rs"]
 mod fixture;
+#[path = "listeners/unix.rs"]
+mod unix;
 
 use std::process::ExitCode;
 
@@ -28,7 +30,13 @@ use support::runner;
 fn main() -> ExitCode {
     // The fixture role must come first, while the process is still single-threaded.
     if let Some(role) = support::fixture::role() {
-        support::fixture::main(&role, &[(fixture::ROLE, fixture::listen)]);
+        support::fixture::main(
+            &role,
+            &[
+                (fixture::ROLE, fixture::listen),
+                (fixture::SERVE_ROLE, fixture::serve_role),
+            ],
+        );
     }
     runner::main(
         [
@@ -36,6 +44,8 @@ fn main() -> ExitCode {
             runner::tests(cases::UNDER_BACKEND),
             runner::tests(cases::UNDER_SOCKETS),
             runner::tests(cases::RUN_ONCE),
+            runner::tests(unix::UNDER_MODE_AND_BACKEND),
+            runner::tests(unix::RUN_ONCE),
         ]
         .into_iter()
         .flatten()

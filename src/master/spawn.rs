@@ -16,7 +16,9 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use crate::protocol::{CHILD_ENV, READY_FD, READY_FD_ENV, WORKER_ID_ENV};
-use crate::protocol::{HEARTBEAT_FD, HEARTBEAT_FD_ENV, LISTEN_FDNAMES_CHILD_ENV, REUSEPORT_ADDR_ENV};
+use crate::protocol::{
+    HEARTBEAT_FD, HEARTBEAT_FD_ENV, LISTEN_FDNAMES_CHILD_ENV, REUSEPORT_ADDR_ENV,
+};
 use crate::sys;
 
 /// How workers start.

@@ -1,8 +1,8 @@
 //! The master's loop: sleep in the event loop, turn what woke it into the supervisor's
 //! events (one at a time, each followed by the actions it caused), until the outcome.
 
-use std::io;
 use crate::listener::Listener;
+use std::io;
 use std::os::fd::AsFd;
 use std::process::Termination;
 

@@ -6,8 +6,8 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::net::UnixListener;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
@@ -47,7 +47,11 @@ pub(crate) enum UnixName<'a> {
 /// `socket(2)`, `bind(2)`, `chmod(2)` and `listen(2)`: a listening Unix stream socket bound to
 /// `name`, close-on-exec; a path's file gets `mode` when given (set between `bind` and
 /// `listen`, before any client can connect), else the mode the umask leaves.
-pub(crate) fn bind_unix(name: &UnixName<'_>, mode: Option<u32>, backlog: i32) -> io::Result<UnixListener> {
+pub(crate) fn bind_unix(
+    name: &UnixName<'_>,
+    mode: Option<u32>,
+    backlog: i32,
+) -> io::Result<UnixListener> {
     let addr = match name {
         UnixName::Path(p) => rustix::net::SocketAddrUnix::new(*p)?,
         UnixName::Abstract(n) => rustix::net::SocketAddrUnix::new_abstract_name(n)?,
@@ -109,7 +113,7 @@ pub(crate) unsafe fn adopt_listener(fd: RawFd, blocking: bool) -> Result<(OwnedF
         || (domain != AddressFamily::INET && domain != AddressFamily::INET6 && !unix)
     {
         return Err(format!(
-            "fd {fd} is a socket but neither a TCP socket nor a Unix stream socket"
+            "fd {fd} is a socket but not a TCP socket nor a Unix stream socket"
         ));
     }
     let kind = if unix { "Unix stream" } else { "TCP" };

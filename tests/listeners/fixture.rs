@@ -196,3 +196,126 @@ fn answer(stream: TcpStream, worker: Worker, inode: u64) {
         while matches!((&stream).read(&mut sink), Ok(n) if n > 0) {}
     }
 }
+
+// ---- The `serve` role --------------------------------------------------------------------
+
+/// The role of the `serve` fixture: `Prefork::listen`/`listen_named` with `Prefork::serve`.
+///
+/// Options: the builder's (as above), `FX_LISTEN` (space-separated listeners, each `ADDR`
+/// or `NAME=ADDR`, `ADDR` a TCP address or `unix:PATH` or `unix:@NAME`), `FX_UNIX_MODE`
+/// (octal, `unix_mode`) and `FX_UMASK` (octal, set before anything is bound).
+///
+/// Lines, besides the shared ones: `listener ID PID NAME ADDR INODE` from each worker for
+/// each listener (its name, `local_addr()` and socket inode), then `serving ID PID`;
+/// `status-listeners NAME=ADDR …` from the master's first status. Each worker serves every
+/// listener (one thread each) with `Shutdown::incoming`, answering the line protocol above
+/// with `ID PID NAME INODE`, and returns from `serve` once all have drained.
+pub const SERVE_ROLE: &str = "serve";
+
+/// The `serve` role; the exit code.
+pub fn serve_role() -> i32 {
+    let prefork = match Options::from_env() {
+        Ok(o) => o,
+        Err(e) => {
+            complain(format!("fixture: {e}"));
+            return EXIT_BROKEN;
+        }
+    };
+    if let Some(mask) = var("FX_UMASK") {
+        let mask = u32::from_str_radix(&mask, 8).expect("FX_UMASK in octal");
+        // SAFETY: umask(2) only sets the process's file mode creation mask.
+        unsafe { libc::umask(mask as libc::mode_t) };
+    }
+    let child = prefork::is_child();
+    if !child {
+        report::master();
+    }
+    let mut builder = prefork.builder();
+    for entry in var("FX_LISTEN").unwrap_or_default().split_whitespace() {
+        builder = match entry.split_once('=') {
+            Some((name, addr)) => builder.listen_named(name, addr),
+            None => builder.listen(entry),
+        };
+    }
+    if let Some(mode) = var("FX_UNIX_MODE") {
+        builder = builder.unix_mode(u32::from_str_radix(&mode, 8).expect("FX_UNIX_MODE in octal"));
+    }
+    let mut told = false;
+    let builder = builder.on_status(move |status| {
+        if !told {
+            told = true;
+            let all: Vec<String> = status
+                .listeners()
+                .iter()
+                .map(|(name, addr)| format!("{name}={addr}"))
+                .collect();
+            say(format!("status-listeners {}", all.join(" ")));
+        }
+        Ok(())
+    });
+    let result = builder.serve(serve_all);
+    if child || prefork::is_child() {
+        if let Err(e) = &result {
+            say(format!("child-result err {e}"));
+            say(format!("child-debug {e:?}"));
+        }
+        return EXIT_ERR;
+    }
+    let ok = report::result(&result);
+    if let Err(e) = &result {
+        complain(format!("fixture: {e}"));
+    }
+    report::children();
+    if ok { EXIT_OK } else { EXIT_ERR }
+}
+
+/// A worker of the `serve` role.
+fn serve_all(listeners: prefork::Listeners, worker: Worker) {
+    let shutdown = worker.shutdown();
+    let mut all = Vec::new();
+    for (name, listener) in listeners {
+        let addr = listener
+            .local_addr()
+            .map_or_else(|e| format!("error:{e}"), |a| a.to_string());
+        let inode = std::fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd()))
+            .ok()
+            .and_then(|t| procfs::socket_inode(&t.to_string_lossy()))
+            .unwrap_or(0);
+        say(format!(
+            "listener {} {} {name} {addr} {inode}",
+            worker.id(),
+            worker.pid()
+        ));
+        all.push((name, listener, inode));
+    }
+    say(format!("serving {} {}", worker.id(), worker.pid()));
+    std::thread::scope(|scope| {
+        for (name, listener, inode) in &all {
+            scope.spawn(move || {
+                for stream in shutdown.incoming(listener).flatten() {
+                    answer_stream(&stream, worker, &format!("{name} {inode}"));
+                }
+            });
+        }
+    });
+}
+
+/// Answers one connection of the `serve` role: `ID PID REST`, then closes it (with `hold`,
+/// once the client closed).
+fn answer_stream(stream: &prefork::Stream, worker: Worker, rest: &str) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+    let mut line = String::new();
+    match BufReader::new(stream).read_line(&mut line) {
+        Ok(n) if n > 0 => {}
+        _ => return,
+    }
+    let reply = format!("{} {} {rest}\n", worker.id(), worker.pid());
+    if (&mut &*stream).write_all(reply.as_bytes()).is_err() {
+        return;
+    }
+    if line.starts_with("hold") {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+        let mut sink = [0u8; 64];
+        while matches!((&mut &*stream).read(&mut sink), Ok(n) if n > 0) {}
+    }
+}

@@ -66,6 +66,78 @@ pub fn try_ask_at(addr: SocketAddr, command: &str, timeout: Duration) -> Result<
     Answer::parse(&text).ok_or_else(|| format!("bad answer {text:?} from {addr}"))
 }
 
+/// Where a [`Load`] or an `ask` connects: `127.0.0.1:port`, or a Unix socket (a path, or
+/// `@NAME` in the abstract namespace).
+#[derive(Debug, Clone)]
+pub enum Target {
+    Tcp(u16),
+    Unix(std::path::PathBuf),
+}
+
+impl Target {
+    /// A connection to the target; `Err` as `connect` failed.
+    fn connect(&self) -> std::io::Result<Box<dyn Conn>> {
+        match self {
+            Target::Tcp(port) => Ok(Box::new(TcpStream::connect_timeout(
+                &local(*port),
+                DEADLINE,
+            )?)),
+            Target::Unix(path) => {
+                use std::os::linux::net::SocketAddrExt;
+                use std::os::unix::ffi::OsStrExt;
+                use std::os::unix::net::{SocketAddr as UnixAddr, UnixStream};
+                let bytes = path.as_os_str().as_bytes();
+                let stream = match bytes.strip_prefix(b"@") {
+                    Some(name) => UnixStream::connect_addr(&UnixAddr::from_abstract_name(name)?)?,
+                    None => UnixStream::connect(path)?,
+                };
+                Ok(Box::new(stream))
+            }
+        }
+    }
+}
+
+/// A connected stream of either kind.
+pub trait Conn: Read + Write + Send {
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl Conn for TcpStream {
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, d)
+    }
+}
+
+impl Conn for std::os::unix::net::UnixStream {
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        std::os::unix::net::UnixStream::set_read_timeout(self, d)
+    }
+}
+
+/// Sends `command` to whichever worker accepts a connection to `target`; its answer.
+pub fn try_ask_target(target: &Target, command: &str) -> Result<Answer, String> {
+    let mut stream = target
+        .connect()
+        .map_err(|e| format!("connect {target:?}: {e}"))?;
+    stream
+        .set_read_timeout(Some(DEADLINE))
+        .map_err(|e| format!("timeout: {e}"))?;
+    stream
+        .write_all(format!("{command}\n").as_bytes())
+        .map_err(|e| format!("send to {target:?}: {e}"))?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| format!("read from {target:?}: {e}"))?;
+    Answer::parse(&text).ok_or_else(|| format!("bad answer {text:?} from {target:?}"))
+}
+
+/// [`try_ask_target`]; panics without an answer.
+pub fn ask_target(target: &Target, command: &str) -> Answer {
+    try_ask_target(target, command)
+        .unwrap_or_else(|e| panic!("command {command:?} to the workers: {e}"))
+}
+
 /// [`try_ask_at`] on `127.0.0.1:port`.
 pub fn try_ask(port: u16, command: &str, timeout: Duration) -> Result<Answer, String> {
     try_ask_at(local(port), command, timeout)
@@ -207,6 +279,11 @@ pub struct Load {
 impl Load {
     /// Starts the clients against `127.0.0.1:port`.
     pub fn start(port: u16, clients: usize) -> Load {
+        Load::start_at(Target::Tcp(port), clients)
+    }
+
+    /// Starts the clients against `target`.
+    pub fn start_at(target: Target, clients: usize) -> Load {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let stop = Arc::new(AtomicBool::new(false));
@@ -214,11 +291,12 @@ impl Load {
         let threads = (0..clients)
             .map(|_| {
                 let (stop, answered) = (Arc::clone(&stop), Arc::clone(&answered));
+                let target = target.clone();
                 std::thread::spawn(move || {
                     let mut tally = Tally::default();
                     while !stop.load(Ordering::Relaxed) {
                         let before = tally.ok;
-                        one_request(port, &mut tally);
+                        one_request(&target, &mut tally);
                         answered.fetch_add(tally.ok - before, Ordering::Relaxed);
                     }
                     tally
@@ -230,6 +308,11 @@ impl Load {
             answered,
             threads,
         }
+    }
+
+    /// The answers the clients have had so far.
+    pub fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until the clients have had `n` answers in all.
@@ -259,11 +342,15 @@ impl Load {
     }
 }
 
-/// One request of a [`Load`] client, counted in `tally`.
-fn one_request(port: u16, tally: &mut Tally) {
-    let stream = match TcpStream::connect_timeout(&local(port), DEADLINE) {
+/// One request of a [`Load`] client, counted in `tally`. A Unix socket whose file is gone
+/// (`ENOENT`) counts as refused, as a closed port.
+fn one_request(target: &Target, tally: &mut Tally) {
+    let mut stream = match target.connect() {
         Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::ConnectionRefused
+                || e.kind() == std::io::ErrorKind::NotFound =>
+        {
             tally.refused += 1;
             // The port is closed: do not spin.
             std::thread::sleep(Duration::from_millis(10));
@@ -277,12 +364,12 @@ fn one_request(port: u16, tally: &mut Tally) {
     let mut lost = |what: String| tally.lost.push(what);
     if let Err(e) = stream
         .set_read_timeout(Some(DEADLINE))
-        .and_then(|()| (&stream).write_all(b"id\n"))
+        .and_then(|()| stream.write_all(b"id\n"))
     {
         return lost(format!("send: {e}"));
     }
     let mut text = String::new();
-    match (&stream).read_to_string(&mut text) {
+    match stream.read_to_string(&mut text) {
         Ok(_) if Answer::parse(&text).is_some() => tally.ok += 1,
         Ok(_) => lost(format!("answer {text:?}")),
         Err(e) => lost(format!("read: {e}")),

@@ -110,6 +110,9 @@ pub struct Spec {
     env: Vec<(String, String)>,
     args: Vec<String>,
     fd3: Fd3,
+    /// Copies of these descriptors of the test process go on the fixture's fds 3.. (for
+    /// several sockets of socket activation); replaces `fd3` when not empty.
+    passed: Vec<RawFd>,
     /// Variables set to the fixture's own pid (by `sh`, which the fixture replaces).
     self_pid_vars: Vec<String>,
 }
@@ -124,8 +127,15 @@ impl Spec {
             env: Vec::new(),
             args: vec!["fixture-arg".to_owned(), "with space".to_owned()],
             fd3: Fd3::Inherit,
+            passed: Vec::new(),
             self_pid_vars: Vec::new(),
         }
+    }
+
+    /// Puts copies of `fds` on the fixture's descriptors 3, 4, … in order.
+    pub fn pass_fds(mut self, fds: &[RawFd]) -> Spec {
+        self.passed = fds.to_vec();
+        self
     }
 
     /// Sets an environment variable (an `FX_*` option, or any other).
@@ -212,6 +222,30 @@ impl Spec {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        if !self.passed.is_empty() {
+            let mut passed = self.passed.clone();
+            // SAFETY: the closure only calls fcntl(2) and dup2(2), which are
+            // async-signal-safe, and allocates nothing (it rewrites `passed` in place).
+            unsafe {
+                cmd.pre_exec(move || {
+                    let last = 3 + passed.len() as RawFd;
+                    for fd in passed.iter_mut() {
+                        // Out of the way of the targets first.
+                        let moved = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, last);
+                        if moved == -1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        *fd = moved;
+                    }
+                    for (i, &fd) in passed.iter().enumerate() {
+                        if libc::dup2(fd, 3 + i as RawFd) == -1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                })
+            };
+        }
         match self.fd3 {
             Fd3::Inherit => {}
             Fd3::Closed => {
