@@ -4,10 +4,17 @@
 //! cargo run --release --example hello -- --workers 4 --addr 127.0.0.1:8080 [--mode exec] [--reuseport]
 //! curl http://127.0.0.1:8080/              # Hello from worker 2 (pid 12345)
 //! curl http://127.0.0.1:8080/slow?ms=1500  # answers after 1.5 s
+//!
+//! cargo run --release --example hello -- --addr 127.0.0.1:8080 --addr unix:/tmp/hello.sock --unix-mode 660
+//! curl --unix-socket /tmp/hello.sock http://localhost/
 //! ```
 //!
-//! Every worker accepts on the listener `listen_and_serve` hands it and serves each connection
-//! on a thread of its own, so one worker serves many keep-alive connections at once. Each
+//! `--addr` may be given more than once: TCP addresses, `unix:PATH` and `unix:@NAME` (a Unix
+//! domain socket, at a path or in the abstract namespace), mixed. `--unix-mode OCTAL` sets the
+//! mode of the socket files (default: what the umask leaves). Every worker serves every
+//! listener `serve` hands it, with the same code for TCP and Unix ([`prefork::Listener`],
+//! [`prefork::Stream`]), and each connection on a thread of its own, so one worker serves
+//! many keep-alive connections at once. Each
 //! answer names the worker's slot and pid, after a greeting taken from the `HELLO_GREETING`
 //! environment variable (default `Hello`): a deploy that sets it shows, answer by answer,
 //! when a binary upgrade (`kill -USR2 <master>`) has handed over to the new program.
@@ -27,8 +34,10 @@
 //! exits 0.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown as Direction, TcpListener, TcpStream};
+use std::net::{Shutdown as Direction, TcpListener};
 use std::process::ExitCode;
+
+use prefork::{Listener, Stream};
 use std::time::Duration;
 
 /// How long a connection may wait for the rest of a request once the drain has begun.
@@ -46,7 +55,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(msg) => {
             eprintln!(
-                "hello: {msg}\nusage: hello [--workers N] [--addr HOST:PORT] [--mode fork|exec|auto] [--network tcp|tcp4|tcp6] [--reuseport] [--run] [--grace SECS] [--upgrade-timeout SECS]"
+                "hello: {msg}\nusage: hello [--workers N] [--addr HOST:PORT|unix:PATH]... [--unix-mode OCTAL] [--mode fork|exec|auto] [--network tcp|tcp4|tcp6] [--reuseport] [--run] [--grace SECS] [--upgrade-timeout SECS]"
             );
             return ExitCode::from(2);
         }
@@ -64,21 +73,27 @@ fn main() -> ExitCode {
     if let Some(n) = args.workers {
         prefork = prefork.workers(n);
     }
-    if !prefork::is_child() {
-        log::info!("listening on http://{}", args.addr);
+    if let Some(mode) = args.unix_mode {
+        prefork = prefork.unix_mode(mode);
     }
     let result = if args.run {
-        own_socket(&args.addr).and_then(|listener| {
+        own_socket(&args.addrs[0]).and_then(|listener| {
+            let listeners = [listener];
             prefork
-                .run(|worker| serve_worker(&listener, worker))
+                .run(|worker| serve_worker(&listeners, worker))
                 .map_err(io::Error::other)
         })
     } else {
-        // In exec mode each worker re-runs this program and, inside listen_and_serve, takes
-        // its listener from fd 3 and serves: the same code path for master and worker.
+        for addr in &args.addrs {
+            prefork = prefork.listen(addr);
+        }
+        // The master binds every address (and logs each one's actual address). In exec mode
+        // each worker re-runs this program and, inside serve, takes its listeners from fds
+        // 3.. and serves: the same code path for master and worker.
         prefork
-            .listen_and_serve(&args.addr, |listener, worker| {
-                serve_worker(&listener, worker)
+            .serve(|listeners, worker| {
+                let listeners: Vec<Listener> = listeners.into_iter().map(|(_, l)| l).collect();
+                serve_worker(&listeners, worker)
             })
             .map_err(io::Error::other)
     };
@@ -92,32 +107,46 @@ fn main() -> ExitCode {
 }
 
 /// `--run`: the socket an old master (binary upgrade) or systemd handed this process, else
-/// `addr` bound here.
-fn own_socket(addr: &str) -> io::Result<TcpListener> {
-    match prefork::inherited_listeners()
+/// `addr` bound here (TCP).
+fn own_socket(addr: &str) -> io::Result<Listener> {
+    match prefork::inherited_sockets()
         .map_err(io::Error::other)?
         .into_iter()
         .next()
     {
-        Some(inherited) => Ok(inherited),
-        None => TcpListener::bind(addr),
+        Some((_, inherited)) => Ok(inherited),
+        None => TcpListener::bind(addr).map(Listener::Tcp),
     }
 }
 
-/// One worker: accepts on `listener` until the master asks it to stop, each connection on a
-/// thread of its own, then drains.
-fn serve_worker(listener: &TcpListener, worker: prefork::Worker) -> io::Result<()> {
+/// One worker: accepts on every listener (one thread each) until the master asks it to
+/// stop, each connection on a thread of its own, then drains.
+fn serve_worker(listeners: &[Listener], worker: prefork::Worker) -> io::Result<()> {
     // From here on TERM starts a drain instead of ending the worker at once.
     let shutdown = worker.shutdown();
     let greeting = std::env::var("HELLO_GREETING").unwrap_or_else(|_| "Hello".to_owned());
     let greeting = greeting.as_str();
-    println!(
-        "worker {} serving http://{}",
-        worker.id(),
-        listener.local_addr()?
-    );
-    // The scope joins every connection thread: the worker returns once the last
+    for listener in listeners {
+        let addr = listener.local_addr()?;
+        println!("worker {} serving http://{addr}", worker.id());
+    }
+    // The scopes join every connection thread: the worker returns once the last
     // connection is done.
+    std::thread::scope(|scope| {
+        for listener in listeners {
+            scope.spawn(move || accept_loop(listener, worker, shutdown, greeting));
+        }
+    });
+    Ok(())
+}
+
+/// Accepts on `listener`, each connection on a thread of its own, until the drain.
+fn accept_loop(
+    listener: &Listener,
+    worker: prefork::Worker,
+    shutdown: prefork::Shutdown,
+    greeting: &str,
+) {
     std::thread::scope(|scope| {
         // Ends on the notice, after the connections already queued.
         for stream in shutdown.incoming(listener) {
@@ -140,13 +169,12 @@ fn serve_worker(listener: &TcpListener, worker: prefork::Worker) -> io::Result<(
             }
         }
     });
-    Ok(())
 }
 
 /// Answers every request on one connection until the client closes it, or until the drain
 /// finds it idle.
 fn serve_connection(
-    mut stream: TcpStream,
+    mut stream: Stream,
     worker: prefork::Worker,
     shutdown: prefork::Shutdown,
     greeting: &str,
@@ -194,9 +222,16 @@ fn serve_connection(
         } else if buf.is_empty() && answered > 0 {
             // Idle keep-alive connection, and the drain has begun: close it, unless the next
             // request has already arrived.
-            if !request_waiting(&stream) {
-                linger_close(stream);
-                return Ok(());
+            match read_waiting(&mut stream, &mut chunk) {
+                Some(0) => return Ok(()),
+                Some(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    continue;
+                }
+                None => {
+                    linger_close(stream);
+                    return Ok(());
+                }
             }
         } else {
             // A request under way (or the first one of a connection taken from the queue):
@@ -217,18 +252,19 @@ fn serve_connection(
     }
 }
 
-/// Whether bytes are waiting on the connection, without blocking.
-fn request_waiting(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    let waiting = stream.set_nonblocking(true).is_ok() && matches!(stream.peek(&mut byte), Ok(1));
+/// Reads what is waiting on the connection, without blocking: `Some(n)` bytes read (0 at
+/// end-of-file), `None` when nothing is waiting.
+fn read_waiting(stream: &mut Stream, chunk: &mut [u8]) -> Option<usize> {
+    stream.set_nonblocking(true).ok()?;
+    let read = stream.read(chunk);
     let _ = stream.set_nonblocking(false);
-    waiting
+    read.ok()
 }
 
 /// Closes a connection the client may still write to: send our FIN first, then read and
 /// discard until the client closes its side (or briefly), so that a request crossing the
 /// close is met by end-of-file, which a client retries, rather than a reset.
-fn linger_close(mut stream: TcpStream) {
+fn linger_close(mut stream: Stream) {
     let _ = stream.shutdown(Direction::Write);
     let _ = stream.set_read_timeout(Some(LINGER));
     let mut sink = [0u8; 1024];
@@ -269,7 +305,8 @@ fn request_wants_close(head: &str) -> bool {
 
 struct Args {
     workers: Option<usize>,
-    addr: String,
+    addrs: Vec<String>,
+    unix_mode: Option<u32>,
     mode: prefork::Mode,
     network: prefork::Network,
     reuseport: bool,
@@ -282,7 +319,8 @@ impl Args {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         let mut out = Args {
             workers: None,
-            addr: "127.0.0.1:8080".to_owned(),
+            addrs: Vec::new(),
+            unix_mode: None,
             mode: prefork::Mode::Fork,
             network: prefork::Network::Tcp4,
             reuseport: false,
@@ -300,7 +338,14 @@ impl Args {
                             .map_err(|_| format!("bad --workers value {v:?}"))?,
                     );
                 }
-                "--addr" | "-a" => out.addr = value("--addr")?,
+                "--addr" | "-a" => out.addrs.push(value("--addr")?),
+                "--unix-mode" => {
+                    let v = value("--unix-mode")?;
+                    out.unix_mode =
+                        Some(u32::from_str_radix(&v, 8).map_err(|_| {
+                            format!("bad --unix-mode value {v:?} (octal, e.g. 660)")
+                        })?);
+                }
                 "--mode" => {
                     out.mode = match value("--mode")?.as_str() {
                         "fork" => prefork::Mode::Fork,
@@ -327,8 +372,14 @@ impl Args {
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
-        if out.run && (out.reuseport || out.mode == prefork::Mode::Exec) {
-            return Err("--run binds one socket and forks: no --reuseport, no --mode exec".into());
+        if out.addrs.is_empty() {
+            out.addrs.push("127.0.0.1:8080".to_owned());
+        }
+        if out.run && (out.reuseport || out.mode == prefork::Mode::Exec || out.addrs.len() > 1) {
+            return Err(
+                "--run binds one TCP socket and forks: one --addr, no --reuseport, no --mode exec"
+                    .into(),
+            );
         }
         Ok(out)
     }

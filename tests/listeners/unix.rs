@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 use crate::fixture::SERVE_ROLE;
 use crate::support::backend::{Backend, Mode};
-use crate::support::net::{Answer, Load, Target, ask_target, try_ask_target};
-use crate::support::process::{Fixture, Spec, TempDir, kill, wait_for};
+use std::io::{Read, Write};
+
+use crate::support::net::{Answer, Conn, Load, Target, ask_target, try_ask_target};
+use crate::support::process::{DEADLINE, Fixture, Spec, TempDir, kill, wait_for};
 use crate::support::procfs;
 use crate::support::runner::{Case, ONCE};
 
@@ -51,10 +53,10 @@ pub const UNDER_MODE_AND_BACKEND: &[Case<(Mode, Backend)>] = &[
 pub const RUN_ONCE: &[Case<()>] = &[
     Case::new("unix::systemd_socket", ONCE, |()| systemd_unix()),
     Case::new("named::systemd_name_missing", ONCE, |()| {
-        systemd_mismatch("web:metrics", &["admin", "no socket named"])
+        systemd_mismatch("web", &["no socket named \"admin\""])
     }),
     Case::new("named::systemd_name_extra", ONCE, |()| {
-        systemd_mismatch("web:admin:metrics", &["metrics", "matches no listener"])
+        systemd_mismatch("web:admin:metrics", &["\"metrics\"", "matches no listener"])
     }),
     Case::new("unix::stale_file_replaced", ONCE, |()| stale_replaced()),
     Case::new("unix::live_socket_refused", ONCE, |()| live_refused()),
@@ -147,19 +149,45 @@ fn one_listener(lines: &[ListenerLine], pids: &[u32], name: &str) -> (String, u6
     (addr, inode)
 }
 
-/// Asks `target` until every worker of `pids` answered (at most 200 connections).
+/// One connection to each worker of `pids`: each asks its worker to hold it (the worker's
+/// accept thread for that listener is then busy, so the next connection goes to another
+/// worker); their answers, one per worker, after which the connections are closed.
 fn answers_from_all(target: &Target, pids: &[u32]) -> Vec<Answer> {
-    let mut seen = Vec::new();
-    for _ in 0..200 {
-        let a = ask_target(target, "id");
-        if !seen.iter().any(|s: &Answer| s.pid == a.pid) {
-            seen.push(a);
-        }
-        if pids.iter().all(|p| seen.iter().any(|s| s.pid == *p)) {
-            return seen;
+    let mut held = Vec::new();
+    let mut answers: Vec<Answer> = Vec::new();
+    for _ in 0..pids.len() {
+        let (stream, answer) = hold(target);
+        assert!(
+            pids.contains(&answer.pid) && !answers.iter().any(|a| a.pid == answer.pid),
+            "answer {answer:?} on {target:?}: not one of the other workers of {pids:?} \
+             (answers so far {answers:?})"
+        );
+        held.push(stream);
+        answers.push(answer);
+    }
+    answers
+}
+
+/// A connection to `target` that the answering worker holds, and its answer.
+fn hold(target: &Target) -> (Box<dyn Conn>, Answer) {
+    let mut stream = target
+        .connect_stream()
+        .unwrap_or_else(|e| panic!("connect {target:?}: {e}"));
+    stream
+        .set_read_timeout(Some(DEADLINE))
+        .expect("read timeout");
+    stream.write_all(b"hold\n").expect("send");
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            other => panic!("reading the answer on {target:?}: {other:?} after {line:?}"),
         }
     }
-    panic!("not every worker of {pids:?} answered on {target:?}: {seen:?}")
+    let text = String::from_utf8_lossy(&line).into_owned();
+    let answer = Answer::parse(&text).unwrap_or_else(|| panic!("bad answer {text:?}"));
+    (stream, answer)
 }
 
 fn is_socket(path: &Path) -> bool {

@@ -76,6 +76,10 @@ pub enum Target {
 
 impl Target {
     /// A connection to the target; `Err` as `connect` failed.
+    pub fn connect_stream(&self) -> std::io::Result<Box<dyn Conn>> {
+        self.connect()
+    }
+
     fn connect(&self) -> std::io::Result<Box<dyn Conn>> {
         match self {
             Target::Tcp(port) => Ok(Box::new(TcpStream::connect_timeout(
