@@ -6,7 +6,14 @@
 //! curl http://127.0.0.1:8080/            # Hello from worker 2 (pid 12345)
 //! curl http://127.0.0.1:8080/slow?ms=1500
 //! cargo run --release -p prefork-demos --example hyper -- --single --workers 4   # no prefork, for comparison
+//! cargo run --release -p prefork-demos --example hyper -- --workers 4 --addr unix:/run/app.sock
+//! curl --unix-socket /run/app.sock http://localhost/
 //! ```
+//!
+//! With `--addr unix:PATH` (or `unix:@NAME`) the workers serve a Unix domain socket, as behind
+//! nginx's `proxy_pass http://unix:PATH` on the same host: the master binds it with
+//! `Prefork::listen` and hands it to `serve`, and the worker's code is the same for both
+//! kinds but for the tokio listener it builds.
 //!
 //! Each worker builds its runtime inside `serve`, after the fork (a runtime started before
 //! would make the fork unsafe), and serves the listener it was handed. When the master asks
@@ -59,11 +66,21 @@ fn main() -> ExitCode {
         single_process(&args)
     } else {
         let drain_limit = args.drain_limit();
-        args.prefork()
-            .listen_and_serve(&args.addr, |listener, worker| {
-                serve_worker(listener, worker, drain_limit)
-            })
-            .map_err(io::Error::other)
+        if args.addr.starts_with("unix:") {
+            args.prefork()
+                .listen(&args.addr)
+                .serve(|listeners, worker| match listeners.into_only() {
+                    Some(listener) => serve_worker(listener, worker, drain_limit),
+                    None => Err(io::Error::other("one listener expected")),
+                })
+                .map_err(io::Error::other)
+        } else {
+            args.prefork()
+                .listen_and_serve(&args.addr, |listener, worker| {
+                    serve_worker(prefork::Listener::Tcp(listener), worker, drain_limit)
+                })
+                .map_err(io::Error::other)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,7 +95,7 @@ fn main() -> ExitCode {
 /// then the drain of `prefork_tokio`: the listen queue is served, every request that has
 /// arrived or is arriving is answered, idle connections close after a short grace.
 fn serve_worker(
-    listener: std::net::TcpListener,
+    listener: prefork::Listener,
     worker: prefork::Worker,
     drain_limit: Duration,
 ) -> io::Result<()> {
@@ -90,15 +107,24 @@ fn serve_worker(
         .build()?;
     runtime.block_on(async move {
         let notice = prefork_tokio::Notice::new(shutdown)?;
-        let listener = prefork_tokio::Listener::tcp(listener, notice)?;
         let (id, pid) = (worker.id(), worker.pid());
         println!("worker {id} serving http://{}", listener.local_addr()?);
         let hello = Bytes::from(format!("Hello from worker {id} (pid {pid})\n"));
         let service = service_fn(move |req| handle(req, hello.clone(), id));
-        let drained = prefork_tokio::http::Server::new()
-            .drain_limit(drain_limit)
-            .serve(listener, service)
-            .await?;
+        let server = prefork_tokio::http::Server::new().drain_limit(drain_limit);
+        let drained = match listener {
+            prefork::Listener::Unix(l) => {
+                let listener = prefork_tokio::Listener::unix(l, notice)?;
+                server.serve(listener, service).await?
+            }
+            other => {
+                let l = other
+                    .into_tcp()
+                    .map_err(|_| io::Error::other("a listener of an unknown kind"))?;
+                let listener = prefork_tokio::Listener::tcp(l, notice)?;
+                server.serve(listener, service).await?
+            }
+        };
         println!(
             "worker {id} (pid {pid}) served {} requests; drained {} connections",
             SERVED.load(Ordering::Relaxed),
