@@ -90,6 +90,35 @@
 //! connections queued on a dead worker's socket wait for its replacement. Under systemd
 //! socket activation (`LISTEN_PID`/`LISTEN_FDS`) it serves the inherited socket instead.
 //!
+//! For Unix domain sockets and several listeners, [`Prefork::listen`] and
+//! [`Prefork::listen_named`] (TCP, `unix:/run/app.sock`, `unix:@name`, mixed) with
+//! [`Prefork::serve`], whose workers get every [`Listener`] by name ([`Listeners`]); a
+//! [`Listener`] accepts a [`Stream`] of either kind, and [`Shutdown::incoming`] drains
+//! either kind:
+//!
+//! ```no_run
+//! use std::io::Write;
+//!
+//! prefork::Prefork::new()
+//!     .listen("127.0.0.1:8080")
+//!     .listen_named("admin", "unix:/run/app/admin.sock")
+//!     .unix_mode(0o660)
+//!     .serve(|listeners, worker| {
+//!         let shutdown = worker.shutdown();
+//!         std::thread::scope(|scope| {
+//!             for (name, listener) in listeners {
+//!                 scope.spawn(move || {
+//!                     for stream in shutdown.incoming(&listener).flatten() {
+//!                         let mut stream = stream;
+//!                         let _ = writeln!(stream, "{name}: worker {}", worker.id());
+//!                     }
+//!                 });
+//!             }
+//!         });
+//!     })?;
+//! # Ok::<(), prefork::Error>(())
+//! ```
+//!
 //! [`Mode::Exec`] re-executes the binary for every worker with Go fasthttp's child protocol
 //! (`FASTHTTP_PREFORK_CHILD=1`, listener on fd 3, plus `PREFORK_WORKER_ID`): it works when
 //! the process already runs threads, and a worker built on this crate runs under a fasthttp
