@@ -36,6 +36,10 @@ ENV = {
     "systemd_names_control_char": env(LPID | LFDS | LNAMES | OURPID, "", "", "77", "2", "ok:bad\tname"),
     "systemd_names_empty_entry": env(LPID | LFDS | LNAMES | OURPID, "", "", "77", "3", "a::c"),
     "systemd_name_too_long": env(LPID | LFDS | LNAMES | OURPID, "", "", "77", "1", "x" * 256),
+    # Every field also goes through PREFORK_LISTEN_FDNAMES's parser and the builder's address
+    # parser.
+    "listener_keys_and_unix_addresses": env(CHILD | WID | LPID | LFDS | LNAMES, "#0:web", "unix:/run/app.sock", "unix:@app", "unix:", "unix:/" + "a" * 107),
+    "listener_keys_bad": env(CHILD | WID, "web::admin", "unix:@"),
     "non_utf8_everywhere": env(0x3F, b"\xc3\x28", b"\xff\xfe", b"7\x80", b"\xe2\x82", b"a\xc0:b"),
 }
 

@@ -52,6 +52,60 @@ pub fn env(data: &[u8]) {
         check_listen_fds(Some(v), Some(v), Some(v), our_pid);
         check_listen_fds(listen_pid, Some(v), Some(v), our_pid);
         check_listen_fds(listen_pid, listen_fds, Some(v), our_pid);
+        check_child_fdnames(Some(v));
+        check_listen_addr(v);
+    }
+}
+
+/// `PREFORK_LISTEN_FDNAMES` against its reference: unset or empty is none, else every
+/// colon-separated part a valid descriptor name, at most [`MAX_LISTEN_FDS`] of them.
+fn check_child_fdnames(v: Option<&[u8]>) {
+    let got = protocol::parse_child_fdnames(v);
+    let want: Option<Vec<String>> = match v {
+        None | Some(b"") => None,
+        Some(all) => {
+            let parts: Vec<&[u8]> = all.split(|&b| b == b':').collect();
+            let valid = parts.len() <= MAX_LISTEN_FDS
+                && parts.iter().all(|p| {
+                    (1..=MAX_FDNAME_LEN).contains(&p.len())
+                        && p.iter().all(|&b| (0x20..=0x7e).contains(&b) && b != b':')
+                });
+            if !valid {
+                let e = got.expect_err("an invalid PREFORK_LISTEN_FDNAMES was accepted");
+                check_env_error(&e, protocol::LISTEN_FDNAMES_CHILD_ENV, all);
+                return;
+            }
+            Some(
+                parts
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect(),
+            )
+        }
+    };
+    assert_eq!(got.expect("a valid value"), want, "parse_child_fdnames({v:?})");
+}
+
+/// The builder's address parser: a `unix:` address is a path or an abstract name that
+/// fits `sockaddr_un`, or a reason; anything else is left to the TCP resolver.
+fn check_listen_addr(v: &[u8]) {
+    let Ok(text) = std::str::from_utf8(v) else {
+        return;
+    };
+    match crate::listener::parse_unix(text) {
+        None => assert!(!text.starts_with("unix:")),
+        Some(Err(reason)) => assert!(!reason.is_empty()),
+        Some(Ok(crate::listener::UnixAddr::Path(p))) => {
+            use std::os::unix::ffi::OsStrExt;
+            let bytes = p.as_os_str().as_bytes();
+            assert!(!bytes.is_empty() && bytes.len() <= crate::listener::UNIX_PATH_MAX);
+            assert!(!bytes.contains(&0) && !bytes.starts_with(b"@"));
+            assert_eq!(&v[5..], bytes);
+        }
+        Some(Ok(crate::listener::UnixAddr::Abstract(name))) => {
+            assert!(!name.is_empty() && name.len() <= crate::listener::UNIX_PATH_MAX);
+            assert_eq!(&v[6..], &name[..]);
+        }
     }
 }
 
