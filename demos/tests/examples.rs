@@ -348,3 +348,76 @@ fn hyper_restarts_without_losing_a_request() {
     reuseport.arg("--reuseport");
     restarts_without_losing_a_request(reuseport, "new");
 }
+
+// ---------------------------------------------------------------------------------------
+// Unix domain sockets
+
+/// One `GET /` over the Unix socket at `path`, HTTP/1.1 with `connection: close`: the body.
+fn get_unix(path: &Path) -> String {
+    use std::io::Write;
+    let mut stream = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+    stream
+        .set_read_timeout(Some(support::process::DEADLINE))
+        .expect("timeout");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    assert!(text.starts_with("HTTP/1.1 200"), "answer {text:?}");
+    text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
+}
+
+/// `example` with `args` serves `--addr unix:PATH` from both workers, over the same code as
+/// TCP; TERM removes the socket file and every worker exits 0.
+fn serves_unix_socket(example: PathBuf, args: &[&str]) {
+    let dir = temp_dir("unix");
+    let path = dir.path().join("app.sock");
+    let addr = format!("unix:{}", path.display());
+    let mut cmd = Command::new(example);
+    cmd.args(["--workers", "2", "--addr", &addr])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start the example");
+    let out = common::lines_of(child.stdout.take().expect("stdout"));
+    let err = common::lines_of(child.stderr.take().expect("stderr"));
+    for _ in 0..2 {
+        let line = out
+            .recv_timeout(support::process::DEADLINE)
+            .expect("a worker's `serving` line");
+        assert!(line.ends_with(&format!("serving http://{addr}")), "{line}");
+    }
+    let mut seen = BTreeSet::new();
+    for _ in 0..400 {
+        let body = get_unix(&path);
+        assert!(body.contains(" from worker "), "{body}");
+        seen.insert(body);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "answers from both workers: {seen:?}");
+    support::process::kill(child.id(), libc::SIGTERM);
+    let status = child.wait().expect("wait");
+    let log: Vec<String> = err.try_iter().collect();
+    assert!(status.success(), "master: {status}\n{}", log.join("\n"));
+    assert!(
+        !path.exists(),
+        "{} left behind:\n{}",
+        path.display(),
+        log.join("\n")
+    );
+}
+
+#[test]
+fn hello_serves_a_unix_socket() {
+    serves_unix_socket(hello_example(), &["--unix-mode", "600"]);
+}
+
+#[test]
+fn hyper_serves_a_unix_socket() {
+    serves_unix_socket(example("hyper"), &[]);
+    serves_unix_socket(example("hyper"), &["--mode", "exec"]);
+}

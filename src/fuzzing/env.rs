@@ -83,7 +83,11 @@ fn check_child_fdnames(v: Option<&[u8]>) {
             )
         }
     };
-    assert_eq!(got.expect("a valid value"), want, "parse_child_fdnames({v:?})");
+    assert_eq!(
+        got.expect("a valid value"),
+        want,
+        "parse_child_fdnames({v:?})"
+    );
 }
 
 /// The builder's address parser: a `unix:` address is a path or an abstract name that
