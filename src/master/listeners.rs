@@ -617,10 +617,18 @@ fn from_old_master_sockets(
     let mut entries = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
         let key = spec.key(i);
-        let found = groups
+        let mut found = groups
             .iter_mut()
             .find(|g| single || g.as_ref().is_some_and(|g| g.key.as_deref() == Some(&key)))
             .and_then(Option::take);
+        if found.is_none() && i == 0 {
+            // An old master with one listener names its sockets without a key: they are
+            // the first listener's.
+            found = groups
+                .iter_mut()
+                .find(|g| g.as_ref().is_some_and(|g| g.key.is_none()))
+                .and_then(Option::take);
+        }
         let Some(found) = found else {
             log::info!(
                 "the old master passed no socket for {}: binding it",
