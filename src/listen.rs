@@ -370,3 +370,43 @@ pub(crate) fn exec_child() -> Result<Option<usize>, Error> {
     let id = env_bytes(protocol::WORKER_ID_ENV);
     Ok(Some(protocol::parse_worker_id(id.as_deref())?.unwrap_or(0)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handover_names_round_trip() {
+        for (key, reuseport, name) in [
+            (None, false, "prefork"),
+            (None, true, "prefork-reuseport"),
+            (Some("web"), false, "prefork=web"),
+            (Some("#1"), true, "prefork-reuseport=#1"),
+        ] {
+            assert_eq!(handover_name(key, reuseport), name);
+            assert_eq!(parse_handover_name(name), Some((key, reuseport)));
+        }
+        for other in ["web", "unknown", "preforked", "prefork-other", "prefork:x"] {
+            assert_eq!(parse_handover_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn specs_name_and_key() {
+        let unnamed = Spec {
+            named: None,
+            addr: "unix:/run/a.sock".to_owned(),
+            reuseport: false,
+        };
+        assert_eq!(unnamed.name(), "unix:/run/a.sock");
+        assert_eq!(unnamed.key(2), "#2");
+        let named = Spec {
+            named: Some("admin".to_owned()),
+            ..unnamed
+        };
+        assert_eq!(
+            (named.name(), named.key(2)),
+            ("admin".into(), "admin".into())
+        );
+    }
+}

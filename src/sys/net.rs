@@ -280,6 +280,37 @@ mod tests {
     }
 
     #[test]
+    fn unix_sockets_bind_with_mode_and_are_found_for_a_handover() {
+        let dir = std::env::temp_dir().join(format!("prefork-net-{}", std::process::id()));
+        let _ = std::fs::create_dir(&dir);
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let l = super::bind_unix(&super::UnixName::Path(&path), Some(0o640), 16).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        assert!(rustix::net::sockopt::socket_acceptconn(&l).unwrap());
+        let flags = rustix::io::fcntl_getfd(&l).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+        assert!(super::unix_path_answers(&path).unwrap());
+        // A `run` master hands on every listening Unix socket too.
+        let ino = rustix::fs::fstat(&l).unwrap().st_ino;
+        let found = super::listening_sockets();
+        assert!(
+            found
+                .iter()
+                .any(|fd| rustix::fs::fstat(fd).is_ok_and(|st| st.st_ino == ino)),
+            "the Unix listener is not among the handed-over sockets"
+        );
+        drop(found);
+        drop(l);
+        // The file stays, nobody answers: stale.
+        assert!(!super::unix_path_answers(&path).unwrap());
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
     fn probes_say_what_a_number_is() {
         let listener = super::bind_tcp("127.0.0.1:0".parse().unwrap(), false, false, 16).unwrap();
         let probe = super::Unowned::new(listener.as_raw_fd()).unwrap();

@@ -376,6 +376,8 @@ fn systemd_two_named(mode: Mode, backend: Backend) {
         2,
         "admin=unix:/nonexistent/a.sock web=192.0.2.1:9",
     )
+    // With a heartbeat table, which goes after the readiness pipe.
+    .env("FX_TIMEOUT_MS", "60000")
     .env("LISTEN_FDS", "2")
     .env("LISTEN_FDNAMES", "web:admin")
     .pass_fds(&[web.as_raw_fd(), admin.as_raw_fd()])
@@ -403,7 +405,17 @@ fn systemd_two_named(mode: Mode, backend: Backend) {
                 procfs::environ_var(&env, "PREFORK_READY_FD").as_deref(),
                 Some("5")
             );
+            assert_eq!(
+                procfs::environ_var(&env, "PREFORK_HEARTBEAT_FD").as_deref(),
+                Some("6")
+            );
         }
+        let complaints: Vec<String> = fx
+            .stderr()
+            .into_iter()
+            .filter(|l| l.contains("heartbeat") || l.contains("readiness"))
+            .collect();
+        assert!(complaints.is_empty(), "{complaints:?}");
     }
     fx.stop_with(libc::SIGTERM);
 }
