@@ -144,15 +144,17 @@ impl Prefork {
         self
     }
 
-    /// The address family [`Prefork::listen_and_serve`] binds. Default: [`Network::Tcp4`],
-    /// as fasthttp's prefork.
+    /// The address family [`Prefork::listen_and_serve`] binds, and [`Prefork::serve`] for
+    /// each TCP address of [`Prefork::listen`]. Default: [`Network::Tcp4`], as fasthttp's
+    /// prefork.
     pub fn network(mut self, network: Network) -> Self {
         self.network = network;
         self
     }
 
     /// One `SO_REUSEPORT` socket per worker instead of one shared listener, for
-    /// [`Prefork::listen_and_serve`]: the kernel spreads connections evenly over the workers.
+    /// [`Prefork::listen_and_serve`] and each TCP listener of [`Prefork::listen`] (a Unix
+    /// listener with it is an error): the kernel spreads connections evenly over the workers.
     /// The master binds one socket per slot and keeps it (in exec mode worker k gets socket k
     /// on its fd 3), so connections queued on a dead or replaced worker's socket wait for the
     /// next worker of the slot; TTOU steers new connections away from a retired slot before it
