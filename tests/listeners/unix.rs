@@ -302,6 +302,7 @@ fn unix_upgrade(mode: Mode, backend: Backend) {
     let addr = format!("unix:{}", path.display());
     let mut fx = spec(mode, backend, 2, &addr)
         .env("FX_GRACE_MS", "20000")
+        .env("FX_UPGRADE", "1")
         .start();
     let (old_pids, _) = ready_listeners(&fx);
     let before = inode_of(&path);

@@ -84,9 +84,11 @@ fn die_with_driver() {
     let Some(driver) = var(DRIVER_PID_ENV).and_then(|v| v.parse::<libc::pid_t>().ok()) else {
         return;
     };
-    if var(prefork::protocol::UPGRADE_FD_ENV).is_some() {
-        // The new master of a binary upgrade: the old master (a fixture) is its parent, and
-        // it outlives it. The test's process-group kill still ends it.
+    if flag("FX_UPGRADE") && var(prefork::protocol::UPGRADE_FD_ENV).is_some() {
+        // The new master of a binary upgrade the test asked for (`FX_UPGRADE=1`): the old
+        // master (a fixture) is its parent, and it outlives it. The test's process-group
+        // kill still ends it. Without the flag, such a new master exits at once here (and
+        // the old master rolls the upgrade back).
         return;
     }
     // SAFETY: PR_SET_PDEATHSIG takes the signal number as an integer argument.
@@ -158,6 +160,7 @@ pub fn choice<T: Copy>(name: &str, choices: &[(&str, T)], default: T) -> Result<
 /// | `FX_AFFINITY=1` | `cpu_affinity(true)` |
 /// | `FX_USER=NAME`, `FX_GROUP=NAME` | `user`, `group` |
 /// | `FX_NAMES=0` | `worker_names(false)` |
+/// | `FX_UPGRADE=1` | (not an option) a new master started by `USR2` runs instead of exiting at once |
 #[derive(Debug, Default)]
 pub struct Options {
     pub workers: Option<usize>,
