@@ -47,6 +47,12 @@ pub const UNDER_MODE_AND_BACKEND: &[Case<(Mode, Backend)>] = &[
     Case::new("named::port_zero_everywhere", MODES, |(m, b)| {
         port_zero(m, b)
     }),
+    Case::new("named::upgrade_tcp_and_unix", MODES, |(m, b)| {
+        upgrade_named(m, b, false)
+    }),
+    Case::new("named::upgrade_two_reuseport_groups", MODES, |(m, b)| {
+        upgrade_named(m, b, true)
+    }),
 ];
 
 /// The cases that run once.
@@ -166,6 +172,23 @@ fn answers_from_all(target: &Target, pids: &[u32]) -> Vec<Answer> {
         answers.push(answer);
     }
     answers
+}
+
+/// With reuseport: new connections (each closed once answered) until every worker of `pids`
+/// answered, at most 400; one answer per worker.
+fn answers_by_hash(target: &Target, pids: &[u32]) -> Vec<Answer> {
+    let mut seen: Vec<Answer> = Vec::new();
+    for _ in 0..400 {
+        let a = ask_target(target, "id");
+        assert!(pids.contains(&a.pid), "answer {a:?} from none of {pids:?}");
+        if !seen.iter().any(|s| s.pid == a.pid) {
+            seen.push(a);
+        }
+        if seen.len() == pids.len() {
+            return seen;
+        }
+    }
+    panic!("not every worker of {pids:?} answered on {target:?}: {seen:?}")
 }
 
 /// A connection to `target` that the answering worker holds, and its answer.
@@ -591,4 +614,118 @@ fn port_zero(mode: Mode, backend: Backend) {
     answers_from_all(&Target::Tcp(port), &pids);
     answers_from_all(&Target::Unix(path.clone()), &pids);
     fx.stop_with(libc::SIGTERM);
+}
+
+/// USR2 with two named listeners: the new master serves each under its name, on the same
+/// addresses (the port picked for `:0`, the same socket file).
+fn upgrade_named(mode: Mode, backend: Backend, reuseport: bool) {
+    let dir = TempDir::new("named-upgrade");
+    let path = sock(&dir, "admin.sock");
+    let listen = if reuseport {
+        "web=127.0.0.1:0 admin=127.0.0.1:0".to_owned()
+    } else {
+        format!("web=127.0.0.1:0 admin=unix:{}", path.display())
+    };
+    let mut s = spec(mode, backend, 2, &listen).env("FX_UPGRADE", "1");
+    if reuseport {
+        s = s.env("FX_REUSEPORT", "1");
+    }
+    let mut fx = s.start();
+    let (old_pids, lines) = ready_listeners(&fx);
+    let (web, web_inode) = one_listener_or_group(&lines, &old_pids, "web", reuseport);
+    let (admin, _) = one_listener_or_group(&lines, &old_pids, "admin", reuseport);
+    let before = (!reuseport).then(|| inode_of(&path));
+    fx.signal(libc::SIGUSR2);
+    let old = fx.pid;
+    let new: u32 = fx.wait_stderr("the new master serving", |lines| {
+        let prefix = format!("[INFO {old}] upgrade: new master ");
+        lines.iter().find_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            rest.contains(" is serving")
+                .then(|| rest.split(' ').next()?.parse().ok())
+                .flatten()
+        })
+    });
+    let status = fx.wait_exit();
+    assert!(status.success(), "old master: {status:?}");
+    fx.wait_gone(&old_pids);
+    let new_pids: Vec<u32> = fx.wait_lines("the new master's two workers", |lines| {
+        let pids: Vec<u32> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("serving ")?.split(' ').nth(1)?.parse().ok())
+            .filter(|p| !old_pids.contains(p))
+            .collect();
+        (pids.len() >= 2).then_some(pids)
+    });
+    let lines = listeners_of(&fx, &new_pids);
+    let (web_now, web_inode_now) = one_listener_or_group(&lines, &new_pids, "web", reuseport);
+    let (admin_now, _) = one_listener_or_group(&lines, &new_pids, "admin", reuseport);
+    assert_eq!(
+        (&web_now, &admin_now),
+        (&web, &admin),
+        "addresses after the upgrade"
+    );
+    if !reuseport {
+        assert_eq!(web_inode_now, web_inode, "the web socket after the upgrade");
+        assert_eq!(
+            Some(inode_of(&path)),
+            before,
+            "the admin socket file was replaced"
+        );
+    } else {
+        fx.expect_log("serving the 2 reuseport sockets passed by the old master for web");
+        fx.expect_log("serving the 2 reuseport sockets passed by the old master for admin");
+    }
+    let port = |a: &str| -> u16 { a.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap() };
+    let web_target = Target::Tcp(port(&web));
+    let admin_target = if reuseport {
+        Target::Tcp(port(&admin))
+    } else {
+        Target::Unix(path.clone())
+    };
+    for (target, name) in [(&web_target, "web "), (&admin_target, "admin ")] {
+        let answers = if reuseport {
+            // Each connection goes to the socket its hash picks: a held one would wait
+            // behind the worker it holds.
+            answers_by_hash(target, &new_pids)
+        } else {
+            answers_from_all(target, &new_pids)
+        };
+        for a in answers {
+            assert!(a.rest.starts_with(name), "{a:?} on {target:?}");
+        }
+    }
+    kill(new, libc::SIGTERM);
+    wait_for("the new master exits", || procfs::is_gone(new, old));
+    if !reuseport {
+        assert!(
+            !path.exists(),
+            "the new master left {} behind",
+            path.display()
+        );
+    }
+}
+
+/// As [`one_listener`]; with reuseport, each worker has a socket of its own in one group
+/// (one address, inodes that differ): the address, and the inode 0.
+fn one_listener_or_group(
+    lines: &[ListenerLine],
+    pids: &[u32],
+    name: &str,
+    reuseport: bool,
+) -> (String, u64) {
+    if !reuseport {
+        return one_listener(lines, pids, name);
+    }
+    let of: Vec<&ListenerLine> = lines.iter().filter(|l| l.name == name).collect();
+    assert_eq!(
+        of.len(),
+        pids.len(),
+        "listener {name:?} of each worker: {lines:?}"
+    );
+    assert!(
+        of.iter().all(|l| l.addr == of[0].addr),
+        "the workers' listeners {name:?} differ in address: {of:?}"
+    );
+    (of[0].addr.clone(), 0)
 }
