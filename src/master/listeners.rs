@@ -48,8 +48,11 @@ pub(crate) enum Listeners {
 /// The socket every worker shares.
 pub(crate) struct Shared {
     socket: TcpListener,
-    /// Bound here (not passed by systemd or an old master).
+    /// Bound here or by an old master (not passed by systemd).
     owned: bool,
+    /// A reuseport group of one with a program since its `listen` (bound where the kernel
+    /// refuses socket filters: `listen::bind_shared`).
+    grouped: bool,
     /// Its name for a new master.
     name: String,
     /// The sinks of a graceful stop, at the positions 1 and 2 of the group they make.
@@ -103,10 +106,11 @@ impl Listeners {
         }
         let resolved = listen::resolve(addr, network)?;
         if !reuseport {
-            let socket = listen::bind(resolved, network, false, addr)?;
+            let (socket, grouped) = listen::bind_shared(resolved, network, addr)?;
             return Ok(Listeners::Shared(Shared {
                 socket,
                 owned: true,
+                grouped,
                 name: SHARED_NAME.to_owned(),
                 sinks: Vec::new(),
             }));
@@ -162,9 +166,13 @@ impl Listeners {
         } else {
             log::info!("serving the socket passed by systemd (fd 3, name {name:?})");
         }
+        // A socket an old master made a reuseport group of one (`listen::bind_shared`) is one
+        // still: the group and its program belong to the socket.
+        let grouped = owned && rustix::net::sockopt::socket_reuseport(&socket).unwrap_or(false);
         Listeners::Shared(Shared {
             socket,
             owned,
+            grouped,
             name,
             sinks: Vec::new(),
         })
@@ -276,11 +284,13 @@ impl Listeners {
 }
 
 impl Shared {
-    /// Makes the shared socket a reuseport group of one and adds the sinks (see
-    /// [`open_sinks`]).
+    /// Adds the sinks (see [`open_sinks`]) to the shared socket's group, making it a group of
+    /// one first where it is none yet.
     fn open_sinks(&mut self) -> io::Result<()> {
-        rustix::net::sockopt::set_socket_reuseport(&self.socket, true)?;
-        self.sinks = open_sinks(&self.socket, 1, &[0], false)?;
+        if !self.grouped {
+            rustix::net::sockopt::set_socket_reuseport(&self.socket, true)?;
+        }
+        self.sinks = open_sinks(&self.socket, 1, &[0], self.grouped)?;
         Ok(())
     }
 }
@@ -291,7 +301,8 @@ impl Shared {
 ///
 /// Each sink's plug is sent to it by a program that knows the plug's port, attached before
 /// the sink joins the group, so no client's connection can reach it first. `grouped` is
-/// false for a socket that is no group yet (a shared socket): the first sink makes the
+/// false for a socket that is no group yet (a shared socket bound where the kernel takes
+/// socket filters, whose filter failed at this stop all the same): the first sink makes the
 /// group, and a connection request that comes between its `listen` and the first program
 /// goes to it by hash; that client's connection fills the sink instead of the plug, and is
 /// reset when the sink closes (a window of one `setsockopt`, about 30 µs, that the log

@@ -50,7 +50,9 @@ pub(crate) fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
 pub(crate) use event::{
     Epoll, is_pipe, pipe, pipe_nonblocking, read_pids, wait_readable, write_pid,
 };
-pub(crate) use net::{adopt_listener, bind_tcp, listening_sockets, take_inherited};
+pub(crate) use net::{
+    adopt_listener, bind_tcp, bind_tcp_group_of_one, listening_sockets, take_inherited,
+};
 pub(crate) use process::{
     Fork, Pid, Reaped, adopts_orphans, exit_now, fork, getpid, getppid, is_refused, kill,
     pidfd_open, pidfd_send_signal, probe_pidfd, reap_pid, reap_pidfd,
