@@ -2,6 +2,7 @@
 //! sockets), the inherited fds 3.. of an exec-mode worker, and systemd socket activation.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,44 @@ pub(crate) fn bind(
         addr: shown.to_owned(),
         source,
     })
+}
+
+/// Binds the one listening socket every worker shares. Where the kernel refuses the
+/// graceful stop's socket filter to this process, the socket is made a reuseport group of
+/// one (`SO_REUSEPORT` set after the bind, so a busy port still fails here) with a program
+/// that sends every connection to it, so that the stop's full sockets can join a group that
+/// already has a program (see `master::listeners`). Returns the socket and whether it is
+/// such a group.
+pub(crate) fn bind_shared(
+    addr: SocketAddr,
+    network: Network,
+    shown: &str,
+) -> Result<(TcpListener, bool), Error> {
+    let Some(refused) = sys::reuseport::filter_refused(addr) else {
+        return Ok((bind(addr, network, false, shown)?, false));
+    };
+    let v6only = network == Network::Tcp6;
+    let socket =
+        sys::bind_tcp_group_of_one(addr, v6only, BACKLOG).map_err(|source| Error::Listen {
+            addr: shown.to_owned(),
+            source,
+        })?;
+    match sys::reuseport::send_all(socket.as_fd(), 0) {
+        Ok(()) => {
+            log::info!(
+                "the kernel refuses socket filters to this process ({refused}): {shown} is a \
+                 reuseport group of one, which the graceful stop closes with full sockets"
+            );
+            Ok((socket, true))
+        }
+        Err(e) => {
+            log::warn!(
+                "the kernel refuses socket filters to this process ({refused}) and a reuseport \
+                 program on {shown} ({e}); a graceful stop may reset a connection"
+            );
+            Ok((socket, false))
+        }
+    }
 }
 
 /// The `LISTEN_FDNAMES` name of each socket of a reuseport group that a master of this crate

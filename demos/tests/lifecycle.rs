@@ -220,11 +220,30 @@ fn hyper_exec_reuseport_loses_no_request() {
     survives_the_lifecycle(&example("hyper"), &["--mode", "exec", "--reuseport"]);
 }
 
-// Unprivileged, the graceful stop holds new connections off a shared socket only after it
-// joined a reuseport group, one system call after the stop began (docs/design.md, "A graceful
-// stop without privilege"): a client can land in that window about one stop in ten under
-// this load. The unprivileged cases here use one socket per worker, where the stop loses
-// nothing; the processes suite covers the shared socket's logged window.
+// Unprivileged: where the kernel refuses the stop's socket filter to the master, full sockets
+// in the listeners' reuseport group hold new connections off (docs/design.md, "A graceful stop
+// without privilege"); a shared socket is made a group of one at the bind for it. Both kinds
+// of listener, both modes.
+
+#[test]
+fn hello_unprivileged_fork_shared_loses_no_request() {
+    survives_the_lifecycle_as(&hello_example(), &[], User::Unprivileged);
+}
+
+#[test]
+fn hello_unprivileged_exec_shared_loses_no_request() {
+    survives_the_lifecycle_as(&hello_example(), &["--mode", "exec"], User::Unprivileged);
+}
+
+#[test]
+fn hyper_unprivileged_fork_shared_loses_no_request() {
+    survives_the_lifecycle_as(&example("hyper"), &[], User::Unprivileged);
+}
+
+#[test]
+fn axum_unprivileged_exec_shared_loses_no_request() {
+    survives_the_lifecycle_as(&example("axum"), &["--mode", "exec"], User::Unprivileged);
+}
 
 #[test]
 fn hyper_unprivileged_fork_reuseport_loses_no_request() {
@@ -380,6 +399,16 @@ fn hyper_upgrade_exec_reuseport_unprivileged_loses_no_request() {
         &["--mode", "exec", "--reuseport"],
         User::Unprivileged,
     );
+}
+
+#[test]
+fn hyper_upgrade_exec_shared_unprivileged_loses_no_request() {
+    upgrades_without_loss(&example("hyper"), &["--mode", "exec"], User::Unprivileged);
+}
+
+#[test]
+fn axum_upgrade_fork_reuseport_unprivileged_loses_no_request() {
+    upgrades_without_loss(&example("axum"), &["--reuseport"], User::Unprivileged);
 }
 
 #[test]

@@ -84,6 +84,9 @@ pub(crate) struct Shared {
     socket: Listener,
     /// Bound here or passed by an old master (not passed by systemd).
     owned: bool,
+    /// A TCP socket that is a reuseport group of one with a program since its `listen`
+    /// (bound where the kernel refuses socket filters: `listen::bind_shared`).
+    grouped: bool,
     /// The sinks of a graceful stop, at the positions 1 and 2 of the group they make.
     sinks: Vec<Sink>,
 }
@@ -464,6 +467,7 @@ fn bind(
             sockets: Sockets::Shared(Shared {
                 socket: Listener::Unix(socket),
                 owned: true,
+                grouped: false,
                 sinks: Vec::new(),
             }),
             file,
@@ -471,10 +475,11 @@ fn bind(
     }
     let resolved = listen::resolve(addr, network)?;
     let sockets = if !spec.reuseport {
-        let socket = listen::bind(resolved, network, false, addr)?;
+        let (socket, grouped) = listen::bind_shared(resolved, network, addr)?;
         Sockets::Shared(Shared {
             socket: Listener::Tcp(socket),
             owned: true,
+            grouped,
             sinks: Vec::new(),
         })
     } else {
@@ -504,6 +509,7 @@ fn from_systemd(passed: Vec<(Listener, String)>, specs: &[Spec]) -> Result<Vec<E
         Sockets::Shared(Shared {
             socket,
             owned: false,
+            grouped: false,
             sinks: Vec::new(),
         })
     };
@@ -690,10 +696,17 @@ fn adopt_passed(found: Passed, spec: &Spec, network: Network, workers: usize) ->
                 Ok(crate::listener::ListenAddr::Unix(path)) => SocketFile::at(&path),
                 _ => None,
             };
+            // A socket the old master made a reuseport group of one (`listen::bind_shared`)
+            // is one still: the group and its program belong to the socket.
+            let grouped = match &socket {
+                Listener::Tcp(tcp) => rustix::net::sockopt::socket_reuseport(tcp).unwrap_or(false),
+                _ => false,
+            };
             (
                 Sockets::Shared(Shared {
                     socket,
                     owned: true,
+                    grouped,
                     sinks: Vec::new(),
                 }),
                 file,
@@ -709,14 +722,16 @@ fn adopt_passed(found: Passed, spec: &Spec, network: Network, workers: usize) ->
 }
 
 impl Shared {
-    /// Makes the shared socket a reuseport group of one and adds the sinks (see
-    /// [`open_sinks`]).
+    /// Adds the sinks (see [`open_sinks`]) to the shared socket's group, making it a group of
+    /// one first where it is none yet.
     fn open_sinks(&mut self) -> io::Result<()> {
         let Listener::Tcp(socket) = &self.socket else {
             return Ok(());
         };
-        rustix::net::sockopt::set_socket_reuseport(socket, true)?;
-        self.sinks = open_sinks(socket, 1, &[0], false)?;
+        if !self.grouped {
+            rustix::net::sockopt::set_socket_reuseport(socket, true)?;
+        }
+        self.sinks = open_sinks(socket, 1, &[0], self.grouped)?;
         Ok(())
     }
 }
@@ -727,7 +742,8 @@ impl Shared {
 ///
 /// Each sink's plug is sent to it by a program that knows the plug's port, attached before
 /// the sink joins the group, so no client's connection can reach it first. `grouped` is
-/// false for a socket that is no group yet (a shared socket): the first sink makes the
+/// false for a socket that is no group yet (a shared socket bound where the kernel takes
+/// socket filters, whose filter failed at this stop all the same): the first sink makes the
 /// group, and a connection request that comes between its `listen` and the first program
 /// goes to it by hash; that client's connection fills the sink instead of the plug, and is
 /// reset when the sink closes (a window of one `setsockopt`, about 30 µs, that the log

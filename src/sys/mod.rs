@@ -51,8 +51,8 @@ pub(crate) use event::{
     Epoll, is_pipe, pipe, pipe_nonblocking, read_pids, wait_readable, write_pid,
 };
 pub(crate) use net::{
-    UnixName, adopt_listener, bind_tcp, bind_unix, listening_sockets, take_inherited,
-    unix_path_answers,
+    UnixName, adopt_listener, bind_tcp, bind_tcp_group_of_one, bind_unix, listening_sockets,
+    take_inherited, unix_path_answers,
 };
 pub(crate) use process::{
     Fork, Pid, Reaped, adopts_orphans, exit_now, fork, getpid, getppid, is_refused, kill,

@@ -88,6 +88,30 @@ pub(crate) fn unix_path_answers(path: &std::path::Path) -> io::Result<bool> {
     }
 }
 
+/// As [`bind_tcp`] without `SO_REUSEPORT`, but with `SO_REUSEPORT` set between `bind(2)` and
+/// `listen(2)`: the socket makes a reuseport group of one at `listen`, which sockets of the
+/// same user may join later, while the bind itself still fails with `EADDRINUSE` where any
+/// socket holds the port (the kernel checks the flags of both sockets at the bind).
+pub(crate) fn bind_tcp_group_of_one(
+    addr: SocketAddr,
+    v6only: bool,
+    backlog: i32,
+) -> io::Result<TcpListener> {
+    let domain = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let fd = rustix::net::socket_with(domain, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    if addr.is_ipv6() {
+        sockopt::set_ipv6_v6only(&fd, v6only)?;
+    }
+    rustix::net::bind(&fd, &addr)?;
+    sockopt::set_socket_reuseport(&fd, true)?;
+    rustix::net::listen(&fd, backlog)?;
+    Ok(TcpListener::from(fd))
+}
+
 /// `getsockopt(2)` (`SO_TYPE`, `SO_DOMAIN`, `SO_ACCEPTCONN`), then `fcntl(2)`: adopts an
 /// inherited listening socket ([`take_inherited`]). Checks that `fd` is an open, listening
 /// stream socket, TCP (IPv4 or IPv6) or Unix, then sets close-on-exec and, with

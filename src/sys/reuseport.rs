@@ -24,7 +24,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use nix::sys::socket::{setsockopt, sockopt};
@@ -94,6 +94,22 @@ pub(crate) fn refuse_new_connections(socket: BorrowedFd<'_>) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Whether the kernel refuses [`refuse_new_connections`]'s filter to this process (some
+/// kernels want `CAP_NET_ADMIN` for any `SO_ATTACH_FILTER`): tried on a socket of `addr`'s
+/// family made for the purpose and closed at once. `Some(error)` when refused.
+pub(crate) fn filter_refused(addr: SocketAddr) -> Option<io::Error> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let probe =
+        match rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None) {
+            Ok(probe) => probe,
+            Err(e) => return Some(e.into()),
+        };
+    refuse_new_connections(probe.as_fd()).err()
 }
 
 /// Attaches to the group of `socket` a program that sends a connection from one of `plugs`
