@@ -53,7 +53,7 @@ pub(crate) use event::{
 pub(crate) use net::{adopt_listener, bind_tcp, listening_sockets, take_inherited};
 pub(crate) use process::{
     Fork, Pid, Reaped, adopts_orphans, exit_now, fork, getpid, getppid, is_refused, kill,
-    pidfd_open, pidfd_send_signal, probe_pidfd, reap_pid, reap_pidfd,
+    pidfd_open, pidfd_send_signal, probe_master_calls, probe_pidfd, reap_pid, reap_pidfd,
     remove_env_if_single_threaded, rss_bytes, set_exec_child_setup, set_parent_death_signal,
     thread_count, wait_any, wait_blocking,
 };
