@@ -20,8 +20,8 @@
 //!   both masters and every worker of either.
 //! * Sandboxes: the same upgrade under a seccomp filter (installed before the first master
 //!   starts, inherited by every process of both masters) that refuses `pidfd_send_signal`,
-//!   `pidfd_open`, or both (exec mode): the masters fall back (`kill(2)`, the sigchld
-//!   backend), logged, and the upgrade completes as above.
+//!   `pidfd_open`, both (exec mode), or `close_range`: the masters fall back (`kill(2)`, the
+//!   sigchld backend, descriptors marked one by one), and the upgrade completes as above.
 
 // The library's test support (`tests/support` of the repository): waits, signals, `/proc`,
 // temporary directories, one failure style for every process test of the workspace.
@@ -344,6 +344,14 @@ fn upgrade_fork_shared_refusing_pidfd_open() {
         "{log}"
     );
     assert!(!log.contains("cannot open a pidfd"), "{log}");
+}
+
+/// A sandbox that refuses `close_range` (`EPERM`): the new master's child marks the old
+/// master's descriptors close-on-exec one by one before `execve` instead (it cannot log), and
+/// the upgrade completes; the new master holds only what [`upgrades_under_load`] allows.
+#[test]
+fn upgrade_fork_shared_refusing_close_range() {
+    upgrades_in_sandbox("no-close-range", &[], false, &["close_range=EPERM"]);
 }
 
 /// Exec mode, with both pidfd calls refused (`ENOSYS`, as on an old kernel).

@@ -36,7 +36,14 @@ impl Master {
             let started = std::time::Instant::now();
             let pid = exec
                 .spawn(slot, listener, ready, heartbeat, self.old_mask)
-                .map_err(|e| named("starting the worker's program (fork and execve)", e))?;
+                .map_err(|e| {
+                    // The child's setup reports only an errno: every call it makes is named.
+                    named(
+                        "starting the worker's program (fork; in the child pthread_sigmask, \
+                         prctl(PR_SET_PDEATHSIG), fcntl, dup2; execve)",
+                        e,
+                    )
+                })?;
             self.health.on_forked(slot, started.elapsed());
             self.adopt(pid)?;
             return Ok(pid);
