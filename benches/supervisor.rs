@@ -14,6 +14,13 @@
 //! `BENCH_SPAWN_WORKERS=1,2` and `BENCH_SPAWN_SAMPLES=200` choose the spawn section's worker
 //! counts and its samples per count. See `docs/benchmarks.md`.
 //!
+//! `refused` runs only when named (`cargo bench --bench supervisor -- refused`): the prefork
+//! master's respawn latency (as `respawn`) and stop latency (TERM to the master -> the master
+//! exited, every worker reaped; `BENCH_REFUSED_WORKERS`, 4) on the pidfd path, and with
+//! `pidfd_send_signal` refused (`EPERM`) by a seccomp filter installed in the master before
+//! `run`, so that it signals through the `kill(2)` fallback; `BENCH_REFUSED_SAMPLES` (40 stops
+//! and 100 kills each; a quarter with `--quick`).
+//!
 //! `bigmem` runs only when named (`cargo bench --bench supervisor -- bigmem`): spawn and
 //! respawn with 0, 1 and 4 GiB written before the fork (`BENCH_BIGMEM_GIB=0,1,4`), with and
 //! without `MADV_HUGEPAGE`, beside the floor; `BENCH_BIGMEM_WORKERS` (1),
@@ -43,6 +50,10 @@ mod opts;
 mod procs;
 #[path = "shared/stats.rs"]
 mod stats;
+// The tests' seccomp filters (the `refused` section uses `deny`).
+#[allow(dead_code)]
+#[path = "../tests/support/seccomp.rs"]
+mod seccomp;
 use opts::Opts;
 use stats::{now_ns, pct, sorted, verdict};
 
@@ -1139,6 +1150,153 @@ fn bench_idle(o: &Opts) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// refused: the kill(2) fallback beside the pidfd path
+// ---------------------------------------------------------------------------------------------
+
+/// How the `refused` section's prefork master signals its workers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Signalling {
+    /// `pidfd_send_signal`, the default.
+    Pidfd,
+    /// `pidfd_send_signal` refused (`EPERM`) by a seccomp filter: the `kill(2)` fallback.
+    Kill,
+}
+
+impl Signalling {
+    fn name(self) -> &'static str {
+        match self {
+            Signalling::Pidfd => "pidfd_send_signal",
+            Signalling::Kill => "kill(2) fallback",
+        }
+    }
+}
+
+/// A prefork master ([`prefork_master`]) signalling as `how` says.
+fn signalling_master(n: usize, report: RawFd, how: Signalling) -> i32 {
+    if how == Signalling::Kill {
+        let refusal = seccomp::Refusal::parse("pidfd_send_signal=EPERM").expect("a known call");
+        if let Err(e) = seccomp::deny(&[refusal]) {
+            eprintln!("installing the seccomp filter: {e}");
+            return 1;
+        }
+    }
+    prefork_master(n, report, DeathMode::Pdeathsig)
+}
+
+/// One master with one worker, `kills` times: SIGKILL the worker, time to its replacement's
+/// READY (as [`respawn_run`]).
+fn refused_respawn_run(how: Signalling, kills: usize) -> Result<Vec<f64>, String> {
+    let (rd, wr) = pipe()?;
+    let report = wr.as_raw_fd();
+    let mut master = spawn_master(report, move || signalling_master(1, report, how))?;
+    drop(wr);
+    let mut chan = Chan::new(rd);
+    let mut out = Vec::with_capacity(kills);
+    let measured = (|| {
+        chan.expect(START, REPORT_TIMEOUT)?;
+        let mut pid = chan.expect(READY, REPORT_TIMEOUT)?.pid;
+        for _ in 0..kills {
+            sleep(Duration::from_millis(2));
+            let t0 = now_ns();
+            if !kill(pid, libc::SIGKILL) {
+                return Err(last_error(&format!("kill({pid})")));
+            }
+            let r = chan.expect(READY, REPORT_TIMEOUT)?;
+            out.push(us(r.ts.saturating_sub(t0)));
+            pid = r.pid;
+        }
+        Ok::<_, String>(())
+    })();
+    let stopped = master.stop(libc::SIGTERM, STOP_TIMEOUT);
+    measured?;
+    stopped?;
+    Ok(out)
+}
+
+/// One stop: a master with `n` workers inside `serve`; TERM to the master -> the master
+/// exited (it returns once every worker is reaped).
+fn refused_stop_sample(how: Signalling, n: usize) -> Result<f64, String> {
+    let (rd, wr) = pipe()?;
+    let report = wr.as_raw_fd();
+    let mut master = spawn_master(report, move || signalling_master(n, report, how))?;
+    drop(wr);
+    let mut chan = Chan::new(rd);
+    chan.expect(START, REPORT_TIMEOUT)?;
+    for _ in 0..n {
+        chan.expect(READY, REPORT_TIMEOUT)?;
+    }
+    // Past the workers' 100 ms decision window (a TERM within it waits for the window to end:
+    // the worker may still ask for the shutdown notice): a worker that did not ask then ends
+    // at once, and the stop measures the master's signalling and reaping.
+    sleep(Duration::from_millis(150));
+    let t0 = now_ns();
+    master.signal(libc::SIGTERM);
+    if !master.wait_exit(STOP_TIMEOUT) {
+        return Err(format!(
+            "the master did not exit within {STOP_TIMEOUT:?} of TERM"
+        ));
+    }
+    let took = us(now_ns() - t0);
+    master.reap();
+    Ok(took)
+}
+
+fn bench_refused(o: &Opts) {
+    let workers = env_usize("BENCH_REFUSED_WORKERS").unwrap_or(4);
+    let stops = env_usize("BENCH_REFUSED_SAMPLES").unwrap_or(if o.quick { 10 } else { 40 });
+    let kills = stops * 5 / 2;
+    let all = [Signalling::Pidfd, Signalling::Kill];
+    println!(
+        "\n## pidfd_send_signal refused (seccomp, EPERM): the kill(2) fallback beside the pidfd path ({kills} respawns, {stops} stops of {workers} workers each, interleaved)\n"
+    );
+    let mut respawns = [Vec::new(), Vec::new()];
+    let mut stopped = [Vec::new(), Vec::new()];
+    for block in 0..4 {
+        let order = if block % 2 == 0 {
+            all
+        } else {
+            [all[1], all[0]]
+        };
+        for how in order {
+            match refused_respawn_run(how, kills / 4) {
+                Ok(v) => respawns[how as usize].extend(v),
+                Err(e) => eprintln!("  respawn {}: {e}", how.name()),
+            }
+            for _ in 0..stops / 4 {
+                match refused_stop_sample(how, workers) {
+                    Ok(d) => stopped[how as usize].push(d),
+                    Err(e) => eprintln!("  stop {}: {e}", how.name()),
+                }
+            }
+        }
+    }
+    println!("| signals through | measure | samples | p50 µs | p90 µs | p99 µs | max µs |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let respawns = respawns.map(sorted);
+    let stopped = stopped.map(sorted);
+    for (what, samples) in [("respawn", &respawns), ("stop", &stopped)] {
+        for how in all {
+            let s = &samples[how as usize];
+            println!(
+                "| {} | {what} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                how.name(),
+                s.len(),
+                pct(s, 50.0),
+                pct(s, 90.0),
+                pct(s, 99.0),
+                pct(s, 100.0)
+            );
+        }
+    }
+    for (what, samples) in [("respawn", &respawns), ("stop", &stopped)] {
+        println!(
+            "\n{what}: kill(2) fallback / pidfd p50 {:.2}",
+            pct(&samples[1], 50.0) / pct(&samples[0], 50.0)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // 5. big programs: spawn and respawn with gigabytes written before the fork (opt-in)
 // ---------------------------------------------------------------------------------------------
 
@@ -1147,7 +1305,7 @@ fn bench_idle(o: &Opts) {
 const FORK: u32 = 4;
 
 /// Sections that run only when a filter names them: `bigmem` writes gigabytes.
-const OPT_IN_SECTIONS: &[&str] = &["bigmem"];
+const OPT_IN_SECTIONS: &[&str] = &["bigmem", "refused"];
 
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
@@ -1598,6 +1756,13 @@ fn main() {
         .any(|f| "bigmem".starts_with(f.as_str()))
     {
         bench_bigmem(&opts);
+    }
+    if opts
+        .filters
+        .iter()
+        .any(|f| "refused".starts_with(f.as_str()))
+    {
+        bench_refused(&opts);
     }
     let strays = procs::reap_strays(&[]);
     if strays > 0 {

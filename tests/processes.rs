@@ -9,7 +9,9 @@
 //!   process group of its own, and observes it through its report lines, TCP connections
 //!   to its workers, `/proc` and its exit status (`processes/cases.rs`). Every case runs
 //!   under both reaping backends (`PREFORK_BACKEND=pidfd` and `=sigchld`), one at a time.
-//!   Registered as every suite's are: a table of cases (`support::runner::Case`).
+//!   Registered as every suite's are: a table of cases (`support::runner::Case`). The
+//!   sandbox cases (`processes/sandbox.rs`) add a table of refused system calls, each row
+//!   run with `EPERM` and `ENOSYS` in the modes and under the backends it names.
 //!
 //! Test names are `BACKEND::case`, e.g. `sigchld::sigterm_stops_all_workers`.
 
@@ -19,6 +21,8 @@ mod support;
 mod cases;
 #[path = "processes/fixture.rs"]
 mod fixture;
+#[path = "processes/sandbox.rs"]
+mod sandbox;
 
 use std::process::ExitCode;
 
@@ -29,5 +33,8 @@ fn main() -> ExitCode {
     if let Some(role) = support::fixture::role() {
         support::fixture::main(&role, &[(fixture::ROLE, fixture::master)]);
     }
-    runner::main(runner::tests(cases::ALL))
+    let mut tests = runner::tests(cases::ALL);
+    tests.extend(runner::tests(sandbox::ALL));
+    tests.extend(sandbox::tests());
+    runner::main(tests)
 }

@@ -18,6 +18,10 @@
 //!   failed request; the failure is logged.
 //! * A second USR2 during an upgrade is ignored (logged), and TERM during an upgrade stops
 //!   both masters and every worker of either.
+//! * Sandboxes: the same upgrade under a seccomp filter (installed before the first master
+//!   starts, inherited by every process of both masters) that refuses `pidfd_send_signal`,
+//!   `pidfd_open`, both (exec mode), or `close_range`: the masters fall back (`kill(2)`, the
+//!   sigchld backend, descriptors marked one by one), and the upgrade completes as above.
 
 // The library's test support (`tests/support` of the repository): waits, signals, `/proc`,
 // temporary directories, one failure style for every process test of the workspace.
@@ -28,6 +32,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -38,6 +43,7 @@ use common::{
 };
 use support::process::{TempDir, kill, wait_for};
 use support::procfs::{self, is_alive};
+use support::seccomp::{Filter, Refusal};
 
 /// Workers of every server here.
 const WORKERS: usize = 3;
@@ -132,6 +138,14 @@ os.execv(sys.argv[1], sys.argv[1:])
 /// when `activated`), loads it, deploys a new program and sends USR2; checks everything
 /// listed in the module docs.
 fn upgrades_under_load(tag: &str, args: &[&str], activated: bool) {
+    upgrades_in_sandbox(tag, args, activated, &[]);
+}
+
+/// [`upgrades_under_load`], with the first master (and so every process it starts, the new
+/// master included: seccomp filters survive fork and exec) under a seccomp filter that
+/// refuses `deny` (`CALL=ERRNO`, as `support::seccomp::Refusal::parse` reads them), as a
+/// sandbox's profile does. Returns the log of both masters.
+fn upgrades_in_sandbox(tag: &str, args: &[&str], activated: bool, deny: &[&str]) -> String {
     let deploy = Deploy::new(tag);
     let staged = deploy.stage(&greeting_differently(), 0o755);
     let mut cmd = if activated {
@@ -143,6 +157,19 @@ fn upgrades_under_load(tag: &str, args: &[&str], activated: bool) {
         Command::new(&deploy.server)
     };
     cmd.args(args);
+    if !deny.is_empty() {
+        let refusals: Vec<Refusal> = deny
+            .iter()
+            .map(|r| Refusal::parse(r).unwrap_or_else(|| panic!("unknown refusal {r:?}")))
+            .collect();
+        // Built here: the child only installs it.
+        let filter = Filter::deny(&refusals);
+        // SAFETY: between fork and exec the child makes two prctl calls on memory prepared
+        // before the fork (`install` allocates nothing), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || filter.install());
+        }
+    }
     let mut server = Server::start(&mut cmd, WORKERS);
     let old = server.pid();
     let old_workers = children(old);
@@ -293,6 +320,52 @@ fn upgrades_under_load(tag: &str, args: &[&str], activated: bool) {
     println!(
         "upgrade {tag}: {} + {} answered (new, keep-alive), {} by the old program, {} by the new one",
         answered[0], answered[1], from[0], from[1]
+    );
+    log
+}
+
+/// A sandbox that refuses `pidfd_send_signal` (`EPERM`): both masters signal their workers
+/// through `kill(2)`, decided and logged once each, and the upgrade completes as
+/// [`upgrades_under_load`] checks (no request lost, the new master serves, the old one and
+/// its workers are gone, the new one stops cleanly).
+#[test]
+fn upgrade_fork_shared_refusing_pidfd_send_signal() {
+    let log = upgrades_in_sandbox("no-pidfd-signal", &[], false, &["pidfd_send_signal=EPERM"]);
+    assert!(log.contains("pidfd_send_signal refused ("), "{log}");
+}
+
+/// A sandbox that refuses `pidfd_open` (`EPERM`): both masters run on the sigchld backend
+/// (the old one watches the new master by `SIGCHLD` too), logged, and the upgrade completes.
+#[test]
+fn upgrade_fork_shared_refusing_pidfd_open() {
+    let log = upgrades_in_sandbox("no-pidfd", &[], false, &["pidfd_open=EPERM"]);
+    assert!(
+        log.contains("pidfds refused (pidfd_open: Operation not permitted"),
+        "{log}"
+    );
+    assert!(!log.contains("cannot open a pidfd"), "{log}");
+}
+
+/// A sandbox that refuses `close_range` (`EPERM`): the new master's child marks the old
+/// master's descriptors close-on-exec one by one before `execve` instead (it cannot log), and
+/// the upgrade completes; the new master holds only what [`upgrades_under_load`] allows.
+#[test]
+fn upgrade_fork_shared_refusing_close_range() {
+    upgrades_in_sandbox("no-close-range", &[], false, &["close_range=EPERM"]);
+}
+
+/// Exec mode, with both pidfd calls refused (`ENOSYS`, as on an old kernel).
+#[test]
+fn upgrade_exec_refusing_pidfd_calls() {
+    let log = upgrades_in_sandbox(
+        "exec-no-pidfd",
+        &["--mode", "exec"],
+        false,
+        &["pidfd_open=ENOSYS", "pidfd_send_signal=ENOSYS"],
+    );
+    assert!(
+        log.contains("pidfds unavailable (pidfd_open: Function not implemented"),
+        "{log}"
     );
 }
 

@@ -44,7 +44,14 @@ impl Master {
                     heartbeat,
                     self.old_mask,
                 )
-                .map_err(|e| named("starting the worker's program (fork and execve)", e))?;
+                .map_err(|e| {
+                    // The child's setup reports only an errno: every call it makes is named.
+                    named(
+                        "starting the worker's program (fork; in the child pthread_sigmask, \
+                         prctl(PR_SET_PDEATHSIG), fcntl, dup2; execve)",
+                        e,
+                    )
+                })?;
             self.health.on_forked(slot, started.elapsed());
             self.adopt(pid)?;
             return Ok(pid);
@@ -117,11 +124,16 @@ impl Master {
 /// `e`, from the system call `call` on the way to a worker, saying which call failed; and,
 /// when a sandbox's system call filter refused it, where the calls a master needs are listed.
 fn named(call: &str, e: io::Error) -> io::Error {
-    let hint = if sys::is_refused(&e) {
+    io::Error::new(e.kind(), format!("{call}: {e}{}", refused_hint(&e)))
+}
+
+/// What to add to an error `e` of a system call: where a sandbox's system call filter refused
+/// it, that it must allow it and where the calls a master needs are listed; else nothing.
+pub(super) fn refused_hint(e: &io::Error) -> &'static str {
+    if sys::is_refused(e) {
         " (refused: a system call filter must allow it; docs/security.md lists what a master \
          needs)"
     } else {
         ""
-    };
-    io::Error::new(e.kind(), format!("{call}: {e}{hint}"))
+    }
 }

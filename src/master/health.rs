@@ -75,7 +75,13 @@ impl Health {
     pub(crate) fn new(checks: HealthChecks, workers: usize) -> Result<Health, Error> {
         let table = match checks.worker_timeout {
             Some(_) => {
-                Some(Heartbeats::create().map_err(Error::sys("creating the heartbeat table"))?)
+                let op = "creating the heartbeat table (memfd_create, ftruncate, \
+                          fcntl(F_ADD_SEALS), mmap(MAP_SHARED))";
+                let table = Heartbeats::create().map_err(|e| {
+                    let hint = super::fork::refused_hint(&e);
+                    Error::sys(op)(std::io::Error::new(e.kind(), format!("{e}{hint}")))
+                })?;
+                Some(table)
             }
             None => None,
         };

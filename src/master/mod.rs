@@ -78,6 +78,7 @@ where
     let _name = setup
         .names
         .then(|| sys::identity::Renamed::set(c"prefork master"));
+    check_sandbox(backend)?;
     let mut health = Health::new(health, cfg.workers)?;
     health.set_listeners(listeners.addresses());
     let mut master = Master::new(backend, death, spawn, listeners, health)?;
@@ -106,6 +107,16 @@ fn check_single_threaded() -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+/// Fails before anything is forked where a sandbox refuses a call the master needs only once
+/// it has workers (the event loop's, reaping's, and with the sigchld backend `kill`): the
+/// error names the call and says that a system call filter refused it.
+fn check_sandbox(backend: Backend) -> Result<(), Error> {
+    sys::probe_master_calls(backend == Backend::Sigchld).map_err(|(op, e)| {
+        let hint = fork::refused_hint(&e);
+        Error::sys(op)(std::io::Error::new(e.kind(), format!("{e}{hint}")))
+    })
 }
 
 #[cfg(test)]

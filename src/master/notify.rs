@@ -3,6 +3,7 @@
 //! `STOPPING=1` at a graceful stop, `STATUS=` with the worker count, and `WATCHDOG=1` pings
 //! when the unit sets `WatchdogSec=` (a timer only then).
 
+use std::cell::Cell;
 use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
@@ -18,6 +19,10 @@ pub(crate) struct Notifier {
     addr: SocketAddr,
     /// How often to ping the watchdog (half of `WATCHDOG_USEC`), when it is enabled for us.
     pub(crate) watchdog: Option<Duration>,
+    /// Whether the last notification failed: a failure is logged as a warning only when it
+    /// follows a success (or comes first), so that a refused `sendto` (a sandbox) or a
+    /// vanished socket is said once, not at every watchdog ping.
+    failing: Cell<bool>,
 }
 
 impl Notifier {
@@ -39,6 +44,7 @@ impl Notifier {
                 socket: UnixDatagram::unbound()?,
                 addr,
                 watchdog: watchdog_interval(our_pid),
+                failing: Cell::new(false),
             })
         });
         match notifier {
@@ -52,8 +58,14 @@ impl Notifier {
 
     /// Sends one notification (newline-separated `KEY=value` assignments).
     pub(crate) fn send(&self, message: &str) {
-        if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.addr) {
-            log::warn!("cannot notify systemd ({e})");
+        match self.socket.send_to_addr(message.as_bytes(), &self.addr) {
+            Ok(_) => {
+                if self.failing.replace(false) {
+                    log::info!("notifying systemd again");
+                }
+            }
+            Err(e) if self.failing.replace(true) => log::debug!("cannot notify systemd ({e})"),
+            Err(e) => log::warn!("cannot notify systemd ({e}); said once until it works again"),
         }
     }
 

@@ -56,7 +56,7 @@ pub(crate) use net::{
 };
 pub(crate) use process::{
     Fork, Pid, Reaped, adopts_orphans, exit_now, fork, getpid, getppid, is_refused, kill,
-    pidfd_open, pidfd_send_signal, probe_pidfd, reap_pid, reap_pidfd,
+    pidfd_open, pidfd_send_signal, probe_master_calls, probe_pidfd, reap_pid, reap_pidfd,
     remove_env_if_single_threaded, rss_bytes, set_exec_child_setup, set_parent_death_signal,
     thread_count, wait_any, wait_blocking,
 };

@@ -25,8 +25,20 @@ use super::signal::{self, MaskHow, SigSet, Signal};
 /// `/proc/self/task`, which procfs reports as 2 plus the number of threads; else from field
 /// 20 of `/proc/self/stat`; last by listing `/proc/self/task`.
 pub(crate) fn thread_count() -> io::Result<usize> {
-    if nix::sched::unshare(nix::sched::CloneFlags::CLONE_THREAD).is_ok() {
-        return Ok(1);
+    match nix::sched::unshare(nix::sched::CloneFlags::CLONE_THREAD) {
+        Ok(()) => return Ok(1),
+        Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => {
+            static LOGGED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                log::info!(
+                    "unshare(CLONE_THREAD) refused ({}): threads are counted in /proc/self/task \
+                     instead",
+                    io::Error::from(e)
+                );
+            }
+        }
     }
     counted_threads()
 }
@@ -242,6 +254,24 @@ pub(crate) fn probe_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<()> {
         Err(rustix::io::Errno::INVAL) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The calls a master makes only once it has workers, tried before the first fork so that a
+/// sandbox that refuses one is named before anything is started: `epoll_create1` and
+/// `signalfd4` (the event loop, made after the first forks), `waitid` (every backend reaps
+/// with it: `P_PIDFD`, `P_ALL`), and with `kill_signals` (the sigchld backend) `kill` (as
+/// `kill(self, 0)`, which sends nothing). Each is made and undone at once; the error names
+/// the call that failed.
+pub(crate) fn probe_master_calls(kill_signals: bool) -> Result<(), (&'static str, io::Error)> {
+    drop(super::Epoll::new().map_err(|e| ("epoll_create1", e))?);
+    drop(signal::signalfd(&SigSet::of(&[])).map_err(|e| ("signalfd", e))?);
+    // WNOWAIT: a child this process already has (not a worker) is left as it is.
+    wait_any(true).map_err(|e| ("waitid", e))?;
+    if kill_signals {
+        rustix::process::test_kill_process(rustix::process::getpid())
+            .map_err(|e| ("kill", e.into()))?;
+    }
+    Ok(())
 }
 
 /// Whether an error says that a sandbox (a seccomp filter, an LSM) refused the system call,

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::fixture::ROLE;
-use crate::support::backend::{Backend, Mode};
+use crate::support::backend::Backend;
 use crate::support::net::{Load, Tally, all_ids, ask, collect_ids, hold, id_of, try_ask};
 use crate::support::notify::{Notification, NotifySocket};
 use crate::support::process::{DEADLINE, Fixture, Spec, TempDir, kill, wait_until};
@@ -51,24 +51,8 @@ pub const ALL: &[Case<Backend>] = cases![&Backend::ALL =>
     threads_before_run_are_refused,
     zero_workers_refused,
     bogus_backend_env_refused,
-    // Kernels without pidfds, and sandboxes that refuse the pidfd calls.
+    // Kernels without pidfds (sandboxes that refuse system calls: processes/sandbox.rs).
     no_pidfd_kernel_falls_back_to_sigchld,
-    sandbox_refusing_pidfd_open_eperm,
-    sandbox_refusing_pidfd_open_enosys,
-    sandbox_refusing_waitid_pidfd_eperm,
-    sandbox_refusing_waitid_pidfd_enosys,
-    sandbox_refusing_pidfd_send_signal_eperm,
-    sandbox_refusing_pidfd_send_signal_enosys,
-    stop_ends_when_every_signal_is_refused,
-    refused_fork_is_named_and_leaves_nothing,
-    sandbox_refusing_pidfd_open_eperm_exec,
-    sandbox_refusing_pidfd_open_enosys_exec,
-    sandbox_refusing_waitid_pidfd_eperm_exec,
-    sandbox_refusing_waitid_pidfd_enosys_exec,
-    sandbox_refusing_pidfd_send_signal_eperm_exec,
-    sandbox_refusing_pidfd_send_signal_enosys_exec,
-    sandbox_container_allowlist_before_pidfds,
-    sandbox_container_allowlist_before_pidfds_exec,
     // What workers inherit, and what the master puts back.
     worker_has_no_master_fds_and_clean_mask,
     ignored_sigchld_handled_and_restored,
@@ -112,12 +96,16 @@ pub const ALL: &[Case<Backend>] = cases![&Backend::ALL =>
 
 /// Starts a fixture master under `backend` with the given `FX_*` options (or other
 /// environment variables, which override `PREFORK_BACKEND` too).
-fn start(backend: Backend, opts: &[(&str, &str)]) -> Fixture {
+pub(crate) fn start(backend: Backend, opts: &[(&str, &str)]) -> Fixture {
     Spec::new(ROLE).backend(backend).envs(opts).start()
 }
 
 /// A master with `n` workers that all answered; returns it, its port and slot → pid.
-fn started(b: Backend, n: usize, opts: &[(&str, &str)]) -> (Fixture, u16, BTreeMap<usize, u32>) {
+pub(crate) fn started(
+    b: Backend,
+    n: usize,
+    opts: &[(&str, &str)],
+) -> (Fixture, u16, BTreeMap<usize, u32>) {
     let workers = n.to_string();
     let mut all: Vec<(&str, &str)> = vec![("FX_WORKERS", &workers)];
     all.extend_from_slice(opts);
@@ -129,7 +117,7 @@ fn started(b: Backend, n: usize, opts: &[(&str, &str)]) -> (Fixture, u16, BTreeM
 
 /// [`started`], and the master ready (its `on_master_ready` ran): signals such as HUP and
 /// TTOU are only acted on from then on.
-fn ready_master(
+pub(crate) fn ready_master(
     b: Backend,
     n: usize,
     opts: &[(&str, &str)],
@@ -194,14 +182,14 @@ fn state(fx: &Fixture, label: &str) -> State {
 }
 
 /// Asserts that `pid` is a running child of the master, in its process group.
-fn assert_worker_of(fx: &Fixture, pid: u32) {
+pub(crate) fn assert_worker_of(fx: &Fixture, pid: u32) {
     let stat = procfs::stat(pid).unwrap_or_else(|| panic!("worker {pid} does not exist"));
     assert_eq!(stat.ppid, fx.pid, "parent of worker {pid}");
     assert_eq!(stat.pgrp, fx.pid, "process group of worker {pid}");
     assert!(!stat.is_dead(), "worker {pid} is a zombie");
 }
 
-fn assert_all_alive(fx: &Fixture, pids: impl IntoIterator<Item = u32>) {
+pub(crate) fn assert_all_alive(fx: &Fixture, pids: impl IntoIterator<Item = u32>) {
     for pid in pids {
         assert_worker_of(fx, pid);
     }
@@ -217,7 +205,7 @@ fn assert_all_gone(fx: &Fixture, pids: impl IntoIterator<Item = u32>) {
 }
 
 /// The exit line of each pid in `pids`, asserting it says `how`.
-fn assert_exits(fx: &Fixture, pids: impl IntoIterator<Item = u32>, how: &str) {
+pub(crate) fn assert_exits(fx: &Fixture, pids: impl IntoIterator<Item = u32>, how: &str) {
     let exits = fx.exits();
     for pid in pids {
         let exit = exits
@@ -587,236 +575,6 @@ fn no_pidfd_kernel_falls_back_to_sigchld(b: Backend) {
     assert_worker_of(&fx, new);
     fx.stop_with(libc::SIGTERM);
     fx.assert_clean_exit();
-}
-
-/// The grace period of the sandbox cases, and how much longer than it a stop may take.
-const SANDBOX_GRACE: Duration = Duration::from_secs(2);
-const SANDBOX_MARGIN: Duration = Duration::from_secs(8);
-
-/// The options that start a fixture's workers in `mode`: exec mode needs the library's own
-/// listener (`listen_and_serve`), which an exec'd worker finds on fd 3.
-fn mode_opts(mode: Mode) -> Vec<(&'static str, &'static str)> {
-    match mode {
-        Mode::Fork => Vec::new(),
-        Mode::Exec => vec![("FX_MODE", "exec"), ("FX_LISTEN", "1")],
-    }
-}
-
-/// The lifecycle a master must keep under a sandbox (`sandbox`: the `FX_*` variables of its
-/// seccomp filter), two workers started in `mode`: they serve; a killed worker is replaced
-/// in its slot; HUP replaces every worker (each old one exits on the TERM it was sent); TTOU
-/// retires the last slot's worker (it exits on TERM, the other keeps serving, nothing is
-/// respawned); TERM stops the master within the grace period and a bounded margin, cleanly
-/// (every run `Ok`, no child, no zombie, nothing left of its process group). Returns the
-/// fixture, exited, for the caller's checks of its log.
-fn lifecycle_in_sandbox(b: Backend, mode: Mode, sandbox: &[(&str, &str)]) -> Fixture {
-    let grace = SANDBOX_GRACE.as_millis().to_string();
-    let mut opts = mode_opts(mode);
-    opts.push(("FX_GRACE_MS", &grace));
-    opts.extend_from_slice(sandbox);
-    let (mut fx, port, ids) = ready_master(b, 2, &opts);
-    let victim = ids[&0];
-    kill(victim, libc::SIGKILL);
-    let respawned = fx.wait_recover(victim);
-    assert_eq!(
-        fx.wait_exit_line(victim).slot,
-        0,
-        "the killed worker's slot"
-    );
-    assert_worker_of(&fx, respawned);
-    let old: BTreeSet<u32> = [respawned, ids[&1]].into();
-
-    fx.signal(libc::SIGHUP);
-    fx.wait_stderr_count("rolling restart done", 1);
-    for &pid in &old {
-        let exit = fx.wait_exit_line(pid);
-        assert_eq!(exit.how, "Signal(SIGTERM)", "how the replaced {pid} ended");
-    }
-    let new = collect_ids(port, 2, |pid| !old.contains(&pid));
-    assert_all_alive(&fx, new.values().copied());
-
-    fx.signal(libc::SIGTTOU);
-    let exit = fx.wait_exit_line(new[&1]);
-    assert_eq!(
-        (exit.slot, exit.how.as_str()),
-        (1, "Signal(SIGTERM)"),
-        "TTOU retires the last slot's worker"
-    );
-    assert_eq!(
-        all_ids(port, 1)[&0],
-        new[&0],
-        "the other worker keeps serving"
-    );
-    assert_eq!(procfs::live_children(fx.pid), [new[&0]], "one worker left");
-    assert_eq!(
-        fx.spawns().len(),
-        5,
-        "2 + 1 respawn + 2 by HUP; none after TTOU"
-    );
-
-    fx.signal(libc::SIGTERM);
-    let asked = Instant::now();
-    fx.wait_exit_within(SANDBOX_GRACE + SANDBOX_MARGIN);
-    let took = asked.elapsed();
-    fx.assert_clean_exit();
-    assert_exits(&fx, [new[&0]], "Signal(SIGTERM)");
-    assert!(
-        fx.recovers().len() == 1,
-        "only the killed worker was a recovery"
-    );
-    runner::note(format!("TERM to exit: {} ms", took.as_millis()));
-    fx
-}
-
-/// Under a seccomp filter that refuses one pidfd call (`deny`, as `FX_DENY` takes it), as a
-/// container engine's or a hardened unit's profile does, or as a kernel without the call
-/// (`ENOSYS`), the master keeps its whole lifecycle ([`lifecycle_in_sandbox`]). Under the
-/// pidfd backend, the fallback (`logged`) is logged once.
-fn survives_a_refused_pidfd_call(b: Backend, mode: Mode, deny: &str, logged: &str) {
-    let fx = lifecycle_in_sandbox(b, mode, &[("FX_DENY", deny)]);
-    let fallbacks = fx.stderr().iter().filter(|l| l.contains(logged)).count();
-    let want = usize::from(b == Backend::Pidfd);
-    assert_eq!(
-        fallbacks, want,
-        "the fallback is logged once under pidfd only"
-    );
-}
-
-/// A sandbox that refuses every signal the master sends (`kill` and `pidfd_send_signal`):
-/// TERM cannot reach the workers, nor can KILL after the grace period, yet the stop ends
-/// within the grace period plus the margin after KILL: the master gives up on the workers,
-/// names them in its error, and returns; the workers end with it (their parent-death
-/// signal), leaving nothing behind.
-fn stop_ends_when_every_signal_is_refused(b: Backend) {
-    let grace = "500";
-    let (mut fx, _port, ids) = started(
-        b,
-        2,
-        &[
-            ("FX_DENY", "kill=EPERM,pidfd_send_signal=EPERM"),
-            ("FX_GRACE_MS", grace),
-        ],
-    );
-    let workers: Vec<u32> = ids.values().copied().collect();
-    fx.signal(libc::SIGTERM);
-    // It ends by itself: `finish` waits for the master's exit, within the test deadline.
-    let code = fx.finish();
-    assert_eq!(
-        code,
-        crate::support::fixture::EXIT_ERR,
-        "the master's exit code"
-    );
-    let results = fx.results();
-    assert!(
-        results
-            .iter()
-            .any(|r| r.contains("still alive well after SIGKILL")
-                && workers.iter().all(|p| r.contains(&p.to_string()))),
-        "the error names the workers: {results:?}"
-    );
-    fx.expect_log("giving up on");
-    fx.wait_gone(&workers);
-    fx.assert_group_empty();
-}
-
-/// A sandbox that refuses `fork` (the `clone` system call): the master cannot start a
-/// worker and fails before serving, with an error that names the call and where the calls a
-/// master needs are listed; nothing is left behind.
-fn refused_fork_is_named_and_leaves_nothing(b: Backend) {
-    let mut fx = start(b, &[("FX_WORKERS", "2"), ("FX_DENY", "clone=EPERM")]);
-    let display = fx.assert_failed_exit();
-    assert!(
-        display.contains("cannot start worker 0: fork: Operation not permitted")
-            && display.contains("docs/security.md"),
-        "error: {display}"
-    );
-}
-
-const OPEN_REFUSED: &str = "pidfds refused (pidfd_open: Operation not permitted";
-const OPEN_MISSING: &str = "pidfds unavailable (pidfd_open: Function not implemented";
-const WAITID_REFUSED: &str = "pidfds refused (waitid(P_PIDFD): Operation not permitted";
-const WAITID_MISSING: &str = "pidfds unavailable (waitid(P_PIDFD): Function not implemented";
-const SIGNAL_REFUSED: &str = "pidfd_send_signal refused (";
-
-fn sandbox_refusing_pidfd_open_eperm(b: Backend) {
-    survives_a_refused_pidfd_call(b, Mode::Fork, "pidfd_open=EPERM", OPEN_REFUSED);
-}
-
-fn sandbox_refusing_pidfd_open_enosys(b: Backend) {
-    survives_a_refused_pidfd_call(b, Mode::Fork, "pidfd_open=ENOSYS", OPEN_MISSING);
-}
-
-fn sandbox_refusing_waitid_pidfd_eperm(b: Backend) {
-    survives_a_refused_pidfd_call(b, Mode::Fork, "waitid_pidfd=EPERM", WAITID_REFUSED);
-}
-
-fn sandbox_refusing_waitid_pidfd_enosys(b: Backend) {
-    survives_a_refused_pidfd_call(b, Mode::Fork, "waitid_pidfd=ENOSYS", WAITID_MISSING);
-}
-
-fn sandbox_refusing_pidfd_send_signal_eperm(b: Backend) {
-    survives_a_refused_pidfd_call(b, Mode::Fork, "pidfd_send_signal=EPERM", SIGNAL_REFUSED);
-}
-
-fn sandbox_refusing_pidfd_send_signal_enosys(b: Backend) {
-    survives_a_refused_pidfd_call(b, Mode::Fork, "pidfd_send_signal=ENOSYS", SIGNAL_REFUSED);
-}
-
-fn sandbox_refusing_pidfd_open_eperm_exec(b: Backend) {
-    survives_a_refused_pidfd_call(b, Mode::Exec, "pidfd_open=EPERM", OPEN_REFUSED);
-}
-
-fn sandbox_refusing_pidfd_open_enosys_exec(b: Backend) {
-    survives_a_refused_pidfd_call(b, Mode::Exec, "pidfd_open=ENOSYS", OPEN_MISSING);
-}
-
-fn sandbox_refusing_waitid_pidfd_eperm_exec(b: Backend) {
-    survives_a_refused_pidfd_call(b, Mode::Exec, "waitid_pidfd=EPERM", WAITID_REFUSED);
-}
-
-fn sandbox_refusing_waitid_pidfd_enosys_exec(b: Backend) {
-    survives_a_refused_pidfd_call(b, Mode::Exec, "waitid_pidfd=ENOSYS", WAITID_MISSING);
-}
-
-fn sandbox_refusing_pidfd_send_signal_eperm_exec(b: Backend) {
-    survives_a_refused_pidfd_call(b, Mode::Exec, "pidfd_send_signal=EPERM", SIGNAL_REFUSED);
-}
-
-fn sandbox_refusing_pidfd_send_signal_enosys_exec(b: Backend) {
-    survives_a_refused_pidfd_call(b, Mode::Exec, "pidfd_send_signal=ENOSYS", SIGNAL_REFUSED);
-}
-
-/// Under an allowlist that mimics a container engine's default profile of before the pidfd
-/// calls were listed (`FX_ALLOWLIST=container`: `support::backend::CONTAINER`, the calls of
-/// docs/security.md less the pidfd ones; everything else `EPERM`), the master keeps its
-/// whole lifecycle ([`lifecycle_in_sandbox`]); under the pidfd backend it falls back to
-/// sigchld at the first worker, logged once, and never tries `pidfd_send_signal` (it has no
-/// pidfd to send through). x86_64 only (a list of call numbers is one architecture's).
-fn container_allowlist_before_pidfds(b: Backend, mode: Mode) {
-    if !cfg!(target_arch = "x86_64") {
-        runner::skip("the allowlist filter is x86_64 only");
-        return;
-    }
-    let fx = lifecycle_in_sandbox(b, mode, &[("FX_ALLOWLIST", "container")]);
-    let stderr = fx.stderr();
-    let fallbacks = stderr.iter().filter(|l| l.contains(OPEN_REFUSED)).count();
-    assert_eq!(
-        fallbacks,
-        usize::from(b == Backend::Pidfd),
-        "the fallback is logged once under pidfd only"
-    );
-    assert!(
-        !stderr.iter().any(|l| l.contains(SIGNAL_REFUSED)),
-        "no pidfd to signal through: {stderr:?}"
-    );
-}
-
-fn sandbox_container_allowlist_before_pidfds(b: Backend) {
-    container_allowlist_before_pidfds(b, Mode::Fork);
-}
-
-fn sandbox_container_allowlist_before_pidfds_exec(b: Backend) {
-    container_allowlist_before_pidfds(b, Mode::Exec);
 }
 
 fn exit_fatal_stops_everything(b: Backend) {

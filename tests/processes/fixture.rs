@@ -49,7 +49,7 @@
 //! * `FX_NO_PIDFD=1`: a seccomp filter makes `pidfd_open` fail with `ENOSYS`, as on a
 //!   kernel before 5.3;
 //! * `FX_DENY=CALL=ERRNO,…`: a seccomp filter refuses those calls, as a sandbox's profile
-//!   does (see `support::backend::Refusal`);
+//!   does (see `support::seccomp::Refusal` and its `CALLS`);
 //! * `FX_ALLOWLIST=container`: a seccomp filter allows only the calls of
 //!   `support::backend::CONTAINER` and refuses every other with `EPERM`, and `waitid` with
 //!   `P_PIDFD` too, as a container engine's default profile of before the pidfd calls did
@@ -91,12 +91,12 @@ use std::time::{Duration, Instant};
 
 use prefork::{Prefork, Worker};
 
-use crate::support::backend::{Refusal, allow_only, deny, deny_pidfd_open};
 use crate::support::fixture::{
     EXIT_BROKEN, EXIT_ERR, EXIT_OK, Options, become_user, choice, flag, parsed, var,
 };
 use crate::support::procfs;
 use crate::support::report::{self, complain, say, write_raw};
+use crate::support::seccomp::{Refusal, allow_only, deny, deny_pidfd_open};
 
 /// The fixture's role (the value of `PREFORK_FIXTURE`).
 pub const ROLE: &str = "master";

@@ -12,6 +12,8 @@
 //! * [`net`]: asking a fixture's workers over TCP.
 //! * [`procfs`]: process, descriptor and socket state from `/proc`.
 //! * [`backend`]: the reaping backends every supervision case runs under.
+//! * [`seccomp`]: the filters that simulate a sandbox refusing system calls (also included
+//!   by the benches).
 //! * [`notify`]: systemd's side of the notification protocol, a datagram socket the test
 //!   binds.
 //! * [`fixture`] and [`report`]: what the fixture side shares: role, exit codes, logger,
@@ -28,3 +30,4 @@ pub mod process;
 pub mod procfs;
 pub mod report;
 pub mod runner;
+pub mod seccomp;

@@ -1,0 +1,475 @@
+//! The sandbox cases of `tests/processes.rs`: a seccomp filter, installed by the fixture
+//! before it starts its master (and inherited by every worker, across `exec` too), refuses
+//! the system calls of docs/security.md's list, as a container engine's or a hardened
+//! systemd unit's profile does, or as a kernel without the call.
+//!
+//! [`REFUSALS`] is the table: for each call (or form of a call) the crate makes, where it is
+//! on the path (the modes, the options that make it), under which backends, and what must
+//! happen when it is refused. Each row runs with `EPERM` and with `ENOSYS` in each of its
+//! modes, as a test named `BACKEND::MODE::sandbox_refusing_CALL_ERRNO`:
+//!
+//! * an optional call ([`Expect::Works`]): the whole lifecycle still works
+//!   ([`lifecycle_in_sandbox`]: start, serve, respawn, HUP replaces every worker, TTOU, TERM
+//!   ends within the grace period and a margin with nothing left), and the fallback is
+//!   logged as the row says;
+//! * a required call: the run fails with an error that names the call, and nothing is left
+//!   (no child, no zombie, nothing in the fixture's process group): before any fork
+//!   ([`Expect::FailsBeforeFork`]), at the first worker's start ([`Expect::FailsAtSpawn`]),
+//!   or in the worker that needs it, which stops the master ([`Expect::FatalInWorker`]).
+//!
+//! A row that does not depend on the backend (every call but the reaping and signalling
+//! ones) runs under the default backend only, pidfd. [`ALL`] holds the other sandbox cases:
+//! every signal refused, and a container engine's allowlist of before the pidfd calls.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use crate::cases::{
+    assert_all_alive, assert_exits, assert_worker_of, ready_master, start, started,
+};
+use crate::support::backend::{Backend, Mode};
+use crate::support::net::{all_ids, collect_ids};
+use crate::support::notify::NotifySocket;
+use crate::support::process::{Fixture, kill};
+use crate::support::procfs;
+use crate::support::runner::{self, Case, Test, cases, test};
+
+/// The other sandbox cases, each run under every backend.
+pub const ALL: &[Case<Backend>] = cases![&Backend::ALL =>
+    stop_ends_when_every_signal_is_refused,
+    sandbox_container_allowlist_before_pidfds,
+    sandbox_container_allowlist_before_pidfds_exec,
+];
+
+/// The grace period of the sandbox cases, and how much longer than it a stop may take.
+const SANDBOX_GRACE: Duration = Duration::from_secs(2);
+const SANDBOX_MARGIN: Duration = Duration::from_secs(8);
+
+/// The errors each refusal is tried with, and how `strerror` says them.
+const ERRNOS: [(&str, &str); 2] = [
+    ("EPERM", "Operation not permitted"),
+    ("ENOSYS", "Function not implemented"),
+];
+
+const BOTH: &[Mode] = &[Mode::Fork, Mode::Exec];
+const FORK: &[Mode] = &[Mode::Fork];
+const EXEC: &[Mode] = &[Mode::Exec];
+const PIDFD: &[Backend] = &[Backend::Pidfd];
+const SIGCHLD: &[Backend] = &[Backend::Sigchld];
+const EVERY: &[Backend] = &Backend::ALL;
+
+/// The privilege drop's options (root runs the tests; the case skips otherwise).
+const DROP: &[(&str, &str)] = &[("FX_USER", "nobody"), ("FX_GROUP", "nogroup")];
+/// The heartbeat table's option.
+const HEARTBEAT: &[(&str, &str)] = &[("FX_TIMEOUT_MS", "60000")];
+/// The library's own listener (`listen_and_serve`), for the calls it makes on it.
+const LISTEN: &[(&str, &str)] = &[("FX_LISTEN", "1")];
+const REUSEPORT: &[(&str, &str)] = &[("FX_LISTEN", "1"), ("FX_REUSEPORT", "1")];
+/// `NOTIFY_SOCKET`, bound by the test (`NOTIFY` in a value is replaced by its name).
+const NOTIFY: &[(&str, &str)] = &[("NOTIFY_SOCKET", "NOTIFY"), ("WATCHDOG_USEC", "200000")];
+
+/// A log line's text: `{err}` stands for the refusal's `strerror`, `{how}` for `refused`
+/// (`EPERM`) or `unavailable` (`ENOSYS`), as the pidfd fallback says it.
+type Text = &'static str;
+
+/// What the fallback of an optional call logs.
+#[derive(Clone, Copy)]
+pub enum Log {
+    /// Nothing: the fallback is silent (made where nothing can log, or not worth a line).
+    Silent,
+    /// One line.
+    Once(Text),
+    /// One line under the pidfd backend, none under sigchld (which never makes the call).
+    OnceUnderPidfd(Text),
+    /// A line from every worker started (each makes the call for itself).
+    EachWorker(Text),
+}
+
+/// What must happen where the call is refused.
+#[derive(Clone, Copy)]
+pub enum Expect {
+    /// Optional: the lifecycle works, and the fallback logs this.
+    Works(Log),
+    /// Required: `run` fails before any fork with an error containing this.
+    FailsBeforeFork(Text),
+    /// Required: `run` fails at the first worker's start with an error containing this,
+    /// having started no worker.
+    FailsAtSpawn(Text),
+    /// Required by each worker: the first to start logs this and exits with `EXIT_FATAL`,
+    /// which stops the master.
+    FatalInWorker(Text),
+}
+
+/// One row of the table: a call refused (`FX_DENY`'s name, see
+/// `support::seccomp::CALLS`), the backends and modes it is tried under, the fixture
+/// options that put it on the path, and what must happen.
+pub struct Refused {
+    pub call: &'static str,
+    pub backends: &'static [Backend],
+    pub modes: &'static [Mode],
+    pub opts: &'static [(&'static str, &'static str)],
+    pub expect: Expect,
+}
+
+const fn row(
+    call: &'static str,
+    backends: &'static [Backend],
+    modes: &'static [Mode],
+    opts: &'static [(&'static str, &'static str)],
+    expect: Expect,
+) -> Refused {
+    Refused {
+        call,
+        backends,
+        modes,
+        opts,
+        expect,
+    }
+}
+
+use Expect::{FailsAtSpawn, FailsBeforeFork, FatalInWorker, Works};
+
+/// The hint a refused required call's error carries.
+const HINT: &str = "(refused: a system call filter must allow it; docs/security.md";
+
+/// Every call of docs/security.md's list that the crate makes, refused.
+#[rustfmt::skip]
+pub const REFUSALS: &[Refused] = &[
+    // Reaping and signalling: under both backends, which make different calls.
+    row("pidfd_open", EVERY, BOTH, &[], Works(Log::OnceUnderPidfd("pidfds {how} (pidfd_open: {err}"))),
+    row("waitid_pidfd", EVERY, BOTH, &[], Works(Log::OnceUnderPidfd("pidfds {how} (waitid(P_PIDFD): {err}"))),
+    row("pidfd_send_signal", EVERY, BOTH, &[], Works(Log::OnceUnderPidfd("pidfd_send_signal refused ({err}"))),
+    row("waitid", EVERY, BOTH, &[], FailsBeforeFork("waitid failed: {err}")),
+    // The pidfd backend signals through pidfds: kill(2) is not on its path.
+    row("kill", PIDFD, BOTH, &[], Works(Log::Silent)),
+    row("kill", SIGCHLD, BOTH, &[], FailsBeforeFork("kill failed: {err}")),
+    // The event loop, made after the first forks, probed before them.
+    row("epoll_create1", PIDFD, BOTH, &[], FailsBeforeFork("epoll_create1 failed: {err}")),
+    row("signalfd4", PIDFD, BOTH, &[], FailsBeforeFork("signalfd failed: {err}")),
+    // Starting workers.
+    row("clone", PIDFD, FORK, &[], FailsAtSpawn("cannot start worker 0: fork: {err}")),
+    row("clone", PIDFD, EXEC, &[], FailsAtSpawn(EXEC_FAILED)),
+    row("execve", PIDFD, EXEC, &[], FailsAtSpawn(EXEC_FAILED)),
+    // The exec-mode child marks descriptors close-on-exec one by one instead (it cannot log).
+    row("close_range", PIDFD, EXEC, &[], Works(Log::Silent)),
+    // The single-thread check before each fork (fork mode) counts /proc/self/task instead.
+    row("unshare", PIDFD, FORK, &[], Works(Log::Once("unshare(CLONE_THREAD) refused ({err}"))),
+    // The death signal: a forked worker serves without it; an exec-mode child cannot start.
+    row("prctl_set_pdeathsig", PIDFD, FORK, &[], Works(Log::EachWorker("cannot set PR_SET_PDEATHSIG: {err}"))),
+    row("prctl_set_pdeathsig", PIDFD, EXEC, &[], FailsAtSpawn(EXEC_FAILED)),
+    row("prctl_set_name", PIDFD, BOTH, &[], Works(Log::EachWorker("cannot name itself: {err}"))),
+    // prctl as a whole: as PR_SET_PDEATHSIG (the names too, and NO_NEW_PRIVS is not asked for).
+    row("prctl", PIDFD, FORK, &[], Works(Log::EachWorker("cannot set PR_SET_PDEATHSIG: {err}"))),
+    row("prctl", PIDFD, EXEC, &[], FailsAtSpawn(EXEC_FAILED)),
+    // The library's listeners: the stop's socket filter (then full sockets join the group,
+    // logged at info; where that fails too, on a loaded machine, each backlog is cut to one,
+    // with a warning), reuseport's steering filter.
+    row("setsockopt_attach_filter", PIDFD, BOTH, LISTEN, Works(Log::Once("the kernel refused the socket filter"))),
+    row("setsockopt_attach_reuseport_cbpf", PIDFD, BOTH, REUSEPORT, Works(Log::Once("cannot steer connections away from retired slots ({err}"))),
+    row("sched_setaffinity", PIDFD, BOTH, &[("FX_AFFINITY", "1")], Works(Log::EachWorker("cannot pin itself to a CPU: {err}"))),
+    // systemd's notification socket.
+    row("socket_unix", PIDFD, FORK, NOTIFY, Works(Log::Once("cannot be used ({err}"))),
+    row("sendto_addressed", PIDFD, FORK, NOTIFY, Works(Log::Once("cannot notify systemd ({err}"))),
+    // The heartbeat table (`worker_timeout`), made before the first fork.
+    row("memfd_create", PIDFD, FORK, HEARTBEAT, FailsBeforeFork(NO_TABLE)),
+    row("ftruncate", PIDFD, FORK, HEARTBEAT, FailsBeforeFork(NO_TABLE)),
+    row("mmap_shared", PIDFD, BOTH, HEARTBEAT, FailsBeforeFork(NO_TABLE)),
+    // The privilege drop (`user`, `group`), in each worker.
+    row("setgroups", PIDFD, BOTH, DROP, FatalInWorker("cannot drop its privileges (user nobody, group nogroup): setgroups: {err}")),
+    row("setgid", PIDFD, BOTH, DROP, FatalInWorker("cannot drop its privileges (user nobody, group nogroup): setgid: {err}")),
+    row("setuid", PIDFD, BOTH, DROP, FatalInWorker("cannot drop its privileges (user nobody, group nogroup): setuid: {err}")),
+];
+
+/// How `run` fails where an exec-mode worker cannot be started.
+const EXEC_FAILED: Text = "cannot start worker 0: starting the worker's program (fork; in the child pthread_sigmask, \
+     prctl(PR_SET_PDEATHSIG), fcntl, dup2; execve): {err}";
+/// How `run` fails where the heartbeat table cannot be made.
+const NO_TABLE: Text = "creating the heartbeat table (memfd_create, ftruncate, \
+                        fcntl(F_ADD_SEALS), mmap(MAP_SHARED)) failed: {err}";
+
+/// The tests of [`REFUSALS`]: each row under each of its backends and modes, with each
+/// errno of [`ERRNOS`].
+pub fn tests() -> Vec<Test> {
+    let mut tests = Vec::new();
+    for refused in REFUSALS {
+        for &b in refused.backends {
+            for &mode in refused.modes {
+                for (errno, text) in ERRNOS {
+                    let name = format!(
+                        "{}::{}::sandbox_refusing_{}_{}",
+                        b.name(),
+                        mode.name(),
+                        refused.call,
+                        errno.to_lowercase()
+                    );
+                    tests.push(test(name, move || refusal(b, mode, refused, errno, text)));
+                }
+            }
+        }
+    }
+    tests
+}
+
+/// `text` with `{err}` and `{how}` filled in for the refusal `errno` (`strerror`: `err`).
+fn fill(text: Text, errno: &str, err: &str) -> String {
+    let how = if errno == "ENOSYS" {
+        "unavailable"
+    } else {
+        "refused"
+    };
+    text.replace("{err}", err).replace("{how}", how)
+}
+
+/// The options that start a fixture's workers in `mode`: exec mode needs the library's own
+/// listener (`listen_and_serve`), which an exec'd worker finds on fd 3.
+fn mode_opts(mode: Mode) -> Vec<(&'static str, &'static str)> {
+    match mode {
+        Mode::Fork => Vec::new(),
+        Mode::Exec => vec![("FX_MODE", "exec"), ("FX_LISTEN", "1")],
+    }
+}
+
+/// One test of the table: `refused.call` refused with `errno` (`strerror`: `err`) under `b`
+/// and `mode`.
+fn refusal(b: Backend, mode: Mode, refused: &Refused, errno: &str, err: &str) {
+    if refused.opts == DROP && euid() != 0 {
+        runner::skip("dropping privileges needs root");
+        return;
+    }
+    let deny = format!("{}={errno}", refused.call);
+    let notify = refused
+        .opts
+        .iter()
+        .any(|&(_, v)| v == "NOTIFY")
+        .then(|| NotifySocket::at_path("sandbox"));
+    let mut sandbox: Vec<(&str, &str)> = vec![("FX_DENY", &deny)];
+    for &(name, value) in refused.opts {
+        match &notify {
+            Some(socket) if value == "NOTIFY" => sandbox.push((name, &socket.name)),
+            _ => sandbox.push((name, value)),
+        }
+    }
+    match refused.expect {
+        Works(log) => {
+            let fx = lifecycle_in_sandbox(b, mode, &sandbox);
+            let stderr = fx.stderr();
+            // What the master says at debug level (a repeated failure) does not count.
+            let count = |text: Text| {
+                let text = fill(text, errno, err);
+                stderr
+                    .iter()
+                    .filter(|l| !l.starts_with("[DEBUG") && l.contains(&text))
+                    .count()
+            };
+            match log {
+                Log::Silent => {}
+                Log::Once(text) => assert_eq!(
+                    count(text),
+                    1,
+                    "the fallback is logged once: {:?}",
+                    stderr
+                        .iter()
+                        .filter(|l| l.contains(&fill(text, errno, err)))
+                        .collect::<Vec<_>>()
+                ),
+                Log::OnceUnderPidfd(text) => assert_eq!(
+                    count(text),
+                    usize::from(b == Backend::Pidfd),
+                    "the fallback is logged once under pidfd only"
+                ),
+                Log::EachWorker(text) => {
+                    let spawns = fx.spawns().len();
+                    assert!(
+                        count(text) >= spawns,
+                        "each of the {spawns} workers logs {text:?}"
+                    );
+                }
+            }
+        }
+        FailsBeforeFork(text) | FailsAtSpawn(text) => {
+            let mut opts = mode_opts(mode);
+            opts.push(("FX_WORKERS", "2"));
+            opts.extend_from_slice(&sandbox);
+            let mut fx = start(b, &opts);
+            let display = fx.assert_failed_exit();
+            let want = fill(text, errno, err);
+            assert!(display.contains(&want), "error {display:?} says {want:?}");
+            assert!(
+                display.contains(HINT),
+                "error {display:?} says that a sandbox refused it"
+            );
+            assert!(
+                fx.spawns().is_empty(),
+                "no worker started: {:?}",
+                fx.spawns()
+            );
+        }
+        FatalInWorker(text) => {
+            let mut opts = mode_opts(mode);
+            opts.push(("FX_WORKERS", "2"));
+            opts.extend_from_slice(&sandbox);
+            let mut fx = start(b, &opts);
+            let display = fx.assert_failed_exit();
+            assert!(
+                display.contains("reported a fatal start-up failure"),
+                "error: {display}"
+            );
+            fx.expect_log(&fill(text, errno, err));
+        }
+    }
+    drop(notify);
+}
+
+/// The effective uid of the test process.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The lifecycle a master must keep under a sandbox (`sandbox`: the `FX_*` variables of its
+/// seccomp filter and the options that put the refused call on its path), two workers
+/// started in `mode`: they serve; a killed worker is replaced in its slot; HUP replaces every
+/// worker (each old one exits on the TERM it was sent); TTOU retires the last slot's worker
+/// (it exits on TERM, the other keeps serving, nothing is respawned); TERM stops the master
+/// within the grace period and a bounded margin, cleanly (every run `Ok`, no child, no
+/// zombie, nothing left of its process group). Returns the fixture, exited, for the caller's
+/// checks of its log.
+pub fn lifecycle_in_sandbox(b: Backend, mode: Mode, sandbox: &[(&str, &str)]) -> Fixture {
+    let grace = SANDBOX_GRACE.as_millis().to_string();
+    let mut opts = mode_opts(mode);
+    opts.push(("FX_GRACE_MS", &grace));
+    opts.extend_from_slice(sandbox);
+    let (mut fx, port, ids) = ready_master(b, 2, &opts);
+    let victim = ids[&0];
+    kill(victim, libc::SIGKILL);
+    let respawned = fx.wait_recover(victim);
+    assert_eq!(
+        fx.wait_exit_line(victim).slot,
+        0,
+        "the killed worker's slot"
+    );
+    assert_worker_of(&fx, respawned);
+    let old: BTreeSet<u32> = [respawned, ids[&1]].into();
+
+    fx.signal(libc::SIGHUP);
+    fx.wait_stderr_count("rolling restart done", 1);
+    for &pid in &old {
+        let exit = fx.wait_exit_line(pid);
+        assert_eq!(exit.how, "Signal(SIGTERM)", "how the replaced {pid} ended");
+    }
+    let new = collect_ids(port, 2, |pid| !old.contains(&pid));
+    assert_all_alive(&fx, new.values().copied());
+
+    fx.signal(libc::SIGTTOU);
+    let exit = fx.wait_exit_line(new[&1]);
+    assert_eq!(
+        (exit.slot, exit.how.as_str()),
+        (1, "Signal(SIGTERM)"),
+        "TTOU retires the last slot's worker"
+    );
+    assert_eq!(
+        all_ids(port, 1)[&0],
+        new[&0],
+        "the other worker keeps serving"
+    );
+    assert_eq!(procfs::live_children(fx.pid), [new[&0]], "one worker left");
+    assert_eq!(
+        fx.spawns().len(),
+        5,
+        "2 + 1 respawn + 2 by HUP; none after TTOU"
+    );
+
+    fx.signal(libc::SIGTERM);
+    let asked = Instant::now();
+    fx.wait_exit_within(SANDBOX_GRACE + SANDBOX_MARGIN);
+    let took = asked.elapsed();
+    fx.assert_clean_exit();
+    assert_exits(&fx, [new[&0]], "Signal(SIGTERM)");
+    assert!(
+        fx.recovers().len() == 1,
+        "only the killed worker was a recovery"
+    );
+    runner::note(format!("TERM to exit: {} ms", took.as_millis()));
+    fx
+}
+
+/// A sandbox that refuses every signal the master sends (`kill` and `pidfd_send_signal`).
+/// Under the pidfd backend the master starts (it signals through pidfds, and learns only at
+/// the first signal that both ways are refused): TERM cannot reach the workers, nor can KILL
+/// after the grace period, yet the stop ends within the grace period plus the margin after
+/// KILL: the master gives up on the workers, names them in its error, and returns; the
+/// workers end with it (their parent-death signal), leaving nothing behind. Under the
+/// sigchld backend, which signals with `kill` only, the master refuses to start, naming the
+/// call.
+fn stop_ends_when_every_signal_is_refused(b: Backend) {
+    let refuse = [
+        ("FX_DENY", "kill=EPERM,pidfd_send_signal=EPERM"),
+        ("FX_GRACE_MS", "500"),
+    ];
+    if b == Backend::Sigchld {
+        let mut fx = start(b, &[&[("FX_WORKERS", "2")][..], &refuse].concat());
+        let display = fx.assert_failed_exit();
+        assert!(
+            display.contains("kill failed: Operation not permitted") && display.contains(HINT),
+            "error: {display}"
+        );
+        return;
+    }
+    let (mut fx, _port, ids) = started(b, 2, &refuse);
+    let workers: Vec<u32> = ids.values().copied().collect();
+    fx.signal(libc::SIGTERM);
+    // It ends by itself: `finish` waits for the master's exit, within the test deadline.
+    let code = fx.finish();
+    assert_eq!(
+        code,
+        crate::support::fixture::EXIT_ERR,
+        "the master's exit code"
+    );
+    let results = fx.results();
+    assert!(
+        results
+            .iter()
+            .any(|r| r.contains("still alive well after SIGKILL")
+                && workers.iter().all(|p| r.contains(&p.to_string()))),
+        "the error names the workers: {results:?}"
+    );
+    fx.expect_log("giving up on");
+    fx.wait_gone(&workers);
+    fx.assert_group_empty();
+}
+
+const OPEN_REFUSED: &str = "pidfds refused (pidfd_open: Operation not permitted";
+const SIGNAL_REFUSED: &str = "pidfd_send_signal refused (";
+
+/// Under an allowlist that mimics a container engine's default profile of before the pidfd
+/// calls were listed (`FX_ALLOWLIST=container`: `support::backend::CONTAINER`, the calls of
+/// docs/security.md less the pidfd ones; everything else `EPERM`), the master keeps its
+/// whole lifecycle ([`lifecycle_in_sandbox`]); under the pidfd backend it falls back to
+/// sigchld at the first worker, logged once, and never tries `pidfd_send_signal` (it has no
+/// pidfd to send through). x86_64 only (a list of call numbers is one architecture's).
+fn container_allowlist_before_pidfds(b: Backend, mode: Mode) {
+    if !cfg!(target_arch = "x86_64") {
+        runner::skip("the allowlist filter is x86_64 only");
+        return;
+    }
+    let fx = lifecycle_in_sandbox(b, mode, &[("FX_ALLOWLIST", "container")]);
+    let stderr = fx.stderr();
+    let fallbacks = stderr.iter().filter(|l| l.contains(OPEN_REFUSED)).count();
+    assert_eq!(
+        fallbacks,
+        usize::from(b == Backend::Pidfd),
+        "the fallback is logged once under pidfd only"
+    );
+    assert!(
+        !stderr.iter().any(|l| l.contains(SIGNAL_REFUSED)),
+        "no pidfd to signal through: {stderr:?}"
+    );
+}
+
+fn sandbox_container_allowlist_before_pidfds(b: Backend) {
+    container_allowlist_before_pidfds(b, Mode::Fork);
+}
+
+fn sandbox_container_allowlist_before_pidfds_exec(b: Backend) {
+    container_allowlist_before_pidfds(b, Mode::Exec);
+}

@@ -1,0 +1,287 @@
+//! Seccomp filters that simulate a sandbox or an old kernel: one that refuses a few calls, or
+//! one form of a call ([`deny`], [`Refusal`]), and an allowlist that refuses everything not
+//! on it ([`allow_only`]). Installed in a process before it starts a master, they are
+//! inherited by every child, across `exec` too.
+//!
+//! Self-contained (libc only), so that the benches can include it with `#[path]` as the
+//! tests do.
+
+use std::io;
+
+/// Makes `pidfd_open` fail with `ENOSYS` in this process and its children, as it does on a
+/// kernel before 5.3: a seccomp filter that returns that error for the one system call.
+/// For a fixture, before it starts its master.
+pub fn deny_pidfd_open() -> io::Result<()> {
+    deny(&[Refusal::parse("pidfd_open=ENOSYS").expect("a known call")])
+}
+
+/// The calls a [`Refusal`] can name: the name `FX_DENY` uses, the system call's number, and
+/// the arguments that select the refused form, if only one form is refused (each an index
+/// and a test of its low 32 bits: [`Arg`]).
+///
+/// A name is the system call's, or a form of it: `waitid_pidfd` is `waitid(P_PIDFD, …)`;
+/// `setsockopt_attach_filter` and `setsockopt_attach_reuseport_cbpf` are
+/// `setsockopt(_, SOL_SOCKET, SO_ATTACH_FILTER | SO_ATTACH_REUSEPORT_CBPF, …)`;
+/// `prctl_set_name` and `prctl_set_pdeathsig` are `prctl(PR_SET_NAME | PR_SET_PDEATHSIG, …)`;
+/// `socket_unix` is `socket(AF_UNIX, …)` (systemd's notification socket; the fixtures make no
+/// other); `sendto_addressed` is `sendto` with a destination address (an `addrlen` other
+/// than 0: systemd's notifications; `send(2)` on a connected socket passes none); `mmap_shared` is `mmap` with exactly `MAP_SHARED` as its flags (the heartbeat
+/// table's mappings; the loader's and the allocator's are private).
+pub const CALLS: &[(&str, libc::c_long, Form)] = &[
+    ("pidfd_open", libc::SYS_pidfd_open, &[]),
+    ("pidfd_send_signal", libc::SYS_pidfd_send_signal, &[]),
+    ("waitid", libc::SYS_waitid, &[]),
+    ("waitid_pidfd", libc::SYS_waitid, &[(0, Arg::Is(3))]), // P_PIDFD
+    ("kill", libc::SYS_kill, &[]),
+    ("clone", libc::SYS_clone, &[]),
+    ("execve", libc::SYS_execve, &[]),
+    ("close_range", libc::SYS_close_range, &[]),
+    ("unshare", libc::SYS_unshare, &[]),
+    ("signalfd4", libc::SYS_signalfd4, &[]),
+    ("epoll_create1", libc::SYS_epoll_create1, &[]),
+    ("epoll_ctl", libc::SYS_epoll_ctl, &[]),
+    ("pipe2", libc::SYS_pipe2, &[]),
+    (
+        "setsockopt_attach_filter",
+        libc::SYS_setsockopt,
+        &[
+            (1, Arg::Is(libc::SOL_SOCKET as u32)),
+            (2, Arg::Is(libc::SO_ATTACH_FILTER as u32)),
+        ],
+    ),
+    (
+        "setsockopt_attach_reuseport_cbpf",
+        libc::SYS_setsockopt,
+        &[
+            (1, Arg::Is(libc::SOL_SOCKET as u32)),
+            (2, Arg::Is(libc::SO_ATTACH_REUSEPORT_CBPF as u32)),
+        ],
+    ),
+    ("sched_setaffinity", libc::SYS_sched_setaffinity, &[]),
+    ("prctl", libc::SYS_prctl, &[]),
+    (
+        "prctl_set_name",
+        libc::SYS_prctl,
+        &[(0, Arg::Is(libc::PR_SET_NAME as u32))],
+    ),
+    (
+        "prctl_set_pdeathsig",
+        libc::SYS_prctl,
+        &[(0, Arg::Is(libc::PR_SET_PDEATHSIG as u32))],
+    ),
+    (
+        "socket_unix",
+        libc::SYS_socket,
+        &[(0, Arg::Is(libc::AF_UNIX as u32))],
+    ),
+    ("sendto_addressed", libc::SYS_sendto, &[(5, Arg::IsNot(0))]),
+    ("setuid", libc::SYS_setuid, &[]),
+    ("setgid", libc::SYS_setgid, &[]),
+    ("setgroups", libc::SYS_setgroups, &[]),
+    ("memfd_create", libc::SYS_memfd_create, &[]),
+    ("ftruncate", libc::SYS_ftruncate, &[]),
+    (
+        "mmap_shared",
+        libc::SYS_mmap,
+        &[(3, Arg::Is(libc::MAP_SHARED as u32))],
+    ),
+    ("setitimer", libc::SYS_setitimer, &[]),
+];
+
+/// The arguments that select one form of a call: each an index and a test of its low 32 bits.
+pub type Form = &'static [(usize, Arg)];
+
+/// A test of one argument's low 32 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arg {
+    Is(u32),
+    IsNot(u32),
+}
+
+/// One system call (or one form of it) a seccomp filter refuses, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The system call's number.
+    nr: libc::c_long,
+    /// The arguments that select the refused form; empty: every form.
+    args: Form,
+    /// The error it fails with.
+    errno: i32,
+}
+
+impl Refusal {
+    /// `CALL=ERRNO`, as `FX_DENY` lists them: `CALL` is one of [`CALLS`]; `ERRNO` is
+    /// `EPERM`, `EACCES` or `ENOSYS`.
+    pub fn parse(text: &str) -> Option<Refusal> {
+        let (call, errno) = text.split_once('=')?;
+        let &(_, nr, args) = CALLS.iter().find(|(name, _, _)| *name == call)?;
+        let errno = match errno {
+            "EPERM" => libc::EPERM,
+            "EACCES" => libc::EACCES,
+            "ENOSYS" => libc::ENOSYS,
+            _ => return None,
+        };
+        Some(Refusal { nr, args, errno })
+    }
+}
+
+/// A BPF statement: `code` with the constant `k`.
+fn stmt(code: u32, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+/// A BPF jump: to `jt` statements further on if the accumulator equals `k`, else `jf`.
+fn jeq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// A loaded seccomp program, built before it is installed: [`Filter::install`] allocates
+/// nothing, so a child may install it between `fork` and `exec` (`Command::pre_exec`).
+pub struct Filter(Vec<libc::sock_filter>);
+
+impl Filter {
+    /// The program that makes each call of `refusals` fail with its errno, and allows
+    /// everything else.
+    pub fn deny(refusals: &[Refusal]) -> Filter {
+        // Offsets in struct seccomp_data: the call's number, and the low half of argument i.
+        let nr_at = 0;
+        let low = if cfg!(target_endian = "big") { 4 } else { 0 };
+        let arg_at = |i: usize| 16 + 8 * i as u32 + low;
+        let load = |at: u32| stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, at);
+        let mut filter = Vec::new();
+        for r in refusals {
+            // One block per refusal: load the number; not this call, or one of its arguments
+            // not the refused value: jump to the next block (`n - 1 - p` statements on from
+            // the jump at `p`); else return the errno.
+            let n = 3 + 2 * r.args.len();
+            filter.push(load(nr_at));
+            filter.push(jeq(r.nr as u32, 0, (n - 2) as u8));
+            for (j, &(i, arg)) in r.args.iter().enumerate() {
+                let next = (n - 4 - 2 * j) as u8;
+                filter.push(load(arg_at(i)));
+                filter.push(match arg {
+                    Arg::Is(value) => jeq(value, 0, next),
+                    Arg::IsNot(value) => jeq(value, next, 0),
+                });
+            }
+            filter.push(stmt(
+                libc::BPF_RET | libc::BPF_K,
+                libc::SECCOMP_RET_ERRNO | r.errno as u32,
+            ));
+        }
+        filter.push(stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW));
+        Filter(filter)
+    }
+
+    /// Installs the program as a seccomp filter of this process (after
+    /// `PR_SET_NO_NEW_PRIVS`, which an unprivileged process needs for it). Filters stack: a
+    /// call is allowed only if every filter installed allows it, and the first refusal in
+    /// the order of the return values' precedence (`ERRNO` before `ALLOW`) wins.
+    pub fn install(&self) -> io::Result<()> {
+        let prog = libc::sock_fprog {
+            len: self.0.len() as u16,
+            filter: self.0.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: PR_SET_NO_NEW_PRIVS takes an integer flag.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `prog` points to a valid filter program that outlives the call (the
+        // kernel copies it).
+        let ret = unsafe {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if ret != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Installs a seccomp filter in this process (inherited by its children) that makes each
+/// call of `refusals` fail with its errno, and allows everything else.
+pub fn deny(refusals: &[Refusal]) -> io::Result<()> {
+    Filter::deny(refusals).install()
+}
+
+/// The `AUDIT_ARCH_X86_64` of `<linux/audit.h>`: the architecture a seccomp filter sees for
+/// a 64-bit x86 system call (`EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE`).
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+
+/// The bit that marks an x32 system call: the same architecture as x86_64, other numbers.
+#[cfg(target_arch = "x86_64")]
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Installs a seccomp filter in this process (inherited by its children, across `exec` too)
+/// that allows the system calls numbered `allowed` and makes every other fail with `EPERM`,
+/// as a container engine's default profile does: an allowlist with `SCMP_ACT_ERRNO` as its
+/// default action. A call made through another ABI than x86_64's (x32 numbers, or the i386
+/// ABI through `int 0x80`) fails with `EPERM` too, as under those profiles.
+///
+/// x86_64 only: a list of numbers is one architecture's. Elsewhere this returns
+/// `Unsupported` and installs nothing, and the case that needs it skips.
+pub fn allow_only(allowed: &[libc::c_long]) -> io::Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // The chain of JEQs jumps to the final ALLOW, at most 255 statements away.
+        if allowed.len() > 250 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "allow_only: more than 250 calls",
+            ));
+        }
+        let refuse = stmt(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        );
+        let load = |at: u32| stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, at);
+        // Offsets in struct seccomp_data: the call's number, then the architecture.
+        let (nr_at, arch_at) = (0, 4);
+        let mut filter = vec![
+            // Another architecture: refused.
+            load(arch_at),
+            jeq(AUDIT_ARCH_X86_64, 1, 0),
+            refuse,
+            // An x32 number: refused.
+            load(nr_at),
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: X32_SYSCALL_BIT,
+            },
+            refuse,
+        ];
+        // Each call on the list jumps over the rest of the list and the refusal to ALLOW.
+        let n = allowed.len();
+        for (i, &nr) in allowed.iter().enumerate() {
+            filter.push(jeq(nr as u32, (n - i) as u8, 0));
+        }
+        filter.push(refuse);
+        filter.push(stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW));
+        Filter(filter).install()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = allowed;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "allow_only: x86_64 only",
+        ))
+    }
+}
