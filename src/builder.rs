@@ -153,8 +153,10 @@ impl Prefork {
     }
 
     /// One `SO_REUSEPORT` socket per worker instead of one shared listener, for
-    /// [`Prefork::listen_and_serve`] and each TCP listener of [`Prefork::listen`] (a Unix
-    /// listener with it is an error): the kernel spreads connections evenly over the workers.
+    /// [`Prefork::listen_and_serve`] and each TCP listener of [`Prefork::listen`] (Unix
+    /// listeners beside them stay shared, as reuseport does not apply to them; asked with
+    /// Unix listeners only, it is an error): the kernel spreads connections evenly over the
+    /// workers.
     /// The master binds one socket per slot and keeps it (in exec mode worker k gets socket k
     /// on its fd 3), so connections queued on a dead or replaced worker's socket wait for the
     /// next worker of the slot; TTOU steers new connections away from a retired slot before it
@@ -179,7 +181,8 @@ impl Prefork {
     /// the start of a graceful stop (new clients then fail to connect, while the workers
     /// serve what is queued) and when it exits, but not when it hands the socket to a new
     /// master (`USR2`), which serves the same file. Unix sockets are shared by the workers:
-    /// asked together with [`Prefork::reuseport`], they are an error.
+    /// [`Prefork::reuseport`] applies to the TCP listeners beside them, and is an error when
+    /// every listener is a Unix socket.
     pub fn listen(mut self, addr: &str) -> Self {
         self.listeners.push(Spec {
             named: None,
@@ -536,19 +539,20 @@ impl Prefork {
                     source: std::io::Error::new(std::io::ErrorKind::InvalidInput, reason.clone()),
                 });
             }
-            if unix.is_some() && self.reuseport {
-                return Err(Error::InvalidOption {
-                    option: "reuseport",
-                    reason: format!(
-                        "{} is a Unix socket, which the workers share: SO_REUSEPORT does not \
-                         apply to it",
-                        spec.addr
-                    ),
-                });
-            }
             specs.push(Spec {
                 reuseport: self.reuseport && unix.is_none(),
                 ..spec.clone()
+            });
+        }
+        if self.reuseport && specs.iter().all(|s| !s.reuseport) {
+            let addrs: Vec<&str> = specs.iter().map(|s| s.addr.as_str()).collect();
+            return Err(Error::InvalidOption {
+                option: "reuseport",
+                reason: format!(
+                    "{} is a Unix socket, which the workers share: SO_REUSEPORT applies to TCP \
+                     listeners only, and there is none",
+                    addrs.join(", ")
+                ),
             });
         }
         Ok(specs)

@@ -53,6 +53,11 @@ pub const UNDER_MODE_AND_BACKEND: &[Case<(Mode, Backend)>] = &[
     Case::new("named::upgrade_two_reuseport_groups", MODES, |(m, b)| {
         upgrade_named(m, b, true)
     }),
+    Case::new(
+        "named::reuseport_tcp_beside_shared_unix",
+        MODES,
+        |(m, b)| reuseport_beside_unix(m, b),
+    ),
 ];
 
 /// The cases that run once.
@@ -577,14 +582,9 @@ fn listen_and_serve_refuses_unix() {
 }
 
 fn reuseport_refused() {
-    let mut fx = spec(
-        Mode::Fork,
-        Backend::Pidfd,
-        1,
-        "127.0.0.1:0 unix:/nonexistent/x.sock",
-    )
-    .env("FX_REUSEPORT", "1")
-    .start();
+    let mut fx = spec(Mode::Fork, Backend::Pidfd, 1, "unix:/nonexistent/x.sock")
+        .env("FX_REUSEPORT", "1")
+        .start();
     let display = early_error(&mut fx);
     assert!(
         display.contains("unix:/nonexistent/x.sock") && display.contains("SO_REUSEPORT"),
@@ -613,6 +613,51 @@ fn port_zero(mode: Mode, backend: Backend) {
     fx.expect_log(&format!("listening on 127.0.0.1:{port} (127.0.0.1:0)"));
     answers_from_all(&Target::Tcp(port), &pids);
     answers_from_all(&Target::Unix(path.clone()), &pids);
+    fx.stop_with(libc::SIGTERM);
+}
+
+/// `reuseport` with a TCP and a Unix listener: the TCP listener is one socket per worker
+/// (each worker's has an inode of its own), the Unix one is shared (one inode), and both
+/// answer from every worker.
+fn reuseport_beside_unix(mode: Mode, backend: Backend) {
+    let dir = TempDir::new("reuseport-beside-unix");
+    let path = sock(&dir, "app.sock");
+    let unix = format!("unix:{}", path.display());
+    let mut fx = spec(mode, backend, 3, &format!("web=127.0.0.1:0 local={unix}"))
+        .env("FX_REUSEPORT", "1")
+        .start();
+    let (pids, lines) = ready_listeners(&fx);
+    let web: Vec<&ListenerLine> = lines.iter().filter(|l| l.name == "web").collect();
+    assert_eq!(
+        web.len(),
+        pids.len(),
+        "a web listener per worker: {lines:?}"
+    );
+    let mut inodes: Vec<u64> = web.iter().map(|l| l.inode).collect();
+    inodes.sort_unstable();
+    inodes.dedup();
+    assert_eq!(
+        inodes.len(),
+        pids.len(),
+        "each worker has a reuseport socket of its own: {web:?}"
+    );
+    let port: u16 = web[0]
+        .addr
+        .strip_prefix("127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("address {:?}", web[0].addr));
+    assert!(
+        web.iter().all(|l| l.addr == web[0].addr),
+        "one address for the group: {web:?}"
+    );
+    let (addr, _) = one_listener(&lines, &pids, "local");
+    assert_eq!(addr, unix, "the Unix listener's address");
+    answers_from_all(&Target::Unix(path.clone()), &pids);
+    let answer = ask_target(&Target::Tcp(port), "id");
+    assert!(
+        pids.contains(&answer.pid),
+        "answer {answer:?} from {pids:?}"
+    );
     fx.stop_with(libc::SIGTERM);
 }
 
