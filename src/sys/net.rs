@@ -159,6 +159,10 @@ pub(crate) unsafe fn adopt_listener(fd: RawFd, blocking: bool) -> Result<(OwnedF
 /// from 3 on (`/proc/self/fd`, or every number below 1024 where that cannot be read), in
 /// ascending order of the descriptors found: `fcntl(F_DUPFD_CLOEXEC)` of each, so that the
 /// sockets can be handed on while their owners (the program) keep theirs.
+///
+/// Every number is probed before the first duplicate is made: a duplicate takes the lowest
+/// free number, which may be one still to be probed (the directory's own descriptor, closed
+/// once listed, is such a number), and the socket would then be found, and passed, twice.
 pub(crate) fn listening_sockets() -> Vec<OwnedFd> {
     let numbers: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
         Ok(dir) => {
@@ -170,7 +174,7 @@ pub(crate) fn listening_sockets() -> Vec<OwnedFd> {
         }
         Err(_) => (3..INHERITED_LIMIT as RawFd).collect(),
     };
-    numbers
+    let listening: Vec<Unowned> = numbers
         .into_iter()
         .filter(|&fd| fd > 2)
         .filter_map(Unowned::new)
@@ -183,6 +187,9 @@ pub(crate) fn listening_sockets() -> Vec<OwnedFd> {
                         || domain == AddressFamily::UNIX)
             })
         })
+        .collect();
+    listening
+        .into_iter()
         .filter_map(|probe| probe.duplicate().ok())
         .collect()
 }
@@ -320,11 +327,13 @@ mod tests {
         // A `run` master hands on every listening Unix socket too.
         let ino = rustix::fs::fstat(&l).unwrap().st_ino;
         let found = super::listening_sockets();
-        assert!(
-            found
-                .iter()
-                .any(|fd| rustix::fs::fstat(fd).is_ok_and(|st| st.st_ino == ino)),
-            "the Unix listener is not among the handed-over sockets"
+        let copies = found
+            .iter()
+            .filter(|fd| rustix::fs::fstat(fd).is_ok_and(|st| st.st_ino == ino))
+            .count();
+        assert_eq!(
+            copies, 1,
+            "the Unix listener among the handed-over sockets, once"
         );
         drop(found);
         drop(l);

@@ -33,6 +33,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
 use prefork::Worker;
@@ -205,11 +206,20 @@ fn answer(stream: TcpStream, worker: Worker, inode: u64) {
 /// or `NAME=ADDR`, `ADDR` a TCP address or `unix:PATH` or `unix:@NAME`), `FX_UNIX_MODE`
 /// (octal, `unix_mode`) and `FX_UMASK` (octal, set before anything is bound).
 ///
+/// With `FX_RUN=1` the program owns its sockets, as one that calls `Prefork::run` does
+/// (fork mode only: an exec-mode worker of `run` inherits none of the caller's sockets):
+/// it takes `prefork::inherited_sockets()`, the sockets an old master handed it on `USR2`,
+/// each named as that function names it; when there are none it binds `FX_LISTEN` itself,
+/// a TCP address with std's `TcpListener::bind` and `unix:PATH` with std's
+/// `UnixListener::bind` (no stale file policy, no mode: the library's are `listen`'s), each
+/// named as with `listen`; then `run`, whose workers serve those sockets as below.
+///
 /// Lines, besides the shared ones: `listener ID PID NAME ADDR INODE` from each worker for
 /// each listener (its name, `local_addr()` and socket inode), then `serving ID PID`;
-/// `status-listeners NAME=ADDR …` from the master's first status. Each worker serves every
-/// listener (one thread each) with `Shutdown::incoming`, answering the line protocol above
-/// with `ID PID NAME INODE`, and returns from `serve` once all have drained.
+/// `status-listeners NAME=ADDR …` from the master's first status (not with `FX_RUN`). Each
+/// worker serves every listener (one thread each) with `Shutdown::incoming`, answering the
+/// line protocol above with `ID PID NAME INODE`, and returns from `serve` once all have
+/// drained.
 pub const SERVE_ROLE: &str = "serve";
 
 /// The `serve` role; the exit code.
@@ -227,6 +237,24 @@ pub fn serve_role() -> i32 {
         unsafe { libc::umask(mask as libc::mode_t) };
     }
     let child = prefork::is_child();
+    if flag("FX_RUN") {
+        if prefork.mode() != prefork::Mode::Fork {
+            complain("fixture: FX_RUN is for fork mode only");
+            return EXIT_BROKEN;
+        }
+        report::master();
+        let listeners = match own_listeners() {
+            Ok(l) => l,
+            Err(e) => {
+                complain(format!("fixture: {e}"));
+                return EXIT_ERR;
+            }
+        };
+        let result = prefork
+            .builder()
+            .run(|worker| serve_each(&listeners, worker));
+        return finish(child, &result);
+    }
     if !child {
         report::master();
     }
@@ -253,24 +281,55 @@ pub fn serve_role() -> i32 {
         }
         Ok(())
     });
-    let result = builder.serve(serve_all);
+    let result = builder.serve(|listeners, worker| {
+        let all: Vec<(String, prefork::Listener)> = listeners.into_iter().collect();
+        serve_each(&all, worker)
+    });
+    finish(child, &result)
+}
+
+/// The end of the `serve` role, in a master or a worker whose `serve` or `run` returned;
+/// the exit code.
+fn finish<E: std::fmt::Display + std::fmt::Debug>(child: bool, result: &Result<(), E>) -> i32 {
     if child || prefork::is_child() {
-        if let Err(e) = &result {
+        if let Err(e) = result {
             say(format!("child-result err {e}"));
             say(format!("child-debug {e:?}"));
         }
         return EXIT_ERR;
     }
-    let ok = report::result(&result);
-    if let Err(e) = &result {
+    let ok = report::result(result);
+    if let Err(e) = result {
         complain(format!("fixture: {e}"));
     }
     report::children();
     if ok { EXIT_OK } else { EXIT_ERR }
 }
 
+/// `FX_RUN`: the sockets an old master handed this program, else `FX_LISTEN` bound here.
+fn own_listeners() -> Result<Vec<(String, prefork::Listener)>, String> {
+    let inherited = prefork::inherited_sockets().map_err(|e| format!("inherited_sockets: {e}"))?;
+    if !inherited.is_empty() {
+        return Ok(inherited);
+    }
+    var("FX_LISTEN")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|entry| {
+            let (name, addr) = entry.split_once('=').unwrap_or((entry, entry));
+            let listener = match addr.strip_prefix("unix:") {
+                Some(path) => UnixListener::bind(path).map(prefork::Listener::from),
+                None => TcpListener::bind(addr).map(prefork::Listener::from),
+            };
+            listener
+                .map(|l| (name.to_owned(), l))
+                .map_err(|e| format!("bind {addr}: {e}"))
+        })
+        .collect()
+}
+
 /// A worker of the `serve` role.
-fn serve_all(listeners: prefork::Listeners, worker: Worker) {
+fn serve_each(listeners: &[(String, prefork::Listener)], worker: Worker) {
     let shutdown = worker.shutdown();
     let mut all = Vec::new();
     for (name, listener) in listeners {
@@ -292,7 +351,7 @@ fn serve_all(listeners: prefork::Listeners, worker: Worker) {
     std::thread::scope(|scope| {
         for (name, listener, inode) in &all {
             scope.spawn(move || {
-                for stream in shutdown.incoming(listener).flatten() {
+                for stream in shutdown.incoming(*listener).flatten() {
                     answer_stream(&stream, worker, &format!("{name} {inode}"));
                 }
             });

@@ -5,7 +5,7 @@
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use crate::fixture::SERVE_ROLE;
@@ -25,6 +25,11 @@ const MODES_AND_BACKENDS: &[(Mode, Backend)] = &[
 ];
 
 const MODES: &[(Mode, Backend)] = &[(Mode::Fork, Backend::Pidfd), (Mode::Exec, Backend::Pidfd)];
+
+/// `run` masters: fork mode only (an exec-mode worker of `run` inherits none of the
+/// program's sockets), under each backend.
+const RUN_BACKENDS: &[(Mode, Backend)] =
+    &[(Mode::Fork, Backend::Pidfd), (Mode::Fork, Backend::Sigchld)];
 
 /// The cases of each mode under each backend.
 pub const UNDER_MODE_AND_BACKEND: &[Case<(Mode, Backend)>] = &[
@@ -53,6 +58,14 @@ pub const UNDER_MODE_AND_BACKEND: &[Case<(Mode, Backend)>] = &[
     Case::new("named::upgrade_two_reuseport_groups", MODES, |(m, b)| {
         upgrade_named(m, b, true)
     }),
+    Case::new("run::serves_its_own_unix_socket", RUN_BACKENDS, |(_, b)| {
+        run_serves(b)
+    }),
+    Case::new(
+        "run::upgrade_hands_over_its_unix_socket",
+        RUN_BACKENDS,
+        |(_, b)| run_upgrade(b),
+    ),
     Case::new(
         "named::reuseport_tcp_beside_shared_unix",
         MODES,
@@ -773,4 +786,134 @@ fn one_listener_or_group(
         "the workers' listeners {name:?} differ in address: {of:?}"
     );
     (of[0].addr.clone(), 0)
+}
+
+// ---------------------------------------------------------------------------------------
+// `run` masters: the program binds its own sockets (`FX_RUN=1`).
+
+/// A `serve` fixture with `FX_RUN=1`: the program binds `listen` itself (std's
+/// `TcpListener::bind`, `UnixListener::bind`) or takes what an old master handed it, and
+/// calls `run`.
+fn run_spec(backend: Backend, workers: usize, listen: &str) -> Spec {
+    spec(Mode::Fork, backend, workers, listen).env("FX_RUN", "1")
+}
+
+/// The socket file of a `run` master after it exited: the program bound it, so it is the
+/// program's (std's `UnixListener` does not remove it either): the master leaves it where
+/// it was, the same file (`inode`), and nothing listens on it any more.
+fn assert_left_to_the_program(path: &Path, inode: u64, log: &[String]) {
+    assert!(
+        is_socket(path),
+        "a run master removed its program's socket file {}",
+        path.display()
+    );
+    assert_eq!(inode_of(path), inode, "the socket file was replaced");
+    match UnixStream::connect(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => panic!(
+            "{} after the master exited: {other:?}, expected ECONNREFUSED",
+            path.display()
+        ),
+    }
+    let removals: Vec<&String> = log.iter().filter(|l| l.contains("socket file")).collect();
+    assert!(
+        removals.is_empty(),
+        "the master touched the file: {removals:?}"
+    );
+}
+
+/// A `run` master serving a Unix socket (and a TCP one) that its program bound: every
+/// worker answers on both; TERM leaves the file to the program.
+fn run_serves(backend: Backend) {
+    let dir = TempDir::new("run-unix");
+    let path = sock(&dir, "app.sock");
+    let addr = format!("unix:{}", path.display());
+    let mut fx = run_spec(backend, 2, &format!("web=127.0.0.1:0 local={addr}")).start();
+    let (pids, lines) = ready_listeners(&fx);
+    let (got, inode) = one_listener(&lines, &pids, "local");
+    assert_eq!(got, addr, "local_addr of the Unix listener");
+    assert!(is_socket(&path), "{} is not a socket", path.display());
+    let file = inode_of(&path);
+    for a in answers_from_all(&Target::Unix(path.clone()), &pids) {
+        assert_eq!(a.rest, format!("local {inode}"), "answer {a:?}");
+    }
+    let (web, _) = one_listener(&lines, &pids, "web");
+    let port: u16 = web
+        .strip_prefix("127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("address {web:?}"));
+    for a in answers_from_all(&Target::Tcp(port), &pids) {
+        assert!(a.rest.starts_with("web "), "answer {a:?}");
+    }
+    fx.stop_with(libc::SIGTERM);
+    assert_left_to_the_program(&path, file, &fx.stderr());
+}
+
+/// USR2 of a `run` master whose program bound a Unix socket, under a per-request load over
+/// that socket: the old master hands the socket over (the new program takes it with
+/// `inherited_sockets`, named `prefork`), the new master's workers serve the same socket
+/// (same socket inode) at the same file (same inode), and no request is lost, refused or
+/// left unconnected. The load stops before the new master's TERM: a `run` master's stop
+/// leaves its program's sockets as they are, so a connection queued after the workers
+/// drained would be reset when the program exits. After that TERM the file is still there
+/// (the program's).
+fn run_upgrade(backend: Backend) {
+    let dir = TempDir::new("run-upgrade");
+    let path = sock(&dir, "app.sock");
+    let addr = format!("unix:{}", path.display());
+    let mut fx = run_spec(backend, 2, &addr)
+        .env("FX_GRACE_MS", "20000")
+        .env("FX_UPGRADE", "1")
+        .start();
+    let (old_pids, lines) = ready_listeners(&fx);
+    let (_, socket) = one_listener(&lines, &old_pids, &addr);
+    let before = inode_of(&path);
+    let load = Load::start_at(Target::Unix(path.clone()), 3);
+    load.wait_answered(30);
+    fx.signal(libc::SIGUSR2);
+    let old = fx.pid;
+    let new: u32 = fx.wait_stderr("the new master's pid", |lines| {
+        let prefix = format!("[INFO {old}] upgrade: new master ");
+        lines.iter().find_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            rest.contains(" is serving")
+                .then(|| rest.split(' ').next()?.parse().ok())
+                .flatten()
+        })
+    });
+    let status = fx.wait_exit();
+    assert!(status.success(), "old master: {status:?}");
+    fx.wait_gone(&old_pids);
+    let new_pids: Vec<u32> = fx.wait_lines("the new master's two workers", |lines| {
+        let pids: Vec<u32> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("serving ")?.split(' ').nth(1)?.parse().ok())
+            .filter(|p| !old_pids.contains(p))
+            .collect();
+        (pids.len() >= 2).then_some(pids)
+    });
+    let lines = listeners_of(&fx, &new_pids);
+    let (now, socket_now) = one_listener(&lines, &new_pids, "prefork");
+    assert_eq!(now, addr, "the new workers' listener");
+    assert_eq!(socket_now, socket, "the new workers serve another socket");
+    assert!(
+        is_socket(&path),
+        "{} is gone after the upgrade",
+        path.display()
+    );
+    assert_eq!(inode_of(&path), before, "the socket file was replaced");
+    load.wait_answered(load.answered() + 30);
+    for a in answers_from_all(&Target::Unix(path.clone()), &new_pids) {
+        assert_eq!(a.rest, format!("prefork {socket}"), "answer {a:?}");
+    }
+    let tally = load.stop();
+    assert!(tally.lost.is_empty(), "lost: {:?}", tally.lost);
+    assert_eq!(
+        (tally.refused, tally.unconnected),
+        (0, 0),
+        "refused and unconnected requests: {tally:?}"
+    );
+    kill(new, libc::SIGTERM);
+    wait_for("the new master exits", || procfs::is_gone(new, old));
+    assert_left_to_the_program(&path, before, &fx.stderr());
 }
