@@ -19,9 +19,12 @@
 //! environment variable (default `Hello`): a deploy that sets it shows, answer by answer,
 //! when a binary upgrade (`kill -USR2 <master>`) has handed over to the new program.
 //!
-//! With `--run` the program binds the socket itself (or takes the one an old master or
-//! systemd handed it, [`prefork::inherited_listeners`]) and calls [`prefork::Prefork::run`],
-//! as a program that manages its own sockets does; fork mode only.
+//! With `--run` the program binds the socket itself, a TCP address or `unix:PATH` (or takes
+//! the one an old master or systemd handed it, [`prefork::inherited_sockets`]) and calls
+//! [`prefork::Prefork::run`], as a program that manages its own sockets does; fork mode
+//! only. A program that binds its own Unix socket owns the file: the master neither removes
+//! it nor sets its mode (`--unix-mode` is refused with `--run`), and it is left behind when
+//! the program exits, as std's `UnixListener` leaves it; remove it before the next start.
 //!
 //! `--grace SECS` sets how long the master waits for a draining worker before KILL (default
 //! 5 s), `--upgrade-timeout SECS` how long a new master started by `USR2` gets to be ready
@@ -35,6 +38,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as Direction, TcpListener};
+use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 
 use prefork::{Listener, Stream};
@@ -107,16 +111,22 @@ fn main() -> ExitCode {
 }
 
 /// `--run`: the socket an old master (binary upgrade) or systemd handed this process, else
-/// `addr` bound here (TCP).
+/// `addr` bound here: a TCP address, or `unix:PATH`, a Unix socket whose file this program
+/// then owns (it is not removed when the program exits; a file already at the path makes
+/// the bind fail with "address in use").
 fn own_socket(addr: &str) -> io::Result<Listener> {
-    match prefork::inherited_sockets()
+    if let Some((_, inherited)) = prefork::inherited_sockets()
         .map_err(io::Error::other)?
         .into_iter()
         .next()
     {
-        Some((_, inherited)) => Ok(inherited),
-        None => TcpListener::bind(addr).map(Listener::Tcp),
+        return Ok(inherited);
     }
+    let bound = match addr.strip_prefix("unix:") {
+        Some(path) => UnixListener::bind(path).map(Listener::Unix),
+        None => TcpListener::bind(addr).map(Listener::Tcp),
+    };
+    bound.map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))
 }
 
 /// One worker: accepts on every listener (one thread each) until the master asks it to
@@ -377,9 +387,19 @@ impl Args {
         }
         if out.run && (out.reuseport || out.mode == prefork::Mode::Exec || out.addrs.len() > 1) {
             return Err(
-                "--run binds one TCP socket and forks: one --addr, no --reuseport, no --mode exec"
+                "--run binds one socket and forks: one --addr, no --reuseport, no --mode exec"
                     .into(),
             );
+        }
+        if out.run && out.unix_mode.is_some() {
+            return Err(
+                "--unix-mode sets the mode of the sockets the master binds, not with --run: \
+                 the program that binds its own socket sets its mode"
+                    .into(),
+            );
+        }
+        if out.run && out.addrs[0].starts_with("unix:@") {
+            return Err("--run binds a Unix socket at a path (unix:PATH), not unix:@NAME".into());
         }
         Ok(out)
     }

@@ -369,9 +369,19 @@ fn get_unix(path: &Path) -> String {
     text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
 }
 
+/// Who removes the socket file when the master exits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SocketFile {
+    /// The master bound it (`listen`): it removes it.
+    Master,
+    /// The program bound it and calls `run`: the file is the program's, left as it was.
+    Program,
+}
+
 /// `example` with `args` serves `--addr unix:PATH` from both workers, over the same code as
-/// TCP; TERM removes the socket file and every worker exits 0.
-fn serves_unix_socket(example: PathBuf, args: &[&str]) {
+/// TCP; TERM removes the socket file (or, for `SocketFile::Program`, leaves it, and nothing
+/// answers on it any more) and every worker exits 0.
+fn serves_unix_socket(example: PathBuf, args: &[&str], file: SocketFile) {
     let dir = temp_dir("unix");
     let path = dir.path().join("app.sock");
     let addr = format!("unix:{}", path.display());
@@ -399,25 +409,57 @@ fn serves_unix_socket(example: PathBuf, args: &[&str]) {
         }
     }
     assert_eq!(seen.len(), 2, "answers from both workers: {seen:?}");
+    let inode = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(&path)
+            .expect("the socket file")
+            .ino()
+    };
     support::process::kill(child.id(), libc::SIGTERM);
     let status = child.wait().expect("wait");
     let log: Vec<String> = err.try_iter().collect();
     assert!(status.success(), "master: {status}\n{}", log.join("\n"));
-    assert!(
-        !path.exists(),
-        "{} left behind:\n{}",
-        path.display(),
-        log.join("\n")
-    );
+    match file {
+        SocketFile::Master => assert!(
+            !path.exists(),
+            "{} left behind:\n{}",
+            path.display(),
+            log.join("\n")
+        ),
+        SocketFile::Program => {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            let meta = std::fs::symlink_metadata(&path)
+                .unwrap_or_else(|e| panic!("the program's socket file {}: {e}", path.display()));
+            assert!(
+                meta.file_type().is_socket(),
+                "{} is not a socket",
+                path.display()
+            );
+            assert_eq!(meta.ino(), inode, "the program's socket file was replaced");
+            let refused = std::os::unix::net::UnixStream::connect(&path)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+            assert!(
+                refused,
+                "{} answers after the program exited",
+                path.display()
+            );
+        }
+    }
 }
 
 #[test]
 fn hello_serves_a_unix_socket() {
-    serves_unix_socket(hello_example(), &["--unix-mode", "600"]);
+    serves_unix_socket(hello_example(), &["--unix-mode", "600"], SocketFile::Master);
+}
+
+/// `hello --run`: the program binds `unix:PATH` itself and calls `run`.
+#[test]
+fn hello_run_serves_its_own_unix_socket() {
+    serves_unix_socket(hello_example(), &["--run"], SocketFile::Program);
 }
 
 #[test]
 fn hyper_serves_a_unix_socket() {
-    serves_unix_socket(example("hyper"), &[]);
-    serves_unix_socket(example("hyper"), &["--mode", "exec"]);
+    serves_unix_socket(example("hyper"), &[], SocketFile::Master);
+    serves_unix_socket(example("hyper"), &["--mode", "exec"], SocketFile::Master);
 }
