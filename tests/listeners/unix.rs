@@ -1,6 +1,7 @@
 //! The cases of `Prefork::listen` with `Prefork::serve` (the `serve` fixture): Unix domain
 //! sockets (paths and abstract names), several named listeners, systemd activation by name,
-//! the upgrade of a Unix socket, the real address of port 0.
+//! the upgrade of a Unix socket, the real address of port 0; and `run` masters whose program
+//! bound its own Unix socket (`FX_RUN=1`): served, handed over on `USR2`, left to the program.
 
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
