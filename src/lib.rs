@@ -176,6 +176,7 @@ mod readme {
 mod builder;
 mod child;
 mod config;
+pub mod control;
 mod error;
 mod exit;
 #[cfg(any(test, fuzzing))]

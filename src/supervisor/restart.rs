@@ -60,8 +60,9 @@ impl Supervisor {
         self.retiring.insert(pid, retiring);
     }
 
-    /// HUP: queues every running slot for replacement and starts the first.
-    pub(super) fn begin_restart(&mut self) {
+    /// HUP: queues every running slot for replacement and starts the first. Returns whether
+    /// a restart began (some slot had a worker to replace).
+    pub(super) fn begin_restart(&mut self) -> bool {
         self.restart_queue = (0..self.slots.len())
             .filter(|&s| matches!(self.slots[s], Slot::Running { .. }))
             .map(|slot| Restart {
@@ -70,12 +71,16 @@ impl Supervisor {
                 cause: Cause::Replaced,
             })
             .collect();
+        self.restarts_begun += 1;
         if self.restart_queue.is_empty() {
-            return;
+            // Nothing to replace (every slot waits for a respawn): done at once.
+            self.answer_reloads();
+            return false;
         }
         self.actions.push_back(Action::Reloading);
         self.reloading = true;
         self.advance_restart();
+        true
     }
 
     /// Starts the restart of the next slot in the rolling-restart queue.
@@ -105,7 +110,7 @@ impl Supervisor {
         // The queue ran out another way than by the last replacement being ready (a slot
         // closed or waiting to respawn, an old worker gone early): the restart is over.
         if self.restarting.is_none() && std::mem::take(&mut self.reloading) {
-            self.actions.push_back(Action::Reloaded);
+            self.reloaded();
         }
         if self.restarting.is_none() && std::mem::take(&mut self.hup_pending) {
             self.begin_restart();
