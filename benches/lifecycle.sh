@@ -87,7 +87,7 @@ install_missing lifecycle.sh "${missing[@]}"
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
 echo "lifecycle.sh: building (release)"
-cargo build --release --quiet --example hello
+cargo build --release --quiet --example hello --features control-client
 cargo build --release --quiet -p prefork-demos --bin prefork-load
 target="${CARGO_TARGET_DIR:-target}/release"
 

@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-cargo build --release --quiet --example hello
+cargo build --release --quiet --example hello --features control-client
 cargo build --release --quiet -p prefork-demos --bin prefork-load
 mkdir -p "$out"
 bin=$(mktemp -d /tmp/prefork-stop.XXXXXX)

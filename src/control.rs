@@ -8,7 +8,7 @@
 //! once N workers serve. `docs/protocol.md` has every field.
 //!
 //! [`request_line`] sends a request and returns the reply line as the master wrote it; with
-//! the `control-client` feature, [`request`] parses it (with `serde_json`).
+//! the `control-client` feature, `request` parses it (with `serde_json`) into a `Reply`.
 //!
 //! ```no_run
 //! # #[cfg(feature = "control-client")]

@@ -92,7 +92,7 @@ pub enum Error {
     /// The control socket ([`crate::Prefork::control_socket`]) or the PID file
     /// ([`crate::Prefork::pid_file`]) at `path` cannot be used: its directory is missing,
     /// another master answers there, it cannot be written; or, for a client
-    /// ([`crate::control::request`]), nobody answers there or the reply is malformed.
+    /// ([`crate::control::request_line`]), nobody answers there or the reply is malformed.
     Control {
         /// The path as given.
         path: std::path::PathBuf,
