@@ -110,7 +110,8 @@ fn main() -> ExitCode {
 /// `hello ctl --control PATH COMMAND...`: one request to the master's control socket; prints
 /// the reply; exit 0 when it is ok, 1 when not, 2 for a usage error.
 fn ctl(mut args: impl Iterator<Item = String>) -> ExitCode {
-    let usage = "usage: hello ctl --control PATH status|metrics|reload|upgrade|rollback|scale N|stop";
+    let usage =
+        "usage: hello ctl --control PATH status|metrics|reload|upgrade|rollback|scale N|stop";
     let mut path = None;
     let mut words = Vec::new();
     while let Some(arg) = args.next() {

@@ -17,6 +17,8 @@ mod support;
 
 #[path = "processes/cases.rs"]
 mod cases;
+#[path = "processes/control.rs"]
+mod control;
 #[path = "processes/fixture.rs"]
 mod fixture;
 
@@ -29,5 +31,8 @@ fn main() -> ExitCode {
     if let Some(role) = support::fixture::role() {
         support::fixture::main(&role, &[(fixture::ROLE, fixture::master)]);
     }
-    runner::main(runner::tests(cases::ALL))
+    let mut tests = runner::tests(cases::ALL);
+    tests.extend(runner::tests(control::UNDER_BACKEND));
+    tests.extend(runner::tests(control::SOCKET));
+    runner::main(tests)
 }

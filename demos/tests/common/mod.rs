@@ -44,8 +44,17 @@ pub fn hello_example() -> PathBuf {
         .get_or_init(|| {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--quiet", "-p", "preforked", "--example", "hello", "--features", "control-client"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "preforked",
+                "--example",
+                "hello",
+                "--features",
+                "control-client",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
             let dir = profile_dir();
             match dir.file_name().and_then(|p| p.to_str()) {
                 Some("debug") | None => {}
