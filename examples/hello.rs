@@ -1,7 +1,7 @@
 //! A preforked HTTP/1.1 "hello" server on `std::net`, with a graceful drain.
 //!
 //! ```text
-//! cargo run --release --example hello -- --workers 4 --addr 127.0.0.1:8080 [--mode exec] [--reuseport]
+//! cargo run --release --example hello --features control-client -- --workers 4 --addr 127.0.0.1:8080 [--mode exec] [--reuseport]
 //! curl http://127.0.0.1:8080/              # Hello from worker 2 (pid 12345)
 //! curl http://127.0.0.1:8080/slow?ms=1500  # answers after 1.5 s
 //! ```

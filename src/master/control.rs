@@ -167,6 +167,17 @@ impl Control {
         }
     }
 
+    /// The new master `pid` of an upgrade is gone: its socket file, if it left one before
+    /// taking the path over, is removed.
+    pub(crate) fn remove_staged_of(&self, pid: u32) {
+        let mut staged = self.path.as_os_str().to_owned();
+        staged.push(format!(".{pid}.new"));
+        let staged = PathBuf::from(staged);
+        if sys::control::occupant(&staged).is_ok_and(|o| o == Occupant::Stale) {
+            let _ = std::fs::remove_file(&staged);
+        }
+    }
+
     /// At exit: removes the socket file, unless the path names another master's (an
     /// upgrade's new master took it over).
     pub(crate) fn remove(&self) {

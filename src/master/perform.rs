@@ -168,6 +168,9 @@ impl Master {
                             "upgrade failed: the new master{pid} exited ({exit}) before it was \
                              ready; the running workers keep serving"
                         );
+                        if let (Some(c), Some(p)) = (&self.control, self.upgrade.as_ref()) {
+                            c.remove_staged_of(p.pid);
+                        }
                         self.forget_upgrade();
                     }
                     Rollback::NotReady(timeout) => log::error!(
@@ -178,6 +181,9 @@ impl Master {
             }
             Action::NewMasterExited { pid, exit } => {
                 log::info!("upgrade: new master {pid} stopped ({exit})");
+                if let Some(c) = &self.control {
+                    c.remove_staged_of(pid);
+                }
                 self.forget_upgrade();
             }
             Action::Answer { client, answer } => self.answer(client, &answer, sup),
