@@ -21,6 +21,7 @@ use crate::support::{procfs, runner};
 pub const UNDER_BACKEND: &[Case<Backend>] = cases![&Backend::ALL =>
     control_status_metrics_and_stop,
     control_reload_and_scale_under_load,
+    control_stop_under_load,
 ];
 
 /// The cases of the socket alone, under one backend.
@@ -28,6 +29,7 @@ pub const SOCKET: &[Case<Backend>] = cases![&[Backend::Pidfd] =>
     control_stale_live_and_bad_paths,
     control_bad_requests_and_silent_clients,
     control_peer_of_another_uid_refused,
+    control_in_exec_mode,
 ];
 
 /// A directory for the socket and the PID file, with their paths.
@@ -389,4 +391,60 @@ fn control_reload_and_scale_under_load(b: Backend) {
     let stop = request(&paths.socket, "stop");
     assert!(is_ok(&stop), "{stop}");
     fx.assert_clean_exit();
+}
+
+fn control_in_exec_mode(b: Backend) {
+    let paths = Paths::new("control-exec");
+    let (mut fx, _) = controlled(
+        b,
+        &paths,
+        2,
+        &[("FX_LISTEN", "1"), ("FX_MODE", "exec"), ("FX_DRAIN", "1")],
+    );
+    let status = request(&paths.socket, "status");
+    assert!(
+        is_ok(&status) && status.contains("\"mode\":\"exec\""),
+        "{status}"
+    );
+    // The exec-mode workers did not inherit it (close-on-exec).
+    let inode = listening_inode(&paths.socket).expect("the socket in /proc/net/unix");
+    let workers = procfs::live_children(fx.pid);
+    assert_eq!(workers.len(), 2);
+    for pid in workers {
+        assert!(
+            !procfs::socket_inodes(pid).contains(&inode),
+            "worker {pid} holds the control socket"
+        );
+    }
+    let reload = request(&paths.socket, "reload");
+    assert!(is_ok(&reload), "{reload}");
+    assert_eq!(
+        numbers(&reload, "pids").map(|p| p.len()),
+        Some(2),
+        "{reload}"
+    );
+    let stop = request(&paths.socket, "stop");
+    assert!(is_ok(&stop), "{stop}");
+    fx.assert_clean_exit();
+    assert!(!paths.socket.exists());
+}
+
+/// `stop` under load, on the library's own sockets (one per slot): the reply comes, then
+/// the graceful stop loses no connection the kernel accepted.
+fn control_stop_under_load(b: Backend) {
+    let paths = Paths::new("control-stop");
+    let (mut fx, port) = controlled(
+        b,
+        &paths,
+        3,
+        &[("FX_LISTEN", "1"), ("FX_REUSEPORT", "1"), ("FX_DRAIN", "1")],
+    );
+    let load = Load::start(port, 8);
+    load.wait_answered(100);
+    let stop = request(&paths.socket, "stop");
+    assert!(is_ok(&stop) && stop.contains("\"stopping\":true"), "{stop}");
+    fx.assert_clean_exit();
+    let tally = load.stop();
+    assert!(tally.ok > 0 && tally.lost.is_empty(), "{tally:?}");
+    assert!(!paths.socket.exists() && !paths.pid.exists());
 }
