@@ -10,17 +10,23 @@
 #            from the signal to the PID file naming the new master (written by the new master
 #            when its workers serve, polled every 0.5 ms). Median and max of each, and their
 #            ratio.
+#   loaded   the p99 latency of a loopback HTTP load (prefork-load, 4 keep-alive clients,
+#            $LOADED_SECS (5) s per window) on 4 workers, in $LOADED_PAIRS (5) pairs of windows:
+#            one with nothing else, then one while a client sends 1,000 `status` requests
+#            back to back (or as many as fit in the window).
 #
-# Usage: benches/control.sh [status] [upgrade]   (both by default). Loopback and a temporary
+# Usage: benches/control.sh [status] [upgrade] [loaded]   (all by default). Loopback and a temporary
 # directory only; every server started is stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 sections=("$@")
-[ ${#sections[@]} -eq 0 ] && sections=(status upgrade)
+[ ${#sections[@]} -eq 0 ] && sections=(status upgrade loaded)
 command -v python3 >/dev/null || { echo "control.sh: python3 is required" >&2; exit 1; }
 
 cargo build --release --quiet --example hello --features control-client
+cargo build --release --quiet -p prefork-demos --bin prefork-load
+load_bin=target/release/prefork-load
 tmp=$(mktemp -d)
 server_pid=""
 cleanup() {
@@ -117,6 +123,48 @@ m_ctl, m_usr2 = statistics.median(ctl), statistics.median(usr2)
 print(f"upgrade, 4 workers, {len(ctl)} each: ctl upgrade to its answer median {m_ctl:.1f} ms "
       f"(max {max(ctl):.1f}); USR2 to the new master's PID file median {m_usr2:.1f} ms "
       f"(max {max(usr2):.1f}); ratio {m_ctl / m_usr2:.2f}")
+EOF
+  stop
+fi
+
+if [[ " ${sections[*]} " == *" loaded "* ]]; then
+  secs=${LOADED_SECS:-5}
+  pairs=${LOADED_PAIRS:-5}
+  start 4
+  # The workers announce their address on stdout, which went to the log.
+  addr=$(grep -m1 -o 'serving http://[0-9.:]*' "$tmp/log" | sed 's|serving http://||')
+  p99() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])["latency_us"]["p99"])' "$1"; }
+  quiet=()
+  busy=()
+  for i in $(seq 1 "$pairs"); do
+    r=$("$load_bin" --addr "$addr" --conn keepalive --clients 4 --duration "$secs" 2>/dev/null)
+    quiet+=("$(p99 "$r")")
+    python3 - "$tmp/c.sock" "$secs" >"$tmp/status.out" <<'EOF' &
+import socket, sys, time
+path, secs = sys.argv[1], float(sys.argv[2])
+end, n = time.monotonic() + secs, 0
+while n < 1000 and time.monotonic() < end:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.sendall(b"status\n")
+    while s.recv(65536):
+        pass
+    s.close()
+    n += 1
+print(n)
+EOF
+    client=$!
+    r=$("$load_bin" --addr "$addr" --conn keepalive --clients 4 --duration "$secs" 2>/dev/null)
+    wait "$client"
+    busy+=("$(p99 "$r")")
+    echo "pair $i: p99 ${quiet[-1]} us alone, ${busy[-1]} us with $(cat "$tmp/status.out") status requests"
+  done
+  python3 - "${quiet[*]}" "${busy[*]}" <<'EOF'
+import statistics, sys
+quiet = [int(x) for x in sys.argv[1].split()]
+busy = [int(x) for x in sys.argv[2].split()]
+print(f"loaded: p99 median {statistics.median(quiet)} us alone (range {min(quiet)}-{max(quiet)}), "
+      f"{statistics.median(busy)} us with status requests (range {min(busy)}-{max(busy)})")
 EOF
   stop
 fi

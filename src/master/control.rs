@@ -22,6 +22,9 @@ use crate::sys::{self, control::FileId, control::Occupant};
 /// How long a client has to send its request line after it connected.
 pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How long the listener rests after a failed `accept`.
+const ACCEPT_RETRY: Duration = Duration::from_secs(1);
+
 /// How many clients may be connected at once; more are answered with an error and closed.
 const MAX_CLIENTS: usize = 128;
 
@@ -73,6 +76,9 @@ pub(crate) struct Control {
     clients: BTreeMap<ClientId, Client>,
     next_id: ClientId,
     uid: u32,
+    /// `accept` failed (out of descriptors, say): the listener is out of the epoll set
+    /// until then, so that a listener that stays readable does not spin the loop.
+    paused_until: Option<Duration>,
 }
 
 impl Control {
@@ -138,6 +144,7 @@ impl Control {
             clients: BTreeMap::new(),
             next_id: 0,
             uid: sys::control::uid(),
+            paused_until: None,
         })
     }
 
@@ -194,7 +201,8 @@ impl Control {
 
     /// The earliest deadline of a client's request; `None` with no client reading.
     pub(crate) fn next_deadline(&self) -> Option<Duration> {
-        self.clients.values().filter_map(|c| c.deadline).min()
+        let clients = self.clients.values().filter_map(|c| c.deadline);
+        clients.chain(self.paused_until).min()
     }
 
     /// The listener is readable: accepts every waiting client. A peer of another user is
@@ -205,7 +213,13 @@ impl Control {
                 Ok(Some(fd)) => fd,
                 Ok(None) => return,
                 Err(e) => {
-                    log::warn!("control socket {}: accept failed: {e}", self.path.display());
+                    log::warn!(
+                        "control socket {}: accept failed: {e}; trying again in {}s",
+                        self.path.display(),
+                        ACCEPT_RETRY.as_secs()
+                    );
+                    let _ = epoll.delete(self.listener.as_fd());
+                    self.paused_until = Some(now.saturating_add(ACCEPT_RETRY));
                     return;
                 }
             };
@@ -320,6 +334,12 @@ impl Control {
     /// Clients whose request did not come within [`REQUEST_DEADLINE`] are answered with an
     /// error and closed.
     pub(crate) fn on_timer(&mut self, now: Duration, epoll: &sys::Epoll) {
+        if self.paused_until.is_some_and(|t| t <= now) {
+            self.paused_until = None;
+            if let Err(e) = epoll.add(self.listener.as_fd(), LISTENER_TOKEN) {
+                log::warn!("control socket {}: {e}", self.path.display());
+            }
+        }
         let late: Vec<ClientId> = self
             .clients
             .iter()

@@ -17,7 +17,7 @@ use super::state::{Master, epoll_of};
 use super::upgrade::Report;
 use crate::config::Hooks;
 use crate::error::Error;
-use crate::supervisor::{Cause, Config, Exited, Failure, Supervisor};
+use crate::supervisor::{Cause, Command, Config, Exited, Failure, Supervisor};
 use crate::sys::signal::Signal;
 use crate::sys::{self, Reaped};
 use crate::worker::Worker;
@@ -136,7 +136,13 @@ impl Master {
                     Event::UpgradeReport => self.on_upgrade_report(&mut sup),
                     Event::UpgradeExited(how) => self.on_upgrade_exit(how, &mut sup),
                     Event::Command(client, command) => {
-                        log::info!("control socket: {}", super::answer::name(command));
+                        let name = super::answer::name(command);
+                        match command {
+                            Command::Status | Command::Metrics => {
+                                log::debug!("control socket: {name}")
+                            }
+                            _ => log::info!("control socket: {name}"),
+                        }
                         sup.on_command(client, command, self.now());
                     }
                 }
