@@ -140,6 +140,9 @@ SUP = {
     # Found by fuzzing (many retiring workers, each with its own KILL deadline), kept verbatim.
     "regression_many_retiring_deadlines": bytes.fromhex(
         "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),
+    # Found by fuzzing: `scale 8` whose first spawn fails and stops the run (its other slots'
+    # spawns are dropped, their Steer actions are not).
+    "regression_scale_spawn_fails_and_stops": bytes.fromhex("010000ff020000fdfd00fd020000fdfd00"),
 }
 
 

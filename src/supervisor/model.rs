@@ -789,6 +789,12 @@ impl Model {
                 if active > self.active {
                     assert_eq!(active, self.active + 1, "{action:?} from {}", self.active);
                     self.closing.remove(&self.active);
+                    // A slot is made with its Steer; its Spawn may have been dropped by a
+                    // stop that began first (a `scale` adds several in one step).
+                    if active > self.slots_created {
+                        self.slots_created = active;
+                        self.streak.resize(active, 0);
+                    }
                 } else {
                     assert!(
                         active + 1 == self.active && active >= 1,
