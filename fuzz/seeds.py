@@ -142,6 +142,9 @@ SUP = {
         "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),
     # Found by fuzzing: `scale 8` whose first spawn fails and stops the run (its other slots'
     # spawns are dropped, their Steer actions are not).
+    # Found by fuzzing: a `scale` reached while a worker of it was killed as stuck (not an
+    # answer until its replacement serves).
+    "regression_scale_with_a_stuck_worker": bytes.fromhex("01080000000000080003cdcd5d5d5d5d5d5d5d5dcdcdcdcdcd630032000300020000030003330303"),
     "regression_scale_spawn_fails_and_stops": bytes.fromhex("010000ff020000fdfd00fd020000fdfd00"),
 }
 

@@ -154,7 +154,8 @@ impl Supervisor {
         self.actions.push_back(Action::Answer { client, answer });
     }
 
-    /// The pids of the workers that hold a slot and are ready, in slot order.
+    /// The pids of the workers that hold a slot, are ready and not killed as stuck, in slot
+    /// order.
     pub(super) fn serving_pids(&self) -> Vec<u32> {
         self.slots
             .iter()
@@ -162,6 +163,7 @@ impl Supervisor {
                 Slot::Running {
                     pid,
                     ready: Some(_),
+                    stuck: false,
                     ..
                 } => Some(pid),
                 _ => None,
@@ -248,11 +250,16 @@ impl Supervisor {
             return;
         }
         let active = self.active_slots();
-        let all_ready = self
-            .slots
-            .iter()
-            .filter(|s| **s != Slot::Closed)
-            .all(|s| matches!(s, Slot::Running { ready: Some(_), .. }));
+        let all_ready = self.slots.iter().filter(|s| **s != Slot::Closed).all(|s| {
+            matches!(
+                s,
+                Slot::Running {
+                    ready: Some(_),
+                    stuck: false,
+                    ..
+                }
+            )
+        });
         if !all_ready {
             return;
         }
