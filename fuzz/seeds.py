@@ -145,6 +145,10 @@ SUP = {
     # Found by fuzzing: a `scale` reached while a worker of it was killed as stuck (not an
     # answer until its replacement serves).
     "regression_scale_with_a_stuck_worker": bytes.fromhex("01080000000000080003cdcd5d5d5d5d5d5d5d5dcdcdcdcdcd630032000300020000030003330303"),
+    # Found by fuzzing: `scale` down through a slot mid-restart; the restart's next spawn
+    # failed and stopped the run before the other slots' workers were told.
+    "regression_scale_down_mid_restart": bytes.fromhex(
+        "02000000010000000000017676ffff26ff0700ffff010109f91700edededffffffffffff76cd25cdcd"),
     "regression_scale_spawn_fails_and_stops": bytes.fromhex("010000ff020000fdfd00fd020000fdfd00"),
 }
 

@@ -129,8 +129,12 @@ impl Supervisor {
                 while self.active_slots() < n {
                     self.add_slot();
                 }
+                let mut advance = false;
                 while self.active_slots() > n {
-                    self.close_last_slot(now);
+                    advance |= self.close_last_slot_deferred(now);
+                }
+                if advance && self.restarting.is_none() {
+                    self.advance_restart();
                 }
                 // Answered at the end of this burst, or once the new workers are ready.
             }

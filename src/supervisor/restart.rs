@@ -10,6 +10,17 @@ use crate::sys::signal::Signal;
 impl Supervisor {
     /// TTOU: takes the highest slot in service out of service and retires its worker.
     pub(super) fn close_last_slot(&mut self, now: Duration) {
+        if self.close_last_slot_deferred(now) {
+            self.advance_restart();
+        }
+    }
+
+    /// [`Supervisor::close_last_slot`], except that where the slot was mid-restart the
+    /// restart's next step is left to the caller: returns whether it is due. (`scale` closes
+    /// several slots in one step and advances once, after the last one's actions, so that no
+    /// spawn comes before them.)
+    pub(super) fn close_last_slot_deferred(&mut self, now: Duration) -> bool {
+        let mut advance = false;
         let slot = self
             .slots
             .iter()
@@ -35,12 +46,13 @@ impl Supervisor {
                 // The slot was mid-restart: its old worker may not be told yet.
                 self.restarting = None;
                 self.tell_retiring(old, now);
-                self.advance_restart();
+                advance = true;
             }
         }
         if self.slot_unused(slot) {
             self.actions.push_back(Action::Closed { slot });
         }
+        advance
     }
 
     /// Whether no live worker (running or retiring) belongs to `slot`.
