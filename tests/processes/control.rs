@@ -30,6 +30,7 @@ pub const SOCKET: &[Case<Backend>] = cases![&[Backend::Pidfd] =>
     control_bad_requests_and_silent_clients,
     control_peer_of_another_uid_refused,
     control_in_exec_mode,
+    control_idle_master_makes_no_wakeups,
 ];
 
 /// A directory for the socket and the PID file, with their paths.
@@ -447,4 +448,38 @@ fn control_stop_under_load(b: Backend) {
     let tally = load.stop();
     assert!(tally.ok > 0 && tally.lost.is_empty(), "{tally:?}");
     assert!(!paths.socket.exists() && !paths.pid.exists());
+}
+
+/// The master's context switches so far (`voluntary_ctxt_switches` and
+/// `nonvoluntary_ctxt_switches` of its status).
+fn switches(pid: u32) -> u64 {
+    ["voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"]
+        .iter()
+        .map(|f| {
+            procfs::status_field(pid, f)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .expect("a context switch count")
+        })
+        .sum()
+}
+
+/// Once its clients are served, a master with a control socket sleeps without a timer: no
+/// context switch at all while nothing happens.
+fn control_idle_master_makes_no_wakeups(b: Backend) {
+    let paths = Paths::new("control-idle");
+    let (mut fx, _) = controlled(b, &paths, 2, &[]);
+    assert!(is_ok(&request(&paths.socket, "status")));
+    assert!(is_ok(&request(&paths.socket, "metrics")));
+    // The master's last replies and log lines are out once its output is quiet.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = switches(fx.pid);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let after = switches(fx.pid);
+    assert_eq!(
+        after,
+        before,
+        "the idle master woke up {} times",
+        after - before
+    );
+    fx.stop_with(libc::SIGTERM);
 }
