@@ -1491,8 +1491,15 @@ fn hello_example() -> PathBuf {
         return hello;
     }
     let mut cmd = Command::new(cargo.unwrap_or_else(|| "cargo".into()));
-    cmd.args(["build", "--quiet", "--example", "hello"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.args([
+        "build",
+        "--quiet",
+        "--example",
+        "hello",
+        "--features",
+        "control-client",
+    ])
+    .current_dir(env!("CARGO_MANIFEST_DIR"));
     // target/debug holds the dev (and test) profile; other profiles have their own folder.
     match profile_dir.file_name().and_then(|p| p.to_str()) {
         Some("debug") | None => {}
