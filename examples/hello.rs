@@ -30,6 +30,13 @@
 //! 5 s), `--upgrade-timeout SECS` how long a new master started by `USR2` gets to be ready
 //! (default 60 s).
 //!
+//! `--control PATH` opens the master's control socket at `PATH`, `--pid-file PATH` writes the
+//! master's pid there once it serves. `hello ctl --control PATH COMMAND` is the control
+//! socket's client: it sends `status`, `metrics`, `reload`, `upgrade`, `rollback`, `scale N`
+//! or `stop`, prints the master's reply (one line of JSON) when the outcome is known, and
+//! exits 0 when the reply says `"ok":true`, 1 otherwise (so `ExecReload=hello ctl --control
+//! /run/hello.sock upgrade` makes `systemctl reload` fail when the upgrade was rolled back).
+//!
 //! Ctrl-C (SIGINT) or SIGTERM to the master stops every worker gracefully: each worker takes
 //! its shutdown notice ([`prefork::Worker::shutdown`]), stops accepting, serves the
 //! connections already queued, lets in-flight requests finish (answered with
@@ -55,11 +62,14 @@ fn main() -> ExitCode {
     log::set_logger(&StderrLogger).expect("no other logger is installed");
     log::set_max_level(log::LevelFilter::Info);
 
+    if std::env::args().nth(1).as_deref() == Some("ctl") {
+        return ctl(std::env::args().skip(2));
+    }
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(msg) => {
             eprintln!(
-                "hello: {msg}\nusage: hello [--workers N] [--addr HOST:PORT|unix:PATH]... [--unix-mode OCTAL] [--mode fork|exec|auto] [--network tcp|tcp4|tcp6] [--reuseport] [--run] [--grace SECS] [--upgrade-timeout SECS]"
+                "hello: {msg}\nusage: hello [--workers N] [--addr HOST:PORT|unix:PATH]... [--unix-mode OCTAL] [--mode fork|exec|auto] [--network tcp|tcp4|tcp6] [--reuseport] [--run] [--grace SECS] [--upgrade-timeout SECS] [--control PATH] [--pid-file PATH]\n       hello ctl --control PATH status|metrics|reload|upgrade|rollback|scale N|stop"
             );
             return ExitCode::from(2);
         }
@@ -79,6 +89,12 @@ fn main() -> ExitCode {
     }
     if let Some(mode) = args.unix_mode {
         prefork = prefork.unix_mode(mode);
+    }
+    if let Some(path) = &args.control {
+        prefork = prefork.control_socket(path);
+    }
+    if let Some(path) = &args.pid_file {
+        prefork = prefork.pid_file(path);
     }
     let result = if args.run {
         own_socket(&args.addrs[0]).and_then(|listener| {
@@ -105,6 +121,40 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hello: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `hello ctl --control PATH COMMAND...`: one request to the master's control socket; prints
+/// the reply; exit 0 when it is ok, 1 when not, 2 for a usage error.
+fn ctl(mut args: impl Iterator<Item = String>) -> ExitCode {
+    let usage =
+        "usage: hello ctl --control PATH status|metrics|reload|upgrade|rollback|scale N|stop";
+    let mut path = None;
+    let mut words = Vec::new();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--control" => path = args.next(),
+            _ => words.push(arg),
+        }
+    }
+    let (Some(path), false) = (path, words.is_empty()) else {
+        eprintln!("hello ctl: {usage}");
+        return ExitCode::from(2);
+    };
+    match prefork::control::request_line(&path, &words.join(" ")) {
+        Ok(line) => {
+            println!("{line}");
+            // The reply's first two fields say it (docs/protocol.md): no JSON parser needed.
+            if prefork::control::reply_ok(&line) == Some(true) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("hello ctl: {e}");
             ExitCode::from(1)
         }
     }
@@ -323,6 +373,8 @@ struct Args {
     run: bool,
     grace: Option<Duration>,
     upgrade_timeout: Option<Duration>,
+    control: Option<String>,
+    pid_file: Option<String>,
 }
 
 impl Args {
@@ -337,6 +389,8 @@ impl Args {
             run: false,
             grace: None,
             upgrade_timeout: None,
+            control: None,
+            pid_file: None,
         };
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -379,6 +433,8 @@ impl Args {
                     let v = value("--upgrade-timeout")?;
                     out.upgrade_timeout = Some(seconds("--upgrade-timeout", &v)?);
                 }
+                "--control" => out.control = Some(value("--control")?),
+                "--pid-file" => out.pid_file = Some(value("--pid-file")?),
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 secs="${1:-30}"
-targets=(env_protocol supervisor)
+targets=(env_protocol supervisor control_request)
 
 skip() {
   echo "fuzz: skipping: $*"

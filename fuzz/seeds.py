@@ -57,6 +57,14 @@ ALL = 0xFF
 (U_USR2, U_READY, U_EXIT0, U_EXIT1, U_KILLED, U_START_FAILS, U_USR2_TWICE, U_READY_USR2) = range(0x80, 0x88)
 # operand of SPAWNCTL: every live worker survives KILL from now on
 UNKILLABLE = 0x88
+# operand of SPAWNCTL with bits 6 and 7 set: a command of the operator (scale N: C_SCALE | (N - 1) << 3)
+(C_STATUS, C_METRICS, C_RELOAD, C_UPGRADE, C_ROLLBACK, C_SCALE, C_STOP, C_USR2_UPGRADE) = range(0xC0, 0xC8)
+
+
+def scale(n):
+    return C_SCALE | ((n - 1) << 3)
+
+
 # header flags
 FAIL_AFTER_READY, FAIL_AFTER_SPAWN, SPAWN_COST, EXIT_ON_TERM, MANUAL_READY = 1, 8, 16, 32, 64
 
@@ -118,9 +126,34 @@ SUP = {
                                                   EXIT_TERMED, SPAWNCTL, U_READY, EXIT_TERMED]),
     # A stop always ends: workers that survive KILL are given up on after the margin.
     "stop_gives_up_on_unkillable": sup(2, grace_100ms=20, events=[SPAWNCTL, UNKILLABLE, TERM, DEADLINE, DEADLINE]),
+    # The operator's commands: each answered once, when its outcome is known.
+    "command_status_metrics_stop": sup(2, events=[SPAWNCTL, C_STATUS, SPAWNCTL, C_METRICS, SPAWNCTL, C_STOP,
+                                                  SPAWNCTL, C_STOP, EXIT_TERMED]),
+    "command_reload_and_hup_coalesce": sup(2, events=[SPAWNCTL, C_RELOAD, HUP, SPAWNCTL, C_RELOAD] + [EXIT_TERMED] * 5),
+    "command_scale_up_down_superseded": sup(1, flags=MANUAL_READY, events=[READY, ALL, SPAWNCTL, scale(4), SPAWNCTL,
+                                                                           scale(2), READY, ALL, SPAWNCTL, scale(1),
+                                                                           SPAWNCTL, scale(3), TTOU, EXIT_TERMED]),
+    "command_upgrade_joins_usr2": sup(2, events=[SPAWNCTL, C_USR2_UPGRADE, SPAWNCTL, C_UPGRADE, SPAWNCTL, C_RELOAD,
+                                                 SPAWNCTL, U_READY, EXIT_TERMED]),
+    "command_upgrade_rollbacks": sup(1, window_100ms=20, events=[SPAWNCTL, C_UPGRADE, SPAWNCTL, U_EXIT1, SPAWNCTL,
+                                                                 C_UPGRADE, DEADLINE, SPAWNCTL, C_UPGRADE, SPAWNCTL,
+                                                                 U_KILLED, SPAWNCTL, C_ROLLBACK]),
+    "command_stop_answers_the_waiting": sup(1, flags=MANUAL_READY, events=[READY, ALL, SPAWNCTL, C_RELOAD, SPAWNCTL,
+                                                                           scale(2), SPAWNCTL, C_UPGRADE, TERM,
+                                                                           SPAWNCTL, C_RELOAD, EXIT_KILLED]),
     # Found by fuzzing (many retiring workers, each with its own KILL deadline), kept verbatim.
     "regression_many_retiring_deadlines": bytes.fromhex(
         "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),
+    # Found by fuzzing: `scale 8` whose first spawn fails and stops the run (its other slots'
+    # spawns are dropped, their Steer actions are not).
+    # Found by fuzzing: a `scale` reached while a worker of it was killed as stuck (not an
+    # answer until its replacement serves).
+    "regression_scale_with_a_stuck_worker": bytes.fromhex("01080000000000080003cdcd5d5d5d5d5d5d5d5dcdcdcdcdcd630032000300020000030003330303"),
+    # Found by fuzzing: `scale` down through a slot mid-restart; the restart's next spawn
+    # failed and stopped the run before the other slots' workers were told.
+    "regression_scale_down_mid_restart": bytes.fromhex(
+        "02000000010000000000017676ffff26ff0700ffff010109f91700edededffffffffffff76cd25cdcd"),
+    "regression_scale_spawn_fails_and_stops": bytes.fromhex("010000ff020000fdfd00fd020000fdfd00"),
 }
 
 
@@ -134,5 +167,16 @@ def write(target, seeds):
             f.write(data)
 
 
+# ---- control_request: one request line each.
+CONTROL = {
+    "status": b"status", "status_crlf": b"status\r", "scale_4": b"scale 4", "scale_zero": b"scale 0",
+    "scale_huge": b"scale 99999999999999999999", "scale_missing": b"scale", "scale_signed": b"scale +4",
+    "blanks": b" \t reload \t", "unknown": b"restart", "extra_word": b"stop now", "empty": b"",
+    "not_utf8": b"\xff\xfe\xc3(", "control_chars": b"\x00\x01\x1b[31mstatus\x7f",
+    "quotes_and_backslashes": b'"\\"\\\\u0041', "upgrade": b"upgrade", "rollback": b"rollback",
+    "metrics": b"metrics", "long_word": b"x" * 200,
+}
+
 write("env_protocol", ENV)
 write("supervisor", SUP)
+write("control_request", CONTROL)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::{
     Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPGRADE_TIMEOUT, HealthChecks,
-    HookResult, Hooks, Status, WorkerSetup,
+    HookResult, Hooks, Operator, Status, WorkerSetup,
 };
 use crate::error::Error;
 use crate::exit::WorkerExit;
@@ -80,6 +80,7 @@ pub struct Prefork {
     worker_names: bool,
     listeners: Vec<Spec>,
     unix_mode: Option<u32>,
+    operator: Operator,
     hooks: Hooks,
 }
 
@@ -109,6 +110,7 @@ impl std::fmt::Debug for Prefork {
             .field("worker_names", &self.worker_names)
             .field("listeners", &self.listeners)
             .field("unix_mode", &self.unix_mode)
+            .field("operator", &self.operator)
             .finish_non_exhaustive()
     }
 }
@@ -134,8 +136,34 @@ impl Prefork {
             worker_names: true,
             listeners: Vec::new(),
             unix_mode: None,
+            operator: Operator::default(),
             hooks: Hooks::default(),
         }
+    }
+
+    /// The control socket: the master listens on a Unix stream socket at `path` (mode 0600),
+    /// where the operator asks for the status, the metrics, a rolling restart, a binary
+    /// upgrade, another worker count or a stop, one line per request, and each reply (one
+    /// line of JSON) comes when the outcome is known ([`crate::control`], `docs/protocol.md`).
+    /// Only a client of the master's uid, or root, is served.
+    ///
+    /// The path's directory must exist; a socket file nobody listens on (left by a master
+    /// that died) is replaced, and a path where a master answers fails the start with
+    /// [`Error::Control`]. The file is removed when the master exits, unless a new master
+    /// (binary upgrade) took it over. Workers never hold the socket. Default: none.
+    pub fn control_socket(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.operator.control = Some(path.into());
+        self
+    }
+
+    /// A PID file: the master writes its pid to `path` (a temporary file beside it, then
+    /// `rename`) once every initial worker serves; a new master of a binary upgrade
+    /// overwrites it once it serves; the master removes it at exit only if it still names
+    /// this master. A path whose directory is missing or not writable fails the start with
+    /// [`Error::Control`]. Default: none.
+    pub fn pid_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.operator.pid_file = Some(path.into());
+        self
     }
 
     /// How workers are started. Default: [`Mode::Fork`].
@@ -435,6 +463,7 @@ impl Prefork {
             listeners: Sockets::Caller,
             health: self.health,
             setup: self.worker_setup()?,
+            operator: self.operator.clone(),
         };
         master::run(plan, &mut self.hooks, &mut |_, worker| serve(worker))
     }
@@ -492,6 +521,7 @@ impl Prefork {
             listeners,
             health: self.health,
             setup,
+            operator: self.operator.clone(),
         };
         master::run(plan, &mut self.hooks, &mut |listeners, worker| {
             serve(Listeners::new(listeners), worker)
@@ -651,6 +681,7 @@ impl Prefork {
             listeners,
             health: self.health,
             setup,
+            operator: self.operator.clone(),
         };
         master::run(
             plan,

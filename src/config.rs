@@ -114,6 +114,13 @@ pub(crate) struct WorkerSetup {
     pub(crate) credentials: Option<Credentials>,
 }
 
+/// The operator's interfaces of a master: its control socket and PID file.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Operator {
+    pub(crate) control: Option<std::path::PathBuf>,
+    pub(crate) pid_file: Option<std::path::PathBuf>,
+}
+
 /// How a worker's exit was judged, in a [`Status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -89,6 +89,18 @@ pub enum Error {
         /// What it is instead (not open, not a socket, not listening, …).
         reason: String,
     },
+    /// The control socket ([`crate::Prefork::control_socket`]) or the PID file
+    /// ([`crate::Prefork::pid_file`]) at `path` cannot be used: its directory is missing,
+    /// another master answers there, it cannot be written; or, for a client
+    /// ([`crate::control::request_line`]), nobody answers there or the reply is malformed.
+    Control {
+        /// The path as given.
+        path: std::path::PathBuf,
+        /// What was being done, and what is wrong.
+        what: String,
+        /// The OS error, when there is one.
+        source: Option<io::Error>,
+    },
     /// A system call the master needs failed.
     Sys {
         /// What the master was doing.
@@ -159,6 +171,13 @@ impl fmt::Display for Error {
                 "inherited listener on fd {fd} is unusable: {reason} (a prefork worker expects a \
                  listening TCP or Unix stream socket there)"
             ),
+            Error::Control { path, what, source } => {
+                write!(f, "{}: {what}", path.display())?;
+                match source {
+                    Some(e) => write!(f, ": {e}"),
+                    None => Ok(()),
+                }
+            }
             Error::Sys { op, source } => write!(f, "{op} failed: {source}"),
         }
     }

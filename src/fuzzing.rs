@@ -5,11 +5,13 @@
 //! Each entry point decodes arbitrary bytes into calls of the code under test and panics
 //! when an invariant breaks; any input that does not panic is fine.
 
+mod control;
 mod env;
 mod supervisor;
 #[cfg(test)]
 mod tests;
 
+pub use control::control_request;
 pub use env::env;
 #[cfg(test)]
 use supervisor::drive;

@@ -71,6 +71,14 @@
 //! Every detail is in the signal table of the operations guide, `docs/operations.md` in the
 //! source package.
 //!
+//! # The control socket
+//!
+//! With [`Prefork::control_socket`] the same changes are asked for on a Unix socket, and each
+//! request is answered when its outcome is known: `reload` once every slot has a new worker
+//! serving, `upgrade` with the new master's pid once it serves (or why it was rolled back),
+//! `scale N` once N workers serve, and `status`, `metrics` and `stop` at once. See
+//! [`control`] and `docs/protocol.md`.
+//!
 //! # Fork safety
 //!
 //! `fork` copies only the calling thread. A lock held by any other thread at that moment
@@ -205,6 +213,7 @@ mod readme {
 mod builder;
 mod child;
 mod config;
+pub mod control;
 mod error;
 mod exit;
 #[cfg(any(test, fuzzing))]

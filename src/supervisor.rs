@@ -58,6 +58,7 @@
 //!   killed and respawned at once; never counted.
 
 mod action;
+mod command;
 mod events;
 mod guard;
 #[cfg(any(test, fuzzing))]
@@ -71,6 +72,7 @@ mod upgrade;
 
 pub(crate) use crate::exit::{CountedExit, WorkerExit};
 pub(crate) use action::{Action, Cause, Config, Exited, Failure, Ignored, Rollback, Why};
+pub(crate) use command::{Answer, Client, Command, MAX_SCALE, Refusal};
 pub(crate) use state::{REPORTED_EXITS, Supervisor};
 // What the reference model and the unit tests (children of this module) check against.
 #[cfg(any(test, fuzzing))]

@@ -19,6 +19,8 @@ mod support;
 
 #[path = "processes/cases.rs"]
 mod cases;
+#[path = "processes/control.rs"]
+mod control;
 #[path = "processes/fixture.rs"]
 mod fixture;
 #[path = "processes/sandbox.rs"]
@@ -36,5 +38,7 @@ fn main() -> ExitCode {
     let mut tests = runner::tests(cases::ALL);
     tests.extend(runner::tests(sandbox::ALL));
     tests.extend(sandbox::tests());
+    tests.extend(runner::tests(control::UNDER_BACKEND));
+    tests.extend(runner::tests(control::SOCKET));
     runner::main(tests)
 }

@@ -31,17 +31,15 @@ mod support;
 mod common;
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Hello, Load, Server, all_ok, bodies, children, finish_loads, get, hello_example,
-    new_master_pid, ok_or_refused, require, started_workers, temp_dir,
+    Deploy, Hello, Load, Server, all_ok, bodies, children, finish_loads, get, hello_example,
+    new_master_pid, ok_or_refused, quoted, require, started_workers,
 };
-use support::process::{TempDir, kill, wait_for};
+use support::process::{kill, wait_for};
 use support::procfs::{self, is_alive};
 use support::seccomp::{Filter, Refusal};
 
@@ -66,49 +64,6 @@ fn start_loads(addr: &str, secs: &str) -> [Load; 2] {
             &["--conn", conn, "--clients", "3", "--duration", secs],
         )
     })
-}
-
-/// A deploy directory: `server`, a copy of the `hello` example, and the next program, staged
-/// beside it until it is renamed over `server`.
-struct Deploy {
-    dir: TempDir,
-    server: PathBuf,
-}
-
-impl Deploy {
-    fn new(tag: &str) -> Deploy {
-        let dir = temp_dir(&format!("upgrade-{tag}"));
-        let server = dir.path().join("server");
-        let hello = hello_example();
-        // A hard link is a copy that nobody writes, so it cannot be busy when executed.
-        if std::fs::hard_link(&hello, &server).is_err() {
-            std::fs::copy(&hello, &server).expect("copy the hello example");
-        }
-        Deploy { dir, server }
-    }
-
-    /// Writes the next program (before anything runs from this directory, so that no
-    /// process forked meanwhile holds it open for writing when it is executed).
-    fn stage(&self, script: &str, mode: u32) -> PathBuf {
-        let path = self.dir.path().join("server.next");
-        std::fs::write(&path, script).expect("write the next program");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-            .expect("set its mode");
-        path
-    }
-
-    /// Renames the staged program over `server`, as a deploy does.
-    fn replace(&self, staged: &Path) {
-        std::fs::rename(staged, &self.server).expect("rename the new program over the old");
-    }
-}
-
-/// `path` quoted for `sh`.
-fn quoted(path: &Path) -> String {
-    format!(
-        "'{}'",
-        path.to_str().expect("UTF-8 path").replace('\'', r"'\''")
-    )
 }
 
 /// The new program: the same build, greeting differently.

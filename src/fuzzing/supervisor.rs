@@ -43,7 +43,7 @@ const MAX_SLOTS: usize = 32;
 /// | 10 | a worker that has not reported ready does: operand picks it (255: all of them) |
 /// | 11 | any signal the master handles: `Signal::ALL[operand % 10]` |
 /// | 12 | the driver fails (`fail`) |
-/// | 13 | operand: with bit 7 set, an event of the binary upgrade (see `upgrade_event`); else bits 0-1 make that many next spawns fail; bit 4 fails the run after a spawn; bit 5 has the health checks recycle a live worker, else bit 6 find one stuck (bits 2-3 pick it) |
+/// | 13 | operand: with bits 6 and 7 set, a command of the operator (see `command_event`); with bit 7 set, an event of the binary upgrade (see `upgrade_event`); else bits 0-1 make that many next spawns fail; bit 4 fails the run after a spawn; bit 5 has the health checks recycle a live worker, else bit 6 find one stuck (bits 2-3 pick it) |
 /// | 14 | every worker that was sent TERM exits with code 0 |
 /// | 15 | every worker that was sent KILL dies of it |
 ///
@@ -185,6 +185,10 @@ pub(super) fn drive(data: &[u8]) -> Summary {
 /// fails, two USR2s, or readiness followed by a USR2; `0x88..=0x8F` makes every live worker
 /// unkillable (KILL no longer ends it, as when a sandbox refuses the master's signals).
 fn upgrade_event(m: &mut Model, b: u8) {
+    if b & 0xC0 == 0xC0 {
+        command_event(m, b);
+        return;
+    }
     if b & 0x78 == 0x08 {
         // 0x88..=0x8F: the live workers stop dying of KILL.
         m.make_unkillable();
@@ -211,6 +215,30 @@ fn upgrade_event(m: &mut Model, b: u8) {
             m.signal(Signal::Usr2);
         }
     }
+}
+
+/// A command of the operator, from an operand byte with bits 6 and 7 set: `b & 7` selects
+/// `status`, `metrics`, `reload`, `upgrade`, `rollback`, `scale N` with N = 1 + `(b >> 3) & 7`,
+/// `stop`, or USR2 followed by `upgrade` (which then joins it). The model checks that each
+/// is answered exactly once, with an answer its command can have, when its outcome is known,
+/// and that a stop leaves none without one.
+fn command_event(m: &mut Model, b: u8) {
+    use crate::supervisor::Command;
+    let command = match b & 7 {
+        0 => Command::Status,
+        1 => Command::Metrics,
+        2 => Command::Reload,
+        3 => Command::Upgrade,
+        4 => Command::Rollback,
+        5 => Command::Scale(1 + usize::from((b >> 3) & 7)),
+        6 => Command::Stop,
+        _ => {
+            m.signal(Signal::Usr2);
+            m.pump();
+            Command::Upgrade
+        }
+    };
+    m.command(command);
 }
 
 /// TTIN, unless the supervisor already has [`MAX_SLOTS`] slots in service: more slots only

@@ -40,6 +40,11 @@ fn env_protocol_corpus() {
 }
 
 #[test]
+fn control_request_corpus() {
+    run_corpus("control_request", super::control_request);
+}
+
+#[test]
 fn supervisor_corpus() {
     run_corpus("supervisor", super::supervisor);
 }
@@ -218,10 +223,91 @@ fn supervisor_seeds_reach_their_paths() {
     }
 }
 
+/// The command seeds reach the answers their names promise.
+#[test]
+fn command_seeds_reach_their_answers() {
+    use crate::supervisor::{Action, Answer, Refusal, Rollback};
+    let answers = |name| -> Option<Vec<Answer>> {
+        let data = seed(name)?;
+        let log = super::drive(&data).log;
+        Some(
+            log.into_iter()
+                .filter_map(|a| match a {
+                    Action::Answer { answer, .. } => Some(answer),
+                    _ => None,
+                })
+                .collect(),
+        )
+    };
+    let Some(a) = answers("command_status_metrics_stop") else {
+        return;
+    };
+    assert_eq!(
+        a,
+        [
+            Answer::Snapshot,
+            Answer::Snapshot,
+            Answer::Stopping,
+            Answer::Stopping
+        ]
+    );
+    let a = answers("command_reload_and_hup_coalesce").unwrap();
+    assert!(
+        matches!(&a[..], [Answer::Reloaded { .. }, Answer::Reloaded { .. }]),
+        "{a:?}"
+    );
+    let a = answers("command_scale_up_down_superseded").unwrap();
+    assert!(
+        matches!(
+            &a[..],
+            [
+                Answer::Refused(Refusal::Superseded { workers: 2 }),
+                Answer::Scaled { pids: two },
+                Answer::Scaled { pids: one },
+                Answer::Refused(Refusal::Superseded { workers: 2 }),
+            ] if two.len() == 2 && one.len() == 1
+        ),
+        "{a:?}"
+    );
+    let a = answers("command_upgrade_joins_usr2").unwrap();
+    assert!(
+        matches!(
+            &a[..],
+            [
+                Answer::Upgraded { .. },
+                Answer::Upgraded { .. },
+                Answer::Refused(Refusal::HandedOver { .. })
+            ]
+        ),
+        "{a:?}"
+    );
+    let a = answers("command_upgrade_rollbacks").unwrap();
+    assert!(
+        matches!(
+            &a[..],
+            [
+                Answer::RolledBack(Rollback::Exited(_)),
+                Answer::RolledBack(Rollback::NotReady(_)),
+                Answer::Refused(Refusal::UpgradeUnderWay { .. }),
+                Answer::Refused(Refusal::NoRollback),
+                ..
+            ]
+        ),
+        "{a:?}"
+    );
+    let a = answers("command_stop_answers_the_waiting").unwrap();
+    assert_eq!(a.len(), 4, "{a:?}");
+    assert!(
+        a.iter().all(|a| *a == Answer::Refused(Refusal::Stopping)),
+        "{a:?}"
+    );
+}
+
 #[test]
 fn empty_and_tiny_inputs() {
     for data in [&[][..], &[0], &[0xff], &[0x3f, 0xff, 0xff, 0xff, 0xff]] {
         super::env(data);
         super::supervisor(data);
+        super::control_request(data);
     }
 }

@@ -31,6 +31,8 @@ pub(crate) enum Event {
     UpgradeReport,
     /// The new master of an upgrade exited.
     UpgradeExited(Reaped),
+    /// A client of the control socket sent a command.
+    Command(crate::supervisor::Client, crate::supervisor::Command),
 }
 
 impl Event {
@@ -41,7 +43,7 @@ impl Event {
     pub(crate) fn order(&self) -> u8 {
         match self {
             Event::Signal(_) => 0,
-            Event::Ready(_) | Event::UpgradeReport => 1,
+            Event::Ready(_) | Event::UpgradeReport | Event::Command(..) => 1,
             Event::Exited(..) | Event::UpgradeExited(_) => 2,
         }
     }

@@ -79,6 +79,10 @@ impl Master {
                 if self.upgrade.is_some() {
                     self.upgrade = None;
                 }
+                if self.control.is_some() {
+                    // Closes the listener and the clients (the file stays the master's).
+                    self.control = None;
+                }
                 if self.notify_env {
                     for var in super::notify::VARIABLES {
                         // The master's to use: a worker must not speak for the service.

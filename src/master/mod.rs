@@ -9,6 +9,8 @@
 //! It asks [`listeners::Listeners`] for each slot's socket and starts workers as
 //! [`spawn::Spawn`] says (fork or exec).
 
+mod answer;
+mod control;
 mod event_loop;
 mod fork;
 mod health;
@@ -16,6 +18,7 @@ mod hooks;
 pub(crate) mod listeners;
 mod notify;
 mod perform;
+mod pid_file;
 mod pids;
 mod reaper;
 pub(crate) mod spawn;
@@ -26,7 +29,7 @@ mod upgrade;
 use std::process::Termination;
 use std::sync::atomic::Ordering;
 
-use crate::config::{Backend, HealthChecks, Hooks, WorkerSetup};
+use crate::config::{Backend, HealthChecks, Hooks, Operator, WorkerSetup};
 use crate::error::Error;
 use crate::listener::Listener;
 use crate::supervisor::Config;
@@ -48,6 +51,8 @@ pub(crate) struct Plan {
     pub(crate) health: HealthChecks,
     /// What each worker does for itself before `serve`.
     pub(crate) setup: WorkerSetup,
+    /// The control socket and the PID file.
+    pub(crate) operator: Operator,
 }
 
 /// Supervises `plan.cfg.workers` workers until a stop. In fork mode each worker runs
@@ -64,6 +69,7 @@ where
         listeners,
         health,
         setup,
+        operator,
     } = plan;
     if matches!(spawn, Spawn::Fork) {
         check_single_threaded()?;
@@ -81,9 +87,22 @@ where
     check_sandbox(backend)?;
     let mut health = Health::new(health, cfg.workers)?;
     health.set_listeners(listeners.addresses());
+    // Read before the master takes the upgrade's variable over.
+    let upgraded = std::env::var_os(crate::protocol::UPGRADE_FD_ENV).is_some();
+    upgrade::read_generation();
     let mut master = Master::new(backend, death, spawn, listeners, health)?;
     master.reaper.reserve(2 * cfg.workers);
     master.setup = setup;
+    master.mode = mode;
+    master.backend = backend;
+    if let Some(path) = &operator.pid_file {
+        master.pid_file = Some(pid_file::PidFile::check(path)?);
+    }
+    if let Some(path) = &operator.control {
+        let control = control::Control::bind(path, upgraded)?;
+        log::info!("control socket: {}", path.display());
+        master.control = Some(control);
+    }
     log::info!(
         "prefork master {} starting {} workers ({mode} mode, {:?} backend)",
         sys::getpid(),

@@ -4,13 +4,14 @@
 use crate::listener::Listener;
 use std::process::Termination;
 
+use super::answer::{Facts, render};
 use super::event_loop::{UPGRADE_PID_TOKEN, UPGRADE_READY_TOKEN};
 use super::hooks::call_hook;
 use super::state::{Master, epoll_of};
 use super::upgrade::Upgrade;
 use crate::config::Hooks;
 use crate::error::Error;
-use crate::supervisor::{Action, Ignored, Rollback, Supervisor, Why};
+use crate::supervisor::{Action, Answer, Client, Ignored, Rollback, Supervisor, Why};
 use crate::sys::signal::Signal;
 use crate::worker::Worker;
 
@@ -58,6 +59,14 @@ impl Master {
             Action::Signal { pid, signal, why } => self.signal(pid, signal, why, sup),
             Action::Ready { pids } => {
                 log::info!("master ready: {} workers serving", pids.len());
+                // Before the old master (if any) hears of it: once it answers its upgrade's
+                // client, the path and the PID file name this master.
+                if let Some(c) = &mut self.control {
+                    c.take_over();
+                }
+                if let Some(p) = &self.pid_file {
+                    p.write(crate::sys::getpid());
+                }
                 let report = self.fds_mut().upgrade_report.take();
                 if report.is_none() {
                     self.listeners.files_are_ours();
@@ -155,15 +164,21 @@ impl Master {
             Action::RolledBack { pid, why } => {
                 let pid = pid.map_or_else(String::new, |p| format!(" {p}"));
                 match why {
-                    Rollback::ExecFailed => log::error!(
-                        "upgrade failed: {}; the running workers keep serving",
-                        self.upgrade_error.take().unwrap_or_default()
-                    ),
+                    Rollback::ExecFailed => {
+                        self.rollback_detail = self.upgrade_error.take();
+                        log::error!(
+                            "upgrade failed: {}; the running workers keep serving",
+                            self.rollback_detail.as_deref().unwrap_or_default()
+                        )
+                    }
                     Rollback::Exited(exit) => {
                         log::error!(
                             "upgrade failed: the new master{pid} exited ({exit}) before it was \
                              ready; the running workers keep serving"
                         );
+                        if let (Some(c), Some(p)) = (&self.control, self.upgrade.as_ref()) {
+                            c.remove_staged_of(p.pid);
+                        }
                         self.forget_upgrade();
                     }
                     Rollback::NotReady(timeout) => log::error!(
@@ -174,8 +189,12 @@ impl Master {
             }
             Action::NewMasterExited { pid, exit } => {
                 log::info!("upgrade: new master {pid} stopped ({exit})");
+                if let Some(c) = &self.control {
+                    c.remove_staged_of(pid);
+                }
                 self.forget_upgrade();
             }
+            Action::Answer { client, answer } => self.answer(client, &answer, sup),
             Action::Unreaped { pids } => {
                 log::error!(
                     "giving up on {pids:?}: still alive well after SIGKILL; they end with \
@@ -208,6 +227,53 @@ impl Master {
         }
         if let Err(e) = self.reaper.signal(pid, signal) {
             log::warn!("cannot send {signal} to worker pid {pid}: {e}");
+        }
+    }
+
+    /// [`Action::Answer`]: the reply line to the client, if it is still connected.
+    pub(super) fn answer(&mut self, client: Client, answer: &Answer, sup: &Supervisor) {
+        let Some(command) = self.control.as_ref().and_then(|c| c.command_of(client)) else {
+            return;
+        };
+        let draining = sup.draining();
+        let status = self.health.status(sup).clone();
+        let backend = match self.backend {
+            crate::Backend::Pidfd => "pidfd",
+            crate::Backend::Sigchld => "sigchld",
+        };
+        let control = self.control.as_ref().expect("checked above");
+        let path = control.path().display().to_string();
+        let facts = Facts {
+            pid: crate::sys::getpid(),
+            generation: super::upgrade::generation(),
+            mode: self.mode,
+            backend,
+            uptime: self.now(),
+            state: sup.state_name(),
+            draining: &draining,
+            upgrade: sup.new_master(),
+            reloading: sup.is_reloading(),
+            control: &path,
+        };
+        let line = render(
+            command,
+            answer,
+            &status,
+            &facts,
+            self.rollback_detail.as_deref(),
+        );
+        match answer {
+            Answer::Snapshot => {
+                log::debug!("control socket: {} answered", super::answer::name(command))
+            }
+            _ => log::info!(
+                "control socket: {} answered: {line}",
+                super::answer::name(command)
+            ),
+        }
+        let epoll = epoll_of(&self.fds);
+        if let (Some(c), Some(epoll)) = (&mut self.control, epoll) {
+            c.reply(client, line, epoll);
         }
     }
 

@@ -4,10 +4,12 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use super::control::{Control, LISTENER_TOKEN};
 use super::event_loop::Loop;
 use super::health::Health;
 use super::listeners::Listeners;
 use super::notify::Notifier;
+use super::pid_file::PidFile;
 use super::reaper::Reaper;
 use super::spawn::Spawn;
 use super::upgrade::Upgrade;
@@ -70,6 +72,16 @@ pub(super) struct Master {
     pub(super) setup: WorkerSetup,
     /// Fork mode: the workers' signal handlers, installed once here for them to inherit.
     pub(super) inherited: Option<sys::notice::Inherited>,
+    /// The control socket and its clients.
+    pub(super) control: Option<Control>,
+    /// The PID file.
+    pub(super) pid_file: Option<PidFile>,
+    /// `fork` or `exec`, for the status.
+    pub(super) mode: &'static str,
+    /// The reaping backend asked for, for the status.
+    pub(super) backend: Backend,
+    /// Why the latest upgrade could not start, for its answer.
+    pub(super) rollback_detail: Option<String>,
 }
 
 /// The master's own descriptors, none of which a worker keeps (close-on-exec does not help
@@ -155,6 +167,11 @@ impl Master {
             health,
             setup: WorkerSetup::default(),
             inherited: None,
+            control: None,
+            pid_file: None,
+            mode: "fork",
+            backend,
+            rollback_detail: None,
         };
         if let Some(every) = master.notifier.as_ref().and_then(|n| n.watchdog) {
             master.next_ping = Some(every);
@@ -190,6 +207,12 @@ impl Master {
         let fds = self.fds();
         let forwarding = fds.forwarding.as_ref().map(|fw| fw.read.as_fd());
         let event_loop = Loop::new(&self.handled, fds.ready.0.as_fd(), forwarding, &self.reaper)?;
+        if let Some(control) = &self.control {
+            event_loop
+                .epoll
+                .add(control.listener(), LISTENER_TOKEN)
+                .map_err(Error::sys("epoll_ctl"))?;
+        }
         self.fds_mut().event_loop = Some(event_loop);
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::process::Termination;
 
+use super::control::{CLIENT_TOKEN_BASE, Control, LISTENER_TOKEN, Request};
 use super::event_loop::{
     Event, FORWARD_TOKEN, READY_TOKEN, SIGNALFD_TOKEN, UPGRADE_PID_TOKEN, UPGRADE_READY_TOKEN,
 };
@@ -16,7 +17,7 @@ use super::state::{Master, epoll_of};
 use super::upgrade::Report;
 use crate::config::Hooks;
 use crate::error::Error;
-use crate::supervisor::{Cause, Config, Exited, Failure, Supervisor};
+use crate::supervisor::{Cause, Command, Config, Exited, Failure, Supervisor};
 use crate::sys::signal::Signal;
 use crate::sys::{self, Reaped};
 use crate::worker::Worker;
@@ -60,7 +61,8 @@ impl Master {
                 return self.finish(outcome);
             }
             let checks = self.health.next_deadline();
-            let deadline = [sup.next_deadline(), self.next_ping, checks]
+            let control = self.control.as_ref().and_then(Control::next_deadline);
+            let deadline = [sup.next_deadline(), self.next_ping, checks, control]
                 .into_iter()
                 .flatten()
                 .min();
@@ -91,6 +93,19 @@ impl Master {
                         events.extend(pids.into_iter().map(Event::Ready));
                     }
                     UPGRADE_READY_TOKEN => events.push(Event::UpgradeReport),
+                    LISTENER_TOKEN => {
+                        let now = self.now();
+                        if let (Some(c), Some(epoll)) = (&mut self.control, epoll_of(&self.fds)) {
+                            c.accept(epoll, now);
+                        }
+                    }
+                    t if (CLIENT_TOKEN_BASE..LISTENER_TOKEN - (1 << 20)).contains(&t) => {
+                        if let (Some(c), Some(epoll)) = (&mut self.control, epoll_of(&self.fds)) {
+                            if let Some(Request::Command(id, command)) = c.on_ready(t, epoll) {
+                                events.push(Event::Command(id, command));
+                            }
+                        }
+                    }
                     UPGRADE_PID_TOKEN => {
                         if let Some(how) = self.reap_upgrade() {
                             events.push(Event::UpgradeExited(how));
@@ -120,12 +135,26 @@ impl Master {
                     Event::Exited(pid, how) => self.on_worker_exit(pid, how, &mut sup, hooks),
                     Event::UpgradeReport => self.on_upgrade_report(&mut sup),
                     Event::UpgradeExited(how) => self.on_upgrade_exit(how, &mut sup),
+                    Event::Command(client, command) => {
+                        let name = super::answer::name(command);
+                        match command {
+                            Command::Status | Command::Metrics => {
+                                log::debug!("control socket: {name}")
+                            }
+                            _ => log::info!("control socket: {name}"),
+                        }
+                        sup.on_command(client, command, self.now());
+                    }
                 }
                 self.drain(&mut sup, hooks, serve);
             }
             #[cfg(test)]
             super::tests::maybe_panic(&sup);
             self.ping_watchdog();
+            let now = self.now();
+            if let (Some(c), Some(epoll)) = (&mut self.control, epoll_of(&self.fds)) {
+                c.on_timer(now, epoll);
+            }
             self.health.tick(self.now(), &mut sup);
             sup.on_timer(self.now());
         }
@@ -239,7 +268,20 @@ impl Master {
         true
     }
 
+    /// At exit: the control socket's last replies and its file, the PID file (each removed
+    /// only while it is still this master's).
+    pub(super) fn close_operator(&mut self) {
+        if let Some(mut c) = self.control.take() {
+            c.finish();
+            c.remove();
+        }
+        if let Some(p) = self.pid_file.take() {
+            p.remove(sys::getpid());
+        }
+    }
+
     pub(super) fn finish(&mut self, outcome: Result<(), Failure>) -> Result<(), Error> {
+        self.close_operator();
         let result = match (outcome, self.error.take()) {
             (_, Some(e)) => Err(e),
             (Ok(()), None) => Ok(()),
@@ -270,6 +312,7 @@ impl Master {
     pub(super) fn abort(&mut self, err: Error) -> Result<(), Error> {
         log::error!("{err}; killing all workers");
         self.kill_and_reap_all();
+        self.close_operator();
         Err(self.error.take().unwrap_or(err))
     }
 

@@ -75,6 +75,7 @@ fn unwinding_master_kills_and_reaps_every_worker() {
         listeners: Listeners::Caller,
         health: Default::default(),
         setup: Default::default(),
+        operator: Default::default(),
     };
     PANIC_WHEN_READY.store(true, Ordering::SeqCst);
     let result = catch_unwind(AssertUnwindSafe(|| run(plan, &mut hooks, &mut |_, _| ())));

@@ -19,7 +19,38 @@ use crate::protocol::{self, UPGRADE_FD_ENV};
 use crate::sys::{self, handover::Handover};
 
 /// The variables a new master must not inherit from this one.
-const NOT_INHERITED: [&str; 4] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", UPGRADE_FD_ENV];
+const NOT_INHERITED: [&str; 5] = [
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    UPGRADE_FD_ENV,
+    GENERATION_ENV,
+];
+
+/// How many binary upgrades led to this master: `0` for one started otherwise, and one more
+/// than its old master's for a new master, which gets it in this variable.
+pub(crate) const GENERATION_ENV: &str = "PREFORK_GENERATION";
+
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Reads this master's generation from [`GENERATION_ENV`] (and removes the variable, which
+/// is the master's alone).
+pub(crate) fn read_generation() {
+    let Some(value) = std::env::var_os(GENERATION_ENV) else {
+        return;
+    };
+    sys::remove_env_if_single_threaded(GENERATION_ENV);
+    let n = value
+        .to_str()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    GENERATION.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// This master's generation (see [`GENERATION_ENV`]).
+pub(crate) fn generation() -> u64 {
+    GENERATION.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// What the new master writes when every one of its workers is ready.
 pub(crate) const READY_MESSAGE: &[u8] = b"READY=1\n";
@@ -108,7 +139,10 @@ impl Upgrade {
             path.as_os_str(),
             args,
             &env,
-            &[(UPGRADE_FD_ENV, upgrade_fd)],
+            &[
+                (UPGRADE_FD_ENV, upgrade_fd),
+                (GENERATION_ENV, (generation() + 1).to_string()),
+            ],
             sockets.len(),
             &names,
         )?;

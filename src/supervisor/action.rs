@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::WorkerExit;
+use super::command::{Answer, Client};
 use crate::exit::CountedExit;
 use crate::sys::signal::Signal;
 
@@ -96,6 +97,8 @@ pub(crate) enum Action {
     /// The stop gave up on these children: sent KILL, not reaped within the margin. The
     /// driver stops watching them (without waiting) and the run ends.
     Unreaped { pids: Vec<u32> },
+    /// Answer the operator's command from `client` (see [`Supervisor::on_command`]).
+    Answer { client: Client, answer: Answer },
 }
 
 /// Why a USR2 was not acted on.

@@ -29,6 +29,9 @@ impl Supervisor {
             reloading: false,
             phase: Phase::Starting,
             new_master: NewMaster::Idle,
+            restarts_begun: 0,
+            waiting: Vec::new(),
+            handed_to: None,
             actions: VecDeque::new(),
             cfg,
         };
@@ -51,6 +54,10 @@ impl Supervisor {
             // A HUP that arrived before every initial worker was ready: its restart begins
             // after the Ready action (and its hook) went through.
             self.begin_restart();
+        }
+        if self.actions.is_empty() {
+            // The end of a burst: the `scale`s whose count is reached are answered.
+            self.check_scaled();
         }
         self.actions.pop_front()
     }
@@ -133,6 +140,7 @@ impl Supervisor {
     /// The new master of an upgrade ([`Action::StartUpgrade`]) could not be started.
     pub(crate) fn on_upgrade_failed(&mut self, _now: Duration) {
         self.new_master.on_start_failed(&mut self.actions);
+        self.answer_upgrade_outcome();
     }
 
     /// The new master reported that it serves: unless it is too late, the old generation
@@ -143,6 +151,8 @@ impl Supervisor {
         }
         if let Some(pid) = self.new_master.on_ready() {
             self.actions.push_back(Action::HandedOver { pid });
+            self.answer_upgrade_outcome();
+            self.handed_to = Some(pid);
             self.stop_with(now, Stop::HandOver, Ok(()));
         }
     }
@@ -150,6 +160,7 @@ impl Supervisor {
     /// A child `pid` that is no worker was reaped: returns whether it was the new master.
     pub(crate) fn on_upgrade_exit(&mut self, pid: u32, exit: WorkerExit, _now: Duration) -> bool {
         let ours = self.new_master.on_exit(pid, exit, &mut self.actions);
+        self.answer_upgrade_outcome();
         if ours {
             self.maybe_done();
         }
@@ -215,7 +226,7 @@ impl Supervisor {
                     .iter()
                     .any(|r| r.cause == Cause::Replaced);
                 if !rolling && std::mem::take(&mut self.reloading) {
-                    self.actions.push_back(Action::Reloaded);
+                    self.reloaded();
                 }
             }
         }
@@ -402,26 +413,13 @@ impl Supervisor {
                     self.actions.push_back(Action::Signal { pid, signal, why });
                 }
             }
-            Signal::Ttin if self.phase == Phase::Running => {
-                let slot = match self.slots.iter().position(|s| *s == Slot::Closed) {
-                    Some(slot) => slot,
-                    None => {
-                        self.slots.push(Slot::Closed);
-                        self.streak.push(0);
-                        self.slots.len() - 1
-                    }
-                };
-                self.slots[slot] = Slot::Spawning { recovers: None };
-                self.actions.push_back(Action::Spawn {
-                    slot,
-                    recovers: None,
-                });
-                self.actions.push_back(Action::Steer {
-                    active: self.active_slots(),
-                });
-            }
-            Signal::Ttou if self.phase == Phase::Running && self.active_slots() > 1 => {
-                self.close_last_slot(now);
+            Signal::Ttin | Signal::Ttou if self.changes_count(signal) => {
+                if signal == Signal::Ttin {
+                    self.add_slot();
+                } else {
+                    self.close_last_slot(now);
+                }
+                self.supersede_scale(None);
             }
             Signal::Hup if self.phase == Phase::Running => {
                 if self.restarting.is_some() {
@@ -474,6 +472,7 @@ impl Supervisor {
         }
         let timeout = self.cfg.upgrade_timeout;
         self.new_master.on_timer(now, timeout, &mut self.actions);
+        self.answer_upgrade_outcome();
     }
 
     /// The respawns due by `now`.

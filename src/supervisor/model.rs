@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use super::{
-    Action, Cause, Config, CountedExit, EXIT_FATAL, Exited, FAST_CRASH, Failure, Ignored,
-    MAX_BACKOFF_FACTOR, REPORTED_EXITS, Rollback, SPAWN_RETRY_DELAY, Slot, Supervisor, Why,
-    WorkerExit, guard,
+    Action, Answer, Cause, Client, Command, Config, CountedExit, EXIT_FATAL, Exited, FAST_CRASH,
+    Failure, Ignored, MAX_BACKOFF_FACTOR, MAX_SCALE, REPORTED_EXITS, Refusal, Rollback,
+    SPAWN_RETRY_DELAY, Slot, Supervisor, Why, WorkerExit, guard,
 };
 use crate::sys::signal::{self, Signal};
 
@@ -158,6 +158,13 @@ pub(crate) struct Model {
     pub(crate) rollbacks: usize,
     /// The stop gave up on unkillable workers (an Unreaped action).
     pub(crate) gave_up: bool,
+
+    // The operator's commands.
+    /// Commands not answered yet: client → (command, length of the log when it came).
+    pub(crate) clients: BTreeMap<Client, (Command, usize)>,
+    pub(crate) next_client: Client,
+    /// Every answer, in order.
+    pub(crate) answers: Vec<(Client, Command, Answer)>,
 }
 
 impl Model {
@@ -199,6 +206,9 @@ impl Model {
             handovers: 0,
             rollbacks: 0,
             gave_up: false,
+            clients: BTreeMap::new(),
+            next_client: 0,
+            answers: Vec::new(),
             cfg,
         }
     }
@@ -261,6 +271,96 @@ impl Model {
         }
         self.sup.on_signal(signal, self.now);
         self.after_call();
+    }
+
+    /// A command of the operator reaches the master; returns its client.
+    pub(crate) fn command(&mut self, command: Command) -> Client {
+        let client = self.next_client;
+        self.next_client += 1;
+        self.clients.insert(client, (command, self.log.len()));
+        let running = self.ready_seen && self.stop.is_none();
+        match command {
+            Command::Stop if self.stop.is_none() => self.expect_stop(true, Ok(())),
+            Command::Reload if self.stop.is_none() => self.hups += 1,
+            Command::Scale(n) if running => {
+                self.ttin_pending += n.clamp(1, MAX_SCALE).saturating_sub(self.active)
+            }
+            Command::Upgrade if self.stop.is_none() && self.upgrade == Upgrade::Idle => {
+                self.upgrade_due.push_back(Action::StartUpgrade)
+            }
+            _ => {}
+        }
+        self.sup.on_command(client, command, self.now);
+        self.after_call();
+        client
+    }
+
+    /// An answer: to a client waiting, once, and what its command can be answered with.
+    fn answered(&mut self, client: Client, answer: Answer) {
+        let Some((command, since)) = self.clients.remove(&client) else {
+            panic!("{answer:?} to client {client}, which waits for nothing");
+        };
+        let after = &self.log[since..];
+        let serving = |pids: &[u32]| {
+            for pid in pids {
+                let p = self.live.get(pid);
+                assert!(
+                    p.is_some_and(|p| p.ready.is_some() && !p.retired && !p.told()),
+                    "{answer:?} to {command:?}: {pid} is not a serving worker"
+                );
+            }
+        };
+        match (&answer, command) {
+            (Answer::Snapshot, Command::Status | Command::Metrics) => {}
+            (Answer::Stopping, Command::Stop) => {
+                assert!(self.stop.is_some(), "{answer:?} without a stop")
+            }
+            (Answer::Reloaded { pids }, Command::Reload) => {
+                assert!(self.stop.is_none(), "{answer:?} during a stop");
+                serving(pids);
+            }
+            (Answer::Scaled { pids }, Command::Scale(n)) => {
+                assert_eq!(
+                    pids.len(),
+                    n.clamp(1, MAX_SCALE),
+                    "{answer:?} to {command:?}"
+                );
+                assert_eq!(
+                    self.active,
+                    pids.len(),
+                    "{answer:?}: {} in service",
+                    self.active
+                );
+                serving(pids);
+            }
+            (Answer::Upgraded { pid }, Command::Upgrade) => assert!(
+                after.contains(&Action::HandedOver { pid: *pid }),
+                "{answer:?} without a handover to it since the command"
+            ),
+            (Answer::RolledBack(why), Command::Upgrade) => assert!(
+                after
+                    .iter()
+                    .any(|a| matches!(a, Action::RolledBack { why: w, .. } if w == why)),
+                "{answer:?} without that rollback since the command"
+            ),
+            (Answer::Refused(Refusal::Stopping), _) => {
+                assert!(self.stop.is_some(), "{answer:?} while the run goes on")
+            }
+            (Answer::Refused(Refusal::HandedOver { pid }), _) => assert!(
+                self.log.contains(&Action::HandedOver { pid: *pid }),
+                "{answer:?} without that handover"
+            ),
+            (Answer::Refused(Refusal::Starting), Command::Scale(_)) => {
+                assert!(!self.ready_seen, "{answer:?} after the master was ready")
+            }
+            (Answer::Refused(Refusal::NoRollback), Command::Rollback) => {}
+            (Answer::Refused(Refusal::Superseded { .. }), Command::Scale(_)) => {}
+            (Answer::Refused(Refusal::UpgradeUnderWay { .. }), Command::Upgrade) => {
+                assert!(self.upgrade != Upgrade::Idle, "{answer:?} with no upgrade")
+            }
+            _ => panic!("{answer:?} is no answer to {command:?}"),
+        }
+        self.answers.push((client, command, answer));
     }
 
     /// Whether the run's stop still has its KILL to send (a second TERM then kills at once).
@@ -647,6 +747,7 @@ impl Model {
                 assert!(self.reloading, "{action:?} without Reloading");
                 self.reloading = false;
             }
+            Action::Answer { client, answer } => self.answered(client, answer),
             Action::Unreaped { ref pids } => {
                 assert!(stopping, "{action:?} while the run goes on");
                 assert!(!self.gave_up, "a second {action:?}");
@@ -688,6 +789,12 @@ impl Model {
                 if active > self.active {
                     assert_eq!(active, self.active + 1, "{action:?} from {}", self.active);
                     self.closing.remove(&self.active);
+                    // A slot is made with its Steer; its Spawn may have been dropped by a
+                    // stop that began first (a `scale` adds several in one step).
+                    if active > self.slots_created {
+                        self.slots_created = active;
+                        self.streak.resize(active, 0);
+                    }
                 } else {
                     assert!(
                         active + 1 == self.active && active >= 1,
@@ -1100,6 +1207,28 @@ impl Model {
         let sup = &self.sup;
         let stopping = sup.is_stopping();
         assert_eq!(stopping, self.stop.is_some(), "stop");
+
+        // The commands: those answered at once were, none is left without an answer by a
+        // stop, and the supervisor waits for exactly the model's.
+        for (client, (command, _)) in &self.clients {
+            assert!(
+                matches!(
+                    command,
+                    Command::Reload | Command::Scale(_) | Command::Upgrade
+                ),
+                "{command:?} of client {client} was not answered at once"
+            );
+        }
+        assert!(
+            !stopping || self.clients.is_empty(),
+            "the stop left clients without an answer: {:?}",
+            self.clients
+        );
+        assert_eq!(
+            sup.commands_waiting(),
+            self.clients.len(),
+            "commands waiting"
+        );
 
         // The process table.
         let mut live = sup.live_pids();

@@ -10,6 +10,17 @@ use crate::sys::signal::Signal;
 impl Supervisor {
     /// TTOU: takes the highest slot in service out of service and retires its worker.
     pub(super) fn close_last_slot(&mut self, now: Duration) {
+        if self.close_last_slot_deferred(now) {
+            self.advance_restart();
+        }
+    }
+
+    /// [`Supervisor::close_last_slot`], except that where the slot was mid-restart the
+    /// restart's next step is left to the caller: returns whether it is due. (`scale` closes
+    /// several slots in one step and advances once, after the last one's actions, so that no
+    /// spawn comes before them.)
+    pub(super) fn close_last_slot_deferred(&mut self, now: Duration) -> bool {
+        let mut advance = false;
         let slot = self
             .slots
             .iter()
@@ -35,12 +46,13 @@ impl Supervisor {
                 // The slot was mid-restart: its old worker may not be told yet.
                 self.restarting = None;
                 self.tell_retiring(old, now);
-                self.advance_restart();
+                advance = true;
             }
         }
         if self.slot_unused(slot) {
             self.actions.push_back(Action::Closed { slot });
         }
+        advance
     }
 
     /// Whether no live worker (running or retiring) belongs to `slot`.
@@ -60,8 +72,9 @@ impl Supervisor {
         self.retiring.insert(pid, retiring);
     }
 
-    /// HUP: queues every running slot for replacement and starts the first.
-    pub(super) fn begin_restart(&mut self) {
+    /// HUP: queues every running slot for replacement and starts the first. Returns whether
+    /// a restart began (some slot had a worker to replace).
+    pub(super) fn begin_restart(&mut self) -> bool {
         self.restart_queue = (0..self.slots.len())
             .filter(|&s| matches!(self.slots[s], Slot::Running { .. }))
             .map(|slot| Restart {
@@ -70,12 +83,16 @@ impl Supervisor {
                 cause: Cause::Replaced,
             })
             .collect();
+        self.restarts_begun += 1;
         if self.restart_queue.is_empty() {
-            return;
+            // Nothing to replace (every slot waits for a respawn): done at once.
+            self.answer_reloads();
+            return false;
         }
         self.actions.push_back(Action::Reloading);
         self.reloading = true;
         self.advance_restart();
+        true
     }
 
     /// Starts the restart of the next slot in the rolling-restart queue.
@@ -105,7 +122,7 @@ impl Supervisor {
         // The queue ran out another way than by the last replacement being ready (a slot
         // closed or waiting to respawn, an old worker gone early): the restart is over.
         if self.restarting.is_none() && std::mem::take(&mut self.reloading) {
-            self.actions.push_back(Action::Reloaded);
+            self.reloaded();
         }
         if self.restarting.is_none() && std::mem::take(&mut self.hup_pending) {
             self.begin_restart();

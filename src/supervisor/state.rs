@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use super::action::{Action, Cause, Config, Failure};
+use super::command::{Client, Waiting};
 use super::guard::Guard;
 use super::upgrade::NewMaster;
 use crate::sys::signal::Signal;
@@ -139,6 +140,12 @@ pub(crate) struct Supervisor {
     pub(super) phase: Phase,
     /// The binary upgrade.
     pub(super) new_master: NewMaster,
+    /// Rolling restarts begun so far (a `reload` waits for the end of one of them).
+    pub(super) restarts_begun: u64,
+    /// The operator's commands waiting for their outcome.
+    pub(super) waiting: Vec<(Client, Waiting)>,
+    /// The new master this run handed over to.
+    pub(super) handed_to: Option<u32>,
     pub(super) actions: VecDeque<Action>,
 }
 

@@ -44,6 +44,7 @@ impl Supervisor {
         self.restart_queue.clear();
         self.restarting = None;
         self.hup_pending = false;
+        self.answer_all_waiting();
         for s in self.slots.iter_mut() {
             // A spawning slot's action was queued, and has just been dropped.
             if matches!(s, Slot::Waiting { .. } | Slot::Spawning { .. }) {

@@ -1682,3 +1682,278 @@ fn a_stop_gives_up_on_workers_that_survive_kill_and_ends() {
         "the outcome names them"
     );
 }
+
+// ---- The operator's commands (the control socket).
+
+impl Harness {
+    /// A command from a new client: the client and the actions of the step.
+    fn command(&mut self, command: Command) -> (Client, Vec<Action>) {
+        let client = self.m.command(command);
+        (client, self.settle())
+    }
+
+    /// The answer to `client` in `actions`.
+    fn answer_in(actions: &[Action], client: Client) -> Option<Answer> {
+        actions.iter().find_map(|a| match a {
+            Action::Answer { client: c, answer } if *c == client => Some(answer.clone()),
+            _ => None,
+        })
+    }
+}
+
+#[test]
+fn status_and_metrics_are_answered_at_once_in_every_phase() {
+    let mut h = Harness::manual(cfg(2));
+    for command in [Command::Status, Command::Metrics] {
+        let (client, acts) = h.command(command);
+        assert_eq!(
+            acts,
+            vec![Action::Answer {
+                client,
+                answer: Answer::Snapshot
+            }]
+        );
+    }
+    h.ready(100);
+    h.ready(101);
+    h.signal(Signal::Term);
+    let (client, acts) = h.command(Command::Status);
+    assert_eq!(Harness::answer_in(&acts, client), Some(Answer::Snapshot));
+}
+
+#[test]
+fn stop_answers_then_stops_gracefully_and_a_second_stop_forces_nothing() {
+    let mut h = Harness::new(cfg(2));
+    let (client, acts) = h.command(Command::Stop);
+    assert_eq!(
+        acts[0],
+        Action::Answer {
+            client,
+            answer: Answer::Stopping
+        },
+        "answered before the stop's actions: {acts:?}"
+    );
+    assert!(acts.contains(&Action::Stopping), "{acts:?}");
+    assert!(h.signals().iter().all(|s| s.1 == Signal::Term));
+    let (again, acts) = h.command(Command::Stop);
+    assert_eq!(
+        acts,
+        vec![Action::Answer {
+            client: again,
+            answer: Answer::Stopping
+        }],
+        "no KILL, unlike a second TERM"
+    );
+    for pid in h.live() {
+        h.exit(pid, WorkerExit::Code(0));
+    }
+    assert_eq!(h.outcome(), Some(&Ok(())));
+}
+
+#[test]
+fn reload_answers_when_every_slot_has_a_new_ready_worker() {
+    let mut h = Harness::manual(cfg(2));
+    h.ready(100);
+    h.ready(101);
+    let (client, acts) = h.command(Command::Reload);
+    assert_eq!(acts, vec![Action::Reloading, spawn(0, None)]);
+    h.ready(102);
+    h.exit(100, WorkerExit::Code(0));
+    assert_eq!(Harness::answer_in(&h.last, client), None, "one slot to go");
+    let acts = h.ready(103);
+    assert_eq!(
+        Harness::answer_in(&acts, client),
+        Some(Answer::Reloaded {
+            pids: vec![102, 103]
+        }),
+        "{acts:?}"
+    );
+    assert!(acts.contains(&Action::Reloaded));
+}
+
+#[test]
+fn a_reload_and_a_hup_during_a_restart_coalesce_into_one_more_restart() {
+    let mut h = Harness::new(cfg(1));
+    let (first, _) = h.command(Command::Reload);
+    // The replacement (101) is ready at once: the restart ended, the old worker drains.
+    assert_eq!(
+        Harness::answer_in(&h.last, first),
+        Some(Answer::Reloaded { pids: vec![101] })
+    );
+    // During the drain a HUP and a reload coalesce into one more restart.
+    h.signal(Signal::Hup);
+    let (second, acts) = h.command(Command::Reload);
+    assert_eq!(Harness::answer_in(&acts, second), None);
+    h.exit(100, WorkerExit::Code(0));
+    let answer = Harness::answer_in(&h.last, second);
+    assert_eq!(answer, Some(Answer::Reloaded { pids: vec![102] }));
+    assert_eq!(h.spawns(), 3, "exactly one more restart");
+}
+
+#[test]
+fn reload_before_the_master_is_ready_waits_for_the_restart_after_it() {
+    let mut h = Harness::manual(cfg(1));
+    let (client, acts) = h.command(Command::Reload);
+    assert!(acts.is_empty(), "{acts:?}");
+    let acts = h.ready(100);
+    assert!(acts.contains(&Action::Reloading), "{acts:?}");
+    let acts = h.ready(101);
+    assert_eq!(
+        Harness::answer_in(&acts, client),
+        Some(Answer::Reloaded { pids: vec![101] })
+    );
+}
+
+#[test]
+fn scale_adds_and_removes_slots_in_one_step_and_answers_when_they_serve() {
+    let mut h = Harness::manual(cfg(1));
+    let (early, acts) = h.command(Command::Scale(3));
+    assert_eq!(
+        acts,
+        vec![Action::Answer {
+            client: early,
+            answer: Answer::Refused(Refusal::Starting)
+        }]
+    );
+    h.ready(100);
+    let (client, acts) = h.command(Command::Scale(3));
+    assert_eq!(
+        acts,
+        vec![
+            spawn(1, None),
+            Action::Steer { active: 2 },
+            spawn(2, None),
+            Action::Steer { active: 3 },
+        ]
+    );
+    h.ready(101);
+    assert_eq!(Harness::answer_in(&h.last, client), None);
+    let acts = h.ready(102);
+    assert_eq!(
+        Harness::answer_in(&acts, client),
+        Some(Answer::Scaled {
+            pids: vec![100, 101, 102]
+        })
+    );
+    // Down to one: answered at once (slot 0 serves), the others drain.
+    let (down, acts) = h.command(Command::Scale(1));
+    assert_eq!(
+        Harness::answer_in(&acts, down),
+        Some(Answer::Scaled { pids: vec![100] })
+    );
+    let mut told: Vec<u32> = h.signals().iter().map(|s| s.0).collect();
+    told.sort_unstable();
+    assert_eq!(told, vec![101, 102]);
+    // The same count again: answered at once, nothing changes.
+    let (same, acts) = h.command(Command::Scale(1));
+    assert_eq!(
+        acts,
+        vec![Action::Answer {
+            client: same,
+            answer: Answer::Scaled { pids: vec![100] }
+        }]
+    );
+}
+
+#[test]
+fn a_later_count_supersedes_a_waiting_scale() {
+    let mut h = Harness::manual(cfg(1));
+    h.ready(100);
+    let (first, _) = h.command(Command::Scale(3));
+    let (second, acts) = h.command(Command::Scale(2));
+    assert_eq!(
+        Harness::answer_in(&acts, first),
+        Some(Answer::Refused(Refusal::Superseded { workers: 2 }))
+    );
+    h.ready(101);
+    assert_eq!(
+        Harness::answer_in(&h.last, second),
+        Some(Answer::Scaled {
+            pids: vec![100, 101]
+        })
+    );
+    let (third, _) = h.command(Command::Scale(4));
+    let acts = h.signal(Signal::Ttou);
+    assert_eq!(
+        Harness::answer_in(&acts, third),
+        Some(Answer::Refused(Refusal::Superseded { workers: 3 }))
+    );
+}
+
+#[test]
+fn upgrade_answers_with_the_new_master_and_joins_a_usr2_under_way() {
+    let mut h = Harness::new(cfg(2));
+    h.signal(Signal::Usr2);
+    let new = h.m.sup.new_master().expect("a new master");
+    let (client, acts) = h.command(Command::Upgrade);
+    assert!(acts.is_empty(), "it joins the USR2's upgrade: {acts:?}");
+    let (other, _) = h.command(Command::Reload);
+    let acts = h.upgrade_ready();
+    assert_eq!(acts[0], Action::HandedOver { pid: new });
+    assert_eq!(
+        Harness::answer_in(&acts, client),
+        Some(Answer::Upgraded { pid: new })
+    );
+    assert_eq!(
+        Harness::answer_in(&acts, other),
+        Some(Answer::Refused(Refusal::HandedOver { pid: new }))
+    );
+}
+
+#[test]
+fn upgrade_answers_every_rollback_with_its_cause() {
+    // Exec failed.
+    let mut h = Harness::new(cfg(1));
+    h.m.upgrade_start_fails = true;
+    let (client, acts) = h.command(Command::Upgrade);
+    assert_eq!(
+        Harness::answer_in(&acts, client),
+        Some(Answer::RolledBack(Rollback::ExecFailed))
+    );
+    // Exited before it was ready.
+    let (client, _) = h.command(Command::Upgrade);
+    let acts = h.upgrade_exit(WorkerExit::Code(3));
+    assert_eq!(
+        Harness::answer_in(&acts, client),
+        Some(Answer::RolledBack(Rollback::Exited(WorkerExit::Code(3))))
+    );
+    // Not ready in time; a command while it is killed is refused.
+    let (client, _) = h.command(Command::Upgrade);
+    let acts = h.wake();
+    assert_eq!(
+        Harness::answer_in(&acts, client),
+        Some(Answer::RolledBack(Rollback::NotReady(60 * SEC)))
+    );
+    let (late, acts) = h.command(Command::Upgrade);
+    assert!(matches!(
+        Harness::answer_in(&acts, late),
+        Some(Answer::Refused(Refusal::UpgradeUnderWay { pid: Some(_) }))
+    ));
+    let (rollback, acts) = h.command(Command::Rollback);
+    assert_eq!(
+        Harness::answer_in(&acts, rollback),
+        Some(Answer::Refused(Refusal::NoRollback))
+    );
+}
+
+#[test]
+fn a_stop_answers_every_command_still_waiting() {
+    let mut h = Harness::manual(cfg(1));
+    h.ready(100);
+    let (reload, _) = h.command(Command::Reload);
+    let (scale, _) = h.command(Command::Scale(2));
+    let (upgrade, _) = h.command(Command::Upgrade);
+    let acts = h.signal(Signal::Term);
+    for client in [reload, scale, upgrade] {
+        assert_eq!(
+            Harness::answer_in(&acts, client),
+            Some(Answer::Refused(Refusal::Stopping)),
+            "{acts:?}"
+        );
+    }
+    let (late, acts) = h.command(Command::Reload);
+    assert_eq!(
+        Harness::answer_in(&acts, late),
+        Some(Answer::Refused(Refusal::Stopping))
+    );
+}

@@ -28,6 +28,19 @@ impl Epoll {
         Ok(())
     }
 
+    /// `epoll_ctl(EPOLL_CTL_MOD)`: watches `fd` (registered with `token`) for readability, or
+    /// for writability instead when `writable`.
+    pub(crate) fn watch(&self, fd: BorrowedFd<'_>, token: u64, writable: bool) -> io::Result<()> {
+        let data = epoll::EventData::new_u64(token);
+        let flags = if writable {
+            epoll::EventFlags::OUT
+        } else {
+            epoll::EventFlags::IN
+        };
+        epoll::modify(&self.fd, fd, data, flags)?;
+        Ok(())
+    }
+
     /// `epoll_ctl(EPOLL_CTL_DEL)`.
     pub(crate) fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         epoll::delete(&self.fd, fd)?;
@@ -129,7 +142,7 @@ mod tests {
         epoll.add(read.as_fd(), 7).unwrap();
         let mut tokens = Vec::new();
         epoll.wait(Some(Duration::ZERO), &mut tokens).unwrap();
-        assert_eq!(tokens, []);
+        assert!(tokens.is_empty());
         super::write_pid(write.as_fd(), 42).unwrap();
         super::write_pid(write.as_fd(), 43).unwrap();
         epoll
@@ -143,7 +156,7 @@ mod tests {
         super::write_pid(write.as_fd(), 44).unwrap();
         tokens.clear();
         epoll.wait(Some(Duration::ZERO), &mut tokens).unwrap();
-        assert_eq!(tokens, []);
+        assert!(tokens.is_empty());
         drop(write);
         super::wait_readable(read.as_fd()).unwrap();
     }

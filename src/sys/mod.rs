@@ -15,12 +15,14 @@
 //! * [`signal`]: typed signals, the signal mask, signalfd, dispositions, and the exec-mode
 //!   forwarding handlers;
 //! * [`event`]: epoll, pipes, `poll`, the readiness pipe;
+//! * [`control`]: the control socket (a Unix listener at a path, its clients, `SO_PEERCRED`);
 //! * [`net`]: listening sockets and descriptors inherited by number;
 //! * [`notice`]: the worker's shutdown notice; [`reuseport`]: socket filters on listeners;
 //!   [`handover`]: the binary upgrade's fork + exec of a new master;
 //! * [`heartbeat`]: the shared table of worker heartbeats (memfd, `mmap`);
 //! * [`identity`]: thread names, CPU affinity, and the credentials a worker drops to.
 
+pub(crate) mod control;
 pub(crate) mod event;
 pub(crate) mod handover;
 pub(crate) mod heartbeat;

@@ -478,7 +478,7 @@ mod tests {
         let fd = super::signalfd(&set).unwrap();
         let mut got = Vec::new();
         super::read_signals(fd.as_fd(), &mut got).unwrap();
-        assert_eq!(got, []);
+        assert!(got.is_empty());
         nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR2).unwrap();
         super::read_signals(fd.as_fd(), &mut got).unwrap();
         super::sigmask(super::MaskHow::Set, &old).unwrap();

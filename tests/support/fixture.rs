@@ -161,6 +161,8 @@ pub fn choice<T: Copy>(name: &str, choices: &[(&str, T)], default: T) -> Result<
 /// | `FX_USER=NAME`, `FX_GROUP=NAME` | `user`, `group` |
 /// | `FX_NAMES=0` | `worker_names(false)` |
 /// | `FX_UPGRADE=1` | (not an option) a new master started by `USR2` runs instead of exiting at once |
+/// | `FX_CONTROL=PATH` | `control_socket` |
+/// | `FX_PID_FILE=PATH` | `pid_file` |
 #[derive(Debug, Default)]
 pub struct Options {
     pub workers: Option<usize>,
@@ -177,6 +179,8 @@ pub struct Options {
     pub user: Option<String>,
     pub group: Option<String>,
     pub names: Option<bool>,
+    pub control: Option<String>,
+    pub pid_file: Option<String>,
 }
 
 impl Options {
@@ -208,6 +212,8 @@ impl Options {
             user: var("FX_USER"),
             group: var("FX_GROUP"),
             names: choice("FX_NAMES", &[("0", Some(false)), ("1", Some(true))], None)?,
+            control: var("FX_CONTROL"),
+            pid_file: var("FX_PID_FILE"),
         })
     }
 
@@ -254,6 +260,12 @@ impl Options {
         }
         if let Some(on) = self.names {
             p = p.worker_names(on);
+        }
+        if let Some(path) = &self.control {
+            p = p.control_socket(path);
+        }
+        if let Some(path) = &self.pid_file {
+            p = p.pid_file(path);
         }
         p
     }

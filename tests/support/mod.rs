@@ -10,6 +10,7 @@
 //!   of its own, reading its report lines, waiting for conditions with one generous
 //!   deadline, and cleaning up whatever happens.
 //! * [`net`]: asking a fixture's workers over TCP.
+//! * [`control`]: a master's control socket, as a raw client.
 //! * [`procfs`]: process, descriptor and socket state from `/proc`.
 //! * [`backend`]: the reaping backends every supervision case runs under.
 //! * [`seccomp`]: the filters that simulate a sandbox refusing system calls (also included
@@ -23,6 +24,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod control;
 pub mod fixture;
 pub mod net;
 pub mod notify;

@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -518,4 +519,47 @@ pub fn started_workers(log: &[String], master: u32) -> BTreeMap<usize, u32> {
         }
     }
     slots
+}
+
+/// A deploy directory: `server`, a copy of the `hello` example, and the next program, staged
+/// beside it until it is renamed over `server`.
+pub struct Deploy {
+    pub dir: TempDir,
+    pub server: PathBuf,
+}
+
+impl Deploy {
+    pub fn new(tag: &str) -> Deploy {
+        let dir = temp_dir(&format!("upgrade-{tag}"));
+        let server = dir.path().join("server");
+        let hello = hello_example();
+        // A hard link is a copy that nobody writes, so it cannot be busy when executed.
+        if std::fs::hard_link(&hello, &server).is_err() {
+            std::fs::copy(&hello, &server).expect("copy the hello example");
+        }
+        Deploy { dir, server }
+    }
+
+    /// Writes the next program (before anything runs from this directory, so that no
+    /// process forked meanwhile holds it open for writing when it is executed).
+    pub fn stage(&self, script: &str, mode: u32) -> PathBuf {
+        let path = self.dir.path().join("server.next");
+        std::fs::write(&path, script).expect("write the next program");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .expect("set its mode");
+        path
+    }
+
+    /// Renames the staged program over `server`, as a deploy does.
+    pub fn replace(&self, staged: &Path) {
+        std::fs::rename(staged, &self.server).expect("rename the new program over the old");
+    }
+}
+
+/// `path` quoted for `sh`.
+pub fn quoted(path: &Path) -> String {
+    format!(
+        "'{}'",
+        path.to_str().expect("UTF-8 path").replace('\'', r"'\''")
+    )
 }

@@ -1,0 +1,60 @@
+//! The PID file: written atomically (a temporary file beside it, then `rename`) when the
+//! master serves, removed at exit only while it still names this master.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+
+pub(crate) struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    /// Checks that a PID file can be written at `path` (by writing and removing its
+    /// temporary file): a missing or unwritable directory is an error naming the path.
+    pub(crate) fn check(path: &Path) -> Result<PidFile, Error> {
+        let file = PidFile {
+            path: path.to_owned(),
+        };
+        let temporary = file.temporary();
+        let made = std::fs::File::create(&temporary);
+        let _ = std::fs::remove_file(&temporary);
+        made.map_err(|e| Error::Control {
+            path: path.to_owned(),
+            what: "cannot write the PID file".to_owned(),
+            source: Some(e),
+        })?;
+        Ok(file)
+    }
+
+    fn temporary(&self) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".{}.tmp", crate::sys::getpid()));
+        PathBuf::from(name)
+    }
+
+    /// Writes `pid` (a temporary file, then `rename` over the path).
+    pub(crate) fn write(&self, pid: u32) {
+        let temporary = self.temporary();
+        let written = std::fs::File::create(&temporary)
+            .and_then(|mut f| f.write_all(format!("{pid}\n").as_bytes()))
+            .and_then(|()| std::fs::rename(&temporary, &self.path));
+        match written {
+            Ok(()) => log::info!("PID file {} names {pid}", self.path.display()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&temporary);
+                log::warn!("cannot write the PID file {}: {e}", self.path.display());
+            }
+        }
+    }
+
+    /// At exit: removes the file if it names `pid` (a new master's is left alone).
+    pub(crate) fn remove(&self, pid: u32) {
+        let names_us =
+            std::fs::read_to_string(&self.path).is_ok_and(|text| text.trim() == pid.to_string());
+        if names_us {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
