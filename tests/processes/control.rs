@@ -31,6 +31,7 @@ pub const SOCKET: &[Case<Backend>] = cases![&[Backend::Pidfd] =>
     control_peer_of_another_uid_refused,
     control_in_exec_mode,
     control_idle_master_makes_no_wakeups,
+    control_unprivileged_master,
 ];
 
 /// A directory for the socket and the PID file, with their paths.
@@ -158,6 +159,46 @@ fn control_status_metrics_and_stop(b: Backend) {
 
     let stop = request(&paths.socket, "stop");
     assert!(is_ok(&stop) && stop.contains("\"stopping\":true"), "{stop}");
+    fx.assert_clean_exit();
+    assert!(!paths.socket.exists(), "the socket file is removed at exit");
+    assert!(!paths.pid.exists(), "the PID file is removed at exit");
+}
+
+/// A master that runs as uid 65534 (dropped before it starts, as `User=` does): its control
+/// socket and PID file are made in a directory that user may write, the socket is that
+/// user's with mode 0600, root is served (as the master's own user would be), and both
+/// files are removed at the stop it answers.
+fn control_unprivileged_master(b: Backend) {
+    if my_uid() != 0 {
+        return runner::skip("needs root, to start a master as uid 65534");
+    }
+    // In the system's temporary directory: a checkout may be in a directory only its owner
+    // can enter.
+    let dir = TempDir::new_in(&std::env::temp_dir(), "control-unprivileged");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("opening the directory to uid 65534");
+    let paths = Paths {
+        socket: dir.path().join("control.sock"),
+        pid: dir.path().join("master.pid"),
+        dir,
+    };
+    let (mut fx, _port) = controlled(
+        b,
+        &paths,
+        2,
+        &[("FX_LISTEN", "1"), ("FX_MASTER_UID", "65534")],
+    );
+    let meta = std::fs::symlink_metadata(&paths.socket).expect("the control socket's file");
+    assert!(meta.file_type().is_socket(), "{meta:?}");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "its mode");
+    assert_eq!(meta.uid(), 65534, "its owner: the master's user");
+    let pid_meta = std::fs::metadata(&paths.pid).expect("the PID file");
+    assert_eq!(pid_meta.uid(), 65534, "the PID file's owner");
+    let status = request(&paths.socket, "status");
+    assert!(is_ok(&status), "root is served: {status}");
+    assert_eq!(number(&status, "pid"), Some(u64::from(fx.pid)), "{status}");
+    let stop = request(&paths.socket, "stop");
+    assert!(is_ok(&stop), "{stop}");
     fx.assert_clean_exit();
     assert!(!paths.socket.exists(), "the socket file is removed at exit");
     assert!(!paths.pid.exists(), "the PID file is removed at exit");
