@@ -10,11 +10,18 @@
 # Both use an upstream block with keep-alive connections to the backend (`keepalive 64`,
 # HTTP/1.1), as a production proxy does; nginx and the demo each get `--workers` processes.
 #
-# usage: benches/proxy.sh [--rounds N] [--duration SECS] [--connections N] [--workers N]
-#                         [--port PORT] [--out DIR]
+# Then (unless --profile no): `perf record -g` on the one worker of `hyper --workers 1`
+# behind the same nginx over the Unix socket, under the same load, for --duration seconds;
+# the frames of the library (symbols starting with `prefork::`) and of the tokio companion
+# (`prefork_tokio::`) in `perf report --no-children`, with their self time. The library has
+# no code on the request path: none of its frames is expected.
 #
-# Needs: cargo, wrk, nginx (installed with apt-get where missing and possible), awk. Results
-# go to DIR (default target/bench-proxy): wrk outputs, nginx and server logs, summary.md.
+# usage: benches/proxy.sh [--rounds N] [--duration SECS] [--connections N] [--workers N]
+#                         [--profile yes|no] [--port PORT] [--out DIR]
+#
+# Needs: cargo, wrk, nginx (installed with apt-get where missing and possible), awk, perf
+# (linux-perf) for the profile (skipped, and said, without it). Results go to DIR (default
+# target/bench-proxy): wrk outputs, nginx and server logs, the perf report, summary.md.
 # Measure on an otherwise idle machine: wrk, nginx and the workers share the cores.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -24,6 +31,7 @@ rounds=3
 duration=5
 connections=64
 workers=""
+profile=yes
 port=18580
 out=target/bench-proxy
 while [ $# -gt 0 ]; do
@@ -32,6 +40,7 @@ while [ $# -gt 0 ]; do
     --duration) duration="$2"; shift 2 ;;
     --connections) connections="$2"; shift 2 ;;
     --workers) workers="$2"; shift 2 ;;
+    --profile) profile="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     *) echo "proxy.sh: unknown argument $1" >&2; exit 2 ;;
@@ -96,9 +105,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# run_one KIND ROUND: starts the demo and nginx for KIND, measures, stops both.
-run_one() {
-  local kind=$1 round=$2 addr backend dir=$out/$1-$2
+# start_pair KIND DIR N: the demo with N workers on KIND's address and nginx in front of it,
+# both answering when it returns.
+start_pair() {
+  local kind=$1 dir=$2 n=$3 addr backend
   mkdir -p "$dir"
   case "$kind" in
     unix) addr="unix:$sockets/app.sock"; backend="unix:$sockets/app.sock" ;;
@@ -106,12 +116,12 @@ run_one() {
   esac
   # nginx's workers run as an unprivileged user when it is started as root: the socket is
   # made for anyone to connect to (umask 0), in a directory anyone may enter.
-  (umask 000; exec setsid "$hyper" --workers "$workers" --addr "$addr") \
+  (umask 000; exec setsid "$hyper" --workers "$n" --addr "$addr") \
     >"$dir/server.out" 2>"$dir/server.err" &
   server_pid=$!
   server_pgid=$server_pid
   for _ in $(seq 500); do
-    [ "$(grep -c ' serving ' "$dir/server.out" || true)" -ge "$workers" ] && break
+    [ "$(grep -c ' serving ' "$dir/server.out" || true)" -ge "$n" ] && break
     sleep 0.01
   done
   proxy_conf "$dir" "$backend"
@@ -121,14 +131,26 @@ run_one() {
     echo "proxy.sh: nginx in front of $kind does not answer" >&2
     exit 1
   fi
-  wrk -t "$(( cores < 4 ? cores : 4 ))" -c "$connections" -d "${duration}s" \
-    -s "$out/report.lua" "http://127.0.0.1:$front/" >"$dir/wrk.txt"
+}
+
+# stop_pair: nginx, then the demo.
+stop_pair() {
   kill -QUIT "$nginx_pid" 2>/dev/null || true
   wait "$nginx_pid" 2>/dev/null || true
   nginx_pid=""
   stop_group proxy.sh "$server_pid" "$server_pgid"
   server_pid=""
   server_pgid=""
+}
+
+# run_one KIND ROUND: starts the demo and nginx for KIND, measures, stops both.
+run_one() {
+  local kind=$1 round=$2 dir=$out/$1-$2
+  mkdir -p "$dir"
+  start_pair "$kind" "$dir" "$workers"
+  wrk -t "$(( cores < 4 ? cores : 4 ))" -c "$connections" -d "${duration}s" \
+    -s "$out/report.lua" "http://127.0.0.1:$front/" >"$dir/wrk.txt"
+  stop_pair
   local rps p99 errors
   rps=$(awk '/^REQUESTS/ { printf "%.0f", $2 / ($3 / 1e6) }' "$dir/wrk.txt")
   p99=$(awk '/^LATENCY_US/ { print $3 }' "$dir/wrk.txt")
@@ -158,3 +180,35 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
     echo "| $kind | $rps | $p99 | $errors |"
   done
 } | tee "$out/summary.md"
+
+if [ "$profile" = yes ] && command -v perf >/dev/null 2>&1; then
+  dir=$out/profile
+  mkdir -p "$dir"
+  start_pair unix "$dir" 1
+  worker=$(pgrep -P "$server_pid" | head -n1 || true)
+  if [ -n "$worker" ]; then
+    wrk -t "$(( cores < 4 ? cores : 4 ))" -c "$connections" -d "$((duration + 2))s" \
+      "http://127.0.0.1:$front/" >"$dir/wrk.txt" &
+    wrk_pid=$!
+    sleep 1
+    perf record -q -g -p "$worker" -o "$dir/perf.data" -- sleep "$duration" >/dev/null 2>&1 || true
+    wait "$wrk_pid" || true
+    perf report -i "$dir/perf.data" --stdio --no-children --sort symbol 2>/dev/null >"$dir/perf.txt" || true
+    samples=$(awk '/^# Samples:/ { print $3; exit }' "$dir/perf.txt")
+    {
+      echo
+      echo "Profile: the one worker of \`hyper --workers 1\` behind nginx over the Unix socket," \
+        "perf record -g for ${duration} s (${samples:-?} samples); self time of the frames of"
+      echo "the library (prefork::) and of the tokio companion (prefork_tokio::):"
+      echo
+      echo '```'
+      grep -E '^ +[0-9.]+%.* prefork(_tokio)?::' "$dir/perf.txt" || echo "(none)"
+      echo '```'
+    } | tee -a "$out/summary.md"
+  else
+    echo "proxy.sh: no worker to profile" >&2
+  fi
+  stop_pair
+elif [ "$profile" = yes ]; then
+  echo "(profile skipped: perf is not installed)" | tee -a "$out/summary.md"
+fi

@@ -83,6 +83,7 @@ pub(crate) const DECISION_WINDOW: std::time::Duration = std::time::Duration::fro
 const SIGNALS: [Signal; 2] = [Signal::Term, Signal::Int];
 
 /// Whether a shutdown was requested. An atomic load.
+#[inline]
 pub(crate) fn requested() -> bool {
     REQUESTED.load(Ordering::Acquire)
 }
