@@ -959,6 +959,23 @@ mod tests {
     }
 
     #[test]
+    fn series_by_slice_of_the_start() {
+        let report = Report {
+            latencies: vec![10, 20, 30, 400],
+            starts: vec![0, 49_999, 50_000, 120_000],
+            ..Report::default()
+        };
+        assert_eq!(
+            report.series(Duration::from_millis(50)),
+            [
+                "{\"t_ms\":0,\"n\":2,\"p99\":20}",
+                "{\"t_ms\":50,\"n\":1,\"p99\":30}",
+                "{\"t_ms\":100,\"n\":1,\"p99\":400}",
+            ]
+        );
+    }
+
+    #[test]
     fn refuses_other_addresses() {
         assert!(loopback("127.0.0.1:80").is_ok());
         assert!(loopback("[::1]:80").is_ok());
