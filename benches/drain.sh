@@ -44,7 +44,12 @@
 # event windows (or --steady seconds) on the same server: the baseline of the "x steady"
 # ratios, in the same run, between the events. (Keep the two lengths equal: in one check with
 # keep-alive clients and no event, the median p99 of 1 s windows was 1.5x that of 0.5 s ones.)
-# "p99 during events" is the median over the event windows of each window's p99.
+# "p99 during events" is the median over the event windows of each window's p99. Within each
+# event window, prefork-load (--span-file) also splits the requests: those in flight at any
+# time of the event's span (from the signal to the end of the event, as defined above) and
+# the others; "p99 in the event spans" and "p99 outside them" are the medians over the event
+# windows of their p99s, against the same steady p99. The busiest worker's share of a
+# window's answers (the answers name their worker) says how the connections were spread.
 #
 # Counted per window from prefork-load's JSON line: LOST = reset + timeout + other (a request
 # the server accepted, or the kernel accepted for it, without a complete 200); refused (the
@@ -412,7 +417,7 @@ event_usr2() {
 
 # --- windows ---------------------------------------------------------------------------
 results="$out/results.tsv"
-printf 'server\tkind\tconn\tevent\twindow\trequests\tok\trefused\treset\ttimeout\tother\tretried\treconnects\tp50_us\tp99_us\tp999_us\tmax_us\tevent_ms\tnote\ttop_share\n' >"$results"
+printf 'server\tkind\tconn\tevent\twindow\trequests\tok\trefused\treset\ttimeout\tother\tretried\treconnects\tp50_us\tp99_us\tp999_us\tmax_us\tevent_ms\tnote\ttop_share\tspan_n\tspan_p99_us\trest_p99_us\n' >"$results"
 
 # window KIND CONN I WHAT SECS: one load window of SECS seconds; WHAT is steady or event (the
 # event of KIND sent 0.1 s after every client had a first answer). Appends a row.
@@ -421,8 +426,12 @@ window() {
   local f="$out/load-$server-$kind-$conn-$i-$what"
   local ev_ms="-"
   note=""
+  local span=()
+  # The event's span (signal to end), for the p99 of the requests in flight during it.
+  [ "$what" = event ] && span=(--span-file "$f.span")
+  rm -f "$f.span"
   "$load_bin" --addr "$addr" --conn "$conn" --clients "$clients" --duration "$secs" \
-    --timeout 10000 >"$f.json" 2>"$f.err" &
+    --timeout 10000 "${span[@]}" >"$f.json" 2>"$f.err" &
   load_pid=$!
   if [ "$what" = event ]; then
     until_true 5 has_line "$f.err" 'have had a first answer' || add_note "clients not all answered after 5 s"
@@ -437,7 +446,9 @@ window() {
       none) event_none ;;
       none-fork) event_none_fork ;;
     esac
-    ev_ms=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
+    local t1=$EPOCHREALTIME
+    echo "${t0/./} ${t1/./}" >"$f.span"
+    ev_ms=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
     alive "$load_pid" || add_note "event outlived its load window"
   fi
   wait "$load_pid" || add_note "prefork-load exit status $?"
@@ -466,9 +477,17 @@ window() {
       if (t > 0) printf "%.2f\n", m / t; else print "-"
       exit
     }' "$f.json")
+  # The event's span: requests in flight during it, their p99, and the p99 of the others.
+  local spanv
+  spanv=$(awk '{
+      if (!match($0, /"span":\{"n":[0-9]+,"p99":[0-9]+,"rest_p99":[0-9]+\}/)) { print "-\t-\t-"; exit }
+      s = substr($0, RSTART + 8, RLENGTH - 9); n = split(s, kv, ",")
+      for (i = 1; i <= n; i++) { split(kv[i], p, ":"); v[i] = p[2] }
+      printf "%s\t%s\t%s\n", v[1], v[2], v[3]; exit
+    }' "$f.json")
   local IFS=$'\t'
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$kind" "$conn" "$i" "$what" "${vals[*]}" \
-    "$ev_ms" "${note:--}" "${top:--}" >>"$results"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$kind" "$conn" "$i" "$what" "${vals[*]}" \
+    "$ev_ms" "${note:--}" "${top:--}" "${spanv:--	-	-}" >>"$results"
   # Lost (reset + timeout + other) or notes: say so at once.
   local lost=$((vals[3] + vals[4] + vals[5]))
   if [ "$lost" -gt 0 ] || [ -n "$note" ]; then
@@ -662,6 +681,7 @@ awk -F'\t' -v cores="$cores" -v events="$events" -v n="$workers" -v clients="$cl
     lost = $9 + $10 + $11
     if ($5 == "event") {
       c = ++ne[k]; ep99[k, c] = $15; emax[k, c] = $17; ems[k, c] = $18; etop[k, c] = $20
+      if ($22 != "-" && $22 != "") { q = ++nsp[k]; spp[k, q] = $22; rpp[k, q] = $23 }
       req[k] += $6; elost[k] += lost; ereset[k] += $9; etime[k] += $10; eother[k] += $11
       eref[k] += $8; eret[k] += $12; if (lost > 0) ewith[k]++
       if ($19 ~ /outlived|load over|not all answered/) eunl[k]++
@@ -680,18 +700,21 @@ awk -F'\t' -v cores="$cores" -v events="$events" -v n="$workers" -v clients="$cl
     cname["new"] = "new conn"; cname["keepalive"] = "keep-alive"
     printf "%s events of each kind, %s workers, %s clients; event windows of %s s (term: %s s), a steady window %s before one event window in %s; %s cores, shared with the load and other jobs; started %s; load average %s at start, %s after the events, %s at the end; commit %s%s%s\n\n", events, n, clients, win, twin, (swin == "" ? "as long" : "of " swin " s"), sev, cores, date0, la0, la1, la2, rev, (dirty > 0 ? " with uncommitted changes in " dirty " files of the build" : ""), (agn == "" ? "" : "; autogroups of the script and the servers at nice " agn)
     if (NR < 2) exit
-    printf "| server | event | clients | events (not all under load) | requests in event windows | lost (reset/timeout/other) | events with a loss | refused | retried | lost in steady windows | event ms (median, max) | p99 steady (µs) | p99 during events (µs) | x steady | worst window p99 (µs) | max (µs) | drains KILLed | busiest worker share (steady, events) |\n"
-    printf "|---|---|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|\n"
+    printf "| server | event | clients | events (not all under load) | requests in event windows | lost (reset/timeout/other) | events with a loss | refused | retried | lost in steady windows | event ms (median, max) | p99 steady (µs) | p99 during events (µs) | x steady | worst window p99 (µs) | max (µs) | drains KILLed | busiest worker share (steady, events) | p99 in the event spans (µs) | x steady | p99 outside them (µs) | x steady |\n"
+    printf "|---|---|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n"
     ns_ = split(servers, S, " "); nk = split(kinds, K, " "); nc = split(conns, C, " ")
     for (a = 1; a <= ns_; a++) for (b = 1; b <= nk; b++) for (d = 1; d <= nc; d++) {
       k = S[a] SUBSEP K[b] SUBSEP C[d]; if (!(k in ne)) continue; m = ne[k]
       for (i = 1; i <= m; i++) { x1[i] = ep99[k, i]; x2[i] = emax[k, i]; x3[i] = ems[k, i]; x4[i] = etop[k, i] }
       for (i = 1; i <= ns[k]; i++) { y1[i] = sp99[k, i]; y2[i] = stop_[k, i] }
       E = median(x1, m); St = median(y1, ns[k])
-      printf "| %s | %s | %s | %d (%d) | %d | %d (%d/%d/%d) | %d | %d | %d | %d | %s, %s | %s | %s | %s | %s | %s | %s | %s, %s |\n",
+      for (i = 1; i <= nsp[k]; i++) { z1[i] = spp[k, i]; z2[i] = rpp[k, i] }
+      Sp = median(z1, nsp[k]); Rp = median(z2, nsp[k])
+      printf "| %s | %s | %s | %d (%d) | %d | %d (%d/%d/%d) | %d | %d | %d | %d | %s, %s | %s | %s | %s | %s | %s | %s | %s, %s | %s | %s | %s | %s |\n",
         S[a], (S[a] == "nginx" ? nginxwhat[K[b]] : what[K[b]]), cname[C[d]], m, eunl[k], req[k], elost[k], ereset[k], etime[k], eother[k],
         ewith[k], eref[k], eret[k], slost[k], median(x3, m), maxof(x3, m), St, E, (St > 0 ? sprintf("%.2f", E / St) : "-"),
-        maxof(x1, m), maxof(x2, m), (S[a] == "nginx" ? "-" : kills[k]), median(y2, ns[k]), median(x4, m)
+        maxof(x1, m), maxof(x2, m), (S[a] == "nginx" ? "-" : kills[k]), median(y2, ns[k]), median(x4, m),
+        Sp, (St > 0 && Sp != "-" ? sprintf("%.2f", Sp / St) : "-"), Rp, (St > 0 && Rp != "-" ? sprintf("%.2f", Rp / St) : "-")
     }
     first = 1
     for (a = 1; a <= ns_; a++) for (b = 1; b <= nk; b++) for (d = 1; d <= nc; d++) {

@@ -3,6 +3,7 @@
 //! ```text
 //! prefork-load --addr 127.0.0.1:8080 [--path /] [--conn new|keepalive] [--clients N]
 //!              [--duration SECS] [--requests N] [--timeout MS] [--bodies N] [--series MS]
+//!              [--span-file FILE]
 //! ```
 //!
 //! Each of `--clients` threads sends `GET` requests one after another (a closed loop) until
@@ -33,7 +34,11 @@
 //! which worker answered. With `--series MS`, the JSON line also has `start_unix_us` (the wall
 //! clock at the start of the run) and `series`: for each slice of MS milliseconds of the run,
 //! by when the request started, the `ok` requests `n` and their `p99` in µs (a latency over
-//! time, to place an event inside the run). The exit status is 0 whatever the outcomes; 2 for bad arguments.
+//! time, to place an event inside the run). With `--span-file FILE`, a file that holds two
+//! wall-clock times in µs since the Unix epoch (written by someone else while the run goes on,
+//! read at its end), the JSON line has `span`: the `ok` requests in flight at any time
+//! between the two (`n`, `p99`) and the `p99` of the others (`rest_p99`); `{}` if the file
+//! is missing or malformed. The exit status is 0 whatever the outcomes; 2 for bad arguments.
 //! Only loopback addresses are accepted.
 
 use std::collections::BTreeMap;
@@ -45,7 +50,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: prefork-load --addr HOST:PORT [--path /] [--conn new|keepalive] \
-[--clients N] [--duration SECS] [--requests N] [--timeout MS] [--bodies N] [--series MS]";
+[--clients N] [--duration SECS] [--requests N] [--timeout MS] [--bodies N] [--series MS] \
+[--span-file FILE]";
 
 /// Longest run accepted, so that a mistyped duration cannot load a machine for hours.
 const MAX_DURATION: Duration = Duration::from_secs(3600);
@@ -85,6 +91,8 @@ struct Config {
     max_bodies: usize,
     /// The slice of `--series`, when asked for.
     series: Option<Duration>,
+    /// The file of `--span-file`.
+    span_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -100,6 +108,7 @@ impl Config {
             timeout: Duration::from_secs(5),
             max_bodies: 64,
             series: None,
+            span_file: None,
         };
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -151,6 +160,7 @@ impl Config {
                         60_000,
                     )?))
                 }
+                "--span-file" => config.span_file = Some(value()?.into()),
                 "--help" | "-h" => return Err("help".to_owned()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -311,6 +321,16 @@ impl Report {
                 self.series(slice).join(",")
             );
         }
+        if let Some(file) = &config.span_file {
+            let span = std::fs::read_to_string(file)
+                .ok()
+                .and_then(|text| {
+                    let mut times = text.split_whitespace().map(|t| t.parse::<u64>().ok());
+                    Some((times.next()??, times.next()??))
+                })
+                .map(|(from, to)| self.span(from, to));
+            out += &format!(",\"span\":{}", span.unwrap_or_else(|| "{}".to_owned()));
+        }
         let map = |entries: Vec<(String, u64)>| {
             let items: Vec<String> = entries
                 .into_iter()
@@ -334,6 +354,29 @@ impl Report {
 }
 
 impl Report {
+    /// `{"n":..,"p99":..,"rest_p99":..}`: the requests in flight at any time from `from` to
+    /// `to` (µs since the Unix epoch), and the others.
+    fn span(&self, from: u64, to: u64) -> String {
+        let from = from.saturating_sub(self.start_unix_us);
+        let to = to.saturating_sub(self.start_unix_us);
+        let (mut inside, mut rest) = (Vec::new(), Vec::new());
+        for (start, latency) in self.starts.iter().zip(&self.latencies) {
+            if *start <= to && start + latency >= from {
+                inside.push(*latency);
+            } else {
+                rest.push(*latency);
+            }
+        }
+        inside.sort_unstable();
+        rest.sort_unstable();
+        format!(
+            "{{\"n\":{},\"p99\":{},\"rest_p99\":{}}}",
+            inside.len(),
+            percentile(&inside, 0.99),
+            percentile(&rest, 0.99)
+        )
+    }
+
     /// `{"t_ms":..,"n":..,"p99":..}` for each slice of the run, by the requests' starts.
     fn series(&self, slice: Duration) -> Vec<String> {
         let width = slice.as_micros().max(1) as u64;
@@ -478,7 +521,7 @@ impl<'a> Client<'a> {
                     self.report
                         .latencies
                         .push(start.elapsed().as_micros() as u64);
-                    if self.config.series.is_some() {
+                    if self.config.series.is_some() || self.config.span_file.is_some() {
                         self.report
                             .starts
                             .push(start.duration_since(run_start).as_micros() as u64);
@@ -972,6 +1015,21 @@ mod tests {
                 "{\"t_ms\":50,\"n\":1,\"p99\":30}",
                 "{\"t_ms\":100,\"n\":1,\"p99\":400}",
             ]
+        );
+    }
+
+    #[test]
+    fn span_splits_the_requests_in_flight_during_it() {
+        let report = Report {
+            latencies: vec![10, 20, 30, 400],
+            starts: vec![0, 1_000, 2_000, 3_000],
+            start_unix_us: 5_000_000,
+            ..Report::default()
+        };
+        // From 1 ms to 2.01 ms into the run: the requests started at 1 ms and 2 ms.
+        assert_eq!(
+            report.span(5_001_000, 5_002_010),
+            "{\"n\":2,\"p99\":30,\"rest_p99\":400}"
         );
     }
 
