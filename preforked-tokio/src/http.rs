@@ -336,6 +336,7 @@ impl<'a, F: Future<Output = ()>> Drain<'a, F> {
 
     /// Whether the connection is to be finished now (true once). `seen` reads its state
     /// from the kernel; it is called only once the notice has come.
+    #[inline]
     fn poll_finish(
         &mut self,
         cx: &mut Context<'_>,
@@ -362,6 +363,18 @@ impl<'a, F: Future<Output = ()>> Drain<'a, F> {
             }
             self.draining = true;
         }
+        self.poll_drained(cx, http2, seen)
+    }
+
+    /// The drain's decision, once the notice has come: out of the serving path.
+    #[cold]
+    #[inline(never)]
+    fn poll_drained(
+        &mut self,
+        cx: &mut Context<'_>,
+        http2: &AtomicBool,
+        seen: impl FnOnce() -> Seen,
+    ) -> bool {
         if http2.load(Ordering::Relaxed) {
             self.finished = true;
             return true;
