@@ -21,6 +21,13 @@
 #                   again (a copy in a temporary directory) with the listening sockets; done
 #                   when the old master has exited (after the new one serves and the old
 #                   workers drained); the next event goes to the new master
+#   none            the control: no signal; the script polls the server's log for 100 ms as
+#                   during an event. Its "x steady" is what the ratio is without any event
+#                   (the noise of the machine and of the windows), to read the others against
+#   none-fork       the same control with the polling of this script's earlier versions: 20
+#                   times a `grep -c` of the log in a command substitution and a `sleep
+#                   0.005`, each a new process (not in the default kinds; it shows what that
+#                   polling alone did to "p99 during events")
 # nginx has no counterpart of ttou (its worker count changes only with a reload); its own
 # binary upgrade (USR2, then QUIT to the old master) is another procedure, not measured here.
 #
@@ -37,7 +44,12 @@
 # event windows (or --steady seconds) on the same server: the baseline of the "x steady"
 # ratios, in the same run, between the events. (Keep the two lengths equal: in one check with
 # keep-alive clients and no event, the median p99 of 1 s windows was 1.5x that of 0.5 s ones.)
-# "p99 during events" is the median over the event windows of each window's p99.
+# "p99 during events" is the median over the event windows of each window's p99. Within each
+# event window, prefork-load (--span-file) also splits the requests: those in flight at any
+# time of the event's span (from the signal to the end of the event, as defined above) and
+# the others; "p99 in the event spans" and "p99 outside them" are the medians over the event
+# windows of their p99s, against the same steady p99. The busiest worker's share of a
+# window's answers (the answers name their worker) says how the connections were spread.
 #
 # Counted per window from prefork-load's JSON line: LOST = reset + timeout + other (a request
 # the server accepted, or the kernel accepted for it, without a complete 200); refused (the
@@ -58,12 +70,17 @@
 #            frames of `perf report --stdio`, self and children
 #
 # usage: benches/drain.sh [--events N] [--servers "hyper axum nginx"]
-#                         [--kinds "term hup ttou ttou-reuseport usr2"] [--conns "new keepalive"]
+#                         [--kinds "term hup ttou ttou-reuseport usr2 none"] [--conns "new keepalive"]
 #                         [--workers N] [--clients N] [--window SECS] [--term-window SECS]
 #                         [--steady SECS] [--steady-every N]
 #                         [--cost yes|no] [--rounds N] [--before REV] [--cost-workers N]
-#                         [--port PORT] [--out DIR]
+#                         [--port PORT] [--out DIR] [--autogroup-nice N]
 # (--kinds "" runs the cost and profile parts alone; --cost no the events alone)
+# --autogroup-nice N (-20..19; below 0 needs root) sets the scheduling weight of the script's
+# session and of every server's session (each server runs in a session of its own, so in an
+# autogroup of its own where the kernel has them, /proc/PID/autogroup): on a machine shared
+# with other jobs, -10 gives the servers and the load most of the CPU when the jobs compete
+# for it, alike in steady and in event windows.
 #
 # Every loop is bounded in count and time; traffic goes to 127.0.0.1 only. Needs: cargo, git,
 # wrk, nginx (nginx-light), perf (linux-perf), awk, setsid, ps. Missing wrk/nginx/perf are
@@ -77,7 +94,7 @@ cd "$(dirname "$0")/.."
 
 events=20
 servers="hyper axum nginx"
-kinds="term hup ttou ttou-reuseport usr2"
+kinds="term hup ttou ttou-reuseport usr2 none"
 conns="new keepalive"
 workers=3
 clients=16
@@ -91,6 +108,7 @@ before=98113a8
 cost_workers=1
 port=18590
 out=target/bench-drain
+autogroup_nice=""
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || { echo "drain.sh: $1 needs a value" >&2; exit 2; }
   case "$1" in
@@ -110,6 +128,7 @@ while [ $# -gt 0 ]; do
     --cost-workers) cost_workers="$2" ;;
     --port) port="$2" ;;
     --out) out="$2" ;;
+    --autogroup-nice) autogroup_nice="$2" ;;
     *) echo "drain.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift 2
@@ -134,12 +153,23 @@ secs_in --window "$window"
 secs_in --term-window "$term_window"
 [ -z "$steady" ] || secs_in --steady "$steady"
 int_in --steady-every "$steady_every" 1 200
+if [ -n "$autogroup_nice" ]; then
+  if ! [[ "$autogroup_nice" =~ ^-?[0-9]+$ ]] || [ "$autogroup_nice" -lt -20 ] || [ "$autogroup_nice" -gt 19 ]; then
+    echo "drain.sh: --autogroup-nice must be an integer in -20..19" >&2
+    exit 2
+  fi
+  if ! echo "$autogroup_nice" 2>/dev/null >"/proc/$$/autogroup"; then
+    echo "drain.sh: cannot set the autogroup nice value ($autogroup_nice) of /proc/$$/autogroup" \
+      "(no autogroups in this kernel, or a value below 0 without root)" >&2
+    exit 2
+  fi
+fi
 case "$cost" in yes | no) ;; *) echo "drain.sh: --cost yes or no" >&2; exit 2 ;; esac
 for s in $servers; do
   case "$s" in hyper | axum | nginx) ;; *) echo "drain.sh: unknown server $s" >&2; exit 2 ;; esac
 done
 for k in $kinds; do
-  case "$k" in term | hup | ttou | ttou-reuseport | usr2) ;; *) echo "drain.sh: unknown kind $k" >&2; exit 2 ;; esac
+  case "$k" in term | hup | ttou | ttou-reuseport | usr2 | none | none-fork) ;; *) echo "drain.sh: unknown kind $k" >&2; exit 2 ;; esac
 done
 for c in $conns; do
   case "$c" in new | keepalive) ;; *) echo "drain.sh: unknown load $c (new, keepalive)" >&2; exit 2 ;; esac
@@ -205,21 +235,67 @@ alive() {
   [ "${s%% *}" != Z ]
 }
 
+# The waits of an event poll every 5 ms without starting a process: a poll that forks (a
+# `grep` of the log, `sleep 0.005`) costs a few milliseconds of CPU each on a loaded 2-core
+# machine, 200 times a second, on the cores the server and the load share, and that would
+# be counted against the server in "p99 during events" ("Why p99 rises during an event" in
+# docs/benchmarks.md measures it). A read with a timeout on a pipe nobody writes is the pause.
+exec {pause_fd}<> <(:)
+pause() { read -r -t "$1" -u "$pause_fd" _ || true; } # pause SECS
+
 # until_true SECS CMD...: polls CMD every 5 ms until it succeeds; fails after SECS seconds.
 until_true() {
-  local tries
+  local tries i
   tries=$(awk -v s="$1" 'BEGIN { printf "%d", s * 200 }')
   shift
-  for _ in $(seq "$tries"); do
+  for ((i = 0; i < tries; i++)); do
     "$@" && return 0
-    sleep 0.005
+    pause 0.005
   done
   "$@"
 }
 
-# Lines of the server's log that match the extended regular expression $1.
-count() { grep -cE "$1" "$log" || true; }
-at_least() { [ "$(count "$1")" -ge "$2" ]; } # at_least REGEX N
+# The server's log as read so far, line by line, read on from where the last look ended.
+log_fd=""
+log_lines=()
+log_part="" # the last line, not ended yet
+declare -A log_upto=() log_hits=()
+open_log() { # open_log: after the log was emptied
+  if [ -n "$log_fd" ]; then exec {log_fd}<&-; fi
+  exec {log_fd}<"$log"
+  log_lines=()
+  log_part=""
+  log_upto=()
+  log_hits=()
+}
+read_log() {
+  local line
+  while IFS= read -r -u "$log_fd" line; do
+    log_lines+=("$log_part$line")
+    log_part=""
+  done
+  log_part+=$line
+}
+# count REGEX: sets $counted to the number of lines of the server's log that match the
+# extended regular expression (only the lines new since the last count of it are matched).
+counted=0
+count() {
+  read_log
+  local re=$1 i=${log_upto[$1]:-0} n=${log_hits[$1]:-0}
+  for ((; i < ${#log_lines[@]}; i++)); do
+    if [[ ${log_lines[i]} =~ $re ]]; then n=$((n + 1)); fi
+  done
+  log_upto[$1]=$i
+  log_hits[$1]=$n
+  counted=$n
+}
+at_least() { count "$1"; [ "$counted" -ge "$2" ]; } # at_least REGEX N
+# has_line FILE TEXT: whether FILE holds TEXT (read without a process).
+has_line() {
+  local text=""
+  [ -r "$1" ] && IFS= read -r -d '' text <"$1"
+  [[ $text == *"$2"* ]]
+}
 
 nginx_dir="$tmp/nginx"
 nginx_conf "$nginx_dir" "$workers" "$addr"
@@ -236,6 +312,7 @@ start_server() {
   # master and the group's id.
   server_pid=$!
   server_pgid=$!
+  if [ -n "$autogroup_nice" ]; then echo "$autogroup_nice" >"/proc/$server_pid/autogroup" || true; fi
   if ! http_ready "$port" 2000 0.005; then
     echo "drain.sh: $server did not come up on $addr; its log: $log" >&2
     exit 1
@@ -284,7 +361,8 @@ event_hup() {
     done
   else
     local n
-    n=$(count '\(replaced by HUP\)')
+    count '\(replaced by HUP\)'
+    n=$counted
     kill -HUP "$server_pid"
     until_true 15 at_least '\(replaced by HUP\)' $((n + workers)) ||
       add_note "rolling restart not over after 15 s"
@@ -293,8 +371,10 @@ event_hup() {
 
 event_ttou() {
   local retired serving
-  retired=$(count '\(retired by TTOU\)')
-  serving=$(count '^worker [0-9]+ serving http')
+  count '\(retired by TTOU\)'
+  retired=$counted
+  count '^worker [0-9]+ serving http'
+  serving=$counted
   kill -TTOU "$server_pid"
   until_true 15 at_least '\(retired by TTOU\)' $((retired + 1)) ||
     add_note "retired worker not gone after 15 s"
@@ -303,9 +383,25 @@ event_ttou() {
     add_note "TTIN's worker not serving after 15 s"
 }
 
+# No event: the control. The script waits 100 ms polling the server's log as it does
+# during an event, and sends nothing.
+event_none() {
+  until_true 0.1 at_least '^no server writes this line$' 1 || true
+}
+
+# The control with the earlier polling: processes started 200 times a second.
+event_none_fork() {
+  local i
+  for i in $(seq 20); do
+    [ "$(grep -cE '^no server writes this line$' "$log" || true)" -ge 1 ] && break
+    sleep 0.005
+  done
+}
+
 event_usr2() {
   local old=$server_pid n new
-  n=$(count 'upgrade: new master [0-9]+ started')
+  count 'upgrade: new master [0-9]+ started'
+  n=$counted
   kill -USR2 "$old"
   if until_true 15 at_least 'upgrade: new master [0-9]+ started' $((n + 1)); then
     new=$(grep -oE 'upgrade: new master [0-9]+ started' "$log" | tail -n 1 | grep -oE '[0-9]+')
@@ -321,7 +417,7 @@ event_usr2() {
 
 # --- windows ---------------------------------------------------------------------------
 results="$out/results.tsv"
-printf 'server\tkind\tconn\tevent\twindow\trequests\tok\trefused\treset\ttimeout\tother\tretried\treconnects\tp50_us\tp99_us\tp999_us\tmax_us\tevent_ms\tnote\n' >"$results"
+printf 'server\tkind\tconn\tevent\twindow\trequests\tok\trefused\treset\ttimeout\tother\tretried\treconnects\tp50_us\tp99_us\tp999_us\tmax_us\tevent_ms\tnote\ttop_share\tspan_n\tspan_p99_us\trest_p99_us\n' >"$results"
 
 # window KIND CONN I WHAT SECS: one load window of SECS seconds; WHAT is steady or event (the
 # event of KIND sent 0.1 s after every client had a first answer). Appends a row.
@@ -330,12 +426,16 @@ window() {
   local f="$out/load-$server-$kind-$conn-$i-$what"
   local ev_ms="-"
   note=""
+  local span=()
+  # The event's span (signal to end), for the p99 of the requests in flight during it.
+  [ "$what" = event ] && span=(--span-file "$f.span")
+  rm -f "$f.span"
   "$load_bin" --addr "$addr" --conn "$conn" --clients "$clients" --duration "$secs" \
-    --timeout 10000 >"$f.json" 2>"$f.err" &
+    --timeout 10000 "${span[@]}" >"$f.json" 2>"$f.err" &
   load_pid=$!
   if [ "$what" = event ]; then
-    until_true 5 grep -q 'have had a first answer' "$f.err" || add_note "clients not all answered after 5 s"
-    sleep 0.1
+    until_true 5 has_line "$f.err" 'have had a first answer' || add_note "clients not all answered after 5 s"
+    pause 0.1
     alive "$load_pid" || add_note "load over before the event"
     local t0=$EPOCHREALTIME
     case "$kind" in
@@ -343,8 +443,12 @@ window() {
       hup) event_hup ;;
       ttou | ttou-reuseport) event_ttou ;;
       usr2) event_usr2 ;;
+      none) event_none ;;
+      none-fork) event_none_fork ;;
     esac
-    ev_ms=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
+    local t1=$EPOCHREALTIME
+    echo "${t0/./} ${t1/./}" >"$f.span"
+    ev_ms=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
     alive "$load_pid" || add_note "event outlived its load window"
   fi
   wait "$load_pid" || add_note "prefork-load exit status $?"
@@ -362,9 +466,28 @@ window() {
       exit
     }' "$f.json")
   [ "${#vals[@]}" = 12 ] || vals=(0 0 0 0 0 0 0 0 0 0 0 0)
+  # The busiest worker's share of the window's answers (the demos and nginx answer with a
+  # first line naming the worker): how evenly the connections were spread.
+  local top
+  top=$(awk '{
+      s = $0; t = 0; m = 0
+      if (!match(s, /"bodies":\{[^}]*\}/)) { print "-"; exit }
+      s = substr(s, RSTART + 10, RLENGTH - 11)
+      while (match(s, /":[0-9]+/)) { v = substr(s, RSTART + 2, RLENGTH - 2) + 0; t += v; if (v > m) m = v; s = substr(s, RSTART + RLENGTH) }
+      if (t > 0) printf "%.2f\n", m / t; else print "-"
+      exit
+    }' "$f.json")
+  # The event's span: requests in flight during it, their p99, and the p99 of the others.
+  local spanv
+  spanv=$(awk '{
+      if (!match($0, /"span":\{"n":[0-9]+,"p99":[0-9]+,"rest_p99":[0-9]+\}/)) { print "-\t-\t-"; exit }
+      s = substr($0, RSTART + 8, RLENGTH - 9); n = split(s, kv, ",")
+      for (i = 1; i <= n; i++) { split(kv[i], p, ":"); v[i] = p[2] }
+      printf "%s\t%s\t%s\n", v[1], v[2], v[3]; exit
+    }' "$f.json")
   local IFS=$'\t'
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$kind" "$conn" "$i" "$what" "${vals[*]}" \
-    "$ev_ms" "${note:--}" >>"$results"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$kind" "$conn" "$i" "$what" "${vals[*]}" \
+    "$ev_ms" "${note:--}" "${top:--}" "${spanv:--	-	-}" >>"$results"
   # Lost (reset + timeout + other) or notes: say so at once.
   local lost=$((vals[3] + vals[4] + vals[5]))
   if [ "$lost" -gt 0 ] || [ -n "$note" ]; then
@@ -382,6 +505,7 @@ trial() {
   [ "$kind" = ttou-reuseport ] && reuseport=--reuseport
   log="$out/server-$server-$kind-$conn.log"
   : >"$log"
+  open_log
   if [ "$server" = nginx ]; then : >"$nginx_dir/error.log"; fi
   start_server
   "$load_bin" --addr "$addr" --conn "$conn" --clients "$clients" --duration 0.5 --timeout 10000 \
@@ -394,7 +518,8 @@ trial() {
   stop_server
   if [ "$server" = nginx ]; then cp "$nginx_dir/error.log" "$out/nginx-error-$kind-$conn.log"; fi
   local killed
-  killed=$(count 'did not finish draining')
+  count 'did not finish draining'
+  killed=$counted
   printf '%s\t%s\t%s\t%s\n' "$server" "$kind" "$conn" "$killed" >>"$out/kills.tsv"
   awk -F'\t' -v s="$server" -v k="$kind" -v c="$conn" -v t=$((SECONDS - t0)) '
     $1 == s && $2 == k && $3 == c && $5 == "event" { n++; req += $6; lost += $9 + $10 + $11; ref += $8; ret += $12 }
@@ -409,7 +534,7 @@ echo "drain.sh: $events events of each kind; servers: $servers; kinds: $kinds; l
   "steady windows ${steady:-as long}${steady:+s} before one event window in ${steady_every}; $cores cores"
 for server_name in $servers; do
   for kind in $kinds; do
-    if [ "$server_name" = nginx ] && [ "$kind" != term ] && [ "$kind" != hup ]; then continue; fi
+    case "$server_name:$kind" in nginx:ttou* | nginx:usr2) continue ;; esac
     for conn in $conns; do
       trial "$server_name" "$kind" "$conn"
     done
@@ -538,7 +663,7 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 # --- summary -----------------------------------------------------------------------------
 summary="$out/summary.md"
 awk -F'\t' -v cores="$cores" -v events="$events" -v n="$workers" -v clients="$clients" \
-  -v win="$window" -v twin="$term_window" -v swin="$steady" -v sev="$steady_every" -v la0="$load_start" -v la1="$load_events" -v la2="$load_end" \
+  -v win="$window" -v twin="$term_window" -v swin="$steady" -v sev="$steady_every" -v la0="$load_start" -v la1="$load_events" -v la2="$load_end" -v agn="$autogroup_nice" \
   -v date0="$date_start" -v rev="$rev" -v dirty="$dirty" -v servers="$servers" -v kinds="$kinds" \
   -v conns="$conns" -v killsf="$out/kills.tsv" '
   function median(arr, m,   i, j, t, q, v) {
@@ -555,12 +680,13 @@ awk -F'\t' -v cores="$cores" -v events="$events" -v n="$workers" -v clients="$cl
     k = $1 SUBSEP $2 SUBSEP $3
     lost = $9 + $10 + $11
     if ($5 == "event") {
-      c = ++ne[k]; ep99[k, c] = $15; emax[k, c] = $17; ems[k, c] = $18
+      c = ++ne[k]; ep99[k, c] = $15; emax[k, c] = $17; ems[k, c] = $18; etop[k, c] = $20
+      if ($22 != "-" && $22 != "") { q = ++nsp[k]; spp[k, q] = $22; rpp[k, q] = $23 }
       req[k] += $6; elost[k] += lost; ereset[k] += $9; etime[k] += $10; eother[k] += $11
       eref[k] += $8; eret[k] += $12; if (lost > 0) ewith[k]++
       if ($19 ~ /outlived|load over|not all answered/) eunl[k]++
     } else {
-      c = ++ns[k]; sp99[k, c] = $15; smax[k, c] = $17
+      c = ++ns[k]; sp99[k, c] = $15; smax[k, c] = $17; stop_[k, c] = $20
       sreq[k] += $6; slost[k] += lost; sref[k] += $8; sret[k] += $12
     }
     if ($19 != "-") notes[k] = notes[k] (notes[k] == "" ? "" : "; ") "#" $4 " " $5 ": " $19
@@ -568,22 +694,27 @@ awk -F'\t' -v cores="$cores" -v events="$events" -v n="$workers" -v clients="$cl
   END {
     what["term"] = "TERM, restart"; what["hup"] = "HUP"; what["ttou"] = "TTOU, TTIN"
     what["ttou-reuseport"] = "TTOU, TTIN (reuseport)"; what["usr2"] = "USR2 upgrade"
+    what["none"] = "none (control)"; what["none-fork"] = "none (control), forking polls"
     nginxwhat["term"] = "`nginx -s quit`, restart"; nginxwhat["hup"] = "`nginx -s reload`"
+    nginxwhat["none"] = what["none"]; nginxwhat["none-fork"] = what["none-fork"]
     cname["new"] = "new conn"; cname["keepalive"] = "keep-alive"
-    printf "%s events of each kind, %s workers, %s clients; event windows of %s s (term: %s s), a steady window %s before one event window in %s; %s cores, shared with the load and other jobs; started %s; load average %s at start, %s after the events, %s at the end; commit %s%s\n\n", events, n, clients, win, twin, (swin == "" ? "as long" : "of " swin " s"), sev, cores, date0, la0, la1, la2, rev, (dirty > 0 ? " with uncommitted changes in " dirty " files of the build" : "")
+    printf "%s events of each kind, %s workers, %s clients; event windows of %s s (term: %s s), a steady window %s before one event window in %s; %s cores, shared with the load and other jobs; started %s; load average %s at start, %s after the events, %s at the end; commit %s%s%s\n\n", events, n, clients, win, twin, (swin == "" ? "as long" : "of " swin " s"), sev, cores, date0, la0, la1, la2, rev, (dirty > 0 ? " with uncommitted changes in " dirty " files of the build" : ""), (agn == "" ? "" : "; autogroups of the script and the servers at nice " agn)
     if (NR < 2) exit
-    printf "| server | event | clients | events (not all under load) | requests in event windows | lost (reset/timeout/other) | events with a loss | refused | retried | lost in steady windows | event ms (median, max) | p99 steady (µs) | p99 during events (µs) | x steady | worst window p99 (µs) | max (µs) | drains KILLed |\n"
-    printf "|---|---|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n"
+    printf "| server | event | clients | events (not all under load) | requests in event windows | lost (reset/timeout/other) | events with a loss | refused | retried | lost in steady windows | event ms (median, max) | p99 steady (µs) | p99 during events (µs) | x steady | worst window p99 (µs) | max (µs) | drains KILLed | busiest worker share (steady, events) | p99 in the event spans (µs) | x steady | p99 outside them (µs) | x steady |\n"
+    printf "|---|---|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n"
     ns_ = split(servers, S, " "); nk = split(kinds, K, " "); nc = split(conns, C, " ")
     for (a = 1; a <= ns_; a++) for (b = 1; b <= nk; b++) for (d = 1; d <= nc; d++) {
       k = S[a] SUBSEP K[b] SUBSEP C[d]; if (!(k in ne)) continue; m = ne[k]
-      for (i = 1; i <= m; i++) { x1[i] = ep99[k, i]; x2[i] = emax[k, i]; x3[i] = ems[k, i] }
-      for (i = 1; i <= ns[k]; i++) { y1[i] = sp99[k, i] }
+      for (i = 1; i <= m; i++) { x1[i] = ep99[k, i]; x2[i] = emax[k, i]; x3[i] = ems[k, i]; x4[i] = etop[k, i] }
+      for (i = 1; i <= ns[k]; i++) { y1[i] = sp99[k, i]; y2[i] = stop_[k, i] }
       E = median(x1, m); St = median(y1, ns[k])
-      printf "| %s | %s | %s | %d (%d) | %d | %d (%d/%d/%d) | %d | %d | %d | %d | %s, %s | %s | %s | %s | %s | %s | %s |\n",
+      for (i = 1; i <= nsp[k]; i++) { z1[i] = spp[k, i]; z2[i] = rpp[k, i] }
+      Sp = median(z1, nsp[k]); Rp = median(z2, nsp[k])
+      printf "| %s | %s | %s | %d (%d) | %d | %d (%d/%d/%d) | %d | %d | %d | %d | %s, %s | %s | %s | %s | %s | %s | %s | %s, %s | %s | %s | %s | %s |\n",
         S[a], (S[a] == "nginx" ? nginxwhat[K[b]] : what[K[b]]), cname[C[d]], m, eunl[k], req[k], elost[k], ereset[k], etime[k], eother[k],
         ewith[k], eref[k], eret[k], slost[k], median(x3, m), maxof(x3, m), St, E, (St > 0 ? sprintf("%.2f", E / St) : "-"),
-        maxof(x1, m), maxof(x2, m), (S[a] == "nginx" ? "-" : kills[k])
+        maxof(x1, m), maxof(x2, m), (S[a] == "nginx" ? "-" : kills[k]), median(y2, ns[k]), median(x4, m),
+        Sp, (St > 0 && Sp != "-" ? sprintf("%.2f", Sp / St) : "-"), Rp, (St > 0 && Rp != "-" ? sprintf("%.2f", Rp / St) : "-")
     }
     first = 1
     for (a = 1; a <= ns_; a++) for (b = 1; b <= nk; b++) for (d = 1; d <= nc; d++) {

@@ -20,13 +20,22 @@
 //!
 //! How: an HTTP/1 answer produced after the notice gets `connection: close` (hyper then
 //! closes the connection once it is written), whether its request came before the notice
-//! or after. To tell an idle connection from one with a request in hand, without a hook on
-//! the request path, the connection's IO records whether its last transfer was a read (a
-//! request is arriving or in hand) or a write (the last answer went out): one relaxed store
-//! per read or write call. A connection whose last transfer is a write, or that has none,
-//! for the whole grace is closed with hyper's graceful shutdown (which closes an idle
-//! connection). An HTTP/2 connection (known by its preface) gets hyper's graceful shutdown
-//! at the notice: GOAWAY, and its streams finish.
+//! or after. To tell an idle connection from one with a request arriving or in hand, the
+//! drain asks the kernel, from the notice on and only then, nothing being recorded on the
+//! request path: bytes received and not read yet (`FIONREAD`), and, for TCP, the bytes
+//! received in all and whether the last data received came after the last data sent
+//! (`TCP_INFO`). A connection with unread bytes, with data received after its last answer,
+//! or that received bytes since the drain last looked, has a request arriving or in hand. A
+//! connection seen otherwise for the whole grace (a connection that has received nothing,
+//! [`FIRST_REQUEST_GRACE`]; one that has, [`IDLE_GRACE`]) is closed with hyper's graceful
+//! shutdown, which closes an idle connection and lets one with a request in hand answer it
+//! with `connection: close`. An HTTP/2 connection (known by its first request) gets hyper's
+//! graceful shutdown at the notice: GOAWAY, and its streams finish.
+//!
+//! The kernel's clock ticks every few milliseconds: a client that sent the beginning of its
+//! next request within the tick of the last answer, and then nothing for a whole grace, is
+//! taken for idle and closed. On a Unix-domain socket, where the kernel keeps no such
+//! record, a connection with nothing unread for [`FIRST_REQUEST_GRACE`] is closed.
 //!
 //! A pipelined HTTP/1 request behind one answered with `connection: close` is not answered;
 //! a client that pipelines must be ready to send it again (RFC 9112, section 9.3.2).
@@ -34,9 +43,10 @@
 use std::error::Error as StdError;
 use std::future::poll_fn;
 use std::io;
+use std::os::fd::AsFd;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -45,11 +55,12 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::listener::{Accept, Listener};
 use crate::notice::Notice;
+use crate::socket::{Seen, Socket};
 
 /// The error of a connection, as hyper reports it.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -212,6 +223,10 @@ impl Server {
     /// (see the [module](self) documentation). For servers with an accept loop of their own;
     /// [`serve`](Server::serve) calls it for each connection.
     ///
+    /// The drain reads the state of the connection's socket (`io.as_fd()`) from the kernel;
+    /// a stream that wraps a socket (TLS) can lend it through a newtype that implements
+    /// `AsFd`.
+    ///
     /// # Errors
     ///
     /// hyper's error for the connection (a malformed request, an IO error).
@@ -222,7 +237,7 @@ impl Server {
         service: S,
     ) -> Result<(), BoxError>
     where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + AsFd + Unpin + Send + 'static,
         S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
@@ -230,14 +245,13 @@ impl Server {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let last = Arc::new(AtomicU8::new(FRESH));
-        let io = TokioIo::new(Tracked {
-            io,
-            last: Arc::clone(&last),
-        });
+        let socket = Socket::of(&io);
+        let http2 = Arc::new(AtomicBool::new(false));
+        let io = TokioIo::new(io);
         let service = Closing {
             inner: service,
             shutdown: notice.shutdown(),
+            http2: Arc::clone(&http2),
         };
         let mut conn = pin!(self.builder.serve_connection_with_upgrades(io, service));
         let requested = pin!(notice.requested());
@@ -247,7 +261,13 @@ impl Server {
                 if let Poll::Ready(done) = conn.as_mut().poll(cx) {
                     return Poll::Ready(done);
                 }
-                if !drain.poll_finish(cx, &last) {
+                // The one `unsafe` of this file.
+                #[allow(unsafe_code)]
+                // SAFETY: `conn` owns the IO `socket` was taken from, and has not given it
+                // up: it gives it up (an upgrade) or closes it only as it completes, and it
+                // has not completed (it was just polled, pending).
+                let seen = || unsafe { socket.seen() };
+                if !drain.poll_finish(cx, &http2, seen) {
                     return Poll::Pending;
                 }
                 // hyper acts on it when polled next: it closes an idle HTTP/1 connection, or
@@ -277,19 +297,6 @@ mod libc_errno {
     pub(super) const ENOMEM: i32 = Errno::NOMEM.raw_os_error();
 }
 
-/// No byte moved yet.
-const FRESH: u8 = 0;
-/// The last transfer was a read: a request is arriving or in hand.
-const READ: u8 = 1;
-/// The last transfer was a write: the last answer (or part of it) went out.
-const WROTE: u8 = 2;
-/// An HTTP/2 connection (its first bytes were the preface); set once, never cleared.
-const HTTP2: u8 = 4;
-/// The mask of the last transfer.
-const LAST: u8 = READ | WROTE;
-/// The HTTP/2 connection preface's first bytes (RFC 9113, section 3.4).
-const PREFACE: &[u8] = b"PRI * HTTP/2.0";
-
 /// One connection's drain: when to ask hyper for its graceful shutdown.
 struct Drain<'a, F> {
     notice: &'a Notice,
@@ -300,6 +307,8 @@ struct Drain<'a, F> {
     idle_grace: Duration,
     /// Whether the notice came.
     draining: bool,
+    /// The bytes received when the drain last looked (TCP).
+    received: Option<u64>,
     /// Since the connection was last seen idle during the drain: the grace of its state.
     grace: Option<Pin<Box<tokio::time::Sleep>>>,
     finished: bool,
@@ -319,13 +328,21 @@ impl<'a, F: Future<Output = ()>> Drain<'a, F> {
             first_request_grace,
             idle_grace,
             draining: false,
+            received: None,
             grace: None,
             finished: false,
         }
     }
 
-    /// Whether the connection is to be finished now (true once).
-    fn poll_finish(&mut self, cx: &mut Context<'_>, state: &AtomicU8) -> bool {
+    /// Whether the connection is to be finished now (true once). `seen` reads its state
+    /// from the kernel; it is called only once the notice has come.
+    #[inline]
+    fn poll_finish(
+        &mut self,
+        cx: &mut Context<'_>,
+        http2: &AtomicBool,
+        seen: impl FnOnce() -> Seen,
+    ) -> bool {
         if self.finished {
             return false;
         }
@@ -346,18 +363,34 @@ impl<'a, F: Future<Output = ()>> Drain<'a, F> {
             }
             self.draining = true;
         }
-        let state = state.load(Ordering::Relaxed);
-        if state & HTTP2 != 0 {
+        self.poll_drained(cx, http2, seen)
+    }
+
+    /// The drain's decision, once the notice has come: out of the serving path.
+    #[cold]
+    #[inline(never)]
+    fn poll_drained(
+        &mut self,
+        cx: &mut Context<'_>,
+        http2: &AtomicBool,
+        seen: impl FnOnce() -> Seen,
+    ) -> bool {
+        if http2.load(Ordering::Relaxed) {
             self.finished = true;
-        } else if state & LAST == READ {
-            // A request in hand: its answer carries `connection: close`. When the
-            // connection is idle again, its grace starts anew.
+            return true;
+        }
+        let seen = seen();
+        let moved = self.received.is_some() && seen.received != self.received;
+        self.received = seen.received;
+        if seen.unread > 0 || seen.received_last || moved {
+            // A request arriving or in hand: its answer carries `connection: close`. When
+            // the connection is idle again, its grace starts anew.
             self.grace = None;
         } else {
-            let grace = if state & LAST == 0 {
-                self.first_request_grace
-            } else {
+            let grace = if seen.received.is_some_and(|n| n > 0) {
                 self.idle_grace
+            } else {
+                self.first_request_grace
             };
             let timer = self
                 .grace
@@ -369,10 +402,11 @@ impl<'a, F: Future<Output = ()>> Drain<'a, F> {
 }
 
 /// The service of one connection: an HTTP/1 answer produced after the notice gets
-/// `connection: close`.
+/// `connection: close`; an HTTP/2 request marks the connection as HTTP/2.
 struct Closing<S> {
     inner: S,
     shutdown: prefork::Shutdown,
+    http2: Arc<AtomicBool>,
 }
 
 impl<S, B> Service<Request<Incoming>> for Closing<S>
@@ -386,6 +420,9 @@ where
     #[inline]
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let http1 = req.version() < hyper::Version::HTTP_2;
+        if !http1 && !self.http2.load(Ordering::Relaxed) {
+            self.http2.store(true, Ordering::Relaxed);
+        }
         ClosingFuture {
             inner: self.inner.call(req),
             shutdown: http1.then_some(self.shutdown),
@@ -421,156 +458,5 @@ where
             );
         }
         Poll::Ready(answer)
-    }
-}
-
-/// A connection's IO that records whether its last transfer was a read or a write.
-struct Tracked<I> {
-    io: I,
-    last: Arc<AtomicU8>,
-}
-
-impl<I> Tracked<I> {
-    #[inline]
-    fn wrote(&self) {
-        let http2 = self.last.load(Ordering::Relaxed) & HTTP2;
-        self.last.store(http2 | WROTE, Ordering::Relaxed);
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
-    #[inline]
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let state = self.last.load(Ordering::Relaxed);
-            let http2 = if state == FRESH {
-                // The first bytes: HTTP/2 starts with the preface (a prefix of it is enough,
-                // and an HTTP/1 request never starts with "PRI").
-                let first = &buf.filled()[before..];
-                let n = first.len().min(PREFACE.len());
-                first[..n] == PREFACE[..n]
-            } else {
-                state & HTTP2 != 0
-            };
-            self.last
-                .store(if http2 { HTTP2 | READ } else { READ }, Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
-    #[inline]
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.wrote();
-        }
-        polled
-    }
-
-    #[inline]
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.wrote();
-        }
-        polled
-    }
-
-    #[inline]
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    #[inline]
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    #[inline]
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// A tracked end of an in-memory pipe, its state, and the other end.
-    fn tracked() -> (
-        Tracked<tokio::io::DuplexStream>,
-        Arc<AtomicU8>,
-        tokio::io::DuplexStream,
-    ) {
-        let (ours, theirs) = tokio::io::duplex(1024);
-        let last = Arc::new(AtomicU8::new(FRESH));
-        let io = Tracked {
-            io: ours,
-            last: Arc::clone(&last),
-        };
-        (io, last, theirs)
-    }
-
-    #[tokio::test]
-    async fn records_the_last_transfer_of_http1() {
-        let (mut io, last, mut peer) = tracked();
-        assert_eq!(last.load(Ordering::Relaxed), FRESH);
-        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut buf = [0u8; 64];
-        assert!(io.read(&mut buf).await.unwrap() > 0);
-        assert_eq!(last.load(Ordering::Relaxed), READ);
-        io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
-        assert_eq!(last.load(Ordering::Relaxed), WROTE);
-        peer.write_all(b"G").await.unwrap();
-        assert!(io.read(&mut buf).await.unwrap() > 0);
-        assert_eq!(last.load(Ordering::Relaxed), READ, "a request arriving");
-    }
-
-    #[tokio::test]
-    async fn knows_http2_by_its_preface_even_in_part() {
-        let (mut io, last, mut peer) = tracked();
-        peer.write_all(b"PRI * HT").await.unwrap();
-        let mut buf = [0u8; 64];
-        assert!(io.read(&mut buf).await.unwrap() > 0);
-        assert_eq!(last.load(Ordering::Relaxed), HTTP2 | READ);
-        io.write_all(b"\0\0\0\x04\0\0\0\0\0").await.unwrap();
-        assert_eq!(
-            last.load(Ordering::Relaxed),
-            HTTP2 | WROTE,
-            "HTTP/2 is kept"
-        );
-        peer.write_all(b"TP/2.0").await.unwrap();
-        assert!(io.read(&mut buf).await.unwrap() > 0);
-        assert_eq!(last.load(Ordering::Relaxed), HTTP2 | READ);
-    }
-
-    #[tokio::test]
-    async fn an_empty_read_is_no_transfer() {
-        let (mut io, last, peer) = tracked();
-        drop(peer);
-        let mut buf = [0u8; 8];
-        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
-        assert_eq!(
-            last.load(Ordering::Relaxed),
-            FRESH,
-            "end of file is not a request"
-        );
     }
 }

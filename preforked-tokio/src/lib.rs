@@ -62,6 +62,9 @@ mod notice;
 #[cfg(feature = "hyper")]
 pub mod http;
 
+#[cfg(feature = "hyper")]
+mod socket;
+
 #[cfg(feature = "axum")]
 pub mod axum;
 

@@ -20,8 +20,9 @@ pub const DRAIN_ACCEPT_LIMIT: usize = 4096;
 
 /// A listening socket [`Listener`] can drain: tokio's TCP and Unix listeners.
 pub trait Accept: AsFd {
-    /// A connection.
-    type Stream;
+    /// A connection (its socket, for the drain to read the connection's state from the
+    /// kernel).
+    type Stream: AsFd;
     /// The peer's address.
     type Addr;
 

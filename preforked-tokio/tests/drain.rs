@@ -47,6 +47,10 @@ fn tests() -> Vec<Test> {
             idle_then_request,
         ),
         runner::test("idle_keepalive_is_closed_after_the_grace", idle_then_closed),
+        runner::test(
+            "request_begun_before_the_notice_is_answered_after_the_grace",
+            begun_then_finished,
+        ),
         runner::test("request_in_flight_is_answered_with_close", in_flight),
         runner::test("queued_connections_are_served", queued),
         runner::test("http2_gets_goaway_and_finishes_its_stream", http2),
@@ -347,6 +351,30 @@ fn idle_then_closed() {
     server.finish();
 }
 
+/// After one answer, the next request begins (its first bytes, read by the server), the
+/// notice comes, and the rest of the request follows only after several idle graces: the
+/// connection is not taken for idle, and the request is answered with `connection: close`.
+fn begun_then_finished() {
+    let server = Server::start();
+    let mut stream = server.connect();
+    send_get(&mut stream, "/");
+    read_response(&mut stream);
+    // Later than the answer by more than the kernel's clock tick (a few ms), by which the
+    // drain tells data received after the last answer.
+    std::thread::sleep(Duration::from_millis(100));
+    stream.write_all(b"GET / HT").expect("the first bytes");
+    std::thread::sleep(Duration::from_millis(100));
+    server.stop();
+    std::thread::sleep(prefork_tokio::IDLE_GRACE * 3);
+    stream
+        .write_all(b"TP/1.1\r\nhost: localhost\r\n\r\n")
+        .expect("the rest of the request");
+    let (head, body) = read_response(&mut stream);
+    assert_closing_answer(&head, &body);
+    expect_eof(&mut stream);
+    server.finish();
+}
+
 /// A slow request in flight when the notice comes completes, with `connection: close`.
 fn in_flight() {
     in_flight_on(Via::Server);
@@ -382,9 +410,14 @@ fn queued_on(via: Via) {
         send_get(stream, "/");
     }
     server.fixture.signal(libc::SIGTERM);
-    server.fixture.wait_stderr_line("the master's stop", |l| {
-        l.contains("stopping workers").then_some(())
-    });
+    // The master logs the TERM it sends to the worker just before it sends it: once the
+    // line is out, the TERM is on its way and reaches the stopped worker before it runs again
+    // (a worker continued before its TERM could answer some of the queue before the notice).
+    server
+        .fixture
+        .wait_stderr_line("the master's TERM to the worker", |l| {
+            l.contains("sending SIGTERM to worker").then_some(())
+        });
     support::process::kill(server.worker, libc::SIGCONT);
     for stream in &mut streams {
         let (head, body) = read_response(stream);

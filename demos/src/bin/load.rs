@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! prefork-load --addr 127.0.0.1:8080 [--path /] [--conn new|keepalive] [--clients N]
-//!              [--duration SECS] [--requests N] [--timeout MS] [--bodies N]
+//!              [--duration SECS] [--requests N] [--timeout MS] [--bodies N] [--series MS]
+//!              [--span-file FILE]
 //! ```
 //!
 //! Each of `--clients` threads sends `GET` requests one after another (a closed loop) until
@@ -30,7 +31,14 @@
 //! `ok` requests in µs (from the first write, or the connect in `--conn new` mode, to the last
 //! byte), the statuses seen, and how many responses carried each distinct first body line
 //! (capped at `--bodies` distinct lines; the rest are counted in `bodies_other`), which shows
-//! which worker answered. The exit status is 0 whatever the outcomes; 2 for bad arguments.
+//! which worker answered. With `--series MS`, the JSON line also has `start_unix_us` (the wall
+//! clock at the start of the run) and `series`: for each slice of MS milliseconds of the run,
+//! by when the request started, the `ok` requests `n` and their `p99` in µs (a latency over
+//! time, to place an event inside the run). With `--span-file FILE`, a file that holds two
+//! wall-clock times in µs since the Unix epoch (written by someone else while the run goes on,
+//! read at its end), the JSON line has `span`: the `ok` requests in flight at any time
+//! between the two (`n`, `p99`) and the `p99` of the others (`rest_p99`); `{}` if the file
+//! is missing or malformed. The exit status is 0 whatever the outcomes; 2 for bad arguments.
 //! Only loopback addresses are accepted.
 
 use std::collections::BTreeMap;
@@ -42,7 +50,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: prefork-load --addr HOST:PORT [--path /] [--conn new|keepalive] \
-[--clients N] [--duration SECS] [--requests N] [--timeout MS] [--bodies N]";
+[--clients N] [--duration SECS] [--requests N] [--timeout MS] [--bodies N] [--series MS] \
+[--span-file FILE]";
 
 /// Longest run accepted, so that a mistyped duration cannot load a machine for hours.
 const MAX_DURATION: Duration = Duration::from_secs(3600);
@@ -80,6 +89,10 @@ struct Config {
     requests: Option<u64>,
     timeout: Duration,
     max_bodies: usize,
+    /// The slice of `--series`, when asked for.
+    series: Option<Duration>,
+    /// The file of `--span-file`.
+    span_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -94,6 +107,8 @@ impl Config {
             requests: None,
             timeout: Duration::from_secs(5),
             max_bodies: 64,
+            series: None,
+            span_file: None,
         };
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -137,6 +152,15 @@ impl Config {
                 "--bodies" => {
                     config.max_bodies = number(&value()?, "--bodies", 0, 100_000)? as usize
                 }
+                "--series" => {
+                    config.series = Some(Duration::from_millis(number(
+                        &value()?,
+                        "--series",
+                        1,
+                        60_000,
+                    )?))
+                }
+                "--span-file" => config.span_file = Some(value()?.into()),
                 "--help" | "-h" => return Err("help".to_owned()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -197,6 +221,10 @@ struct Report {
     reconnects: u64,
     /// Latencies of the `ok` requests, µs.
     latencies: Vec<u64>,
+    /// When each of them started, µs after the run's start (with `--series` only).
+    starts: Vec<u64>,
+    /// The wall clock at the run's start, µs since the Unix epoch.
+    start_unix_us: u64,
     statuses: BTreeMap<u16, u64>,
     bodies: BTreeMap<String, u64>,
     bodies_other: u64,
@@ -233,6 +261,7 @@ impl Report {
         self.retried += other.retried;
         self.reconnects += other.reconnects;
         self.latencies.extend(other.latencies);
+        self.starts.extend(other.starts);
         for (k, v) in other.statuses {
             *self.statuses.entry(k).or_default() += v;
         }
@@ -284,6 +313,24 @@ impl Report {
             percentile(&latencies, 0.999),
             latencies.last().copied().unwrap_or(0)
         );
+        if let Some(slice) = config.series {
+            out += &format!(
+                ",\"start_unix_us\":{},\"series_ms\":{},\"series\":[{}]",
+                self.start_unix_us,
+                slice.as_millis(),
+                self.series(slice).join(",")
+            );
+        }
+        if let Some(file) = &config.span_file {
+            let span = std::fs::read_to_string(file)
+                .ok()
+                .and_then(|text| {
+                    let mut times = text.split_whitespace().map(|t| t.parse::<u64>().ok());
+                    Some((times.next()??, times.next()??))
+                })
+                .map(|(from, to)| self.span(from, to));
+            out += &format!(",\"span\":{}", span.unwrap_or_else(|| "{}".to_owned()));
+        }
         let map = |entries: Vec<(String, u64)>| {
             let items: Vec<String> = entries
                 .into_iter()
@@ -303,6 +350,52 @@ impl Report {
         out += ",\"errors\":";
         out += &map(self.errors.iter().map(|(k, v)| (k.clone(), *v)).collect());
         out + "}"
+    }
+}
+
+impl Report {
+    /// `{"n":..,"p99":..,"rest_p99":..}`: the requests in flight at any time from `from` to
+    /// `to` (µs since the Unix epoch), and the others.
+    fn span(&self, from: u64, to: u64) -> String {
+        let from = from.saturating_sub(self.start_unix_us);
+        let to = to.saturating_sub(self.start_unix_us);
+        let (mut inside, mut rest) = (Vec::new(), Vec::new());
+        for (start, latency) in self.starts.iter().zip(&self.latencies) {
+            if *start <= to && start + latency >= from {
+                inside.push(*latency);
+            } else {
+                rest.push(*latency);
+            }
+        }
+        inside.sort_unstable();
+        rest.sort_unstable();
+        format!(
+            "{{\"n\":{},\"p99\":{},\"rest_p99\":{}}}",
+            inside.len(),
+            percentile(&inside, 0.99),
+            percentile(&rest, 0.99)
+        )
+    }
+
+    /// `{"t_ms":..,"n":..,"p99":..}` for each slice of the run, by the requests' starts.
+    fn series(&self, slice: Duration) -> Vec<String> {
+        let width = slice.as_micros().max(1) as u64;
+        let mut slices: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for (start, latency) in self.starts.iter().zip(&self.latencies) {
+            slices.entry(start / width).or_default().push(*latency);
+        }
+        slices
+            .into_iter()
+            .map(|(i, mut v)| {
+                v.sort_unstable();
+                format!(
+                    "{{\"t_ms\":{},\"n\":{},\"p99\":{}}}",
+                    i * width / 1000,
+                    v.len(),
+                    percentile(&v, 0.99)
+                )
+            })
+            .collect()
     }
 }
 
@@ -335,13 +428,18 @@ fn json_str(s: &str) -> String {
 
 fn run(config: &Config) -> Report {
     let started = Instant::now();
+    let start_unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
     let deadline = started + config.duration;
     let budget = Arc::new(AtomicU64::new(config.requests.unwrap_or(u64::MAX)));
     let answered = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..config.clients)
         .map(|_| {
             let (config, budget, answered) = (config.clone(), budget.clone(), answered.clone());
-            std::thread::spawn(move || Client::new(&config, &answered).run(deadline, &budget))
+            std::thread::spawn(move || {
+                Client::new(&config, &answered).run(started, deadline, &budget)
+            })
         })
         .collect();
     let mut report = Report::default();
@@ -352,6 +450,7 @@ fn run(config: &Config) -> Report {
         }
     }
     report.elapsed = started.elapsed();
+    report.start_unix_us = start_unix_us;
     report
 }
 
@@ -403,7 +502,7 @@ impl<'a> Client<'a> {
         }
     }
 
-    fn run(mut self, deadline: Instant, budget: &AtomicU64) -> Report {
+    fn run(mut self, run_start: Instant, deadline: Instant, budget: &AtomicU64) -> Report {
         let mut first = true;
         while Instant::now() < deadline
             && budget
@@ -422,6 +521,11 @@ impl<'a> Client<'a> {
                     self.report
                         .latencies
                         .push(start.elapsed().as_micros() as u64);
+                    if self.config.series.is_some() || self.config.span_file.is_some() {
+                        self.report
+                            .starts
+                            .push(start.duration_since(run_start).as_micros() as u64);
+                    }
                 }
                 Attempt::Done(_) => {} // counted with its error
                 Attempt::Retry => self.report.error(
@@ -895,6 +999,38 @@ mod tests {
             "Hello from worker 1 (pid 2)"
         );
         assert_eq!(json_str("a\"b\\\n\u{1}"), "\"a\\\"b\\\\\\n\\u0001\"");
+    }
+
+    #[test]
+    fn series_by_slice_of_the_start() {
+        let report = Report {
+            latencies: vec![10, 20, 30, 400],
+            starts: vec![0, 49_999, 50_000, 120_000],
+            ..Report::default()
+        };
+        assert_eq!(
+            report.series(Duration::from_millis(50)),
+            [
+                "{\"t_ms\":0,\"n\":2,\"p99\":20}",
+                "{\"t_ms\":50,\"n\":1,\"p99\":30}",
+                "{\"t_ms\":100,\"n\":1,\"p99\":400}",
+            ]
+        );
+    }
+
+    #[test]
+    fn span_splits_the_requests_in_flight_during_it() {
+        let report = Report {
+            latencies: vec![10, 20, 30, 400],
+            starts: vec![0, 1_000, 2_000, 3_000],
+            start_unix_us: 5_000_000,
+            ..Report::default()
+        };
+        // From 1 ms to 2.01 ms into the run: the requests started at 1 ms and 2 ms.
+        assert_eq!(
+            report.span(5_001_000, 5_002_010),
+            "{\"n\":2,\"p99\":30,\"rest_p99\":400}"
+        );
     }
 
     #[test]
