@@ -202,7 +202,8 @@ if [ "$profile" = yes ] && command -v perf >/dev/null 2>&1; then
       echo "the library (prefork::) and of the tokio companion (prefork_tokio::):"
       echo
       echo '```'
-      grep -E '^ +[0-9.]+%.* prefork(_tokio)?::' "$dir/perf.txt" || echo "(none)"
+      grep -E '^ +[0-9.]+%.* prefork(_tokio)?::' "$dir/perf.txt" | sed -E 's/[[:space:]-]+$//' ||
+        echo "(none)"
       echo '```'
     } | tee -a "$out/summary.md"
   else
