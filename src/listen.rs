@@ -368,15 +368,16 @@ pub(crate) fn bind_unix(
     let name = sys::UnixName::Path(path);
     match sys::bind_unix(&name, mode, BACKLOG) {
         Ok(l) => return Ok((l, SocketFile::at(path))),
-        Err(e) if e.raw_os_error() != Some(libc::EADDRINUSE) => return Err(err(e)),
+        Err(e) if e.kind() != std::io::ErrorKind::AddrInUse => return Err(err(e)),
         Err(_) => {}
     }
-    let st = rustix::fs::lstat(path).map_err(|e| err(e.into()))?;
+    let st = rustix::fs::lstat(path).map_err(|e| err(sys::named("lstat (newfstatat)", e)))?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
         return Err(refuse(
             std::io::ErrorKind::AlreadyExists,
             format!(
-                "{} exists and is not a socket; it is left as it is (remove it, or choose                  another path)",
+                "{} exists and is not a socket; it is left as it is (remove it, or choose \
+                 another path)",
                 path.display()
             ),
         ));
@@ -394,7 +395,7 @@ pub(crate) fn bind_unix(
         "removing the stale socket file {} (nothing listens on it)",
         path.display()
     );
-    std::fs::remove_file(path).map_err(err)?;
+    std::fs::remove_file(path).map_err(|e| err(sys::named("unlink", e)))?;
     let l = sys::bind_unix(&name, mode, BACKLOG).map_err(err)?;
     Ok((l, SocketFile::at(path)))
 }
