@@ -23,8 +23,8 @@ pub fn deny_pidfd_open() -> io::Result<()> {
 /// `setsockopt_attach_filter` and `setsockopt_attach_reuseport_cbpf` are
 /// `setsockopt(_, SOL_SOCKET, SO_ATTACH_FILTER | SO_ATTACH_REUSEPORT_CBPF, …)`;
 /// `prctl_set_name` and `prctl_set_pdeathsig` are `prctl(PR_SET_NAME | PR_SET_PDEATHSIG, …)`;
-/// `socket_unix` is `socket(AF_UNIX, …)` (systemd's notification socket; the fixtures make no
-/// other); `sendto_addressed` is `sendto` with a destination address (an `addrlen` other
+/// `socket_unix` is `socket(AF_UNIX, …)` (systemd's notification socket; the runs that refuse
+/// it make no other); `sendto_addressed` is `sendto` with a destination address (an `addrlen` other
 /// than 0: systemd's notifications; `send(2)` on a connected socket passes none); `mmap_shared` is `mmap` with exactly `MAP_SHARED` as its flags (the heartbeat
 /// table's mappings; the loader's and the allocator's are private); `socket_unix_stream` is
 /// `socket(AF_UNIX, SOCK_STREAM | flags)` (the control socket, Unix listeners, the probe of a
