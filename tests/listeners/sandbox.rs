@@ -35,8 +35,8 @@ type Text = &'static str;
 /// What must happen where the call is refused.
 #[derive(Clone, Copy)]
 enum Expect {
-    /// Required: the run fails before any fork with an error containing this, after
-    /// `cannot listen on unix:PATH: `.
+    /// Required: the run fails before any fork with an error containing this (`{addr}`: the
+    /// listener's address).
     Fails(Text),
     /// Optional: the lifecycle works; the file is removed at exit, or (`Some`) left with this
     /// warning, logged once.
@@ -65,16 +65,18 @@ use Expect::{Fails, Works};
 
 #[rustfmt::skip]
 const ROWS: &[Row] = &[
-    row("socket_unix_stream", false, false, Fails("socket(AF_UNIX, SOCK_STREAM): {err}")),
-    row("bind", false, false, Fails("bind: {err}")),
-    row("fchmodat", false, true, Fails("chmod (fchmodat): {err}")),
-    row("listen", false, false, Fails("listen: {err}")),
-    row("connect", true, false, Fails("connect (is a server listening on the socket already?): {err}")),
-    row("unlink", true, false, Fails("unlink: {err}")),
+    row("socket_unix_stream", false, false, Fails("cannot listen on {addr}: socket(AF_UNIX, SOCK_STREAM): {err}")),
+    row("bind", false, false, Fails("cannot listen on {addr}: bind: {err}")),
+    row("fchmodat", false, true, Fails("cannot listen on {addr}: chmod (fchmodat): {err}")),
+    row("listen", false, false, Fails("cannot listen on {addr}: listen: {err}")),
+    row("connect", true, false, Fails("cannot listen on {addr}: connect (is a server listening on the socket already?): {err}")),
+    row("unlink", true, false, Fails("cannot listen on {addr}: unlink: {err}")),
     row("unlink", false, false, Works(Some("cannot remove the socket file {path}: unlink: {err}"))),
     // std looks at a file with statx, and with newfstatat where statx is refused.
     row("statx", false, false, Works(None)),
     row("newfstatat", false, false, Works(None)),
+    // A call refused after the listener was bound: its file goes with the failed run.
+    row("epoll_create1", false, false, Fails("epoll_create1 failed: {err}")),
 ];
 
 /// The tests of [`ROWS`], each with each errno.
@@ -91,6 +93,10 @@ pub fn tests() -> Vec<Test> {
             tests.push(test(name, move || refusal(r, errno, text)));
         }
     }
+    tests.push(test(
+        "pidfd::fork::unix_files_removed_when_a_later_listener_fails",
+        unix_files_removed_when_a_later_listener_fails,
+    ));
     tests
 }
 
@@ -118,7 +124,11 @@ fn refusal(r: &Row, errno: &str, err: &str) {
             .expect("the stale file")
             .ino()
     });
-    let fill = |text: Text| text.replace("{err}", err).replace("{path}", path_str);
+    let fill = |text: Text| {
+        text.replace("{err}", err)
+            .replace("{path}", path_str)
+            .replace("{addr}", &addr)
+    };
     let mut spec = Spec::new(SERVE_ROLE)
         .backend(Backend::Pidfd)
         .env("FX_WORKERS", "2")
@@ -132,7 +142,7 @@ fn refusal(r: &Row, errno: &str, err: &str) {
     match r.expect {
         Fails(text) => {
             let display = fx.assert_failed_exit();
-            let want = format!("cannot listen on {addr}: {}", fill(text));
+            let want = fill(text);
             assert!(display.contains(&want), "error {display:?} says {want:?}");
             assert!(
                 display.contains(HINT),
@@ -183,4 +193,28 @@ fn refusal(r: &Row, errno: &str, err: &str) {
             }
         }
     }
+}
+
+/// Two Unix listeners, the second in a directory that does not exist: the run fails naming
+/// it, before any fork, and the first one's socket file is removed.
+pub fn unix_files_removed_when_a_later_listener_fails() {
+    let dir = TempDir::new("sandbox-unix-two");
+    let first = dir.path().join("a.sock");
+    let second = dir.path().join("missing").join("b.sock");
+    let listen = format!("unix:{} unix:{}", first.display(), second.display());
+    let mut fx = Spec::new(SERVE_ROLE)
+        .backend(Backend::Pidfd)
+        .env("FX_WORKERS", "2")
+        .env("FX_LISTEN", &listen)
+        .start();
+    let display = fx.assert_failed_exit();
+    let want = format!("cannot listen on unix:{}: bind: ", second.display());
+    assert!(display.contains(&want), "error {display:?} says {want:?}");
+    assert!(
+        fx.spawns().is_empty(),
+        "no worker started: {:?}",
+        fx.spawns()
+    );
+    let left = files_in(dir.path());
+    assert!(left.is_empty(), "files left: {left:?}");
 }

@@ -20,6 +20,13 @@
 //! A row that does not depend on the backend (every call but the reaping and signalling
 //! ones) runs under the default backend only, pidfd. [`ALL`] holds the other sandbox cases:
 //! every signal refused, and a container engine's allowlist of before the pidfd calls.
+//!
+//! [`OPERATOR_REFUSALS`] is the table of the control socket's and the PID file's calls, made
+//! by the master alone and so tried in fork mode (`pidfd::fork::sandbox_control_refusing_*`):
+//! a required call fails the run before any fork with an error naming the path and the call,
+//! leaving no socket file and no PID file; an optional one keeps the master serving and
+//! supervising, and its answer to a client and its log are checked. Unix listeners' calls
+//! are the listeners suite's (`tests/listeners/sandbox.rs`).
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
