@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -311,17 +312,31 @@ pub(crate) struct SocketFile {
 }
 
 impl SocketFile {
-    /// The socket file at `path` as it is now (`lstat(2)`); `None` when it is gone or is no
-    /// socket.
+    /// The socket file at `path` as it is now (std's `symlink_metadata`: `statx`, or
+    /// `newfstatat` where `statx` is refused); `None` when it is gone or is no socket.
     pub(crate) fn at(path: &Path) -> Option<SocketFile> {
-        let st = rustix::fs::lstat(path).ok()?;
-        (rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket).then(
-            || SocketFile {
-                path: path.to_path_buf(),
-                dev: st.st_dev,
-                ino: st.st_ino,
-            },
-        )
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        meta.file_type().is_socket().then(|| SocketFile {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// The socket file just bound at `path`; where it cannot be looked at (a sandbox refuses
+    /// both `statx` and `newfstatat`), `None`, with a warning: it is then left at exit.
+    fn bound_at(path: &Path) -> Option<SocketFile> {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => SocketFile::at(path),
+            Err(e) => {
+                log::warn!(
+                    "cannot look at the socket file {} ({}): it will be left at exit",
+                    path.display(),
+                    sys::named("lstat (statx, newfstatat)", e)
+                );
+                None
+            }
+        }
     }
 
     /// Removes the file if it is still the one recorded (another server may have replaced
@@ -331,9 +346,11 @@ impl SocketFile {
             Some(now) if now.dev == self.dev && now.ino == self.ino => {
                 match std::fs::remove_file(&self.path) {
                     Ok(()) => log::info!("removed the socket file {}", self.path.display()),
-                    Err(e) => {
-                        log::warn!("cannot remove the socket file {}: {e}", self.path.display())
-                    }
+                    Err(e) => log::warn!(
+                        "cannot remove the socket file {}: {}",
+                        self.path.display(),
+                        sys::named("unlink", e)
+                    ),
                 }
             }
             _ => log::info!(
@@ -367,16 +384,18 @@ pub(crate) fn bind_unix(
     };
     let name = sys::UnixName::Path(path);
     match sys::bind_unix(&name, mode, BACKLOG) {
-        Ok(l) => return Ok((l, SocketFile::at(path))),
-        Err(e) if e.raw_os_error() != Some(libc::EADDRINUSE) => return Err(err(e)),
+        Ok(l) => return Ok((l, SocketFile::bound_at(path))),
+        Err(e) if e.kind() != std::io::ErrorKind::AddrInUse => return Err(err(e)),
         Err(_) => {}
     }
-    let st = rustix::fs::lstat(path).map_err(|e| err(e.into()))?;
-    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| err(sys::named("lstat (statx, newfstatat)", e)))?;
+    if !meta.file_type().is_socket() {
         return Err(refuse(
             std::io::ErrorKind::AlreadyExists,
             format!(
-                "{} exists and is not a socket; it is left as it is (remove it, or choose                  another path)",
+                "{} exists and is not a socket; it is left as it is (remove it, or choose \
+                 another path)",
                 path.display()
             ),
         ));
@@ -394,9 +413,9 @@ pub(crate) fn bind_unix(
         "removing the stale socket file {} (nothing listens on it)",
         path.display()
     );
-    std::fs::remove_file(path).map_err(err)?;
+    std::fs::remove_file(path).map_err(|e| err(sys::named("unlink", e)))?;
     let l = sys::bind_unix(&name, mode, BACKLOG).map_err(err)?;
-    Ok((l, SocketFile::at(path)))
+    Ok((l, SocketFile::bound_at(path)))
 }
 
 /// Whether this process is an exec-mode worker (`FASTHTTP_PREFORK_CHILD=1`), and its slot

@@ -20,6 +20,8 @@ mod support;
 mod cases;
 #[path = "listeners/fixture.rs"]
 mod fixture;
+#[path = "listeners/sandbox.rs"]
+mod sandbox;
 #[path = "listeners/unix.rs"]
 mod unix;
 
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
             runner::tests(cases::RUN_ONCE),
             runner::tests(unix::UNDER_MODE_AND_BACKEND),
             runner::tests(unix::RUN_ONCE),
+            sandbox::tests(),
         ]
         .into_iter()
         .flatten()

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
     let mut tests = runner::tests(cases::ALL);
     tests.extend(runner::tests(sandbox::ALL));
     tests.extend(sandbox::tests());
+    tests.extend(sandbox::operator_tests());
     tests.extend(runner::tests(control::UNDER_BACKEND));
     tests.extend(runner::tests(control::SOCKET));
     runner::main(tests)

@@ -79,6 +79,9 @@ pub(crate) struct Control {
     /// `accept` failed (out of descriptors, say): the listener is out of the epoll set
     /// until then, so that a listener that stays readable does not spin the loop.
     paused_until: Option<Duration>,
+    /// The error of the last failed `accept`, until one succeeds: the same error again is
+    /// logged at debug only.
+    accept_error: Option<String>,
 }
 
 impl Control {
@@ -116,8 +119,12 @@ impl Control {
                     "replacing the stale control socket {} (nobody listens on it)",
                     at.display()
                 );
-                std::fs::remove_file(&at)
-                    .map_err(|e| fail("cannot remove the stale control socket", Some(e)))?;
+                std::fs::remove_file(&at).map_err(|e| {
+                    fail(
+                        "cannot remove the stale control socket",
+                        Some(sys::named("unlink", e)),
+                    )
+                })?;
             }
             Ok(Occupant::Live) => {
                 return Err(fail(
@@ -145,6 +152,7 @@ impl Control {
             next_id: 0,
             uid: sys::control::uid(),
             paused_until: None,
+            accept_error: None,
         })
     }
 
@@ -186,11 +194,18 @@ impl Control {
     }
 
     /// At exit: removes the socket file, unless the path names another master's (an
-    /// upgrade's new master took it over).
+    /// upgrade's new master took it over). A file that cannot be removed is left, with a
+    /// warning (the next master at the path finds it stale and replaces it).
     pub(crate) fn remove(&self) {
         let at = self.staged.as_deref().unwrap_or(&self.path);
         if FileId::of(at) == Some(self.file) {
-            let _ = std::fs::remove_file(at);
+            if let Err(e) = std::fs::remove_file(at) {
+                log::warn!(
+                    "cannot remove the control socket {}: {}",
+                    at.display(),
+                    sys::named("unlink", e)
+                );
+            }
         }
     }
 
@@ -210,14 +225,25 @@ impl Control {
     pub(crate) fn accept(&mut self, epoll: &sys::Epoll, now: Duration) {
         loop {
             let fd = match sys::control::accept_client(self.listener.as_fd()) {
-                Ok(Some(fd)) => fd,
+                Ok(Some(fd)) => {
+                    self.accept_error = None;
+                    fd
+                }
                 Ok(None) => return,
                 Err(e) => {
-                    log::warn!(
-                        "control socket {}: accept failed: {e}; trying again in {}s",
+                    let error = e.to_string();
+                    let level = if self.accept_error.as_ref() == Some(&error) {
+                        log::Level::Debug
+                    } else {
+                        log::Level::Warn
+                    };
+                    log::log!(
+                        level,
+                        "control socket {}: accept failed: {error}; trying again in {}s",
                         self.path.display(),
                         ACCEPT_RETRY.as_secs()
                     );
+                    self.accept_error = Some(error);
                     let _ = epoll.delete(self.listener.as_fd());
                     self.paused_until = Some(now.saturating_add(ACCEPT_RETRY));
                     return;
@@ -248,7 +274,13 @@ impl Control {
                         "permission denied: uid {uid} may not use this control socket"
                     ))
                 }
-                Err(e) => Some(format!("cannot tell who the client is: {e}")),
+                Err(e) => {
+                    log::warn!(
+                        "control socket {}: refused a client: cannot tell who it is: {e}",
+                        self.path.display()
+                    );
+                    Some(format!("cannot tell who the client is: {e}"))
+                }
             };
             let refused = refused.or_else(|| {
                 (self.clients.len() >= MAX_CLIENTS)

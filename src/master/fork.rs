@@ -128,16 +128,11 @@ impl Master {
 /// `e`, from the system call `call` on the way to a worker, saying which call failed; and,
 /// when a sandbox's system call filter refused it, where the calls a master needs are listed.
 fn named(call: &str, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{call}: {e}{}", refused_hint(&e)))
+    sys::named(call, e)
 }
 
-/// What to add to an error `e` of a system call: where a sandbox's system call filter refused
-/// it, that it must allow it and where the calls a master needs are listed; else nothing.
+/// What to add to an error `e` of a system call that a sandbox refused (see
+/// [`sys::refused_hint`]).
 pub(super) fn refused_hint(e: &io::Error) -> &'static str {
-    if sys::is_refused(e) {
-        " (refused: a system call filter must allow it; docs/security.md lists what a master \
-         needs)"
-    } else {
-        ""
-    }
+    sys::refused_hint(e)
 }

@@ -148,9 +148,18 @@ impl Listeners {
             .iter()
             .any(|(_, name)| listen::parse_handover_name(name).is_some());
         let mut entries = if passed.is_empty() {
-            let mut entries = Vec::with_capacity(specs.len());
+            let mut entries: Vec<Entry> = Vec::with_capacity(specs.len());
             for spec in specs {
-                entries.push(bind(spec, network, workers, unix_mode)?);
+                match bind(spec, network, workers, unix_mode) {
+                    Ok(entry) => entries.push(entry),
+                    Err(e) => {
+                        // The socket files of the listeners bound before it go.
+                        for file in entries.iter_mut().filter_map(|e| e.file.take()) {
+                            file.remove();
+                        }
+                        return Err(e);
+                    }
+                }
             }
             entries
         } else if from_old_master {
@@ -310,6 +319,19 @@ impl Listeners {
     pub(crate) fn handed_over(&mut self) {
         if let Listeners::Bound(bound) = self {
             bound.files_ours = false;
+        }
+    }
+
+    /// The socket files bound here for the listeners (none where an old master's are
+    /// served).
+    pub(crate) fn files(&self) -> Vec<SocketFile> {
+        match self {
+            Listeners::Bound(bound) if bound.files_ours => bound
+                .entries
+                .iter()
+                .filter_map(|e| e.file.clone())
+                .collect(),
+            _ => Vec::new(),
         }
     }
 

@@ -71,9 +71,9 @@ where
         setup,
         operator,
     } = plan;
-    if matches!(spawn, Spawn::Fork) {
-        check_single_threaded()?;
-    }
+    // The socket files bound for the builder's listeners: removed if the run fails before it
+    // starts (from then on `Listeners::remove_files` does it).
+    let files = listeners.files();
     let mode = match spawn {
         Spawn::Fork => "fork",
         Spawn::Exec(_) => "exec",
@@ -84,25 +84,40 @@ where
     let _name = setup
         .names
         .then(|| sys::identity::Renamed::set(c"prefork master"));
-    check_sandbox(backend)?;
-    let mut health = Health::new(health, cfg.workers)?;
-    health.set_listeners(listeners.addresses());
     // Read before the master takes the upgrade's variable over.
     let upgraded = std::env::var_os(crate::protocol::UPGRADE_FD_ENV).is_some();
-    upgrade::read_generation();
-    let mut master = Master::new(backend, death, spawn, listeners, health)?;
-    master.reaper.reserve(2 * cfg.workers);
-    master.setup = setup;
-    master.mode = mode;
-    master.backend = backend;
-    if let Some(path) = &operator.pid_file {
-        master.pid_file = Some(pid_file::PidFile::check(path)?);
-    }
-    if let Some(path) = &operator.control {
-        let control = control::Control::bind(path, upgraded)?;
-        log::info!("control socket: {}", path.display());
-        master.control = Some(control);
-    }
+    let started = (|| {
+        if matches!(spawn, Spawn::Fork) {
+            check_single_threaded()?;
+        }
+        check_sandbox(backend)?;
+        let mut health = Health::new(health, cfg.workers)?;
+        health.set_listeners(listeners.addresses());
+        upgrade::read_generation();
+        let mut master = Master::new(backend, death, spawn, listeners, health)?;
+        master.reaper.reserve(2 * cfg.workers);
+        master.setup = setup;
+        master.mode = mode;
+        master.backend = backend;
+        if let Some(path) = &operator.pid_file {
+            master.pid_file = Some(pid_file::PidFile::check(path)?);
+        }
+        if let Some(path) = &operator.control {
+            let control = control::Control::bind(path, upgraded)?;
+            log::info!("control socket: {}", path.display());
+            master.control = Some(control);
+        }
+        Ok(master)
+    })();
+    let mut master = match started {
+        Ok(master) => master,
+        Err(e) => {
+            for file in files {
+                file.remove();
+            }
+            return Err(e);
+        }
+    };
     log::info!(
         "prefork master {} starting {} workers ({mode} mode, {:?} backend)",
         sys::getpid(),

@@ -12,19 +12,22 @@ pub(crate) struct PidFile {
 
 impl PidFile {
     /// Checks that a PID file can be written at `path` (by writing and removing its
-    /// temporary file): a missing or unwritable directory is an error naming the path.
+    /// temporary file): a missing or unwritable directory, or a refused `open` or `unlink`,
+    /// is an error naming the path and the call.
     pub(crate) fn check(path: &Path) -> Result<PidFile, Error> {
         let file = PidFile {
             path: path.to_owned(),
         };
         let temporary = file.temporary();
-        let made = std::fs::File::create(&temporary);
-        let _ = std::fs::remove_file(&temporary);
-        made.map_err(|e| Error::Control {
+        let fail = |e| Error::Control {
             path: path.to_owned(),
             what: "cannot write the PID file".to_owned(),
             source: Some(e),
-        })?;
+        };
+        std::fs::File::create(&temporary).map_err(|e| fail(crate::sys::named("open", e)))?;
+        // Where it cannot be removed (a sandbox refuses `unlink`), neither could the PID file
+        // at exit, nor a stale one: the run fails here, and the temporary file stays.
+        std::fs::remove_file(&temporary).map_err(|e| fail(crate::sys::named("unlink", e)))?;
         Ok(file)
     }
 
@@ -34,12 +37,19 @@ impl PidFile {
         PathBuf::from(name)
     }
 
-    /// Writes `pid` (a temporary file, then `rename` over the path).
+    /// Writes `pid` (a temporary file, then `rename` over the path). A failure is a
+    /// warning naming the call.
     pub(crate) fn write(&self, pid: u32) {
         let temporary = self.temporary();
         let written = std::fs::File::create(&temporary)
-            .and_then(|mut f| f.write_all(format!("{pid}\n").as_bytes()))
-            .and_then(|()| std::fs::rename(&temporary, &self.path));
+            .map_err(|e| crate::sys::named("open", e))
+            .and_then(|mut f| {
+                f.write_all(format!("{pid}\n").as_bytes())
+                    .map_err(|e| crate::sys::named("write", e))
+            })
+            .and_then(|()| {
+                std::fs::rename(&temporary, &self.path).map_err(|e| crate::sys::named("rename", e))
+            });
         match written {
             Ok(()) => log::info!("PID file {} names {pid}", self.path.display()),
             Err(e) => {
@@ -54,7 +64,13 @@ impl PidFile {
         let names_us =
             std::fs::read_to_string(&self.path).is_ok_and(|text| text.trim() == pid.to_string());
         if names_us {
-            let _ = std::fs::remove_file(&self.path);
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                log::warn!(
+                    "cannot remove the PID file {}: {}",
+                    self.path.display(),
+                    crate::sys::named("unlink", e)
+                );
+            }
         }
     }
 }

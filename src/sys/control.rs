@@ -5,7 +5,6 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use rustix::fs::Mode;
@@ -45,26 +44,27 @@ pub(crate) enum Occupant {
 }
 
 /// Looks at `path`: nothing, a stale socket, a live one (a `connect` succeeds), or a file
-/// that is not a socket.
+/// that is not a socket. An error names the call that failed.
 pub(crate) fn occupant(path: &Path) -> io::Result<Occupant> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Occupant::Nothing),
-        Err(e) => return Err(e),
+        Err(e) => return Err(super::named("lstat (statx, newfstatat)", e)),
     };
     if !meta.file_type().is_socket() {
         return Ok(Occupant::NotSocket);
     }
-    match UnixStream::connect(path) {
-        Ok(_) => Ok(Occupant::Live),
-        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(Occupant::Stale),
-        Err(e) => Err(e),
+    if super::unix_path_answers(path)? {
+        Ok(Occupant::Live)
+    } else {
+        Ok(Occupant::Stale)
     }
 }
 
 /// `socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK)`, `bind` at `path`, `chmod`
 /// 0600 before `listen` (until then every `connect` is refused, so nobody reaches it with
-/// the mode the umask gave it), `listen`. Returns the listener and the file it made.
+/// the mode the umask gave it), `listen`. Returns the listener and the file it made. An
+/// error names the call that failed; the file is removed where `bind` made it.
 pub(crate) fn bind_control(path: &Path) -> io::Result<(OwnedFd, FileId)> {
     let addr = SocketAddrUnix::new(path)?;
     let fd = net::socket_with(
@@ -72,12 +72,19 @@ pub(crate) fn bind_control(path: &Path) -> io::Result<(OwnedFd, FileId)> {
         SocketType::STREAM,
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
-    )?;
-    net::bind(&fd, &addr)?;
-    let id = FileId::of(path).ok_or_else(|| io::Error::other("the bound socket file vanished"));
+    )
+    .map_err(|e| super::named("socket(AF_UNIX, SOCK_STREAM)", e))?;
+    net::bind(&fd, &addr).map_err(|e| super::named("bind", e))?;
+    let id = std::fs::symlink_metadata(path)
+        .map(|meta| FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+        .map_err(|e| super::named("lstat (statx, newfstatat)", e));
     let made = id.and_then(|id| {
-        rustix::fs::chmod(path, Mode::from_raw_mode(0o600))?;
-        net::listen(&fd, BACKLOG)?;
+        rustix::fs::chmod(path, Mode::from_raw_mode(0o600))
+            .map_err(|e| super::named("chmod (fchmodat)", e))?;
+        net::listen(&fd, BACKLOG).map_err(|e| super::named("listen", e))?;
         Ok(id)
     });
     match made {
@@ -94,13 +101,15 @@ pub(crate) fn accept_client(listener: BorrowedFd<'_>) -> io::Result<Option<Owned
     match net::accept_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
         Ok(fd) => Ok(Some(fd)),
         Err(rustix::io::Errno::AGAIN) => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(super::named("accept4", e)),
     }
 }
 
-/// `getsockopt(SO_PEERCRED)`: the client's `(pid, uid)` as of its `connect`.
+/// `getsockopt(SO_PEERCRED)`: the client's `(pid, uid)` as of its `connect`. An error names
+/// the call.
 pub(crate) fn peer(fd: BorrowedFd<'_>) -> io::Result<(i32, u32)> {
-    let cred = net::sockopt::socket_peercred(fd)?;
+    let cred = net::sockopt::socket_peercred(fd)
+        .map_err(|e| super::named("getsockopt(SO_PEERCRED)", e))?;
     Ok((cred.pid.as_raw_nonzero().get(), cred.uid.as_raw()))
 }
 
@@ -141,6 +150,7 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::fd::AsFd;
     use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
 
     #[test]
     fn a_control_listener_is_private_and_serves() {

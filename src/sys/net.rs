@@ -46,7 +46,9 @@ pub(crate) enum UnixName<'a> {
 
 /// `socket(2)`, `bind(2)`, `chmod(2)` and `listen(2)`: a listening Unix stream socket bound to
 /// `name`, close-on-exec; a path's file gets `mode` when given (set between `bind` and
-/// `listen`, before any client can connect), else the mode the umask leaves.
+/// `listen`, before any client can connect), else the mode the umask leaves. An error names
+/// the call that failed (its kind kept); where `chmod` or `listen` failed, the file `bind`
+/// made is removed.
 pub(crate) fn bind_unix(
     name: &UnixName<'_>,
     mode: Option<u32>,
@@ -61,18 +63,29 @@ pub(crate) fn bind_unix(
         SocketType::STREAM,
         SocketFlags::CLOEXEC,
         None,
-    )?;
-    rustix::net::bind(&fd, &addr)?;
-    if let (UnixName::Path(p), Some(mode)) = (name, mode) {
-        rustix::fs::chmod(*p, rustix::fs::Mode::from_raw_mode(mode))?;
+    )
+    .map_err(|e| super::named("socket(AF_UNIX, SOCK_STREAM)", e))?;
+    rustix::net::bind(&fd, &addr).map_err(|e| super::named("bind", e))?;
+    let made = (|| {
+        if let (UnixName::Path(p), Some(mode)) = (name, mode) {
+            rustix::fs::chmod(*p, rustix::fs::Mode::from_raw_mode(mode))
+                .map_err(|e| super::named("chmod (fchmodat)", e))?;
+        }
+        rustix::net::listen(&fd, backlog).map_err(|e| super::named("listen", e))
+    })();
+    if let Err(e) = made {
+        if let UnixName::Path(p) = name {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
     }
-    rustix::net::listen(&fd, backlog)?;
     Ok(UnixListener::from(fd))
 }
 
 /// `connect(2)` on a fresh non-blocking Unix stream socket: whether something listens at
 /// `path`. `Ok(false)` when the connection is refused (a socket file nobody listens on);
-/// `Ok(true)` when it connected or the listener's queue is full (`EAGAIN`).
+/// `Ok(true)` when it connected or the listener's queue is full (`EAGAIN`). An error names
+/// the call that failed.
 pub(crate) fn unix_path_answers(path: &std::path::Path) -> io::Result<bool> {
     let addr = rustix::net::SocketAddrUnix::new(path)?;
     let fd = rustix::net::socket_with(
@@ -80,11 +93,15 @@ pub(crate) fn unix_path_answers(path: &std::path::Path) -> io::Result<bool> {
         SocketType::STREAM,
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
-    )?;
+    )
+    .map_err(|e| super::named("socket(AF_UNIX, SOCK_STREAM)", e))?;
     match rustix::net::connect(&fd, &addr) {
         Ok(()) | Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INPROGRESS) => Ok(true),
         Err(rustix::io::Errno::CONNREFUSED) => Ok(false),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(super::named(
+            "connect (is a server listening on the socket already?)",
+            e,
+        )),
     }
 }
 

@@ -283,6 +283,24 @@ pub(crate) fn is_refused(e: &io::Error) -> bool {
     )
 }
 
+/// What to add to an error `e` of a system call: where a sandbox's system call filter refused
+/// it, that it must allow it and where the calls a master needs are listed; else nothing.
+pub(crate) fn refused_hint(e: &io::Error) -> &'static str {
+    if is_refused(e) {
+        " (refused: a system call filter must allow it; docs/security.md lists what a master \
+         needs)"
+    } else {
+        ""
+    }
+}
+
+/// `e`, from the system call `call`, saying which call failed (and, where a sandbox refused
+/// it, [`refused_hint`]); its kind is kept.
+pub(crate) fn named(call: &str, e: impl Into<io::Error>) -> io::Error {
+    let e = e.into();
+    io::Error::new(e.kind(), format!("{call}: {e}{}", refused_hint(&e)))
+}
+
 /// `waitid(P_PID, pid)`: reaps one child by pid if it has exited.
 pub(crate) fn reap_pid(pid: Pid) -> io::Result<Option<Reaped>> {
     reap(WaitId::Pid(pid.0))

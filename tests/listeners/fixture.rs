@@ -41,6 +41,7 @@ use prefork::Worker;
 use crate::support::fixture::{EXIT_BROKEN, EXIT_ERR, EXIT_OK, Options, choice, flag, var};
 use crate::support::procfs;
 use crate::support::report::{self, complain, say};
+use crate::support::seccomp::{Refusal, deny};
 
 /// The fixture's role (the value of `PREFORK_FIXTURE`).
 pub const ROLE: &str = "listen";
@@ -204,7 +205,9 @@ fn answer(stream: TcpStream, worker: Worker, inode: u64) {
 ///
 /// Options: the builder's (as above), `FX_LISTEN` (space-separated listeners, each `ADDR`
 /// or `NAME=ADDR`, `ADDR` a TCP address or `unix:PATH` or `unix:@NAME`), `FX_UNIX_MODE`
-/// (octal, `unix_mode`) and `FX_UMASK` (octal, set before anything is bound).
+/// (octal, `unix_mode`), `FX_UMASK` (octal, set before anything is bound) and `FX_DENY`
+/// (`CALL=ERRNO,…`: a seccomp filter installed before anything is bound refuses those calls,
+/// as in the processes suite; not with `FX_RUN`).
 ///
 /// With `FX_RUN=1` the program owns its sockets, as one that calls `Prefork::run` does
 /// (fork mode only: an exec-mode worker of `run` inherits none of the caller's sockets):
@@ -257,6 +260,11 @@ pub fn serve_role() -> i32 {
     }
     if !child {
         report::master();
+        // An exec-mode worker has its master's filter already: it survives exec.
+        if let Err(e) = sandbox() {
+            complain(format!("fixture: FX_DENY: {e}"));
+            return EXIT_BROKEN;
+        }
     }
     let mut builder = prefork.builder();
     for entry in var("FX_LISTEN").unwrap_or_default().split_whitespace() {
@@ -286,6 +294,19 @@ pub fn serve_role() -> i32 {
         serve_each(&all, worker)
     });
     finish(child, &result)
+}
+
+/// `FX_DENY=CALL=ERRNO,…`: a seccomp filter refuses those calls from here on, in the master
+/// and every worker, as a sandbox's profile does (`support::seccomp::Refusal`).
+fn sandbox() -> Result<(), String> {
+    let Some(list) = var("FX_DENY") else {
+        return Ok(());
+    };
+    let refusals = list
+        .split(',')
+        .map(|r| Refusal::parse(r).ok_or(format!("unknown refusal {r:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    deny(&refusals).map_err(|e| format!("installing the seccomp filter: {e}"))
 }
 
 /// The end of the `serve` role, in a master or a worker whose `serve` or `run` returned;

@@ -20,17 +20,28 @@
 //! A row that does not depend on the backend (every call but the reaping and signalling
 //! ones) runs under the default backend only, pidfd. [`ALL`] holds the other sandbox cases:
 //! every signal refused, and a container engine's allowlist of before the pidfd calls.
+//!
+//! [`OPERATOR_REFUSALS`] is the table of the control socket's and the PID file's calls, made
+//! by the master alone and so tried in fork mode (`pidfd::fork::sandbox_control_refusing_*`):
+//! a required call fails the run before any fork with an error naming the path and the call,
+//! leaving no socket file and no PID file; an optional one keeps the master serving and
+//! supervising, and its answer to a client and its log are checked. Unix listeners' calls
+//! are the listeners suite's (`tests/listeners/sandbox.rs`).
 
 use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
 use crate::cases::{
     assert_all_alive, assert_exits, assert_worker_of, ready_master, start, started,
 };
 use crate::support::backend::{Backend, Mode};
+use crate::support::control;
 use crate::support::net::{all_ids, collect_ids};
 use crate::support::notify::NotifySocket;
-use crate::support::process::{Fixture, kill};
+use crate::support::process::{Fixture, TempDir, kill};
 use crate::support::procfs;
 use crate::support::runner::{self, Case, Test, cases, test};
 
@@ -472,4 +483,280 @@ fn sandbox_container_allowlist_before_pidfds(b: Backend) {
 
 fn sandbox_container_allowlist_before_pidfds_exec(b: Backend) {
     container_allowlist_before_pidfds(b, Mode::Exec);
+}
+
+// ---- The control socket and the PID file -----------------------------------------------------
+
+/// What a sandbox's refusal of a call of the control socket or the PID file must do (the
+/// master makes them, in either mode: they run in fork mode).
+#[derive(Clone, Copy)]
+pub enum Operator {
+    /// Required: `run` fails before any fork with an error containing this (after the path),
+    /// and leaves no file behind but what `leaves` names.
+    Fails { text: Text, leaves: Leftover },
+    /// Optional: the master serves, `status` on the control socket gets `answer`, HUP
+    /// replaces the workers, TERM ends the run cleanly; `logs` are logged once each, and
+    /// the files are left at exit where `left` says so.
+    Works {
+        answer: Answer,
+        logs: &'static [Text],
+        left: bool,
+    },
+}
+
+/// The files a failed run leaves in its directory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Leftover {
+    Nothing,
+    /// The stale socket file the test put at the path, untouched.
+    TheStaleSocket,
+    /// The PID file check's temporary file (`unlink` refused: nothing can remove it).
+    TheTemporary,
+}
+
+/// What a `status` request on the control socket gets.
+#[derive(Clone, Copy)]
+pub enum Answer {
+    Ok,
+    /// An error reply containing this.
+    Error(Text),
+    /// Nothing while the master runs (the client is never accepted).
+    Nothing,
+}
+
+/// One row: the call refused, whether a stale socket file is put at the control socket's
+/// path first, whether a PID file is asked for too, what must happen.
+pub struct OperatorRefused {
+    pub call: &'static str,
+    pub stale: bool,
+    pub pid_file: bool,
+    pub expect: Operator,
+}
+
+const fn op(call: &'static str, stale: bool, pid_file: bool, expect: Operator) -> OperatorRefused {
+    OperatorRefused {
+        call,
+        stale,
+        pid_file,
+        expect,
+    }
+}
+
+const fn fails(text: Text) -> Operator {
+    Operator::Fails {
+        text,
+        leaves: Leftover::Nothing,
+    }
+}
+
+/// Every call of the control socket and the PID file, refused.
+#[rustfmt::skip]
+pub const OPERATOR_REFUSALS: &[OperatorRefused] = &[
+    op("socket_unix_stream", false, true, fails("cannot make the control socket: socket(AF_UNIX, SOCK_STREAM): {err}")),
+    op("bind", false, true, fails("cannot make the control socket: bind: {err}")),
+    op("fchmodat", false, true, fails("cannot make the control socket: chmod (fchmodat): {err}")),
+    op("listen", false, true, fails("cannot make the control socket: listen: {err}")),
+    op("connect", true, true, Operator::Fails {
+        text: "cannot look at the control socket's path: connect (is a server listening on the socket already?): {err}",
+        leaves: Leftover::TheStaleSocket,
+    }),
+    op("openat_creat", false, true, fails("cannot write the PID file: open: {err}")),
+    op("unlink", false, true, Operator::Fails {
+        text: "cannot write the PID file: unlink: {err}",
+        leaves: Leftover::TheTemporary,
+    }),
+    op("unlink", true, false, Operator::Fails {
+        text: "cannot remove the stale control socket: unlink: {err}",
+        leaves: Leftover::TheStaleSocket,
+    }),
+    op("unlink", false, false, Operator::Works {
+        answer: Answer::Ok,
+        logs: &["cannot remove the control socket {socket}: unlink: {err}"],
+        left: true,
+    }),
+    op("rename", false, true, Operator::Works {
+        answer: Answer::Ok,
+        logs: &["cannot write the PID file {pid}: rename: {err}"],
+        left: false,
+    }),
+    op("accept4_nonblock", false, true, Operator::Works {
+        answer: Answer::Nothing,
+        logs: &["accept failed: accept4: {err}"],
+        left: false,
+    }),
+    op("getsockopt_peercred", false, true, Operator::Works {
+        answer: Answer::Error("cannot tell who the client is: getsockopt(SO_PEERCRED): {err}"),
+        logs: &["refused a client: cannot tell who it is: getsockopt(SO_PEERCRED): {err}"],
+        left: false,
+    }),
+    op("shutdown", false, true, Operator::Works { answer: Answer::Ok, logs: &[], left: false }),
+];
+
+/// The tests of [`OPERATOR_REFUSALS`], each with each errno of [`ERRNOS`], named
+/// `pidfd::fork::sandbox_control_refusing_CALL[_stale|_no_pid_file]_ERRNO`.
+pub fn operator_tests() -> Vec<Test> {
+    let mut tests = Vec::new();
+    for refused in OPERATOR_REFUSALS {
+        for (errno, text) in ERRNOS {
+            let mut call = refused.call.to_owned();
+            if refused.stale {
+                call.push_str("_stale");
+            }
+            if !refused.pid_file {
+                call.push_str("_no_pid_file");
+            }
+            let name = format!(
+                "pidfd::fork::sandbox_control_refusing_{call}_{}",
+                errno.to_lowercase()
+            );
+            tests.push(test(name, move || operator_refusal(refused, errno, text)));
+        }
+    }
+    tests
+}
+
+/// The names of the files in `dir`.
+fn files_in(dir: &std::path::Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .expect("the test's directory")
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+/// One test of [`OPERATOR_REFUSALS`]: `refused.call` refused with `errno` (`strerror`: `err`),
+/// a master in fork mode with a control socket (and a PID file where the row says).
+fn operator_refusal(refused: &OperatorRefused, errno: &str, err: &str) {
+    let dir = TempDir::new("sandbox-control");
+    let socket = dir.path().join("control.sock");
+    let pid = dir.path().join("master.pid");
+    let (socket_str, pid_str) = (
+        socket.to_str().expect("UTF-8"),
+        pid.to_str().expect("UTF-8"),
+    );
+    let stale_ino = refused.stale.then(|| {
+        drop(UnixListener::bind(&socket).expect("a stale socket file"));
+        std::fs::symlink_metadata(&socket)
+            .expect("the stale file")
+            .ino()
+    });
+    let deny = format!("{}={errno}", refused.call);
+    let grace = SANDBOX_GRACE.as_millis().to_string();
+    let mut opts = vec![
+        ("FX_DENY", deny.as_str()),
+        ("FX_CONTROL", socket_str),
+        ("FX_GRACE_MS", &grace),
+    ];
+    if refused.pid_file {
+        opts.push(("FX_PID_FILE", pid_str));
+    }
+    let fill_paths = |text: Text| {
+        fill(text, errno, err)
+            .replace("{socket}", socket_str)
+            .replace("{pid}", pid_str)
+    };
+    match refused.expect {
+        Operator::Fails { text, leaves } => {
+            opts.push(("FX_WORKERS", "2"));
+            let mut fx = start(Backend::Pidfd, &opts);
+            let display = fx.assert_failed_exit();
+            let path = if text.contains("PID file") {
+                pid_str
+            } else {
+                socket_str
+            };
+            let want = format!("{path}: {}", fill_paths(text));
+            assert!(display.contains(&want), "error {display:?} says {want:?}");
+            assert!(
+                display.contains(HINT),
+                "error {display:?} says that a sandbox refused it"
+            );
+            assert!(
+                fx.spawns().is_empty(),
+                "no worker started: {:?}",
+                fx.spawns()
+            );
+            let left = files_in(dir.path());
+            match leaves {
+                Leftover::Nothing => assert!(left.is_empty(), "files left: {left:?}"),
+                Leftover::TheStaleSocket => {
+                    assert_eq!(left, ["control.sock".to_owned()].into(), "files left");
+                    let ino = std::fs::symlink_metadata(&socket)
+                        .expect("the stale file")
+                        .ino();
+                    assert_eq!(Some(ino), stale_ino, "the stale socket file, untouched");
+                }
+                Leftover::TheTemporary => {
+                    assert_eq!(left.len(), 1, "files left: {left:?}");
+                    let name = left.iter().next().expect("one");
+                    assert!(
+                        name.starts_with("master.pid.") && name.ends_with(".tmp"),
+                        "the PID file check's temporary file, only: {left:?}"
+                    );
+                }
+            }
+        }
+        Operator::Works { answer, logs, left } => {
+            let (mut fx, port, ids) = ready_master(Backend::Pidfd, 2, &opts);
+            match answer {
+                Answer::Ok => {
+                    let reply = control::request(&socket, "status");
+                    assert!(control::is_ok(&reply), "status: {reply}");
+                }
+                Answer::Error(text) => {
+                    // Refused at once, before its request is read: it sends none (a request
+                    // left unread would reset the connection under the reply).
+                    let reply = control::read_reply(&mut control::connect(&socket));
+                    assert!(
+                        control::is_error(&reply, &fill(text, errno, err)),
+                        "status: {reply}"
+                    );
+                }
+                Answer::Nothing => {}
+            }
+            // A client the master never accepts waits, while HTTP is served.
+            let mut waiting = matches!(answer, Answer::Nothing).then(|| {
+                let mut client = control::connect(&socket);
+                client.write_all(b"status\n").expect("sending the request");
+                client
+            });
+            if waiting.is_some() {
+                fx.expect_log(&fill_paths(logs[0]));
+            }
+            fx.signal(libc::SIGHUP);
+            fx.wait_stderr_count("rolling restart done", 1);
+            let old: BTreeSet<u32> = ids.values().copied().collect();
+            collect_ids(port, 2, |p| !old.contains(&p));
+            fx.signal(libc::SIGTERM);
+            fx.wait_exit_within(SANDBOX_GRACE + SANDBOX_MARGIN);
+            fx.assert_clean_exit();
+            if let Some(client) = &mut waiting {
+                let mut got = String::new();
+                let _ = client.read_to_string(&mut got);
+                assert!(got.is_empty(), "a client never accepted got {got:?}");
+            }
+            let stderr = fx.stderr();
+            for text in logs {
+                let text = fill_paths(text);
+                let n = stderr
+                    .iter()
+                    .filter(|l| !l.starts_with("[DEBUG") && l.contains(&text))
+                    .count();
+                assert_eq!(n, 1, "logged once: {text:?}");
+            }
+            let files = files_in(dir.path());
+            if left {
+                assert!(
+                    files.contains("control.sock"),
+                    "the socket file is left: {files:?}"
+                );
+            } else {
+                assert!(files.is_empty(), "files left at exit: {files:?}");
+            }
+        }
+    }
 }

@@ -23,10 +23,15 @@ pub fn deny_pidfd_open() -> io::Result<()> {
 /// `setsockopt_attach_filter` and `setsockopt_attach_reuseport_cbpf` are
 /// `setsockopt(_, SOL_SOCKET, SO_ATTACH_FILTER | SO_ATTACH_REUSEPORT_CBPF, …)`;
 /// `prctl_set_name` and `prctl_set_pdeathsig` are `prctl(PR_SET_NAME | PR_SET_PDEATHSIG, …)`;
-/// `socket_unix` is `socket(AF_UNIX, …)` (systemd's notification socket; the fixtures make no
-/// other); `sendto_addressed` is `sendto` with a destination address (an `addrlen` other
+/// `socket_unix` is `socket(AF_UNIX, …)` (systemd's notification socket; the runs that refuse
+/// it make no other); `sendto_addressed` is `sendto` with a destination address (an `addrlen` other
 /// than 0: systemd's notifications; `send(2)` on a connected socket passes none); `mmap_shared` is `mmap` with exactly `MAP_SHARED` as its flags (the heartbeat
-/// table's mappings; the loader's and the allocator's are private).
+/// table's mappings; the loader's and the allocator's are private); `socket_unix_stream` is
+/// `socket(AF_UNIX, SOCK_STREAM | flags)` (the control socket, Unix listeners, the probe of a
+/// socket file); `getsockopt_peercred` is `getsockopt(_, SOL_SOCKET, SO_PEERCRED, …)`;
+/// `openat_creat` is `openat` with `O_CREAT` (the PID file; nothing else a master opens is
+/// created); `accept4_nonblock` is `accept4` with `SOCK_NONBLOCK` (the control socket's
+/// clients; std's `accept` and the fixtures' workers pass no such flag). `rename` and `unlink` are the calls glibc makes for them.
 pub const CALLS: &[(&str, libc::c_long, Form)] = &[
     ("pidfd_open", libc::SYS_pidfd_open, &[]),
     ("pidfd_send_signal", libc::SYS_pidfd_send_signal, &[]),
@@ -86,7 +91,58 @@ pub const CALLS: &[(&str, libc::c_long, Form)] = &[
         &[(3, Arg::Is(libc::MAP_SHARED as u32))],
     ),
     ("setitimer", libc::SYS_setitimer, &[]),
+    // The control socket and the PID file, Unix listeners.
+    (
+        "socket_unix_stream",
+        libc::SYS_socket,
+        &[
+            (0, Arg::Is(libc::AF_UNIX as u32)),
+            (1, Arg::Masked(0xf, libc::SOCK_STREAM as u32)),
+        ],
+    ),
+    ("bind", libc::SYS_bind, &[]),
+    ("listen", libc::SYS_listen, &[]),
+    ("connect", libc::SYS_connect, &[]),
+    (
+        "accept4_nonblock",
+        libc::SYS_accept4,
+        &[(
+            3,
+            Arg::Masked(libc::SOCK_NONBLOCK as u32, libc::SOCK_NONBLOCK as u32),
+        )],
+    ),
+    ("shutdown", libc::SYS_shutdown, &[]),
+    (
+        "getsockopt_peercred",
+        libc::SYS_getsockopt,
+        &[
+            (1, Arg::Is(libc::SOL_SOCKET as u32)),
+            (2, Arg::Is(libc::SO_PEERCRED as u32)),
+        ],
+    ),
+    ("fchmodat", libc::SYS_fchmodat, &[]),
+    (
+        "openat_creat",
+        libc::SYS_openat,
+        &[(2, Arg::Masked(libc::O_CREAT as u32, libc::O_CREAT as u32))],
+    ),
+    ("rename", SYS_RENAME, &[]),
+    ("unlink", SYS_UNLINK, &[]),
+    ("statx", libc::SYS_statx, &[]),
+    ("newfstatat", libc::SYS_newfstatat, &[]),
 ];
+
+/// The call glibc's `rename(3)` makes: `rename(2)` where the architecture has it.
+#[cfg(target_arch = "x86_64")]
+const SYS_RENAME: libc::c_long = libc::SYS_rename;
+#[cfg(not(target_arch = "x86_64"))]
+const SYS_RENAME: libc::c_long = libc::SYS_renameat;
+
+/// The call glibc's `unlink(3)` makes: `unlink(2)` where the architecture has it.
+#[cfg(target_arch = "x86_64")]
+const SYS_UNLINK: libc::c_long = libc::SYS_unlink;
+#[cfg(not(target_arch = "x86_64"))]
+const SYS_UNLINK: libc::c_long = libc::SYS_unlinkat;
 
 /// The arguments that select one form of a call: each an index and a test of its low 32 bits.
 pub type Form = &'static [(usize, Arg)];
@@ -96,6 +152,9 @@ pub type Form = &'static [(usize, Arg)];
 pub enum Arg {
     Is(u32),
     IsNot(u32),
+    /// The bits of the mask (the first) are the value (the second): `socket`'s type without
+    /// its flags, `open`'s `O_CREAT` among the others.
+    Masked(u32, u32),
 }
 
 /// One system call (or one form of it) a seccomp filter refuses, and how.
@@ -163,21 +222,25 @@ impl Filter {
             // One block per refusal: load the number; not this call, or one of its arguments
             // not the refused value: jump to the next block (`n - 1 - p` statements on from
             // the jump at `p`); else return the errno.
-            let n = 3 + 2 * r.args.len();
-            filter.push(load(nr_at));
-            filter.push(jeq(r.nr as u32, 0, (n - 2) as u8));
-            for (j, &(i, arg)) in r.args.iter().enumerate() {
-                let next = (n - 4 - 2 * j) as u8;
-                filter.push(load(arg_at(i)));
-                filter.push(match arg {
-                    Arg::Is(value) => jeq(value, 0, next),
+            let arg_len = |arg: Arg| if matches!(arg, Arg::Masked(..)) { 3 } else { 2 };
+            let n = 3 + r.args.iter().map(|&(_, a)| arg_len(a)).sum::<usize>();
+            let mut block = vec![load(nr_at), jeq(r.nr as u32, 0, (n - 2) as u8)];
+            for &(i, arg) in r.args {
+                block.push(load(arg_at(i)));
+                if let Arg::Masked(mask, _) = arg {
+                    block.push(stmt(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, mask));
+                }
+                let next = (n - 1 - block.len()) as u8;
+                block.push(match arg {
+                    Arg::Is(value) | Arg::Masked(_, value) => jeq(value, 0, next),
                     Arg::IsNot(value) => jeq(value, next, 0),
                 });
             }
-            filter.push(stmt(
+            block.push(stmt(
                 libc::BPF_RET | libc::BPF_K,
                 libc::SECCOMP_RET_ERRNO | r.errno as u32,
             ));
+            filter.extend(block);
         }
         filter.push(stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW));
         Filter(filter)
