@@ -63,6 +63,7 @@ mod events;
 mod guard;
 #[cfg(any(test, fuzzing))]
 pub(crate) mod model;
+mod probation;
 mod restart;
 mod state;
 mod stop;

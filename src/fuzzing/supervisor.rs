@@ -82,6 +82,7 @@ pub(super) fn drive(data: &[u8]) -> Summary {
         shutdown_grace: Duration::from_millis(100 * u64::from(input.byte())),
         // The header has no byte of its own for it: the window's value serves both.
         upgrade_timeout: recover_window,
+        upgrade_probation: Duration::ZERO,
     };
     let flags = input.byte();
     let mut m = Model::new(cfg);

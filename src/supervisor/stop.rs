@@ -78,7 +78,7 @@ impl Supervisor {
             give_up_at: kill.then(|| now.saturating_add(KILL_MARGIN)),
             result,
         };
-        self.maybe_done();
+        self.maybe_done(now);
     }
 
     pub(super) fn kill_all(&mut self, now: Duration) {
@@ -130,16 +130,30 @@ impl Supervisor {
         self.phase = Phase::Done(result);
     }
 
-    pub(super) fn maybe_done(&mut self) {
+    pub(super) fn maybe_done(&mut self, now: Duration) {
+        if let Phase::Probation { .. } = self.phase {
+            // The new master exited during the probation: nothing is left to roll back to.
+            if self.new_master.is_idle() {
+                self.end_probation();
+            }
+            return;
+        }
         let Phase::Stopping { result, .. } = &self.phase else {
             return;
         };
+        let result = result.clone();
         let busy = self
             .slots
             .iter()
             .any(|s| matches!(s, Slot::Running { .. } | Slot::Spawning { .. }));
-        if !busy && self.retiring.is_empty() && self.new_master.is_idle() {
-            self.phase = Phase::Done(result.clone());
+        if busy || !self.retiring.is_empty() {
+            return;
+        }
+        if self.begin_probation(now, result.is_ok()) {
+            return;
+        }
+        if self.new_master.is_idle() {
+            self.phase = Phase::Done(result);
         }
     }
 }
