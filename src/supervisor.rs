@@ -64,6 +64,8 @@ mod guard;
 #[cfg(any(test, fuzzing))]
 pub(crate) mod model;
 mod probation;
+#[cfg(test)]
+mod probation_tests;
 mod restart;
 mod state;
 mod stop;

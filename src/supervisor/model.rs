@@ -774,6 +774,13 @@ impl Model {
             | Action::HandedOver { .. }
             | Action::RolledBack { .. }
             | Action::NewMasterExited { .. } => self.perform_upgrade(action),
+            Action::Probation { .. }
+            | Action::ProbationEnded { .. }
+            | Action::HandBack { .. }
+            | Action::AskRollback { .. }
+            | Action::HandedBack { .. } => {
+                panic!("{action:?}: the model runs without an upgrade probation")
+            }
             Action::Stopping => {
                 assert!(stopping, "{action:?} without a stop");
                 assert!(!self.stopping_seen, "a second {action:?}");
