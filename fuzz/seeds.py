@@ -66,7 +66,7 @@ def scale(n):
 
 
 # header flags
-FAIL_AFTER_READY, FAIL_AFTER_SPAWN, SPAWN_COST, EXIT_ON_TERM, MANUAL_READY = 1, 8, 16, 32, 64
+FAIL_AFTER_READY, FAIL_AFTER_SPAWN, SPAWN_COST, EXIT_ON_TERM, MANUAL_READY, PROBATION = 1, 8, 16, 32, 64, 128
 
 
 def initial_spawn_failures(n):
@@ -141,6 +141,16 @@ SUP = {
     "command_stop_answers_the_waiting": sup(1, flags=MANUAL_READY, events=[READY, ALL, SPAWNCTL, C_RELOAD, SPAWNCTL,
                                                                            scale(2), SPAWNCTL, C_UPGRADE, TERM,
                                                                            SPAWNCTL, C_RELOAD, EXIT_KILLED]),
+    # Upgrade probation (as long as the window): the old master waits after the handover.
+    "probation_rollback_by_hup": sup(2, flags=PROBATION, events=[SPAWNCTL, U_USR2, SPAWNCTL, U_READY, EXIT_TERMED,
+                                                                 HUP, SPAWNCTL, U_EXIT0]),
+    "probation_rollback_asked_during_the_drain": sup(2, flags=PROBATION, events=[SPAWNCTL, U_USR2, SPAWNCTL, U_READY,
+                                                                                 SPAWNCTL, C_ROLLBACK, EXIT_TERMED]),
+    "probation_expires": sup(2, window_100ms=20, flags=PROBATION, events=[SPAWNCTL, U_USR2, SPAWNCTL, U_READY,
+                                                                          EXIT_TERMED, SPAWNCTL, C_RELOAD, DEADLINE]),
+    "probation_term_ends_it": sup(2, flags=PROBATION, events=[SPAWNCTL, U_USR2, SPAWNCTL, U_READY, EXIT_TERMED, TERM]),
+    "probation_stop_during_the_rollback": sup(2, flags=PROBATION | MANUAL_READY, events=[
+        READY, ALL, SPAWNCTL, U_USR2, SPAWNCTL, U_READY, EXIT_TERMED, SPAWNCTL, C_ROLLBACK, TERM, EXIT_TERMED]),
     # Found by fuzzing (many retiring workers, each with its own KILL deadline), kept verbatim.
     "regression_many_retiring_deadlines": bytes.fromhex(
         "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),

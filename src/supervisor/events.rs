@@ -418,25 +418,18 @@ impl Supervisor {
     /// A signal reached the master.
     pub(crate) fn on_signal(&mut self, signal: Signal, now: Duration) {
         match signal {
-            Signal::Term | Signal::Int if self.is_stopping() && self.handed_to.is_some() => {
-                // After a handover: no probation, or its end; a drain still under way is
-                // forced, as any second TERM.
+            Signal::Term | Signal::Int => {
+                // No upgrade probation after this stop, or the end of one under way.
                 self.probation_off = true;
                 match self.phase {
                     Phase::Probation { .. } => self.end_probation(),
                     Phase::Stopping {
                         kill_at: Some(_), ..
                     } => self.kill_all(now),
-                    _ => {}
+                    Phase::Stopping { .. } | Phase::Done(_) => {}
+                    _ => self.stop(now, false, Ok(())),
                 }
             }
-            Signal::Term | Signal::Int => match self.phase {
-                Phase::Stopping {
-                    kill_at: Some(_), ..
-                } => self.kill_all(now),
-                Phase::Stopping { .. } | Phase::Done(_) => {}
-                _ => self.stop(now, false, Ok(())),
-            },
             Signal::Usr2 if self.old_master.is_some() && !self.is_stopping() => {
                 let pid = self.old_master.unwrap_or_default();
                 let why = Ignored::Probation { pid };

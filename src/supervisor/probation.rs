@@ -73,7 +73,6 @@ impl Supervisor {
                 recovers: None,
             });
         }
-        self.actions.push_back(Action::Steer { active: n });
     }
 
     /// Every worker of the rollback serves: the new master is handed the service back, and

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::action::{Action, Failure, Why};
 use super::state::{KILL_MARGIN, Phase, Slot, Stop, Supervisor};
+use super::upgrade::NewMaster;
 use crate::sys::signal::Signal;
 
 impl Supervisor {
@@ -120,7 +121,10 @@ impl Supervisor {
             return;
         };
         let mut pids = self.live_pids();
-        pids.extend(self.new_master.pid());
+        // A new master on probation serves: none of the stop's.
+        if !matches!(self.new_master, NewMaster::Probation { .. }) {
+            pids.extend(self.new_master.pid());
+        }
         pids.sort_unstable();
         let result = match result {
             Ok(()) => Err(Failure::Unreaped { pids: pids.clone() }),

@@ -221,6 +221,12 @@ impl NewMaster {
                 pid,
                 signal: Signal::Term,
             });
+        } else if let NewMaster::Stopping {
+            kill_at: Some(t), ..
+        } = self
+        {
+            // Told already (handed back): KILL no later than this stop's grace period.
+            *t = (*t).min(now.saturating_add(grace));
         }
     }
 }
