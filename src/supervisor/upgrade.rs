@@ -16,6 +16,10 @@
 //!    └───────────────────────── Killed(pid) ◄┘
 //! ```
 //!
+//! With an upgrade probation, `ready` leads to `Probation(pid)` instead: the new master serves
+//! and stays watched through the probation (see `probation.rs`); the run's stop leaves it
+//! alone.
+//!
 //! A second USR2 while one is under way, or during a stop, is ignored. The run's outcome
 //! waits until the new master is handed over or gone: a master never returns while a new
 //! master it started and did not hand over to is alive.
