@@ -584,13 +584,11 @@ impl Model {
                 pid,
                 term: true,
                 kill: false,
-            } => {
-                if now >= self.new_master_kill_due() {
-                    self.upgrade_due.push_back(Action::SignalNewMaster {
-                        pid,
-                        signal: Signal::Kill,
-                    });
-                }
+            } if now >= self.new_master_kill_due() => {
+                self.upgrade_due.push_back(Action::SignalNewMaster {
+                    pid,
+                    signal: Signal::Kill,
+                });
             }
             _ => {}
         }

@@ -175,7 +175,7 @@ impl Supervisor {
     }
 
     /// On a new master: its old master while that one is on probation.
-    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn old_master(&self) -> Option<u32> {
         self.old_master
     }
