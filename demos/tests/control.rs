@@ -14,7 +14,8 @@
 //!   request: `rollback` on the control socket (the new master's, which forwards it) brings
 //!   the old program back (its greeting), the new master exits, the PID file and the control
 //!   socket name the old master again; a second upgrade during the probation is refused;
-//!   SIGHUP to the waiting old master rolls back the same way; without a rollback the old
+//!   SIGHUP to the waiting old master rolls back the same way (in exec mode too, from the old
+//!   executable, which the deploy renamed the new program over); without a rollback the old
 //!   master exits once the probation ends, and the new master serves on.
 //! * `reload` and `scale N` under load answer with the new workers' pids, without a failed
 //!   request.
@@ -315,6 +316,7 @@ fn upgraded_on_probation(
     deploy: &Deploy,
     probation: &str,
     secs: &str,
+    extra: &[&str],
 ) -> (
     Server,
     [Load; 2],
@@ -324,7 +326,9 @@ fn upgraded_on_probation(
     u32,
 ) {
     let staged = howdy(deploy);
-    let (server, socket, pid_file) = controlled(deploy, &["--upgrade-probation", probation]);
+    let mut args = vec!["--upgrade-probation", probation];
+    args.extend_from_slice(extra);
+    let (server, socket, pid_file) = controlled(deploy, &args);
     let old = server.pid();
     let running = loads(&server.addr, secs);
     thread::sleep(std::time::Duration::from_millis(500));
@@ -380,7 +384,8 @@ fn rolled_back(
 #[test]
 fn ctl_rollback_during_the_upgrade_probation_brings_the_old_program_back_under_load() {
     let deploy = Deploy::new("ctl-rollback");
-    let (server, running, socket, pid_file, old, new) = upgraded_on_probation(&deploy, "60", "6");
+    let (server, running, socket, pid_file, old, new) =
+        upgraded_on_probation(&deploy, "60", "6", &[]);
     // A second upgrade waits until the probation ends.
     let (code, line) = ctl(&socket, &["upgrade"]);
     assert_eq!(code, 1, "{line}");
@@ -401,7 +406,20 @@ fn ctl_rollback_during_the_upgrade_probation_brings_the_old_program_back_under_l
 #[test]
 fn hup_to_the_old_master_on_probation_rolls_back_under_load() {
     let deploy = Deploy::new("hup-rollback");
-    let (server, running, socket, pid_file, old, new) = upgraded_on_probation(&deploy, "60", "6");
+    let (server, running, socket, pid_file, old, new) =
+        upgraded_on_probation(&deploy, "60", "6", &[]);
+    server.signal(libc::SIGHUP);
+    server.log_line(|l| l.contains("control socket") && l.contains("taken back"));
+    rolled_back(server, running, &socket, &pid_file, old, new);
+}
+
+#[test]
+fn hup_rollback_in_exec_mode_runs_the_old_executable_again() {
+    // The deploy renamed the new program over the path: the old master's workers come from
+    // `/proc/self/exe`, the old file.
+    let deploy = Deploy::new("hup-rollback-exec");
+    let (server, running, socket, pid_file, old, new) =
+        upgraded_on_probation(&deploy, "60", "6", &["--mode", "exec"]);
     server.signal(libc::SIGHUP);
     server.log_line(|l| l.contains("control socket") && l.contains("taken back"));
     rolled_back(server, running, &socket, &pid_file, old, new);
@@ -411,7 +429,7 @@ fn hup_to_the_old_master_on_probation_rolls_back_under_load() {
 fn without_a_rollback_the_old_master_exits_when_the_probation_ends() {
     let deploy = Deploy::new("probation-ends");
     let (mut server, running, socket, pid_file, old, new) =
-        upgraded_on_probation(&deploy, "3", "6");
+        upgraded_on_probation(&deploy, "3", "6", &[]);
     let status = server.wait_master();
     assert!(status.success(), "old master: {status}\n{}", server.log());
     assert!(is_alive(new));
