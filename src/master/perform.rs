@@ -218,7 +218,10 @@ impl Master {
             }
             Action::AskRollback { pid } => {
                 log::info!("rollback: asking the old master {pid} (SIGHUP)");
+                // Only while it is still this master's parent: once it exited, its pid may
+                // name another process (the probation pipe's end then answers the client).
                 let sent = crate::sys::Pid::new(pid)
+                    .filter(|_| crate::sys::getppid() == pid)
                     .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESRCH))
                     .and_then(|p| crate::sys::kill(p, Signal::Hup));
                 if let Err(e) = sent {
