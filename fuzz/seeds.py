@@ -151,6 +151,9 @@ SUP = {
     "probation_term_ends_it": sup(2, flags=PROBATION, events=[SPAWNCTL, U_USR2, SPAWNCTL, U_READY, EXIT_TERMED, TERM]),
     "probation_stop_during_the_rollback": sup(2, flags=PROBATION | MANUAL_READY, events=[
         READY, ALL, SPAWNCTL, U_USR2, SPAWNCTL, U_READY, EXIT_TERMED, SPAWNCTL, C_ROLLBACK, TERM, EXIT_TERMED]),
+    # Found by fuzzing: a rolling restart cut short by the handover, then a rollback (its
+    # Reloaded never comes).
+    "regression_rollback_after_a_restart_cut_short": bytes([1, 3, 99, 0, 50, 128] + [0x56] * 22 + [13, 128, 13, 129, 14, 6, 13, 130]),
     # Found by fuzzing (many retiring workers, each with its own KILL deadline), kept verbatim.
     "regression_many_retiring_deadlines": bytes.fromhex(
         "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),

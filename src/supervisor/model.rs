@@ -1318,6 +1318,7 @@ impl Model {
     /// The rollback begins: the run goes on again, its workers to start.
     fn begin_rollback(&mut self, pid: u32) {
         self.probation = Probation::RollingBack { pid };
+        self.reloading = false;
         self.stop = None;
         self.expected = None;
         self.ready_seen = false;

@@ -65,9 +65,10 @@ impl Supervisor {
             self.slots.push(Slot::Closed);
             self.streak.push(0);
         }
+        // A rolling restart the handover cut short is over: its Reloaded never comes.
+        self.reloading = false;
         for slot in 0..n {
             self.slots[slot] = Slot::Spawning { recovers: None };
-            self.streak[slot] = 0;
             self.actions.push_back(Action::Spawn {
                 slot,
                 recovers: None,
