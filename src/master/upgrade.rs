@@ -258,18 +258,7 @@ pub(crate) fn inherited_report_fd() -> Option<OwnedFd> {
             return None;
         }
     };
-    if !sys::is_pipe(fd) {
-        log::warn!("{UPGRADE_FD_ENV}={fd} is not a pipe; not reporting readiness");
-        return None;
-    }
-    // SAFETY: the old master passed its readiness pipe on this number for the crate (it set
-    // the variable), and nothing else in this process takes it.
-    #[allow(unsafe_code)]
-    let fd = unsafe { sys::take_inherited(fd) }?;
-    if let Err(e) = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC) {
-        log::warn!("cannot make the upgrade pipe close-on-exec: {e}");
-    }
-    Some(fd)
+    take_pipe(UPGRADE_FD_ENV, fd, "not reporting readiness")
 }
 
 /// In a new master whose old master is on upgrade probation: the read end of the probation
@@ -278,34 +267,36 @@ pub(crate) fn inherited_report_fd() -> Option<OwnedFd> {
 pub(crate) fn inherited_probation_fd() -> Option<OwnedFd> {
     let value = std::env::var_os(PROBATION_FD_ENV)?;
     sys::remove_env_if_single_threaded(PROBATION_FD_ENV);
-    let fd = match value.to_str().and_then(|v| v.parse::<i32>().ok()) {
-        Some(fd)
-            if fd >= 3
-                && value
-                    .to_str()
-                    .is_some_and(|v| v.bytes().all(|b| b.is_ascii_digit())) =>
-        {
-            fd
-        }
-        _ => {
-            log::warn!(
-                "{PROBATION_FD_ENV}={}: expected a descriptor number from 3 on, digits only; \
-                 not on probation",
-                value.to_string_lossy()
-            );
-            return None;
-        }
+    let digits = value
+        .to_str()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+    let Some(fd) = digits
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|&fd| fd >= 3)
+    else {
+        log::warn!(
+            "{PROBATION_FD_ENV}={}: expected a descriptor number from 3 on, digits only; \
+             not on probation",
+            value.to_string_lossy()
+        );
+        return None;
     };
+    take_pipe(PROBATION_FD_ENV, fd, "not on probation")
+}
+
+/// Takes the pipe the old master passed on `fd` (named by the variable `var`), made
+/// close-on-exec; `None` (logged, with `otherwise`) when `fd` is no pipe.
+fn take_pipe(var: &str, fd: i32, otherwise: &str) -> Option<OwnedFd> {
     if !sys::is_pipe(fd) {
-        log::warn!("{PROBATION_FD_ENV}={fd} is not a pipe; not on probation");
+        log::warn!("{var}={fd} is not a pipe; {otherwise}");
         return None;
     }
-    // SAFETY: the old master passed its probation pipe on this number for the crate (it set
-    // the variable), and nothing else in this process takes it.
+    // SAFETY: the old master passed this pipe on this number for the crate (it set the
+    // variable, which was read and removed once), and nothing else in this process takes it.
     #[allow(unsafe_code)]
     let fd = unsafe { sys::take_inherited(fd) }?;
     if let Err(e) = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC) {
-        log::warn!("cannot make the probation pipe close-on-exec: {e}");
+        log::warn!("cannot make the pipe of {var} close-on-exec: {e}");
     }
     Some(fd)
 }
