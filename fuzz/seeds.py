@@ -154,6 +154,9 @@ SUP = {
     # Found by fuzzing: a rolling restart cut short by the handover, then a rollback (its
     # Reloaded never comes).
     "regression_rollback_after_a_restart_cut_short": bytes([1, 3, 99, 0, 50, 128] + [0x56] * 22 + [13, 128, 13, 129, 14, 6, 13, 130]),
+    # Found by fuzzing: a forced stop (a failing spawn hook) after a hand-back kills the new
+    # master still going.
+    "regression_forced_stop_after_a_hand_back": bytes([1, 3, 99, 0, 50, 128, 86, 86, 86, 86, 86, 86, 13, 128, 13, 129, 14, 6, 13, 86, 86, 13, 128, 13, 129, 130, 13, 129, 14, 6, 13]),
     # Found by fuzzing (many retiring workers, each with its own KILL deadline), kept verbatim.
     "regression_many_retiring_deadlines": bytes.fromhex(
         "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),

@@ -1255,6 +1255,22 @@ impl Model {
                 }
             }
         }
+        if let (
+            false,
+            None,
+            Upgrade::Going {
+                pid,
+                term: true,
+                kill: false,
+            },
+        ) = (graceful, self.stop, self.upgrade)
+        {
+            // A forced stop after a hand-back kills the new master still going.
+            self.upgrade_due.push_back(Action::SignalNewMaster {
+                pid,
+                signal: Signal::Kill,
+            });
+        }
         if self.stop.is_none() {
             // A new master not serving yet stops with the run.
             if let Upgrade::Waiting { pid, .. } = self.upgrade {
