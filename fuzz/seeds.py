@@ -148,6 +148,7 @@ SUP = {
                                                                                  SPAWNCTL, C_ROLLBACK, EXIT_TERMED]),
     "probation_expires": sup(2, window_100ms=20, flags=PROBATION, events=[SPAWNCTL, U_USR2, SPAWNCTL, U_READY,
                                                                           EXIT_TERMED, SPAWNCTL, C_RELOAD, DEADLINE]),
+    "probation_driver_fails": sup(2, flags=PROBATION, events=[SPAWNCTL, U_USR2, SPAWNCTL, U_READY, EXIT_TERMED, FAIL]),
     "probation_term_ends_it": sup(2, flags=PROBATION, events=[SPAWNCTL, U_USR2, SPAWNCTL, U_READY, EXIT_TERMED, TERM]),
     "probation_stop_during_the_rollback": sup(2, flags=PROBATION | MANUAL_READY, events=[
         READY, ALL, SPAWNCTL, U_USR2, SPAWNCTL, U_READY, EXIT_TERMED, SPAWNCTL, C_ROLLBACK, TERM, EXIT_TERMED]),

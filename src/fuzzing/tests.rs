@@ -93,6 +93,7 @@ fn supervisor_seeds_reach_their_paths() {
         ("probation_rollback_asked_during_the_drain", Box::new(going)),
         ("probation_expires", Box::new(ok)),
         ("probation_term_ends_it", Box::new(ok)),
+        ("probation_driver_fails", Box::new(external)),
         ("probation_stop_during_the_rollback", Box::new(ok)),
         (
             "stop_gives_up_on_unkillable",

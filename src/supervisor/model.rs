@@ -657,6 +657,10 @@ impl Model {
 
     /// The driver fails (a hook returned an error, a system call failed).
     pub(crate) fn fail(&mut self) {
+        if let Probation::Waiting { pid, .. } = self.probation {
+            // The probation ends with the run; the new master serves on.
+            self.probation = Probation::Ending { pid };
+        }
         self.expect_stop(false, Err(Failure::External));
         self.expected = Some(Err(Failure::External));
         self.sup.fail(self.now);

@@ -413,3 +413,13 @@ fn a_new_master_whose_old_master_ended_its_probation_upgrades_again() {
     run.sup.on_handed_back(run.now);
     assert!(run.settle().is_empty());
 }
+
+#[test]
+fn a_driver_failure_during_the_probation_ends_it_with_the_failure() {
+    let mut run = Run::new(cfg(1, 30 * SEC));
+    let (new, _) = run.hand_over();
+    run.sup.fail(run.now);
+    let acts = run.settle();
+    assert_eq!(acts, vec![Action::ProbationEnded { pid: new }]);
+    assert_eq!(run.sup.outcome(), Some(&Err(Failure::External)));
+}
