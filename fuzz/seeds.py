@@ -158,6 +158,9 @@ SUP = {
     # Found by fuzzing: a forced stop (a failing spawn hook) after a hand-back kills the new
     # master still going.
     "regression_forced_stop_after_a_hand_back": bytes([1, 3, 99, 0, 50, 128, 86, 86, 86, 86, 86, 86, 13, 128, 13, 129, 14, 6, 13, 86, 86, 13, 128, 13, 129, 130, 13, 129, 14, 6, 13]),
+    # Found by fuzzing: a rollback asked during the drain, then TERM: answered once the old
+    # workers are gone (the probation ended).
+    "regression_rollback_asked_then_term": bytes([1, 0, 202, 154, 59, 192, 10, 255, 13, 128, 13, 129, 58, 14, 13, 196, 4, 14]),
     # Found by fuzzing (many retiring workers, each with its own KILL deadline), kept verbatim.
     "regression_many_retiring_deadlines": bytes.fromhex(
         "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),

@@ -1476,15 +1476,9 @@ impl Model {
                 "{command:?} of client {client} was not answered at once"
             );
         }
-        // (A rollback asked while the old workers drain waits for them.)
-        let asked = matches!(
-            self.probation,
-            Probation::Draining {
-                asked: true,
-                off: false,
-                ..
-            }
-        );
+        // (A rollback asked while the old workers drain waits for them, even when a stop
+        // came since: it is answered when the probation ends, once they are gone.)
+        let asked = matches!(self.probation, Probation::Draining { asked: true, .. });
         assert!(
             !stopping
                 || self
