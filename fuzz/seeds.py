@@ -161,6 +161,9 @@ SUP = {
     # Found by fuzzing: a rollback asked during the drain, then TERM: answered once the old
     # workers are gone (the probation ended).
     "regression_rollback_asked_then_term": bytes([1, 0, 202, 154, 59, 192, 10, 255, 13, 128, 13, 129, 58, 14, 13, 196, 4, 14]),
+    # Found by fuzzing: TERM during the rollback's start, then `rollback`: refused (the
+    # stop), not joined to the rollback the stop ended.
+    "regression_rollback_after_a_stop_of_the_rollback": bytes([1, 3, 99, 0, 50, 192, 10, 255, 13, 128, 13, 129, 14, 45, 196, 4, 10, 255, 13, 128, 13, 14, 189, 220, 220, 220, 220, 220, 220, 220, 189, 189]),
     # Found by fuzzing (many retiring workers, each with its own KILL deadline), kept verbatim.
     "regression_many_retiring_deadlines": bytes.fromhex(
         "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),

@@ -45,6 +45,9 @@ impl Supervisor {
         self.restart_queue.clear();
         self.restarting = None;
         self.hup_pending = false;
+        // A rollback whose workers were starting is over: the service stays with the new
+        // master (a `rollback` is no longer joined, see `answer_all_waiting`).
+        self.rolling_back = None;
         self.answer_all_waiting();
         for s in self.slots.iter_mut() {
             // A spawning slot's action was queued, and has just been dropped.
