@@ -164,6 +164,9 @@ SUP = {
     # Found by fuzzing: TERM during the rollback's start, then `rollback`: refused (the
     # stop), not joined to the rollback the stop ended.
     "regression_rollback_after_a_stop_of_the_rollback": bytes([1, 3, 99, 0, 50, 192, 10, 255, 13, 128, 13, 129, 14, 45, 196, 4, 10, 255, 13, 128, 13, 14, 189, 220, 220, 220, 220, 220, 220, 220, 189, 189]),
+    # Found by fuzzing: a recycled worker still retiring at a handover with a probation, then
+    # a rollback: its slot is not closed (the rollback brings it back).
+    "regression_retiring_at_a_handover_then_rollback": bytes.fromhex("019c00322a800d6d6d800d813a0e0d00000606060606060e0d000006060606060635000006060606060606060606060606060606060000800dc201"),
     # Found by fuzzing (many retiring workers, each with its own KILL deadline), kept verbatim.
     "regression_many_retiring_deadlines": bytes.fromhex(
         "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),

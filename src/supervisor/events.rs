@@ -306,7 +306,11 @@ impl Supervisor {
                 self.restarting = None;
                 self.advance_restart();
             }
-            if self.slots[r.slot] == Slot::Closed && self.slot_unused(r.slot) {
+            // A slot in service at a handover with a probation keeps what the driver holds
+            // for it: a rollback brings it back.
+            let kept = matches!(self.new_master, NewMaster::Probation { .. })
+                && r.slot < self.handover_slots;
+            if self.slots[r.slot] == Slot::Closed && self.slot_unused(r.slot) && !kept {
                 self.actions.push_back(Action::Closed { slot: r.slot });
             }
             self.maybe_done(now);
