@@ -167,6 +167,9 @@ SUP = {
     # Found by fuzzing: a recycled worker still retiring at a handover with a probation, then
     # a rollback: its slot is not closed (the rollback brings it back).
     "regression_retiring_at_a_handover_then_rollback": bytes.fromhex("019c00322a800d6d6d800d813a0e0d00000606060606060e0d000006060606060635000006060606060606060606060606060606060000800dc201"),
+    # Found by fuzzing: a rollback asked during the drain, then the new master exits: the
+    # probation ends with it, and the rollback is answered.
+    "regression_new_master_exits_with_a_rollback_asked": bytes.fromhex("0103630032c00affffffffffffff0dff0d800d81080dc44343c4040aff0d800d0ebd033db4bdbdbdbdbdbdbdffffffffffffff"),
     # Found by fuzzing (many retiring workers, each with its own KILL deadline), kept verbatim.
     "regression_many_retiring_deadlines": bytes.fromhex(
         "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),

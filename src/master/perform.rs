@@ -178,7 +178,10 @@ impl Master {
                 }
             }
             Action::ProbationEnded { pid } => {
-                log::info!("upgrade probation ended: the new master {pid} serves; exiting");
+                log::info!(
+                    "upgrade probation ended: no rollback to the new master {pid} any more; \
+                     this master exits once its workers are gone"
+                );
                 // Not waited for: it serves on, this master's child until it exits.
                 self.forget_upgrade();
             }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use super::action::{Action, Cause, Config, Exited, Failure, Ignored, Why};
+use super::command::{Answer, Refusal};
 use super::guard::{Guard, Tripped};
 use super::state::{
     FAST_CRASH, Forwarded, MAX_BACKOFF_FACTOR, Phase, SPAWN_RETRY_DELAY, Slot, Stop, Supervisor,
@@ -178,8 +179,15 @@ impl Supervisor {
 
     /// A child `pid` that is no worker was reaped: returns whether it was the new master.
     pub(crate) fn on_upgrade_exit(&mut self, pid: u32, exit: WorkerExit, now: Duration) -> bool {
+        let on_probation = self.new_master == (NewMaster::Probation { pid });
         let ours = self.new_master.on_exit(pid, exit, &mut self.actions);
         self.answer_upgrade_outcome();
+        if on_probation && self.rolling_back != Some(pid) {
+            // Nothing is left to roll back to: the probation ends with the new master.
+            self.rollback_asked = false;
+            self.actions.push_back(Action::ProbationEnded { pid });
+            self.answer_rollbacks(&Answer::Refused(Refusal::ProbationEnded { pid }));
+        }
         if ours {
             self.maybe_done(now);
         }

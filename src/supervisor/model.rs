@@ -485,7 +485,7 @@ impl Model {
             Upgrade::Probation { pid } => {
                 // A rollback under way goes on without it; else the probation ends with it.
                 if !matches!(self.probation, Probation::RollingBack { .. }) {
-                    self.probation = Probation::None;
+                    self.probation = Probation::Ending { pid };
                 }
                 (pid, Action::NewMasterExited { pid, exit: how })
             }
@@ -1384,7 +1384,12 @@ impl Model {
                     _ => false,
                 };
                 assert!(due, "{action:?} while {:?}", self.probation);
-                assert_eq!(self.upgrade, Upgrade::Probation { pid }, "{action:?}");
+                assert!(
+                    matches!(self.upgrade, Upgrade::Probation { pid: p } if p == pid)
+                        || self.upgrade == Upgrade::Idle,
+                    "{action:?} with {:?}",
+                    self.upgrade
+                );
                 self.probation = Probation::None;
                 self.upgrade = Upgrade::Idle;
             }

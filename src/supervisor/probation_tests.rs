@@ -312,10 +312,13 @@ fn the_new_master_exiting_during_the_probation_ends_it() {
     let acts = run.settle();
     assert_eq!(
         acts,
-        vec![Action::NewMasterExited {
-            pid: new,
-            exit: WorkerExit::Code(0)
-        }]
+        vec![
+            Action::NewMasterExited {
+                pid: new,
+                exit: WorkerExit::Code(0)
+            },
+            Action::ProbationEnded { pid: new }
+        ]
     );
     assert_eq!(run.sup.outcome(), Some(&Ok(())));
 }
