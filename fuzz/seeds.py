@@ -170,6 +170,9 @@ SUP = {
     # Found by fuzzing: a rollback asked during the drain, then the new master exits: the
     # probation ends with it, and the rollback is answered.
     "regression_new_master_exits_with_a_rollback_asked": bytes.fromhex("0103630032c00affffffffffffff0dff0d800d81080dc44343c4040aff0d800d0ebd033db4bdbdbdbdbdbdbdffffffffffffff"),
+    # Found by fuzzing: a failure during the rollback's start, then `rollback`: refused at
+    # once (a failing run never rolls back).
+    "regression_rollback_after_a_failure": bytes.fromhex("0103630032c00aff0d800d81ed51ededededededededededededededed0aff0d80ededededededededed00ca9a263bededededededededed0dc401ffffffffffffdfff14aad30e"),
     # Found by fuzzing (many retiring workers, each with its own KILL deadline), kept verbatim.
     "regression_many_retiring_deadlines": bytes.fromhex(
         "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),

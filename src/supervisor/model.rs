@@ -1323,7 +1323,7 @@ impl Model {
             }
             Probation::Draining {
                 pid, off: false, ..
-            } => {
+            } if self.expected == Some(Ok(())) => {
                 self.probation = Probation::Draining {
                     pid,
                     asked: true,

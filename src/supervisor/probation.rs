@@ -44,7 +44,10 @@ impl Supervisor {
                 self.roll_back(now);
                 true
             }
-            Phase::Stopping { .. } if self.handed_to.is_some() && !self.probation_off => {
+            // Not after a failure: the run ends with it.
+            Phase::Stopping { result: Ok(()), .. }
+                if self.handed_to.is_some() && !self.probation_off =>
+            {
                 self.rollback_asked = true;
                 true
             }
