@@ -173,6 +173,9 @@ SUP = {
     # Found by fuzzing: a failure during the rollback's start, then `rollback`: refused at
     # once (a failing run never rolls back).
     "regression_rollback_after_a_failure": bytes.fromhex("0103630032c00aff0d800d81ed51ededededededededededededededed0aff0d80ededededededededed00ca9a263bededededededededed0dc401ffffffffffffdfff14aad30e"),
+    # Found by fuzzing: a forced stop while the handed-back new master's KILL is already due:
+    # one KILL.
+    "regression_forced_stop_with_a_kill_due": bytes.fromhex("00fe630632805656565656560d800d810e060d56560d800d81860d81400e060d"),
     # Found by fuzzing (many retiring workers, each with its own KILL deadline), kept verbatim.
     "regression_many_retiring_deadlines": bytes.fromhex(
         "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),

@@ -1269,11 +1269,14 @@ impl Model {
             },
         ) = (graceful, self.stop, self.upgrade)
         {
-            // A forced stop after a hand-back kills the new master still going.
-            self.upgrade_due.push_back(Action::SignalNewMaster {
+            // A forced stop after a hand-back kills the new master still going (once).
+            let kill = Action::SignalNewMaster {
                 pid,
                 signal: Signal::Kill,
-            });
+            };
+            if !self.upgrade_due.contains(&kill) {
+                self.upgrade_due.push_back(kill);
+            }
         }
         if self.stop.is_none() {
             // A new master not serving yet stops with the run.
