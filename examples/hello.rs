@@ -28,7 +28,9 @@
 //!
 //! `--grace SECS` sets how long the master waits for a draining worker before KILL (default
 //! 5 s), `--upgrade-timeout SECS` how long a new master started by `USR2` gets to be ready
-//! (default 60 s).
+//! (default 60 s), `--upgrade-probation SECS` how long the old master of an upgrade waits,
+//! its workers gone, for a rollback (`hello ctl rollback`, or SIGHUP to the old master) before
+//! it exits (default 0: no probation).
 //!
 //! `--control PATH` opens the master's control socket at `PATH`, `--pid-file PATH` writes the
 //! master's pid there once it serves. `hello ctl --control PATH COMMAND` is the control
@@ -69,7 +71,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(msg) => {
             eprintln!(
-                "hello: {msg}\nusage: hello [--workers N] [--addr HOST:PORT|unix:PATH]... [--unix-mode OCTAL] [--mode fork|exec|auto] [--network tcp|tcp4|tcp6] [--reuseport] [--run] [--grace SECS] [--upgrade-timeout SECS] [--control PATH] [--pid-file PATH]\n       hello ctl --control PATH status|metrics|reload|upgrade|rollback|scale N|stop"
+                "hello: {msg}\nusage: hello [--workers N] [--addr HOST:PORT|unix:PATH]... [--unix-mode OCTAL] [--mode fork|exec|auto] [--network tcp|tcp4|tcp6] [--reuseport] [--run] [--grace SECS] [--upgrade-timeout SECS] [--upgrade-probation SECS] [--control PATH] [--pid-file PATH]\n       hello ctl --control PATH status|metrics|reload|upgrade|rollback|scale N|stop"
             );
             return ExitCode::from(2);
         }
@@ -80,6 +82,9 @@ fn main() -> ExitCode {
         .reuseport(args.reuseport);
     if let Some(grace) = args.grace {
         prefork = prefork.shutdown_grace(grace);
+    }
+    if let Some(probation) = args.upgrade_probation {
+        prefork = prefork.upgrade_probation(probation);
     }
     if let Some(timeout) = args.upgrade_timeout {
         prefork = prefork.upgrade_timeout(timeout);
@@ -373,6 +378,7 @@ struct Args {
     run: bool,
     grace: Option<Duration>,
     upgrade_timeout: Option<Duration>,
+    upgrade_probation: Option<Duration>,
     control: Option<String>,
     pid_file: Option<String>,
 }
@@ -389,6 +395,7 @@ impl Args {
             run: false,
             grace: None,
             upgrade_timeout: None,
+            upgrade_probation: None,
             control: None,
             pid_file: None,
         };
@@ -432,6 +439,10 @@ impl Args {
                 "--upgrade-timeout" => {
                     let v = value("--upgrade-timeout")?;
                     out.upgrade_timeout = Some(seconds("--upgrade-timeout", &v)?);
+                }
+                "--upgrade-probation" => {
+                    let v = value("--upgrade-probation")?;
+                    out.upgrade_probation = Some(seconds("--upgrade-probation", &v)?);
                 }
                 "--control" => out.control = Some(value("--control")?),
                 "--pid-file" => out.pid_file = Some(value("--pid-file")?),

@@ -66,7 +66,7 @@ def scale(n):
 
 
 # header flags
-FAIL_AFTER_READY, FAIL_AFTER_SPAWN, SPAWN_COST, EXIT_ON_TERM, MANUAL_READY = 1, 8, 16, 32, 64
+FAIL_AFTER_READY, FAIL_AFTER_SPAWN, SPAWN_COST, EXIT_ON_TERM, MANUAL_READY, PROBATION = 1, 8, 16, 32, 64, 128
 
 
 def initial_spawn_failures(n):
@@ -141,6 +141,41 @@ SUP = {
     "command_stop_answers_the_waiting": sup(1, flags=MANUAL_READY, events=[READY, ALL, SPAWNCTL, C_RELOAD, SPAWNCTL,
                                                                            scale(2), SPAWNCTL, C_UPGRADE, TERM,
                                                                            SPAWNCTL, C_RELOAD, EXIT_KILLED]),
+    # Upgrade probation (as long as the window): the old master waits after the handover.
+    "probation_rollback_by_hup": sup(2, flags=PROBATION, events=[SPAWNCTL, U_USR2, SPAWNCTL, U_READY, EXIT_TERMED,
+                                                                 HUP, SPAWNCTL, U_EXIT0]),
+    "probation_rollback_asked_during_the_drain": sup(2, flags=PROBATION, events=[SPAWNCTL, U_USR2, SPAWNCTL, U_READY,
+                                                                                 SPAWNCTL, C_ROLLBACK, EXIT_TERMED]),
+    "probation_expires": sup(2, window_100ms=20, flags=PROBATION, events=[SPAWNCTL, U_USR2, SPAWNCTL, U_READY,
+                                                                          EXIT_TERMED, SPAWNCTL, C_RELOAD, DEADLINE]),
+    "probation_driver_fails": sup(2, flags=PROBATION, events=[SPAWNCTL, U_USR2, SPAWNCTL, U_READY, EXIT_TERMED, FAIL]),
+    "probation_term_ends_it": sup(2, flags=PROBATION, events=[SPAWNCTL, U_USR2, SPAWNCTL, U_READY, EXIT_TERMED, TERM]),
+    "probation_stop_during_the_rollback": sup(2, flags=PROBATION | MANUAL_READY, events=[
+        READY, ALL, SPAWNCTL, U_USR2, SPAWNCTL, U_READY, EXIT_TERMED, SPAWNCTL, C_ROLLBACK, TERM, EXIT_TERMED]),
+    # Found by fuzzing: a rolling restart cut short by the handover, then a rollback (its
+    # Reloaded never comes).
+    "regression_rollback_after_a_restart_cut_short": bytes([1, 3, 99, 0, 50, 128] + [0x56] * 22 + [13, 128, 13, 129, 14, 6, 13, 130]),
+    # Found by fuzzing: a forced stop (a failing spawn hook) after a hand-back kills the new
+    # master still going.
+    "regression_forced_stop_after_a_hand_back": bytes([1, 3, 99, 0, 50, 128, 86, 86, 86, 86, 86, 86, 13, 128, 13, 129, 14, 6, 13, 86, 86, 13, 128, 13, 129, 130, 13, 129, 14, 6, 13]),
+    # Found by fuzzing: a rollback asked during the drain, then TERM: answered once the old
+    # workers are gone (the probation ended).
+    "regression_rollback_asked_then_term": bytes([1, 0, 202, 154, 59, 192, 10, 255, 13, 128, 13, 129, 58, 14, 13, 196, 4, 14]),
+    # Found by fuzzing: TERM during the rollback's start, then `rollback`: refused (the
+    # stop), not joined to the rollback the stop ended.
+    "regression_rollback_after_a_stop_of_the_rollback": bytes([1, 3, 99, 0, 50, 192, 10, 255, 13, 128, 13, 129, 14, 45, 196, 4, 10, 255, 13, 128, 13, 14, 189, 220, 220, 220, 220, 220, 220, 220, 189, 189]),
+    # Found by fuzzing: a recycled worker still retiring at a handover with a probation, then
+    # a rollback: its slot is not closed (the rollback brings it back).
+    "regression_retiring_at_a_handover_then_rollback": bytes.fromhex("019c00322a800d6d6d800d813a0e0d00000606060606060e0d000006060606060635000006060606060606060606060606060606060000800dc201"),
+    # Found by fuzzing: a rollback asked during the drain, then the new master exits: the
+    # probation ends with it, and the rollback is answered.
+    "regression_new_master_exits_with_a_rollback_asked": bytes.fromhex("0103630032c00affffffffffffff0dff0d800d81080dc44343c4040aff0d800d0ebd033db4bdbdbdbdbdbdbdffffffffffffff"),
+    # Found by fuzzing: a failure during the rollback's start, then `rollback`: refused at
+    # once (a failing run never rolls back).
+    "regression_rollback_after_a_failure": bytes.fromhex("0103630032c00aff0d800d81ed51ededededededededededededededed0aff0d80ededededededededed00ca9a263bededededededededed0dc401ffffffffffffdfff14aad30e"),
+    # Found by fuzzing: a forced stop while the handed-back new master's KILL is already due:
+    # one KILL.
+    "regression_forced_stop_with_a_kill_due": bytes.fromhex("00fe630632805656565656560d800d810e060d56560d800d81860d81400e060d"),
     # Found by fuzzing (many retiring workers, each with its own KILL deadline), kept verbatim.
     "regression_many_retiring_deadlines": bytes.fromhex(
         "0d0000006900000000636302ff000000ffff07ffd8d8d8d8d8d8ff3002"),

@@ -73,6 +73,7 @@ pub struct Prefork {
     network: Network,
     reuseport: bool,
     upgrade_timeout: Duration,
+    upgrade_probation: Duration,
     health: HealthChecks,
     cpu_affinity: bool,
     user: Option<String>,
@@ -103,6 +104,7 @@ impl std::fmt::Debug for Prefork {
             .field("network", &self.network)
             .field("reuseport", &self.reuseport)
             .field("upgrade_timeout", &self.upgrade_timeout)
+            .field("upgrade_probation", &self.upgrade_probation)
             .field("health", &self.health)
             .field("cpu_affinity", &self.cpu_affinity)
             .field("user", &self.user)
@@ -129,6 +131,7 @@ impl Prefork {
             network: Network::Tcp4,
             reuseport: false,
             upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
+            upgrade_probation: Duration::ZERO,
             health: HealthChecks::default(),
             cpu_affinity: false,
             user: None,
@@ -284,6 +287,21 @@ impl Prefork {
     /// inside `serve`; after that it is killed and this master keeps serving. Default: 60 s.
     pub fn upgrade_timeout(mut self, d: Duration) -> Self {
         self.upgrade_timeout = d;
+        self
+    }
+
+    /// Keeps the old master of a binary upgrade for `d` after the new master serves, so that
+    /// the upgrade can be rolled back: its workers drain and exit as without a probation, but
+    /// it waits, its listening sockets open, the new master still its watched child. A
+    /// rollback (`SIGHUP` to the old master, or the `rollback` command on either master's
+    /// control socket) starts the old program's workers again; once they serve, the new
+    /// master is told to stop without touching the shared sockets, and the old master takes
+    /// the control socket's path and the PID file back. When `d` ends without a rollback,
+    /// the old master exits. The new master refuses upgrades of its own until then. See
+    /// `docs/protocol.md` ("Upgrade probation"). Default: zero (the old master exits once
+    /// its workers are gone).
+    pub fn upgrade_probation(mut self, d: Duration) -> Self {
+        self.upgrade_probation = d;
         self
     }
 
@@ -804,6 +822,7 @@ impl Prefork {
             recover_interval: self.recover_interval,
             shutdown_grace: self.shutdown_grace,
             upgrade_timeout: self.upgrade_timeout,
+            upgrade_probation: self.upgrade_probation,
         })
     }
 }

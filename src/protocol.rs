@@ -46,6 +46,10 @@ pub const READY_FD: RawFd = 4;
 /// The descriptor on which a new master started by a binary upgrade reports to the old one
 /// that all its workers are ready (this crate's).
 pub const UPGRADE_FD_ENV: &str = "PREFORK_UPGRADE_FD";
+/// The descriptor on which a new master reads from its old master while that one is on
+/// upgrade probation (this crate's): `HANDBACK` when the old master took the service back,
+/// the end of the pipe when the probation ended.
+pub const PROBATION_FD_ENV: &str = "PREFORK_PROBATION_FD";
 /// systemd socket activation: the pid the passed descriptors are meant for.
 pub const LISTEN_PID_ENV: &str = "LISTEN_PID";
 /// systemd socket activation: how many descriptors were passed, from fd 3 on.

@@ -63,6 +63,9 @@ mod events;
 mod guard;
 #[cfg(any(test, fuzzing))]
 pub(crate) mod model;
+mod probation;
+#[cfg(test)]
+mod probation_tests;
 mod restart;
 mod state;
 mod stop;

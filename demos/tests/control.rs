@@ -10,6 +10,13 @@
 //!   serving with the same workers, without a failed request, and the PID file still names
 //!   it. While the hanging upgrade waits for its answer, a second client is answered at
 //!   once, with the upgrade under way in its status.
+//! * Upgrade probation (`--upgrade-probation`), under loopback load, without a failed
+//!   request: `rollback` on the control socket (the new master's, which forwards it) brings
+//!   the old program back (its greeting), the new master exits, the PID file and the control
+//!   socket name the old master again; a second upgrade during the probation is refused;
+//!   SIGHUP to the waiting old master rolls back the same way (in exec mode too, from the old
+//!   executable, which the deploy renamed the new program over); without a rollback the old
+//!   master exits once the probation ends, and the new master serves on.
 //! * `reload` and `scale N` under load answer with the new workers' pids, without a failed
 //!   request.
 
@@ -24,7 +31,7 @@ use std::path::Path;
 use std::process::Command;
 use std::thread;
 
-use common::{Deploy, Load, Server, all_ok, children, hello_example, quoted};
+use common::{Deploy, Hello, Load, Server, all_ok, children, get, hello_example, quoted};
 use support::process::wait_for;
 use support::procfs::is_alive;
 
@@ -279,4 +286,172 @@ fn ctl_reload_and_scale_answer_with_the_new_workers_under_load() {
     assert_eq!(code, 0);
     let (status, log) = server.wait_exit();
     assert!(status.success(), "master: {status}\n{log}");
+}
+
+/// The next program for the probation cases: the same build, greeting `Howdy`.
+fn howdy(deploy: &Deploy) -> std::path::PathBuf {
+    deploy.stage(
+        &format!(
+            "#!/bin/sh\nHELLO_GREETING=Howdy exec {} \"$@\"\n",
+            quoted(&hello_example())
+        ),
+        0o755,
+    )
+}
+
+/// The greeting of an answer from `addr`.
+fn greeting(addr: &str) -> String {
+    let (code, _, body) = get(addr, "/");
+    assert_eq!(code, 200, "{body}");
+    Hello::parse(&body)
+        .unwrap_or_else(|| panic!("an answer of hello: {body:?}"))
+        .greeting
+}
+
+/// Starts a server with an upgrade probation of `probation` seconds under load, upgrades
+/// it with `hello ctl upgrade`, and waits until the old master is on probation (its workers
+/// gone, itself alive). Returns the server, the loads, the control socket, the PID file,
+/// and the old and new masters' pids.
+fn upgraded_on_probation(
+    deploy: &Deploy,
+    probation: &str,
+    secs: &str,
+    extra: &[&str],
+) -> (
+    Server,
+    [Load; 2],
+    std::path::PathBuf,
+    std::path::PathBuf,
+    u32,
+    u32,
+) {
+    let staged = howdy(deploy);
+    let mut args = vec!["--upgrade-probation", probation];
+    args.extend_from_slice(extra);
+    let (server, socket, pid_file) = controlled(deploy, &args);
+    let old = server.pid();
+    let running = loads(&server.addr, secs);
+    thread::sleep(std::time::Duration::from_millis(500));
+    deploy.replace(&staged);
+    let (code, line) = ctl(&socket, &["upgrade"]);
+    assert_eq!(code, 0, "{line}\n{}", server.log());
+    let new = reply(&line)["pid"].as_u64().expect("the new master's pid") as u32;
+    server.adopt(new);
+    assert_eq!(pid_in(&pid_file), new);
+    server.log_line(|l| l.contains("upgrade probation: the old workers are gone"));
+    assert!(is_alive(old), "the old master waits\n{}", server.log());
+    assert_eq!(
+        children(old),
+        BTreeSet::from([new]),
+        "the old master's only child is the new master"
+    );
+    assert_eq!(greeting(&server.addr), "Howdy");
+    (server, running, socket, pid_file, old, new)
+}
+
+/// After a rollback: the old master serves the old program again under its PID file and
+/// control socket, the new master is gone, no request failed; then `stop` ends it all.
+fn rolled_back(
+    mut server: Server,
+    running: [Load; 2],
+    socket: &Path,
+    pid_file: &Path,
+    old: u32,
+    new: u32,
+) {
+    wait_for("the new master exits", || !is_alive(new));
+    assert_eq!(pid_in(pid_file), old, "the PID file names the old master");
+    let (code, line) = ctl(socket, &["status"]);
+    assert_eq!(code, 0, "{line}");
+    let status = reply(&line);
+    assert_eq!(
+        status["master"]["pid"].as_u64(),
+        Some(u64::from(old)),
+        "{line}"
+    );
+    assert_eq!(children(old).len(), WORKERS, "{line}");
+    assert_eq!(greeting(&server.addr), "Hello");
+    for report in running.map(Load::finish) {
+        all_ok(&report);
+    }
+    let (code, _) = ctl(socket, &["stop"]);
+    assert_eq!(code, 0);
+    let (status, log) = server.wait_exit();
+    assert!(status.success(), "master: {status}\n{log}");
+    assert!(!socket.exists() && !pid_file.exists(), "{log}");
+}
+
+#[test]
+fn ctl_rollback_during_the_upgrade_probation_brings_the_old_program_back_under_load() {
+    let deploy = Deploy::new("ctl-rollback");
+    let (server, running, socket, pid_file, old, new) =
+        upgraded_on_probation(&deploy, "60", "6", &[]);
+    // A second upgrade waits until the probation ends.
+    let (code, line) = ctl(&socket, &["upgrade"]);
+    assert_eq!(code, 1, "{line}");
+    let error = reply(&line)["error"].as_str().expect("an error").to_owned();
+    assert!(
+        error.contains("probation") && error.contains(&old.to_string()),
+        "{line}"
+    );
+    // The new master's socket forwards the rollback to the old master.
+    let (code, line) = ctl(&socket, &["rollback"]);
+    assert_eq!(code, 0, "{line}\n{}", server.log());
+    let r = reply(&line);
+    assert_eq!(r["rolled_back"].as_bool(), Some(true), "{line}");
+    assert_eq!(r["pid"].as_u64(), Some(u64::from(old)), "{line}");
+    rolled_back(server, running, &socket, &pid_file, old, new);
+}
+
+#[test]
+fn hup_to_the_old_master_on_probation_rolls_back_under_load() {
+    let deploy = Deploy::new("hup-rollback");
+    let (server, running, socket, pid_file, old, new) =
+        upgraded_on_probation(&deploy, "60", "6", &[]);
+    server.signal(libc::SIGHUP);
+    server.log_line(|l| l.contains("control socket") && l.contains("taken back"));
+    rolled_back(server, running, &socket, &pid_file, old, new);
+}
+
+#[test]
+fn hup_rollback_in_exec_mode_runs_the_old_executable_again() {
+    // The deploy renamed the new program over the path: the old master's workers come from
+    // `/proc/self/exe`, the old file.
+    let deploy = Deploy::new("hup-rollback-exec");
+    let (server, running, socket, pid_file, old, new) =
+        upgraded_on_probation(&deploy, "60", "6", &["--mode", "exec"]);
+    server.signal(libc::SIGHUP);
+    server.log_line(|l| l.contains("control socket") && l.contains("taken back"));
+    rolled_back(server, running, &socket, &pid_file, old, new);
+}
+
+#[test]
+fn without_a_rollback_the_old_master_exits_when_the_probation_ends() {
+    let deploy = Deploy::new("probation-ends");
+    let (mut server, running, socket, pid_file, old, new) =
+        upgraded_on_probation(&deploy, "3", "6", &[]);
+    let status = server.wait_master();
+    assert!(status.success(), "old master: {status}\n{}", server.log());
+    assert!(is_alive(new));
+    assert_eq!(pid_in(&pid_file), new);
+    let (code, line) = ctl(&socket, &["status"]);
+    assert_eq!(code, 0, "{line}");
+    assert_eq!(
+        reply(&line)["master"]["pid"].as_u64(),
+        Some(u64::from(new)),
+        "{line}"
+    );
+    // Nothing to roll back to any more; upgrades are possible again (not tried here).
+    let (code, line) = ctl(&socket, &["rollback"]);
+    assert_eq!(code, 1, "{line}");
+    assert_eq!(greeting(&server.addr), "Howdy");
+    for report in running.map(Load::finish) {
+        all_ok(&report);
+    }
+    let _ = old;
+    let (code, _) = ctl(&socket, &["stop"]);
+    assert_eq!(code, 0);
+    let (_, log) = server.wait_exit();
+    wait_for("the new master exits", || !is_alive(new));
+    assert!(!socket.exists() && !pid_file.exists(), "{log}");
 }

@@ -28,7 +28,9 @@ const MAX_SLOTS: usize = 32;
 /// bit 3 fails the run after the first spawn (a failing `on_child_spawn` hook), bit 4 makes
 /// each performed spawn take 1 ms, bit 5 makes workers exit on TERM in the final shutdown
 /// (otherwise they wait for KILL), bit 6 makes workers report ready only through event 10
-/// (otherwise each reports ready right after its spawn).
+/// (otherwise each reports ready right after its spawn), bit 7 gives upgrades a probation as
+/// long as the recover window (the old master waits after a handover; HUP and `rollback`
+/// roll back, see `upgrade_event`).
 ///
 /// Event: the opcode's high nibble advances time by that many × 50 ms first; the low nibble
 /// selects
@@ -82,8 +84,17 @@ pub(super) fn drive(data: &[u8]) -> Summary {
         shutdown_grace: Duration::from_millis(100 * u64::from(input.byte())),
         // The header has no byte of its own for it: the window's value serves both.
         upgrade_timeout: recover_window,
+        upgrade_probation: Duration::ZERO,
     };
     let flags = input.byte();
+    let cfg = Config {
+        upgrade_probation: if flags & 0x80 != 0 {
+            recover_window
+        } else {
+            Duration::ZERO
+        },
+        ..cfg
+    };
     let mut m = Model::new(cfg);
     m.fail_after_ready = flags & 0x01 != 0;
     m.spawn_failures = u32::from((flags >> 1) & 3);

@@ -89,6 +89,12 @@ fn supervisor_seeds_reach_their_paths() {
         ("upgrade_term_stops_both", Box::new(ok)),
         ("upgrade_usr2_twice", Box::new(ok)),
         ("upgrade_during_hup_ttin_ttou", Box::new(ok)),
+        ("probation_rollback_by_hup", Box::new(going)),
+        ("probation_rollback_asked_during_the_drain", Box::new(going)),
+        ("probation_expires", Box::new(ok)),
+        ("probation_term_ends_it", Box::new(ok)),
+        ("probation_driver_fails", Box::new(external)),
+        ("probation_stop_during_the_rollback", Box::new(ok)),
         (
             "stop_gives_up_on_unkillable",
             Box::new(
@@ -185,6 +191,35 @@ fn supervisor_seeds_reach_their_paths() {
     if let Some(r) = run("upgrade_during_hup_ttin_ttou") {
         assert_eq!(count(&r.log, |a| matches!(a, Action::HandedOver { .. })), 1);
         assert_eq!(count(&r.log, reloaded), 1);
+    }
+    let probation = |a: &Action| matches!(a, Action::Probation { .. });
+    let ended = |a: &Action| matches!(a, Action::ProbationEnded { .. });
+    let handback = |a: &Action| matches!(a, Action::HandBack { .. });
+    if let Some(r) = run("probation_rollback_by_hup") {
+        assert_eq!(count(&r.log, probation), 1);
+        assert_eq!(count(&r.log, handback), 1);
+        assert_eq!(
+            count(&r.log, |a| matches!(a, Action::NewMasterExited { .. })),
+            1
+        );
+        // 2 initial workers, 2 of the rollback.
+        assert_eq!(count(&r.log, spawns), 4);
+    }
+    if let Some(r) = run("probation_rollback_asked_during_the_drain") {
+        assert_eq!(count(&r.log, probation), 0);
+        assert_eq!(count(&r.log, handback), 1);
+    }
+    if let Some(r) = run("probation_expires") {
+        assert_eq!(count(&r.log, probation), 1);
+        assert_eq!(count(&r.log, ended), 1);
+        assert_eq!(count(&r.log, handback), 0);
+    }
+    if let Some(r) = run("probation_term_ends_it") {
+        assert_eq!(count(&r.log, ended), 1);
+    }
+    if let Some(r) = run("probation_stop_during_the_rollback") {
+        assert_eq!(count(&r.log, handback), 0);
+        assert_eq!(count(&r.log, ended), 1);
     }
     if let Some(r) = run("ttin_ttou") {
         assert_eq!(r.slots, 3);

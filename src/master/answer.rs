@@ -67,6 +67,13 @@ pub(crate) fn render(
         Answer::Upgraded { pid } => {
             let _ = write!(out, ",\"pid\":{pid}");
         }
+        Answer::Restored { pids } => {
+            let _ = write!(out, ",\"rolled_back\":true,\"pid\":{}", facts.pid);
+            pids_field(&mut out, pids);
+        }
+        Answer::HandedBack { pid } => {
+            let _ = write!(out, ",\"rolled_back\":true,\"pid\":{pid}");
+        }
         Answer::RolledBack(why) => {
             let (reason, text) = match why {
                 Rollback::ExecFailed => (
@@ -118,6 +125,18 @@ fn refusal(why: Refusal) -> String {
             "nothing to roll back to: this master keeps no old one (no upgrade probation)"
                 .to_owned()
         }
+        Refusal::Probation { pid } => format!(
+            "this old master is on upgrade probation after handing over to the new master \
+             {pid}: only status, metrics, rollback and stop apply"
+        ),
+        Refusal::ProbationOf { pid } => format!(
+            "no upgrade during the upgrade probation: the old master {pid} can still roll \
+             back; upgrade once it ended"
+        ),
+        Refusal::ProbationEnded { pid } => format!(
+            "nothing to roll back to: the upgrade probation ended (the old master {pid} \
+             exits or left)"
+        ),
         Refusal::Superseded { workers } => {
             format!("superseded: the worker count was changed to {workers} before this completed")
         }

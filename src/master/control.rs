@@ -182,6 +182,32 @@ impl Control {
         }
     }
 
+    /// An old master takes the service back after an upgrade probation: a socket bound at a
+    /// temporary path beside the path takes the path over (`rename(2)`, so a client always
+    /// finds a master there) and replaces the listener whose file the new master had
+    /// replaced. Clients already connected keep their connections.
+    pub(crate) fn take_back(&mut self, epoll: &sys::Epoll) -> io::Result<()> {
+        let mut staged = self.path.as_os_str().to_owned();
+        staged.push(format!(".{}.new", sys::getpid()));
+        let staged = PathBuf::from(staged);
+        if sys::control::occupant(&staged).is_ok_and(|o| o == Occupant::Stale) {
+            let _ = std::fs::remove_file(&staged);
+        }
+        let (listener, file) = sys::control::bind_control(&staged)?;
+        if let Err(e) = std::fs::rename(&staged, &self.path) {
+            let _ = std::fs::remove_file(&staged);
+            return Err(e);
+        }
+        let _ = epoll.delete(self.listener.as_fd());
+        self.listener = listener;
+        self.file = file;
+        self.staged = None;
+        if self.paused_until.is_none() {
+            epoll.add(self.listener.as_fd(), LISTENER_TOKEN)?;
+        }
+        Ok(())
+    }
+
     /// The new master `pid` of an upgrade is gone: its socket file, if it left one before
     /// taking the path over, is removed.
     pub(crate) fn remove_staged_of(&self, pid: u32) {

@@ -21,6 +21,8 @@ pub(crate) const READY_TOKEN: u64 = u64::MAX - 2;
 pub(crate) const UPGRADE_READY_TOKEN: u64 = u64::MAX - 3;
 /// The epoll token of the pidfd of a new master (binary upgrade).
 pub(crate) const UPGRADE_PID_TOKEN: u64 = u64::MAX - 4;
+/// The epoll token of the probation pipe of a new master whose old master is on probation.
+pub(crate) const PROBATION_TOKEN: u64 = u64::MAX - 6;
 
 /// What one wake-up of the loop found, handled one at a time.
 pub(crate) enum Event {
@@ -31,6 +33,8 @@ pub(crate) enum Event {
     UpgradeReport,
     /// The new master of an upgrade exited.
     UpgradeExited(Reaped),
+    /// The old master wrote to the probation pipe (or closed it).
+    ProbationReport,
     /// A client of the control socket sent a command.
     Command(crate::supervisor::Client, crate::supervisor::Command),
 }
@@ -43,7 +47,10 @@ impl Event {
     pub(crate) fn order(&self) -> u8 {
         match self {
             Event::Signal(_) => 0,
-            Event::Ready(_) | Event::UpgradeReport | Event::Command(..) => 1,
+            Event::Ready(_)
+            | Event::UpgradeReport
+            | Event::ProbationReport
+            | Event::Command(..) => 1,
             Event::Exited(..) | Event::UpgradeExited(_) => 2,
         }
     }

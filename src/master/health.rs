@@ -462,6 +462,7 @@ mod tests {
             recover_interval: Duration::ZERO,
             shutdown_grace: Duration::from_secs(5),
             upgrade_timeout: Duration::from_secs(60),
+            upgrade_probation: Duration::ZERO,
         });
         while sup.next_action().is_some() {}
         sup.on_spawned(0, PID, Duration::ZERO);

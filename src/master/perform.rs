@@ -118,7 +118,7 @@ impl Master {
                 }
             }
             Action::Closed { slot } => self.listeners.close_slot(slot),
-            Action::StartUpgrade => match self.start_upgrade() {
+            Action::StartUpgrade => match self.start_upgrade(!sup.upgrade_probation().is_zero()) {
                 Ok(pid) => {
                     sup.on_upgrade_started(pid, self.now());
                     log::info!(
@@ -140,6 +140,10 @@ impl Master {
                 Ignored::UnderWay { pid: None } => {
                     log::info!("SIGUSR2: ignored, an upgrade is under way")
                 }
+                Ignored::Probation { pid } => log::warn!(
+                    "SIGUSR2: refused, the old master {pid} is on upgrade probation; upgrade \
+                     once it ended"
+                ),
             },
             Action::SignalNewMaster { pid, signal } => {
                 if signal == Signal::Term {
@@ -159,7 +163,80 @@ impl Master {
                 }
                 // The new master owns the sockets now: nothing here may close or filter
                 // them before the old workers are gone.
+                if sup.new_master().is_none() {
+                    self.forget_upgrade();
+                }
+            }
+            Action::Probation { pid, until } => {
+                let left = until.saturating_sub(self.now());
+                log::info!(
+                    "upgrade probation: the old workers are gone; waiting {left:?} for a \
+                     rollback (SIGHUP or `rollback`) before leaving the service to {pid}"
+                );
+                if let Some(n) = &self.notifier {
+                    n.send(&format!("STATUS=upgrade probation: {pid} serves"));
+                }
+            }
+            Action::ProbationEnded { pid } => {
+                log::info!(
+                    "upgrade probation ended: no rollback to the new master {pid} any more; \
+                     this master exits once its workers are gone"
+                );
+                // Not waited for: it serves on, this master's child until it exits.
                 self.forget_upgrade();
+            }
+            Action::HandBack { pid, pids } => {
+                log::info!(
+                    "rollback: {} workers of the old program serve again; the new master {pid} \
+                     is told to stop",
+                    pids.len()
+                );
+                self.listeners.files_are_ours();
+                let epoll = epoll_of(&self.fds);
+                if let (Some(c), Some(epoll)) = (&mut self.control, epoll) {
+                    match c.take_back(epoll) {
+                        Ok(()) => log::info!("control socket {} taken back", c.path().display()),
+                        Err(e) => log::warn!(
+                            "cannot take the control socket {} back: {e}",
+                            c.path().display()
+                        ),
+                    }
+                }
+                if let Some(p) = &self.pid_file {
+                    p.write(crate::sys::getpid());
+                }
+                if let Some(u) = &mut self.upgrade {
+                    if let Err(e) = u.hand_back() {
+                        log::warn!("cannot tell the new master {pid} to hand back: {e}");
+                        let _ = self.reaper.signal(pid, Signal::Term);
+                    }
+                }
+                if let Some(n) = &self.notifier {
+                    n.send(&format!(
+                        "MAINPID={}\nREADY=1\nSTATUS={}",
+                        crate::sys::getpid(),
+                        self.health.status(sup)
+                    ));
+                }
+            }
+            Action::AskRollback { pid } => {
+                log::info!("rollback: asking the old master {pid} (SIGHUP)");
+                // Only while it is still this master's parent: once it exited, its pid may
+                // name another process (the probation pipe's end then answers the client).
+                let sent = crate::sys::Pid::new(pid)
+                    .filter(|_| crate::sys::getppid() == pid)
+                    .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESRCH))
+                    .and_then(|p| crate::sys::kill(p, Signal::Hup));
+                if let Err(e) = sent {
+                    log::warn!("cannot send SIGHUP to the old master {pid}: {e}");
+                }
+            }
+            Action::HandedBack { pid } => {
+                log::info!(
+                    "the old master {pid} serves again: draining this master's workers, leaving \
+                     the sockets, the control socket and the PID file to it"
+                );
+                self.listeners.handed_over();
             }
             Action::RolledBack { pid, why } => {
                 let pid = pid.map_or_else(String::new, |p| format!(" {p}"));
@@ -279,7 +356,7 @@ impl Master {
 
     /// [`Action::StartUpgrade`]: starts the new master (see [`Upgrade::begin`]). Returns its
     /// pid, or why it could not start.
-    pub(super) fn start_upgrade(&mut self) -> Result<u32, String> {
+    pub(super) fn start_upgrade(&mut self, probation: bool) -> Result<u32, String> {
         let epoll = epoll_of(&self.fds).expect("the event loop runs");
         let tokens = (UPGRADE_READY_TOKEN, UPGRADE_PID_TOKEN);
         let upgrade = Upgrade::begin(
@@ -288,6 +365,7 @@ impl Master {
             &mut self.reaper,
             epoll,
             tokens,
+            probation,
         )?;
         let pid = upgrade.pid;
         self.upgrade = Some(upgrade);

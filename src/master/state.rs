@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::control::{Control, LISTENER_TOKEN};
-use super::event_loop::Loop;
+use super::event_loop::{Loop, PROBATION_TOKEN};
 use super::health::Health;
 use super::listeners::Listeners;
 use super::notify::Notifier;
@@ -101,6 +101,9 @@ pub(super) struct Fds {
     pub(super) forwarding: Option<Forwarding>,
     /// In a new master started by an upgrade: where to report that every worker is ready.
     pub(super) upgrade_report: Option<OwnedFd>,
+    /// In a new master whose old master is on upgrade probation: the probation pipe's read
+    /// end (see `PREFORK_PROBATION_FD` in docs/protocol.md).
+    pub(super) probation: Option<OwnedFd>,
 }
 
 impl Master {
@@ -148,6 +151,7 @@ impl Master {
                 death_pipe,
                 forwarding: None,
                 upgrade_report: super::upgrade::inherited_report_fd(),
+                probation: super::upgrade::inherited_probation_fd(),
             }),
             old_mask,
             handled: mask,
@@ -211,6 +215,12 @@ impl Master {
             event_loop
                 .epoll
                 .add(control.listener(), LISTENER_TOKEN)
+                .map_err(Error::sys("epoll_ctl"))?;
+        }
+        if let Some(probation) = &fds.probation {
+            event_loop
+                .epoll
+                .add(probation.as_fd(), PROBATION_TOKEN)
                 .map_err(Error::sys("epoll_ctl"))?;
         }
         self.fds_mut().event_loop = Some(event_loop);

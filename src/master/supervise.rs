@@ -8,13 +8,14 @@ use std::process::Termination;
 
 use super::control::{CLIENT_TOKEN_BASE, Control, LISTENER_TOKEN, Request};
 use super::event_loop::{
-    Event, FORWARD_TOKEN, READY_TOKEN, SIGNALFD_TOKEN, UPGRADE_PID_TOKEN, UPGRADE_READY_TOKEN,
+    Event, FORWARD_TOKEN, PROBATION_TOKEN, READY_TOKEN, SIGNALFD_TOKEN, UPGRADE_PID_TOKEN,
+    UPGRADE_READY_TOKEN,
 };
 use super::hooks::call_hook;
 use super::reaper::exit_of;
 use super::spawn::Spawn;
 use super::state::{Master, epoll_of};
-use super::upgrade::Report;
+use super::upgrade::{HandBack, Report};
 use crate::config::Hooks;
 use crate::error::Error;
 use crate::supervisor::{Cause, Command, Config, Exited, Failure, Supervisor};
@@ -43,6 +44,14 @@ impl Master {
         T: Termination,
     {
         let mut sup = Supervisor::new(cfg);
+        if self.fds().probation.is_some() {
+            let old = sys::getppid();
+            log::info!(
+                "the old master {old} is on upgrade probation: no upgrade until it ends; \
+                 rollback is forwarded to it"
+            );
+            sup.on_probation(old);
+        }
         let mut tokens = Vec::new();
         let mut raw = Vec::new();
         let mut events = Vec::new();
@@ -93,6 +102,7 @@ impl Master {
                         events.extend(pids.into_iter().map(Event::Ready));
                     }
                     UPGRADE_READY_TOKEN => events.push(Event::UpgradeReport),
+                    PROBATION_TOKEN => events.push(Event::ProbationReport),
                     LISTENER_TOKEN => {
                         let now = self.now();
                         if let (Some(c), Some(epoll)) = (&mut self.control, epoll_of(&self.fds)) {
@@ -134,6 +144,7 @@ impl Master {
                     Event::Ready(pid) => sup.on_ready(pid, self.now()),
                     Event::Exited(pid, how) => self.on_worker_exit(pid, how, &mut sup, hooks),
                     Event::UpgradeReport => self.on_upgrade_report(&mut sup),
+                    Event::ProbationReport => self.on_probation_report(&mut sup),
                     Event::UpgradeExited(how) => self.on_upgrade_exit(how, &mut sup),
                     Event::Command(client, command) => {
                         let name = super::answer::name(command);
@@ -327,6 +338,32 @@ impl Master {
                 let _ = self.event_loop().epoll.delete(u.ready.as_fd());
             }
             Report::Ready => sup.on_upgrade_ready(self.now()),
+        }
+    }
+
+    /// The probation pipe is readable: the old master took the service back, or its
+    /// probation ended.
+    pub(super) fn on_probation_report(&mut self, sup: &mut Supervisor) {
+        let Some(fd) = &self.fds().probation else {
+            return;
+        };
+        let report = super::upgrade::read_probation(fd);
+        if matches!(report, HandBack::Pending) {
+            return;
+        }
+        if let Some(fd) = self.fds_mut().probation.take() {
+            let _ = self.event_loop().epoll.delete(fd.as_fd());
+        }
+        match report {
+            HandBack::HandedBack => {
+                log::info!("upgrade probation: the old master took the service back");
+                sup.on_handed_back(self.now());
+            }
+            HandBack::Ended => {
+                log::info!("upgrade probation ended: the old master is gone, this one serves");
+                sup.on_probation_ended();
+            }
+            HandBack::Pending => {}
         }
     }
 

@@ -64,6 +64,7 @@ fn unwinding_master_kills_and_reaps_every_worker() {
             recover_interval: Duration::ZERO,
             shutdown_grace: Duration::from_secs(5),
             upgrade_timeout: Duration::from_secs(60),
+            upgrade_probation: Duration::ZERO,
         },
         backend: Backend::Pidfd,
         spawn: Spawn::Exec(ExecSpec::with_args(&[

@@ -15,15 +15,16 @@ use std::path::PathBuf;
 
 use super::listeners::Listeners;
 use super::reaper::Reaper;
-use crate::protocol::{self, UPGRADE_FD_ENV};
+use crate::protocol::{self, PROBATION_FD_ENV, UPGRADE_FD_ENV};
 use crate::sys::{self, handover::Handover};
 
 /// The variables a new master must not inherit from this one.
-const NOT_INHERITED: [&str; 5] = [
+const NOT_INHERITED: [&str; 6] = [
     "LISTEN_PID",
     "LISTEN_FDS",
     "LISTEN_FDNAMES",
     UPGRADE_FD_ENV,
+    PROBATION_FD_ENV,
     GENERATION_ENV,
 ];
 
@@ -54,6 +55,9 @@ pub(crate) fn generation() -> u64 {
 
 /// What the new master writes when every one of its workers is ready.
 pub(crate) const READY_MESSAGE: &[u8] = b"READY=1\n";
+
+/// What an old master on probation writes to its new master when it took the service back.
+pub(crate) const HANDBACK_MESSAGE: &[u8] = b"HANDBACK\n";
 
 /// The program this master was started as: `argv[0]`, the arguments, and what resolving
 /// `argv[0]` depends on (the working directory and `PATH`), read on `SIGUSR2`, so a start
@@ -109,6 +113,9 @@ pub(crate) struct Upgrade {
     pub(crate) pid: u32,
     /// The read end of its readiness pipe, in the master's epoll set.
     pub(crate) ready: OwnedFd,
+    /// With an upgrade probation: the write end of the probation pipe (see
+    /// [`PROBATION_FD_ENV`]).
+    pub(crate) probation: Option<OwnedFd>,
 }
 
 /// What the readiness pipe said.
@@ -128,28 +135,39 @@ impl Upgrade {
         args: &[OsString],
         sockets: &[(std::os::fd::BorrowedFd<'_>, String)],
         mask: &sys::SigSet,
+        probation: bool,
     ) -> io::Result<Upgrade> {
         let (read, write) = sys::pipe_nonblocking()?;
+        let probation = if probation {
+            Some(sys::pipe_nonblocking()?)
+        } else {
+            None
+        };
         let env: Vec<(OsString, OsString)> = std::env::vars_os()
             .filter(|(k, _)| !NOT_INHERITED.iter().any(|n| k == n))
             .collect();
         let upgrade_fd = (3 + sockets.len()).to_string();
         let names: Vec<String> = sockets.iter().map(|(_, n)| n.clone()).collect();
-        let mut handover = Handover::new(
-            path.as_os_str(),
-            args,
-            &env,
-            &[
-                (UPGRADE_FD_ENV, upgrade_fd),
-                (GENERATION_ENV, (generation() + 1).to_string()),
-            ],
-            sockets.len(),
-            &names,
-        )?;
+        let mut extra = vec![
+            (UPGRADE_FD_ENV, upgrade_fd),
+            (GENERATION_ENV, (generation() + 1).to_string()),
+        ];
+        let mut passed = vec![write.as_fd()];
+        if let Some((probation_read, _)) = &probation {
+            extra.push((PROBATION_FD_ENV, (4 + sockets.len()).to_string()));
+            passed.push(probation_read.as_fd());
+        }
+        let mut handover =
+            Handover::new(path.as_os_str(), args, &env, &extra, sockets.len(), &names)?;
         let fds: Vec<_> = sockets.iter().map(|(fd, _)| *fd).collect();
-        let pid = handover.spawn(&fds, write.as_fd(), mask)?;
+        let pid = handover.spawn(&fds, &passed, mask)?;
+        drop(passed);
         drop(write);
-        Ok(Upgrade { pid, ready: read })
+        Ok(Upgrade {
+            pid,
+            ready: read,
+            probation: probation.map(|(_, w)| w),
+        })
     }
 
     /// Reads what the new master wrote so far.
@@ -163,6 +181,7 @@ impl Upgrade {
         reaper: &mut Reaper,
         epoll: &sys::Epoll,
         tokens: (u64, u64),
+        probation: bool,
     ) -> Result<Upgrade, String> {
         let Some((path, args)) = Program::current().and_then(|p| Some((p.path()?, p.args))) else {
             return Err("the program's path is unknown".to_owned());
@@ -182,7 +201,7 @@ impl Upgrade {
             path.display(),
             sockets.len()
         );
-        let started = Upgrade::start(&path, &args, &sockets, mask);
+        let started = Upgrade::start(&path, &args, &sockets, mask, probation);
         drop(sockets);
         // The new master has its copies (or failed to start): ours of `run`'s sockets close.
         drop(caller);
@@ -202,6 +221,16 @@ impl Upgrade {
             let _ = epoll.delete(self.ready.as_fd());
         }
         reaper.forget(self.pid, epoll);
+    }
+
+    /// The old master took the service back: tells the new master so (it then stops without
+    /// touching the shared sockets), and closes the probation pipe.
+    pub(crate) fn hand_back(&mut self) -> io::Result<()> {
+        let Some(fd) = self.probation.take() else {
+            return Err(io::Error::other("no probation pipe"));
+        };
+        rustix::io::write(&fd, HANDBACK_MESSAGE)?;
+        Ok(())
     }
 
     pub(crate) fn report(&self) -> Report {
@@ -229,16 +258,66 @@ pub(crate) fn inherited_report_fd() -> Option<OwnedFd> {
             return None;
         }
     };
+    take_pipe(UPGRADE_FD_ENV, fd, "not reporting readiness")
+}
+
+/// In a new master whose old master is on upgrade probation: the read end of the probation
+/// pipe, taken from `PREFORK_PROBATION_FD` (close-on-exec). `None` when the variable is absent
+/// or does not name a pipe.
+pub(crate) fn inherited_probation_fd() -> Option<OwnedFd> {
+    let value = std::env::var_os(PROBATION_FD_ENV)?;
+    sys::remove_env_if_single_threaded(PROBATION_FD_ENV);
+    let digits = value
+        .to_str()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+    let Some(fd) = digits
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|&fd| fd >= 3)
+    else {
+        log::warn!(
+            "{PROBATION_FD_ENV}={}: expected a descriptor number from 3 on, digits only; \
+             not on probation",
+            value.to_string_lossy()
+        );
+        return None;
+    };
+    take_pipe(PROBATION_FD_ENV, fd, "not on probation")
+}
+
+/// Takes the pipe the old master passed on `fd` (named by the variable `var`), made
+/// close-on-exec; `None` (logged, with `otherwise`) when `fd` is no pipe.
+fn take_pipe(var: &str, fd: i32, otherwise: &str) -> Option<OwnedFd> {
     if !sys::is_pipe(fd) {
-        log::warn!("{UPGRADE_FD_ENV}={fd} is not a pipe; not reporting readiness");
+        log::warn!("{var}={fd} is not a pipe; {otherwise}");
         return None;
     }
-    // SAFETY: the old master passed its readiness pipe on this number for the crate (it set
-    // the variable), and nothing else in this process takes it.
+    // SAFETY: the old master passed this pipe on this number for the crate (it set the
+    // variable, which was read and removed once), and nothing else in this process takes it.
     #[allow(unsafe_code)]
     let fd = unsafe { sys::take_inherited(fd) }?;
     if let Err(e) = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC) {
-        log::warn!("cannot make the upgrade pipe close-on-exec: {e}");
+        log::warn!("cannot make the pipe of {var} close-on-exec: {e}");
     }
     Some(fd)
+}
+
+/// What the probation pipe said.
+pub(crate) enum HandBack {
+    /// The old master took the service back.
+    HandedBack,
+    /// Nothing complete yet.
+    Pending,
+    /// Closed without the message: the probation ended.
+    Ended,
+}
+
+/// Reads what the old master wrote on the probation pipe `fd`.
+pub(crate) fn read_probation(fd: &OwnedFd) -> HandBack {
+    let mut buf = [0u8; 64];
+    match rustix::io::read(fd, &mut buf) {
+        Ok(0) => HandBack::Ended,
+        Ok(n) if buf[..n].starts_with(HANDBACK_MESSAGE) => HandBack::HandedBack,
+        Ok(_) => HandBack::Ended,
+        Err(_) => HandBack::Pending,
+    }
 }

@@ -18,6 +18,9 @@ pub(crate) struct Config {
     pub(crate) shutdown_grace: Duration,
     /// How long a new master started by USR2 gets to report that it serves.
     pub(crate) upgrade_timeout: Duration,
+    /// How long an old master waits, its workers gone, after it handed over to a new master
+    /// (zero: it exits once they are gone).
+    pub(crate) upgrade_probation: Duration,
 }
 
 /// Why a run failed, as far as the supervisor knows.
@@ -97,6 +100,23 @@ pub(crate) enum Action {
     /// The stop gave up on these children: sent KILL, not reaped within the margin. The
     /// driver stops watching them (without waiting) and the run ends.
     Unreaped { pids: Vec<u32> },
+    /// The old workers are gone after a handover: this master waits until `until` for a
+    /// rollback, its sockets open and the new master `pid` still watched.
+    Probation { pid: u32, until: Duration },
+    /// The probation ended without a rollback (its time ran out, a stop, or the new master
+    /// exited): the driver stops watching the new master `pid` (it serves on, or is gone) and
+    /// the run ends.
+    ProbationEnded { pid: u32 },
+    /// A rollback's workers all serve (`pids`): the driver tells the new master `pid` that the
+    /// service is handed back (it stops without touching the shared sockets), and takes back
+    /// the control socket's path and the PID file. The new master is watched until it exits.
+    HandBack { pid: u32, pids: Vec<u32> },
+    /// On a new master on probation: ask the old master `pid` to roll back (HUP).
+    AskRollback { pid: u32 },
+    /// On a new master on probation: the old master `pid` took the service back. The driver
+    /// leaves the shared sockets, the control socket's path and the PID file as they are; the
+    /// workers drain (they are sent TERM next) and the run ends without `Stopping`.
+    HandedBack { pid: u32 },
     /// Answer the operator's command from `client` (see [`Supervisor::on_command`]).
     Answer { client: Client, answer: Answer },
 }
@@ -108,6 +128,8 @@ pub(crate) enum Ignored {
     Stopping,
     /// An upgrade is under way (to this new master, once it started).
     UnderWay { pid: Option<u32> },
+    /// This master is a new master whose old master `pid` is on probation.
+    Probation { pid: u32 },
 }
 
 /// Why an upgrade was rolled back.

@@ -14,7 +14,12 @@
 //! * `upgrade`: as USR2; while one is starting or waiting for its new master, the command
 //!   joins it: every client waiting for an upgrade gets its outcome (the new master's pid, or
 //!   the rollback and why).
-//! * `rollback`: needs an upgrade probation, which this supervisor has not: refused.
+//! * `rollback`: on an old master that handed over with an upgrade probation (while its old
+//!   workers drain, or during the probation), as HUP there: its workers start again, and the
+//!   command is answered once they all serve and the new master is handed back the service
+//!   (with their pids). On a new master whose old master is on probation: forwarded to the
+//!   old master (HUP), and answered when the old master hands the service back (or ends its
+//!   probation without). Anywhere else: refused, there is nothing to roll back to.
 //!
 //! A stop (TERM, a failure, a handed-over upgrade) answers every command still waiting, so
 //! no client is left without an answer.
@@ -60,6 +65,11 @@ pub(crate) enum Answer {
     Upgraded { pid: u32 },
     /// `upgrade`: rolled back; the running workers keep serving.
     RolledBack(Rollback),
+    /// `rollback` on the old master: these workers of the old program serve again, and the
+    /// new master was told to stop.
+    Restored { pids: Vec<u32> },
+    /// `rollback` on the new master: the old master `pid` serves again; this master stops.
+    HandedBack { pid: u32 },
     /// The command was not carried out, or not to its end.
     Refused(Refusal),
 }
@@ -77,6 +87,13 @@ pub(crate) enum Refusal {
     UpgradeUnderWay { pid: Option<u32> },
     /// There is no old master to roll back to.
     NoRollback,
+    /// This old master is on probation after it handed over to the new master `pid`: only
+    /// `status`, `metrics`, `rollback` and `stop` apply.
+    Probation { pid: u32 },
+    /// This new master's old master `pid` is on probation: no upgrade until it ends.
+    ProbationOf { pid: u32 },
+    /// The old master `pid` ended its probation (or a stop began) before a rollback.
+    ProbationEnded { pid: u32 },
     /// A later change of the worker count: to this many slots.
     Superseded { workers: usize },
 }
@@ -90,6 +107,7 @@ pub(super) enum Waiting {
     },
     Scale(usize),
     Upgrade,
+    Rollback,
 }
 
 impl Supervisor {
@@ -104,12 +122,37 @@ impl Supervisor {
             Command::Status | Command::Metrics => self.answer(client, Answer::Snapshot),
             Command::Stop => {
                 self.answer(client, Answer::Stopping);
-                if !stopping {
+                self.probation_off = true;
+                if let Phase::Probation { .. } = self.phase {
+                    self.end_probation();
+                } else if !stopping {
                     self.stop(now, false, Ok(()));
                 }
             }
+            Command::Rollback if self.ask_rollback(now) => {
+                self.waiting.push((client, Waiting::Rollback));
+            }
+            Command::Rollback if self.rolling_back.is_some() => {
+                self.waiting.push((client, Waiting::Rollback));
+            }
+            _ if matches!(self.phase, Phase::Probation { .. }) => {
+                let pid = self.new_master.pid().unwrap_or_default();
+                refuse(self, Refusal::Probation { pid })
+            }
             _ if stopping => refuse(self, Refusal::Stopping),
-            Command::Rollback => refuse(self, Refusal::NoRollback),
+            Command::Rollback => match self.old_master {
+                Some(pid) => {
+                    if !self.waiting.iter().any(|&(_, w)| w == Waiting::Rollback) {
+                        self.actions.push_back(Action::AskRollback { pid });
+                    }
+                    self.waiting.push((client, Waiting::Rollback));
+                }
+                None => refuse(self, Refusal::NoRollback),
+            },
+            Command::Upgrade if self.old_master.is_some() => {
+                let pid = self.old_master.unwrap_or_default();
+                refuse(self, Refusal::ProbationOf { pid })
+            }
             Command::Reload => {
                 // The restart that answers it: the next one to begin.
                 let restart = self.restarts_begun + 1;
@@ -146,10 +189,27 @@ impl Supervisor {
                 NewMaster::Starting | NewMaster::Waiting { .. } => {
                     self.waiting.push((client, Waiting::Upgrade));
                 }
-                NewMaster::Killed { pid } | NewMaster::Stopping { pid, .. } => {
+                NewMaster::Killed { pid }
+                | NewMaster::Stopping { pid, .. }
+                | NewMaster::Probation { pid } => {
                     refuse(self, Refusal::UpgradeUnderWay { pid: Some(pid) })
                 }
             },
+        }
+    }
+
+    /// Every `rollback` waiting gets `answer`.
+    pub(super) fn answer_rollbacks(&mut self, answer: &Answer) {
+        let mut answered = Vec::new();
+        self.waiting.retain(|&(client, w)| {
+            let take = w == Waiting::Rollback;
+            if take {
+                answered.push(client);
+            }
+            !take
+        });
+        for client in answered {
+            self.answer(client, answer.clone());
         }
     }
 
@@ -314,6 +374,7 @@ impl Supervisor {
         match self.phase {
             Phase::Starting => "starting",
             Phase::Running => "running",
+            Phase::Probation { .. } => "probation",
             Phase::Stopping { .. } | Phase::Done(_) => "stopping",
         }
     }

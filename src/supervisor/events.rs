@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use super::action::{Action, Cause, Config, Exited, Failure, Why};
+use super::action::{Action, Cause, Config, Exited, Failure, Ignored, Why};
+use super::command::{Answer, Refusal};
 use super::guard::{Guard, Tripped};
 use super::state::{
     FAST_CRASH, Forwarded, MAX_BACKOFF_FACTOR, Phase, SPAWN_RETRY_DELAY, Slot, Stop, Supervisor,
@@ -32,6 +33,11 @@ impl Supervisor {
             restarts_begun: 0,
             waiting: Vec::new(),
             handed_to: None,
+            handover_slots: 0,
+            rollback_asked: false,
+            probation_off: false,
+            rolling_back: None,
+            old_master: None,
             actions: VecDeque::new(),
             cfg,
         };
@@ -72,7 +78,10 @@ impl Supervisor {
 
     /// Whether a stop has begun.
     pub(crate) fn is_stopping(&self) -> bool {
-        matches!(self.phase, Phase::Stopping { .. } | Phase::Done(_))
+        matches!(
+            self.phase,
+            Phase::Stopping { .. } | Phase::Probation { .. } | Phase::Done(_)
+        )
     }
 
     /// The worker slot a live pid belongs to.
@@ -128,7 +137,16 @@ impl Supervisor {
             _ => None,
         };
         let upgrade = self.new_master.deadline();
-        waits.chain(retire).chain(stop).chain(upgrade).min()
+        let probation = match self.phase {
+            Phase::Probation { until } => Some(until),
+            _ => None,
+        };
+        waits
+            .chain(retire)
+            .chain(stop)
+            .chain(upgrade)
+            .chain(probation)
+            .min()
     }
 
     /// The new master of an upgrade ([`Action::StartUpgrade`]) runs as `pid`.
@@ -149,22 +167,36 @@ impl Supervisor {
         if self.is_stopping() {
             return;
         }
-        if let Some(pid) = self.new_master.on_ready() {
+        let probation = !self.cfg.upgrade_probation.is_zero();
+        if let Some(pid) = self.new_master.on_ready(probation) {
             self.actions.push_back(Action::HandedOver { pid });
             self.answer_upgrade_outcome();
             self.handed_to = Some(pid);
+            self.handover_slots = self.active_slots();
             self.stop_with(now, Stop::HandOver, Ok(()));
         }
     }
 
     /// A child `pid` that is no worker was reaped: returns whether it was the new master.
-    pub(crate) fn on_upgrade_exit(&mut self, pid: u32, exit: WorkerExit, _now: Duration) -> bool {
+    pub(crate) fn on_upgrade_exit(&mut self, pid: u32, exit: WorkerExit, now: Duration) -> bool {
+        let on_probation = self.new_master == (NewMaster::Probation { pid });
         let ours = self.new_master.on_exit(pid, exit, &mut self.actions);
         self.answer_upgrade_outcome();
+        if on_probation && self.rolling_back != Some(pid) {
+            // Nothing is left to roll back to: the probation ends with the new master.
+            self.rollback_asked = false;
+            self.actions.push_back(Action::ProbationEnded { pid });
+            self.answer_rollbacks(&Answer::Refused(Refusal::ProbationEnded { pid }));
+        }
         if ours {
-            self.maybe_done();
+            self.maybe_done(now);
         }
         ours
+    }
+
+    /// How long an old master waits on probation after a handover (zero: none).
+    pub(crate) fn upgrade_probation(&self) -> Duration {
+        self.cfg.upgrade_probation
     }
 
     /// How long a new master gets to report that it serves.
@@ -230,7 +262,10 @@ impl Supervisor {
                 }
             }
         }
-        if self.phase == Phase::Starting && self.slots.iter().all(Slot::is_ready_or_closed) {
+        if self.phase == Phase::Starting
+            && self.slots.iter().all(Slot::is_ready_or_closed)
+            && !self.rolled_back(now)
+        {
             self.phase = Phase::Running;
             self.actions.push_back(Action::Ready {
                 pids: self.slots.iter().filter_map(Slot::pid).collect(),
@@ -252,7 +287,7 @@ impl Supervisor {
             return;
         }
         if self.is_stopping() {
-            self.maybe_done();
+            self.maybe_done(now);
             return;
         }
         let counted = CountedExit {
@@ -279,10 +314,14 @@ impl Supervisor {
                 self.restarting = None;
                 self.advance_restart();
             }
-            if self.slots[r.slot] == Slot::Closed && self.slot_unused(r.slot) {
+            // A slot in service at a handover with a probation keeps what the driver holds
+            // for it: a rollback brings it back.
+            let kept = matches!(self.new_master, NewMaster::Probation { .. })
+                && r.slot < self.handover_slots;
+            if self.slots[r.slot] == Slot::Closed && self.slot_unused(r.slot) && !kept {
                 self.actions.push_back(Action::Closed { slot: r.slot });
             }
-            self.maybe_done();
+            self.maybe_done(now);
             return Some(Exited {
                 slot: r.slot,
                 cause: r.cause,
@@ -302,7 +341,7 @@ impl Supervisor {
         self.slots[slot] = Slot::Closed;
         let exited = |cause| Some(Exited { slot, cause });
         if self.is_stopping() {
-            self.maybe_done();
+            self.maybe_done(now);
             return exited(if stuck {
                 Cause::Stuck
             } else {
@@ -391,13 +430,23 @@ impl Supervisor {
     /// A signal reached the master.
     pub(crate) fn on_signal(&mut self, signal: Signal, now: Duration) {
         match signal {
-            Signal::Term | Signal::Int => match self.phase {
-                Phase::Stopping {
-                    kill_at: Some(_), ..
-                } => self.kill_all(now),
-                Phase::Stopping { .. } | Phase::Done(_) => {}
-                _ => self.stop(now, false, Ok(())),
-            },
+            Signal::Term | Signal::Int => {
+                // No upgrade probation after this stop, or the end of one under way.
+                self.probation_off = true;
+                match self.phase {
+                    Phase::Probation { .. } => self.end_probation(),
+                    Phase::Stopping {
+                        kill_at: Some(_), ..
+                    } => self.kill_all(now),
+                    Phase::Stopping { .. } | Phase::Done(_) => {}
+                    _ => self.stop(now, false, Ok(())),
+                }
+            }
+            Signal::Usr2 if self.old_master.is_some() && !self.is_stopping() => {
+                let pid = self.old_master.unwrap_or_default();
+                let why = Ignored::Probation { pid };
+                self.actions.push_back(Action::UpgradeIgnored { why });
+            }
             Signal::Usr2 => {
                 let stopping = self.is_stopping();
                 self.new_master.on_usr2(stopping, &mut self.actions);
@@ -421,6 +470,7 @@ impl Supervisor {
                 }
                 self.supersede_scale(None);
             }
+            Signal::Hup if self.ask_rollback(now) => {}
             Signal::Hup if self.phase == Phase::Running => {
                 if self.restarting.is_some() {
                     self.hup_pending = true;
@@ -473,6 +523,7 @@ impl Supervisor {
         let timeout = self.cfg.upgrade_timeout;
         self.new_master.on_timer(now, timeout, &mut self.actions);
         self.answer_upgrade_outcome();
+        self.probation_timer(now);
     }
 
     /// The respawns due by `now`.

@@ -78,6 +78,25 @@ pub(crate) enum Upgrade {
     /// Told to go: rolled back (KILL), or stopped with the run (TERM, then KILL), not yet
     /// reaped.
     Going { pid: u32, term: bool, kill: bool },
+    /// It serves, handed over to, and is watched through the upgrade probation.
+    Probation { pid: u32 },
+}
+
+/// The upgrade probation of an old master, as the model sees it (the new master's pid in
+/// each state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Probation {
+    /// None: no probation configured, no handover, or it ended.
+    None,
+    /// Handed over: the old workers drain. A rollback asked meanwhile (`asked`) begins once
+    /// they are gone; after a stop or a failure (`off`) the probation ends then instead.
+    Draining { pid: u32, asked: bool, off: bool },
+    /// The old workers are gone: the run waits until `until`.
+    Waiting { pid: u32, until: Duration },
+    /// It ends now (its time ran out, a stop): `ProbationEnded` is due.
+    Ending { pid: u32 },
+    /// The rollback's workers start; the new master is handed back once they all serve.
+    RollingBack { pid: u32 },
 }
 
 /// A respawn the model expects for a slot.
@@ -158,6 +177,15 @@ pub(crate) struct Model {
     pub(crate) rollbacks: usize,
     /// The stop gave up on unkillable workers (an Unreaped action).
     pub(crate) gave_up: bool,
+    /// The upgrade probation.
+    pub(crate) probation: Probation,
+    /// Slots in service at the latest handover: a rollback starts that many workers.
+    handover_slots: usize,
+    /// When the latest hand-back told the new master to stop (its KILL is due the grace
+    /// period and the margin later).
+    handback_at: Option<Duration>,
+    /// Rollbacks that handed the service back.
+    pub(crate) handbacks: usize,
 
     // The operator's commands.
     /// Commands not answered yet: client → (command, length of the log when it came).
@@ -206,6 +234,10 @@ impl Model {
             handovers: 0,
             rollbacks: 0,
             gave_up: false,
+            probation: Probation::None,
+            handover_slots: 0,
+            handback_at: None,
+            handbacks: 0,
             clients: BTreeMap::new(),
             next_client: 0,
             answers: Vec::new(),
@@ -231,6 +263,7 @@ impl Model {
         let running = self.ready_seen && self.stop.is_none();
         match signal {
             Signal::Term | Signal::Int => {
+                self.probation_stop();
                 if self.stop.is_some_and(|s| s.graceful) && self.sup_kill_pending() {
                     // A second TERM kills at once: the new master too, if it was only told.
                     if let Upgrade::Going {
@@ -253,11 +286,11 @@ impl Model {
                         why: Ignored::Stopping,
                     },
                     Upgrade::Idle => Action::StartUpgrade,
-                    Upgrade::Waiting { pid, .. } | Upgrade::Going { pid, .. } => {
-                        Action::UpgradeIgnored {
-                            why: Ignored::UnderWay { pid: Some(pid) },
-                        }
-                    }
+                    Upgrade::Waiting { pid, .. }
+                    | Upgrade::Going { pid, .. }
+                    | Upgrade::Probation { pid } => Action::UpgradeIgnored {
+                        why: Ignored::UnderWay { pid: Some(pid) },
+                    },
                 };
                 self.upgrade_due.push_back(due);
             }
@@ -266,6 +299,7 @@ impl Model {
                 self.forwarding = Some((signal, pids));
             }
             Signal::Ttin if running => self.ttin_pending += 1,
+            Signal::Hup if self.rollback_asked() => {}
             Signal::Hup if self.stop.is_none() => self.hups += 1,
             _ => {}
         }
@@ -279,7 +313,14 @@ impl Model {
         self.next_client += 1;
         self.clients.insert(client, (command, self.log.len()));
         let running = self.ready_seen && self.stop.is_none();
+        if command == Command::Stop {
+            self.probation_stop();
+        }
         match command {
+            // Otherwise it joins a rollback under way, or is refused.
+            Command::Rollback => {
+                self.rollback_asked();
+            }
             Command::Stop if self.stop.is_none() => self.expect_stop(true, Ok(())),
             Command::Reload if self.stop.is_none() => self.hups += 1,
             Command::Scale(n) if running => {
@@ -354,6 +395,24 @@ impl Model {
                 assert!(!self.ready_seen, "{answer:?} after the master was ready")
             }
             (Answer::Refused(Refusal::NoRollback), Command::Rollback) => {}
+            (Answer::Restored { pids }, Command::Rollback) => {
+                assert!(
+                    after
+                        .iter()
+                        .any(|a| matches!(a, Action::HandBack { pids: p, .. } if p == pids)),
+                    "{answer:?} without that hand-back since the command"
+                );
+                serving(pids);
+            }
+            (Answer::Refused(Refusal::Probation { pid }), _) => assert!(
+                matches!(self.probation, Probation::Waiting { pid: p, .. } if p == *pid),
+                "{answer:?} while {:?}",
+                self.probation
+            ),
+            (Answer::Refused(Refusal::ProbationEnded { pid }), Command::Rollback) => assert!(
+                after.contains(&Action::ProbationEnded { pid: *pid }),
+                "{answer:?} without that end since the command"
+            ),
             (Answer::Refused(Refusal::Superseded { .. }), Command::Scale(_)) => {}
             (Answer::Refused(Refusal::UpgradeUnderWay { .. }), Command::Upgrade) => {
                 assert!(self.upgrade != Upgrade::Idle, "{answer:?} with no upgrade")
@@ -378,6 +437,15 @@ impl Model {
     pub(crate) fn upgrade_ready(&mut self) {
         if let (Upgrade::Waiting { pid, .. }, None) = (self.upgrade, self.stop) {
             self.upgrade = Upgrade::Idle;
+            if !self.cfg.upgrade_probation.is_zero() {
+                self.upgrade = Upgrade::Probation { pid };
+                self.probation = Probation::Draining {
+                    pid,
+                    asked: false,
+                    off: false,
+                };
+                self.handover_slots = self.active;
+            }
             self.handovers += 1;
             self.upgrade_due.push_back(Action::HandedOver { pid });
             self.stop = Some(Stop {
@@ -410,7 +478,17 @@ impl Model {
                 let pid_ = Some(pid);
                 (pid, Action::RolledBack { pid: pid_, why })
             }
-            Upgrade::Going { pid, .. } => (pid, Action::NewMasterExited { pid, exit: how }),
+            Upgrade::Going { pid, .. } => {
+                self.handback_at = None;
+                (pid, Action::NewMasterExited { pid, exit: how })
+            }
+            Upgrade::Probation { pid } => {
+                // A rollback under way goes on without it; else the probation ends with it.
+                if !matches!(self.probation, Probation::RollingBack { .. }) {
+                    self.probation = Probation::Ending { pid };
+                }
+                (pid, Action::NewMasterExited { pid, exit: how })
+            }
         };
         self.upgrade = Upgrade::Idle;
         self.upgrade_due.push_back(due);
@@ -480,6 +558,11 @@ impl Model {
     /// Before `on_timer(now)`: the upgrade actions its deadlines bring.
     fn upgrade_timer(&mut self) {
         let now = self.now;
+        if let Probation::Waiting { pid, until } = self.probation {
+            if until <= now {
+                self.probation = Probation::Ending { pid };
+            }
+        }
         match self.upgrade {
             Upgrade::Waiting { pid, deadline } if deadline <= now => {
                 self.rollbacks += 1;
@@ -501,14 +584,11 @@ impl Model {
                 pid,
                 term: true,
                 kill: false,
-            } => {
-                let at = self.stop.expect("told with the stop").at;
-                if now >= at.saturating_add(self.cfg.shutdown_grace) {
-                    self.upgrade_due.push_back(Action::SignalNewMaster {
-                        pid,
-                        signal: Signal::Kill,
-                    });
-                }
+            } if now >= self.new_master_kill_due() => {
+                self.upgrade_due.push_back(Action::SignalNewMaster {
+                    pid,
+                    signal: Signal::Kill,
+                });
             }
             _ => {}
         }
@@ -577,6 +657,10 @@ impl Model {
 
     /// The driver fails (a hook returned an error, a system call failed).
     pub(crate) fn fail(&mut self) {
+        if let Probation::Waiting { pid, .. } = self.probation {
+            // The probation ends with the run; the new master serves on.
+            self.probation = Probation::Ending { pid };
+        }
         self.expect_stop(false, Err(Failure::External));
         self.expected = Some(Err(Failure::External));
         self.sup.fail(self.now);
@@ -774,6 +858,11 @@ impl Model {
             | Action::HandedOver { .. }
             | Action::RolledBack { .. }
             | Action::NewMasterExited { .. } => self.perform_upgrade(action),
+            Action::Probation { .. }
+            | Action::ProbationEnded { .. }
+            | Action::HandBack { .. }
+            | Action::AskRollback { .. }
+            | Action::HandedBack { .. } => self.perform_probation(action),
             Action::Stopping => {
                 assert!(stopping, "{action:?} without a stop");
                 assert!(!self.stopping_seen, "a second {action:?}");
@@ -1146,6 +1235,14 @@ impl Model {
 
     /// The model expects a stop to begin now, if none began before.
     fn expect_stop(&mut self, graceful: bool, result: Result<(), Failure>) {
+        if let Probation::RollingBack { pid } = self.probation {
+            // A stop during the rollback's start: the service stays with the new master.
+            self.probation = Probation::Draining {
+                pid,
+                asked: false,
+                off: true,
+            };
+        }
         if let (false, Some(_)) = (graceful, self.stop) {
             // A failure during a stop kills at once: the new master too, if only told.
             if let Upgrade::Going {
@@ -1160,6 +1257,25 @@ impl Model {
                         signal: Signal::Kill,
                     });
                 }
+            }
+        }
+        if let (
+            false,
+            None,
+            Upgrade::Going {
+                pid,
+                term: true,
+                kill: false,
+            },
+        ) = (graceful, self.stop, self.upgrade)
+        {
+            // A forced stop after a hand-back kills the new master still going (once).
+            let kill = Action::SignalNewMaster {
+                pid,
+                signal: Signal::Kill,
+            };
+            if !self.upgrade_due.contains(&kill) {
+                self.upgrade_due.push_back(kill);
             }
         }
         if self.stop.is_none() {
@@ -1185,8 +1301,157 @@ impl Model {
         }
     }
 
+    /// TERM or `stop` reach the master: no probation after the stop, or the end of one.
+    fn probation_stop(&mut self) {
+        match self.probation {
+            Probation::Waiting { pid, .. } => self.probation = Probation::Ending { pid },
+            Probation::Draining { pid, asked, .. } => {
+                self.probation = Probation::Draining {
+                    pid,
+                    asked,
+                    off: true,
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// HUP or `rollback` reach the master: returns whether the probation takes it (a
+    /// rollback begins now, or once the old workers are gone).
+    fn rollback_asked(&mut self) -> bool {
+        match self.probation {
+            Probation::Waiting { pid, .. } => {
+                self.begin_rollback(pid);
+                true
+            }
+            Probation::Draining {
+                pid, off: false, ..
+            } if self.expected == Some(Ok(())) => {
+                self.probation = Probation::Draining {
+                    pid,
+                    asked: true,
+                    off: false,
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The rollback begins: the run goes on again, its workers to start.
+    fn begin_rollback(&mut self, pid: u32) {
+        self.probation = Probation::RollingBack { pid };
+        self.reloading = false;
+        self.stop = None;
+        self.expected = None;
+        self.ready_seen = false;
+        self.stopping_seen = false;
+        self.respawns.clear();
+        self.recycling.clear();
+    }
+
+    /// Performs an action of the upgrade probation.
+    fn perform_probation(&mut self, action: Action) {
+        match action {
+            Action::Probation { pid, until } => {
+                assert_eq!(
+                    self.probation,
+                    Probation::Draining {
+                        pid,
+                        asked: false,
+                        off: false
+                    },
+                    "{action:?}"
+                );
+                assert!(
+                    self.live.is_empty(),
+                    "{action:?} while {:?} live",
+                    self.live
+                );
+                assert_eq!(self.expected, Some(Ok(())), "{action:?}");
+                assert_eq!(
+                    until,
+                    self.now.saturating_add(self.cfg.upgrade_probation),
+                    "{action:?}"
+                );
+                self.probation = Probation::Waiting { pid, until };
+            }
+            Action::ProbationEnded { pid } => {
+                let due = match self.probation {
+                    Probation::Ending { pid: p } => p == pid,
+                    Probation::Draining { pid: p, off, .. } => {
+                        p == pid
+                            && self.live.is_empty()
+                            && (off || matches!(self.expected, Some(Err(_))))
+                    }
+                    _ => false,
+                };
+                assert!(due, "{action:?} while {:?}", self.probation);
+                assert!(
+                    matches!(self.upgrade, Upgrade::Probation { pid: p } if p == pid)
+                        || self.upgrade == Upgrade::Idle,
+                    "{action:?} with {:?}",
+                    self.upgrade
+                );
+                self.probation = Probation::None;
+                self.upgrade = Upgrade::Idle;
+            }
+            Action::HandBack { pid, ref pids } => {
+                assert_eq!(self.probation, Probation::RollingBack { pid }, "{action:?}");
+                let mut got = pids.clone();
+                got.sort_unstable();
+                let serving: Vec<u32> = self
+                    .live
+                    .iter()
+                    .filter(|(_, p)| p.ready.is_some() && !p.told() && !p.retired && !p.stuck)
+                    .map(|(&pid, _)| pid)
+                    .collect();
+                assert_eq!(got, serving, "{action:?}: not every serving worker");
+                assert_eq!(pids.len(), self.handover_slots, "{action:?}");
+                self.ready_seen = true;
+                self.probation = Probation::None;
+                self.handbacks += 1;
+                if self.upgrade == (Upgrade::Probation { pid }) {
+                    self.upgrade = Upgrade::Going {
+                        pid,
+                        term: true,
+                        kill: false,
+                    };
+                    self.handback_at = Some(self.now);
+                }
+            }
+            _ => panic!("{action:?}: the model plays an old master, never a new one"),
+        }
+    }
+
+    /// When the new master sent TERM must be sent KILL: the grace period after the stop,
+    /// or after a hand-back the grace period and the margin, whichever comes first.
+    fn new_master_kill_due(&self) -> Duration {
+        let handback = self
+            .handback_at
+            .map(|t| t + self.cfg.shutdown_grace + super::state::KILL_MARGIN);
+        let stop = self.stop.map(|s| s.at + self.cfg.shutdown_grace);
+        handback
+            .into_iter()
+            .chain(stop)
+            .min()
+            .expect("told with the stop or a hand-back")
+    }
+
     /// After every call into the supervisor: it stops when the model expects it to.
     fn after_call(&mut self) {
+        if let Probation::Draining {
+            pid,
+            asked: true,
+            off: false,
+        } = self.probation
+        {
+            // Once the old workers are gone, the rollback asked during the drain begins.
+            let ok = self.expected == Some(Ok(()));
+            if self.live.is_empty() && ok && self.upgrade == (Upgrade::Probation { pid }) {
+                self.begin_rollback(pid);
+            }
+        }
         assert_eq!(
             self.sup.is_stopping(),
             self.stop.is_some(),
@@ -1214,13 +1479,20 @@ impl Model {
             assert!(
                 matches!(
                     command,
-                    Command::Reload | Command::Scale(_) | Command::Upgrade
+                    Command::Reload | Command::Scale(_) | Command::Upgrade | Command::Rollback
                 ),
                 "{command:?} of client {client} was not answered at once"
             );
         }
+        // (A rollback asked while the old workers drain waits for them, even when a stop
+        // came since: it is answered when the probation ends, once they are gone.)
+        let asked = matches!(self.probation, Probation::Draining { asked: true, .. });
         assert!(
-            !stopping || self.clients.is_empty(),
+            !stopping
+                || self
+                    .clients
+                    .values()
+                    .all(|(c, _)| asked && *c == Command::Rollback),
             "the stop left clients without an answer: {:?}",
             self.clients
         );
@@ -1386,10 +1658,31 @@ impl Model {
             sup.new_master(),
             match self.upgrade {
                 Upgrade::Idle => None,
-                Upgrade::Waiting { pid, .. } | Upgrade::Going { pid, .. } => Some(pid),
+                Upgrade::Waiting { pid, .. }
+                | Upgrade::Going { pid, .. }
+                | Upgrade::Probation { pid } => Some(pid),
             },
             "the new master"
         );
+        match self.probation {
+            Probation::Draining {
+                asked: false,
+                off: false,
+                ..
+            } => assert!(
+                !self.live.is_empty() || self.expected != Some(Ok(())) || self.gave_up,
+                "the old workers are gone, but no probation began"
+            ),
+            Probation::Waiting { until, .. } => {
+                assert!(self.timer_at < until, "the probation's end passed");
+                assert!(
+                    sup.next_deadline().is_some_and(|d| d <= until),
+                    "no timer for the probation's end {until:?}"
+                );
+            }
+            Probation::Ending { .. } => panic!("the probation's end is due, but no ProbationEnded"),
+            _ => {}
+        }
         match self.upgrade {
             Upgrade::Waiting { deadline, .. } => {
                 assert!(self.timer_at < deadline, "the upgrade's deadline passed");
@@ -1403,7 +1696,7 @@ impl Model {
                 kill: false,
                 ..
             } => {
-                let due = self.stop.expect("told with the stop").at + self.cfg.shutdown_grace;
+                let due = self.new_master_kill_due();
                 assert!(
                     sup.next_deadline().is_some_and(|d| d <= due),
                     "the new master was sent TERM, but no KILL is scheduled by {due:?}"

@@ -116,6 +116,11 @@ pub(super) enum Phase {
         give_up_at: Option<Duration>,
         result: Result<(), Failure>,
     },
+    /// After a handover with an upgrade probation: every old worker is gone, and this master
+    /// waits until `until` for a rollback (HUP, `rollback`), then ends.
+    Probation {
+        until: Duration,
+    },
     Done(Result<(), Failure>),
 }
 
@@ -144,8 +149,18 @@ pub(crate) struct Supervisor {
     pub(super) restarts_begun: u64,
     /// The operator's commands waiting for their outcome.
     pub(super) waiting: Vec<(Client, Waiting)>,
-    /// The new master this run handed over to.
+    /// The new master this run handed over to (until a rollback takes the service back).
     pub(super) handed_to: Option<u32>,
+    /// The slots in service when the run handed over: a rollback starts that many workers.
+    pub(super) handover_slots: usize,
+    /// A rollback was asked while the old workers still drained: it begins once they are gone.
+    pub(super) rollback_asked: bool,
+    /// A stop (TERM, `stop`) came after the handover: no probation, or its end.
+    pub(super) probation_off: bool,
+    /// A rollback under way: its workers start, then the new master `pid` is handed back.
+    pub(super) rolling_back: Option<u32>,
+    /// On a new master: its old master, while that one is on probation.
+    pub(super) old_master: Option<u32>,
     pub(super) actions: VecDeque<Action>,
 }
 

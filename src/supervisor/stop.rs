@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::action::{Action, Failure, Why};
 use super::state::{KILL_MARGIN, Phase, Slot, Stop, Supervisor};
+use super::upgrade::NewMaster;
 use crate::sys::signal::Signal;
 
 impl Supervisor {
@@ -44,6 +45,9 @@ impl Supervisor {
         self.restart_queue.clear();
         self.restarting = None;
         self.hup_pending = false;
+        // A rollback whose workers were starting is over: the service stays with the new
+        // master (a `rollback` is no longer joined, see `answer_all_waiting`).
+        self.rolling_back = None;
         self.answer_all_waiting();
         for s in self.slots.iter_mut() {
             // A spawning slot's action was queued, and has just been dropped.
@@ -78,7 +82,7 @@ impl Supervisor {
             give_up_at: kill.then(|| now.saturating_add(KILL_MARGIN)),
             result,
         };
-        self.maybe_done();
+        self.maybe_done(now);
     }
 
     pub(super) fn kill_all(&mut self, now: Duration) {
@@ -120,7 +124,10 @@ impl Supervisor {
             return;
         };
         let mut pids = self.live_pids();
-        pids.extend(self.new_master.pid());
+        // A new master on probation serves: none of the stop's.
+        if !matches!(self.new_master, NewMaster::Probation { .. }) {
+            pids.extend(self.new_master.pid());
+        }
         pids.sort_unstable();
         let result = match result {
             Ok(()) => Err(Failure::Unreaped { pids: pids.clone() }),
@@ -130,16 +137,30 @@ impl Supervisor {
         self.phase = Phase::Done(result);
     }
 
-    pub(super) fn maybe_done(&mut self) {
+    pub(super) fn maybe_done(&mut self, now: Duration) {
+        if let Phase::Probation { .. } = self.phase {
+            // The new master exited during the probation: nothing is left to roll back to.
+            if self.new_master.is_idle() {
+                self.end_probation();
+            }
+            return;
+        }
         let Phase::Stopping { result, .. } = &self.phase else {
             return;
         };
+        let result = result.clone();
         let busy = self
             .slots
             .iter()
             .any(|s| matches!(s, Slot::Running { .. } | Slot::Spawning { .. }));
-        if !busy && self.retiring.is_empty() && self.new_master.is_idle() {
-            self.phase = Phase::Done(result.clone());
+        if busy || !self.retiring.is_empty() {
+            return;
+        }
+        if self.begin_probation(now, result.is_ok()) {
+            return;
+        }
+        if self.new_master.is_idle() {
+            self.phase = Phase::Done(result);
         }
     }
 }

@@ -22,6 +22,7 @@ fn cfg(workers: usize) -> Config {
         recover_interval: Duration::ZERO,
         shutdown_grace: Duration::from_secs(5),
         upgrade_timeout: Duration::from_secs(60),
+        upgrade_probation: Duration::ZERO,
     }
 }
 

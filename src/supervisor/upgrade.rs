@@ -16,6 +16,10 @@
 //!    └───────────────────────── Killed(pid) ◄┘
 //! ```
 //!
+//! With an upgrade probation, `ready` leads to `Probation(pid)` instead: the new master serves
+//! and stays watched through the probation (see `probation.rs`); the run's stop leaves it
+//! alone.
+//!
 //! A second USR2 while one is under way, or during a stop, is ignored. The run's outcome
 //! waits until the new master is handed over or gone: a master never returns while a new
 //! master it started and did not hand over to is alive.
@@ -39,6 +43,9 @@ pub(crate) enum NewMaster {
     Killed { pid: u32 },
     /// The run stops: it was sent TERM, and KILL at `kill_at` (`None` once sent).
     Stopping { pid: u32, kill_at: Option<Duration> },
+    /// It serves: this master handed over, and watches it through the upgrade probation.
+    /// The run's stop leaves it alone.
+    Probation { pid: u32 },
 }
 
 impl NewMaster {
@@ -47,7 +54,8 @@ impl NewMaster {
         match self {
             NewMaster::Waiting { pid, .. }
             | NewMaster::Killed { pid }
-            | NewMaster::Stopping { pid, .. } => Some(pid),
+            | NewMaster::Stopping { pid, .. }
+            | NewMaster::Probation { pid } => Some(pid),
             NewMaster::Idle | NewMaster::Starting => None,
         }
     }
@@ -78,7 +86,8 @@ impl NewMaster {
             NewMaster::Starting => Ignored::UnderWay { pid: None },
             NewMaster::Waiting { pid, .. }
             | NewMaster::Killed { pid }
-            | NewMaster::Stopping { pid, .. } => Ignored::UnderWay { pid: Some(pid) },
+            | NewMaster::Stopping { pid, .. }
+            | NewMaster::Probation { pid } => Ignored::UnderWay { pid: Some(pid) },
         };
         actions.push_back(Action::UpgradeIgnored { why: ignored });
     }
@@ -106,12 +115,16 @@ impl NewMaster {
 
     /// The new master reported that it serves: returns its pid when this hands over (the
     /// old generation is to drain), `None` when the report comes too late (after a KILL or a
-    /// stop) or from nothing under way.
-    pub(crate) fn on_ready(&mut self) -> Option<u32> {
+    /// stop) or from nothing under way. With a `probation` it stays watched.
+    pub(crate) fn on_ready(&mut self, probation: bool) -> Option<u32> {
         let NewMaster::Waiting { pid, .. } = *self else {
             return None;
         };
-        *self = NewMaster::Idle;
+        *self = if probation {
+            NewMaster::Probation { pid }
+        } else {
+            NewMaster::Idle
+        };
         Some(pid)
     }
 
@@ -194,8 +207,8 @@ impl NewMaster {
                 *self = NewMaster::Idle;
                 return;
             }
-            // Killed already.
-            NewMaster::Killed { .. } | NewMaster::Idle => return,
+            // Killed already; or serving, and none of this run's stop.
+            NewMaster::Killed { .. } | NewMaster::Idle | NewMaster::Probation { .. } => return,
         };
         if kill {
             *self = NewMaster::Stopping { pid, kill_at: None };
@@ -212,6 +225,12 @@ impl NewMaster {
                 pid,
                 signal: Signal::Term,
             });
+        } else if let NewMaster::Stopping {
+            kill_at: Some(t), ..
+        } = self
+        {
+            // Told already (handed back): KILL no later than this stop's grace period.
+            *t = (*t).min(now.saturating_add(grace));
         }
     }
 }

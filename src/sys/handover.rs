@@ -81,20 +81,20 @@ impl Handover {
         })
     }
 
-    /// Forks and execs the program with `sockets` on fds 3.. and `extra_fd` right after them;
+    /// Forks and execs the program with `sockets` on fds 3.. and `extra_fds` right after them;
     /// every other descriptor above 2 is closed by `execve` (marked close-on-exec). Returns
     /// the new process's pid once `execve` succeeded, or the error it failed with (the child
     /// is then reaped).
     pub(crate) fn spawn(
         &mut self,
         sockets: &[BorrowedFd<'_>],
-        extra_fd: BorrowedFd<'_>,
+        extra_fds: &[BorrowedFd<'_>],
         mask: &super::SigSet,
     ) -> io::Result<u32> {
         let raw: Vec<RawFd> = sockets
             .iter()
             .map(|s| s.as_raw_fd())
-            .chain([extra_fd.as_raw_fd()])
+            .chain(extra_fds.iter().map(|fd| fd.as_raw_fd()))
             .collect();
         // Every source moved above the targets first, so that dup2 onto 3.. never clobbers a
         // source still to be moved.
