@@ -21,6 +21,30 @@ pub(crate) fn bind_tcp(
     v6only: bool,
     backlog: i32,
 ) -> io::Result<TcpListener> {
+    bind_tcp_with(addr, reuseport, false, v6only, backlog)
+}
+
+/// As [`bind_tcp`] without `SO_REUSEPORT`, but with `SO_REUSEPORT` set between `bind(2)` and
+/// `listen(2)`: the socket makes a reuseport group of one at `listen`, which sockets of the
+/// same user may join later, while the bind itself still fails with `EADDRINUSE` where any
+/// socket holds the port (the kernel checks the flags of both sockets at the bind).
+pub(crate) fn bind_tcp_group_of_one(
+    addr: SocketAddr,
+    v6only: bool,
+    backlog: i32,
+) -> io::Result<TcpListener> {
+    bind_tcp_with(addr, false, true, v6only, backlog)
+}
+
+/// The calls of [`bind_tcp`]: `SO_REUSEPORT` before `bind` (`reuseport`) or between `bind`
+/// and `listen` (`reuseport_after_bind`).
+fn bind_tcp_with(
+    addr: SocketAddr,
+    reuseport: bool,
+    reuseport_after_bind: bool,
+    v6only: bool,
+    backlog: i32,
+) -> io::Result<TcpListener> {
     let domain = match addr {
         SocketAddr::V4(_) => AddressFamily::INET,
         SocketAddr::V6(_) => AddressFamily::INET6,
@@ -34,6 +58,9 @@ pub(crate) fn bind_tcp(
         sockopt::set_ipv6_v6only(&fd, v6only)?;
     }
     rustix::net::bind(&fd, &addr)?;
+    if reuseport_after_bind {
+        sockopt::set_socket_reuseport(&fd, true)?;
+    }
     rustix::net::listen(&fd, backlog)?;
     Ok(TcpListener::from(fd))
 }
@@ -103,30 +130,6 @@ pub(crate) fn unix_path_answers(path: &std::path::Path) -> io::Result<bool> {
             e,
         )),
     }
-}
-
-/// As [`bind_tcp`] without `SO_REUSEPORT`, but with `SO_REUSEPORT` set between `bind(2)` and
-/// `listen(2)`: the socket makes a reuseport group of one at `listen`, which sockets of the
-/// same user may join later, while the bind itself still fails with `EADDRINUSE` where any
-/// socket holds the port (the kernel checks the flags of both sockets at the bind).
-pub(crate) fn bind_tcp_group_of_one(
-    addr: SocketAddr,
-    v6only: bool,
-    backlog: i32,
-) -> io::Result<TcpListener> {
-    let domain = match addr {
-        SocketAddr::V4(_) => AddressFamily::INET,
-        SocketAddr::V6(_) => AddressFamily::INET6,
-    };
-    let fd = rustix::net::socket_with(domain, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
-    sockopt::set_socket_reuseaddr(&fd, true)?;
-    if addr.is_ipv6() {
-        sockopt::set_ipv6_v6only(&fd, v6only)?;
-    }
-    rustix::net::bind(&fd, &addr)?;
-    sockopt::set_socket_reuseport(&fd, true)?;
-    rustix::net::listen(&fd, backlog)?;
-    Ok(TcpListener::from(fd))
 }
 
 /// `getsockopt(2)` (`SO_TYPE`, `SO_DOMAIN`, `SO_ACCEPTCONN`), then `fcntl(2)`: adopts an
