@@ -155,13 +155,15 @@ pub fn request_line(path: impl AsRef<Path>, command: &str) -> Result<String, Err
     let mut request = Vec::with_capacity(command.len() + 1);
     request.extend_from_slice(command.as_bytes());
     request.push(b'\n');
-    stream
-        .write_all(&request)
-        .map_err(|e| fail("sending the request", Some(e)))?;
+    // A master that refuses the client (another user) answers and closes at once, so the
+    // request may meet a closed connection: the refusal is still there to read.
+    let sent = stream.write_all(&request);
     let mut reply = Vec::new();
-    stream
-        .read_to_end(&mut reply)
-        .map_err(|e| fail("reading the reply", Some(e)))?;
+    let read = stream.read_to_end(&mut reply);
+    if !reply.contains(&b'\n') {
+        sent.map_err(|e| fail("sending the request", Some(e)))?;
+        read.map_err(|e| fail("reading the reply", Some(e)))?;
+    }
     let Some(end) = reply.iter().position(|&b| b == b'\n') else {
         return Err(fail(
             "the master closed the connection without a complete reply",
