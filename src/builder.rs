@@ -473,16 +473,7 @@ impl Prefork {
             let setup = self.worker_setup()?;
             child::run_exec_child(id, self.hooks.on_master_death.take(), &setup, serve);
         }
-        let (cfg, backend, spawn) = self.prepare()?;
-        let plan = Plan {
-            cfg,
-            backend,
-            spawn,
-            listeners: Sockets::Caller,
-            health: self.health,
-            setup: self.worker_setup()?,
-            operator: self.operator.clone(),
-        };
+        let plan = self.plan(|_| Ok(Sockets::Caller))?;
         master::run(plan, &mut self.hooks, &mut |_, worker| serve(worker))
     }
 
@@ -529,18 +520,8 @@ impl Prefork {
                 serve(Listeners::new(listeners), worker)
             });
         }
-        let (cfg, backend, spawn) = self.prepare()?;
-        let setup = self.worker_setup()?;
-        let listeners = Sockets::open(&specs, self.network, cfg.workers, self.unix_mode, true)?;
-        let plan = Plan {
-            cfg,
-            backend,
-            spawn,
-            listeners,
-            health: self.health,
-            setup,
-            operator: self.operator.clone(),
-        };
+        let (network, unix_mode) = (self.network, self.unix_mode);
+        let plan = self.plan(|cfg| Sockets::open(&specs, network, cfg.workers, unix_mode, true))?;
         master::run(plan, &mut self.hooks, &mut |listeners, worker| {
             serve(Listeners::new(listeners), worker)
         })
@@ -683,24 +664,16 @@ impl Prefork {
             let death = self.hooks.on_master_death.take();
             child::run_exec_child(id, death, &setup, move |worker| serve(listener, worker));
         }
-        let (cfg, backend, spawn) = self.prepare()?;
-        let setup = self.worker_setup()?;
-        let listeners = Sockets::open(
-            std::slice::from_ref(&spec),
-            self.network,
-            cfg.workers,
-            None,
-            false,
-        )?;
-        let plan = Plan {
-            cfg,
-            backend,
-            spawn,
-            listeners,
-            health: self.health,
-            setup,
-            operator: self.operator.clone(),
-        };
+        let network = self.network;
+        let plan = self.plan(|cfg| {
+            Sockets::open(
+                std::slice::from_ref(&spec),
+                network,
+                cfg.workers,
+                None,
+                false,
+            )
+        })?;
         master::run(
             plan,
             &mut self.hooks,
@@ -720,6 +693,27 @@ impl Prefork {
                 None => unreachable!("listen_and_serve always gives every worker a listener"),
             },
         )
+    }
+
+    /// What `master::run` is given: the options validated, the backend and how workers start
+    /// resolved, each worker's setup, and the sockets `listeners` opens for the configuration
+    /// (in this order, so that a bad option fails before any socket is bound).
+    fn plan(
+        &self,
+        listeners: impl FnOnce(&Config) -> Result<Sockets, Error>,
+    ) -> Result<Plan, Error> {
+        let (cfg, backend, spawn) = self.prepare()?;
+        let setup = self.worker_setup()?;
+        let listeners = listeners(&cfg)?;
+        Ok(Plan {
+            cfg,
+            backend,
+            spawn,
+            listeners,
+            health: self.health,
+            setup,
+            operator: self.operator.clone(),
+        })
     }
 
     /// Validates the options and resolves the backend and how workers start.
