@@ -289,7 +289,9 @@ where
 }
 
 /// `PR_SET_PDEATHSIG` with `SIGKILL`, then a `getppid()` check: a master that died before the
-/// `prctl` would not deliver the signal, and the child would have been reparented already.
+/// `prctl` would not deliver the signal, and the child would have been reparented already;
+/// the worker then exits with 1 before serving, through std's `exit` as every worker ends
+/// ([`finish`]; the master flushed std's stdout before the fork, so nothing prints twice).
 ///
 /// The death signal is tied to the *thread* that forked us: the master's supervising thread,
 /// which lives exactly as long as the master's event loop.
@@ -298,7 +300,7 @@ fn die_with_master(master_pid: u32) {
         log::error!("cannot set PR_SET_PDEATHSIG: {e}");
     }
     if sys::getppid() != master_pid {
-        sys::exit_now(1);
+        std::process::exit(1);
     }
 }
 

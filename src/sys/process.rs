@@ -2,8 +2,8 @@
 //! and the pre-`exec` setup of an exec-mode worker.
 //!
 //! Through rustix where it wraps the call safely; through nix for `fork`; through libc for
-//! `waitid(P_ALL)` (rustix does not report which child it found), `_exit`, and the
-//! descriptor-table calls of the pre-`exec` child, which work on bare numbers.
+//! `waitid(P_ALL)` (rustix does not report which child it found) and the descriptor-table
+//! calls of the pre-`exec` child, which work on bare numbers.
 
 #![allow(unsafe_code)]
 
@@ -356,16 +356,6 @@ pub(crate) fn set_parent_death_signal(signal: Option<Signal>) -> io::Result<()> 
 /// descendants, being PID 1 of its namespace or a child subreaper.
 pub(crate) fn adopts_orphans() -> bool {
     getpid() == 1 || rustix::process::child_subreaper().is_ok_and(|flag| flag.is_some())
-}
-
-/// `_exit(2)`: ends the process at once, without running atexit handlers or flushing
-/// anything.
-///
-/// Through libc: nix 0.30 does not offer `_exit`, and rustix only in its unstable `runtime`
-/// API.
-pub(crate) fn exit_now(code: i32) -> ! {
-    // SAFETY: _exit has no preconditions; it ends the process without returning.
-    unsafe { libc::_exit(code) }
 }
 
 /// `std::env::remove_var` (which rewrites `environ`): removes an environment variable if
