@@ -129,16 +129,10 @@ where
     let ready = std::env::var_os(READY_FD_ENV).map(|v| v.into_encoded_bytes());
     match protocol::parse_ready_fd(ready.as_deref()) {
         // Only a pipe: a stray variable must not make us write into some other file.
-        Ok(Some(fd)) if sys::is_pipe(fd) => {
-            // SAFETY: our master passed the readiness pipe on this number for the crate
-            // (it set the variable), and nothing else in the worker takes it.
-            #[allow(unsafe_code)]
-            let taken = unsafe { sys::take_inherited(fd) };
-            match taken {
-                Some(fd) => report_ready(fd, worker.pid),
-                None => log::warn!("{READY_FD_ENV}={fd} was taken already"),
-            }
-        }
+        Ok(Some(fd)) if sys::is_pipe(fd) => match sys::Designated::ReadyPipe(fd).take() {
+            Some(fd) => report_ready(fd, worker.pid),
+            None => log::warn!("{READY_FD_ENV}={fd} was taken already"),
+        },
         Ok(Some(fd)) => log::warn!("{READY_FD_ENV}={fd} is not a pipe; not reporting readiness"),
         Ok(None) => {}
         Err(e) => log::warn!("{e}; not reporting readiness"),
@@ -233,10 +227,7 @@ fn adopt_heartbeat(id: usize) {
         );
         return;
     };
-    // SAFETY: our master passed the heartbeat memfd on this number for the crate (it set the
-    // variable), and nothing else in the worker takes it.
-    #[allow(unsafe_code)]
-    let Some(owned) = (unsafe { sys::take_inherited(fd) }) else {
+    let Some(owned) = sys::Designated::HeartbeatTable(fd).take() else {
         log::warn!("{HEARTBEAT_FD_ENV}={fd} is not open, or was taken already; no heartbeat");
         return;
     };

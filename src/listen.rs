@@ -170,12 +170,12 @@ pub(crate) fn parse_handover_name(name: &str) -> Option<(Option<&str>, bool)> {
 /// moment (an exec-mode worker's fd 3 under our master, a socket an old master hands on):
 /// the blocking mode belongs to the socket, shared by every process holding it, and a
 /// sibling's `Shutdown::incoming` relies on the non-blocking mode it set.
-#[allow(unsafe_code)]
+///
+/// Its callers pass only the numbers a protocol designates for listeners
+/// ([`sys::Designated::Listener`]): fds 3.. of an exec-mode worker, or the sockets of socket
+/// activation whose `LISTEN_PID` names this process.
 fn adopt(fd: std::os::fd::RawFd, blocking: bool) -> Result<Listener, Error> {
-    // SAFETY: every caller passes a number a protocol gave the crate, which nothing else in
-    // the process owns: fds 3.. of an exec-mode worker, or a socket of socket activation
-    // whose `LISTEN_PID` names this process.
-    unsafe { sys::adopt_listener(fd, blocking) }
+    sys::adopt_listener(fd, blocking)
         .map(|(fd, unix)| Listener::from_fd(fd, unix))
         .map_err(|reason| Error::InheritedListener { fd, reason })
 }

@@ -258,7 +258,11 @@ pub(crate) fn inherited_report_fd() -> Option<OwnedFd> {
             return None;
         }
     };
-    take_pipe(UPGRADE_FD_ENV, fd, "not reporting readiness")
+    take_pipe(
+        UPGRADE_FD_ENV,
+        sys::Designated::UpgradePipe(fd),
+        "not reporting readiness",
+    )
 }
 
 /// In a new master whose old master is on upgrade probation: the read end of the probation
@@ -281,20 +285,22 @@ pub(crate) fn inherited_probation_fd() -> Option<OwnedFd> {
         );
         return None;
     };
-    take_pipe(PROBATION_FD_ENV, fd, "not on probation")
+    take_pipe(
+        PROBATION_FD_ENV,
+        sys::Designated::ProbationPipe(fd),
+        "not on probation",
+    )
 }
 
-/// Takes the pipe the old master passed on `fd` (named by the variable `var`), made
-/// close-on-exec; `None` (logged, with `otherwise`) when `fd` is no pipe.
-fn take_pipe(var: &str, fd: i32, otherwise: &str) -> Option<OwnedFd> {
+/// Takes the pipe the old master passed on `pipe`'s number (named by the variable `var`),
+/// made close-on-exec; `None` (logged, with `otherwise`) when it is no pipe.
+fn take_pipe(var: &str, pipe: sys::Designated, otherwise: &str) -> Option<OwnedFd> {
+    let fd = pipe.fd();
     if !sys::is_pipe(fd) {
         log::warn!("{var}={fd} is not a pipe; {otherwise}");
         return None;
     }
-    // SAFETY: the old master passed this pipe on this number for the crate (it set the
-    // variable, which was read and removed once), and nothing else in this process takes it.
-    #[allow(unsafe_code)]
-    let fd = unsafe { sys::take_inherited(fd) }?;
+    let fd = pipe.take()?;
     if let Err(e) = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC) {
         log::warn!("cannot make the pipe of {var} close-on-exec: {e}");
     }

@@ -53,14 +53,14 @@ pub(crate) use event::{
     Epoll, is_pipe, pipe, pipe_nonblocking, read_pids, wait_readable, write_pid,
 };
 pub(crate) use net::{
-    UnixName, adopt_listener, bind_tcp, bind_tcp_group_of_one, bind_unix, listening_sockets,
-    take_inherited, unix_path_answers,
+    Designated, UnixName, adopt_listener, bind_tcp, bind_tcp_group_of_one, bind_unix,
+    listening_sockets, unix_path_answers,
 };
 pub(crate) use process::{
-    Fork, Pid, Reaped, adopts_orphans, fork, getpid, getppid, is_refused, kill, named,
-    pidfd_open, pidfd_send_signal, probe_master_calls, probe_pidfd, reap_pid, reap_pidfd,
-    refused_hint, remove_env_if_single_threaded, rss_bytes, set_exec_child_setup,
-    set_parent_death_signal, thread_count, wait_any, wait_blocking,
+    Fork, Pid, Reaped, adopts_orphans, fork, getpid, getppid, is_refused, kill, named, pidfd_open,
+    pidfd_send_signal, probe_master_calls, probe_pidfd, reap_pid, reap_pidfd, refused_hint,
+    remove_env_if_single_threaded, rss_bytes, set_exec_child_setup, set_parent_death_signal,
+    thread_count, wait_any, wait_blocking,
 };
 pub(crate) use signal::{
     MaskHow, SavedAction, SigSet, children_auto_reaped, forward_signals, read_forwarded,

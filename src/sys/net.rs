@@ -1,6 +1,7 @@
 //! Sockets and inherited descriptors: binding a listening TCP or Unix socket, and taking over the
 //! descriptors another process passed by number (systemd socket activation, an exec-mode
-//! worker's fd 3 and readiness pipe). Through rustix.
+//! worker's fd 3, readiness pipe and heartbeat table, an upgrade's pipes), each through
+//! [`Designated::take`]. Through rustix.
 
 #![allow(unsafe_code)]
 
@@ -132,18 +133,14 @@ pub(crate) fn unix_path_answers(path: &std::path::Path) -> io::Result<bool> {
     }
 }
 
-/// `getsockopt(2)` (`SO_TYPE`, `SO_DOMAIN`, `SO_ACCEPTCONN`), then `fcntl(2)`: adopts an
-/// inherited listening socket ([`take_inherited`]). Checks that `fd` is an open, listening
-/// stream socket, TCP (IPv4 or IPv6) or Unix, then sets close-on-exec and, with
-/// `blocking`, clears `O_NONBLOCK`. The error says which of those it is not. The checks only
-/// read the descriptor's state; `fd` is taken over only once they passed. Returns the socket
-/// and whether it is a Unix socket.
-///
-/// # Safety
-///
-/// As [`take_inherited`]: `fd` was passed to this process for the crate by one of its
-/// protocols, and nothing else in the process owns it.
-pub(crate) unsafe fn adopt_listener(fd: RawFd, blocking: bool) -> Result<(OwnedFd, bool), String> {
+/// `getsockopt(2)` (`SO_TYPE`, `SO_DOMAIN`, `SO_ACCEPTCONN`), then `fcntl(2)`: adopts the
+/// inherited listening socket on `fd`, a number a protocol designates for a listener
+/// ([`Designated::Listener`]). Checks that `fd` is an open, listening stream socket, TCP
+/// (IPv4 or IPv6) or Unix, then sets close-on-exec and, with `blocking`, clears
+/// `O_NONBLOCK`. The error says which of those it is not. The checks only read the
+/// descriptor's state; `fd` is taken over ([`Designated::take`]) only once they passed.
+/// Returns the socket and whether it is a Unix socket.
+pub(crate) fn adopt_listener(fd: RawFd, blocking: bool) -> Result<(OwnedFd, bool), String> {
     let describe = |e: io::Error| match e.raw_os_error() {
         Some(libc::EBADF) => format!("fd {fd} is not open"),
         Some(libc::ENOTSOCK) => format!("fd {fd} is not a socket"),
@@ -164,9 +161,9 @@ pub(crate) unsafe fn adopt_listener(fd: RawFd, blocking: bool) -> Result<(OwnedF
     if !listening {
         return Err(format!("fd {fd} is a {kind} socket that is not listening"));
     }
-    // SAFETY: our caller's contract is `take_inherited`'s.
-    let owned = unsafe { take_inherited(fd) };
-    let owned = owned.ok_or_else(|| format!("fd {fd} was adopted already"))?;
+    let owned = Designated::Listener(fd)
+        .take()
+        .ok_or_else(|| format!("fd {fd} was adopted already"))?;
     rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
         .map_err(|e| describe(e.into()))?;
     if blocking {
@@ -214,35 +211,67 @@ pub(crate) fn listening_sockets() -> Vec<OwnedFd> {
         .collect()
 }
 
-/// The descriptors below this number that [`take_inherited`] handed out already.
+/// The descriptors below this number that [`Designated::take`] handed out already.
 const INHERITED_LIMIT: usize = 1024;
 static INHERITED: [AtomicBool; INHERITED_LIMIT] =
     [const { AtomicBool::new(false) }; INHERITED_LIMIT];
 
-/// `fcntl(F_GETFD)`: takes ownership of a descriptor this process inherited by protocol
-/// (fd 3 of systemd socket activation or of an exec-mode worker, the readiness pipe on
-/// fd 4), at most once per number: a second call for the same number returns `None`. Also
-/// `None` when `fd` is not open, or not in `3..1024`.
-///
-/// # Safety
-///
-/// `fd` was passed to this process for the crate by one of its protocols (socket activation
-/// with `LISTEN_PID` naming this process, a handover from an old master, an exec-mode
-/// worker's descriptors named by its master's variables), and nothing else in the process
-/// owns it or will close it: from here on the returned `OwnedFd` does. The once-per-number
-/// guard is a check of the crate's own calls, not a proof: it cannot see an owner outside
-/// the crate (a program that also took fd 3, for example).
-pub(crate) unsafe fn take_inherited(fd: RawFd) -> Option<OwnedFd> {
-    let index = guard_index(fd)?;
-    if !Unowned::new(fd)?.is_open() {
-        return None;
+/// A descriptor number one of the crate's protocols hands this process, named by the
+/// protocol that does: the only numbers the crate takes over ([`Designated::take`]). Each
+/// variant is made where the crate reads its protocol, from the number that protocol names
+/// (`docs/protocol.md`), and nowhere else:
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Designated {
+    /// A listening socket from fd 3 on ([`adopt_listener`], for `listen.rs`): an exec-mode
+    /// worker's listeners (fd 3, or as many as `PREFORK_LISTEN_FDNAMES` names), or socket
+    /// activation's (`LISTEN_FDS`, with `LISTEN_PID` naming this process: systemd's, or an
+    /// old master's in a binary upgrade).
+    Listener(RawFd),
+    /// An exec-mode worker's readiness pipe, named by `PREFORK_READY_FD` (`child.rs`).
+    ReadyPipe(RawFd),
+    /// An exec-mode worker's heartbeat memfd, named by `PREFORK_HEARTBEAT_FD` (`child.rs`).
+    HeartbeatTable(RawFd),
+    /// A new master's readiness report to its old master, named by `PREFORK_UPGRADE_FD`
+    /// (`master/upgrade.rs`).
+    UpgradePipe(RawFd),
+    /// A new master's pipe from its old master on probation, named by
+    /// `PREFORK_PROBATION_FD` (`master/upgrade.rs`).
+    ProbationPipe(RawFd),
+}
+
+impl Designated {
+    /// The descriptor number.
+    pub(crate) fn fd(self) -> RawFd {
+        match self {
+            Designated::Listener(fd)
+            | Designated::ReadyPipe(fd)
+            | Designated::HeartbeatTable(fd)
+            | Designated::UpgradePipe(fd)
+            | Designated::ProbationPipe(fd) => fd,
+        }
     }
-    if INHERITED[index].swap(true, Ordering::AcqRel) {
-        return None;
+
+    /// `fcntl(F_GETFD)`: takes ownership of the descriptor, at most once per number: a
+    /// second call for the same number, under any protocol, returns `None`. Also `None`
+    /// when the number is not open, or not in `3..1024` (no protocol passes one below 3).
+    pub(crate) fn take(self) -> Option<OwnedFd> {
+        let fd = self.fd();
+        let index = guard_index(fd)?;
+        if !Unowned::new(fd)?.is_open() {
+            return None;
+        }
+        if INHERITED[index].swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // SAFETY: the descriptor is open (checked above). It is ours alone: the number is
+        // one a protocol of the crate hands this process for the crate (`Designated` is made
+        // only from the number a protocol names, where the crate reads that protocol: see
+        // its variants), so nothing else in the process owns it, and the flag just set makes
+        // sure the crate takes each number at most once. (The flag cannot see an owner
+        // outside the crate, a program that also took fd 3 for example: the protocols give
+        // these numbers to the crate, and the program that uses it does not take them.)
+        Some(unsafe { OwnedFd::from_raw_fd(fd) })
     }
-    // SAFETY: the descriptor is open (checked above), and ours alone by the caller's
-    // contract; the flag just set makes sure the crate does not hand it out twice.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The index of `fd`'s flag in the guard: `None` for a number no protocol passes (below 3)
@@ -361,6 +390,25 @@ mod tests {
         assert!(!super::unix_path_answers(&path).unwrap());
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
+    fn designated_numbers_are_taken_once() {
+        use std::os::fd::IntoRawFd;
+        let (read, write) = rustix::pipe::pipe().unwrap();
+        // The number is given up, as a protocol hands it over.
+        let n = read.into_raw_fd();
+        let taken = super::Designated::ReadyPipe(n)
+            .take()
+            .expect("an open pipe, taken");
+        assert_eq!(taken.as_raw_fd(), n);
+        // A second time, under any protocol: refused while the first owner holds it.
+        assert!(super::Designated::UpgradePipe(n).take().is_none());
+        assert!(super::Designated::ReadyPipe(n).take().is_none());
+        // No protocol passes a number below 3.
+        assert!(super::Designated::Listener(2).take().is_none());
+        assert!(super::Designated::Listener(-1).take().is_none());
+        drop((taken, write));
     }
 
     #[test]
