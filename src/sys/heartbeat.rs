@@ -26,7 +26,7 @@
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::ptr::{NonNull, null_mut};
+use std::ptr::null_mut;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -84,74 +84,77 @@ pub(crate) fn beat(pid: u32) {
     }
 }
 
-/// A shared read-write mapping of a file (`mmap(2)`), unmapped when dropped. Its memory is
-/// reached only as [`AtomicU64`] cells borrowed from it, so a cell cannot outlive the
-/// mapping, and every process that maps the file accesses it atomically. This type holds the
-/// heartbeat table's `unsafe`: the `mmap`, the `munmap` and the cell's reference.
+/// A shared read-write mapping of a file (`mmap(2)`), seen as [`AtomicU64`] cells and unmapped
+/// when dropped. Its memory is reached only through [`Mapping::cell`], which borrows the
+/// mapping, so a cell cannot outlive it, and every process that maps the file accesses it
+/// atomically. This type holds the heartbeat table's `unsafe`: the `mmap` (with the view of
+/// its memory as cells) and the `munmap`.
 struct Mapping {
-    base: NonNull<u8>,
-    len: usize,
+    /// The mapping's memory, whole. `'static` only because no lifetime names "until this
+    /// value is dropped": it is never copied out of the value; [`Mapping::cell`] reborrows it
+    /// for as long as `&self`, [`Mapping::split_at`] hands its parts to the new values, and
+    /// only [`Mapping::install`], which forgets the value so that it is never unmapped,
+    /// keeps a cell for good.
+    cells: &'static [AtomicU64],
 }
 
 impl Mapping {
-    /// `mmap(2)`: a shared read-write mapping of `len` bytes of `fd` from `offset`.
+    /// `mmap(2)`: a shared read-write mapping of `len` bytes of `fd` from `offset` (`len` a
+    /// multiple of 8, as every mapping here is of whole pages).
     fn new(fd: BorrowedFd<'_>, len: usize, offset: u64) -> io::Result<Mapping> {
+        if len % size_of::<AtomicU64>() != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         // SAFETY: a fresh mapping at an address the kernel chooses (null hint) overlaps
-        // nothing this process uses; the memory is a file's, accessed only through atomics
-        // (see `cell`).
-        let p = unsafe {
-            rustix::mm::mmap(
+        // nothing this process uses. On success it is `len` bytes, readable and writable,
+        // at a page-aligned (so 8-aligned) address, and stays mapped until `drop` unmaps it:
+        // the slice of `len / 8` cells over it is valid as long as the `Mapping` lives, and
+        // no longer (see `cells`). The memory is a file's, which other processes map too and
+        // change under us: an atomic allows that, and nothing here accesses it other than
+        // through these atomics. Any bit pattern is a valid `AtomicU64`.
+        let cells = unsafe {
+            let p = rustix::mm::mmap(
                 null_mut(),
                 len,
                 ProtFlags::READ | ProtFlags::WRITE,
                 MapFlags::SHARED,
                 fd,
                 offset,
-            )
-        }?;
-        let base =
-            NonNull::new(p.cast()).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        Ok(Mapping { base, len })
+            )?;
+            std::slice::from_raw_parts(p.cast::<AtomicU64>(), len / size_of::<AtomicU64>())
+        };
+        Ok(Mapping { cells })
+    }
+
+    /// The length in bytes.
+    fn len(&self) -> usize {
+        size_of_val(self.cells)
     }
 
     /// The cell at byte `at`: `None` unless the 8 bytes there lie inside the mapping and are
     /// aligned for an `AtomicU64`.
     fn cell(&self, at: usize) -> Option<&AtomicU64> {
-        if at % align_of::<AtomicU64>() != 0 || at.checked_add(size_of::<AtomicU64>())? > self.len {
+        if at % align_of::<AtomicU64>() != 0 {
             return None;
         }
-        // SAFETY: the 8 bytes at `at` lie inside the mapping (checked just above; the base is
-        // page-aligned, so `at` aligned is the cell aligned), which stays mapped as long as
-        // `self` lives: the reference borrows `self`, and only `drop` unmaps. The memory may
-        // change under us (other processes map the same file), which an atomic allows, and
-        // nothing accesses it other than atomically.
-        Some(unsafe { &*self.base.as_ptr().add(at).cast::<AtomicU64>() })
+        self.cells.get(at / size_of::<AtomicU64>())
     }
 
     /// Splits the mapping at byte `at` (a multiple of the page size, at most `len`) into the
     /// part before and the part from `at`, each unmapped on its own when dropped. No system
     /// call.
     fn split_at(self, at: usize) -> (Mapping, Mapping) {
-        let at = at.min(self.len);
+        let at = at.min(self.len()) / size_of::<AtomicU64>();
         let this = ManuallyDrop::new(self);
-        let rest = NonNull::new(this.base.as_ptr().wrapping_add(at)).expect("inside a mapping");
-        (
-            Mapping {
-                base: this.base,
-                len: at,
-            },
-            Mapping {
-                base: rest,
-                len: this.len - at,
-            },
-        )
+        let (before, rest) = this.cells.split_at(at);
+        (Mapping { cells: before }, Mapping { cells: rest })
     }
 
-    /// Keeps the mapping for the rest of the process and makes its first cell this
-    /// process's cell.
+    /// Keeps the mapping for the rest of the process (it is never unmapped) and makes its
+    /// first cell this process's cell.
     fn install(self) {
-        let kept: &'static Mapping = Box::leak(Box::new(self));
-        if let Some(cell) = kept.cell(0) {
+        let kept = ManuallyDrop::new(self);
+        if let Some(cell) = kept.cells.first() {
             let _ = CELL.set(cell);
         }
     }
@@ -159,13 +162,13 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        if self.len == 0 {
+        if self.cells.is_empty() {
             return;
         }
-        // SAFETY: `base` and `len` are exactly a mapping `new` made, or a part of one that
-        // `split_at` gave to this value alone; no cell borrowed from it is left (they borrow
-        // `self`).
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+        // SAFETY: the cells are exactly a mapping `new` made, or a part of one that
+        // `split_at` gave to this value alone (parts start at a page boundary); no cell
+        // borrowed from it is left (`cell` borrows `self`), and the slice is not used again.
+        let _ = unsafe { rustix::mm::munmap(self.cells.as_ptr().cast_mut().cast(), self.len()) };
     }
 }
 
@@ -307,7 +310,10 @@ mod tests {
         let other = Mapping::new(table.fd(), 4 * page, 0).expect("map four pages");
         let (before, rest) = other.split_at(2 * page);
         let (kept, after) = rest.split_at(page);
-        assert_eq!((before.len, kept.len, after.len), (2 * page, page, page));
+        assert_eq!(
+            (before.len(), kept.len(), after.len()),
+            (2 * page, page, page)
+        );
         drop((before, after));
         let cell = kept.cell(0).expect("slot 2's cell");
         assert_eq!(
