@@ -44,19 +44,9 @@ use super::signal::{
 
 /// The worker's handlers, as [`install_worker_handler`] takes them: the notice (TERM, INT),
 /// the end of its decision window (`SIGALRM`), and the one that does nothing (USR1, USR2).
-// SAFETY: each of the three makes only async-signal-safe calls (atomic operations,
-// clock_gettime, write, sigaction, raise, setitimer) and saves and restores errno where it
-// makes a call that may set it (see each function).
-const HANDLERS: [WorkerHandler; 3] = unsafe {
-    [
-        WorkerHandler::new(on_signal, true),
-        WorkerHandler::new(on_window_end, false),
-        WorkerHandler::new(do_nothing, true),
-    ]
-};
-const NOTICE: WorkerHandler = HANDLERS[0];
-const WINDOW_END: WorkerHandler = HANDLERS[1];
-const NOTHING: WorkerHandler = HANDLERS[2];
+const NOTICE: WorkerHandler = WorkerHandler::Notice;
+const WINDOW_END: WorkerHandler = WorkerHandler::WindowEnd;
+const NOTHING: WorkerHandler = WorkerHandler::Nothing;
 
 /// Set by the handler; read by [`requested`].
 static REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -222,7 +212,7 @@ fn set_timer(micros: u64) {
 
 /// The decision window ended with a signal kept for a worker: if it has not asked for the
 /// notice, the signal gets its default action now.
-extern "C" fn on_window_end(_: libc::c_int) {
+pub(super) extern "C" fn on_window_end(_: libc::c_int) {
     if SUBSCRIBED.load(Ordering::Acquire) {
         return;
     }
@@ -249,7 +239,7 @@ fn borrow(fd: &'static OwnedFd) -> BorrowedFd<'static> {
     fd.as_fd()
 }
 
-extern "C" fn on_signal(signal: libc::c_int) {
+pub(super) extern "C" fn on_signal(signal: libc::c_int) {
     if !SUBSCRIBED.load(Ordering::Acquire) {
         let running = monotonic_ns().saturating_sub(ARMED_AT.load(Ordering::Acquire));
         if running >= DECISION_WINDOW.as_nanos() as u64 {
@@ -295,4 +285,4 @@ fn tame_forwarded_signals(saved: &mut Vec<SavedAction>) {
     }
 }
 
-extern "C" fn do_nothing(_: libc::c_int) {}
+pub(super) extern "C" fn do_nothing(_: libc::c_int) {}

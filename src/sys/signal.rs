@@ -231,24 +231,32 @@ impl SavedAction {
     }
 }
 
-/// A worker's own signal handler and whether interrupted calls restart: made only through
-/// [`WorkerHandler::new`], whose contract makes every one sound to install. The handlers
-/// themselves live with the mechanism they serve (the shutdown notice), which hands them in.
-#[derive(Clone, Copy)]
-pub(crate) struct WorkerHandler {
-    handler: extern "C" fn(libc::c_int),
-    restart: bool,
+/// A worker's own signal handler: one of the shutdown notice's (`sys::notice`), a closed
+/// list, each with whether interrupted calls restart. Each of the three makes only
+/// async-signal-safe calls (see signal-safety(7)) and saves and restores `errno` where it
+/// makes a call that may set it (see each function), which is what makes it sound to
+/// install ([`set_action`]); a new handler is a new variant, checked the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WorkerHandler {
+    /// The notice (TERM, INT), `notice::on_signal`: atomics, `clock_gettime`, `write` to the
+    /// notice pipe (errno kept), and through [`default_action_now`] `sigaction` and `raise`,
+    /// or [`set_action`] and `setitimer` for the decision window. With `SA_RESTART`.
+    Notice,
+    /// The end of the decision window (`SIGALRM`), `notice::on_window_end`: an atomic load,
+    /// then [`default_action_now`]. Without `SA_RESTART`.
+    WindowEnd,
+    /// The handler that does nothing (USR1, USR2), `notice::do_nothing`. With `SA_RESTART`.
+    Nothing,
 }
 
 impl WorkerHandler {
-    /// `handler`, installed with `SA_RESTART` when `restart`.
-    ///
-    /// # Safety
-    ///
-    /// `handler` makes only async-signal-safe calls (see signal-safety(7)) and leaves
-    /// `errno` as it found it.
-    pub(crate) const unsafe fn new(handler: extern "C" fn(libc::c_int), restart: bool) -> Self {
-        WorkerHandler { handler, restart }
+    /// The function and whether interrupted calls restart.
+    fn parts(self) -> (extern "C" fn(libc::c_int), bool) {
+        match self {
+            WorkerHandler::Notice => (super::notice::on_signal, true),
+            WorkerHandler::WindowEnd => (super::notice::on_window_end, false),
+            WorkerHandler::Nothing => (super::notice::do_nothing, true),
+        }
     }
 }
 
@@ -283,7 +291,8 @@ fn set_action(action: Action<'_>) -> io::Result<SavedAction> {
                 nix::sys::signal::SigSet::empty(),
             ),
         ),
-        Action::Worker(signal, WorkerHandler { handler, restart }) => {
+        Action::Worker(signal, worker) => {
+            let (handler, restart) = worker.parts();
             let flags = if restart {
                 SaFlags::SA_RESTART
             } else {
@@ -303,10 +312,10 @@ fn set_action(action: Action<'_>) -> io::Result<SavedAction> {
     // SAFETY: `Action` allows four kinds of dispositions, each sound to install: the
     // default one; `forward_signal`, which makes only async-signal-safe calls (an atomic
     // load, write(2) and errno's save and restore) and preserves errno; a worker's handler,
-    // which `WorkerHandler::new`'s contract makes async-signal-safe and errno-preserving; or
-    // one the
-    // kernel returned for this signal earlier, put back exactly as it was. sigaction itself
-    // is async-signal-safe, so this may run in a handler.
+    // one of the worker's handlers, a closed list (`WorkerHandler`) whose every function is
+    // async-signal-safe and errno-preserving (see each variant); or one the kernel returned
+    // for this signal earlier, put back exactly as it was. sigaction itself is
+    // async-signal-safe, so this may run in a handler.
     let old = unsafe { nix::sys::signal::sigaction(signal, &new) }?;
     Ok(SavedAction {
         signal,
