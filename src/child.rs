@@ -29,7 +29,7 @@ use crate::protocol::HEARTBEAT_FD_ENV;
 
 pub(crate) struct ChildSetup<'a> {
     pub(crate) slot: usize,
-    pub(crate) master_pid: u32,
+    pub(crate) master_pid: sys::Pid,
     /// This worker's listeners with their names (none for `run`).
     pub(crate) listeners: Vec<(String, Listener)>,
     /// The write end of the readiness pipe.
@@ -72,7 +72,7 @@ where
     // First, since changing credentials clears the parent-death signal.
     become_worker(slot, name, setup);
     match death_watch {
-        None => die_with_master(master_pid),
+        None => die_with_master(Some(master_pid)),
         Some((fd, hook)) => watch_master(fd, hook, master_pid),
     }
     if let Some(saved) = saved_chld {
@@ -88,7 +88,7 @@ where
     let worker = Worker {
         id: slot,
         pid: sys::getpid(),
-        master_pid,
+        master_pid: master_pid.get(),
     };
     report_ready(ready, worker.pid);
     finish(worker, |worker| serve(listeners, worker))
@@ -111,12 +111,12 @@ where
     F: FnOnce(Worker) -> T,
     T: Termination,
 {
-    let master_pid = sys::getppid();
+    let master = sys::getppid();
     let name = sys::identity::WorkerName::new(id);
     become_worker(id, setup.names.then(|| name.as_c_str()), setup);
     match on_master_death {
-        Some(hook) => watch_master_pidfd(hook, master_pid),
-        None if setup.credentials.is_some() => die_with_master(master_pid),
+        Some(hook) => watch_master_pidfd(hook, master),
+        None if setup.credentials.is_some() => die_with_master(master),
         None => {}
     }
     adopt_heartbeat(id);
@@ -124,7 +124,7 @@ where
     let worker = Worker {
         id,
         pid: sys::getpid(),
-        master_pid,
+        master_pid: master.map_or(0, sys::Pid::get),
     };
     let ready = std::env::var_os(READY_FD_ENV).map(|v| v.into_encoded_bytes());
     match protocol::parse_ready_fd(ready.as_deref()) {
@@ -140,9 +140,17 @@ where
     finish(worker, serve)
 }
 
-/// Watches the master through a pidfd (readable when it exits) on a thread of its own.
-fn watch_master_pidfd(mut hook: DeathHook, master_pid: u32) {
-    let pidfd = match sys::Pid::try_from(master_pid).and_then(sys::pidfd_open) {
+/// Watches the master (`None`: outside this process's pid namespace) through a pidfd
+/// (readable when it exits) on a thread of its own.
+fn watch_master_pidfd(mut hook: DeathHook, master: Option<sys::Pid>) {
+    let Some(master_pid) = master else {
+        log::warn!(
+            "cannot watch the master (outside this process's pid namespace); the worker dies \
+             with it instead"
+        );
+        return;
+    };
+    let pidfd = match sys::pidfd_open(master_pid) {
         Ok(fd) => fd,
         Err(e) => {
             log::warn!("cannot watch the master ({e}); the worker dies with it instead");
@@ -150,7 +158,7 @@ fn watch_master_pidfd(mut hook: DeathHook, master_pid: u32) {
         }
     };
     // The pidfd refers to the master only if it was still our parent after opening it.
-    if sys::getppid() != master_pid {
+    if sys::getppid() != master {
         hook();
         std::process::exit(0);
     }
@@ -252,7 +260,7 @@ fn parse_fd(value: &[u8]) -> Option<i32> {
 
 /// Tells the master that this worker is about to enter `serve` (its pid on the readiness
 /// pipe, one atomic write), then closes the pipe.
-fn report_ready(fd: OwnedFd, pid: u32) {
+fn report_ready(fd: OwnedFd, pid: sys::Pid) {
     if let Err(e) = sys::write_pid(fd.as_fd(), pid) {
         log::warn!("cannot report readiness to the master: {e}");
     }
@@ -286,11 +294,11 @@ where
 ///
 /// The death signal is tied to the *thread* that forked us: the master's supervising thread,
 /// which lives exactly as long as the master's event loop.
-fn die_with_master(master_pid: u32) {
+fn die_with_master(master: Option<sys::Pid>) {
     if let Err(e) = sys::set_parent_death_signal(Some(sys::signal::Signal::Kill)) {
         log::error!("cannot set PR_SET_PDEATHSIG: {e}");
     }
-    if sys::getppid() != master_pid {
+    if sys::getppid() != master {
         std::process::exit(1);
     }
 }
@@ -298,7 +306,7 @@ fn die_with_master(master_pid: u32) {
 /// Starts a thread that blocks on the master-death pipe (readable, as end-of-file, only when
 /// the master's write end closes, i.e. when the master dies), then runs the user's callback
 /// and exits the worker.
-fn watch_master(fd: OwnedFd, mut hook: DeathHook, master_pid: u32) {
+fn watch_master(fd: OwnedFd, mut hook: DeathHook, master_pid: sys::Pid) {
     let watcher = std::thread::Builder::new()
         .name("prefork-master-watch".to_owned())
         .spawn(move || {
@@ -314,7 +322,7 @@ fn watch_master(fd: OwnedFd, mut hook: DeathHook, master_pid: u32) {
         log::error!(
             "cannot start the master watcher thread ({e}); the worker will be killed with the master instead"
         );
-        die_with_master(master_pid);
+        die_with_master(Some(master_pid));
     }
 }
 

@@ -20,7 +20,8 @@ const DRAIN_ACCEPT_LIMIT: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Worker {
     pub(crate) id: usize,
-    pub(crate) pid: u32,
+    pub(crate) pid: crate::sys::Pid,
+    /// 0 when the master is outside this process's pid namespace.
     pub(crate) master_pid: u32,
 }
 
@@ -32,7 +33,7 @@ impl Worker {
 
     /// This worker's process id.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.pid.get()
     }
 
     /// The master's process id.

@@ -111,6 +111,7 @@ impl Master {
                 child::run(setup, serve)
             }
             Fork::Parent(pid) => {
+                let pid = pid.get();
                 let took = sys::notice::monotonic_ns().saturating_sub(forked_at);
                 self.health.on_forked(slot, Duration::from_nanos(took));
                 self.adopt(pid)?;

@@ -102,7 +102,7 @@ impl Health {
             watches: PidMap::default(),
             next: None,
             next_rss: None,
-            seed: (u64::from(sys::getpid()) << 32) ^ clock,
+            seed: (u64::from(sys::getpid().get()) << 32) ^ clock,
             ever: Vec::with_capacity(workers),
             starts: PidMap::with_capacity_and_hasher(2 * workers, Default::default()),
             current: Status::default(),
@@ -250,7 +250,7 @@ impl Health {
                 continue;
             }
             if let (Some(timeout), Some(table)) = (self.checks.worker_timeout, &self.table) {
-                if let Some(beat) = table.load(slot).filter(|b| b.pid == pid) {
+                if let Some(beat) = table.load(slot).filter(|b| b.pid.get() == pid) {
                     w.last_beat = Some(match w.last_beat {
                         Some(seen) if !is_after(beat.ms, seen) => seen,
                         _ => beat.ms,
@@ -296,7 +296,7 @@ impl Health {
                 }
             }
             if let (true, Some(max)) = (rss_due, self.checks.max_rss) {
-                match sys::rss_bytes(pid) {
+                match sys::Pid::try_from(pid).and_then(sys::rss_bytes) {
                     Ok(rss) if rss > max => {
                         if sup.recycle(pid) {
                             w.done = true;
@@ -480,6 +480,7 @@ mod tests {
     /// Stores a heartbeat of `pid` in slot 0, `ago_ms` ago on the heartbeat clock.
     fn beat(health: &Health, pid: u32, ago_ms: u32) {
         let ms = sys::heartbeat::now_ms().wrapping_sub(ago_ms);
+        let pid = sys::Pid::new(pid).expect("a pid");
         health.table().expect("a table").store(0, Beat { pid, ms });
     }
 

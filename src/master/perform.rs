@@ -65,7 +65,7 @@ impl Master {
                     c.take_over();
                 }
                 if let Some(p) = &self.pid_file {
-                    p.write(crate::sys::getpid());
+                    p.write(crate::sys::getpid().get());
                 }
                 let report = self.fds_mut().upgrade_report.take();
                 if report.is_none() {
@@ -203,7 +203,7 @@ impl Master {
                     }
                 }
                 if let Some(p) = &self.pid_file {
-                    p.write(crate::sys::getpid());
+                    p.write(crate::sys::getpid().get());
                 }
                 if let Some(u) = &mut self.upgrade {
                     if let Err(e) = u.hand_back() {
@@ -224,7 +224,7 @@ impl Master {
                 // Only while it is still this master's parent: once it exited, its pid may
                 // name another process (the probation pipe's end then answers the client).
                 let sent = crate::sys::Pid::new(pid)
-                    .filter(|_| crate::sys::getppid() == pid)
+                    .filter(|&p| crate::sys::getppid() == Some(p))
                     .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESRCH))
                     .and_then(|p| crate::sys::kill(p, Signal::Hup));
                 if let Err(e) = sent {
@@ -321,7 +321,7 @@ impl Master {
         let control = self.control.as_ref().expect("checked above");
         let path = control.path().display().to_string();
         let facts = Facts {
-            pid: crate::sys::getpid(),
+            pid: crate::sys::getpid().get(),
             generation: super::upgrade::generation(),
             mode: self.mode,
             backend,

@@ -204,7 +204,7 @@ impl Reaper {
         }
         loop {
             let peek = self.backend == Backend::Pidfd;
-            let (pid, how) = match sys::wait_any(peek) {
+            let (child, how) = match sys::wait_any(peek) {
                 Ok(Some(found)) => found,
                 Ok(None) => return,
                 Err(e) => {
@@ -212,6 +212,7 @@ impl Reaper {
                     return;
                 }
             };
+            let pid = child.get();
             if self.children.contains_key(&pid) {
                 let how = if peek { self.reap(pid) } else { Some(how) };
                 if let Some(how) = how {
@@ -219,7 +220,7 @@ impl Reaper {
                 }
             } else {
                 if peek {
-                    let _ = sys::Pid::try_from(pid).and_then(sys::reap_pid);
+                    let _ = sys::reap_pid(child);
                 }
                 log::debug!("reaped orphan {pid} ({})", exit_of(how));
             }

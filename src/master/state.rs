@@ -143,7 +143,7 @@ impl Master {
             }
         };
         // From here on, `Master`'s Drop undoes the changes above.
-        let notifier = Notifier::from_env(sys::getpid());
+        let notifier = Notifier::from_env(sys::getpid().get());
         let mut master = Master {
             fds: Some(Fds {
                 event_loop: None,

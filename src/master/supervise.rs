@@ -45,7 +45,8 @@ impl Master {
     {
         let mut sup = Supervisor::new(cfg);
         if self.fds().probation.is_some() {
-            let old = sys::getppid();
+            // 0 when the old master is outside this pid namespace (no `Pid`: never signalled).
+            let old = sys::getppid().map_or(0, sys::Pid::get);
             log::info!(
                 "the old master {old} is on upgrade probation: no upgrade until it ends; \
                  rollback is forwarded to it"
@@ -287,7 +288,7 @@ impl Master {
             c.remove();
         }
         if let Some(p) = self.pid_file.take() {
-            p.remove(sys::getpid());
+            p.remove(sys::getpid().get());
         }
     }
 

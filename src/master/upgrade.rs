@@ -160,7 +160,7 @@ impl Upgrade {
         let mut handover =
             Handover::new(path.as_os_str(), args, &env, &extra, sockets.len(), &names)?;
         let fds: Vec<_> = sockets.iter().map(|(fd, _)| *fd).collect();
-        let pid = handover.spawn(&fds, &passed, mask)?;
+        let pid = handover.spawn(&fds, &passed, mask)?.get();
         drop(passed);
         drop(write);
         Ok(Upgrade {

@@ -100,8 +100,8 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// `write(2)` of a pid to the readiness pipe: 4 bytes, native order, one atomic write (a
 /// pipe write of at most `PIPE_BUF` bytes is never split or interleaved).
-pub(crate) fn write_pid(fd: BorrowedFd<'_>, pid: u32) -> io::Result<()> {
-    let n = rustix::io::write(fd, &pid.to_ne_bytes())?;
+pub(crate) fn write_pid(fd: BorrowedFd<'_>, pid: super::Pid) -> io::Result<()> {
+    let n = rustix::io::write(fd, &pid.get().to_ne_bytes())?;
     if n != 4 {
         return Err(io::Error::other("short write to the readiness pipe"));
     }
@@ -135,6 +135,10 @@ mod tests {
     use std::os::fd::{AsFd, AsRawFd};
     use std::time::Duration;
 
+    fn pid(n: u32) -> crate::sys::Pid {
+        crate::sys::Pid::new(n).expect("a pid")
+    }
+
     #[test]
     fn epoll_reports_the_readable_pipe_by_token() {
         let epoll = super::Epoll::new().unwrap();
@@ -143,8 +147,8 @@ mod tests {
         let mut tokens = Vec::new();
         epoll.wait(Some(Duration::ZERO), &mut tokens).unwrap();
         assert!(tokens.is_empty());
-        super::write_pid(write.as_fd(), 42).unwrap();
-        super::write_pid(write.as_fd(), 43).unwrap();
+        super::write_pid(write.as_fd(), pid(42)).unwrap();
+        super::write_pid(write.as_fd(), pid(43)).unwrap();
         epoll
             .wait(Some(Duration::from_micros(300)), &mut tokens)
             .unwrap();
@@ -153,7 +157,7 @@ mod tests {
         super::read_pids(read.as_fd(), &mut pids);
         assert_eq!(pids, [42, 43]);
         epoll.delete(read.as_fd()).unwrap();
-        super::write_pid(write.as_fd(), 44).unwrap();
+        super::write_pid(write.as_fd(), pid(44)).unwrap();
         tokens.clear();
         epoll.wait(Some(Duration::ZERO), &mut tokens).unwrap();
         assert!(tokens.is_empty());

@@ -90,7 +90,7 @@ impl Handover {
         sockets: &[BorrowedFd<'_>],
         extra_fds: &[BorrowedFd<'_>],
         mask: &super::SigSet,
-    ) -> io::Result<u32> {
+    ) -> io::Result<super::Pid> {
         let raw: Vec<RawFd> = sockets
             .iter()
             .map(|s| s.as_raw_fd())
@@ -165,6 +165,8 @@ impl Handover {
         if pid == -1 {
             return Err(io::Error::last_os_error());
         }
+        // Positive: the parent's side of a fork that succeeded.
+        let pid = super::Pid::try_from(pid as u32)?;
         drop(err_write);
         let mut report = [0u8; 8];
         let n = loop {
@@ -174,11 +176,9 @@ impl Handover {
             }
         };
         if n == 0 {
-            return Ok(pid as u32);
+            return Ok(pid);
         }
-        if let Some(pid) = super::Pid::new(pid as u32) {
-            super::wait_blocking(pid);
-        }
+        super::wait_blocking(pid);
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
         Err(io::Error::from_raw_os_error(errno))
     }

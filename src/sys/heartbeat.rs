@@ -34,6 +34,8 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::time::{ClockId, clock_gettime};
 
+use super::Pid;
+
 /// How many slots have a cell: slots from this one on are not watched. TTIN would have to
 /// add thousands of workers to reach it.
 pub(crate) const SLOTS: usize = 4096;
@@ -58,18 +60,19 @@ pub(crate) fn now_ms() -> u32 {
 /// A heartbeat as stored in a cell: the worker's pid and its clock reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Beat {
-    pub(crate) pid: u32,
+    pub(crate) pid: Pid,
     pub(crate) ms: u32,
 }
 
 impl Beat {
     fn pack(self) -> u64 {
-        (u64::from(self.pid) << 32) | u64::from(self.ms)
+        (u64::from(self.pid.get()) << 32) | u64::from(self.ms)
     }
 
+    /// `None` for an empty cell (0), and for one whose high half is no pid.
     fn unpack(v: u64) -> Option<Beat> {
-        (v != 0).then_some(Beat {
-            pid: (v >> 32) as u32,
+        Some(Beat {
+            pid: Pid::new((v >> 32) as u32)?,
             ms: v as u32,
         })
     }
@@ -78,7 +81,7 @@ impl Beat {
 /// Stores this worker's heartbeat, if it has a cell: one clock reading from the vDSO and one
 /// atomic store.
 #[inline]
-pub(crate) fn beat(pid: u32) {
+pub(crate) fn beat(pid: Pid) {
     if let Some(cell) = CELL.get() {
         cell.store(Beat { pid, ms: now_ms() }.pack(), Ordering::Relaxed);
     }
@@ -271,15 +274,22 @@ pub(crate) fn adopt(fd: OwnedFd, slot: usize) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn pid(n: u32) -> Pid {
+        Pid::new(n).expect("a pid")
+    }
+
     #[test]
     fn beats_pack_pid_high_and_milliseconds_low() {
         let b = Beat {
-            pid: 4242,
+            pid: pid(4242),
             ms: 0xdead_beef,
         };
         assert_eq!(b.pack(), (4242u64 << 32) | 0xdead_beef);
         assert_eq!(Beat::unpack(b.pack()), Some(b));
         assert_eq!(Beat::unpack(0), None);
+        // A high half that is no pid (0, or above i32::MAX) is no beat.
+        assert_eq!(Beat::unpack(0xdead_beef), None);
+        assert_eq!(Beat::unpack((1u64 << 63) | 7), None);
     }
 
     #[test]
@@ -289,7 +299,10 @@ mod tests {
         let dup = table.fd().try_clone_to_owned().expect("dup");
         let page = stride();
         let other = Mapping::new(dup.as_fd(), page, (3 * page) as u64).expect("map slot 3");
-        let beat = Beat { pid: 77, ms: 1234 };
+        let beat = Beat {
+            pid: pid(77),
+            ms: 1234,
+        };
         other
             .cell(0)
             .expect("a cell")
@@ -306,7 +319,7 @@ mod tests {
     fn split_parts_keep_their_cells_and_unmap_on_their_own() {
         let table = Heartbeats::create().expect("heartbeat table");
         let page = stride();
-        table.store(2, Beat { pid: 5, ms: 6 });
+        table.store(2, Beat { pid: pid(5), ms: 6 });
         let other = Mapping::new(table.fd(), 4 * page, 0).expect("map four pages");
         let (before, rest) = other.split_at(2 * page);
         let (kept, after) = rest.split_at(page);
@@ -318,7 +331,7 @@ mod tests {
         let cell = kept.cell(0).expect("slot 2's cell");
         assert_eq!(
             Beat::unpack(cell.load(Ordering::Relaxed)),
-            Some(Beat { pid: 5, ms: 6 })
+            Some(Beat { pid: pid(5), ms: 6 })
         );
     }
 

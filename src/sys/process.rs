@@ -95,7 +95,9 @@ fn stat_threads(stat: &[u8]) -> Option<usize> {
 
 /// A process id, as the functions here take it: from 1 to `i32::MAX`. Never 0, which
 /// `kill(2)` reads as "my process group", nor a number above `i32::MAX`, which it reads as a
-/// negative one: a group. (The crate holds pids as `u32`; they become a `Pid` at the call.)
+/// negative one: a group. Every function of `sys` takes and returns pids as `Pid`; the
+/// supervisor's and the master's tables hold the numbers (`u32`), which become a `Pid` where
+/// they meet `sys`, and wire formats write the number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Pid(rustix::process::Pid);
 
@@ -137,7 +139,7 @@ impl std::fmt::Display for Pid {
 
 /// `read(2)` of `/proc/PID/statm`: the resident set size of `pid` in bytes (the second
 /// field, in pages).
-pub(crate) fn rss_bytes(pid: u32) -> io::Result<u64> {
+pub(crate) fn rss_bytes(pid: Pid) -> io::Result<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/statm"))?;
     let pages: u64 = text
         .split_ascii_whitespace()
@@ -148,18 +150,18 @@ pub(crate) fn rss_bytes(pid: u32) -> io::Result<u64> {
 }
 
 /// `getpid(2)`.
-pub(crate) fn getpid() -> u32 {
-    Pid::from_rustix(rustix::process::getpid()).get()
+pub(crate) fn getpid() -> Pid {
+    Pid::from_rustix(rustix::process::getpid())
 }
 
-/// `getppid(2)`; 0 when the parent is outside this process's pid namespace.
-pub(crate) fn getppid() -> u32 {
-    rustix::process::getppid().map_or(0, |pid| Pid::from_rustix(pid).get())
+/// `getppid(2)`; `None` when the parent is outside this process's pid namespace.
+pub(crate) fn getppid() -> Option<Pid> {
+    rustix::process::getppid().map(Pid::from_rustix)
 }
 
 /// Result of [`fork`].
 pub(crate) enum Fork {
-    Parent(u32),
+    Parent(Pid),
     Child,
 }
 
@@ -178,7 +180,9 @@ pub(crate) fn fork() -> io::Result<Fork> {
     // held by some other thread, and may run any code, allocation included.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => Ok(Fork::Child),
-        nix::unistd::ForkResult::Parent { child } => Ok(Fork::Parent(child.as_raw() as u32)),
+        nix::unistd::ForkResult::Parent { child } => Pid::try_from(child.as_raw() as u32)
+            .map(Fork::Parent)
+            .map_err(|_| io::Error::other("fork returned no child pid")),
     }
 }
 
@@ -313,7 +317,7 @@ pub(crate) fn reap_pid(pid: Pid) -> io::Result<Option<Reaped>> {
 /// Through libc: rustix's `waitid` does not say which child it found, and nix's fails with
 /// `EINVAL`, after reaping, for a child killed by a signal it has no name for (a real-time
 /// one).
-pub(crate) fn wait_any(peek: bool) -> io::Result<Option<(u32, Reaped)>> {
+pub(crate) fn wait_any(peek: bool) -> io::Result<Option<(Pid, Reaped)>> {
     let flags = libc::WEXITED | libc::WNOHANG | if peek { libc::WNOWAIT } else { 0 };
     let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
     // SAFETY: `info` is writable storage for one siginfo_t owned by this frame. It starts
@@ -332,10 +336,11 @@ pub(crate) fn wait_any(peek: bool) -> io::Result<Option<(u32, Reaped)>> {
             _ => Err(e),
         };
     }
-    if pid == 0 {
+    // 0 when nothing was reported; never negative.
+    let Some(pid) = Pid::new(pid as u32) else {
         return Ok(None);
-    }
-    Ok(Some((pid as u32, Reaped::from_siginfo(code, status))))
+    };
+    Ok(Some((pid, Reaped::from_siginfo(code, status))))
 }
 
 /// `waitpid(2)`: reaps `pid`, waiting for it to exit (retried on `EINTR`).
@@ -355,7 +360,7 @@ pub(crate) fn set_parent_death_signal(signal: Option<Signal>) -> io::Result<()> 
 /// `getpid(2)` and `prctl(PR_GET_CHILD_SUBREAPER)`: whether this process adopts orphaned
 /// descendants, being PID 1 of its namespace or a child subreaper.
 pub(crate) fn adopts_orphans() -> bool {
-    getpid() == 1 || rustix::process::child_subreaper().is_ok_and(|flag| flag.is_some())
+    getpid().get() == 1 || rustix::process::child_subreaper().is_ok_and(|flag| flag.is_some())
 }
 
 /// `std::env::remove_var` (which rewrites `environ`): removes an environment variable if
@@ -378,7 +383,7 @@ pub(crate) fn set_exec_child_setup(
     listeners: &[BorrowedFd<'_>],
     ready: BorrowedFd<'_>,
     heartbeat: Option<BorrowedFd<'_>>,
-    master_pid: u32,
+    master_pid: Pid,
     mask: SigSet,
 ) {
     // Numbers only from here: the closure runs in the child, right after `Command::spawn`'s
@@ -416,7 +421,7 @@ pub(crate) fn set_exec_child_setup(
 /// the child), so it may rearrange the descriptor table by number.
 fn exec_child_setup(
     moves: &mut [(Option<RawFd>, RawFd)],
-    master_pid: u32,
+    master_pid: Pid,
     mask: &SigSet,
 ) -> io::Result<()> {
     /// A descriptor-table call on bare numbers.
@@ -472,7 +477,7 @@ fn exec_child_setup(
     // The master's blocked signals would survive exec: put back the mask of before `run`.
     signal::sigmask(MaskHow::Set, mask)?;
     set_parent_death_signal(Some(Signal::Kill))?;
-    if getppid() != master_pid {
+    if getppid() != Some(master_pid) {
         // The master died before the prctl: do not exec an orphan.
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
@@ -579,12 +584,12 @@ mod tests {
             Some(i32::MAX as u32)
         );
         assert_eq!(Pid::new(42).unwrap().to_string(), "42");
-        assert_eq!(super::getpid(), std::process::id());
+        assert_eq!(super::getpid().get(), std::process::id());
     }
 
     #[test]
     fn rss_of_this_process_is_at_least_a_page() {
-        let rss = super::rss_bytes(std::process::id()).expect("statm");
+        let rss = super::rss_bytes(super::getpid()).expect("statm");
         assert!(rss >= rustix::param::page_size() as u64, "{rss}");
     }
 
