@@ -1,5 +1,6 @@
 //! What the builder hands down to the master: the reaping backend, the hooks, the health
-//! checks and what each worker does for itself before `serve`; and the status the master
+//! checks and what each worker does for itself before `serve` (and [`Mode`], which the
+//! builder resolves into the master's way of starting a worker); and the status the master
 //! hands back to its hooks. These types live below the master so that it never reaches back
 //! up into the public builder.
 
@@ -13,6 +14,22 @@ use crate::sys::identity::Credentials;
 /// What a master-side hook returns: an error stops every worker and comes back from
 /// [`Prefork::run`](crate::Prefork::run).
 pub type HookResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// How workers are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Mode {
+    /// `fork()` without exec: workers run `serve` directly and share everything loaded before
+    /// the fork copy-on-write. The process must be single-threaded. The default.
+    #[default]
+    Fork,
+    /// Re-execute the current binary for every worker, with the fasthttp child protocol
+    /// (`FASTHTTP_PREFORK_CHILD=1`, listener on fd 3): works when threads already run, and
+    /// gives each worker a fresh image (fresh ASLR).
+    Exec,
+    /// `Fork` when the process is single-threaded, `Exec` otherwise; logs which.
+    Auto,
+}
 
 /// The environment variable that selects the child-reaping backend: `pidfd` (the default) or
 /// `sigchld`.

@@ -228,10 +228,10 @@ mod worker;
 
 use std::process::Termination;
 
-pub use builder::{Mode, Prefork};
+pub use builder::Prefork;
 pub use config::{
     BACKEND_ENV, Backend, DEFAULT_RECOVER_WINDOW, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPGRADE_TIMEOUT,
-    ExitCause, HookResult, LastExit, SlotStatus, Status,
+    ExitCause, HookResult, LastExit, Mode, SlotStatus, Status,
 };
 pub use error::Error;
 pub use exit::{CountedExit, EXIT_FATAL, EXIT_PANIC, Signal, WorkerExit};
