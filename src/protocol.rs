@@ -133,9 +133,6 @@ pub(crate) fn parse_child_flag(value: Option<&[u8]>) -> Result<bool, Error> {
     }
 }
 
-/// Parses `PREFORK_WORKER_ID`: absent → `None`; a canonical decimal number (digits only, no
-/// sign, no whitespace, no leading zero except `0` itself) up to [`MAX_WORKER_ID`] →
-/// `Some(id)`. Anything else, the empty string included, is an error.
 /// Parses `PREFORK_READY_FD`: absent, or a descriptor number from 3 to 1023.
 pub(crate) fn parse_ready_fd(value: Option<&[u8]>) -> Result<Option<i32>, Error> {
     let Some(v) = value else {
@@ -168,6 +165,9 @@ pub(crate) fn parse_upgrade_fd(value: Option<&[u8]>) -> Result<Option<i32>, Erro
     }
 }
 
+/// Parses `PREFORK_WORKER_ID`: absent → `None`; a canonical decimal number (digits only, no
+/// sign, no whitespace, no leading zero except `0` itself) up to [`MAX_WORKER_ID`] →
+/// `Some(id)`. Anything else, the empty string included, is an error.
 pub(crate) fn parse_worker_id(value: Option<&[u8]>) -> Result<Option<usize>, Error> {
     let Some(v) = value else {
         return Ok(None);
