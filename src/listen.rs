@@ -175,7 +175,7 @@ pub(crate) fn parse_handover_name(name: &str) -> Option<(Option<&str>, bool)> {
 /// ([`sys::Designated::Listener`]): fds 3.. of an exec-mode worker, or the sockets of socket
 /// activation whose `LISTEN_PID` names this process.
 fn adopt(fd: std::os::fd::RawFd, blocking: bool) -> Result<Listener, Error> {
-    sys::adopt_listener(fd, blocking)
+    sys::adopt_listener(sys::Designated::Listener(fd), blocking)
         .map(|(fd, unix)| Listener::from_fd(fd, unix))
         .map_err(|reason| Error::InheritedListener { fd, reason })
 }

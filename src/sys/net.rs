@@ -134,13 +134,17 @@ pub(crate) fn unix_path_answers(path: &std::path::Path) -> io::Result<bool> {
 }
 
 /// `getsockopt(2)` (`SO_TYPE`, `SO_DOMAIN`, `SO_ACCEPTCONN`), then `fcntl(2)`: adopts the
-/// inherited listening socket on `fd`, a number a protocol designates for a listener
-/// ([`Designated::Listener`]). Checks that `fd` is an open, listening stream socket, TCP
-/// (IPv4 or IPv6) or Unix, then sets close-on-exec and, with `blocking`, clears
-/// `O_NONBLOCK`. The error says which of those it is not. The checks only read the
-/// descriptor's state; `fd` is taken over ([`Designated::take`]) only once they passed.
-/// Returns the socket and whether it is a Unix socket.
-pub(crate) fn adopt_listener(fd: RawFd, blocking: bool) -> Result<(OwnedFd, bool), String> {
+/// inherited listening socket on the number a protocol designates for a listener
+/// ([`Designated::Listener`]). Checks that it is an open, listening stream socket, TCP (IPv4
+/// or IPv6) or Unix, then sets close-on-exec and, with `blocking`, clears `O_NONBLOCK`. The
+/// error says which of those it is not. The checks only read the descriptor's state; it is
+/// taken over ([`Designated::take`]) only once they passed. Returns the socket and whether
+/// it is a Unix socket.
+pub(crate) fn adopt_listener(
+    socket: Designated,
+    blocking: bool,
+) -> Result<(OwnedFd, bool), String> {
+    let fd = socket.fd();
     let describe = |e: io::Error| match e.raw_os_error() {
         Some(libc::EBADF) => format!("fd {fd} is not open"),
         Some(libc::ENOTSOCK) => format!("fd {fd} is not a socket"),
@@ -161,7 +165,7 @@ pub(crate) fn adopt_listener(fd: RawFd, blocking: bool) -> Result<(OwnedFd, bool
     if !listening {
         return Err(format!("fd {fd} is a {kind} socket that is not listening"));
     }
-    let owned = Designated::Listener(fd)
+    let owned = socket
         .take()
         .ok_or_else(|| format!("fd {fd} was adopted already"))?;
     rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
