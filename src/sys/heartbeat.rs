@@ -26,7 +26,7 @@
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::ptr::null_mut;
+use std::ptr::{NonNull, null_mut};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -110,7 +110,8 @@ impl Mapping {
         }
         // SAFETY: a fresh mapping at an address the kernel chooses (null hint) overlaps
         // nothing this process uses. On success it is `len` bytes, readable and writable,
-        // at a page-aligned (so 8-aligned) address, and stays mapped until `drop` unmaps it:
+        // at a non-null (checked) and page-aligned (so 8-aligned) address, and stays mapped
+        // until `drop` unmaps it:
         // the slice of `len / 8` cells over it is valid as long as the `Mapping` lives, and
         // no longer (see `cells`). The memory is a file's, which other processes map too and
         // change under us: an atomic allows that, and nothing here accesses it other than
@@ -124,7 +125,9 @@ impl Mapping {
                 fd,
                 offset,
             )?;
-            std::slice::from_raw_parts(p.cast::<AtomicU64>(), len / size_of::<AtomicU64>())
+            let p = NonNull::new(p.cast::<AtomicU64>())
+                .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+            std::slice::from_raw_parts(p.as_ptr(), len / size_of::<AtomicU64>())
         };
         Ok(Mapping { cells })
     }
