@@ -18,6 +18,15 @@
 //!   program that uses `SIGALRM` itself should ask for the notice at the start of `serve`,
 //!   which cancels that timer.)
 //!
+//! Where a sandbox refuses `setitimer` (`EPERM`, `EACCES`, or `ENOSYS` on a kernel without
+//! it), no timer can end the window, and a TERM kept for a worker that never asks would wait
+//! for the master's KILL. So without a timer nothing is kept: a TERM to a worker that has not
+//! asked for the notice gets its default action at once, as it did before the window existed
+//! (a worker that asks a moment later may then be ended instead of draining). The master
+//! probes the call once before its first fork ([`probe_timer`], which changes no timer) and
+//! logs the refusal; forked workers inherit the answer, and a handler whose `setitimer`
+//! fails anyway (an exec-mode worker, which does not probe) falls back the same way.
+//!
 //! The pipe is never read: once the handler wrote its byte, the read end stays readable for
 //! good, which is what `poll`, `epoll` and tokio's `AsyncFd` want from a level-triggered "it
 //! happened" descriptor. It is created when the worker first asks for the notice, not
@@ -46,7 +55,8 @@ use super::signal::{
 /// the end of its decision window (`SIGALRM`), and the one that does nothing (USR1, USR2).
 // SAFETY: each of the three makes only async-signal-safe calls (atomic operations,
 // clock_gettime, write, sigaction, raise, setitimer) and saves and restores errno where it
-// makes a call that may set it (see each function).
+// makes a call that may set it and returns (see each function; where the handler gives the
+// signal its default action, the process ends when it returns).
 const HANDLERS: [WorkerHandler; 3] = unsafe {
     [
         WorkerHandler::new(on_signal, true),
@@ -73,6 +83,9 @@ static ALARMED: AtomicBool = AtomicBool::new(false);
 static PENDING: AtomicI32 = AtomicI32::new(0);
 /// `CLOCK_MONOTONIC` in nanoseconds from which the decision window runs (0: not a worker).
 static ARMED_AT: AtomicU64 = AtomicU64::new(0);
+/// Whether `setitimer` can end the decision window: false once [`probe_timer`] or the
+/// handler found it refused, and then no TERM is kept.
+static TIMER: AtomicBool = AtomicBool::new(true);
 
 /// How long after its start a worker that has not asked for the notice may still
 /// ask: a TERM within it is kept for the worker instead of ending it at once.
@@ -155,7 +168,7 @@ pub(crate) fn install() -> BorrowedFd<'static> {
     SUBSCRIBED.store(true, Ordering::Release);
     install_handler(false, &mut Vec::new());
     if ALARMED.swap(false, Ordering::AcqRel) {
-        set_timer(0);
+        let _ = set_timer(0);
         // SIGALRM back to its default, as it was before the handler took it.
         let _ = default_alarm_disposition();
     }
@@ -203,21 +216,62 @@ fn install_handler(only_over_default: bool, saved: &mut Vec<SavedAction>) {
     }
 }
 
-/// `setitimer(ITIMER_REAL)`: one `SIGALRM` in `micros` microseconds (0: none).
-fn set_timer(micros: u64) {
+/// `setitimer(ITIMER_REAL)`: one `SIGALRM` in `micros` microseconds (0: none); whether the
+/// kernel took it. Async-signal-safe.
+fn set_timer(micros: u64) -> bool {
+    let value = libc::timeval {
+        tv_sec: (micros / 1_000_000) as libc::time_t,
+        tv_usec: (micros % 1_000_000) as libc::suseconds_t,
+    };
+    setitimer(value, None).is_ok()
+}
+
+/// `setitimer(ITIMER_REAL)` with `value` (no interval), the previous timer written to `old`
+/// if given. Async-signal-safe.
+fn setitimer(value: libc::timeval, old: Option<&mut libc::itimerval>) -> io::Result<()> {
     let timer = libc::itimerval {
         it_interval: libc::timeval {
             tv_sec: 0,
             tv_usec: 0,
         },
-        it_value: libc::timeval {
-            tv_sec: (micros / 1_000_000) as libc::time_t,
-            tv_usec: (micros % 1_000_000) as libc::suseconds_t,
-        },
+        it_value: value,
     };
-    // SAFETY: setitimer reads one itimerval from this frame; a null old value is allowed. It
-    // is a plain system call, safe in a signal handler.
-    unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
+    let old = old.map_or(std::ptr::null_mut(), |old| old as *mut libc::itimerval);
+    // SAFETY: setitimer reads one itimerval from this frame and writes one to `old`, a null
+    // pointer (allowed) or a live exclusive reference. It is a plain system call, safe in a
+    // signal handler.
+    if unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, old) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether `setitimer(ITIMER_REAL)` can be used, asked once by the master before its first
+/// fork (forked workers inherit the answer). The probe changes no timer: it passes a value
+/// the kernel rejects with `EINVAL` (`tv_usec` of a million, refused since Linux 2.6.22)
+/// after a system call filter let the call through; a filter's refusal (or a kernel without
+/// the call) comes back instead, and then no TERM is kept for a worker's decision window
+/// (see the module docs). An old kernel that took the value has its previous timer put back.
+pub(crate) fn probe_timer() -> io::Result<()> {
+    let invalid = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 1_000_000,
+    };
+    let mut old = libc::itimerval {
+        it_interval: invalid,
+        it_value: invalid,
+    };
+    let result = match setitimer(invalid, Some(&mut old)) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => {
+            let _ = setitimer(old.it_value, None);
+            Ok(())
+        }
+    };
+    TIMER.store(result.is_ok(), Ordering::Release);
+    result
 }
 
 /// The decision window ended with a signal kept for a worker: if it has not asked for the
@@ -250,10 +304,12 @@ fn borrow(fd: &'static OwnedFd) -> BorrowedFd<'static> {
 }
 
 extern "C" fn on_signal(signal: libc::c_int) {
+    let errno = nix::errno::Errno::last_raw();
     if !SUBSCRIBED.load(Ordering::Acquire) {
         let running = monotonic_ns().saturating_sub(ARMED_AT.load(Ordering::Acquire));
-        if running >= DECISION_WINDOW.as_nanos() as u64 {
-            // A worker that does not drain: TERM ends it, as by default.
+        if running >= DECISION_WINDOW.as_nanos() as u64 || !TIMER.load(Ordering::Acquire) {
+            // A worker that does not drain, or no timer to end the window: TERM ends it, as
+            // by default.
             default_action_now(signal);
             return;
         }
@@ -261,8 +317,17 @@ extern "C" fn on_signal(signal: libc::c_int) {
         if !ALARMED.swap(true, Ordering::AcqRel) {
             let _ = install_worker_handler(ALARM, WINDOW_END);
             let left = (DECISION_WINDOW.as_nanos() as u64).saturating_sub(running);
-            set_timer(left / 1_000 + 1);
+            if !set_timer(left / 1_000 + 1) {
+                // Refused here (an exec-mode worker does not probe): nothing would end the
+                // window, so the signal is not kept.
+                TIMER.store(false, Ordering::Release);
+                ALARMED.store(false, Ordering::Release);
+                let _ = default_alarm_disposition();
+                default_action_now(signal);
+                return;
+            }
         }
+        nix::errno::Errno::set_raw(errno);
     }
     REQUESTED.store(true, Ordering::SeqCst);
     fence(Ordering::SeqCst);
@@ -270,7 +335,6 @@ extern "C" fn on_signal(signal: libc::c_int) {
         // No pipe yet: `notice_pipe` writes the byte when it creates it.
         return;
     };
-    let errno = nix::errno::Errno::last_raw();
     // The pipe lives for the rest of the process (it is in a static); a full pipe (already
     // notified) just makes the write fail.
     let _ = rustix::io::write(write, &[1]);

@@ -189,7 +189,13 @@ pub const REFUSALS: &[Refused] = &[
     row("setgroups", PIDFD, BOTH, DROP, FatalInWorker("cannot drop its privileges (user nobody, group nogroup): setgroups: {err}")),
     row("setgid", PIDFD, BOTH, DROP, FatalInWorker("cannot drop its privileges (user nobody, group nogroup): setgid: {err}")),
     row("setuid", PIDFD, BOTH, DROP, FatalInWorker("cannot drop its privileges (user nobody, group nogroup): setuid: {err}")),
+    // The shutdown notice's decision window: without a timer, no TERM is kept (a TERM in
+    // the window: `sandbox_refusing_setitimer_term_in_first_window_*`).
+    row("setitimer", PIDFD, BOTH, &[], Works(Log::Once(NO_TIMER))),
 ];
+
+/// What the master logs where `setitimer` is refused.
+const NO_TIMER: Text = "setitimer(ITIMER_REAL) refused ({err}";
 
 /// How `run` fails where an exec-mode worker cannot be started.
 const EXEC_FAILED: Text = "cannot start worker 0: starting the worker's program (fork; in the child pthread_sigmask, \
@@ -218,7 +224,75 @@ pub fn tests() -> Vec<Test> {
             }
         }
     }
+    for mode in [Mode::Fork, Mode::Exec] {
+        for drain in [false, true] {
+            for (errno, text) in ERRNOS {
+                let name = format!(
+                    "pidfd::{}::sandbox_refusing_setitimer_term_in_first_window{}_{}",
+                    mode.name(),
+                    if drain { "_draining" } else { "" },
+                    errno.to_lowercase()
+                );
+                tests.push(test(name, move || {
+                    term_in_first_window(mode, drain, errno, text)
+                }));
+            }
+        }
+    }
     tests
+}
+
+/// The grace period of [`term_in_first_window`]: long, so that a worker the stop had to KILL
+/// shows in its exit.
+const LONG_GRACE: &str = "30000";
+
+/// `setitimer` refused (`errno`, `strerror`: `err`), and the master's TERM reaches its
+/// workers in their decision window: the master stops itself from `on_master_ready`
+/// (`FX_SELF_TERM`), a moment after the workers reported ready, before the window (100 ms
+/// from a forked worker's fork, from an exec-mode worker's arming of its handler, right
+/// before it reports) is over. With no timer to end the window, no TERM is kept for a worker
+/// that has not asked for the shutdown notice: a non-draining worker ends by TERM's default
+/// action at once, a draining one (`FX_DRAIN`, which asks at the start of `serve`) drains or
+/// ends so, and none waits for the KILL at the end of the (long) grace period. The stop is
+/// clean (every run `Ok`, no child, no zombie, nothing left of the group), and the refusal
+/// was logged once, by the master.
+fn term_in_first_window(mode: Mode, drain: bool, errno: &str, err: &str) {
+    let deny = format!("setitimer={errno}");
+    let mut opts = mode_opts(mode);
+    opts.extend_from_slice(&[
+        ("FX_WORKERS", "2"),
+        ("FX_DENY", &deny),
+        ("FX_GRACE_MS", LONG_GRACE),
+        ("FX_SELF_TERM", "1"),
+    ]);
+    if drain {
+        opts.push(("FX_DRAIN", "1"));
+    }
+    let started = Instant::now();
+    let mut fx = start(Backend::Pidfd, &opts);
+    fx.assert_clean_exit();
+    let took = started.elapsed();
+    let spawns = fx.spawns();
+    assert_eq!(spawns.len(), 2, "two workers, none respawned: {spawns:?}");
+    let exits = fx.exits();
+    for pid in spawns {
+        let exit = exits
+            .iter()
+            .find(|e| e.pid == pid)
+            .unwrap_or_else(|| panic!("no exit line for worker {pid} in {exits:?}"));
+        let drained = drain && exit.how == "Code(0)";
+        assert!(
+            exit.how == "Signal(SIGTERM)" || drained,
+            "worker {pid} ended by the TERM (or drained), not by the grace period's KILL: {}",
+            exit.how
+        );
+    }
+    let logged = fill(NO_TIMER, errno, err);
+    // The master's last line: its log is read in full from then on.
+    fx.expect_log("master exiting cleanly");
+    let n = fx.stderr().iter().filter(|l| l.contains(&logged)).count();
+    assert_eq!(n, 1, "the master logs the refusal once");
+    runner::note(format!("start to exit: {} ms", took.as_millis()));
 }
 
 /// `text` with `{err}` and `{how}` filled in for the refusal `errno` (`strerror`: `err`).
