@@ -81,7 +81,7 @@ impl Master {
                 return self.abort(e);
             }
             if let Err(e) = self.event_loop().epoll.wait(timeout, &mut tokens) {
-                return self.abort(Error::sys("epoll_wait")(e));
+                return self.abort(Error::sys("epoll_wait (epoll_pwait)")(e));
             }
             for &token in &tokens {
                 raw.clear();
@@ -93,7 +93,7 @@ impl Master {
                     }
                     SIGNALFD_TOKEN => {
                         if let Err(e) = self.event_loop().read_signals(&mut raw) {
-                            return self.abort(Error::sys("reading the signalfd")(e));
+                            return self.abort(Error::sys("reading the signalfd (read)")(e));
                         }
                     }
                     READY_TOKEN => {

@@ -177,7 +177,9 @@ impl Handover {
             return Ok(pid as u32);
         }
         if let Some(pid) = super::Pid::new(pid as u32) {
-            super::wait_blocking(pid);
+            // The child reported its failure and exits: reaped here (a refused wait4
+            // leaves it a zombie until the master exits).
+            let _ = super::wait_blocking(pid);
         }
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
         Err(io::Error::from_raw_os_error(errno))

@@ -109,6 +109,9 @@ pub enum Expect {
     /// Required by each worker: the first to start logs this and exits with `EXIT_FATAL`,
     /// which stops the master.
     FatalInWorker(Text),
+    /// Required by the master once its first workers started (the event loop): `run` fails
+    /// with an error containing this, having KILLed and reaped every worker it started.
+    FailsAfterStart(Text),
 }
 
 /// One row of the table: a call refused (`FX_DENY`'s name, see
@@ -138,7 +141,7 @@ const fn row(
     }
 }
 
-use Expect::{FailsAtSpawn, FailsBeforeFork, FatalInWorker, Works};
+use Expect::{FailsAfterStart, FailsAtSpawn, FailsBeforeFork, FatalInWorker, Works};
 
 /// The hint a refused required call's error carries.
 const HINT: &str = "(refused: a system call filter must allow it; docs/security.md";
@@ -189,6 +192,9 @@ pub const REFUSALS: &[Refused] = &[
     row("setgroups", PIDFD, BOTH, DROP, FatalInWorker("cannot drop its privileges (user nobody, group nogroup): setgroups: {err}")),
     row("setgid", PIDFD, BOTH, DROP, FatalInWorker("cannot drop its privileges (user nobody, group nogroup): setgid: {err}")),
     row("setuid", PIDFD, BOTH, DROP, FatalInWorker("cannot drop its privileges (user nobody, group nogroup): setuid: {err}")),
+    // The event loop's wait: the master KILLs and reaps the workers it started (its last
+    // resort; `wait4` and the signals refused too: `sandbox_last_resort_*`).
+    row("epoll_pwait", PIDFD, BOTH, &[], FailsAfterStart("epoll_wait (epoll_pwait) failed: {err}")),
     // The shutdown notice's decision window: without a timer, no TERM is kept (a TERM in
     // the window: `sandbox_refusing_setitimer_term_in_first_window_*`).
     row("setitimer", PIDFD, BOTH, &[], Works(Log::Once(NO_TIMER))),
@@ -225,6 +231,18 @@ pub fn tests() -> Vec<Test> {
         }
     }
     for mode in [Mode::Fork, Mode::Exec] {
+        for (what, deny, log) in LAST_RESORT {
+            for (errno, text) in ERRNOS {
+                let name = format!(
+                    "pidfd::{}::sandbox_last_resort_refusing_{what}_{}",
+                    mode.name(),
+                    errno.to_lowercase()
+                );
+                tests.push(test(name, move || {
+                    last_resort(mode, deny, log, errno, text)
+                }));
+            }
+        }
         for drain in [false, true] {
             for (errno, text) in ERRNOS {
                 let name = format!(
@@ -240,6 +258,49 @@ pub fn tests() -> Vec<Test> {
         }
     }
     tests
+}
+
+/// The master's last resort after its event loop failed (`epoll_pwait` refused), with more
+/// refused: the name in the test, the refusals beside `epoll_pwait` (`{e}`: the errno), and
+/// what the master logs about them.
+#[rustfmt::skip]
+const LAST_RESORT: &[(&str, &str, &[Text])] = &[
+    ("wait4", "wait4={e}", &["cannot wait for the killed children (wait4: {err}"]),
+    ("every_signal", "kill={e},pidfd_send_signal={e}", &["cannot KILL child"]),
+    ("wait4_and_every_signal", "wait4={e},kill={e},pidfd_send_signal={e}", &["cannot KILL child"]),
+];
+
+/// The master's last resort where its event loop fails (`epoll_pwait` refused, once the
+/// first workers started) and more is refused (`deny`, see [`LAST_RESORT`]): without the
+/// `wait4` that reaps the KILLed workers, or without any signal to KILL them with, the master
+/// still exits, at once, with the error that names the loop's call, and logs what it could
+/// not do (`logs`); its workers end (by the KILL, or, where no signal reaches them, by
+/// their parent-death signal when the master exits), and nothing of the fixture's group is
+/// left.
+fn last_resort(mode: Mode, deny: &str, logs: &[Text], errno: &str, err: &str) {
+    let deny = format!("epoll_pwait={errno},{}", deny.replace("{e}", errno));
+    let mut opts = mode_opts(mode);
+    opts.extend_from_slice(&[("FX_WORKERS", "2"), ("FX_DENY", &deny)]);
+    let mut fx = start(Backend::Pidfd, &opts);
+    let code = fx.finish();
+    assert_eq!(
+        code,
+        crate::support::fixture::EXIT_ERR,
+        "the master's exit code"
+    );
+    let results = fx.results();
+    let want = fill("epoll_wait (epoll_pwait) failed: {err}", errno, err);
+    assert!(
+        results.len() == 1 && results[0].contains(&want) && results[0].contains(HINT),
+        "the error names the loop's call: {results:?}"
+    );
+    for text in logs {
+        fx.expect_log(&fill(text, errno, err));
+    }
+    let spawns = fx.spawns();
+    assert!(!spawns.is_empty(), "the workers started first");
+    fx.wait_gone(&spawns);
+    fx.assert_group_empty();
 }
 
 /// The grace period of [`term_in_first_window`]: long, so that a worker the stop had to KILL
@@ -388,6 +449,22 @@ fn refusal(b: Backend, mode: Mode, refused: &Refused, errno: &str, err: &str) {
                 "no worker started: {:?}",
                 fx.spawns()
             );
+        }
+        FailsAfterStart(text) => {
+            let mut opts = mode_opts(mode);
+            opts.push(("FX_WORKERS", "2"));
+            opts.extend_from_slice(&sandbox);
+            let mut fx = start(b, &opts);
+            let display = fx.assert_failed_exit();
+            let want = fill(text, errno, err);
+            assert!(display.contains(&want), "error {display:?} says {want:?}");
+            assert!(
+                display.contains(HINT),
+                "error {display:?} says that a sandbox refused it"
+            );
+            let spawns = fx.spawns();
+            assert!(!spawns.is_empty(), "the workers started first");
+            fx.wait_gone(&spawns);
         }
         FatalInWorker(text) => {
             let mut opts = mode_opts(mode);

@@ -130,6 +130,74 @@ pub const CALLS: &[(&str, libc::c_long, Form)] = &[
     ("unlink", SYS_UNLINK, &[]),
     ("statx", libc::SYS_statx, &[]),
     ("newfstatat", libc::SYS_newfstatat, &[]),
+    // The generic calls: the event loop, signals, descriptors.
+    ("epoll_pwait", libc::SYS_epoll_pwait, &[]),
+    ("wait4", libc::SYS_wait4, &[]),
+    ("rt_sigprocmask", libc::SYS_rt_sigprocmask, &[]),
+    ("rt_sigaction", libc::SYS_rt_sigaction, &[]),
+    ("read_fd3_up", libc::SYS_read, &[(0, Arg::AtLeast(3))]),
+    ("write_fd3_up", libc::SYS_write, &[(0, Arg::AtLeast(3))]),
+    ("close", libc::SYS_close, &[]),
+    ("fcntl", libc::SYS_fcntl, &[]),
+    (
+        "fcntl_getfd",
+        libc::SYS_fcntl,
+        &[(1, Arg::Is(libc::F_GETFD as u32))],
+    ),
+    ("fstat", libc::SYS_fstat, &[]),
+    ("getsockopt", libc::SYS_getsockopt, &[]),
+    (
+        "getsockopt_acceptconn",
+        libc::SYS_getsockopt,
+        &[
+            (1, Arg::Is(libc::SOL_SOCKET as u32)),
+            (2, Arg::Is(libc::SO_ACCEPTCONN as u32)),
+        ],
+    ),
+    (
+        "getsockopt_domain",
+        libc::SYS_getsockopt,
+        &[
+            (1, Arg::Is(libc::SOL_SOCKET as u32)),
+            (2, Arg::Is(libc::SO_DOMAIN as u32)),
+        ],
+    ),
+    (
+        "getsockopt_type",
+        libc::SYS_getsockopt,
+        &[
+            (1, Arg::Is(libc::SOL_SOCKET as u32)),
+            (2, Arg::Is(libc::SO_TYPE as u32)),
+        ],
+    ),
+    // The listener of `listen_and_serve`.
+    (
+        "socket_inet",
+        libc::SYS_socket,
+        &[(0, Arg::Is(libc::AF_INET as u32))],
+    ),
+    (
+        "setsockopt_reuseaddr",
+        libc::SYS_setsockopt,
+        &[
+            (1, Arg::Is(libc::SOL_SOCKET as u32)),
+            (2, Arg::Is(libc::SO_REUSEADDR as u32)),
+        ],
+    ),
+    (
+        "setsockopt_reuseport",
+        libc::SYS_setsockopt,
+        &[
+            (1, Arg::Is(libc::SOL_SOCKET as u32)),
+            (2, Arg::Is(libc::SO_REUSEPORT as u32)),
+        ],
+    ),
+    ("getsockname", libc::SYS_getsockname, &[]),
+    (
+        "ioctl_fionbio",
+        libc::SYS_ioctl,
+        &[(1, Arg::Is(libc::FIONBIO as u32))],
+    ),
 ];
 
 /// The call glibc's `rename(3)` makes: `rename(2)` where the architecture has it.
@@ -155,6 +223,8 @@ pub enum Arg {
     /// The bits of the mask (the first) are the value (the second): `socket`'s type without
     /// its flags, `open`'s `O_CREAT` among the others.
     Masked(u32, u32),
+    /// At least this (unsigned): a descriptor other than the standard streams.
+    AtLeast(u32),
 }
 
 /// One system call (or one form of it) a seccomp filter refuses, and how.
@@ -234,6 +304,12 @@ impl Filter {
                 block.push(match arg {
                     Arg::Is(value) | Arg::Masked(_, value) => jeq(value, 0, next),
                     Arg::IsNot(value) => jeq(value, next, 0),
+                    Arg::AtLeast(value) => libc::sock_filter {
+                        code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
+                        jt: 0,
+                        jf: next,
+                        k: value,
+                    },
                 });
             }
             block.push(stmt(
