@@ -127,7 +127,15 @@ where
         master_pid,
     };
     let ready = std::env::var_os(READY_FD_ENV).map(|v| v.into_encoded_bytes());
-    match protocol::parse_ready_fd(ready.as_deref()) {
+    let parsed = protocol::parse_ready_fd(ready.as_deref());
+    if let Ok(Some(fd)) = parsed {
+        if let Err(e) = sys::check_pipe(fd) {
+            // The master waits for the report: without it the worker would never count as
+            // serving.
+            cannot_report(worker.pid, &format!("{READY_FD_ENV}={fd}: {e}"));
+        }
+    }
+    match parsed {
         // Only a pipe: a stray variable must not make us write into some other file.
         Ok(Some(fd)) if sys::is_pipe(fd) => {
             // SAFETY: our master passed the readiness pipe on this number for the crate
@@ -260,11 +268,22 @@ fn parse_fd(value: &[u8]) -> Option<i32> {
 }
 
 /// Tells the master that this worker is about to enter `serve` (its pid on the readiness
-/// pipe, one atomic write), then closes the pipe.
+/// pipe, one atomic write), then closes the pipe. Where a sandbox refuses the `write`, the
+/// worker could never count as serving: a fatal start-up failure ([`cannot_report`]).
 fn report_ready(fd: OwnedFd, pid: u32) {
     if let Err(e) = sys::write_pid(fd.as_fd(), pid) {
+        if sys::is_refused(&e) {
+            cannot_report(pid, &sys::named("write", e).to_string());
+        }
         log::warn!("cannot report readiness to the master: {e}");
     }
+}
+
+/// A worker that a sandbox keeps from reporting ready: it logs why and exits with
+/// `EXIT_FATAL`, which stops the master.
+fn cannot_report(pid: u32, why: &str) -> ! {
+    log::error!("worker (pid {pid}) cannot report readiness to the master: {why}");
+    std::process::exit(EXIT_FATAL)
 }
 
 /// Runs `serve` and exits with its outcome: 0, 1 for an error, [`EXIT_PANIC`] for a panic.

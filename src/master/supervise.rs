@@ -88,7 +88,10 @@ impl Master {
                 match token {
                     FORWARD_TOKEN => {
                         if let Some(fw) = &self.fds().forwarding {
-                            sys::read_forwarded(fw.read.as_fd(), &mut raw);
+                            if let Err(e) = sys::read_forwarded(fw.read.as_fd(), &mut raw) {
+                                let e = Error::sys("reading the signal pipe (read)")(e);
+                                return self.abort(e);
+                            }
                         }
                     }
                     SIGNALFD_TOKEN => {
@@ -98,7 +101,10 @@ impl Master {
                     }
                     READY_TOKEN => {
                         let mut pids = Vec::new();
-                        sys::read_pids(self.fds().ready.0.as_fd(), &mut pids);
+                        if let Err(e) = sys::read_pids(self.fds().ready.0.as_fd(), &mut pids) {
+                            let e = Error::sys("reading the readiness pipe (read)")(e);
+                            return self.abort(e);
+                        }
                         events.extend(pids.into_iter().map(Event::Ready));
                     }
                     UPGRADE_READY_TOKEN => events.push(Event::UpgradeReport),

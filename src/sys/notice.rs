@@ -111,11 +111,16 @@ pub(crate) struct Inherited {
 impl Inherited {
     /// Installs the notice handler for TERM and INT and the do-nothing handler for USR1 and
     /// USR2, each where the disposition is the default; call it with those signals blocked.
-    pub(crate) fn install() -> Inherited {
-        let mut saved = Vec::with_capacity(4);
-        install_handler(true, &mut saved);
-        tame_forwarded_signals(&mut saved);
-        Inherited { saved }
+    /// Fails where `sigaction` does (a sandbox refusing `rt_sigaction`): without the handler
+    /// no worker could drain.
+    pub(crate) fn install() -> io::Result<Inherited> {
+        // Dropped on a failure: what was installed goes back.
+        let mut inherited = Inherited {
+            saved: Vec::with_capacity(4),
+        };
+        install_handler(true, &mut inherited.saved)?;
+        tame_forwarded_signals(&mut inherited.saved);
+        Ok(inherited)
     }
 }
 
@@ -150,7 +155,8 @@ pub(crate) fn arm_here() {
     let mut ignored = Vec::new();
     tame_forwarded_signals(&mut ignored);
     arm(monotonic_ns());
-    install_handler(true, &mut ignored);
+    // Where sigaction is refused the master failed before it started any worker.
+    let _ = install_handler(true, &mut ignored);
 }
 
 /// Asks for the notice: installs the handler if it is not armed yet (the first call in a
@@ -166,7 +172,7 @@ pub(crate) fn install() -> BorrowedFd<'static> {
         Err(e) => panic!("prefork: cannot create the shutdown-notice pipe: {e}"),
     };
     SUBSCRIBED.store(true, Ordering::Release);
-    install_handler(false, &mut Vec::new());
+    let _ = install_handler(false, &mut Vec::new());
     if ALARMED.swap(false, Ordering::AcqRel) {
         let _ = set_timer(0);
         // SIGALRM back to its default, as it was before the handler took it.
@@ -197,23 +203,27 @@ fn notice_pipe() -> io::Result<BorrowedFd<'static>> {
 
 /// Installs `on_signal` for TERM and INT, once; with `only_over_default`, only where the
 /// disposition is still the default. The dispositions it replaced go to `saved`.
-fn install_handler(only_over_default: bool, saved: &mut Vec<SavedAction>) {
+fn install_handler(only_over_default: bool, saved: &mut Vec<SavedAction>) -> io::Result<()> {
     if INSTALLED.swap(true, Ordering::AcqRel) {
-        return;
+        return Ok(());
     }
     for signal in SIGNALS {
         // It replaces the default disposition of TERM/INT (or, when asked for the notice
-        // explicitly, whatever was there), which is the point. sigaction cannot fail for
-        // these valid, catchable signals.
-        if let Ok(previous) = install_worker_handler(signal, NOTICE) {
-            if only_over_default && !previous.was_default() {
+        // explicitly, whatever was there), which is the point. sigaction fails for these
+        // valid, catchable signals only where a sandbox refuses it.
+        match install_worker_handler(signal, NOTICE) {
+            Ok(previous) if only_over_default && !previous.was_default() => {
                 // The handler the program installed stays.
                 let _ = restore_disposition(&previous);
-            } else {
-                saved.push(previous);
+            }
+            Ok(previous) => saved.push(previous),
+            Err(e) => {
+                INSTALLED.store(false, Ordering::Release);
+                return Err(e);
             }
         }
     }
+    Ok(())
 }
 
 /// `setitimer(ITIMER_REAL)`: one `SIGALRM` in `micros` microseconds (0: none); whether the

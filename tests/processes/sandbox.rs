@@ -112,6 +112,10 @@ pub enum Expect {
     /// Required by the master once its first workers started (the event loop): `run` fails
     /// with an error containing this, having KILLed and reaped every worker it started.
     FailsAfterStart(Text),
+    /// Required by an exec-mode worker before `serve` (its inherited listener's check):
+    /// `listen_and_serve` returns an error containing this in the worker, which the fixture
+    /// exits with (code 2), and the crash-loop guard stops the master.
+    FailsInExecWorker(Text),
 }
 
 /// One row of the table: a call refused (`FX_DENY`'s name, see
@@ -141,7 +145,9 @@ const fn row(
     }
 }
 
-use Expect::{FailsAfterStart, FailsAtSpawn, FailsBeforeFork, FatalInWorker, Works};
+use Expect::{
+    FailsAfterStart, FailsAtSpawn, FailsBeforeFork, FailsInExecWorker, FatalInWorker, Works,
+};
 
 /// The hint a refused required call's error carries.
 const HINT: &str = "(refused: a system call filter must allow it; docs/security.md";
@@ -195,6 +201,45 @@ pub const REFUSALS: &[Refused] = &[
     // The event loop's wait: the master KILLs and reaps the workers it started (its last
     // resort; `wait4` and the signals refused too: `sandbox_last_resort_*`).
     row("epoll_pwait", PIDFD, BOTH, &[], FailsAfterStart("epoll_wait (epoll_pwait) failed: {err}")),
+    // The event loop's set, made once the first workers started.
+    row("epoll_ctl", PIDFD, BOTH, &[], FailsAfterStart("epoll_ctl failed: {err}")),
+    // The readiness pipe, made before the first fork.
+    row("pipe2", PIDFD, BOTH, &[], FailsBeforeFork("creating the readiness pipe failed: {err}")),
+    // The master's signal mask, and the handlers: the workers' (fork mode) or the
+    // forwarding ones (exec mode).
+    row("rt_sigprocmask", PIDFD, BOTH, &[], FailsBeforeFork("blocking signals failed: {err}")),
+    row("rt_sigaction", PIDFD, FORK, &[], FailsBeforeFork("installing the workers' signal handlers (rt_sigaction) failed: {err}")),
+    row("rt_sigaction", PIDFD, EXEC, &[], FailsBeforeFork("installing signal handlers (rt_sigaction) failed: {err}")),
+    // `read` and `write` on descriptors 3 and up (the standard streams carry the fixture's
+    // report and log): the master's reads of its pipes and signalfd (which of them comes
+    // first depends on the run) end the run; a worker that cannot write its readiness report
+    // stops the master.
+    row("read_fd3_up", PIDFD, BOTH, &[], FailsAfterStart("(read) failed: {err}")),
+    row("write_fd3_up", PIDFD, BOTH, &[], FatalInWorker("cannot report readiness to the master: write: {err}")),
+    // `fcntl`: not on the path of a forked worker nor of the listener (pipes and sockets are
+    // made close-on-exec by their own calls); the exec-mode child's descriptors need it.
+    row("fcntl", PIDFD, FORK, LISTEN, Works(Log::Silent)),
+    row("fcntl", PIDFD, EXEC, &[], FailsAtSpawn(EXEC_FAILED)),
+    // `fstat`: an exec-mode worker checks that its readiness descriptor is a pipe.
+    row("fstat", PIDFD, FORK, &[], Works(Log::Silent)),
+    row("fstat", PIDFD, EXEC, &[], FatalInWorker("cannot report readiness to the master: PREFORK_READY_FD=4: fstat: {err}")),
+    // `getsockopt`, and the exec-mode worker's check of its inherited listener.
+    row("getsockopt", PIDFD, FORK, LISTEN, Works(Log::Silent)),
+    row("getsockopt", PIDFD, EXEC, &[], FailsInExecWorker("fd 3: getsockopt(SO_TYPE): {err}")),
+    row("getsockopt_type", PIDFD, EXEC, &[], FailsInExecWorker("fd 3: getsockopt(SO_TYPE): {err}")),
+    row("getsockopt_domain", PIDFD, EXEC, &[], FailsInExecWorker("fd 3: getsockopt(SO_DOMAIN): {err}")),
+    row("getsockopt_acceptconn", PIDFD, EXEC, &[], FailsInExecWorker("fd 3: getsockopt(SO_ACCEPTCONN): {err}")),
+    row("fcntl_getfd", PIDFD, EXEC, &[], FailsInExecWorker("fd 3: fcntl(F_GETFD): {err}")),
+    // The listener of `listen_and_serve`, bound by the master in either mode.
+    row("socket_inet", PIDFD, BOTH, LISTEN, FailsBeforeFork("cannot listen on 127.0.0.1:0: socket: {err}")),
+    row("setsockopt_reuseaddr", PIDFD, BOTH, LISTEN, FailsBeforeFork("cannot listen on 127.0.0.1:0: setsockopt(SO_REUSEADDR): {err}")),
+    row("setsockopt_reuseport", PIDFD, BOTH, REUSEPORT, FailsBeforeFork("cannot listen on 127.0.0.1:0: setsockopt(SO_REUSEPORT): {err}")),
+    row("bind", PIDFD, BOTH, LISTEN, FailsBeforeFork("cannot listen on 127.0.0.1:0: bind: {err}")),
+    row("listen", PIDFD, BOTH, LISTEN, FailsBeforeFork("cannot listen on 127.0.0.1:0: listen: {err}")),
+    // With `reuseport` on port 0, the other slots' sockets take the first one's port.
+    row("getsockname", PIDFD, BOTH, REUSEPORT, FailsBeforeFork("getsockname failed: {err}")),
+    // Blocking mode: only for a socket systemd passed (the lifecycle must not need it).
+    row("ioctl_fionbio", PIDFD, BOTH, LISTEN, Works(Log::Silent)),
     // The shutdown notice's decision window: without a timer, no TERM is kept (a TERM in
     // the window: `sandbox_refusing_setitimer_term_in_first_window_*`).
     row("setitimer", PIDFD, BOTH, &[], Works(Log::Once(NO_TIMER))),
@@ -465,6 +510,24 @@ fn refusal(b: Backend, mode: Mode, refused: &Refused, errno: &str, err: &str) {
             let spawns = fx.spawns();
             assert!(!spawns.is_empty(), "the workers started first");
             fx.wait_gone(&spawns);
+        }
+        FailsInExecWorker(text) => {
+            let mut opts = mode_opts(mode);
+            opts.push(("FX_WORKERS", "2"));
+            opts.extend_from_slice(&sandbox);
+            let mut fx = start(b, &opts);
+            let display = fx.assert_failed_exit();
+            assert!(
+                display.contains("workers failed to boot"),
+                "the crash-loop guard stops the master: {display}"
+            );
+            let want = fill(text, errno, err);
+            fx.wait_stderr("the worker's error", |lines| {
+                lines
+                    .iter()
+                    .any(|l| l.contains(&want) && l.contains(HINT))
+                    .then_some(())
+            });
         }
         FatalInWorker(text) => {
             let mut opts = mode_opts(mode);
