@@ -14,8 +14,9 @@
 //!   itself (or takes the one it was handed, `prefork::inherited_listeners`) and calls `run`,
 //!   started directly or by socket activation.
 //! * Rollback: a new program that exits at once, one that hangs before it is ready, and one
-//!   that cannot be executed leave the old master serving with the same workers, without a
-//!   failed request; the failure is logged.
+//!   that cannot be executed, and a new master that a sandbox keeps from checking the sockets
+//!   it is handed (`getsockopt(SO_TYPE)` refused) leave the old master serving with the same
+//!   workers, without a failed request; the failure is logged.
 //! * A second USR2 during an upgrade is ignored (logged), and TERM during an upgrade stops
 //!   both masters and every worker of either.
 //! * Sandboxes: the same upgrade under a seccomp filter (installed before the first master
@@ -126,19 +127,7 @@ fn upgrades_checked(
         Command::new(&deploy.server)
     };
     cmd.args(args);
-    if !deny.is_empty() {
-        let refusals: Vec<Refusal> = deny
-            .iter()
-            .map(|r| Refusal::parse(r).unwrap_or_else(|| panic!("unknown refusal {r:?}")))
-            .collect();
-        // Built here: the child only installs it.
-        let filter = Filter::deny(&refusals);
-        // SAFETY: between fork and exec the child makes two prctl calls on memory prepared
-        // before the fork (`install` allocates nothing), which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || filter.install());
-        }
-    }
+    sandboxed(&mut cmd, deny);
     let mut server = Server::start(&mut cmd, WORKERS);
     let old = server.pid();
     let old_workers = children(old);
@@ -297,6 +286,26 @@ fn upgrades_checked(
     log
 }
 
+/// Makes `cmd`'s process install a seccomp filter that refuses `deny` (`CALL=ERRNO`, as
+/// `support::seccomp::Refusal::parse` reads them) before it executes the program: every
+/// process it starts inherits it, across `exec` too. Nothing where `deny` is empty.
+fn sandboxed(cmd: &mut Command, deny: &[&str]) {
+    if deny.is_empty() {
+        return;
+    }
+    let refusals: Vec<Refusal> = deny
+        .iter()
+        .map(|r| Refusal::parse(r).unwrap_or_else(|| panic!("unknown refusal {r:?}")))
+        .collect();
+    // Built here: the child only installs it.
+    let filter = Filter::deny(&refusals);
+    // SAFETY: between fork and exec the child makes two prctl calls on memory prepared
+    // before the fork (`install` allocates nothing), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || filter.install());
+    }
+}
+
 /// Whether a descriptor's target (`socket:[INODE]`) is a Unix socket (a control socket's,
 /// where the listeners are TCP sockets).
 fn is_unix_socket(target: &str) -> bool {
@@ -433,11 +442,25 @@ fn upgrade_run_socket_activated() {
 /// Deploys `program` (a script, with `mode`) and sends USR2 under load: the upgrade fails
 /// with a log line containing `why`, and the old master keeps serving with the same workers
 /// and without a failed request.
-fn rolls_back(tag: &str, program: &str, mode: u32, upgrade_timeout: &str, why: &str) {
+fn rolls_back(tag: &str, program: &str, mode: u32, upgrade_timeout: &str, why: &str) -> String {
+    rolls_back_in_sandbox(tag, program, mode, upgrade_timeout, why, &[])
+}
+
+/// [`rolls_back`], with the first master (and so the new one) under a seccomp filter that
+/// refuses `deny` (see [`sandboxed`]). Returns the log.
+fn rolls_back_in_sandbox(
+    tag: &str,
+    program: &str,
+    mode: u32,
+    upgrade_timeout: &str,
+    why: &str,
+    deny: &[&str],
+) -> String {
     let deploy = Deploy::new(tag);
     let staged = deploy.stage(program, mode);
     let mut cmd = Command::new(&deploy.server);
     cmd.args(["--upgrade-timeout", upgrade_timeout]);
+    sandboxed(&mut cmd, deny);
     let mut server = Server::start(&mut cmd, WORKERS);
     let master = server.pid();
     let workers = children(master);
@@ -479,6 +502,27 @@ fn rolls_back(tag: &str, program: &str, mode: u32, upgrade_timeout: &str, why: &
     println!(
         "rollback {tag}: {} + {} answered (new, keep-alive); {failed}",
         answered[0], answered[1]
+    );
+    log
+}
+
+/// A sandbox that refuses `getsockopt(SO_TYPE)`, which only a new master makes here (it
+/// checks the sockets the old master hands it; the first master binds its own): the new
+/// master cannot start, and says which call failed; the old master rolls the upgrade back
+/// and serves on with the same workers, without a failed request.
+#[test]
+fn rollback_when_the_new_master_cannot_check_its_sockets() {
+    let log = rolls_back_in_sandbox(
+        "no-sockopt",
+        &greeting_differently(),
+        0o755,
+        "30",
+        "before it was ready",
+        &["getsockopt_type=EPERM"],
+    );
+    assert!(
+        log.contains("getsockopt(SO_TYPE): Operation not permitted"),
+        "the new master names the call:\n{log}"
     );
 }
 
