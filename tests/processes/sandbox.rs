@@ -15,7 +15,15 @@
 //! * a required call: the run fails with an error that names the call, and nothing is left
 //!   (no child, no zombie, nothing in the fixture's process group): before any fork
 //!   ([`Expect::FailsBeforeFork`]), at the first worker's start ([`Expect::FailsAtSpawn`]),
-//!   or in the worker that needs it, which stops the master ([`Expect::FatalInWorker`]).
+//!   once the first workers started, which the master KILLs and reaps
+//!   ([`Expect::FailsAfterStart`]), in the worker that needs it, which stops the master
+//!   ([`Expect::FatalInWorker`]), or in an exec-mode worker's `listen_and_serve`, whose error
+//!   the crash-loop guard ends ([`Expect::FailsInExecWorker`]).
+//!
+//! Beside the table: `setitimer` refused while the master's TERM reaches its workers in their
+//! decision window ([`term_in_first_window`], draining workers and others), and the master's
+//! last resort after a failed event loop with `wait4` or every signal refused as well
+//! ([`last_resort`]), both in fork and exec mode, with `EPERM` and `ENOSYS`.
 //!
 //! A row that does not depend on the backend (every call but the reaping and signalling
 //! ones) runs under the default backend only, pidfd. [`ALL`] holds the other sandbox cases:

@@ -32,6 +32,11 @@ pub fn deny_pidfd_open() -> io::Result<()> {
 /// `openat_creat` is `openat` with `O_CREAT` (the PID file; nothing else a master opens is
 /// created); `accept4_nonblock` is `accept4` with `SOCK_NONBLOCK` (the control socket's
 /// clients; std's `accept` and the fixtures' workers pass no such flag). `rename` and `unlink` are the calls glibc makes for them.
+/// `read_fd3_up` and `write_fd3_up` are `read` and `write` on descriptors 3 and up (the
+/// standard streams carry a fixture's report and log); `socket_inet` is `socket(AF_INET, …)`
+/// (`listen_and_serve`'s listener); `setsockopt_reuseaddr` and `setsockopt_reuseport`,
+/// `getsockopt_type`, `getsockopt_domain` and `getsockopt_acceptconn` are those options at
+/// `SOL_SOCKET`; `fcntl_getfd` is `fcntl(_, F_GETFD)`, `ioctl_fionbio` `ioctl(_, FIONBIO)`.
 pub const CALLS: &[(&str, libc::c_long, Form)] = &[
     ("pidfd_open", libc::SYS_pidfd_open, &[]),
     ("pidfd_send_signal", libc::SYS_pidfd_send_signal, &[]),
