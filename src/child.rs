@@ -127,27 +127,26 @@ where
         master_pid,
     };
     let ready = std::env::var_os(READY_FD_ENV).map(|v| v.into_encoded_bytes());
-    let parsed = protocol::parse_ready_fd(ready.as_deref());
-    if let Ok(Some(fd)) = parsed {
-        if let Err(e) = sys::check_pipe(fd) {
-            // The master waits for the report: without it the worker would never count as
-            // serving.
-            cannot_report(worker.pid, &format!("{READY_FD_ENV}={fd}: {e}"));
-        }
-    }
-    match parsed {
+    match protocol::parse_ready_fd(ready.as_deref()) {
         // Only a pipe: a stray variable must not make us write into some other file.
-        Ok(Some(fd)) if sys::is_pipe(fd) => {
-            // SAFETY: our master passed the readiness pipe on this number for the crate
-            // (it set the variable), and nothing else in the worker takes it.
-            #[allow(unsafe_code)]
-            let taken = unsafe { sys::take_inherited(fd) };
-            match taken {
-                Some(fd) => report_ready(fd, worker.pid),
-                None => log::warn!("{READY_FD_ENV}={fd} was taken already"),
+        Ok(Some(fd)) => match sys::check_pipe(fd) {
+            Ok(true) => {
+                // SAFETY: our master passed the readiness pipe on this number for the crate
+                // (it set the variable), and nothing else in the worker takes it.
+                #[allow(unsafe_code)]
+                let taken = unsafe { sys::take_inherited(fd) };
+                match taken {
+                    Some(fd) => report_ready(fd, worker.pid),
+                    None => log::warn!("{READY_FD_ENV}={fd} was taken already"),
+                }
             }
-        }
-        Ok(Some(fd)) => log::warn!("{READY_FD_ENV}={fd} is not a pipe; not reporting readiness"),
+            Ok(false) => {
+                log::warn!("{READY_FD_ENV}={fd} is not a pipe; not reporting readiness")
+            }
+            // The master waits for the report: without it this worker would never count as
+            // serving.
+            Err(e) => cannot_report(worker.pid, &format!("{READY_FD_ENV}={fd}: {e}")),
+        },
         Ok(None) => {}
         Err(e) => log::warn!("{e}; not reporting readiness"),
     }

@@ -186,6 +186,8 @@ pub const REFUSALS: &[Refused] = &[
     row("prctl_set_pdeathsig", PIDFD, FORK, &[], Works(Log::EachWorker("cannot set PR_SET_PDEATHSIG: {err}"))),
     row("prctl_set_pdeathsig", PIDFD, EXEC, &[], FailsAtSpawn(EXEC_FAILED)),
     row("prctl_set_name", PIDFD, BOTH, &[], Works(Log::EachWorker("cannot name itself: {err}"))),
+    // Whether the master adopts orphans: a subreaper master is taken for none.
+    row("prctl_get_child_subreaper", PIDFD, FORK, &[("FX_SUBREAPER", "1")], Works(Log::Silent)),
     // prctl as a whole: as PR_SET_PDEATHSIG (the names too, and NO_NEW_PRIVS is not asked for).
     row("prctl", PIDFD, FORK, &[], Works(Log::EachWorker("cannot set PR_SET_PDEATHSIG: {err}"))),
     row("prctl", PIDFD, EXEC, &[], FailsAtSpawn(EXEC_FAILED)),

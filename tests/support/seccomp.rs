@@ -22,7 +22,8 @@ pub fn deny_pidfd_open() -> io::Result<()> {
 /// A name is the system call's, or a form of it: `waitid_pidfd` is `waitid(P_PIDFD, …)`;
 /// `setsockopt_attach_filter` and `setsockopt_attach_reuseport_cbpf` are
 /// `setsockopt(_, SOL_SOCKET, SO_ATTACH_FILTER | SO_ATTACH_REUSEPORT_CBPF, …)`;
-/// `prctl_set_name` and `prctl_set_pdeathsig` are `prctl(PR_SET_NAME | PR_SET_PDEATHSIG, …)`;
+/// `prctl_set_name`, `prctl_set_pdeathsig` and `prctl_get_child_subreaper` are
+/// `prctl(PR_SET_NAME | PR_SET_PDEATHSIG | PR_GET_CHILD_SUBREAPER, …)`;
 /// `socket_unix` is `socket(AF_UNIX, …)` (systemd's notification socket; the runs that refuse
 /// it make no other); `sendto_addressed` is `sendto` with a destination address (an `addrlen` other
 /// than 0: systemd's notifications; `send(2)` on a connected socket passes none); `mmap_shared` is `mmap` with exactly `MAP_SHARED` as its flags (the heartbeat
@@ -78,6 +79,11 @@ pub const CALLS: &[(&str, libc::c_long, Form)] = &[
         "prctl_set_pdeathsig",
         libc::SYS_prctl,
         &[(0, Arg::Is(libc::PR_SET_PDEATHSIG as u32))],
+    ),
+    (
+        "prctl_get_child_subreaper",
+        libc::SYS_prctl,
+        &[(0, Arg::Is(libc::PR_GET_CHILD_SUBREAPER as u32))],
     ),
     (
         "socket_unix",
