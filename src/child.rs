@@ -129,11 +129,18 @@ where
     let ready = std::env::var_os(READY_FD_ENV).map(|v| v.into_encoded_bytes());
     match protocol::parse_ready_fd(ready.as_deref()) {
         // Only a pipe: a stray variable must not make us write into some other file.
-        Ok(Some(fd)) if sys::is_pipe(fd) => match sys::Designated::ReadyPipe(fd).take() {
-            Some(fd) => report_ready(fd, worker.pid),
-            None => log::warn!("{READY_FD_ENV}={fd} was taken already"),
+        Ok(Some(fd)) => match sys::check_pipe(fd) {
+            Ok(true) => match sys::Designated::ReadyPipe(fd).take() {
+                Some(fd) => report_ready(fd, worker.pid),
+                None => log::warn!("{READY_FD_ENV}={fd} was taken already"),
+            },
+            Ok(false) => {
+                log::warn!("{READY_FD_ENV}={fd} is not a pipe; not reporting readiness")
+            }
+            // The master waits for the report: without it this worker would never count as
+            // serving.
+            Err(e) => cannot_report(worker.pid, &format!("{READY_FD_ENV}={fd}: {e}")),
         },
-        Ok(Some(fd)) => log::warn!("{READY_FD_ENV}={fd} is not a pipe; not reporting readiness"),
         Ok(None) => {}
         Err(e) => log::warn!("{e}; not reporting readiness"),
     }
@@ -259,11 +266,22 @@ fn parse_fd(value: &[u8]) -> Option<i32> {
 }
 
 /// Tells the master that this worker is about to enter `serve` (its pid on the readiness
-/// pipe, one atomic write), then closes the pipe.
+/// pipe, one atomic write), then closes the pipe. Where a sandbox refuses the `write`, the
+/// worker could never count as serving: a fatal start-up failure ([`cannot_report`]).
 fn report_ready(fd: OwnedFd, pid: sys::Pid) {
     if let Err(e) = sys::write_pid(fd.as_fd(), pid) {
+        if sys::is_refused(&e) {
+            cannot_report(pid, &sys::named("write", e).to_string());
+        }
         log::warn!("cannot report readiness to the master: {e}");
     }
+}
+
+/// A worker that a sandbox keeps from reporting ready: it logs why and exits with
+/// `EXIT_FATAL`, which stops the master.
+fn cannot_report(pid: sys::Pid, why: &str) -> ! {
+    log::error!("worker (pid {pid}) cannot report readiness to the master: {why}");
+    std::process::exit(EXIT_FATAL)
 }
 
 /// Runs `serve` and exits with its outcome: 0, 1 for an error, [`EXIT_PANIC`] for a panic.

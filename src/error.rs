@@ -178,7 +178,11 @@ impl fmt::Display for Error {
                     None => Ok(()),
                 }
             }
-            Error::Sys { op, source } => write!(f, "{op} failed: {source}"),
+            Error::Sys { op, source } => write!(
+                f,
+                "{op} failed: {source}{}",
+                crate::sys::refused_hint(source)
+            ),
         }
     }
 }

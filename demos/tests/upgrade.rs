@@ -14,14 +14,17 @@
 //!   itself (or takes the one it was handed, `prefork::inherited_listeners`) and calls `run`,
 //!   started directly or by socket activation.
 //! * Rollback: a new program that exits at once, one that hangs before it is ready, and one
-//!   that cannot be executed leave the old master serving with the same workers, without a
-//!   failed request; the failure is logged.
+//!   that cannot be executed, and a new master that a sandbox keeps from checking the sockets
+//!   it is handed (`getsockopt(SO_TYPE)` refused) leave the old master serving with the same
+//!   workers, without a failed request; the failure is logged.
 //! * A second USR2 during an upgrade is ignored (logged), and TERM during an upgrade stops
 //!   both masters and every worker of either.
 //! * Sandboxes: the same upgrade under a seccomp filter (installed before the first master
 //!   starts, inherited by every process of both masters) that refuses `pidfd_send_signal`,
 //!   `pidfd_open`, both (exec mode), or `close_range`: the masters fall back (`kill(2)`, the
-//!   sigchld backend, descriptors marked one by one), and the upgrade completes as above.
+//!   sigchld backend, descriptors marked one by one), and the upgrade completes as above; or
+//!   `rename`, with a control socket: the new master's socket answers at its temporary path,
+//!   with a warning, the upgrade completes, and no socket file is left at the end.
 
 // The library's test support (`tests/support` of the repository): waits, signals, `/proc`,
 // temporary directories, one failure style for every process test of the workspace.
@@ -101,6 +104,18 @@ fn upgrades_under_load(tag: &str, args: &[&str], activated: bool) {
 /// refuses `deny` (`CALL=ERRNO`, as `support::seccomp::Refusal::parse` reads them), as a
 /// sandbox's profile does. Returns the log of both masters.
 fn upgrades_in_sandbox(tag: &str, args: &[&str], activated: bool, deny: &[&str]) -> String {
+    upgrades_checked(tag, args, activated, deny, &mut |_| {})
+}
+
+/// [`upgrades_in_sandbox`], with `during` called with the new master's pid once it serves
+/// alone (the old master and its workers gone), before it is stopped.
+fn upgrades_checked(
+    tag: &str,
+    args: &[&str],
+    activated: bool,
+    deny: &[&str],
+    during: &mut dyn FnMut(u32),
+) -> String {
     let deploy = Deploy::new(tag);
     let staged = deploy.stage(&greeting_differently(), 0o755);
     let mut cmd = if activated {
@@ -112,26 +127,14 @@ fn upgrades_in_sandbox(tag: &str, args: &[&str], activated: bool, deny: &[&str])
         Command::new(&deploy.server)
     };
     cmd.args(args);
-    if !deny.is_empty() {
-        let refusals: Vec<Refusal> = deny
-            .iter()
-            .map(|r| Refusal::parse(r).unwrap_or_else(|| panic!("unknown refusal {r:?}")))
-            .collect();
-        // Built here: the child only installs it.
-        let filter = Filter::deny(&refusals);
-        // SAFETY: between fork and exec the child makes two prctl calls on memory prepared
-        // before the fork (`install` allocates nothing), which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || filter.install());
-        }
-    }
+    sandboxed(&mut cmd, deny);
     let mut server = Server::start(&mut cmd, WORKERS);
     let old = server.pid();
     let old_workers = children(old);
     assert_eq!(old_workers.len(), WORKERS, "workers: {old_workers:?}");
     let listeners: BTreeSet<String> = procfs::fd_targets(old)
         .into_iter()
-        .filter(|t| t.starts_with("socket:"))
+        .filter(|t| t.starts_with("socket:") && !is_unix_socket(t))
         .collect();
     let expected = if args.contains(&"--reuseport") {
         WORKERS
@@ -226,7 +229,10 @@ fn upgrades_in_sandbox(tag: &str, args: &[&str], activated: bool, deny: &[&str])
             "inheritable descriptor: {fd:?}\n{held:#?}"
         );
         let target = fd.target.as_str();
-        if target.starts_with("socket:") {
+        if is_unix_socket(target) {
+            // Its control socket (`--control`): the listeners are TCP sockets.
+            assert!(args.contains(&"--control"), "unix socket {fd:?}\n{held:#?}");
+        } else if target.starts_with("socket:") {
             assert!(listeners.contains(target), "socket {fd:?}\n{held:#?}");
         } else if target.starts_with("pipe:") {
             // Its own: the readiness pipe of its workers.
@@ -250,10 +256,11 @@ fn upgrades_in_sandbox(tag: &str, args: &[&str], activated: bool, deny: &[&str])
     }
     let sockets: BTreeSet<String> = held
         .iter()
-        .filter(|f| f.target.starts_with("socket:"))
+        .filter(|f| f.target.starts_with("socket:") && !is_unix_socket(&f.target))
         .map(|f| f.target.clone())
         .collect();
     assert_eq!(sockets, listeners, "sockets of the new master:\n{held:#?}");
+    during(new);
 
     kill(new, libc::SIGTERM);
     let (_, log) = server.wait_exit();
@@ -277,6 +284,36 @@ fn upgrades_in_sandbox(tag: &str, args: &[&str], activated: bool, deny: &[&str])
         answered[0], answered[1], from[0], from[1]
     );
     log
+}
+
+/// Makes `cmd`'s process install a seccomp filter that refuses `deny` (`CALL=ERRNO`, as
+/// `support::seccomp::Refusal::parse` reads them) before it executes the program: every
+/// process it starts inherits it, across `exec` too. Nothing where `deny` is empty.
+fn sandboxed(cmd: &mut Command, deny: &[&str]) {
+    if deny.is_empty() {
+        return;
+    }
+    let refusals: Vec<Refusal> = deny
+        .iter()
+        .map(|r| Refusal::parse(r).unwrap_or_else(|| panic!("unknown refusal {r:?}")))
+        .collect();
+    // Built here: the child only installs it.
+    let filter = Filter::deny(&refusals);
+    // SAFETY: between fork and exec the child makes two prctl calls on memory prepared
+    // before the fork (`install` allocates nothing), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || filter.install());
+    }
+}
+
+/// Whether a descriptor's target (`socket:[INODE]`) is a Unix socket (a control socket's,
+/// where the listeners are TCP sockets).
+fn is_unix_socket(target: &str) -> bool {
+    target
+        .strip_prefix("socket:[")
+        .and_then(|t| t.strip_suffix(']'))
+        .and_then(|inode| inode.parse::<u64>().ok())
+        .is_some_and(|inode| procfs::unix_socket_inodes().contains(&inode))
 }
 
 /// A sandbox that refuses `pidfd_send_signal` (`EPERM`): both masters signal their workers
@@ -307,6 +344,54 @@ fn upgrade_fork_shared_refusing_pidfd_open() {
 #[test]
 fn upgrade_fork_shared_refusing_close_range() {
     upgrades_in_sandbox("no-close-range", &[], false, &["close_range=EPERM"]);
+}
+
+/// A sandbox that refuses `rename` (`EPERM`, and nothing else of the upgrade: without a PID
+/// file only the new master's control socket is renamed), with a control socket
+/// (`--control`): the new master cannot take the socket's path over. It warns, naming the
+/// call, and its socket answers at its temporary path (`PATH.PID.new`) instead; the old
+/// master removes its own file at the path when it exits, and the upgrade completes as
+/// [`upgrades_under_load`] checks (no request lost). While the new master serves, the path is
+/// free and its temporary path answers `status` with its pid; when it exits, it removes its
+/// file there: nothing is left in the socket's directory.
+#[test]
+fn upgrade_fork_shared_refusing_rename_of_the_control_socket() {
+    let dir = support::process::TempDir::new("upgrade-rename");
+    let socket = dir.path().join("control.sock");
+    let path = socket.to_str().expect("UTF-8").to_owned();
+    let mut staged = None;
+    let log = upgrades_checked(
+        "no-rename",
+        &["--control", &path],
+        false,
+        &["rename=EPERM"],
+        &mut |new| {
+            let at = dir.path().join(format!("control.sock.{new}.new"));
+            assert!(!socket.exists(), "the old master removed its socket file");
+            let reply = prefork::control::request_line(&at, "status")
+                .unwrap_or_else(|e| panic!("status at {}: {e}", at.display()));
+            assert!(
+                reply.contains("\"ok\":true") && reply.contains(&format!("\"pid\":{new}")),
+                "the new master answers at its temporary path: {reply}"
+            );
+            staged = Some(at);
+        },
+    );
+    let at = staged.expect("the new master served");
+    let warning = format!(
+        "cannot move the control socket {} to {path}: rename: Operation not permitted",
+        at.display()
+    );
+    assert_eq!(
+        log.lines().filter(|l| l.contains(&warning)).count(),
+        1,
+        "warned once, naming the call:\n{log}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("the socket's directory")
+        .map(|e| e.expect("an entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "files left: {left:?}\n{log}");
 }
 
 /// Exec mode, with both pidfd calls refused (`ENOSYS`, as on an old kernel).
@@ -357,11 +442,25 @@ fn upgrade_run_socket_activated() {
 /// Deploys `program` (a script, with `mode`) and sends USR2 under load: the upgrade fails
 /// with a log line containing `why`, and the old master keeps serving with the same workers
 /// and without a failed request.
-fn rolls_back(tag: &str, program: &str, mode: u32, upgrade_timeout: &str, why: &str) {
+fn rolls_back(tag: &str, program: &str, mode: u32, upgrade_timeout: &str, why: &str) -> String {
+    rolls_back_in_sandbox(tag, program, mode, upgrade_timeout, why, &[])
+}
+
+/// [`rolls_back`], with the first master (and so the new one) under a seccomp filter that
+/// refuses `deny` (see [`sandboxed`]). Returns the log.
+fn rolls_back_in_sandbox(
+    tag: &str,
+    program: &str,
+    mode: u32,
+    upgrade_timeout: &str,
+    why: &str,
+    deny: &[&str],
+) -> String {
     let deploy = Deploy::new(tag);
     let staged = deploy.stage(program, mode);
     let mut cmd = Command::new(&deploy.server);
     cmd.args(["--upgrade-timeout", upgrade_timeout]);
+    sandboxed(&mut cmd, deny);
     let mut server = Server::start(&mut cmd, WORKERS);
     let master = server.pid();
     let workers = children(master);
@@ -403,6 +502,27 @@ fn rolls_back(tag: &str, program: &str, mode: u32, upgrade_timeout: &str, why: &
     println!(
         "rollback {tag}: {} + {} answered (new, keep-alive); {failed}",
         answered[0], answered[1]
+    );
+    log
+}
+
+/// A sandbox that refuses `getsockopt(SO_TYPE)`, which only a new master makes here (it
+/// checks the sockets the old master hands it; the first master binds its own): the new
+/// master cannot start, and says which call failed; the old master rolls the upgrade back
+/// and serves on with the same workers, without a failed request.
+#[test]
+fn rollback_when_the_new_master_cannot_check_its_sockets() {
+    let log = rolls_back_in_sandbox(
+        "no-sockopt",
+        &greeting_differently(),
+        0o755,
+        "30",
+        "before it was ready",
+        &["getsockopt_type=EPERM"],
+    );
+    assert!(
+        log.contains("getsockopt(SO_TYPE): Operation not permitted"),
+        "the new master names the call:\n{log}"
     );
 }
 

@@ -167,18 +167,27 @@ impl Control {
     }
 
     /// A new master that serves: its socket, bound at a temporary path, takes the path over
-    /// (`rename(2)`, so a client always finds a master there).
+    /// (`rename(2)`, so a client always finds a master there). Where the rename fails (a
+    /// sandbox refusing it), the socket stays at the temporary path, with a warning, and
+    /// serves there; the old master removes its own file at the path when it exits, and this
+    /// one removes the temporary file when it does.
     pub(crate) fn take_over(&mut self) {
         let Some(staged) = self.staged.take() else {
             return;
         };
         match std::fs::rename(&staged, &self.path) {
             Ok(()) => log::info!("control socket {} taken over", self.path.display()),
-            Err(e) => log::warn!(
-                "cannot move the control socket {} to {}: {e}",
-                staged.display(),
-                self.path.display()
-            ),
+            Err(e) => {
+                log::warn!(
+                    "cannot move the control socket {} to {}: {}; it answers at {} until \
+                     this master exits",
+                    staged.display(),
+                    self.path.display(),
+                    sys::named("rename", e),
+                    staged.display()
+                );
+                self.staged = Some(staged);
+            }
         }
     }
 

@@ -146,11 +146,23 @@ fn check_single_threaded() -> Result<(), Error> {
 /// Fails before anything is forked where a sandbox refuses a call the master needs only once
 /// it has workers (the event loop's, reaping's, and with the sigchld backend `kill`): the
 /// error names the call and says that a system call filter refused it.
+///
+/// It also asks whether the workers' shutdown notice may use `setitimer` (optional: see
+/// `sys::notice`), and logs once where it may not.
 fn check_sandbox(backend: Backend) -> Result<(), Error> {
     sys::probe_master_calls(backend == Backend::Sigchld).map_err(|(op, e)| {
         let hint = fork::refused_hint(&e);
         Error::sys(op)(std::io::Error::new(e.kind(), format!("{e}{hint}")))
-    })
+    })?;
+    if let Err(e) = sys::notice::probe_timer() {
+        log::warn!(
+            "setitimer(ITIMER_REAL) refused ({e}): a TERM that reaches a worker in its first \
+             {} ms, before it asked for the shutdown notice (Worker::shutdown), ends it at once \
+             instead of waiting for it to ask",
+            sys::notice::DECISION_WINDOW.as_millis()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -86,8 +86,10 @@ impl Reaper {
     ) -> io::Result<()> {
         if let Err(e) = self.watch(pid, epoll, token) {
             if let Some(pid) = sys::Pid::new(pid) {
-                let _ = sys::kill(pid, Signal::Kill);
-                sys::wait_blocking(pid);
+                // A child the KILL did not reach is not waited for: it ends with the master.
+                if sys::kill(pid, Signal::Kill).is_ok() {
+                    let _ = sys::wait_blocking(pid);
+                }
             }
             return Err(e);
         }
@@ -259,14 +261,32 @@ impl Reaper {
         }
     }
 
-    /// KILLs every child and waits for each: nothing of the master's outlives this.
+    /// KILLs every child and waits for each (`wait4`): nothing of the master's outlives
+    /// this. It always returns: a child whose KILL was refused (a sandbox refusing both
+    /// `pidfd_send_signal` and `kill`) is not waited for, and where the wait itself fails
+    /// (`wait4` refused) the master waits for no more; either is logged, and such children
+    /// end with the master at the latest (`PR_SET_PDEATHSIG`).
     pub(crate) fn kill_and_reap_all(&mut self) {
+        let mut unkilled = Vec::new();
         for &pid in self.children.keys() {
-            let _ = self.signal(pid, Signal::Kill);
+            if let Err(e) = self.signal(pid, Signal::Kill) {
+                log::error!("cannot KILL child {pid} ({e}); it ends with the master");
+                unkilled.push(pid);
+            }
         }
+        let mut waiting = true;
         for (pid, _) in std::mem::take(&mut self.children) {
+            if !waiting || unkilled.contains(&pid) {
+                continue;
+            }
             if let Some(pid) = sys::Pid::new(pid) {
-                sys::wait_blocking(pid);
+                if let Err(e) = sys::wait_blocking(pid) {
+                    log::error!(
+                        "cannot wait for the killed children ({}); they end with the master",
+                        sys::named("wait4", e)
+                    );
+                    waiting = false;
+                }
             }
         }
     }

@@ -186,7 +186,10 @@ impl Master {
             master.fds_mut().forwarding = Some(forwarding);
         } else {
             // The signals are blocked: the handlers are for the workers alone.
-            master.inherited = Some(sys::notice::Inherited::install());
+            let inherited = sys::notice::Inherited::install().map_err(Error::sys(
+                "installing the workers' signal handlers (rt_sigaction)",
+            ))?;
+            master.inherited = Some(inherited);
         }
         Ok(master)
     }
@@ -243,7 +246,7 @@ impl Master {
         let (read, write) =
             sys::pipe_nonblocking().map_err(Error::sys("creating the signal pipe"))?;
         let saved = sys::forward_signals(&HANDLED, write.as_raw_fd())
-            .map_err(Error::sys("installing signal handlers"))?;
+            .map_err(Error::sys("installing signal handlers (rt_sigaction)"))?;
         Ok(Forwarding {
             read,
             _write: write,

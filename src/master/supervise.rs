@@ -82,24 +82,30 @@ impl Master {
                 return self.abort(e);
             }
             if let Err(e) = self.event_loop().epoll.wait(timeout, &mut tokens) {
-                return self.abort(Error::sys("epoll_wait")(e));
+                return self.abort(Error::sys("epoll_wait (epoll_pwait)")(e));
             }
             for &token in &tokens {
                 raw.clear();
                 match token {
                     FORWARD_TOKEN => {
                         if let Some(fw) = &self.fds().forwarding {
-                            sys::read_forwarded(fw.read.as_fd(), &mut raw);
+                            if let Err(e) = sys::read_forwarded(fw.read.as_fd(), &mut raw) {
+                                let e = Error::sys("reading the signal pipe (read)")(e);
+                                return self.abort(e);
+                            }
                         }
                     }
                     SIGNALFD_TOKEN => {
                         if let Err(e) = self.event_loop().read_signals(&mut raw) {
-                            return self.abort(Error::sys("reading the signalfd")(e));
+                            return self.abort(Error::sys("reading the signalfd (read)")(e));
                         }
                     }
                     READY_TOKEN => {
                         let mut pids = Vec::new();
-                        sys::read_pids(self.fds().ready.0.as_fd(), &mut pids);
+                        if let Err(e) = sys::read_pids(self.fds().ready.0.as_fd(), &mut pids) {
+                            let e = Error::sys("reading the readiness pipe (read)")(e);
+                            return self.abort(e);
+                        }
                         events.extend(pids.into_iter().map(Event::Ready));
                     }
                     UPGRADE_READY_TOKEN => events.push(Event::UpgradeReport),

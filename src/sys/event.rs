@@ -110,11 +110,14 @@ pub(crate) fn write_pid(fd: BorrowedFd<'_>, pid: super::Pid) -> io::Result<()> {
 
 /// `read(2)` of every pid the workers wrote to the readiness pipe (non-blocking), until it
 /// is empty.
-pub(crate) fn read_pids(fd: BorrowedFd<'_>, out: &mut Vec<u32>) {
+pub(crate) fn read_pids(fd: BorrowedFd<'_>, out: &mut Vec<u32>) -> io::Result<()> {
     let mut buf = [0u8; 256];
     loop {
         match rustix::io::read(fd, &mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(rustix::io::Errno::AGAIN) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => {}
+            // A pipe left readable would wake the loop again at once, for ever.
+            Err(e) => return Err(e.into()),
             Ok(n) => out.extend(
                 buf[..n - n % 4]
                     .chunks_exact(4)
@@ -127,7 +130,16 @@ pub(crate) fn read_pids(fd: BorrowedFd<'_>, out: &mut Vec<u32>) {
 /// `fstat(2)`: whether descriptor number `fd` is an open pipe (FIFO). It need not be ours
 /// (yet): a number that is not open is just not a pipe.
 pub(crate) fn is_pipe(fd: RawFd) -> bool {
-    super::net::Unowned::new(fd).is_some_and(|fd| fd.is_fifo())
+    check_pipe(fd).unwrap_or(false)
+}
+
+/// As [`is_pipe`], but where `fstat` fails on an open number (a sandbox refusing it) the error
+/// comes back, named, rather than "not a pipe".
+pub(crate) fn check_pipe(fd: RawFd) -> io::Result<bool> {
+    match super::net::Unowned::new(fd) {
+        Some(fd) => fd.is_fifo().map_err(|e| super::named("fstat", e)),
+        None => Ok(false),
+    }
 }
 
 #[cfg(test)]
@@ -154,7 +166,7 @@ mod tests {
             .unwrap();
         assert_eq!(tokens, [7]);
         let mut pids = Vec::new();
-        super::read_pids(read.as_fd(), &mut pids);
+        super::read_pids(read.as_fd(), &mut pids).unwrap();
         assert_eq!(pids, [42, 43]);
         epoll.delete(read.as_fd()).unwrap();
         super::write_pid(write.as_fd(), pid(44)).unwrap();

@@ -178,7 +178,9 @@ impl Handover {
         if n == 0 {
             return Ok(pid);
         }
-        super::wait_blocking(pid);
+        // The child reported its failure and exits: reaped here (a refused wait4 leaves it a
+        // zombie until the master exits).
+        let _ = super::wait_blocking(pid);
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
         Err(io::Error::from_raw_os_error(errno))
     }

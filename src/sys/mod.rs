@@ -50,7 +50,7 @@ pub(crate) fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 pub(crate) use event::{
-    Epoll, is_pipe, pipe, pipe_nonblocking, read_pids, wait_readable, write_pid,
+    Epoll, check_pipe, is_pipe, pipe, pipe_nonblocking, read_pids, wait_readable, write_pid,
 };
 pub(crate) use net::{
     Designated, UnixName, adopt_listener, bind_tcp, bind_tcp_group_of_one, bind_unix,

@@ -50,19 +50,31 @@ fn bind_tcp_with(
         SocketAddr::V4(_) => AddressFamily::INET,
         SocketAddr::V6(_) => AddressFamily::INET6,
     };
-    let fd = rustix::net::socket_with(domain, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
-    sockopt::set_socket_reuseaddr(&fd, true)?;
+    // A refusal names its call (other errors keep their errno, which callers test).
+    let named = |call| {
+        move |e: rustix::io::Errno| {
+            let e = io::Error::from(e);
+            if super::is_refused(&e) {
+                super::named(call, e)
+            } else {
+                e
+            }
+        }
+    };
+    let fd = rustix::net::socket_with(domain, SocketType::STREAM, SocketFlags::CLOEXEC, None)
+        .map_err(named("socket"))?;
+    sockopt::set_socket_reuseaddr(&fd, true).map_err(named("setsockopt(SO_REUSEADDR)"))?;
     if reuseport {
-        sockopt::set_socket_reuseport(&fd, true)?;
+        sockopt::set_socket_reuseport(&fd, true).map_err(named("setsockopt(SO_REUSEPORT)"))?;
     }
     if addr.is_ipv6() {
-        sockopt::set_ipv6_v6only(&fd, v6only)?;
+        sockopt::set_ipv6_v6only(&fd, v6only).map_err(named("setsockopt(IPV6_V6ONLY)"))?;
     }
-    rustix::net::bind(&fd, &addr)?;
+    rustix::net::bind(&fd, &addr).map_err(named("bind"))?;
     if reuseport_after_bind {
-        sockopt::set_socket_reuseport(&fd, true)?;
+        sockopt::set_socket_reuseport(&fd, true).map_err(named("setsockopt(SO_REUSEPORT)"))?;
     }
-    rustix::net::listen(&fd, backlog)?;
+    rustix::net::listen(&fd, backlog).map_err(named("listen"))?;
     Ok(TcpListener::from(fd))
 }
 
@@ -145,13 +157,14 @@ pub(crate) fn adopt_listener(
     blocking: bool,
 ) -> Result<(OwnedFd, bool), String> {
     let fd = socket.fd();
-    let describe = |e: io::Error| match e.raw_os_error() {
+    // Each failure names its call: a sandbox refusing one must not read as a bad socket.
+    let describe = |(call, e): (&str, io::Error)| match e.raw_os_error() {
         Some(libc::EBADF) => format!("fd {fd} is not open"),
         Some(libc::ENOTSOCK) => format!("fd {fd} is not a socket"),
-        _ => format!("fd {fd}: {e}"),
+        _ => format!("fd {fd}: {}", super::named(call, e)),
     };
-    let probe =
-        Unowned::new(fd).ok_or_else(|| describe(io::Error::from_raw_os_error(libc::EBADF)))?;
+    let probe = Unowned::new(fd)
+        .ok_or_else(|| describe(("", io::Error::from_raw_os_error(libc::EBADF))))?;
     let (ty, domain, listening) = probe.socket().map_err(describe)?;
     let unix = domain == AddressFamily::UNIX;
     if ty != SocketType::STREAM
@@ -165,13 +178,17 @@ pub(crate) fn adopt_listener(
     if !listening {
         return Err(format!("fd {fd} is a {kind} socket that is not listening"));
     }
+    // `Designated::take` asks `fcntl(F_GETFD)` whether the number is open: refused, it must
+    // not read as a socket taken already.
+    rustix::io::fcntl_getfd(probe.fd()).map_err(|e| describe(("fcntl(F_GETFD)", e.into())))?;
     let owned = socket
         .take()
         .ok_or_else(|| format!("fd {fd} was adopted already"))?;
     rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
-        .map_err(|e| describe(e.into()))?;
+        .map_err(|e| describe(("fcntl(F_SETFD)", e.into())))?;
     if blocking {
-        rustix::io::ioctl_fionbio(&owned, false).map_err(|e| describe(e.into()))?;
+        rustix::io::ioctl_fionbio(&owned, false)
+            .map_err(|e| describe(("ioctl(FIONBIO)", e.into())))?;
     }
     Ok((owned, unix))
 }
@@ -313,11 +330,15 @@ impl Unowned {
         rustix::io::fcntl_getfd(self.fd()).is_ok()
     }
 
-    /// `fstat(2)`: whether it is an open pipe (FIFO).
-    pub(super) fn is_fifo(self) -> bool {
-        rustix::fs::fstat(self.fd()).is_ok_and(|st| {
-            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo
-        })
+    /// `fstat(2)`: whether it is an open pipe (FIFO); `Ok(false)` where it is not open.
+    pub(super) fn is_fifo(self) -> io::Result<bool> {
+        match rustix::fs::fstat(self.fd()) {
+            Ok(st) => {
+                Ok(rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo)
+            }
+            Err(rustix::io::Errno::BADF) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// `fcntl(F_DUPFD_CLOEXEC)`: a new descriptor, ours, for the same open file.
@@ -325,13 +346,17 @@ impl Unowned {
         Ok(rustix::io::fcntl_dupfd_cloexec(self.fd(), 3)?)
     }
 
-    /// `getsockopt(SO_TYPE, SO_DOMAIN, SO_ACCEPTCONN)`: type, family, and whether it listens.
-    pub(super) fn socket(self) -> io::Result<(SocketType, AddressFamily, bool)> {
+    /// `getsockopt(SO_TYPE, SO_DOMAIN, SO_ACCEPTCONN)`: type, family, and whether it listens;
+    /// a failure comes with the call that failed.
+    pub(super) fn socket(
+        self,
+    ) -> Result<(SocketType, AddressFamily, bool), (&'static str, io::Error)> {
         let fd = self.fd();
+        let named = |call| move |e: rustix::io::Errno| (call, io::Error::from(e));
         Ok((
-            sockopt::socket_type(fd)?,
-            sockopt::socket_domain(fd)?,
-            sockopt::socket_acceptconn(fd)?,
+            sockopt::socket_type(fd).map_err(named("getsockopt(SO_TYPE)"))?,
+            sockopt::socket_domain(fd).map_err(named("getsockopt(SO_DOMAIN)"))?,
+            sockopt::socket_acceptconn(fd).map_err(named("getsockopt(SO_ACCEPTCONN)"))?,
         ))
     }
 }
@@ -420,7 +445,7 @@ mod tests {
         let listener = super::bind_tcp("127.0.0.1:0".parse().unwrap(), false, false, 16).unwrap();
         let probe = super::Unowned::new(listener.as_raw_fd()).unwrap();
         assert!(probe.is_open());
-        assert!(!probe.is_fifo());
+        assert!(!probe.is_fifo().unwrap());
         let (ty, domain, listening) = probe.socket().unwrap();
         assert_eq!(ty, rustix::net::SocketType::STREAM);
         assert_eq!(domain, rustix::net::AddressFamily::INET);

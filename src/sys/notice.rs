@@ -18,6 +18,15 @@
 //!   program that uses `SIGALRM` itself should ask for the notice at the start of `serve`,
 //!   which cancels that timer.)
 //!
+//! Where a sandbox refuses `setitimer` (`EPERM`, `EACCES`, or `ENOSYS` on a kernel without
+//! it), no timer can end the window, and a TERM kept for a worker that never asks would wait
+//! for the master's KILL. So without a timer nothing is kept: a TERM to a worker that has not
+//! asked for the notice gets its default action at once, as it did before the window existed
+//! (a worker that asks a moment later may then be ended instead of draining). The master
+//! probes the call once before its first fork ([`probe_timer`], which changes no timer) and
+//! logs the refusal; forked workers inherit the answer, and a handler whose `setitimer`
+//! fails anyway (an exec-mode worker, which does not probe) falls back the same way.
+//!
 //! The pipe is never read: once the handler wrote its byte, the read end stays readable for
 //! good, which is what `poll`, `epoll` and tokio's `AsyncFd` want from a level-triggered "it
 //! happened" descriptor. It is created when the worker first asks for the notice, not
@@ -63,6 +72,9 @@ static ALARMED: AtomicBool = AtomicBool::new(false);
 static PENDING: AtomicI32 = AtomicI32::new(0);
 /// `CLOCK_MONOTONIC` in nanoseconds from which the decision window runs (0: not a worker).
 static ARMED_AT: AtomicU64 = AtomicU64::new(0);
+/// Whether `setitimer` can end the decision window: false once [`probe_timer`] or the
+/// handler found it refused, and then no TERM is kept.
+static TIMER: AtomicBool = AtomicBool::new(true);
 
 /// How long after its start a worker that has not asked for the notice may still
 /// ask: a TERM within it is kept for the worker instead of ending it at once.
@@ -88,11 +100,16 @@ pub(crate) struct Inherited {
 impl Inherited {
     /// Installs the notice handler for TERM and INT and the do-nothing handler for USR1 and
     /// USR2, each where the disposition is the default; call it with those signals blocked.
-    pub(crate) fn install() -> Inherited {
-        let mut saved = Vec::with_capacity(4);
-        install_handler(true, &mut saved);
-        tame_forwarded_signals(&mut saved);
-        Inherited { saved }
+    /// Fails where `sigaction` does (a sandbox refusing `rt_sigaction`): without the handler
+    /// no worker could drain.
+    pub(crate) fn install() -> io::Result<Inherited> {
+        // Dropped on a failure: what was installed goes back.
+        let mut inherited = Inherited {
+            saved: Vec::with_capacity(4),
+        };
+        install_handler(true, &mut inherited.saved)?;
+        tame_forwarded_signals(&mut inherited.saved);
+        Ok(inherited)
     }
 }
 
@@ -127,7 +144,8 @@ pub(crate) fn arm_here() {
     let mut ignored = Vec::new();
     tame_forwarded_signals(&mut ignored);
     arm(monotonic_ns());
-    install_handler(true, &mut ignored);
+    // Where sigaction is refused the master failed before it started any worker.
+    let _ = install_handler(true, &mut ignored);
 }
 
 /// Asks for the notice: installs the handler if it is not armed yet (the first call in a
@@ -143,9 +161,9 @@ pub(crate) fn install() -> BorrowedFd<'static> {
         Err(e) => panic!("prefork: cannot create the shutdown-notice pipe: {e}"),
     };
     SUBSCRIBED.store(true, Ordering::Release);
-    install_handler(false, &mut Vec::new());
+    let _ = install_handler(false, &mut Vec::new());
     if ALARMED.swap(false, Ordering::AcqRel) {
-        set_timer(0);
+        let _ = set_timer(0);
         // SIGALRM back to its default, as it was before the handler took it.
         let _ = default_alarm_disposition();
     }
@@ -174,40 +192,85 @@ fn notice_pipe() -> io::Result<BorrowedFd<'static>> {
 
 /// Installs `on_signal` for TERM and INT, once; with `only_over_default`, only where the
 /// disposition is still the default. The dispositions it replaced go to `saved`.
-fn install_handler(only_over_default: bool, saved: &mut Vec<SavedAction>) {
+fn install_handler(only_over_default: bool, saved: &mut Vec<SavedAction>) -> io::Result<()> {
     if INSTALLED.swap(true, Ordering::AcqRel) {
-        return;
+        return Ok(());
     }
     for signal in SIGNALS {
         // It replaces the default disposition of TERM/INT (or, when asked for the notice
-        // explicitly, whatever was there), which is the point. sigaction cannot fail for
-        // these valid, catchable signals.
-        if let Ok(previous) = install_worker_handler(signal, NOTICE) {
-            if only_over_default && !previous.was_default() {
+        // explicitly, whatever was there), which is the point. sigaction fails for these
+        // valid, catchable signals only where a sandbox refuses it.
+        match install_worker_handler(signal, NOTICE) {
+            Ok(previous) if only_over_default && !previous.was_default() => {
                 // The handler the program installed stays.
                 let _ = restore_disposition(&previous);
-            } else {
-                saved.push(previous);
+            }
+            Ok(previous) => saved.push(previous),
+            Err(e) => {
+                INSTALLED.store(false, Ordering::Release);
+                return Err(e);
             }
         }
     }
+    Ok(())
 }
 
-/// `setitimer(ITIMER_REAL)`: one `SIGALRM` in `micros` microseconds (0: none).
-fn set_timer(micros: u64) {
+/// `setitimer(ITIMER_REAL)`: one `SIGALRM` in `micros` microseconds (0: none); whether the
+/// kernel took it. Async-signal-safe.
+fn set_timer(micros: u64) -> bool {
+    let value = libc::timeval {
+        tv_sec: (micros / 1_000_000) as libc::time_t,
+        tv_usec: (micros % 1_000_000) as libc::suseconds_t,
+    };
+    setitimer(value, None).is_ok()
+}
+
+/// `setitimer(ITIMER_REAL)` with `value` (no interval), the previous timer written to `old`
+/// if given. Async-signal-safe.
+fn setitimer(value: libc::timeval, old: Option<&mut libc::itimerval>) -> io::Result<()> {
     let timer = libc::itimerval {
         it_interval: libc::timeval {
             tv_sec: 0,
             tv_usec: 0,
         },
-        it_value: libc::timeval {
-            tv_sec: (micros / 1_000_000) as libc::time_t,
-            tv_usec: (micros % 1_000_000) as libc::suseconds_t,
-        },
+        it_value: value,
     };
-    // SAFETY: setitimer reads one itimerval from this frame; a null old value is allowed. It
-    // is a plain system call, safe in a signal handler.
-    unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
+    let old = old.map_or(std::ptr::null_mut(), |old| old as *mut libc::itimerval);
+    // SAFETY: setitimer reads one itimerval from this frame and writes one to `old`, a null
+    // pointer (allowed) or a live exclusive reference. It is a plain system call, safe in a
+    // signal handler.
+    if unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, old) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether `setitimer(ITIMER_REAL)` can be used, asked once by the master before its first
+/// fork (forked workers inherit the answer). The probe changes no timer: it passes a value
+/// the kernel rejects with `EINVAL` (`tv_usec` of a million, refused since Linux 2.6.22)
+/// after a system call filter let the call through; a filter's refusal (or a kernel without
+/// the call) comes back instead, and then no TERM is kept for a worker's decision window
+/// (see the module docs). An old kernel that took the value has its previous timer put back.
+pub(crate) fn probe_timer() -> io::Result<()> {
+    let invalid = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 1_000_000,
+    };
+    let mut old = libc::itimerval {
+        it_interval: invalid,
+        it_value: invalid,
+    };
+    let result = match setitimer(invalid, Some(&mut old)) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => {
+            let _ = setitimer(old.it_value, None);
+            Ok(())
+        }
+    };
+    TIMER.store(result.is_ok(), Ordering::Release);
+    result
 }
 
 /// The decision window ended with a signal kept for a worker: if it has not asked for the
@@ -240,10 +303,12 @@ fn borrow(fd: &'static OwnedFd) -> BorrowedFd<'static> {
 }
 
 pub(super) extern "C" fn on_signal(signal: libc::c_int) {
+    let errno = nix::errno::Errno::last_raw();
     if !SUBSCRIBED.load(Ordering::Acquire) {
         let running = monotonic_ns().saturating_sub(ARMED_AT.load(Ordering::Acquire));
-        if running >= DECISION_WINDOW.as_nanos() as u64 {
-            // A worker that does not drain: TERM ends it, as by default.
+        if running >= DECISION_WINDOW.as_nanos() as u64 || !TIMER.load(Ordering::Acquire) {
+            // A worker that does not drain, or no timer to end the window: TERM ends it, as
+            // by default.
             default_action_now(signal);
             return;
         }
@@ -251,8 +316,17 @@ pub(super) extern "C" fn on_signal(signal: libc::c_int) {
         if !ALARMED.swap(true, Ordering::AcqRel) {
             let _ = install_worker_handler(ALARM, WINDOW_END);
             let left = (DECISION_WINDOW.as_nanos() as u64).saturating_sub(running);
-            set_timer(left / 1_000 + 1);
+            if !set_timer(left / 1_000 + 1) {
+                // Refused here (an exec-mode worker does not probe): nothing would end the
+                // window, so the signal is not kept.
+                TIMER.store(false, Ordering::Release);
+                ALARMED.store(false, Ordering::Release);
+                let _ = default_alarm_disposition();
+                default_action_now(signal);
+                return;
+            }
         }
+        nix::errno::Errno::set_raw(errno);
     }
     REQUESTED.store(true, Ordering::SeqCst);
     fence(Ordering::SeqCst);
@@ -260,7 +334,6 @@ pub(super) extern "C" fn on_signal(signal: libc::c_int) {
         // No pipe yet: `notice_pipe` writes the byte when it creates it.
         return;
     };
-    let errno = nix::errno::Errno::last_raw();
     // The pipe lives for the rest of the process (it is in a static); a full pipe (already
     // notified) just makes the write fail.
     let _ = rustix::io::write(write, &[1]);

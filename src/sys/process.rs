@@ -343,11 +343,15 @@ pub(crate) fn wait_any(peek: bool) -> io::Result<Option<(Pid, Reaped)>> {
     Ok(Some((pid, Reaped::from_siginfo(code, status))))
 }
 
-/// `waitpid(2)`: reaps `pid`, waiting for it to exit (retried on `EINTR`).
-pub(crate) fn wait_blocking(pid: Pid) {
-    while let Err(rustix::io::Errno::INTR) =
-        rustix::process::waitpid(Some(pid.0), WaitOptions::empty())
-    {}
+/// `waitpid(2)` (`wait4`): reaps `pid`, waiting for it to exit (retried on `EINTR`).
+pub(crate) fn wait_blocking(pid: Pid) -> io::Result<()> {
+    loop {
+        match rustix::process::waitpid(Some(pid.0), WaitOptions::empty()) {
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+            Ok(_) => return Ok(()),
+        }
+    }
 }
 
 /// `prctl(PR_SET_PDEATHSIG)`: the death of the calling thread's parent delivers `signal` to

@@ -4,7 +4,7 @@
 //! master reads them from; dispositions; and the handlers that forward them through a pipe
 //! in exec mode.
 //!
-//! Through nix (`pthread_sigmask`, `signalfd`, `sigaction`: rustix has no signalfd and
+//! Through nix (`sigprocmask`, `signalfd`, `sigaction`: rustix has no signalfd and
 //! offers the other two only behind its unstable `runtime` feature), with libc for querying
 //! a disposition (nix's `sigaction` always installs one) and for the forwarding handler's
 //! `write(2)` on a bare descriptor number.
@@ -168,22 +168,28 @@ pub(crate) enum MaskHow {
     Set,
 }
 
-/// `pthread_sigmask(3)`: applies `how` to the calling thread's signal mask and returns the
-/// previous mask. Async-signal-safe, no allocation (the pre-exec child calls it).
+/// `sigprocmask(2)` (`rt_sigprocmask`): applies `how` to the calling thread's signal mask and
+/// returns the previous mask. Async-signal-safe, no allocation (the pre-exec child calls
+/// it).
+///
+/// On Linux, glibc's `sigprocmask` changes the calling thread's mask alone, exactly as
+/// `pthread_sigmask` does, and reports a failure as `-1` and `errno`. nix's
+/// `pthread_sigmask` takes `pthread_sigmask`'s return value (the error number itself) for
+/// success, so a mask a sandbox refused to change would go unnoticed.
 pub(crate) fn sigmask(how: MaskHow, set: &SigSet) -> io::Result<SigSet> {
     let how = match how {
         MaskHow::Block => SigmaskHow::SIG_BLOCK,
         MaskHow::Set => SigmaskHow::SIG_SETMASK,
     };
     let mut old = nix::sys::signal::SigSet::empty();
-    nix::sys::signal::pthread_sigmask(how, Some(&set.0), Some(&mut old))?;
+    nix::sys::signal::sigprocmask(how, Some(&set.0), Some(&mut old))?;
     Ok(SigSet(old))
 }
 
-/// `pthread_sigmask(SIG_SETMASK)` without reading the mask it replaces (a worker restoring
-/// the caller's mask right after the fork has no use for the master's).
+/// `sigprocmask(SIG_SETMASK)` without reading the mask it replaces (a worker restoring the
+/// caller's mask right after the fork has no use for the master's); see [`sigmask`].
 pub(crate) fn set_sigmask(set: &SigSet) -> io::Result<()> {
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&set.0), None)?;
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&set.0), None)?;
     Ok(())
 }
 
@@ -436,11 +442,14 @@ pub(crate) fn stop_forwarding(saved: &[SavedAction]) {
 }
 
 /// `read(2)` of the signal numbers [`forward_signal`] wrote, until the pipe is empty.
-pub(crate) fn read_forwarded(fd: BorrowedFd<'_>, out: &mut Vec<i32>) {
+pub(crate) fn read_forwarded(fd: BorrowedFd<'_>, out: &mut Vec<i32>) -> io::Result<()> {
     let mut buf = [0u8; 64];
     loop {
         match rustix::io::read(fd, &mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(rustix::io::Errno::AGAIN) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => {}
+            // A pipe left readable would wake the loop again at once, for ever.
+            Err(e) => return Err(e.into()),
             Ok(n) => out.extend(buf[..n].iter().map(|&b| i32::from(b))),
         }
     }
@@ -501,7 +510,7 @@ mod tests {
         let (read, write) = crate::sys::pipe_nonblocking().unwrap();
         rustix::io::write(&write, &[libc::SIGHUP as u8, libc::SIGTERM as u8]).unwrap();
         let mut got = Vec::new();
-        super::read_forwarded(read.as_fd(), &mut got);
+        super::read_forwarded(read.as_fd(), &mut got).unwrap();
         assert_eq!(got, [libc::SIGHUP, libc::SIGTERM]);
     }
 }

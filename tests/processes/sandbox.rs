@@ -15,7 +15,15 @@
 //! * a required call: the run fails with an error that names the call, and nothing is left
 //!   (no child, no zombie, nothing in the fixture's process group): before any fork
 //!   ([`Expect::FailsBeforeFork`]), at the first worker's start ([`Expect::FailsAtSpawn`]),
-//!   or in the worker that needs it, which stops the master ([`Expect::FatalInWorker`]).
+//!   once the first workers started, which the master KILLs and reaps
+//!   ([`Expect::FailsAfterStart`]), in the worker that needs it, which stops the master
+//!   ([`Expect::FatalInWorker`]), or in an exec-mode worker's `listen_and_serve`, whose error
+//!   the crash-loop guard ends ([`Expect::FailsInExecWorker`]).
+//!
+//! Beside the table: `setitimer` refused while the master's TERM reaches its workers in their
+//! decision window ([`term_in_first_window`], draining workers and others), and the master's
+//! last resort after a failed event loop with `wait4` or every signal refused as well
+//! ([`last_resort`]), both in fork and exec mode, with `EPERM` and `ENOSYS`.
 //!
 //! A row that does not depend on the backend (every call but the reaping and signalling
 //! ones) runs under the default backend only, pidfd. [`ALL`] holds the other sandbox cases:
@@ -109,6 +117,13 @@ pub enum Expect {
     /// Required by each worker: the first to start logs this and exits with `EXIT_FATAL`,
     /// which stops the master.
     FatalInWorker(Text),
+    /// Required by the master once its first workers started (the event loop): `run` fails
+    /// with an error containing this, having KILLed and reaped every worker it started.
+    FailsAfterStart(Text),
+    /// Required by an exec-mode worker before `serve` (its inherited listener's check):
+    /// `listen_and_serve` returns an error containing this in the worker, which the fixture
+    /// exits with (code 2), and the crash-loop guard stops the master.
+    FailsInExecWorker(Text),
 }
 
 /// One row of the table: a call refused (`FX_DENY`'s name, see
@@ -138,7 +153,9 @@ const fn row(
     }
 }
 
-use Expect::{FailsAtSpawn, FailsBeforeFork, FatalInWorker, Works};
+use Expect::{
+    FailsAfterStart, FailsAtSpawn, FailsBeforeFork, FailsInExecWorker, FatalInWorker, Works,
+};
 
 /// The hint a refused required call's error carries.
 const HINT: &str = "(refused: a system call filter must allow it; docs/security.md";
@@ -169,6 +186,8 @@ pub const REFUSALS: &[Refused] = &[
     row("prctl_set_pdeathsig", PIDFD, FORK, &[], Works(Log::EachWorker("cannot set PR_SET_PDEATHSIG: {err}"))),
     row("prctl_set_pdeathsig", PIDFD, EXEC, &[], FailsAtSpawn(EXEC_FAILED)),
     row("prctl_set_name", PIDFD, BOTH, &[], Works(Log::EachWorker("cannot name itself: {err}"))),
+    // Whether the master adopts orphans: a subreaper master is taken for none.
+    row("prctl_get_child_subreaper", PIDFD, FORK, &[("FX_SUBREAPER", "1")], Works(Log::Silent)),
     // prctl as a whole: as PR_SET_PDEATHSIG (the names too, and NO_NEW_PRIVS is not asked for).
     row("prctl", PIDFD, FORK, &[], Works(Log::EachWorker("cannot set PR_SET_PDEATHSIG: {err}"))),
     row("prctl", PIDFD, EXEC, &[], FailsAtSpawn(EXEC_FAILED)),
@@ -189,7 +208,55 @@ pub const REFUSALS: &[Refused] = &[
     row("setgroups", PIDFD, BOTH, DROP, FatalInWorker("cannot drop its privileges (user nobody, group nogroup): setgroups: {err}")),
     row("setgid", PIDFD, BOTH, DROP, FatalInWorker("cannot drop its privileges (user nobody, group nogroup): setgid: {err}")),
     row("setuid", PIDFD, BOTH, DROP, FatalInWorker("cannot drop its privileges (user nobody, group nogroup): setuid: {err}")),
+    // The event loop's wait: the master KILLs and reaps the workers it started (its last
+    // resort; `wait4` and the signals refused too: `sandbox_last_resort_*`).
+    row("epoll_pwait", PIDFD, BOTH, &[], FailsAfterStart("epoll_wait (epoll_pwait) failed: {err}")),
+    // The event loop's set, made once the first workers started.
+    row("epoll_ctl", PIDFD, BOTH, &[], FailsAfterStart("epoll_ctl failed: {err}")),
+    // The readiness pipe, made before the first fork.
+    row("pipe2", PIDFD, BOTH, &[], FailsBeforeFork("creating the readiness pipe failed: {err}")),
+    // The master's signal mask, and the handlers: the workers' (fork mode) or the
+    // forwarding ones (exec mode).
+    row("rt_sigprocmask", PIDFD, BOTH, &[], FailsBeforeFork("blocking signals failed: {err}")),
+    row("rt_sigaction", PIDFD, FORK, &[], FailsBeforeFork("installing the workers' signal handlers (rt_sigaction) failed: {err}")),
+    row("rt_sigaction", PIDFD, EXEC, &[], FailsBeforeFork("installing signal handlers (rt_sigaction) failed: {err}")),
+    // `read` and `write` on descriptors 3 and up (the standard streams carry the fixture's
+    // report and log): the master's reads of its pipes and signalfd (which of them comes
+    // first depends on the run) end the run; a worker that cannot write its readiness report
+    // stops the master.
+    row("read_fd3_up", PIDFD, BOTH, &[], FailsAfterStart("(read) failed: {err}")),
+    row("write_fd3_up", PIDFD, BOTH, &[], FatalInWorker("cannot report readiness to the master: write: {err}")),
+    // `fcntl`: not on the path of a forked worker nor of the listener (pipes and sockets are
+    // made close-on-exec by their own calls); the exec-mode child's descriptors need it.
+    row("fcntl", PIDFD, FORK, LISTEN, Works(Log::Silent)),
+    row("fcntl", PIDFD, EXEC, &[], FailsAtSpawn(EXEC_FAILED)),
+    // `fstat`: an exec-mode worker checks that its readiness descriptor is a pipe.
+    row("fstat", PIDFD, FORK, &[], Works(Log::Silent)),
+    row("fstat", PIDFD, EXEC, &[], FatalInWorker("cannot report readiness to the master: PREFORK_READY_FD=4: fstat: {err}")),
+    // `getsockopt`, and the exec-mode worker's check of its inherited listener.
+    row("getsockopt", PIDFD, FORK, LISTEN, Works(Log::Silent)),
+    row("getsockopt", PIDFD, EXEC, &[], FailsInExecWorker("fd 3: getsockopt(SO_TYPE): {err}")),
+    row("getsockopt_type", PIDFD, EXEC, &[], FailsInExecWorker("fd 3: getsockopt(SO_TYPE): {err}")),
+    row("getsockopt_domain", PIDFD, EXEC, &[], FailsInExecWorker("fd 3: getsockopt(SO_DOMAIN): {err}")),
+    row("getsockopt_acceptconn", PIDFD, EXEC, &[], FailsInExecWorker("fd 3: getsockopt(SO_ACCEPTCONN): {err}")),
+    row("fcntl_getfd", PIDFD, EXEC, &[], FailsInExecWorker("fd 3: fcntl(F_GETFD): {err}")),
+    // The listener of `listen_and_serve`, bound by the master in either mode.
+    row("socket_inet", PIDFD, BOTH, LISTEN, FailsBeforeFork("cannot listen on 127.0.0.1:0: socket: {err}")),
+    row("setsockopt_reuseaddr", PIDFD, BOTH, LISTEN, FailsBeforeFork("cannot listen on 127.0.0.1:0: setsockopt(SO_REUSEADDR): {err}")),
+    row("setsockopt_reuseport", PIDFD, BOTH, REUSEPORT, FailsBeforeFork("cannot listen on 127.0.0.1:0: setsockopt(SO_REUSEPORT): {err}")),
+    row("bind", PIDFD, BOTH, LISTEN, FailsBeforeFork("cannot listen on 127.0.0.1:0: bind: {err}")),
+    row("listen", PIDFD, BOTH, LISTEN, FailsBeforeFork("cannot listen on 127.0.0.1:0: listen: {err}")),
+    // With `reuseport` on port 0, the other slots' sockets take the first one's port.
+    row("getsockname", PIDFD, BOTH, REUSEPORT, FailsBeforeFork("getsockname failed: {err}")),
+    // Blocking mode: only for a socket systemd passed (the lifecycle must not need it).
+    row("ioctl_fionbio", PIDFD, BOTH, LISTEN, Works(Log::Silent)),
+    // The shutdown notice's decision window: without a timer, no TERM is kept (a TERM in
+    // the window: `sandbox_refusing_setitimer_term_in_first_window_*`).
+    row("setitimer", PIDFD, BOTH, &[], Works(Log::Once(NO_TIMER))),
 ];
+
+/// What the master logs where `setitimer` is refused.
+const NO_TIMER: Text = "setitimer(ITIMER_REAL) refused ({err}";
 
 /// How `run` fails where an exec-mode worker cannot be started.
 const EXEC_FAILED: Text = "cannot start worker 0: starting the worker's program (fork; in the child pthread_sigmask, \
@@ -218,7 +285,130 @@ pub fn tests() -> Vec<Test> {
             }
         }
     }
+    for mode in [Mode::Fork, Mode::Exec] {
+        for (what, deny, log) in LAST_RESORT {
+            for (errno, text) in ERRNOS {
+                let name = format!(
+                    "pidfd::{}::sandbox_last_resort_refusing_{what}_{}",
+                    mode.name(),
+                    errno.to_lowercase()
+                );
+                tests.push(test(name, move || {
+                    last_resort(mode, deny, log, errno, text)
+                }));
+            }
+        }
+        for drain in [false, true] {
+            for (errno, text) in ERRNOS {
+                let name = format!(
+                    "pidfd::{}::sandbox_refusing_setitimer_term_in_first_window{}_{}",
+                    mode.name(),
+                    if drain { "_draining" } else { "" },
+                    errno.to_lowercase()
+                );
+                tests.push(test(name, move || {
+                    term_in_first_window(mode, drain, errno, text)
+                }));
+            }
+        }
+    }
     tests
+}
+
+/// The master's last resort after its event loop failed (`epoll_pwait` refused), with more
+/// refused: the name in the test, the refusals beside `epoll_pwait` (`{e}`: the errno), and
+/// what the master logs about them.
+#[rustfmt::skip]
+const LAST_RESORT: &[(&str, &str, &[Text])] = &[
+    ("wait4", "wait4={e}", &["cannot wait for the killed children (wait4: {err}"]),
+    ("every_signal", "kill={e},pidfd_send_signal={e}", &["cannot KILL child"]),
+    ("wait4_and_every_signal", "wait4={e},kill={e},pidfd_send_signal={e}", &["cannot KILL child"]),
+];
+
+/// The master's last resort where its event loop fails (`epoll_pwait` refused, once the
+/// first workers started) and more is refused (`deny`, see [`LAST_RESORT`]): without the
+/// `wait4` that reaps the KILLed workers, or without any signal to KILL them with, the master
+/// still exits, at once, with the error that names the loop's call, and logs what it could
+/// not do (`logs`); its workers end (by the KILL, or, where no signal reaches them, by
+/// their parent-death signal when the master exits), and nothing of the fixture's group is
+/// left.
+fn last_resort(mode: Mode, deny: &str, logs: &[Text], errno: &str, err: &str) {
+    let deny = format!("epoll_pwait={errno},{}", deny.replace("{e}", errno));
+    let mut opts = mode_opts(mode);
+    opts.extend_from_slice(&[("FX_WORKERS", "2"), ("FX_DENY", &deny)]);
+    let mut fx = start(Backend::Pidfd, &opts);
+    let code = fx.finish();
+    assert_eq!(
+        code,
+        crate::support::fixture::EXIT_ERR,
+        "the master's exit code"
+    );
+    let results = fx.results();
+    let want = fill("epoll_wait (epoll_pwait) failed: {err}", errno, err);
+    assert!(
+        results.len() == 1 && results[0].contains(&want) && results[0].contains(HINT),
+        "the error names the loop's call: {results:?}"
+    );
+    for text in logs {
+        fx.expect_log(&fill(text, errno, err));
+    }
+    let spawns = fx.spawns();
+    assert!(!spawns.is_empty(), "the workers started first");
+    fx.wait_gone(&spawns);
+    fx.assert_group_empty();
+}
+
+/// The grace period of [`term_in_first_window`]: long, so that a worker the stop had to KILL
+/// shows in its exit.
+const LONG_GRACE: &str = "30000";
+
+/// `setitimer` refused (`errno`, `strerror`: `err`), and the master's TERM reaches its
+/// workers in their decision window: the master stops itself from `on_master_ready`
+/// (`FX_SELF_TERM`), a moment after the workers reported ready, before the window (100 ms
+/// from a forked worker's fork, from an exec-mode worker's arming of its handler, right
+/// before it reports) is over. With no timer to end the window, no TERM is kept for a worker
+/// that has not asked for the shutdown notice: a non-draining worker ends by TERM's default
+/// action at once, a draining one (`FX_DRAIN`, which asks at the start of `serve`) drains or
+/// ends so, and none waits for the KILL at the end of the (long) grace period. The stop is
+/// clean (every run `Ok`, no child, no zombie, nothing left of the group), and the refusal
+/// was logged once, by the master.
+fn term_in_first_window(mode: Mode, drain: bool, errno: &str, err: &str) {
+    let deny = format!("setitimer={errno}");
+    let mut opts = mode_opts(mode);
+    opts.extend_from_slice(&[
+        ("FX_WORKERS", "2"),
+        ("FX_DENY", &deny),
+        ("FX_GRACE_MS", LONG_GRACE),
+        ("FX_SELF_TERM", "1"),
+    ]);
+    if drain {
+        opts.push(("FX_DRAIN", "1"));
+    }
+    let started = Instant::now();
+    let mut fx = start(Backend::Pidfd, &opts);
+    fx.assert_clean_exit();
+    let took = started.elapsed();
+    let spawns = fx.spawns();
+    assert_eq!(spawns.len(), 2, "two workers, none respawned: {spawns:?}");
+    let exits = fx.exits();
+    for pid in spawns {
+        let exit = exits
+            .iter()
+            .find(|e| e.pid == pid)
+            .unwrap_or_else(|| panic!("no exit line for worker {pid} in {exits:?}"));
+        let drained = drain && exit.how == "Code(0)";
+        assert!(
+            exit.how == "Signal(SIGTERM)" || drained,
+            "worker {pid} ended by the TERM (or drained), not by the grace period's KILL: {}",
+            exit.how
+        );
+    }
+    let logged = fill(NO_TIMER, errno, err);
+    // The master's last line: its log is read in full from then on.
+    fx.expect_log("master exiting cleanly");
+    let n = fx.stderr().iter().filter(|l| l.contains(&logged)).count();
+    assert_eq!(n, 1, "the master logs the refusal once");
+    runner::note(format!("start to exit: {} ms", took.as_millis()));
 }
 
 /// `text` with `{err}` and `{how}` filled in for the refusal `errno` (`strerror`: `err`).
@@ -314,6 +504,40 @@ fn refusal(b: Backend, mode: Mode, refused: &Refused, errno: &str, err: &str) {
                 "no worker started: {:?}",
                 fx.spawns()
             );
+        }
+        FailsAfterStart(text) => {
+            let mut opts = mode_opts(mode);
+            opts.push(("FX_WORKERS", "2"));
+            opts.extend_from_slice(&sandbox);
+            let mut fx = start(b, &opts);
+            let display = fx.assert_failed_exit();
+            let want = fill(text, errno, err);
+            assert!(display.contains(&want), "error {display:?} says {want:?}");
+            assert!(
+                display.contains(HINT),
+                "error {display:?} says that a sandbox refused it"
+            );
+            let spawns = fx.spawns();
+            assert!(!spawns.is_empty(), "the workers started first");
+            fx.wait_gone(&spawns);
+        }
+        FailsInExecWorker(text) => {
+            let mut opts = mode_opts(mode);
+            opts.push(("FX_WORKERS", "2"));
+            opts.extend_from_slice(&sandbox);
+            let mut fx = start(b, &opts);
+            let display = fx.assert_failed_exit();
+            assert!(
+                display.contains("workers failed to boot"),
+                "the crash-loop guard stops the master: {display}"
+            );
+            let want = fill(text, errno, err);
+            fx.wait_stderr("the worker's error", |lines| {
+                lines
+                    .iter()
+                    .any(|l| l.contains(&want) && l.contains(HINT))
+                    .then_some(())
+            });
         }
         FatalInWorker(text) => {
             let mut opts = mode_opts(mode);

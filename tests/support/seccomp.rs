@@ -22,7 +22,8 @@ pub fn deny_pidfd_open() -> io::Result<()> {
 /// A name is the system call's, or a form of it: `waitid_pidfd` is `waitid(P_PIDFD, …)`;
 /// `setsockopt_attach_filter` and `setsockopt_attach_reuseport_cbpf` are
 /// `setsockopt(_, SOL_SOCKET, SO_ATTACH_FILTER | SO_ATTACH_REUSEPORT_CBPF, …)`;
-/// `prctl_set_name` and `prctl_set_pdeathsig` are `prctl(PR_SET_NAME | PR_SET_PDEATHSIG, …)`;
+/// `prctl_set_name`, `prctl_set_pdeathsig` and `prctl_get_child_subreaper` are
+/// `prctl(PR_SET_NAME | PR_SET_PDEATHSIG | PR_GET_CHILD_SUBREAPER, …)`;
 /// `socket_unix` is `socket(AF_UNIX, …)` (systemd's notification socket; the runs that refuse
 /// it make no other); `sendto_addressed` is `sendto` with a destination address (an `addrlen` other
 /// than 0: systemd's notifications; `send(2)` on a connected socket passes none); `mmap_shared` is `mmap` with exactly `MAP_SHARED` as its flags (the heartbeat
@@ -32,6 +33,11 @@ pub fn deny_pidfd_open() -> io::Result<()> {
 /// `openat_creat` is `openat` with `O_CREAT` (the PID file; nothing else a master opens is
 /// created); `accept4_nonblock` is `accept4` with `SOCK_NONBLOCK` (the control socket's
 /// clients; std's `accept` and the fixtures' workers pass no such flag). `rename` and `unlink` are the calls glibc makes for them.
+/// `read_fd3_up` and `write_fd3_up` are `read` and `write` on descriptors 3 and up (the
+/// standard streams carry a fixture's report and log); `socket_inet` is `socket(AF_INET, …)`
+/// (`listen_and_serve`'s listener); `setsockopt_reuseaddr` and `setsockopt_reuseport`,
+/// `getsockopt_type`, `getsockopt_domain` and `getsockopt_acceptconn` are those options at
+/// `SOL_SOCKET`; `fcntl_getfd` is `fcntl(_, F_GETFD)`, `ioctl_fionbio` `ioctl(_, FIONBIO)`.
 pub const CALLS: &[(&str, libc::c_long, Form)] = &[
     ("pidfd_open", libc::SYS_pidfd_open, &[]),
     ("pidfd_send_signal", libc::SYS_pidfd_send_signal, &[]),
@@ -73,6 +79,11 @@ pub const CALLS: &[(&str, libc::c_long, Form)] = &[
         "prctl_set_pdeathsig",
         libc::SYS_prctl,
         &[(0, Arg::Is(libc::PR_SET_PDEATHSIG as u32))],
+    ),
+    (
+        "prctl_get_child_subreaper",
+        libc::SYS_prctl,
+        &[(0, Arg::Is(libc::PR_GET_CHILD_SUBREAPER as u32))],
     ),
     (
         "socket_unix",
@@ -130,6 +141,74 @@ pub const CALLS: &[(&str, libc::c_long, Form)] = &[
     ("unlink", SYS_UNLINK, &[]),
     ("statx", libc::SYS_statx, &[]),
     ("newfstatat", libc::SYS_newfstatat, &[]),
+    // The generic calls: the event loop, signals, descriptors.
+    ("epoll_pwait", libc::SYS_epoll_pwait, &[]),
+    ("wait4", libc::SYS_wait4, &[]),
+    ("rt_sigprocmask", libc::SYS_rt_sigprocmask, &[]),
+    ("rt_sigaction", libc::SYS_rt_sigaction, &[]),
+    ("read_fd3_up", libc::SYS_read, &[(0, Arg::AtLeast(3))]),
+    ("write_fd3_up", libc::SYS_write, &[(0, Arg::AtLeast(3))]),
+    ("close", libc::SYS_close, &[]),
+    ("fcntl", libc::SYS_fcntl, &[]),
+    (
+        "fcntl_getfd",
+        libc::SYS_fcntl,
+        &[(1, Arg::Is(libc::F_GETFD as u32))],
+    ),
+    ("fstat", libc::SYS_fstat, &[]),
+    ("getsockopt", libc::SYS_getsockopt, &[]),
+    (
+        "getsockopt_acceptconn",
+        libc::SYS_getsockopt,
+        &[
+            (1, Arg::Is(libc::SOL_SOCKET as u32)),
+            (2, Arg::Is(libc::SO_ACCEPTCONN as u32)),
+        ],
+    ),
+    (
+        "getsockopt_domain",
+        libc::SYS_getsockopt,
+        &[
+            (1, Arg::Is(libc::SOL_SOCKET as u32)),
+            (2, Arg::Is(libc::SO_DOMAIN as u32)),
+        ],
+    ),
+    (
+        "getsockopt_type",
+        libc::SYS_getsockopt,
+        &[
+            (1, Arg::Is(libc::SOL_SOCKET as u32)),
+            (2, Arg::Is(libc::SO_TYPE as u32)),
+        ],
+    ),
+    // The listener of `listen_and_serve`.
+    (
+        "socket_inet",
+        libc::SYS_socket,
+        &[(0, Arg::Is(libc::AF_INET as u32))],
+    ),
+    (
+        "setsockopt_reuseaddr",
+        libc::SYS_setsockopt,
+        &[
+            (1, Arg::Is(libc::SOL_SOCKET as u32)),
+            (2, Arg::Is(libc::SO_REUSEADDR as u32)),
+        ],
+    ),
+    (
+        "setsockopt_reuseport",
+        libc::SYS_setsockopt,
+        &[
+            (1, Arg::Is(libc::SOL_SOCKET as u32)),
+            (2, Arg::Is(libc::SO_REUSEPORT as u32)),
+        ],
+    ),
+    ("getsockname", libc::SYS_getsockname, &[]),
+    (
+        "ioctl_fionbio",
+        libc::SYS_ioctl,
+        &[(1, Arg::Is(libc::FIONBIO as u32))],
+    ),
 ];
 
 /// The call glibc's `rename(3)` makes: `rename(2)` where the architecture has it.
@@ -155,6 +234,8 @@ pub enum Arg {
     /// The bits of the mask (the first) are the value (the second): `socket`'s type without
     /// its flags, `open`'s `O_CREAT` among the others.
     Masked(u32, u32),
+    /// At least this (unsigned): a descriptor other than the standard streams.
+    AtLeast(u32),
 }
 
 /// One system call (or one form of it) a seccomp filter refuses, and how.
@@ -234,6 +315,12 @@ impl Filter {
                 block.push(match arg {
                     Arg::Is(value) | Arg::Masked(_, value) => jeq(value, 0, next),
                     Arg::IsNot(value) => jeq(value, next, 0),
+                    Arg::AtLeast(value) => libc::sock_filter {
+                        code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
+                        jt: 0,
+                        jf: next,
+                        k: value,
+                    },
                 });
             }
             block.push(stmt(
