@@ -81,7 +81,7 @@ where
     // The handlers are the master's, inherited (see `sys::notice`); from here on a TERM is
     // kept for the worker that is about to report ready.
     sys::notice::arm(forked_at);
-    let _ = sys::set_sigmask(old_mask);
+    sys::set_sigmask(old_mask);
     if let Some(table) = heartbeat {
         table.into_worker(slot);
     }

@@ -247,6 +247,7 @@ impl Listeners {
 
     /// In a forked worker: its own sockets out of the master's copies, with their names; the
     /// others are dropped (closed) with the rest.
+    #[inline]
     pub(crate) fn take_for_worker(&mut self, slot: usize) -> Vec<(String, Listener)> {
         let Listeners::Bound(bound) = std::mem::replace(self, Listeners::Caller) else {
             return Vec::new();

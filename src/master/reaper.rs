@@ -294,6 +294,7 @@ impl Reaper {
     /// In a forked worker: closes the siblings' pidfds. Iterating by value reads the table
     /// without writing to it, and the table itself is left to the worker's copy of the heap:
     /// every page a worker writes is a copy-on-write fault.
+    #[inline]
     pub(crate) fn close_in_child(&mut self) {
         if !self.children.is_empty() {
             let mut siblings = std::mem::take(&mut self.children).into_iter();

@@ -186,11 +186,17 @@ pub(crate) fn sigmask(how: MaskHow, set: &SigSet) -> io::Result<SigSet> {
     Ok(SigSet(old))
 }
 
-/// `sigprocmask(SIG_SETMASK)` without reading the mask it replaces (a worker restoring the
-/// caller's mask right after the fork has no use for the master's); see [`sigmask`].
-pub(crate) fn set_sigmask(set: &SigSet) -> io::Result<()> {
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&set.0), None)?;
-    Ok(())
+/// `pthread_sigmask(SIG_SETMASK)` without reading the mask it replaces: a forked worker
+/// restoring the caller's mask right after the fork, which has no use for the master's.
+///
+/// Unlike [`sigmask`] it cannot report a refusal (see there): it runs only where the master's
+/// own `sigmask`, under the same system call filter, succeeded before the fork. It is the
+/// call the worker's way to `serve` already makes (glibc's `sigprocmask` is a wrapper of
+/// it), so a fresh worker maps no page of code for it that it would not map anyway: each
+/// such page is a fault in every new worker.
+#[inline]
+pub(crate) fn set_sigmask(set: &SigSet) {
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&set.0), None);
 }
 
 /// `signalfd(2)` for `mask`, non-blocking and close-on-exec.
