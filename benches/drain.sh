@@ -41,8 +41,9 @@
 # client whose SYN arrived during the stop); the event is sent 0.1 s after every client had a
 # first answer, and the window must outlast the event (a note says when it did not). Before
 # the first event window and then one in --steady-every (5), a steady window as long as the
-# event windows (or --steady seconds) on the same server: the baseline of the "x steady"
-# ratios, in the same run, between the events. (Keep the two lengths equal: in one check with
+# event windows (or --steady seconds) on the same server, watched as an event window is up to
+# the event (the wait for every client's first answer, then 0.1 s) and then left alone: the
+# baseline of the "x steady" ratios, in the same run, between the events. (Keep the two lengths equal: in one check with
 # keep-alive clients and no event, the median p99 of 1 s windows was 1.5x that of 0.5 s ones.)
 # "p99 during events" is the median over the event windows of each window's p99. Within each
 # event window, prefork-load (--span-file) also splits the requests: those in flight at any
@@ -433,9 +434,12 @@ window() {
   "$load_bin" --addr "$addr" --conn "$conn" --clients "$clients" --duration "$secs" \
     --timeout 10000 "${span[@]}" >"$f.json" 2>"$f.err" &
   load_pid=$!
+  # Steady and event windows are watched alike up to the event (the script polls the load's
+  # output for the clients' first answers, then pauses 0.1 s), so that the only difference
+  # between them is the event.
+  until_true 5 has_line "$f.err" 'have had a first answer' || add_note "clients not all answered after 5 s"
+  pause 0.1
   if [ "$what" = event ]; then
-    until_true 5 has_line "$f.err" 'have had a first answer' || add_note "clients not all answered after 5 s"
-    pause 0.1
     alive "$load_pid" || add_note "load over before the event"
     local t0=$EPOCHREALTIME
     case "$kind" in
