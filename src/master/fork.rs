@@ -16,13 +16,15 @@ use crate::sys::{self, Fork};
 use crate::worker::Worker;
 
 impl Master {
-    /// Starts one worker for `slot`. In a forked child this never returns.
+    /// Starts one worker for `slot`: its pid, and how long the start took the master (the
+    /// `fork`, or exec mode's spawn), for [`Health::on_spawned`](super::health::Health). In a
+    /// forked child this never returns.
     pub(super) fn spawn<F, T>(
         &mut self,
         slot: usize,
         hooks: &mut Hooks,
         serve: &mut F,
-    ) -> io::Result<u32>
+    ) -> io::Result<(u32, Duration)>
     where
         F: FnMut(Vec<(String, Listener)>, Worker) -> T,
         T: Termination,
@@ -52,9 +54,9 @@ impl Master {
                         e,
                     )
                 })?;
-            self.health.on_forked(slot, started.elapsed());
+            let took = started.elapsed();
             self.adopt(pid)?;
-            return Ok(pid);
+            return Ok((pid, took));
         }
         self.listeners.for_slot(slot)?;
         flush_stdout();
@@ -113,9 +115,8 @@ impl Master {
             Fork::Parent(pid) => {
                 let pid = pid.get();
                 let took = sys::notice::monotonic_ns().saturating_sub(forked_at);
-                self.health.on_forked(slot, Duration::from_nanos(took));
                 self.adopt(pid)?;
-                Ok(pid)
+                Ok((pid, Duration::from_nanos(took)))
             }
         }
     }

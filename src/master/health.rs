@@ -62,10 +62,13 @@ pub(crate) struct Health {
     next_rss: Option<Duration>,
     /// The state of the jitter generator.
     seed: u64,
-    /// Per slot: whether a worker was ever started in it.
-    ever: Vec<bool>,
-    /// Start times of live workers.
-    starts: PidMap<SystemTime>,
+    /// Per slot: the pid of the latest worker started in it, if any.
+    latest: Vec<Option<u32>>,
+    /// Live workers: when each started, and how long its start took the master. The start's
+    /// duration goes into the slot's status (`last_fork`, `max_fork`) when the status is
+    /// read and when the worker exits, not at the fork: each page the master writes between
+    /// two forks is a copy-on-write fault, and this entry is written at the fork anyway.
+    starts: PidMap<(SystemTime, Duration)>,
     current: Status,
     published: Option<Status>,
 }
@@ -103,7 +106,7 @@ impl Health {
             next: None,
             next_rss: None,
             seed: (u64::from(sys::getpid().get()) << 32) ^ clock,
-            ever: Vec::with_capacity(workers),
+            latest: Vec::with_capacity(workers),
             starts: PidMap::with_capacity_and_hasher(2 * workers, Default::default()),
             current: Status::default(),
             published: None,
@@ -135,22 +138,14 @@ impl Health {
         }
     }
 
-    /// Starting a worker in `slot` took the master `took` (the fork, or the exec-mode
-    /// spawn).
-    pub(crate) fn on_forked(&mut self, slot: usize, took: Duration) {
+    /// A worker started in `slot` as `pid`, at `now`; starting it took the master `took`
+    /// (the fork, or the exec-mode spawn).
+    pub(crate) fn on_spawned(&mut self, slot: usize, pid: u32, now: Duration, took: Duration) {
         self.grow(slot);
-        let s = &mut self.current.slots[slot];
-        s.last_fork = Some(took);
-        s.max_fork = s.max_fork.max(Some(took));
-    }
-
-    /// A worker started in `slot` as `pid`, at `now`.
-    pub(crate) fn on_spawned(&mut self, slot: usize, pid: u32, now: Duration) {
-        self.grow(slot);
-        if std::mem::replace(&mut self.ever[slot], true) {
+        if self.latest[slot].replace(pid).is_some() {
             self.current.slots[slot].restarts += 1;
         }
-        self.starts.insert(pid, SystemTime::now());
+        self.starts.insert(pid, (SystemTime::now(), took));
         if !self.checks.any() {
             return;
         }
@@ -186,8 +181,10 @@ impl Health {
     /// The worker `pid` of `slot` was reaped.
     pub(crate) fn on_exit(&mut self, slot: usize, pid: u32, exit: WorkerExit, cause: Cause) {
         self.watches.remove(&pid);
-        self.starts.remove(&pid);
         self.grow(slot);
+        if let Some((_, took)) = self.starts.remove(&pid) {
+            self.note_fork(slot, took, self.latest[slot] == Some(pid));
+        }
         self.current.slots[slot].last_exit = Some(LastExit {
             pid,
             exit,
@@ -346,9 +343,23 @@ impl Health {
             let (pid, ready) = holder.unwrap_or((None, false));
             s.pid = pid;
             s.ready = ready;
-            s.started = pid.and_then(|p| self.starts.get(&p).copied());
+            s.started = pid.and_then(|p| self.starts.get(&p).map(|&(at, _)| at));
+            let latest = self.latest[slot].and_then(|p| self.starts.get(&p));
+            if let Some(&(_, took)) = latest {
+                self.note_fork(slot, took, true);
+            }
         }
         &self.current
+    }
+
+    /// A start of `slot`'s worker took `took`: the slot's longest, and with `latest` (the
+    /// slot's latest worker) its last.
+    fn note_fork(&mut self, slot: usize, took: Duration, latest: bool) {
+        let s = &mut self.current.slots[slot];
+        if latest {
+            s.last_fork = Some(took);
+        }
+        s.max_fork = s.max_fork.max(Some(took));
     }
 
     /// Publishes the status if it changed since it was last published: one log line, the
@@ -387,7 +398,7 @@ impl Health {
                 last_fork: None,
                 max_fork: None,
             });
-            self.ever.push(false);
+            self.latest.push(None);
         }
     }
 }
@@ -473,7 +484,7 @@ mod tests {
             ..HealthChecks::default()
         };
         let mut health = Health::new(checks, 2).expect("heartbeat table");
-        health.on_spawned(0, PID, Duration::ZERO);
+        health.on_spawned(0, PID, Duration::ZERO, Duration::ZERO);
         (sup, health)
     }
 
@@ -582,25 +593,47 @@ mod tests {
 
     #[test]
     fn status_keeps_the_last_and_the_longest_fork_per_slot() {
+        let mut sup = Supervisor::new(Config {
+            workers: 2,
+            recover_threshold: 10,
+            recover_window: Duration::from_secs(60),
+            recover_interval: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(5),
+            upgrade_timeout: Duration::from_secs(60),
+            upgrade_probation: Duration::ZERO,
+        });
+        while sup.next_action().is_some() {}
         let mut health = Health::new(HealthChecks::default(), 2).expect("no table");
         assert_eq!(health.current.slots[1].last_fork(), None);
         assert_eq!(health.current.max_fork(), None);
-        for (slot, took) in [(0, 3), (1, 2), (0, 7), (0, 5)] {
-            health.on_forked(slot, ms(took));
-        }
-        let s = &health.current.slots;
+        let forks = |h: &mut Health, sup: &Supervisor| {
+            let s = &h.status(sup).slots;
+            [0, 1].map(|i| (s[i].last_fork(), s[i].max_fork()))
+        };
+        let exited = WorkerExit::Code(0);
+        // Slot 0: pid 10 (3 ms) exits before any status is read. Slot 1: pid 20 (2 ms).
+        health.on_spawned(0, 10, Duration::ZERO, ms(3));
+        health.on_spawned(1, 20, Duration::ZERO, ms(2));
+        health.on_exit(0, 10, exited, Cause::Crashed);
         assert_eq!(
-            (s[0].last_fork(), s[0].max_fork()),
-            (Some(ms(5)), Some(ms(7)))
+            forks(&mut health, &sup),
+            [(Some(ms(3)), Some(ms(3))), (Some(ms(2)), Some(ms(2)))],
+            "a worker's start is kept when it exits before any status"
         );
+        health.on_spawned(0, 11, Duration::ZERO, ms(7));
+        // A replacement (pid 12, 5 ms) starts before the worker it replaces exits, as in a
+        // rolling restart: the slot's last start is the replacement's, whoever exits later.
+        health.on_spawned(0, 12, Duration::ZERO, ms(5));
+        health.on_exit(0, 11, exited, Cause::Replaced);
         assert_eq!(
-            (s[1].last_fork(), s[1].max_fork()),
-            (Some(ms(2)), Some(ms(2)))
+            forks(&mut health, &sup),
+            [(Some(ms(5)), Some(ms(7))), (Some(ms(2)), Some(ms(2)))]
         );
         assert_eq!(health.current.max_fork(), Some(ms(7)));
         assert_eq!(
             health.current.to_string(),
-            "0 of 0 workers serving, 0 restarts, longest fork 7.0 ms"
+            "0 of 2 workers serving, 2 restarts, longest fork 7.0 ms; last exit: worker 0 (pid \
+             11) replaced by HUP, exit code 0"
         );
     }
 

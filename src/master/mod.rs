@@ -62,6 +62,31 @@ where
     F: FnMut(Vec<(String, Listener)>, Worker) -> T,
     T: Termination,
 {
+    // The program ran before this call: whatever it printed may still be buffered.
+    STDOUT_CLEAN.store(false, Ordering::Relaxed);
+    let _name = plan
+        .setup
+        .names
+        .then(|| sys::identity::Renamed::set(c"prefork master"));
+    let death = hooks.on_master_death.is_some();
+    let (mut master, cfg) = start(plan, death)?;
+    let result = master.supervise(cfg, hooks, serve);
+    // Exiting for good (not after handing the sockets to a new master): the socket files
+    // bound here go.
+    master.listeners.remove_files();
+    result
+}
+
+/// The master's start, before its first fork: the checks, the health state, the machinery
+/// (`Master::new`), the PID file's check and the control socket. Where it fails, the socket
+/// files bound for the builder's listeners are removed (from then on
+/// `Listeners::remove_files` does it).
+///
+/// Out of line, so that `run`'s frame holds little beyond the `Master`: a forked worker
+/// writes to every page of the stack between the `Master` it tears down and the fork, each
+/// a copy-on-write fault (docs/benchmarks.md).
+#[inline(never)]
+fn start(plan: Plan, death: bool) -> Result<(Master, Config), Error> {
     let Plan {
         cfg,
         backend,
@@ -71,19 +96,11 @@ where
         setup,
         operator,
     } = plan;
-    // The socket files bound for the builder's listeners: removed if the run fails before it
-    // starts (from then on `Listeners::remove_files` does it).
     let files = listeners.files();
     let mode = match spawn {
         Spawn::Fork => "fork",
         Spawn::Exec(_) => "exec",
     };
-    // The program ran before this call: whatever it printed may still be buffered.
-    STDOUT_CLEAN.store(false, Ordering::Relaxed);
-    let death = hooks.on_master_death.is_some();
-    let _name = setup
-        .names
-        .then(|| sys::identity::Renamed::set(c"prefork master"));
     // Read before the master takes the upgrade's variable over.
     let upgraded = std::env::var_os(crate::protocol::UPGRADE_FD_ENV).is_some();
     let started = (|| {
@@ -109,7 +126,7 @@ where
         }
         Ok(master)
     })();
-    let mut master = match started {
+    let master = match started {
         Ok(master) => master,
         Err(e) => {
             for file in files {
@@ -124,11 +141,7 @@ where
         cfg.workers,
         backend
     );
-    let result = master.supervise(cfg, hooks, serve);
-    // Exiting for good (not after handing the sockets to a new master): the socket files
-    // bound here go.
-    master.listeners.remove_files();
-    result
+    Ok((master, cfg))
 }
 
 fn check_single_threaded() -> Result<(), Error> {

@@ -28,8 +28,8 @@ impl Master {
     {
         match action {
             Action::Spawn { slot, recovers } => {
-                let pid = match self.spawn(slot, hooks, serve) {
-                    Ok(pid) => pid,
+                let (pid, took) = match self.spawn(slot, hooks, serve) {
+                    Ok(started) => started,
                     Err(source) => {
                         log::error!("cannot start worker {slot}: {source}");
                         sup.on_spawn_failed(slot, self.now());
@@ -40,7 +40,7 @@ impl Master {
                     }
                 };
                 sup.on_spawned(slot, pid, self.now());
-                self.health.on_spawned(slot, pid, self.now());
+                self.health.on_spawned(slot, pid, self.now(), took);
                 match recovers {
                     Some(old) => log::info!("worker {slot} respawned (pid {pid}, was {old})"),
                     None => log::info!("worker {slot} started (pid {pid})"),
