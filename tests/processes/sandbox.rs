@@ -746,6 +746,8 @@ pub enum Answer {
     Error(Text),
     /// Nothing while the master runs (the client is never accepted).
     Nothing,
+    /// No reply: the master closes the client (its request sent) while it runs.
+    Closed,
 }
 
 /// One row: the call refused, whether a stale socket file is put at the control socket's
@@ -814,6 +816,16 @@ pub const OPERATOR_REFUSALS: &[OperatorRefused] = &[
         left: false,
     }),
     op("shutdown", false, true, Operator::Works { answer: Answer::Ok, logs: &[], left: false }),
+    op("recvfrom_dontwait", false, true, Operator::Works {
+        answer: Answer::Closed,
+        logs: &["control socket {socket}: cannot read a request: recv: {err}"],
+        left: false,
+    }),
+    op("sendto_dontwait", false, true, Operator::Works {
+        answer: Answer::Closed,
+        logs: &["control socket {socket}: cannot send a reply: send: {err}"],
+        left: false,
+    }),
 ];
 
 /// The tests of [`OPERATOR_REFUSALS`], each with each errno of [`ERRNOS`], named
@@ -939,6 +951,20 @@ fn operator_refusal(refused: &OperatorRefused, errno: &str, err: &str) {
                         control::is_error(&reply, &fill(text, errno, err)),
                         "status: {reply}"
                     );
+                }
+                Answer::Closed => {
+                    // The request sent, the master closes the client without a reply (a
+                    // request left unread may reset the connection instead of ending it).
+                    let mut client = control::connect(&socket);
+                    client.write_all(b"status\n").expect("sending the request");
+                    let mut got = Vec::new();
+                    match client.read_to_end(&mut got) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                        Err(e) => panic!("the master closes the client, not {e}"),
+                    }
+                    assert!(got.is_empty(), "no reply: {:?}", String::from_utf8_lossy(&got));
+                    fx.expect_log(&fill_paths(logs[0]));
                 }
                 Answer::Nothing => {}
             }
