@@ -253,6 +253,13 @@ pub const REFUSALS: &[Refused] = &[
     // The shutdown notice's decision window: without a timer, no TERM is kept (a TERM in
     // the window: `sandbox_refusing_setitimer_term_in_first_window_*`).
     row("setitimer", PIDFD, BOTH, &[], Works(Log::Once(NO_TIMER))),
+    // The master's and each worker's own pid: read from /proc/self instead (the sigchld
+    // backend's probe of `kill` signals the master by it); both refused, the master cannot
+    // start. A worker's TERM goes to its pid where glibc's `raise` (`tgkill(getpid(),
+    // gettid())`) fails; the tids of `cpu_affinity`'s pinning are read from /proc.
+    row("getpid", EVERY, BOTH, &[], Works(Log::Silent)),
+    row("getpid_and_readlinkat", PIDFD, BOTH, &[], FailsBeforeFork("getpid failed: {err}")),
+    row("gettid", PIDFD, BOTH, &[("FX_AFFINITY", "1")], Works(Log::Silent)),
 ];
 
 /// What the master logs where `setitimer` is refused.
@@ -437,7 +444,13 @@ fn refusal(b: Backend, mode: Mode, refused: &Refused, errno: &str, err: &str) {
         runner::skip("dropping privileges needs root");
         return;
     }
-    let deny = format!("{}={errno}", refused.call);
+    // `A_and_B`: both refused.
+    let deny = refused
+        .call
+        .split("_and_")
+        .map(|call| format!("{call}={errno}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let notify = refused
         .opts
         .iter()

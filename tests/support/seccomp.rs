@@ -125,6 +125,9 @@ pub const CALLS: &[(&str, libc::c_long, Form)] = &[
         )],
     ),
     ("shutdown", libc::SYS_shutdown, &[]),
+    ("getpid", libc::SYS_getpid, &[]),
+    ("gettid", libc::SYS_gettid, &[]),
+    ("readlinkat", libc::SYS_readlinkat, &[]),
     (
         "recvfrom_dontwait",
         libc::SYS_recvfrom,
