@@ -331,11 +331,18 @@ pub(crate) fn probe_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<()> {
 /// sandbox that refuses one is named before anything is started: `epoll_create1` and
 /// `signalfd4` (the event loop, made after the first forks), `waitid` (every backend reaps
 /// with it: `P_PIDFD`, `P_ALL`), and with `kill_signals` (the sigchld backend) `kill` (as
-/// `kill(self, 0)`, which sends nothing). Each is made and undone at once; the error names
-/// the call that failed.
+/// `kill(self, 0)`, which sends nothing); and `getpid` (or `/proc/self`) and `close`, which
+/// every step needs. Each is made and undone at once; the error names the call that failed.
 pub(crate) fn probe_master_calls(kill_signals: bool) -> Result<(), (&'static str, io::Error)> {
     // Its own pid, through `/proc/self` where `getpid` is refused.
     let pid = try_getpid().map_err(|e| ("getpid", e))?;
+    // `close`, which every dropped descriptor makes and whose failure a drop cannot report:
+    // refused, each descriptor the master drops stays open, std's `Command::spawn` (an
+    // exec-mode worker) waits forever on the write end of its own error pipe, and std's
+    // `read_dir` panics at its end.
+    let (read, write) = super::pipe().map_err(|e| ("pipe2", e))?;
+    drop(write);
+    nix::unistd::close(read).map_err(|e| ("close", e.into()))?;
     drop(super::Epoll::new().map_err(|e| ("epoll_create1", e))?);
     drop(signal::signalfd(&SigSet::of(&[])).map_err(|e| ("signalfd", e))?);
     // WNOWAIT: a child this process already has (not a worker) is left as it is.

@@ -260,6 +260,9 @@ pub const REFUSALS: &[Refused] = &[
     row("getpid", EVERY, BOTH, &[], Works(Log::Silent)),
     row("getpid_and_readlinkat", PIDFD, BOTH, &[], FailsBeforeFork("getpid failed: {err}")),
     row("gettid", PIDFD, BOTH, &[("FX_AFFINITY", "1")], Works(Log::Silent)),
+    // Every dropped descriptor: probed before the first fork (refused, std's
+    // `Command::spawn` would wait forever on its own error pipe, and `read_dir` panic).
+    row("close", PIDFD, BOTH, &[], FailsBeforeFork("close failed: {err}")),
 ];
 
 /// What the master logs where `setitimer` is refused.
