@@ -488,7 +488,11 @@ impl Control {
         } else {
             log::Level::Warn
         };
-        log::log!(level, "control socket {}: {what}: {error}", self.path.display());
+        log::log!(
+            level,
+            "control socket {}: {what}: {error}",
+            self.path.display()
+        );
         if !gone {
             self.client_error = Some(error);
         }

@@ -136,11 +136,7 @@ pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 /// the replies a form of their own, as for [`read`]): how much was taken.
 pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     loop {
-        match net::send(
-            fd,
-            buf,
-            net::SendFlags::NOSIGNAL | net::SendFlags::DONTWAIT,
-        ) {
+        match net::send(fd, buf, net::SendFlags::NOSIGNAL | net::SendFlags::DONTWAIT) {
             Err(rustix::io::Errno::INTR) => continue,
             r => return r.map_err(|e| client_error("send", e)),
         }

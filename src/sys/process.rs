@@ -210,7 +210,11 @@ pub(crate) fn gettid() -> Option<Pid> {
     }
     let link = rustix::fs::readlink("/proc/thread-self", Vec::new()).ok()?;
     let text = link.to_string_lossy();
-    text.rsplit('/').next()?.parse::<u32>().ok().and_then(Pid::new)
+    text.rsplit('/')
+        .next()?
+        .parse::<u32>()
+        .ok()
+        .and_then(Pid::new)
 }
 
 /// `getppid(2)`; `None` when the parent is outside this process's pid namespace (0), or

@@ -979,7 +979,11 @@ fn operator_refusal(refused: &OperatorRefused, errno: &str, err: &str) {
                         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
                         Err(e) => panic!("the master closes the client, not {e}"),
                     }
-                    assert!(got.is_empty(), "no reply: {:?}", String::from_utf8_lossy(&got));
+                    assert!(
+                        got.is_empty(),
+                        "no reply: {:?}",
+                        String::from_utf8_lossy(&got)
+                    );
                     fx.expect_log(&fill_paths(logs[0]));
                 }
                 Answer::Nothing => {}

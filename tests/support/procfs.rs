@@ -165,12 +165,14 @@ pub fn thread_masks(pid: u32) -> Vec<(u32, u64)> {
     let Some(names) = dir_names(&format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
-    names.iter().filter_map(|name| {
-        let tid: u32 = name.parse().ok()?;
-        let blk = status_field_at(&format!("/proc/{pid}/task/{tid}/status"), "SigBlk")?;
-        Some((tid, u64::from_str_radix(&blk, 16).ok()?))
-    })
-    .collect()
+    names
+        .iter()
+        .filter_map(|name| {
+            let tid: u32 = name.parse().ok()?;
+            let blk = status_field_at(&format!("/proc/{pid}/task/{tid}/status"), "SigBlk")?;
+            Some((tid, u64::from_str_radix(&blk, 16).ok()?))
+        })
+        .collect()
 }
 
 // ---- Descriptors --------------------------------------------------------------------------
