@@ -340,15 +340,13 @@ pub(crate) fn probe_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<()> {
 pub(crate) fn probe_master_calls(kill_signals: bool) -> Result<(), (&'static str, io::Error)> {
     // Its own pid, through `/proc/self` where `getpid` is refused.
     let pid = try_getpid().map_err(|e| ("getpid", e))?;
+    drop(super::Epoll::new().map_err(|e| ("epoll_create1", e))?);
+    let signalfd = signal::signalfd(&SigSet::of(&[])).map_err(|e| ("signalfd", e))?;
     // `close`, which every dropped descriptor makes and whose failure a drop cannot report:
     // refused, each descriptor the master drops stays open, std's `Command::spawn` (an
     // exec-mode worker) waits forever on the write end of its own error pipe, and std's
     // `read_dir` panics at its end.
-    let (read, write) = super::pipe().map_err(|e| ("pipe2", e))?;
-    drop(write);
-    nix::unistd::close(read).map_err(|e| ("close", e.into()))?;
-    drop(super::Epoll::new().map_err(|e| ("epoll_create1", e))?);
-    drop(signal::signalfd(&SigSet::of(&[])).map_err(|e| ("signalfd", e))?);
+    nix::unistd::close(signalfd).map_err(|e| ("close", e.into()))?;
     // WNOWAIT: a child this process already has (not a worker) is left as it is.
     wait_any(true).map_err(|e| ("waitid", e))?;
     if kill_signals {
