@@ -207,7 +207,7 @@ pub(crate) fn systemd() -> Result<Option<Vec<(Listener, String)>>, Error> {
         pid.as_deref(),
         fds.as_deref(),
         names.as_deref(),
-        sys::getpid().get(),
+        sys::try_getpid().map_err(Error::sys("getpid"))?.get(),
     )?;
     let Some(parsed) = parsed else {
         return Ok(None);

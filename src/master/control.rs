@@ -82,6 +82,9 @@ pub(crate) struct Control {
     /// The error of the last failed `accept`, until one succeeds: the same error again is
     /// logged at debug only.
     accept_error: Option<String>,
+    /// The error of the last failed read of a request or write of a reply, until one
+    /// succeeds: the same error again is logged at debug only.
+    client_error: Option<String>,
 }
 
 impl Control {
@@ -153,6 +156,7 @@ impl Control {
             uid: sys::control::uid(),
             paused_until: None,
             accept_error: None,
+            client_error: None,
         })
     }
 
@@ -361,7 +365,8 @@ impl Control {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
-                Err(_) => {
+                Err(e) => {
+                    self.client_failed("cannot read a request", &e);
                     self.close(id, epoll);
                     return None;
                 }
@@ -440,6 +445,7 @@ impl Control {
         let Some(client) = self.clients.get_mut(&id) else {
             return;
         };
+        let mut failed = None;
         while client.sent < client.reply.len() {
             match sys::control::send(client.fd.as_fd(), &client.reply[client.sent..]) {
                 Ok(n) => client.sent += n,
@@ -458,11 +464,38 @@ impl Control {
                     }
                     return;
                 }
-                Err(_) => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
         }
         sys::control::end_reply(&client.fd);
+        if let Some(e) = failed {
+            self.client_failed("cannot send a reply", &e);
+        }
         self.close(id, epoll);
+    }
+
+    /// Logs a client's failed read or write (`what`: which) at warn, or at debug where the
+    /// last one failed the same way. A client gone (`EPIPE`, `ECONNRESET`) is at debug
+    /// always: only a failure of the master's own (a sandbox's refusal) is worth a warning.
+    fn client_failed(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        let error = e.to_string();
+        let gone = error.contains("Broken pipe") || error.contains("Connection reset");
+        let level = if gone || self.client_error.as_ref() == Some(&error) {
+            log::Level::Debug
+        } else {
+            log::Level::Warn
+        };
+        log::log!(
+            level,
+            "control socket {}: {what}: {error}",
+            self.path.display()
+        );
+        if !gone {
+            self.client_error = Some(error);
+        }
     }
 
     fn close(&mut self, id: ClientId, epoll: &sys::Epoll) {

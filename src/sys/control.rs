@@ -118,24 +118,37 @@ pub(crate) fn uid() -> u32 {
     rustix::process::getuid().as_raw()
 }
 
-/// `read(2)`, non-blocking: `Ok(0)` at the end, `Err(WouldBlock)` when nothing waits.
+/// `recv(2)` with `MSG_DONTWAIT` (`recvfrom` on x86_64), non-blocking: `Ok(0)` at the end,
+/// `Err(WouldBlock)` when nothing waits. The client is non-blocking already: the flag costs
+/// nothing, and makes the control socket's reads a form of their own that a system call
+/// filter can tell from the application's (`read(2)`, or `recv` without the flag).
 pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
-        match rustix::io::read(fd, &mut *buf) {
+        match net::recv(fd, &mut *buf, net::RecvFlags::DONTWAIT) {
             Err(rustix::io::Errno::INTR) => continue,
-            r => return r.map_err(Into::into),
+            r => return r.map(|(n, _)| n).map_err(|e| client_error("recv", e)),
         }
     }
 }
 
-/// `send(2)` with `MSG_NOSIGNAL` (a client gone is an `EPIPE`, not a `SIGPIPE`),
-/// non-blocking: how much was taken.
+/// `send(2)` with `MSG_NOSIGNAL` (a client gone is an `EPIPE`, not a `SIGPIPE`) and
+/// `MSG_DONTWAIT` (`sendto` on x86_64; the flag, redundant on the non-blocking client, makes
+/// the replies a form of their own, as for [`read`]): how much was taken.
 pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     loop {
-        match net::send(fd, buf, net::SendFlags::NOSIGNAL) {
+        match net::send(fd, buf, net::SendFlags::NOSIGNAL | net::SendFlags::DONTWAIT) {
             Err(rustix::io::Errno::INTR) => continue,
-            r => return r.map_err(Into::into),
+            r => return r.map_err(|e| client_error("send", e)),
         }
+    }
+}
+
+/// A client's error, named after its call unless it is `EAGAIN` (nothing to do yet).
+fn client_error(call: &str, e: rustix::io::Errno) -> io::Error {
+    if e == rustix::io::Errno::AGAIN {
+        e.into()
+    } else {
+        super::named(call, e)
     }
 }
 

@@ -108,7 +108,7 @@ impl Handover {
         let mask: libc::sigset_t = *mask.as_raw();
         // SAFETY: the fork and the child's side of it are one contract. The master may run
         // other threads, so the child makes only async-signal-safe calls (pthread_sigmask,
-        // fcntl, dup2, getpid, close_range, execve, write, _exit) on memory prepared before
+        // fcntl, dup2, getpid, readlink, close_range, execve, write, _exit) on memory prepared before
         // the fork, every pointer referring to memory of this (copied) process, and ends in
         // execve or _exit, never returning into Rust code. The parent only reads the result.
         let pid = unsafe {
@@ -150,8 +150,24 @@ impl Handover {
                     }
                 }
                 // close_range marked the error pipe close-on-exec too, as it must be.
+                // Its pid, or where a sandbox refuses getpid (which then returns the
+                // negated errno), the digits /proc/self links to; neither: the step fails.
                 let mut digits = [0u8; 20];
-                let digits = super::decimal(libc::getpid() as u64, &mut digits);
+                let own = libc::getpid();
+                let digits: &[u8] = if own > 0 {
+                    super::decimal(own as u64, &mut digits)
+                } else {
+                    let n = libc::readlink(
+                        c"/proc/self".as_ptr(),
+                        digits.as_mut_ptr().cast(),
+                        digits.len(),
+                    );
+                    if n <= 0 || n as usize >= digits.len() {
+                        *libc::__errno_location() = -own;
+                        fail(4);
+                    }
+                    &digits[..n as usize]
+                };
                 let at = pid_slot.add(b"LISTEN_PID=".len());
                 for (i, &d) in digits.iter().enumerate() {
                     *at.add(i) = d;

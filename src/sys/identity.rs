@@ -99,14 +99,15 @@ pub(crate) fn pin_process(cpu: usize) -> io::Result<()> {
         Err(_) => Vec::new(),
     };
     rustix::thread::sched_setaffinity(None, &set)?;
-    let me = rustix::thread::gettid();
+    // This thread is pinned already; where `gettid` is refused, it is pinned again.
+    let me = super::process::gettid().map(|tid| tid.get() as i32);
     for tid in tids {
+        if Some(tid) == me {
+            continue;
+        }
         let Some(tid) = rustix::process::Pid::from_raw(tid) else {
             continue;
         };
-        if tid == me {
-            continue;
-        }
         match rustix::thread::sched_setaffinity(Some(tid), &set) {
             // A thread that ended meanwhile.
             Ok(()) | Err(rustix::io::Errno::SRCH) => {}

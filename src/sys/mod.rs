@@ -60,7 +60,7 @@ pub(crate) use process::{
     Fork, Pid, Reaped, adopts_orphans, fork, getpid, getppid, is_refused, kill, named, pidfd_open,
     pidfd_send_signal, probe_master_calls, probe_pidfd, reap_pid, reap_pidfd, refused_hint,
     remove_env_if_single_threaded, rss_bytes, set_exec_child_setup, set_parent_death_signal,
-    thread_count, wait_any, wait_blocking,
+    thread_count, try_getpid, wait_any, wait_blocking,
 };
 pub(crate) use signal::{
     MaskHow, SavedAction, SigSet, children_auto_reaped, forward_signals, read_forwarded,

@@ -112,13 +112,8 @@ impl Pid {
 
     /// The number.
     pub(crate) fn get(self) -> u32 {
-        // Positive: `new` and `from_rustix` take no other.
+        // Positive: `new` takes no other.
         self.0.as_raw_nonzero().get() as u32
-    }
-
-    /// A pid rustix returned (`getpid`, `getppid`): positive.
-    fn from_rustix(pid: rustix::process::Pid) -> Pid {
-        Pid(pid)
     }
 }
 
@@ -149,14 +144,85 @@ pub(crate) fn rss_bytes(pid: Pid) -> io::Result<u64> {
     Ok(pages.saturating_mul(rustix::param::page_size() as u64))
 }
 
-/// `getpid(2)`.
-pub(crate) fn getpid() -> Pid {
-    Pid::from_rustix(rustix::process::getpid())
+/// This process's pid as [`try_getpid`] last found it, for [`own_pid_cached`]: 0 until then,
+/// and in a forked child until it asked (the parent's would be wrong there).
+static OWN_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// `getpid(2)`, or where a sandbox refuses it, the number `/proc/self` links to
+/// (`readlinkat`). A refused `getpid` returns the negated errno (a "pid" of -1 for `EPERM`),
+/// never taken as a pid: `kill(2)` reads -1 as every process. The error, where both fail,
+/// says both (`getpid`'s errno, then `/proc/self: …`).
+pub(crate) fn try_getpid() -> io::Result<Pid> {
+    let raw = nix::unistd::getpid().as_raw();
+    let pid = match u32::try_from(raw).ok().and_then(Pid::new) {
+        Some(pid) => pid,
+        None => {
+            // The kernel's answer as glibc passes it on: the negated errno.
+            let refused = io::Error::from_raw_os_error(raw.checked_neg().unwrap_or(libc::EINVAL));
+            proc_link_pid("/proc/self").map_err(|e| {
+                io::Error::new(
+                    refused.kind(),
+                    format!("{refused}{}; /proc/self: {e}", refused_hint(&refused)),
+                )
+            })?
+        }
+    };
+    OWN_PID.store(pid.get() as i32, std::sync::atomic::Ordering::Relaxed);
+    Ok(pid)
 }
 
-/// `getppid(2)`; `None` when the parent is outside this process's pid namespace.
+/// The leading number of the link `path` (`/proc/self`: `PID`; `/proc/thread-self`:
+/// `PID/task/TID`).
+fn proc_link_pid(path: &str) -> io::Result<Pid> {
+    let link = rustix::fs::readlink(path, Vec::new())?;
+    let text = link.to_string_lossy();
+    text.split('/')
+        .next()
+        .and_then(|n| n.parse::<u32>().ok())
+        .and_then(Pid::new)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{path} -> {text}")))
+}
+
+/// This process's pid: [`try_getpid`]. The master checks before its first fork that it can
+/// learn it ([`probe_master_calls`]); its workers inherit its sandbox, so the check holds for
+/// them too.
+pub(crate) fn getpid() -> Pid {
+    match try_getpid() {
+        Ok(pid) => pid,
+        Err(e) => panic!("getpid: {e}"),
+    }
+}
+
+/// The pid [`try_getpid`] last found in this process, if it did: for a signal handler, which
+/// cannot read `/proc`. Async-signal-safe.
+pub(crate) fn own_pid_cached() -> Option<Pid> {
+    u32::try_from(OWN_PID.load(std::sync::atomic::Ordering::Relaxed))
+        .ok()
+        .and_then(Pid::new)
+}
+
+/// `gettid(2)`, or where a sandbox refuses it, the last number of `/proc/thread-self`'s link;
+/// `None` where both fail.
+pub(crate) fn gettid() -> Option<Pid> {
+    let raw = nix::unistd::gettid().as_raw();
+    if let Some(tid) = u32::try_from(raw).ok().and_then(Pid::new) {
+        return Some(tid);
+    }
+    let link = rustix::fs::readlink("/proc/thread-self", Vec::new()).ok()?;
+    let text = link.to_string_lossy();
+    text.rsplit('/')
+        .next()?
+        .parse::<u32>()
+        .ok()
+        .and_then(Pid::new)
+}
+
+/// `getppid(2)`; `None` when the parent is outside this process's pid namespace (0), or
+/// where a sandbox refuses the call (the negated errno, never taken as a pid).
 pub(crate) fn getppid() -> Option<Pid> {
-    rustix::process::getppid().map(Pid::from_rustix)
+    u32::try_from(nix::unistd::getppid().as_raw())
+        .ok()
+        .and_then(Pid::new)
 }
 
 /// Result of [`fork`].
@@ -179,7 +245,12 @@ pub(crate) fn fork() -> io::Result<Fork> {
     // start another one between the check and the call), so the child inherits no lock
     // held by some other thread, and may run any code, allocation included.
     match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Child => Ok(Fork::Child),
+        nix::unistd::ForkResult::Child => {
+            // The parent's pid is no longer this process's: learnt again, for the handlers.
+            OWN_PID.store(0, std::sync::atomic::Ordering::Relaxed);
+            let _ = try_getpid();
+            Ok(Fork::Child)
+        }
         nix::unistd::ForkResult::Parent { child } => Pid::try_from(child.as_raw() as u32)
             .map(Fork::Parent)
             .map_err(|_| io::Error::other("fork returned no child pid")),
@@ -264,16 +335,22 @@ pub(crate) fn probe_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<()> {
 /// sandbox that refuses one is named before anything is started: `epoll_create1` and
 /// `signalfd4` (the event loop, made after the first forks), `waitid` (every backend reaps
 /// with it: `P_PIDFD`, `P_ALL`), and with `kill_signals` (the sigchld backend) `kill` (as
-/// `kill(self, 0)`, which sends nothing). Each is made and undone at once; the error names
-/// the call that failed.
+/// `kill(self, 0)`, which sends nothing); and `getpid` (or `/proc/self`) and `close`, which
+/// every step needs. Each is made and undone at once; the error names the call that failed.
 pub(crate) fn probe_master_calls(kill_signals: bool) -> Result<(), (&'static str, io::Error)> {
+    // Its own pid, through `/proc/self` where `getpid` is refused.
+    let pid = try_getpid().map_err(|e| ("getpid", e))?;
     drop(super::Epoll::new().map_err(|e| ("epoll_create1", e))?);
-    drop(signal::signalfd(&SigSet::of(&[])).map_err(|e| ("signalfd", e))?);
+    let signalfd = signal::signalfd(&SigSet::of(&[])).map_err(|e| ("signalfd", e))?;
+    // `close`, which every dropped descriptor makes and whose failure a drop cannot report:
+    // refused, each descriptor the master drops stays open, std's `Command::spawn` (an
+    // exec-mode worker) waits forever on the write end of its own error pipe, and std's
+    // `read_dir` panics at its end.
+    nix::unistd::close(signalfd).map_err(|e| ("close", e.into()))?;
     // WNOWAIT: a child this process already has (not a worker) is left as it is.
     wait_any(true).map_err(|e| ("waitid", e))?;
     if kill_signals {
-        rustix::process::test_kill_process(rustix::process::getpid())
-            .map_err(|e| ("kill", e.into()))?;
+        rustix::process::test_kill_process(pid.0).map_err(|e| ("kill", e.into()))?;
     }
     Ok(())
 }

@@ -385,7 +385,15 @@ pub(super) fn install_worker_handler(
 pub(super) fn default_action_now(signal: libc::c_int) {
     if let Ok(s) = nix::sys::signal::Signal::try_from(signal) {
         let _ = set_action(Action::Default(s));
-        let _ = nix::sys::signal::raise(s);
+        if nix::sys::signal::raise(s).is_err() {
+            // glibc's `raise` is `tgkill(getpid(), gettid())`, which fails where a sandbox
+            // refuses either: the signal then goes to this process by the pid it learnt
+            // (a worker learns it at its start); without one it is not sent, and the
+            // master's KILL at the end of the grace period ends the worker.
+            if let Some(pid) = super::process::own_pid_cached() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.get() as i32), s);
+            }
+        }
     }
 }
 

@@ -253,6 +253,16 @@ pub const REFUSALS: &[Refused] = &[
     // The shutdown notice's decision window: without a timer, no TERM is kept (a TERM in
     // the window: `sandbox_refusing_setitimer_term_in_first_window_*`).
     row("setitimer", PIDFD, BOTH, &[], Works(Log::Once(NO_TIMER))),
+    // The master's and each worker's own pid: read from /proc/self instead (the sigchld
+    // backend's probe of `kill` signals the master by it); both refused, the master cannot
+    // start. A worker's TERM goes to its pid where glibc's `raise` (`tgkill(getpid(),
+    // gettid())`) fails; the tids of `cpu_affinity`'s pinning are read from /proc.
+    row("getpid", EVERY, BOTH, &[], Works(Log::Silent)),
+    row("getpid_and_readlinkat", PIDFD, BOTH, &[], FailsBeforeFork("getpid failed: {err}")),
+    row("gettid", PIDFD, BOTH, &[("FX_AFFINITY", "1")], Works(Log::Silent)),
+    // Every dropped descriptor: probed before the first fork (refused, std's
+    // `Command::spawn` would wait forever on its own error pipe, and `read_dir` panic).
+    row("close", PIDFD, BOTH, &[], FailsBeforeFork("close failed: {err}")),
 ];
 
 /// What the master logs where `setitimer` is refused.
@@ -437,7 +447,13 @@ fn refusal(b: Backend, mode: Mode, refused: &Refused, errno: &str, err: &str) {
         runner::skip("dropping privileges needs root");
         return;
     }
-    let deny = format!("{}={errno}", refused.call);
+    // `A_and_B`: both refused.
+    let deny = refused
+        .call
+        .split("_and_")
+        .map(|call| format!("{call}={errno}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let notify = refused
         .opts
         .iter()
@@ -746,6 +762,8 @@ pub enum Answer {
     Error(Text),
     /// Nothing while the master runs (the client is never accepted).
     Nothing,
+    /// No reply: the master closes the client (its request sent) while it runs.
+    Closed,
 }
 
 /// One row: the call refused, whether a stale socket file is put at the control socket's
@@ -814,6 +832,16 @@ pub const OPERATOR_REFUSALS: &[OperatorRefused] = &[
         left: false,
     }),
     op("shutdown", false, true, Operator::Works { answer: Answer::Ok, logs: &[], left: false }),
+    op("recvfrom_dontwait", false, true, Operator::Works {
+        answer: Answer::Closed,
+        logs: &["control socket {socket}: cannot read a request: recv: {err}"],
+        left: false,
+    }),
+    op("sendto_dontwait", false, true, Operator::Works {
+        answer: Answer::Closed,
+        logs: &["control socket {socket}: cannot send a reply: send: {err}"],
+        left: false,
+    }),
 ];
 
 /// The tests of [`OPERATOR_REFUSALS`], each with each errno of [`ERRNOS`], named
@@ -939,6 +967,24 @@ fn operator_refusal(refused: &OperatorRefused, errno: &str, err: &str) {
                         control::is_error(&reply, &fill(text, errno, err)),
                         "status: {reply}"
                     );
+                }
+                Answer::Closed => {
+                    // The request sent, the master closes the client without a reply (a
+                    // request left unread may reset the connection instead of ending it).
+                    let mut client = control::connect(&socket);
+                    client.write_all(b"status\n").expect("sending the request");
+                    let mut got = Vec::new();
+                    match client.read_to_end(&mut got) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                        Err(e) => panic!("the master closes the client, not {e}"),
+                    }
+                    assert!(
+                        got.is_empty(),
+                        "no reply: {:?}",
+                        String::from_utf8_lossy(&got)
+                    );
+                    fx.expect_log(&fill_paths(logs[0]));
                 }
                 Answer::Nothing => {}
             }

@@ -299,7 +299,7 @@ impl log::Log for StderrLogger {
         complain(format!(
             "[{} {}] {}",
             record.level(),
-            std::process::id(),
+            report::own_pid(),
             record.args()
         ));
     }

@@ -4,7 +4,40 @@
 //! Every reader tolerates processes vanishing mid-read: a process (or descriptor) that
 //! cannot be read is simply absent from the answer.
 
+use std::ffi::{CStr, CString};
 use std::fs;
+
+/// The names in the directory at `path` (`.` and `..` left out); `None` where it cannot be
+/// opened. Through libc's `opendir`, `readdir` and `closedir`, whose failure is ignored:
+/// std's `ReadDir` panics where `closedir` fails (`unexpected error during closedir`), and
+/// the fixtures must report their state under a sandbox that refuses `close`.
+pub fn dir_names(path: &str) -> Option<Vec<String>> {
+    let path = CString::new(path).ok()?;
+    // SAFETY: `path` is a valid C string; the result is checked for null.
+    let dir = unsafe { libc::opendir(path.as_ptr()) };
+    if dir.is_null() {
+        return None;
+    }
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: `dir` is an open directory stream, used by this thread alone.
+        let entry = unsafe { libc::readdir(dir) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: `entry` points to a dirent that stays valid until the next readdir on
+        // `dir`; `d_name` is NUL-terminated.
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+        let name = name.to_string_lossy();
+        if name != "." && name != ".." {
+            names.push(name.into_owned());
+        }
+    }
+    // SAFETY: `dir` is open and not used after this; a failure (a refused `close`) leaves
+    // the descriptor open, which is all it can do.
+    unsafe { libc::closedir(dir) };
+    Some(names)
+}
 
 // ---- /proc/PID/stat: state, parent, process group ----------------------------------------
 
@@ -55,10 +88,10 @@ pub fn is_alive(pid: u32) -> bool {
 
 /// Every process id in `/proc`.
 pub fn all_pids() -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+    dir_names("/proc")
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|name| name.parse().ok())
         .collect()
 }
 
@@ -129,15 +162,17 @@ pub fn sig_bit(signal: i32) -> u64 {
 
 /// Each thread of `pid` with its blocked-signal mask (`SigBlk` of `/proc/PID/task/TID`).
 pub fn thread_masks(pid: u32) -> Vec<(u32, u64)> {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+    let Some(names) = dir_names(&format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
-    dir.filter_map(|entry| {
-        let tid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-        let blk = status_field_at(&format!("/proc/{pid}/task/{tid}/status"), "SigBlk")?;
-        Some((tid, u64::from_str_radix(&blk, 16).ok()?))
-    })
-    .collect()
+    names
+        .iter()
+        .filter_map(|name| {
+            let tid: u32 = name.parse().ok()?;
+            let blk = status_field_at(&format!("/proc/{pid}/task/{tid}/status"), "SigBlk")?;
+            Some((tid, u64::from_str_radix(&blk, 16).ok()?))
+        })
+        .collect()
 }
 
 // ---- Descriptors --------------------------------------------------------------------------
@@ -145,14 +180,14 @@ pub fn thread_masks(pid: u32) -> Vec<(u32, u64)> {
 /// Every open descriptor of `pid` with its target (`socket:[123]`, `pipe:[…]`,
 /// `anon_inode:[eventpoll]`, a path), sorted by descriptor number.
 pub fn fds(pid: u32) -> Vec<(i32, String)> {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+    let Some(names) = dir_names(&format!("/proc/{pid}/fd")) else {
         return Vec::new();
     };
-    let mut out: Vec<(i32, String)> = dir
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let fd = entry.file_name().to_str()?.parse().ok()?;
-            let target = fs::read_link(entry.path()).ok()?;
+    let mut out: Vec<(i32, String)> = names
+        .iter()
+        .filter_map(|name| {
+            let fd = name.parse().ok()?;
+            let target = fs::read_link(format!("/proc/{pid}/fd/{name}")).ok()?;
             Some((fd, target.to_string_lossy().into_owned()))
         })
         .collect();
@@ -200,7 +235,7 @@ pub fn fd_targets(pid: u32) -> Vec<String> {
 
 /// The number of descriptors open in `pid`.
 pub fn fd_count(pid: u32) -> Option<usize> {
-    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+    Some(dir_names(&format!("/proc/{pid}/fd"))?.len())
 }
 
 /// The `flags:` field of `/proc/PID/fdinfo/FD`: the file status flags of the open file

@@ -69,7 +69,7 @@ pub fn exited(slot: usize, pid: u32, how: impl Debug) {
 
 /// `master PID`.
 pub fn master() {
-    say(format!("master {}", std::process::id()));
+    say(format!("master {}", own_pid()));
 }
 
 /// `result ok`, or `result err DISPLAY` and `debug DEBUG`; whether the run was `Ok`.
@@ -89,7 +89,7 @@ pub fn result<E: Display + Debug>(result: &Result<(), E>) -> bool {
 
 /// `children N zombies Z`: this process's children, zombies included, and its zombies.
 pub fn children() {
-    let children = procfs::children(std::process::id());
+    let children = procfs::children(own_pid());
     let zombies = children.iter().filter(|(_, s)| s.is_dead()).count();
     say(format!("children {} zombies {zombies}", children.len()));
 }
@@ -160,4 +160,17 @@ pub fn parse_exit(line: &str) -> Option<Exit> {
 pub fn parse_children(line: &str) -> Option<(usize, usize)> {
     let (n, z) = line.strip_prefix("children ")?.split_once(" zombies ")?;
     Some((n.parse().ok()?, z.parse().ok()?))
+}
+
+/// This process's pid: `std::process::id()`, or where a sandbox refuses `getpid` (which then
+/// returns the negated errno, a "pid" of -1 for `EPERM`), the number `/proc/self` links to.
+pub fn own_pid() -> u32 {
+    let pid = std::process::id();
+    if i32::try_from(pid).is_ok_and(|p| p > 0) {
+        return pid;
+    }
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|link| link.to_str()?.parse().ok())
+        .expect("getpid refused, and /proc/self unreadable")
 }

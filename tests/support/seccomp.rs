@@ -32,7 +32,9 @@ pub fn deny_pidfd_open() -> io::Result<()> {
 /// socket file); `getsockopt_peercred` is `getsockopt(_, SOL_SOCKET, SO_PEERCRED, …)`;
 /// `openat_creat` is `openat` with `O_CREAT` (the PID file; nothing else a master opens is
 /// created); `accept4_nonblock` is `accept4` with `SOCK_NONBLOCK` (the control socket's
-/// clients; std's `accept` and the fixtures' workers pass no such flag). `rename` and `unlink` are the calls glibc makes for them.
+/// clients; std's `accept` and the fixtures' workers pass no such flag); `recvfrom_dontwait` and
+/// `sendto_dontwait` are `recvfrom` and `sendto` with `MSG_DONTWAIT` (the control socket's
+/// requests and replies; std's sockets pass no such flag, and systemd's notifications none). `rename` and `unlink` are the calls glibc makes for them.
 /// `read_fd3_up` and `write_fd3_up` are `read` and `write` on descriptors 3 and up (the
 /// standard streams carry a fixture's report and log); `socket_inet` is `socket(AF_INET, …)`
 /// (`listen_and_serve`'s listener); `setsockopt_reuseaddr` and `setsockopt_reuseport`,
@@ -123,6 +125,25 @@ pub const CALLS: &[(&str, libc::c_long, Form)] = &[
         )],
     ),
     ("shutdown", libc::SYS_shutdown, &[]),
+    ("getpid", libc::SYS_getpid, &[]),
+    ("gettid", libc::SYS_gettid, &[]),
+    ("readlinkat", libc::SYS_readlinkat, &[]),
+    (
+        "recvfrom_dontwait",
+        libc::SYS_recvfrom,
+        &[(
+            3,
+            Arg::Masked(libc::MSG_DONTWAIT as u32, libc::MSG_DONTWAIT as u32),
+        )],
+    ),
+    (
+        "sendto_dontwait",
+        libc::SYS_sendto,
+        &[(
+            3,
+            Arg::Masked(libc::MSG_DONTWAIT as u32, libc::MSG_DONTWAIT as u32),
+        )],
+    ),
     (
         "getsockopt_peercred",
         libc::SYS_getsockopt,
