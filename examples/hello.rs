@@ -492,15 +492,24 @@ impl log::Log for StderrLogger {
         if self.enabled(record.metadata()) {
             // One write per line: the master, its workers (and, during a binary upgrade, a
             // second master) share stderr, and a line written in pieces would interleave.
-            let line = format!(
-                "[{} {}] {}\n",
-                record.level(),
-                std::process::id(),
-                record.args()
-            );
+            let line = format!("[{} {}] {}\n", record.level(), own_pid(), record.args());
             let _ = io::stderr().write_all(line.as_bytes());
         }
     }
 
     fn flush(&self) {}
+}
+
+/// This process's id for the log lines: `getpid(2)`, or where a sandbox refuses it (then it
+/// returns -1 or -38, which `std::process::id` shows as a number near `u32::MAX`), the
+/// number `/proc/self` links to, as the library itself falls back.
+fn own_pid() -> u32 {
+    let id = std::process::id();
+    if id <= i32::MAX as u32 {
+        return id;
+    }
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse().ok())
+        .unwrap_or(id)
 }

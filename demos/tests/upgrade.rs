@@ -338,6 +338,15 @@ fn upgrade_fork_shared_refusing_pidfd_open() {
     assert!(!log.contains("cannot open a pidfd"), "{log}");
 }
 
+/// A sandbox that refuses `getpid` (`EPERM`): both masters take their pid from `/proc/self`
+/// (the new master's child too, for `LISTEN_PID` before `execve`), never from the -1 the
+/// refused call returns, and the upgrade completes as [`upgrades_under_load`] checks (the
+/// example's log lines name each process by the same fallback).
+#[test]
+fn upgrade_fork_shared_refusing_getpid() {
+    upgrades_in_sandbox("no-getpid", &[], false, &["getpid=EPERM"]);
+}
+
 /// A sandbox that refuses `close_range` (`EPERM`): the new master's child marks the old
 /// master's descriptors close-on-exec one by one before `execve` instead (it cannot log), and
 /// the upgrade completes; the new master holds only what [`upgrades_under_load`] allows.
