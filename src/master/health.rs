@@ -463,18 +463,23 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// A supervisor with one ready worker, and the health checks watching it with a
-    /// `timeout_ms` heartbeat timeout; both started at time zero.
-    fn watching(timeout_ms: u64) -> (Supervisor, Health) {
-        let mut sup = Supervisor::new(Config {
-            workers: 1,
+    /// A supervisor of `workers` slots with the defaults' timings.
+    fn supervisor(workers: usize) -> Supervisor {
+        Supervisor::new(Config {
+            workers,
             recover_threshold: 10,
             recover_window: Duration::from_secs(60),
             recover_interval: Duration::ZERO,
             shutdown_grace: Duration::from_secs(5),
             upgrade_timeout: Duration::from_secs(60),
             upgrade_probation: Duration::ZERO,
-        });
+        })
+    }
+
+    /// A supervisor with one ready worker, and the health checks watching it with a
+    /// `timeout_ms` heartbeat timeout; both started at time zero.
+    fn watching(timeout_ms: u64) -> (Supervisor, Health) {
+        let mut sup = supervisor(1);
         while sup.next_action().is_some() {}
         sup.on_spawned(0, PID, Duration::ZERO);
         sup.on_ready(PID, Duration::ZERO);
@@ -593,15 +598,7 @@ mod tests {
 
     #[test]
     fn status_keeps_the_last_and_the_longest_fork_per_slot() {
-        let mut sup = Supervisor::new(Config {
-            workers: 2,
-            recover_threshold: 10,
-            recover_window: Duration::from_secs(60),
-            recover_interval: Duration::ZERO,
-            shutdown_grace: Duration::from_secs(5),
-            upgrade_timeout: Duration::from_secs(60),
-            upgrade_probation: Duration::ZERO,
-        });
+        let mut sup = supervisor(2);
         while sup.next_action().is_some() {}
         let mut health = Health::new(HealthChecks::default(), 2).expect("no table");
         assert_eq!(health.current.slots[1].last_fork(), None);
