@@ -100,7 +100,7 @@ pub(crate) fn pin_process(cpu: usize) -> io::Result<()> {
     };
     rustix::thread::sched_setaffinity(None, &set)?;
     // This thread is pinned already; where `gettid` is refused, it is pinned again.
-    let me = super::process::gettid().map(|tid| tid.get() as i32);
+    let me = super::pid::gettid().map(|tid| tid.get() as i32);
     for tid in tids {
         if Some(tid) == me {
             continue;

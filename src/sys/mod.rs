@@ -10,8 +10,9 @@
 //! carries a `// SAFETY:` comment (`clippy::undocumented_unsafe_blocks` is denied), and every
 //! `unsafe fn` a `# Safety` section.
 //!
-//! * [`process`]: fork, pids, pidfds, signals to a process, reaping, the parent-death
-//!   signal, the pre-`exec` setup of an exec-mode worker;
+//! * [`process`]: fork, pidfds, signals to a process, reaping, the parent-death signal, the
+//!   pre-`exec` setup of an exec-mode worker; [`pid`]: the pid type, and this process's own
+//!   pid, its thread's and its parent's (with `/proc` where a sandbox refuses the calls);
 //! * [`signal`]: typed signals, the signal mask, signalfd, dispositions, and the exec-mode
 //!   forwarding handlers;
 //! * [`event`]: epoll, pipes, `poll`, the readiness pipe;
@@ -29,6 +30,7 @@ pub(crate) mod heartbeat;
 pub(crate) mod identity;
 pub(crate) mod net;
 pub(crate) mod notice;
+pub(crate) mod pid;
 pub(crate) mod process;
 pub(crate) mod reuseport;
 pub(crate) mod signal;
@@ -56,11 +58,12 @@ pub(crate) use net::{
     Designated, UnixName, adopt_listener, bind_tcp, bind_tcp_group_of_one, bind_unix,
     listening_sockets, unix_path_answers,
 };
+pub(crate) use pid::{Pid, getpid, getppid, rss_bytes, try_getpid};
 pub(crate) use process::{
-    Fork, Pid, Reaped, adopts_orphans, fork, getpid, getppid, is_refused, kill, named, pidfd_open,
-    pidfd_send_signal, probe_master_calls, probe_pidfd, reap_pid, reap_pidfd, refused_hint,
-    remove_env_if_single_threaded, rss_bytes, set_exec_child_setup, set_parent_death_signal,
-    thread_count, try_getpid, wait_any, wait_blocking,
+    Fork, Reaped, adopts_orphans, fork, is_refused, kill, named, pidfd_open, pidfd_send_signal,
+    probe_master_calls, probe_pidfd, reap_pid, reap_pidfd, refused_hint,
+    remove_env_if_single_threaded, set_exec_child_setup, set_parent_death_signal, thread_count,
+    wait_any, wait_blocking,
 };
 pub(crate) use signal::{
     MaskHow, SavedAction, SigSet, children_auto_reaped, forward_signals, read_forwarded,

@@ -1,5 +1,5 @@
-//! Processes: fork, pids and pidfds, signals to a process, reaping, the parent-death signal,
-//! and the pre-`exec` setup of an exec-mode worker.
+//! Processes: fork, pidfds, signals to a process, reaping, the parent-death signal, and the
+//! pre-`exec` setup of an exec-mode worker. Pids: [`super::pid`].
 //!
 //! Through rustix where it wraps the call safely; through nix for `fork`; through libc for
 //! `waitid(P_ALL)` (rustix does not report which child it found) and the descriptor-table
@@ -14,6 +14,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use rustix::process::{WaitId, WaitIdOptions, WaitIdStatus, WaitOptions};
 
+use super::pid::{Pid, getpid, getppid, try_getpid};
 use super::signal::{self, MaskHow, SigSet, Signal};
 
 /// The number of threads of this process. This runs before every fork and after every hook,
@@ -93,138 +94,6 @@ fn stat_threads(stat: &[u8]) -> Option<usize> {
     rest.split_ascii_whitespace().nth(20 - 3)?.parse().ok()
 }
 
-/// A process id, as the functions here take it: from 1 to `i32::MAX`. Never 0, which
-/// `kill(2)` reads as "my process group", nor a number above `i32::MAX`, which it reads as a
-/// negative one: a group. Every function of `sys` takes and returns pids as `Pid`; the
-/// supervisor's and the master's tables hold the numbers (`u32`), which become a `Pid` where
-/// they meet `sys`, and wire formats write the number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Pid(rustix::process::Pid);
-
-impl Pid {
-    /// `None` for 0 and for numbers above `i32::MAX`.
-    pub(crate) fn new(pid: u32) -> Option<Pid> {
-        i32::try_from(pid)
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-            .map(Pid)
-    }
-
-    /// The number.
-    pub(crate) fn get(self) -> u32 {
-        // Positive: `new` takes no other.
-        self.0.as_raw_nonzero().get() as u32
-    }
-}
-
-impl TryFrom<u32> for Pid {
-    type Error = io::Error;
-
-    /// `EINVAL` for what [`Pid::new`] refuses.
-    fn try_from(pid: u32) -> io::Result<Pid> {
-        Pid::new(pid).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
-    }
-}
-
-impl std::fmt::Display for Pid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.get().fmt(f)
-    }
-}
-
-/// `read(2)` of `/proc/PID/statm`: the resident set size of `pid` in bytes (the second
-/// field, in pages).
-pub(crate) fn rss_bytes(pid: Pid) -> io::Result<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/statm"))?;
-    let pages: u64 = text
-        .split_ascii_whitespace()
-        .nth(1)
-        .and_then(|f| f.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed statm"))?;
-    Ok(pages.saturating_mul(rustix::param::page_size() as u64))
-}
-
-/// This process's pid as [`try_getpid`] last found it, for [`own_pid_cached`]: 0 until then,
-/// and in a forked child until it asked (the parent's would be wrong there).
-static OWN_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-
-/// `getpid(2)`, or where a sandbox refuses it, the number `/proc/self` links to
-/// (`readlinkat`). A refused `getpid` returns the negated errno (a "pid" of -1 for `EPERM`),
-/// never taken as a pid: `kill(2)` reads -1 as every process. The error, where both fail,
-/// says both (`getpid`'s errno, then `/proc/self: …`).
-pub(crate) fn try_getpid() -> io::Result<Pid> {
-    let raw = nix::unistd::getpid().as_raw();
-    let pid = match u32::try_from(raw).ok().and_then(Pid::new) {
-        Some(pid) => pid,
-        None => {
-            // The kernel's answer as glibc passes it on: the negated errno.
-            let refused = io::Error::from_raw_os_error(raw.checked_neg().unwrap_or(libc::EINVAL));
-            proc_link_pid("/proc/self").map_err(|e| {
-                io::Error::new(
-                    refused.kind(),
-                    format!("{refused}{}; /proc/self: {e}", refused_hint(&refused)),
-                )
-            })?
-        }
-    };
-    OWN_PID.store(pid.get() as i32, std::sync::atomic::Ordering::Relaxed);
-    Ok(pid)
-}
-
-/// The leading number of the link `path` (`/proc/self`: `PID`; `/proc/thread-self`:
-/// `PID/task/TID`).
-fn proc_link_pid(path: &str) -> io::Result<Pid> {
-    let link = rustix::fs::readlink(path, Vec::new())?;
-    let text = link.to_string_lossy();
-    text.split('/')
-        .next()
-        .and_then(|n| n.parse::<u32>().ok())
-        .and_then(Pid::new)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{path} -> {text}")))
-}
-
-/// This process's pid: [`try_getpid`]. The master checks before its first fork that it can
-/// learn it ([`probe_master_calls`]); its workers inherit its sandbox, so the check holds for
-/// them too.
-pub(crate) fn getpid() -> Pid {
-    match try_getpid() {
-        Ok(pid) => pid,
-        Err(e) => panic!("getpid: {e}"),
-    }
-}
-
-/// The pid [`try_getpid`] last found in this process, if it did: for a signal handler, which
-/// cannot read `/proc`. Async-signal-safe.
-pub(crate) fn own_pid_cached() -> Option<Pid> {
-    u32::try_from(OWN_PID.load(std::sync::atomic::Ordering::Relaxed))
-        .ok()
-        .and_then(Pid::new)
-}
-
-/// `gettid(2)`, or where a sandbox refuses it, the last number of `/proc/thread-self`'s link;
-/// `None` where both fail.
-pub(crate) fn gettid() -> Option<Pid> {
-    let raw = nix::unistd::gettid().as_raw();
-    if let Some(tid) = u32::try_from(raw).ok().and_then(Pid::new) {
-        return Some(tid);
-    }
-    let link = rustix::fs::readlink("/proc/thread-self", Vec::new()).ok()?;
-    let text = link.to_string_lossy();
-    text.rsplit('/')
-        .next()?
-        .parse::<u32>()
-        .ok()
-        .and_then(Pid::new)
-}
-
-/// `getppid(2)`; `None` when the parent is outside this process's pid namespace (0), or
-/// where a sandbox refuses the call (the negated errno, never taken as a pid).
-pub(crate) fn getppid() -> Option<Pid> {
-    u32::try_from(nix::unistd::getppid().as_raw())
-        .ok()
-        .and_then(Pid::new)
-}
-
 /// Result of [`fork`].
 pub(crate) enum Fork {
     Parent(Pid),
@@ -247,8 +116,7 @@ pub(crate) fn fork() -> io::Result<Fork> {
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => {
             // The parent's pid is no longer this process's: learnt again, for the handlers.
-            OWN_PID.store(0, std::sync::atomic::Ordering::Relaxed);
-            let _ = try_getpid();
+            super::pid::relearn_after_fork();
             Ok(Fork::Child)
         }
         nix::unistd::ForkResult::Parent { child } => Pid::try_from(child.as_raw() as u32)
@@ -259,7 +127,7 @@ pub(crate) fn fork() -> io::Result<Fork> {
 
 /// `pidfd_open(2)` (Linux 5.3). The descriptor is close-on-exec (the kernel always sets it).
 pub(crate) fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
-    let fd = rustix::process::pidfd_open(pid.0, rustix::process::PidfdFlags::empty())?;
+    let fd = rustix::process::pidfd_open(pid.rustix(), rustix::process::PidfdFlags::empty())?;
     Ok(fd)
 }
 
@@ -271,7 +139,7 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> io::Re
 
 /// `kill(2)`.
 pub(crate) fn kill(pid: Pid, signal: Signal) -> io::Result<()> {
-    rustix::process::kill_process(pid.0, signal.rustix())?;
+    rustix::process::kill_process(pid.rustix(), signal.rustix())?;
     Ok(())
 }
 
@@ -350,7 +218,7 @@ pub(crate) fn probe_master_calls(kill_signals: bool) -> Result<(), (&'static str
     // WNOWAIT: a child this process already has (not a worker) is left as it is.
     wait_any(true).map_err(|e| ("waitid", e))?;
     if kill_signals {
-        rustix::process::test_kill_process(pid.0).map_err(|e| ("kill", e.into()))?;
+        rustix::process::test_kill_process(pid.rustix()).map_err(|e| ("kill", e.into()))?;
     }
     Ok(())
 }
@@ -384,7 +252,7 @@ pub(crate) fn named(call: &str, e: impl Into<io::Error>) -> io::Error {
 
 /// `waitid(P_PID, pid)`: reaps one child by pid if it has exited.
 pub(crate) fn reap_pid(pid: Pid) -> io::Result<Option<Reaped>> {
-    reap(WaitId::Pid(pid.0))
+    reap(WaitId::Pid(pid.rustix()))
 }
 
 /// `waitid(P_ALL, …)`: reports any exited child, reaping it unless `peek` is set
@@ -423,7 +291,7 @@ pub(crate) fn wait_any(peek: bool) -> io::Result<Option<(Pid, Reaped)>> {
 /// `waitpid(2)` (`wait4`): reaps `pid`, waiting for it to exit (retried on `EINTR`).
 pub(crate) fn wait_blocking(pid: Pid) -> io::Result<()> {
     loop {
-        match rustix::process::waitpid(Some(pid.0), WaitOptions::empty()) {
+        match rustix::process::waitpid(Some(pid.rustix()), WaitOptions::empty()) {
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
             Ok(_) => return Ok(()),
@@ -670,7 +538,7 @@ mod tests {
 
     #[test]
     fn rss_of_this_process_is_at_least_a_page() {
-        let rss = super::rss_bytes(super::getpid()).expect("statm");
+        let rss = crate::sys::rss_bytes(super::getpid()).expect("statm");
         assert!(rss >= rustix::param::page_size() as u64, "{rss}");
     }
 

@@ -390,7 +390,7 @@ pub(super) fn default_action_now(signal: libc::c_int) {
             // refuses either: the signal then goes to this process by the pid it learnt
             // (a worker learns it at its start); without one it is not sent, and the
             // master's KILL at the end of the grace period ends the worker.
-            if let Some(pid) = super::process::own_pid_cached() {
+            if let Some(pid) = super::pid::own_pid_cached() {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.get() as i32), s);
             }
         }
