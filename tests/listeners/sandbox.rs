@@ -11,14 +11,13 @@
 //! path stays as it was). An optional one: the master serves, HUP replaces the workers, TERM
 //! ends the run cleanly, and the file is removed at exit, or left with a warning.
 
-use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
 
 use crate::fixture::SERVE_ROLE;
 use crate::support::backend::Backend;
 use crate::support::net::{Target, ask_target};
-use crate::support::process::{Spec, TempDir};
+use crate::support::process::{Spec, TempDir, files_in};
 use crate::support::runner::{Test, test};
 
 /// The errors each refusal is tried with, and how `strerror` says them.
@@ -98,19 +97,6 @@ pub fn tests() -> Vec<Test> {
         unix_files_removed_when_a_later_listener_fails,
     ));
     tests
-}
-
-/// The names of the files in `dir`.
-fn files_in(dir: &std::path::Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .expect("the test's directory")
-        .map(|e| {
-            e.expect("a directory entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect()
 }
 
 fn refusal(r: &Row, errno: &str, err: &str) {

@@ -49,7 +49,7 @@ use crate::support::backend::{Backend, Mode};
 use crate::support::control;
 use crate::support::net::{all_ids, collect_ids};
 use crate::support::notify::NotifySocket;
-use crate::support::process::{Fixture, TempDir, kill};
+use crate::support::process::{Fixture, TempDir, files_in, kill};
 use crate::support::procfs;
 use crate::support::runner::{self, Case, Test, cases, test};
 
@@ -859,19 +859,6 @@ pub fn operator_tests() -> Vec<Test> {
         }
     }
     tests
-}
-
-/// The names of the files in `dir`.
-fn files_in(dir: &std::path::Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .expect("the test's directory")
-        .map(|e| {
-            e.expect("a directory entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect()
 }
 
 /// One test of [`OPERATOR_REFUSALS`]: `refused.call` refused with `errno` (`strerror`: `err`),

@@ -796,6 +796,19 @@ pub fn run_captured(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String
     }
 }
 
+/// The names of the files in `dir`.
+pub fn files_in(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .expect("the test's directory")
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
 /// A temporary directory, removed on drop.
 pub struct TempDir(pub std::path::PathBuf);
 
